@@ -1,0 +1,10 @@
+"""batchd: batches of PostgreSQL operations over gRPC.
+
+The extension point for custom handlers is re-exported here::
+
+    from batchd import HandlerContext, handler
+"""
+
+from batchd.handlers.call import HandlerContext, handler
+
+__all__ = ["HandlerContext", "handler"]

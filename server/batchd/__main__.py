@@ -1,0 +1,5 @@
+import sys
+
+from batchd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""Wiring and lifecycle: database, catalog, gRPC server with reflection and health.
+
+``App.start`` brings everything up in order (embedded PostgreSQL if no DSN, the pool, the demo
+schema, handler modules, the catalog, the server) and ``App.stop`` takes it down in reverse:
+health flips to NOT_SERVING first, so load balancers stop sending work, then in-flight calls
+get the grace period, then the pool closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from batchd.catalog import Catalog
+from batchd.config import Settings
+from batchd.database import apply_demo_schema, create_pool
+from batchd.dispatcher import Dispatcher
+from batchd.embedded import start_embedded
+from batchd.executor import Executor
+from batchd.handlers.base import PlanContext
+from batchd.handlers.call import load_modules, registered
+from batchd.service import BatchService
+from batchd.v1 import batch_pb2, batch_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
+DEMO_HANDLERS = "batchd.demo.handlers"
+
+
+@dataclass
+class App:
+    settings: Settings
+    server: grpc.aio.Server
+    pool: asyncpg.Pool
+    health: health.aio.HealthServicer
+    port: int
+    embedded: Any = None  # keeps the embedded PostgreSQL up while the app lives
+
+    @classmethod
+    async def start(cls, settings: Settings) -> App:
+        embedded = None
+        dsn = settings.dsn
+        if dsn is None:
+            dsn, embedded = await start_embedded(settings.data_dir)
+        pool = await create_pool(dsn, settings)
+        try:
+            modules = list(settings.handler_modules)
+            if settings.wants_demo_schema:
+                await apply_demo_schema(pool)
+                modules.append(DEMO_HANDLERS)
+            load_modules(modules)
+            async with pool.acquire() as conn:
+                catalog = await Catalog.load(conn, settings)
+            dispatcher = Dispatcher()
+            plan_ctx = PlanContext(catalog, settings, frozenset(registered()))
+            executor = Executor(pool, catalog, dispatcher, settings)
+
+            server = grpc.aio.server(options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ])
+            batch_pb2_grpc.add_BatchServiceServicer_to_server(
+                BatchService(executor, dispatcher, plan_ctx), server)
+            health_servicer = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME), server)
+            port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+            if port == 0:
+                raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+            await server.start()
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        except BaseException:
+            await pool.close()
+            raise
+        log.info("batchd listening on %s:%d", settings.host, port)
+        return cls(settings, server, pool, health_servicer, port, embedded)
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()  # every service NOT_SERVING
+        await self.server.stop(grace)
+        await self.pool.close()

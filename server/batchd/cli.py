@@ -1,0 +1,71 @@
+"""The ``batchd`` command.
+
+    batchd serve [--dsn DSN] [--host H] [--port P] [--data-dir DIR] [--config FILE]
+
+Without a DSN (flag or BATCHD_DSN) ``serve`` starts an embedded PostgreSQL with the demo schema.
+The first SIGTERM or SIGINT drains: health goes NOT_SERVING, new calls are refused, in-flight
+ones get the grace period; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from batchd.app import App
+from batchd.config import load_settings
+
+log = logging.getLogger("batchd")
+
+
+async def serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, dsn=args.dsn, host=args.host, port=args.port,
+                             data_dir=args.data_dir)
+    app = await App.start(settings)
+    print(f"batchd listening on {settings.host}:{app.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting at once")
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
+    log.info("draining (grace %.1fs)", args.grace)
+    await app.stop(args.grace)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="batchd", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("serve", help="run the gRPC server")
+    p.add_argument("--dsn", help="PostgreSQL DSN (default: embedded PostgreSQL)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 50051; 0 = any free)")
+    p.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder")
+    p.add_argument("--config", type=Path, help="TOML settings file")
+    p.add_argument("--grace", type=float, default=10.0, help="drain grace period, seconds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("BATCHD_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "serve":
+        try:
+            import uvloop
+            return uvloop.run(serve(args))
+        except ImportError:  # pragma: no cover - non-POSIX
+            return asyncio.run(serve(args))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Custom handlers of the demo schema: an example of the ``@handler`` extension point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from batchd.errors import BatchdError, InvalidArgument
+from batchd.handlers.call import HandlerContext, handler
+
+
+@handler("reserve_stock")
+async def reserve_stock(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Take ``quantity`` units of product ``product_id`` out of stock, or fail the operation
+    with FAILED_PRECONDITION when there are not enough. Returns the product's remaining stock
+    and its price (for the order item)."""
+    product_id, quantity = args.get("product_id"), args.get("quantity")
+    if not isinstance(product_id, int | str) or not isinstance(quantity, int) or quantity <= 0:
+        raise InvalidArgument.field("args", "needs product_id and a positive integer quantity")
+    row = await ctx.connection.fetchrow(
+        "UPDATE products SET stock = stock - $2 WHERE id = $1::bigint AND stock >= $2 "
+        "RETURNING id, stock, price", int(product_id), quantity)
+    if row is None:
+        raise BatchdError(f"product {product_id} does not exist or has fewer than {quantity} "
+                          "units in stock", code=grpc.StatusCode.FAILED_PRECONDITION,
+                          reason="OUT_OF_STOCK")
+    return {"product_id": row["id"], "stock": row["stock"], "price": row["price"]}

@@ -1,0 +1,278 @@
+"""Runs one batch plan: the promise of each mode is kept here.
+
+ATOMIC: every operation, in request order, on one connection in one transaction. Either all of
+them commit, or none: the first failure rolls everything back and ``execute`` raises that
+operation's error, carrying every operation's outcome (FAILED / ROLLED_BACK / NOT_RUN; rolled
+back operations show no rows, because those rows no longer exist). A serialization failure or
+deadlock reruns the whole batch, up to ``atomic_retries`` more times: nothing of the failed try
+was committed.
+
+INDEPENDENT: each operation in its own transaction on a pooled connection, at most
+``independent_concurrency`` at once, each starting when the operations it depends on have
+succeeded, or SKIPPED when one of them did not. ``execute`` returns; each result has its own
+outcome.
+
+validate_only runs the same work and rolls it back. For INDEPENDENT batches it runs the
+operations one by one in dependency order inside one transaction, each under a savepoint, so
+that dependents see the rows they would see for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+
+import asyncpg
+import grpc
+from google.rpc import status_pb2
+
+from batchd.catalog import Catalog
+from batchd.config import Settings
+from batchd.dispatcher import Dispatcher
+from batchd.errors import (
+    OK_STATUS,
+    BatchdError,
+    DatabaseError,
+    Skipped,
+    from_database,
+    internal,
+    to_rpc_status,
+)
+from batchd.handlers.base import Output, RunContext
+from batchd.params import Results
+from batchd.plan import BatchPlan, Step, topological_order
+from batchd.v1 import batch_pb2
+
+log = logging.getLogger(__name__)
+
+Outcome = batch_pb2.Outcome
+
+
+class _Rollback(Exception):
+    """Raised inside a transaction to roll it back on purpose (validate_only)."""
+
+
+class _StepFailed(Exception):
+    """An operation failed (``step``), or the transaction around them did (``step`` None:
+    acquiring a connection, BEGIN or COMMIT)."""
+
+    def __init__(self, step: Step | None, error: BatchdError) -> None:
+        self.step = step
+        self.error = error
+
+
+def translate(exc: BaseException, request_id: str) -> BatchdError:
+    """Any exception of an operation as the error its caller sees (the one funnel)."""
+    if isinstance(exc, BatchdError):
+        return exc
+    mapped = from_database(exc)
+    if mapped is not None:
+        return mapped
+    log.error("unexpected error in request %s", request_id, exc_info=exc)
+    return internal(request_id)
+
+
+class Executor:
+    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, dispatcher: Dispatcher,
+                 settings: Settings) -> None:
+        self.pool = pool
+        self.catalog = catalog
+        self.dispatcher = dispatcher
+        self.settings = settings
+
+    async def execute(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
+        if plan.atomic:
+            return await self._atomic(plan, request_id)
+        if plan.validate_only:
+            return await self._independent_dry_run(plan, request_id)
+        return await self._independent(plan, request_id)
+
+    # --- ATOMIC -------------------------------------------------------------------------------
+
+    async def _atomic(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
+        if plan.invalid:
+            first = plan.invalid[0]
+            assert first.error is not None
+            raise _atomic_failure(plan, {}, first, first.error, attempts=0, invalid=plan.invalid)
+        attempt = 0
+        while True:
+            attempt += 1
+            outputs: dict[str, Output] = {}
+            try:
+                committed = await self._atomic_once(plan, outputs, request_id)
+            except _StepFailed as failed:
+                err = failed.error
+                if (isinstance(err, DatabaseError) and err.retryable_whole
+                        and attempt <= self.settings.atomic_retries):
+                    log.info("request %s: %s, retrying the batch (attempt %d)", request_id,
+                             err.reason, attempt + 1)
+                    await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+                    continue
+                raise _atomic_failure(plan, outputs, failed.step, err, attempts=attempt) \
+                    from None
+            return _response(plan.steps, outputs, committed=committed, attempts=attempt)
+
+    async def _atomic_once(self, plan: BatchPlan, outputs: dict[str, Output],
+                           request_id: str) -> bool:
+        results = Results()
+        try:
+            async with self.pool.acquire() as conn:
+                try:
+                    async with conn.transaction(isolation=plan.isolation,
+                                                readonly=plan.read_only):
+                        for step in plan.steps:
+                            outputs[step.id] = await self._run_step(step, conn, results,
+                                                                    request_id)
+                        if plan.validate_only:
+                            raise _Rollback
+                except _Rollback:
+                    return False
+        except _StepFailed:
+            raise
+        except Exception as exc:
+            # Acquiring, BEGIN or COMMIT failed (a failed COMMIT commits nothing), or the
+            # rollback after a lost connection did: no operation to blame.
+            raise _StepFailed(None, translate(exc, request_id)) from exc
+        return True
+
+    async def _run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
+                        request_id: str) -> Output:
+        assert step.planned is not None
+        ctx = RunContext(conn, step.id, results, self.catalog, self.settings)
+        try:
+            output = await self.dispatcher.run(step.planned, ctx)
+        except Exception as exc:
+            raise _StepFailed(step, translate(exc, request_id).for_operation(step.id)) from exc
+        results.record(step.id, output.rows)
+        return output
+
+    # --- INDEPENDENT --------------------------------------------------------------------------
+
+    async def _independent(self, plan: BatchPlan,
+                           request_id: str) -> batch_pb2.BatchExecuteResponse:
+        limit = asyncio.Semaphore(self.settings.independent_concurrency)
+        results = Results()
+        outputs: dict[str, Output] = {}
+        errors: dict[str, BatchdError] = {}
+        finished = {s.id: asyncio.Event() for s in plan.steps}
+
+        async def run(step: Step) -> None:
+            try:
+                for dep in step.depends_on:
+                    await finished[dep].wait()
+                    if dep not in outputs:
+                        errors[step.id] = Skipped(
+                            f'not run: operation "{dep}" did not succeed', operation_id=step.id)
+                        return
+                if step.error is not None:
+                    errors[step.id] = step.error
+                    return
+                async with limit:
+                    try:
+                        async with self.pool.acquire() as conn, conn.transaction(
+                                isolation=plan.isolation, readonly=plan.read_only):
+                            outputs[step.id] = await self._run_step(step, conn, results,
+                                                                    request_id)
+                    except _StepFailed as failed:
+                        errors[step.id] = failed.error
+                    except Exception as exc:  # acquire / BEGIN / COMMIT
+                        errors[step.id] = translate(exc, request_id).for_operation(step.id)
+            finally:
+                finished[step.id].set()
+
+        await asyncio.gather(*(run(s) for s in plan.steps))
+        return _independent_response(plan, outputs, errors, committed=bool(outputs))
+
+    async def _independent_dry_run(self, plan: BatchPlan,
+                                   request_id: str) -> batch_pb2.BatchExecuteResponse:
+        results = Results()
+        outputs: dict[str, Output] = {}
+        errors: dict[str, BatchdError] = {}
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction(isolation=plan.isolation, readonly=plan.read_only):
+                    for step in topological_order(plan.steps):
+                        failed_dep = next((d for d in step.depends_on if d not in outputs), None)
+                        if failed_dep is not None:
+                            errors[step.id] = Skipped(
+                                f'not run: operation "{failed_dep}" did not succeed',
+                                operation_id=step.id)
+                        elif step.error is not None:
+                            errors[step.id] = step.error
+                        else:
+                            try:
+                                async with conn.transaction():  # a savepoint
+                                    outputs[step.id] = await self._run_step(step, conn, results,
+                                                                            request_id)
+                            except _StepFailed as failed:
+                                errors[step.id] = failed.error
+                    raise _Rollback
+            except _Rollback:
+                pass
+        return _independent_response(plan, outputs, errors, committed=False)
+
+
+# --- results ---------------------------------------------------------------------------------
+
+def _result(step: Step, outcome: int, status: status_pb2.Status,
+            output: Output | None = None) -> batch_pb2.OperationResult:
+    result = batch_pb2.OperationResult(id=step.id, outcome=outcome, status=status)
+    if output is not None:
+        result.rows.extend(output.rendered())
+        result.rows_affected = output.rows_affected
+        result.next_page_token = output.next_page_token
+    return result
+
+
+def _response(steps: Sequence[Step], outputs: dict[str, Output], *, committed: bool,
+              attempts: int) -> batch_pb2.BatchExecuteResponse:
+    return batch_pb2.BatchExecuteResponse(
+        results=[_result(s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id]) for s in steps],
+        committed=committed, attempts=attempts)
+
+
+def _independent_response(plan: BatchPlan, outputs: dict[str, Output],
+                          errors: dict[str, BatchdError],
+                          committed: bool) -> batch_pb2.BatchExecuteResponse:
+    results = []
+    for s in plan.steps:
+        if s.id in outputs:
+            results.append(_result(s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id]))
+        else:
+            err = errors[s.id]
+            outcome = Outcome.SKIPPED if isinstance(err, Skipped) else Outcome.FAILED
+            results.append(_result(s, outcome, to_rpc_status(err)))
+    return batch_pb2.BatchExecuteResponse(results=results, committed=committed, attempts=1)
+
+
+def _atomic_failure(plan: BatchPlan, outputs: dict[str, Output], failed: Step | None,
+                    error: BatchdError, *, attempts: int,
+                    invalid: Sequence[Step] = ()) -> BatchdError:
+    """The RPC error of a failed atomic batch: the failing operation's status, with every
+    operation's outcome in the details."""
+    errors = {s.id: s.error for s in invalid if s.error is not None}
+    if failed is not None:
+        errors[failed.id] = error
+    cause = f'operation "{failed.id}" failed' if failed else "the transaction failed"
+    aborted = grpc.StatusCode.ABORTED.value[0]
+    results = []
+    for s in plan.steps:
+        if s.id in errors:
+            results.append(_result(s, Outcome.FAILED, to_rpc_status(errors[s.id])))
+        elif s.id in outputs:
+            results.append(_result(s, Outcome.ROLLED_BACK, status_pb2.Status(
+                code=aborted, message=f"rolled back: {cause}")))
+        else:
+            results.append(_result(s, Outcome.NOT_RUN, status_pb2.Status(
+                code=aborted, message=f"not run: {cause}")))
+    metadata = dict(error.metadata)
+    if failed is not None:
+        metadata["operation_id"] = failed.id
+    batch_error = BatchdError(
+        f"{error.full_message}; the batch was rolled back", code=error.code,
+        reason=error.reason, violations=error.violations, metadata=metadata)
+    batch_error.extra_details.append(batch_pb2.BatchExecuteResponse(
+        results=results, committed=False, attempts=attempts))
+    return batch_error

@@ -1,0 +1,213 @@
+"""Row selection: primary keys, structured filters, soft-delete visibility, keyset pages.
+
+All of it becomes WHERE-clause text with placeholders plus values prepared for their columns;
+``Selection.sql`` builds the text for one statement's parameter list at run time, when
+references are resolved.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from batchd.catalog import Column, Table
+from batchd.errors import InvalidArgument
+from batchd.params import Results, SqlParams, prepare
+from batchd.v1 import batch_pb2
+from batchd.values import CoercionError, coerce, from_proto, renderer_for, struct_from_proto
+
+Op = batch_pb2.Filter.Operator
+_COMPARISONS = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    column: Column
+    op: int
+    value: Any  # prepared (or Deferred); for IS_NULL a plain bool
+
+    def sql(self, params: SqlParams, results: Results) -> str:
+        c = self.column
+        if self.op == Op.IS_NULL:
+            return f"{c.sql} IS NULL" if self.value else f"{c.sql} IS NOT NULL"
+        value = results.finalize(self.value)
+        if self.op == Op.IN:
+            return f"{c.sql} = ANY({params.add(value, c.type_sql + '[]')})"
+        if self.op == Op.LIKE:
+            return f"{c.sql} LIKE {params.add(value, 'text')}"
+        if value is None and self.op in (Op.EQ, Op.NE):
+            # "= NULL" is never true in SQL; a caller asking for eq null means IS NULL.
+            return f"{c.sql} IS {'' if self.op == Op.EQ else 'NOT '}NULL"
+        return f"{c.sql} {_COMPARISONS[self.op]} {params.add(value, c.type_sql)}"
+
+
+@dataclass(slots=True)
+class Selection:
+    """Which rows an operation addresses."""
+
+    conditions: list[Condition] = field(default_factory=list)
+    by_key: bool = False
+    soft_delete: Column | None = None  # only rows where it is NULL
+
+    def sql(self, params: SqlParams, results: Results) -> str:
+        parts = [c.sql(params, results) for c in self.conditions]
+        if self.soft_delete is not None:
+            parts.append(f"{self.soft_delete.sql} IS NULL")
+        return " AND ".join(parts) if parts else "TRUE"
+
+
+def plan_key(table: Table, key: struct_pb2.Struct, path: str) -> list[Condition]:
+    """Conditions for a full primary key; every key column, nothing else."""
+    values = struct_from_proto(key)
+    missing = [name for name in table.primary_key if name not in values]
+    if missing:
+        raise InvalidArgument.field(path, f"missing primary key column(s) {missing} of table "
+                                          f'"{table.qualified_name}"')
+    extra = sorted(set(values) - set(table.primary_key))
+    if extra:
+        raise InvalidArgument.field(path, f"{extra} not in the primary key "
+                                          f"{list(table.primary_key)}")
+    conditions = []
+    for name in table.primary_key:
+        value = values[name]
+        if value is None:
+            raise InvalidArgument.field(f"{path}.{name}", "a primary key value cannot be null")
+        column = table.columns[name]
+        conditions.append(Condition(column, Op.EQ, prepare(value, column, f"{path}.{name}")))
+    return conditions
+
+
+def plan_filters(table: Table, filters: Sequence[batch_pb2.Filter], path: str) -> list[Condition]:
+    conditions = []
+    for i, f in enumerate(filters):
+        fpath = f"{path}[{i}]"
+        column = table.column(f.column, f"{fpath}.column")
+        if f.op not in (*_COMPARISONS, Op.IN, Op.IS_NULL, Op.LIKE):
+            raise InvalidArgument.field(f"{fpath}.op", "an operator is required (EQ, NE, LT, LE, "
+                                                       "GT, GE, IN, IS_NULL, LIKE)")
+        value = from_proto(f.value) if f.HasField("value") else None
+        if f.op == Op.IS_NULL:
+            if value is None:
+                value = True
+            if not isinstance(value, bool):
+                raise InvalidArgument.field(f"{fpath}.value", "IS_NULL takes true or false")
+            conditions.append(Condition(column, f.op, value))
+            continue
+        if f.op == Op.IN:
+            if column.is_array:
+                raise InvalidArgument.field(f"{fpath}.op", "IN is not supported on array columns")
+            if not isinstance(value, list):
+                raise InvalidArgument.field(f"{fpath}.value", "IN takes a list of values")
+            column_for_value = replace(column, is_array=True)
+        elif f.op == Op.LIKE:
+            if column.kind != "text" or column.is_array:
+                raise InvalidArgument.field(f"{fpath}.op", "LIKE works on text columns only")
+            if not isinstance(value, str):
+                raise InvalidArgument.field(f"{fpath}.value", "LIKE takes a pattern string")
+            column_for_value = column
+        else:
+            if value is None and f.op not in (Op.EQ, Op.NE):
+                raise InvalidArgument.field(f"{fpath}.value", "a value is required (use IS_NULL "
+                                                              "for nulls)")
+            column_for_value = column
+        conditions.append(Condition(column, f.op, prepare(value, column_for_value,
+                                                          f"{fpath}.value")))
+    return conditions
+
+
+# --- keyset pagination -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    column: Column
+    descending: bool
+
+    @property
+    def sql(self) -> str:
+        return f"{self.column.sql} {'DESC' if self.descending else 'ASC'}"
+
+
+def sort_keys(table: Table, order_by: Sequence[batch_pb2.OrderBy], path: str) -> list[SortKey]:
+    """The requested order, with the primary key appended so that the order is total."""
+    keys: list[SortKey] = []
+    seen: set[str] = set()
+    for i, o in enumerate(order_by):
+        column = table.column(o.column, f"{path}[{i}].column")
+        if column.name in seen:
+            raise InvalidArgument.field(f"{path}[{i}].column", f'"{column.name}" is listed twice')
+        seen.add(column.name)
+        keys.append(SortKey(column, o.descending))
+    keys.extend(SortKey(table.columns[n], False) for n in table.primary_key if n not in seen)
+    return keys
+
+
+def fingerprint(message: batch_pb2.QueryOperation) -> str:
+    """Identifies the query a page token belongs to (everything but limit and the token)."""
+    shape = batch_pb2.QueryOperation()
+    shape.CopyFrom(message)
+    shape.ClearField("limit")
+    shape.ClearField("page_token")
+    shape.ClearField("columns")
+    return hashlib.sha256(shape.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def encode_token(keys: Sequence[SortKey], row: Any, query_fingerprint: str) -> str:
+    values = [renderer_for(k.column)(row[k.column.name]) for k in keys]
+    raw = json.dumps({"q": query_fingerprint, "v": values}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(token: str, keys: Sequence[SortKey], query_fingerprint: str,
+                 path: str) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError
+        if data.get("q") != query_fingerprint:
+            raise InvalidArgument.field(path, "the page token belongs to a different query")
+        values = data["v"]
+        if not isinstance(values, list) or len(values) != len(keys):
+            raise ValueError
+        return [None if v is None else coerce(v, k.column) for v, k in zip(values, keys,
+                                                                            strict=True)]
+    except (ValueError, KeyError, binascii.Error, CoercionError, UnicodeDecodeError):
+        raise InvalidArgument.field(path, "malformed page token") from None
+
+
+def after_sql(keys: Sequence[SortKey], values: Sequence[Any], params: SqlParams) -> str:
+    """Rows strictly after ``values`` in the order of ``keys`` (ASC NULLS LAST / DESC NULLS
+    FIRST, PostgreSQL's defaults), written without row comparison so that mixed directions
+    and NULLs are handled."""
+    alternatives = []
+    for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+        equal = [_equal(k.column, v, params) for k, v in zip(keys[:i], values[:i], strict=True)]
+        after = _after(key, value, params)
+        if after is None:
+            continue
+        alternatives.append("(" + " AND ".join([*equal, after]) + ")")
+    return "(" + " OR ".join(alternatives) + ")" if alternatives else "FALSE"
+
+
+def _equal(column: Column, value: Any, params: SqlParams) -> str:
+    if value is None:
+        return f"{column.sql} IS NULL"
+    return f"{column.sql} = {params.add(value, column.type_sql)}"
+
+
+def _after(key: SortKey, value: Any, params: SqlParams) -> str | None:
+    c = key.column
+    if key.descending:  # NULLS FIRST: after a value come smaller values; after NULL, values
+        if value is None:
+            return f"{c.sql} IS NOT NULL"
+        return f"{c.sql} < {params.add(value, c.type_sql)}"
+    if value is None:  # NULLS LAST: nothing sorts after NULL but NULL itself
+        return None
+    return f"({c.sql} > {params.add(value, c.type_sql)} OR {c.sql} IS NULL)"

@@ -1,0 +1,157 @@
+"""insert: one or many rows, with ON CONFLICT (error / do nothing / update) and RETURNING.
+
+Many rows go in one set-based statement, ``INSERT ... SELECT * FROM unnest($1::t[], ...)``,
+one array parameter per column: the statement text depends only on the columns, so it is
+prepared once and reused whatever the row count. Array columns cannot go through unnest (it
+would flatten them), so tables with those use a multi-row VALUES list instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from batchd.catalog import Column, Table
+from batchd.errors import InvalidArgument
+from batchd.handlers.base import (
+    Output,
+    PlanContext,
+    Planned,
+    RunContext,
+    columns_list,
+    key_columns,
+    renderers,
+    select_list,
+)
+from batchd.params import Deferred, prepare
+from batchd.v1 import batch_pb2
+from batchd.values import struct_from_proto
+
+Action = batch_pb2.OnConflict.Action
+MAX_PARAMETERS = 32767  # PostgreSQL's limit of bind parameters per statement
+
+
+@dataclass(slots=True)
+class InsertSpec:
+    table: Table
+    columns: list[Column]
+    rows: list[list[Any]]  # prepared values, in column order
+    conflict_sql: str
+    returning: list[Column]
+    has_deferred: bool
+
+    @property
+    def returning_sql(self) -> str:
+        return f" RETURNING {select_list(self.returning)}" if self.returning else ""
+
+
+class InsertKind:
+    name = "insert"
+
+    def plan(self, message: batch_pb2.InsertOperation, path: str, ctx: PlanContext) -> Planned:
+        table = ctx.catalog.table(message.table, f"{path}.table")
+        table.require(self.name, path)
+        if not message.rows:
+            raise InvalidArgument.field(f"{path}.rows", "at least one row is required")
+        if len(message.rows) > ctx.settings.max_rows_per_batch:
+            raise InvalidArgument.field(
+                f"{path}.rows", f"{len(message.rows)} rows exceed the limit of "
+                                f"{ctx.settings.max_rows_per_batch}")
+        first = struct_from_proto(message.rows[0])
+        columns = [table.column(name, f"{path}.rows[0].{name}") for name in first]
+        for column in columns:
+            if column.generated:
+                raise InvalidArgument.field(f"{path}.rows[0].{column.name}",
+                                            "is a generated column and cannot be written")
+        names = {c.name for c in columns}
+        rows: list[list[Any]] = []
+        has_deferred = False
+        for r, struct in enumerate(message.rows):
+            values = first if r == 0 else struct_from_proto(struct)
+            if values.keys() != names:
+                raise InvalidArgument.field(
+                    f"{path}.rows[{r}]", f"names columns {sorted(values)}, but rows[0] names "
+                                         f"{sorted(names)}; all rows of an insert must name the "
+                                         "same columns")
+            row = [prepare(values[c.name], c, f"{path}.rows[{r}].{c.name}") for c in columns]
+            has_deferred = has_deferred or any(type(v) is Deferred for v in row)
+            rows.append(row)
+        returning = columns_list(table, message.returning, f"{path}.returning",
+                                 lambda: key_columns(table))
+        spec = InsertSpec(table, columns, rows, _conflict_sql(table, message, columns, path),
+                          returning, has_deferred)
+        return Planned(self.name, spec, frozenset(c.name for c in returning))
+
+    async def run(self, spec: InsertSpec, ctx: RunContext) -> Output:
+        rows = ([ctx.results.finalize_all(row) for row in spec.rows] if spec.has_deferred
+                else spec.rows)
+        conn = ctx.connection
+        if not spec.columns:
+            records = []
+            for _ in rows:
+                records.extend(await conn.fetch(
+                    f"INSERT INTO {spec.table.sql} DEFAULT VALUES{spec.conflict_sql}"
+                    f"{spec.returning_sql}"))
+            affected = len(records) if spec.returning else len(rows)
+        elif any(c.is_array for c in spec.columns) or len(rows) == 1:
+            records = []
+            per_statement = max(1, MAX_PARAMETERS // len(spec.columns))
+            for start in range(0, len(rows), per_statement):
+                chunk = rows[start:start + per_statement]
+                records.extend(await conn.fetch(_values_sql(spec, len(chunk)),
+                                                *[v for row in chunk for v in row]))
+            affected = len(records)
+        else:
+            arrays = [list(col) for col in zip(*rows, strict=True)]
+            casts = ", ".join(f"${i + 1}::{c.type_sql}[]" for i, c in enumerate(spec.columns))
+            records = await conn.fetch(
+                f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
+                f"SELECT * FROM unnest({casts}){spec.conflict_sql}{spec.returning_sql}", *arrays)
+            affected = len(records)
+        if not spec.returning:
+            records = []
+        return Output(records, renderers(spec.returning), rows_affected=affected)
+
+
+def _values_sql(spec: InsertSpec, count: int) -> str:
+    width = len(spec.columns)
+    groups = ", ".join(
+        "(" + ", ".join(f"${r * width + i + 1}::{c.type_sql}" for i, c in enumerate(spec.columns))
+        + ")" for r in range(count))
+    return (f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) VALUES {groups}"
+            f"{spec.conflict_sql}{spec.returning_sql}")
+
+
+def _conflict_sql(table: Table, message: batch_pb2.InsertOperation, columns: list[Column],
+                  path: str) -> str:
+    oc = message.on_conflict
+    cpath = f"{path}.on_conflict"
+    if oc.action == Action.ACTION_ERROR:
+        if oc.conflict_columns or oc.update_columns:
+            raise InvalidArgument.field(cpath, "conflict_columns and update_columns need action "
+                                               "DO_NOTHING or UPDATE")
+        return ""
+    target = columns_list(table, oc.conflict_columns, f"{cpath}.conflict_columns",
+                          lambda: key_columns(table))
+    target_sql = f" ON CONFLICT ({select_list(target)})"
+    if oc.action == Action.ACTION_DO_NOTHING:
+        if oc.update_columns:
+            raise InvalidArgument.field(f"{cpath}.update_columns", "needs action UPDATE")
+        return f"{target_sql} DO NOTHING"
+    if oc.action != Action.ACTION_UPDATE:
+        raise InvalidArgument.field(f"{cpath}.action", "unknown action")
+    target_names = {c.name for c in target}
+    inserted = {c.name for c in columns}
+    updates = columns_list(table, oc.update_columns, f"{cpath}.update_columns",
+                           lambda: [c for c in columns if c.name not in target_names])
+    for i, c in enumerate(updates):
+        if c.name not in inserted:
+            raise InvalidArgument.field(f"{cpath}.update_columns[{i}]",
+                                        f'"{c.name}" is not among the inserted columns')
+    if not updates:
+        raise InvalidArgument.field(f"{cpath}.update_columns", "nothing to update")
+    sets = [f"{c.sql} = EXCLUDED.{c.sql}" for c in updates]
+    if table.version_column and table.version_column not in {c.name for c in updates}:
+        v = table.columns[table.version_column].sql
+        sets.append(f"{v} = {table.sql}.{v} + 1")
+    return f"{target_sql} DO UPDATE SET {', '.join(sets)}"

@@ -1,0 +1,114 @@
+"""get (one row by primary key) and query (filters, order, keyset pages)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from batchd.catalog import Column, Table
+from batchd.errors import InvalidArgument, NotFound
+from batchd.handlers.base import Output, PlanContext, Planned, RunContext, columns_list, renderers
+from batchd.handlers.filters import (
+    Selection,
+    SortKey,
+    after_sql,
+    decode_token,
+    encode_token,
+    fingerprint,
+    plan_filters,
+    plan_key,
+    sort_keys,
+)
+from batchd.params import SqlParams
+from batchd.v1 import batch_pb2
+
+DEFAULT_PAGE_SIZE = 100
+
+
+def _visible(table: Table, include_deleted: bool) -> Column | None:
+    if include_deleted or table.soft_delete_column is None:
+        return None
+    return table.columns[table.soft_delete_column]
+
+
+@dataclass(slots=True)
+class GetSpec:
+    table: Table
+    selection: Selection
+    columns: list[Column]
+
+
+class GetKind:
+    name = "get"
+
+    def plan(self, message: batch_pb2.GetOperation, path: str, ctx: PlanContext) -> Planned:
+        table = ctx.catalog.table(message.table, f"{path}.table")
+        table.require(self.name, path)
+        selection = Selection(plan_key(table, message.key, f"{path}.key"), by_key=True,
+                              soft_delete=_visible(table, message.include_deleted))
+        columns = columns_list(table, message.columns, f"{path}.columns",
+                               lambda: list(table.columns.values()))
+        return Planned(self.name, GetSpec(table, selection, columns),
+                       frozenset(c.name for c in columns))
+
+    async def run(self, spec: GetSpec, ctx: RunContext) -> Output:
+        params = SqlParams()
+        where = spec.selection.sql(params, ctx.results)
+        cols = ", ".join(c.sql for c in spec.columns)
+        records = await ctx.connection.fetch(
+            f"SELECT {cols} FROM {spec.table.sql} WHERE {where}", *params.values)
+        if not records:
+            raise NotFound(f'no row with that key in table "{spec.table.qualified_name}"')
+        return Output(records, renderers(spec.columns), rows_affected=1)
+
+
+@dataclass(slots=True)
+class QuerySpec:
+    table: Table
+    selection: Selection
+    columns: list[Column]
+    keys: list[SortKey]
+    limit: int
+    after: list[Any] | None
+    fingerprint: str
+
+
+class QueryKind:
+    name = "query"
+
+    def plan(self, message: batch_pb2.QueryOperation, path: str, ctx: PlanContext) -> Planned:
+        table = ctx.catalog.table(message.table, f"{path}.table")
+        table.require(self.name, path)
+        selection = Selection(plan_filters(table, message.filters, f"{path}.filters"),
+                              soft_delete=_visible(table, message.include_deleted))
+        columns = columns_list(table, message.columns, f"{path}.columns",
+                               lambda: list(table.columns.values()))
+        keys = sort_keys(table, message.order_by, f"{path}.order_by")
+        limit = message.limit or DEFAULT_PAGE_SIZE
+        if limit > ctx.settings.max_page_size:
+            raise InvalidArgument.field(f"{path}.limit", f"{limit} exceeds the maximum page size "
+                                                         f"{ctx.settings.max_page_size}")
+        shape = fingerprint(message)
+        after = (decode_token(message.page_token, keys, shape, f"{path}.page_token")
+                 if message.page_token else None)
+        spec = QuerySpec(table, selection, columns, keys, limit, after, shape)
+        return Planned(self.name, spec, frozenset(c.name for c in columns))
+
+    async def run(self, spec: QuerySpec, ctx: RunContext) -> Output:
+        params = SqlParams()
+        where = spec.selection.sql(params, ctx.results)
+        if spec.after is not None:
+            where = f"{where} AND {after_sql(spec.keys, spec.after, params)}"
+        # The sort columns are selected too: the page token is made of the last row's values.
+        wanted = {c.name for c in spec.columns}
+        selected = [*spec.columns, *(k.column for k in spec.keys if k.column.name not in wanted)]
+        sql = (f"SELECT {', '.join(c.sql for c in selected)} FROM {spec.table.sql} "
+               f"WHERE {where} ORDER BY {', '.join(k.sql for k in spec.keys)} "
+               f"LIMIT {spec.limit + 1}")
+        records = await ctx.connection.fetch(sql, *params.values)
+        token = ""
+        if len(records) > spec.limit:
+            records = records[:spec.limit]
+            token = encode_token(spec.keys, records[-1], spec.fingerprint)
+        return Output(records, renderers(spec.columns), rows_affected=len(records),
+                      next_page_token=token)

@@ -1,0 +1,140 @@
+"""Bound parameters: client values prepared for a column, references resolved at run time.
+
+Values are coerced while the batch is validated, so bad input fails before anything runs. A
+value that contains a reference cannot be coerced until the operation it refers to has run; it
+stays ``Deferred`` and ``finalize`` coerces it then. Every value reaches PostgreSQL as a bound
+parameter; SQL text holds only placeholders and identifiers from the catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from batchd.catalog import Column
+from batchd.errors import DependencyFailed, InvalidArgument
+from batchd.values import CoercionError, Ref, coerce
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A value holding references; coerced once they are resolved."""
+
+    raw: Any
+    column: Column
+    path: str
+
+
+def find_refs(value: Any) -> list[Ref]:
+    if isinstance(value, Ref):
+        return [value]
+    if isinstance(value, list):
+        return [r for v in value for r in find_refs(v)]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in find_refs(v)]
+    return []
+
+
+# References met while one operation is planned; the batch planner reads them to order the
+# operations and check that every reference points at something that exists.
+_refs_seen: ContextVar[list[Ref] | None] = ContextVar("refs_seen", default=None)
+
+
+@contextmanager
+def collecting_refs() -> Iterator[list[Ref]]:
+    refs: list[Ref] = []
+    token = _refs_seen.set(refs)
+    try:
+        yield refs
+    finally:
+        _refs_seen.reset(token)
+
+
+def note_refs(refs: list[Ref]) -> None:
+    seen = _refs_seen.get()
+    if seen is not None:
+        seen.extend(refs)
+
+
+def prepare(value: Any, column: Column, path: str) -> Any:
+    """Coerce now, or defer when the value contains references."""
+    refs = find_refs(value)
+    if refs:
+        note_refs(refs)
+        return Deferred(value, column, path)
+    try:
+        return coerce(value, column)
+    except CoercionError as exc:
+        raise InvalidArgument.field(path, f"{exc} (column {column.name}, {column.type_sql})") \
+            from None
+
+
+class Results(Mapping[str, Sequence[Mapping[str, Any]]]):
+    """Rows of the operations that have run, by operation id, for resolving references."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, Sequence[Mapping[str, Any]]] = {}
+
+    def __getitem__(self, key: str) -> Sequence[Mapping[str, Any]]:
+        return self._rows[key]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def record(self, operation_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._rows[operation_id] = rows
+
+    def resolve(self, value: Any, path: str) -> Any:
+        if isinstance(value, Ref):
+            rows = self._rows.get(value.operation)
+            if rows is None:
+                raise DependencyFailed(f"{path}: reference {value}: operation "
+                                       f'"{value.operation}" has no result')
+            if value.row >= len(rows):
+                raise DependencyFailed(
+                    f'{path}: reference {value}: operation "{value.operation}" returned '
+                    f"{len(rows)} row(s)")
+            row = rows[value.row]
+            try:
+                return row[value.column]
+            except KeyError:
+                raise DependencyFailed(f"{path}: reference {value}: no column "
+                                       f'"{value.column}" in the result') from None
+        if isinstance(value, list):
+            return [self.resolve(v, path) for v in value]
+        if isinstance(value, dict):
+            return {k: self.resolve(v, path) for k, v in value.items()}
+        return value
+
+    def finalize(self, value: Any) -> Any:
+        """The value to bind: prepared values as they are, deferred ones resolved and coerced."""
+        if type(value) is not Deferred:
+            return value
+        resolved = self.resolve(value.raw, value.path)
+        try:
+            return coerce(resolved, value.column)
+        except CoercionError as exc:
+            raise InvalidArgument.field(
+                value.path, f"{exc} (column {value.column.name}, {value.column.type_sql})") \
+                from None
+
+    def finalize_all(self, values: list[Any]) -> list[Any]:
+        return [self.finalize(v) for v in values]
+
+
+class SqlParams:
+    """Collects parameters for one statement and hands out their placeholders."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, value: Any, cast: str | None = None) -> str:
+        self.values.append(value)
+        placeholder = f"${len(self.values)}"
+        return f"{placeholder}::{cast}" if cast else placeholder

@@ -1,0 +1,180 @@
+"""A request, validated whole before anything runs: the batch plan.
+
+Errors of the batch itself (operation count, malformed or duplicate ids, references to unknown
+operations or columns, dependency cycles, atomic forward references) raise InvalidArgument for
+the whole request. An invalid *operation* is kept as a step carrying its error: the atomic
+executor refuses the batch naming every invalid operation, the independent one fails just
+those operations (and skips their dependents).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from batchd.dispatcher import Dispatcher
+from batchd.errors import BatchdError, InvalidArgument
+from batchd.handlers.base import PlanContext, Planned
+from batchd.params import collecting_refs
+from batchd.v1 import batch_pb2
+from batchd.values import CoercionError, Ref
+
+OPERATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+KINDS = ("insert", "get", "query", "update", "delete", "call")
+
+
+@dataclass(slots=True)
+class Step:
+    index: int
+    id: str
+    planned: Planned | None
+    error: BatchdError | None
+    # Operations that must succeed first: explicit depends_on plus referenced ones, in order.
+    depends_on: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    steps: list[Step]
+    atomic: bool
+    validate_only: bool
+    isolation: str | None
+    read_only: bool
+
+    @property
+    def invalid(self) -> list[Step]:
+        return [s for s in self.steps if s.error is not None]
+
+
+_ISOLATION = {
+    batch_pb2.ISOLATION_LEVEL_UNSPECIFIED: None,
+    batch_pb2.ISOLATION_LEVEL_READ_COMMITTED: "read_committed",
+    batch_pb2.ISOLATION_LEVEL_REPEATABLE_READ: "repeatable_read",
+    batch_pb2.ISOLATION_LEVEL_SERIALIZABLE: "serializable",
+}
+
+
+def plan_batch(request: batch_pb2.BatchExecuteRequest, dispatcher: Dispatcher,
+               ctx: PlanContext) -> BatchPlan:
+    ops = request.operations
+    limits = ctx.settings
+    if not ops:
+        raise InvalidArgument.field("operations", "at least one operation is required")
+    if len(ops) > limits.max_operations:
+        raise InvalidArgument.field(
+            "operations", f"{len(ops)} operations exceed the limit of {limits.max_operations}")
+    total_rows = sum(len(op.insert.rows) for op in ops if op.HasField("insert"))
+    if total_rows > limits.max_rows_per_batch:
+        raise InvalidArgument.field("operations", f"{total_rows} rows to insert exceed the limit "
+                                                  f"of {limits.max_rows_per_batch} per batch")
+    if request.mode not in (batch_pb2.MODE_UNSPECIFIED, batch_pb2.MODE_ATOMIC,
+                            batch_pb2.MODE_INDEPENDENT):
+        raise InvalidArgument.field("mode", f"unknown mode {request.mode}")
+    if request.isolation not in _ISOLATION:
+        raise InvalidArgument.field("isolation", f"unknown isolation level {request.isolation}")
+    atomic = request.mode != batch_pb2.MODE_INDEPENDENT
+
+    index_of: dict[str, int] = {}
+    for i, op in enumerate(ops):
+        if not OPERATION_ID.fullmatch(op.id):
+            raise InvalidArgument.field(f"operations[{i}].id",
+                                        "must be 1-64 characters of A-Z a-z 0-9 _ -")
+        if op.id in index_of:
+            raise InvalidArgument.field(f"operations[{i}].id", f'"{op.id}" is not unique (also '
+                                        f"operations[{index_of[op.id]}])")
+        index_of[op.id] = i
+
+    steps: list[Step] = []
+    refs_of: list[list[Ref]] = []
+    for i, op in enumerate(ops):
+        path = f"operations[{i}]"
+        kind = op.WhichOneof("kind")
+        planned: Planned | None = None
+        error: BatchdError | None = None
+        with collecting_refs() as refs:
+            try:
+                if kind is None:
+                    raise InvalidArgument.field(path, f"one of {', '.join(KINDS)} must be set")
+                planned = dispatcher.plan(op, kind, path, ctx)
+            except CoercionError as exc:  # a malformed reference
+                error = InvalidArgument.field(path, str(exc))
+            except BatchdError as exc:
+                error = exc
+        if error is not None:
+            error.for_operation(op.id)
+        steps.append(Step(i, op.id, planned, error))
+        refs_of.append(list(refs))
+
+    for step, op, refs in zip(steps, ops, refs_of, strict=True):
+        path = f"operations[{step.index}]"
+        wanted: list[str] = []
+        for j, dep in enumerate(op.depends_on):
+            _check_target(dep, step, index_of, atomic, f"{path}.depends_on[{j}]", op.id)
+            wanted.append(dep)
+        for ref in refs:
+            _check_target(ref.operation, step, index_of, atomic, path, op.id, ref)
+            target = steps[index_of[ref.operation]].planned
+            if target is not None and target.output_columns is not None \
+                    and ref.column not in target.output_columns:
+                raise InvalidArgument.field(
+                    path, f'reference {ref.operation}.{ref.column}: operation "{ref.operation}" '
+                          f"returns only {sorted(target.output_columns)} (add the column to its "
+                          "returning / columns)", operation_id=op.id)
+            wanted.append(ref.operation)
+        step.depends_on = list(dict.fromkeys(wanted))
+
+    if not atomic:
+        _reject_cycles(steps)
+    return BatchPlan(steps, atomic, request.validate_only, _ISOLATION[request.isolation],
+                     request.read_only)
+
+
+def _check_target(target: str, step: Step, index_of: dict[str, int], atomic: bool, path: str,
+                  op_id: str, ref: Ref | None = None) -> None:
+    what = f"reference {ref.operation}.{ref.column}" if ref else f'dependency "{target}"'
+    if target not in index_of:
+        raise InvalidArgument.field(path, f'{what}: no operation "{target}" in this batch',
+                                    operation_id=op_id)
+    if target == step.id:
+        raise InvalidArgument.field(path, f"{what}: an operation cannot depend on itself",
+                                    operation_id=op_id)
+    if atomic and index_of[target] > step.index:
+        raise InvalidArgument.field(path, f'{what}: "{target}" comes later, and an atomic batch '
+                                          "runs in request order", operation_id=op_id)
+
+
+def _reject_cycles(steps: list[Step]) -> None:
+    """Kahn's algorithm; whatever cannot be ordered is on (or behind) a cycle."""
+    by_id = {s.id: s for s in steps}
+    waiting = {s.id: len(s.depends_on) for s in steps}
+    dependents: dict[str, list[str]] = {s.id: [] for s in steps}
+    for s in steps:
+        for dep in s.depends_on:
+            dependents[dep].append(s.id)
+    ready = [i for i, n in waiting.items() if n == 0]
+    while ready:
+        current = ready.pop()
+        for d in dependents[current]:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                ready.append(d)
+    stuck = [i for i, n in waiting.items() if n > 0]
+    if stuck:
+        first = by_id[stuck[0]]
+        raise InvalidArgument.field(f"operations[{first.index}].depends_on",
+                                    f"dependency cycle among operations {sorted(stuck)}")
+
+
+def topological_order(steps: list[Step]) -> list[Step]:
+    """Steps in an order that respects dependencies (request order where free)."""
+    done: set[str] = set()
+    order: list[Step] = []
+    pending = list(steps)
+    while pending:
+        for s in pending:
+            if all(d in done for d in s.depends_on):
+                order.append(s)
+                done.add(s.id)
+                pending.remove(s)
+                break
+    return order

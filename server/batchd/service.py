@@ -1,0 +1,71 @@
+"""The gRPC servicer: thin. Requests go to the planner and the executor; errors leave through
+``to_rpc_status``, the one place that shapes them."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import grpc
+from grpc_status import rpc_status
+
+from batchd.catalog import Catalog
+from batchd.dispatcher import Dispatcher
+from batchd.errors import BatchdError, internal, to_rpc_status
+from batchd.executor import Executor
+from batchd.handlers.base import PlanContext
+from batchd.handlers.call import registered
+from batchd.plan import plan_batch
+from batchd.v1 import batch_pb2, batch_pb2_grpc
+
+log = logging.getLogger(__name__)
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def request_id_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's x-request-id if it sent a sane one, else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+class BatchService(batch_pb2_grpc.BatchServiceServicer):
+    def __init__(self, executor: Executor, dispatcher: Dispatcher, plan_ctx: PlanContext) -> None:
+        self.executor = executor
+        self.dispatcher = dispatcher
+        self.plan_ctx = plan_ctx
+
+    async def BatchExecute(self, request: batch_pb2.BatchExecuteRequest,
+                           context: grpc.aio.ServicerContext) -> batch_pb2.BatchExecuteResponse:
+        request_id = request_id_of(context)
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+        try:
+            plan = plan_batch(request, self.dispatcher, self.plan_ctx)
+            return await self.executor.execute(plan, request_id)
+        except BatchdError as exc:
+            error = exc
+        except Exception:
+            log.exception("unexpected error in request %s", request_id)
+            error = internal(request_id)
+        await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+    async def GetSchema(self, request: batch_pb2.GetSchemaRequest,
+                        context: grpc.aio.ServicerContext) -> batch_pb2.GetSchemaResponse:
+        return describe(self.plan_ctx.catalog)
+
+
+def describe(catalog: Catalog) -> batch_pb2.GetSchemaResponse:
+    tables = [
+        batch_pb2.TableInfo(
+            name=t.qualified_name,
+            columns=[batch_pb2.ColumnInfo(name=c.name, type=c.type_sql, nullable=c.nullable,
+                                          has_default=c.has_default)
+                     for c in t.columns.values()],
+            primary_key=list(t.primary_key),
+            version_column=t.version_column or "",
+            soft_delete_column=t.soft_delete_column or "",
+            operations=sorted(t.operations))
+        for t in sorted(catalog.tables.values(), key=lambda t: t.qualified_name)]
+    return batch_pb2.GetSchemaResponse(tables=tables, handlers=sorted(registered()))

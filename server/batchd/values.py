@@ -1,0 +1,397 @@
+"""Values between protobuf and PostgreSQL, exact by the column's real type.
+
+A google.protobuf.Value holds doubles, so on the way in every value is coerced by the type of
+the column it is for (``coerce``), and exact types travel as strings: a bigint beyond 2^53 or a
+numeric is never allowed to pass through a float. On the way out (``renderer_for``) the same
+types are written as strings. The table of accepted and returned forms is in batch.proto.
+
+``from_proto`` also recognises references ({"$ref": "op.column"}), which stay ``Ref`` objects
+until the executor resolves them from an earlier operation's result.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import math
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from batchd.catalog import Column
+
+MAX_SAFE_INTEGER = 2**53
+_INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+_INT_RE = re.compile(r"[+-]?\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A reference to a column of a row of an earlier operation's result."""
+
+    operation: str
+    row: int
+    column: str
+
+    def __str__(self) -> str:
+        return f"{self.operation}.{self.row}.{self.column}"
+
+
+class CoercionError(ValueError):
+    """A value does not fit its column; the message says what was expected."""
+
+
+# --- protobuf -> Python ----------------------------------------------------------------------
+
+def parse_ref(text: str) -> Ref:
+    """``op.column`` or ``op.N.column``; raises CoercionError when malformed."""
+    parts = text.split(".")
+    if len(parts) == 2 and all(parts):
+        return Ref(parts[0], 0, parts[1])
+    if len(parts) == 3 and all(parts) and parts[1].isdigit():
+        return Ref(parts[0], int(parts[1]), parts[2])
+    raise CoercionError(f'reference "{text}" must be "operation.column" or '
+                        '"operation.row.column"')
+
+
+def from_proto(value: struct_pb2.Value) -> Any:
+    """A protobuf Value as plain Python, with {"$ref": ...} objects turned into ``Ref``."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        return value.number_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        fields = value.struct_value.fields
+        if len(fields) == 1:
+            if "$ref" in fields and fields["$ref"].WhichOneof("kind") == "string_value":
+                return parse_ref(fields["$ref"].string_value)
+            if "$literal" in fields:
+                return _plain(fields["$literal"])
+        return {k: from_proto(v) for k, v in fields.items()}
+    if kind == "list_value":
+        return [from_proto(v) for v in value.list_value.values]
+    return None
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    """Like from_proto, but a "$ref" object is data, not a reference."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: _plain(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(v) for v in value.list_value.values]
+    return from_proto(value)
+
+
+def struct_from_proto(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return {k: from_proto(v) for k, v in struct.fields.items()}
+
+
+def plain_json(value: Any) -> Any:
+    """JSON-ready Python: integral doubles become ints (JSON has no int/float split, and
+    2 should stay 2 in a jsonb column or a handler's arguments, not 2.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    return value
+
+
+# --- Python -> PostgreSQL (by column) --------------------------------------------------------
+
+def _expect(what: str, value: Any) -> CoercionError:
+    shown = "null" if value is None else type(value).__name__
+    return CoercionError(f"expected {what}, got {shown}")
+
+
+def _to_int(kind: str) -> Callable[[Any], int]:
+    limit = _INT_RANGES[kind]
+
+    def coerce(value: Any) -> int:
+        if isinstance(value, bool):
+            raise _expect("an integer", value)
+        if isinstance(value, int):
+            result = value
+        elif isinstance(value, float):
+            if not value.is_integer():
+                raise CoercionError(f"expected an integer, got {value!r}")
+            if abs(value) > MAX_SAFE_INTEGER:
+                raise CoercionError("integer beyond 2^53 sent as a JSON number has lost its "
+                                    "exact value; send it as a string")
+            result = int(value)
+        elif isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+            result = int(value)
+        elif isinstance(value, Decimal) and value == value.to_integral_value():
+            result = int(value)
+        else:
+            raise _expect("an integer (number or decimal string)", value)
+        if not -limit <= result < limit:
+            raise CoercionError(f"{result} is out of range for {kind}")
+        return result
+    return coerce
+
+
+def _to_numeric(value: Any) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool):
+        raise _expect("a decimal string or number", value)
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))  # the shortest text that round-trips the double
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip())
+        except InvalidOperation:
+            raise CoercionError(f"{value!r} is not a decimal number") from None
+    raise _expect("a decimal string or number", value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _expect("a number", value)
+    if isinstance(value, int | float | Decimal):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise CoercionError(f"{value!r} is not a number") from None
+    raise _expect("a number", value)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise _expect("a boolean", value)
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _expect("a string", value)
+
+
+def _to_uuid(value: Any) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value)) if isinstance(value, str) else uuid.UUID(str(value))
+    except ValueError:
+        raise CoercionError(f"{value!r} is not a UUID") from None
+
+
+def _parse(parser: Callable[[str], Any], what: str) -> Callable[[Any], Any]:
+    def coerce(value: Any) -> Any:
+        if not isinstance(value, str):
+            raise _expect(f"{what} as a string", value)
+        try:
+            return parser(value)
+        except ValueError as exc:
+            raise CoercionError(f"{value!r} is not {what}: {exc}") from None
+    return coerce
+
+
+def _date(text: str) -> dt.date:
+    return dt.date.fromisoformat(text)
+
+
+def _timestamptz(text: str) -> dt.datetime:
+    result = dt.datetime.fromisoformat(text)
+    if result.tzinfo is None:
+        raise ValueError("a timestamp with time zone needs an offset (e.g. Z or +02:00)")
+    return result
+
+
+def _timestamp(text: str) -> dt.datetime:
+    result = dt.datetime.fromisoformat(text)
+    if result.tzinfo is not None:
+        raise ValueError("a timestamp without time zone takes no offset")
+    return result
+
+
+def _to_date(value: Any) -> dt.date:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    return _parse(_date, "a date (YYYY-MM-DD)")(value)  # type: ignore[no-any-return]
+
+
+def _to_timestamptz(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value
+    return _parse(_timestamptz, "an RFC 3339 timestamp")(value)  # type: ignore[no-any-return]
+
+
+def _to_timestamp(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value
+    return _parse(_timestamp, "an ISO 8601 timestamp")(value)  # type: ignore[no-any-return]
+
+
+def _to_time(value: Any) -> dt.time:
+    if isinstance(value, dt.time):
+        return value
+    return _parse(dt.time.fromisoformat, "a time (HH:MM:SS)")(value)  # type: ignore[no-any-return]
+
+
+_DURATION_RE = re.compile(r"(-)?P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?")
+
+
+def _to_interval(value: Any) -> dt.timedelta:
+    if isinstance(value, dt.timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return dt.timedelta(seconds=value)
+    if isinstance(value, str):
+        m = _DURATION_RE.fullmatch(value.strip())
+        if m and value.strip() not in ("P", "-P", "PT", "-PT"):
+            sign, days, hours, minutes, seconds = m.groups()
+            delta = dt.timedelta(days=int(days or 0), hours=int(hours or 0),
+                                 minutes=int(minutes or 0), seconds=float(seconds or 0))
+            return -delta if sign else delta
+    raise CoercionError(f"expected an ISO 8601 duration (e.g. P1DT2H) or seconds, got {value!r}")
+
+
+def _to_bytea(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise CoercionError("expected base64 text") from None
+    raise _expect("base64 text", value)
+
+
+def _to_json(value: Any) -> Any:
+    return plain_json(value)
+
+
+def _passthrough(value: Any) -> Any:
+    return value
+
+
+_COERCERS: dict[str, Callable[[Any], Any]] = {
+    "int2": _to_int("int2"), "int4": _to_int("int4"), "int8": _to_int("int8"),
+    "numeric": _to_numeric, "float": _to_float, "bool": _to_bool, "text": _to_text,
+    "uuid": _to_uuid, "date": _to_date, "timestamptz": _to_timestamptz,
+    "timestamp": _to_timestamp, "time": _to_time, "timetz": _to_time,
+    "interval": _to_interval, "bytea": _to_bytea, "json": _to_json, "other": _passthrough,
+}
+
+
+def coerce(value: Any, column: Column) -> Any:
+    """The Python value asyncpg should bind for ``column``; raises CoercionError."""
+    if value is None:
+        return None
+    scalar = _COERCERS[column.kind]
+    if column.is_array:
+        if not isinstance(value, list):
+            raise _expect(f"a list (column type {column.type_sql})", value)
+        return _coerce_array(value, scalar)
+    if isinstance(value, list | dict) and column.kind != "json":
+        raise _expect(f"a scalar (column type {column.type_sql})", value)
+    return scalar(value)
+
+
+def _coerce_array(values: list[Any], scalar: Callable[[Any], Any]) -> list[Any]:
+    return [None if v is None else _coerce_array(v, scalar) if isinstance(v, list) else scalar(v)
+            for v in values]
+
+
+# --- PostgreSQL -> protobuf ------------------------------------------------------------------
+
+Renderer = Callable[[Any], Any]
+
+
+def render_any(value: Any) -> Any:
+    """Render a value of unknown column type (custom handler results) as JSON-ready Python."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= MAX_SAFE_INTEGER else str(value)
+    if isinstance(value, float):
+        return _render_float(value)
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return _render_interval(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, dict):
+        return {str(k): render_any(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [render_any(v) for v in value]
+    return str(value)
+
+
+def _render_float(value: float) -> Any:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _render_interval(value: dt.timedelta) -> str:
+    sign = "-" if value < dt.timedelta(0) else ""
+    value = abs(value)
+    seconds = value.seconds + value.microseconds / 1e6
+    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
+    return f"{sign}P{value.days}DT{text}S"
+
+
+def _render_str(value: Any) -> Any:
+    return None if value is None else str(value)
+
+
+def _render_json(value: Any) -> Any:
+    return value  # decoded by the connection's json codec; numbers become doubles in Struct
+
+
+def _render_scalar(kind: str) -> Renderer:
+    if kind in ("int8", "numeric", "uuid"):
+        return _render_str
+    if kind == "json":
+        return _render_json
+    return render_any
+
+
+def renderer_for(column: Column) -> Renderer:
+    scalar = _render_scalar(column.kind)
+    if not column.is_array:
+        return scalar
+
+    def render_array(value: Any) -> Any:
+        if value is None:
+            return None
+        return [render_array(v) if isinstance(v, list) else scalar(v) for v in value]
+    return render_array
+
+
+def render_row(record: Any, renderers: list[tuple[str, Renderer]]) -> struct_pb2.Struct:
+    row = struct_pb2.Struct()
+    row.update({name: render(record[i]) for i, (name, render) in enumerate(renderers)})
+    return row
+
+
+def dumps_json(value: Any) -> str:
+    """Encoder of the connections' json/jsonb codec."""
+    return json.dumps(value, default=render_any, ensure_ascii=False, separators=(",", ":"))
