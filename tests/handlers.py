@@ -1,0 +1,50 @@
+"""Custom handlers used by the tests (loaded through the handler_modules setting)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchd import HandlerContext, handler
+
+serialization_failures: dict[str, int] = {}
+
+
+@handler("echo")
+async def echo(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    return args
+
+
+@handler("fail_serialization")
+async def fail_serialization(ctx: HandlerContext, args: dict[str, Any]) -> None:
+    """Raise a real 40001 from PostgreSQL for the first ``times`` calls with this ``key``."""
+    key = str(args["key"])
+    done = serialization_failures.get(key, 0)
+    if done < int(args["times"]):
+        serialization_failures[key] = done + 1
+        await ctx.connection.execute(
+            "DO $$ BEGIN RAISE EXCEPTION 'simulated conflict' "
+            "USING ERRCODE = 'serialization_failure'; END $$")
+
+
+@handler("boom")
+async def boom(ctx: HandlerContext, args: dict[str, Any]) -> None:
+    raise RuntimeError("secret internal detail: password=hunter2")
+
+
+@handler("sleep")
+async def sleep(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Sleep in PostgreSQL; returns when it started and ended, by the server's clock."""
+    started = await ctx.connection.fetchval("SELECT clock_timestamp()")
+    await ctx.connection.execute("SELECT pg_sleep($1)", float(args["seconds"]))
+    ended = await ctx.connection.fetchval("SELECT clock_timestamp()")
+    return {"started": started, "ended": ended}
+
+
+@handler("tx_info")
+async def tx_info(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    """The transaction the handler runs in, as PostgreSQL sees it."""
+    row = await ctx.connection.fetchrow(
+        "SELECT current_setting('transaction_isolation') AS isolation, "
+        "current_setting('transaction_read_only') AS read_only, "
+        "pg_current_xact_id()::text AS txid")
+    return dict(row)

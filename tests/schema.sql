@@ -1,0 +1,35 @@
+-- Test tables beside the demo schema (customers, products, orders, order_items).
+CREATE TABLE all_types (
+    id         bigint PRIMARY KEY,
+    i2         smallint,
+    i4         integer,
+    i8         bigint,
+    num        numeric,
+    money      numeric(12, 2),
+    f8         double precision,
+    flag       boolean,
+    label      text,
+    code       varchar(10),
+    uid        uuid,
+    day        date,
+    at         timestamptz,
+    local_at   timestamp,
+    doc        json,
+    docb       jsonb,
+    blob       bytea,
+    ids        bigint[],
+    tags       text[],
+    grid       integer[][],
+    span       interval
+);
+CREATE TABLE events (
+    id    bigint PRIMARY KEY,
+    kind  text NOT NULL,
+    score integer
+);
+CREATE TABLE no_key (x integer);
+CREATE TABLE "Odd ""Name""" (id integer PRIMARY KEY, "select" text);
+CREATE TABLE readonly_things (id integer PRIMARY KEY, name text);
+CREATE SCHEMA hidden;
+CREATE TABLE hidden.secrets (id integer PRIMARY KEY, secret text);
+INSERT INTO hidden.secrets VALUES (1, 'do not leak');
