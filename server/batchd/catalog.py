@@ -47,7 +47,10 @@ def check_identifier(name: str, field_path: str) -> None:
 class Column:
     name: str
     sql: str  # quoted identifier
-    type_sql: str  # format_type(), e.g. numeric(12,2), text[]
+    type_sql: str  # format_type(), e.g. numeric(12,2), text[]: for people
+    # The type without modifiers, for casting parameters: an explicit cast to varchar(10)
+    # would silently truncate, where assignment to the column raises an error.
+    cast_sql: str
     kind: str  # coercion kind of the value (element kind for arrays), see batchd.values
     is_array: bool
     nullable: bool
@@ -98,7 +101,7 @@ _KINDS = {
 }
 
 _TYPES_SQL = """
-SELECT oid, typname, typtype, typbasetype, typelem, typcategory FROM pg_type
+SELECT oid, typname, typtype::text, typbasetype, typelem, typcategory::text FROM pg_type
 """
 _TABLES_SQL = """
 SELECT c.oid, n.nspname AS schema, c.relname AS name
@@ -109,6 +112,7 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
 """
 _COLUMNS_SQL = """
 SELECT a.attrelid, a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod) AS type_sql,
+       format_type(a.atttypid, NULL) AS cast_sql,
        a.attnotnull, a.atthasdef, a.attidentity <> '' AS identity, a.attgenerated <> '' AS generated
 FROM pg_attribute a
 WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
@@ -167,6 +171,7 @@ class Catalog:
             kind, is_array = kind_of(r["atttypid"])
             columns[r["attrelid"]][r["attname"]] = Column(
                 name=r["attname"], sql=quote_ident(r["attname"]), type_sql=r["type_sql"],
+                cast_sql=r["cast_sql"],
                 kind=kind, is_array=is_array, nullable=not r["attnotnull"],
                 has_default=r["atthasdef"] or r["identity"] or r["generated"],
                 generated=r["generated"])

@@ -13,11 +13,13 @@ from importlib import resources
 
 import asyncpg
 
+from batchd import pgtypes
 from batchd.config import Settings
 from batchd.values import dumps_json
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    await pgtypes.install(conn)
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=dumps_json, decoder=json.loads,
                                   schema="pg_catalog")

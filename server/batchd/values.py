@@ -26,10 +26,12 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from batchd.catalog import Column
+from batchd.pgtypes import INFINITIES, Interval, parse_interval
 
-MAX_SAFE_INTEGER = 2**53
+MAX_SAFE_INTEGER = 2**53 - 1  # beyond it, a double may already be a rounded neighbour
 _INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
-_INT_RE = re.compile(r"[+-]?\d+")
+_INT_RE = re.compile(r"[+-]?[0-9]{1,19}")
+_REF_RE = re.compile(r"([A-Za-z0-9_-]+)\.(?:([0-9]{1,9})\.)?([^.]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +54,9 @@ class CoercionError(ValueError):
 
 def parse_ref(text: str) -> Ref:
     """``op.column`` or ``op.N.column``; raises CoercionError when malformed."""
-    parts = text.split(".")
-    if len(parts) == 2 and all(parts):
-        return Ref(parts[0], 0, parts[1])
-    if len(parts) == 3 and all(parts) and parts[1].isdigit():
-        return Ref(parts[0], int(parts[1]), parts[2])
+    m = _REF_RE.fullmatch(text)
+    if m:
+        return Ref(m.group(1), int(m.group(2) or 0), m.group(3))
     raise CoercionError(f'reference "{text}" must be "operation.column" or '
                         '"operation.row.column"')
 
@@ -167,9 +167,12 @@ def _to_float(value: Any) -> float:
         return float(value)
     if isinstance(value, str):
         try:
-            return float(value)
+            result = float(value)
         except ValueError:
             raise CoercionError(f"{value!r} is not a number") from None
+        if math.isinf(result) and "inf" not in value.lower():
+            raise CoercionError(f"{value!r} is out of range for a double")
+        return result
     raise _expect("a number", value)
 
 
@@ -225,20 +228,20 @@ def _timestamp(text: str) -> dt.datetime:
     return result
 
 
-def _to_date(value: Any) -> dt.date:
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+def _to_date(value: Any) -> Any:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime) or value in INFINITIES:
         return value
     return _parse(_date, "a date (YYYY-MM-DD)")(value)  # type: ignore[no-any-return]
 
 
-def _to_timestamptz(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+def _to_timestamptz(value: Any) -> Any:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None or value in INFINITIES:
         return value
     return _parse(_timestamptz, "an RFC 3339 timestamp")(value)  # type: ignore[no-any-return]
 
 
-def _to_timestamp(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime) and value.tzinfo is None:
+def _to_timestamp(value: Any) -> Any:
+    if isinstance(value, dt.datetime) and value.tzinfo is None or value in INFINITIES:
         return value
     return _parse(_timestamp, "an ISO 8601 timestamp")(value)  # type: ignore[no-any-return]
 
@@ -249,22 +252,19 @@ def _to_time(value: Any) -> dt.time:
     return _parse(dt.time.fromisoformat, "a time (HH:MM:SS)")(value)  # type: ignore[no-any-return]
 
 
-_DURATION_RE = re.compile(r"(-)?P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?")
-
-
-def _to_interval(value: Any) -> dt.timedelta:
-    if isinstance(value, dt.timedelta):
+def _to_interval(value: Any) -> Any:
+    if isinstance(value, Interval | dt.timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return dt.timedelta(seconds=value)
+        if not math.isfinite(value) or abs(value) >= 2**63 / 1e6:
+            raise CoercionError(f"{value!r} seconds is out of range for interval")
+        return Interval(microseconds=round(value * 1_000_000))
     if isinstance(value, str):
-        m = _DURATION_RE.fullmatch(value.strip())
-        if m and value.strip() not in ("P", "-P", "PT", "-PT"):
-            sign, days, hours, minutes, seconds = m.groups()
-            delta = dt.timedelta(days=int(days or 0), hours=int(hours or 0),
-                                 minutes=int(minutes or 0), seconds=float(seconds or 0))
-            return -delta if sign else delta
-    raise CoercionError(f"expected an ISO 8601 duration (e.g. P1DT2H) or seconds, got {value!r}")
+        try:
+            return parse_interval(value)
+        except ValueError as exc:
+            raise CoercionError(f"{value!r}: {exc}") from None
+    raise _expect("an ISO 8601 duration (e.g. P1Y2M3DT4H) or a number of seconds", value)
 
 
 def _to_bytea(value: Any) -> bytes:
@@ -327,12 +327,16 @@ def render_any(value: Any) -> Any:
         return value if abs(value) <= MAX_SAFE_INTEGER else str(value)
     if isinstance(value, float):
         return _render_float(value)
-    if isinstance(value, Decimal | uuid.UUID):
+    if isinstance(value, Decimal):
+        return format(value, "f")  # never exponent notation: 0.00000010, not 1.0E-7
+    if isinstance(value, uuid.UUID):
         return str(value)
-    if isinstance(value, dt.datetime | dt.date | dt.time):
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.UTC).isoformat()
+    if isinstance(value, dt.datetime | dt.date | dt.time | Interval):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
-        return _render_interval(value)
+        return Interval(0, value.days, value.seconds * 1_000_000 + value.microseconds).isoformat()
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, dict):
@@ -350,14 +354,6 @@ def _render_float(value: float) -> Any:
     return value
 
 
-def _render_interval(value: dt.timedelta) -> str:
-    sign = "-" if value < dt.timedelta(0) else ""
-    value = abs(value)
-    seconds = value.seconds + value.microseconds / 1e6
-    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
-    return f"{sign}P{value.days}DT{text}S"
-
-
 def _render_str(value: Any) -> Any:
     return None if value is None else str(value)
 
@@ -367,7 +363,7 @@ def _render_json(value: Any) -> Any:
 
 
 def _render_scalar(kind: str) -> Renderer:
-    if kind in ("int8", "numeric", "uuid"):
+    if kind in ("int8", "uuid"):
         return _render_str
     if kind == "json":
         return _render_json

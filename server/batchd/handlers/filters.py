@@ -39,13 +39,13 @@ class Condition:
             return f"{c.sql} IS NULL" if self.value else f"{c.sql} IS NOT NULL"
         value = results.finalize(self.value)
         if self.op == Op.IN:
-            return f"{c.sql} = ANY({params.add(value, c.type_sql + '[]')})"
+            return f"{c.sql} = ANY({params.add(value, c.cast_sql + '[]')})"
         if self.op == Op.LIKE:
             return f"{c.sql} LIKE {params.add(value, 'text')}"
         if value is None and self.op in (Op.EQ, Op.NE):
             # "= NULL" is never true in SQL; a caller asking for eq null means IS NULL.
             return f"{c.sql} IS {'' if self.op == Op.EQ else 'NOT '}NULL"
-        return f"{c.sql} {_COMPARISONS[self.op]} {params.add(value, c.type_sql)}"
+        return f"{c.sql} {_COMPARISONS[self.op]} {params.add(value, c.cast_sql)}"
 
 
 @dataclass(slots=True)
@@ -199,7 +199,7 @@ def after_sql(keys: Sequence[SortKey], values: Sequence[Any], params: SqlParams)
 def _equal(column: Column, value: Any, params: SqlParams) -> str:
     if value is None:
         return f"{column.sql} IS NULL"
-    return f"{column.sql} = {params.add(value, column.type_sql)}"
+    return f"{column.sql} = {params.add(value, column.cast_sql)}"
 
 
 def _after(key: SortKey, value: Any, params: SqlParams) -> str | None:
@@ -207,7 +207,7 @@ def _after(key: SortKey, value: Any, params: SqlParams) -> str | None:
     if key.descending:  # NULLS FIRST: after a value come smaller values; after NULL, values
         if value is None:
             return f"{c.sql} IS NOT NULL"
-        return f"{c.sql} < {params.add(value, c.type_sql)}"
+        return f"{c.sql} < {params.add(value, c.cast_sql)}"
     if value is None:  # NULLS LAST: nothing sorts after NULL but NULL itself
         return None
-    return f"({c.sql} > {params.add(value, c.type_sql)} OR {c.sql} IS NULL)"
+    return f"({c.sql} > {params.add(value, c.cast_sql)} OR {c.sql} IS NULL)"

@@ -103,7 +103,7 @@ class InsertKind:
             affected = len(records)
         else:
             arrays = [list(col) for col in zip(*rows, strict=True)]
-            casts = ", ".join(f"${i + 1}::{c.type_sql}[]" for i, c in enumerate(spec.columns))
+            casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
             records = await conn.fetch(
                 f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
                 f"SELECT * FROM unnest({casts}){spec.conflict_sql}{spec.returning_sql}", *arrays)
@@ -116,7 +116,7 @@ class InsertKind:
 def _values_sql(spec: InsertSpec, count: int) -> str:
     width = len(spec.columns)
     groups = ", ".join(
-        "(" + ", ".join(f"${r * width + i + 1}::{c.type_sql}" for i, c in enumerate(spec.columns))
+        "(" + ", ".join(f"${r * width + i + 1}::{c.cast_sql}" for i, c in enumerate(spec.columns))
         + ")" for r in range(count))
     return (f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) VALUES {groups}"
             f"{spec.conflict_sql}{spec.returning_sql}")

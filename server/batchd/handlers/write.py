@@ -110,7 +110,7 @@ class DeleteKind:
 async def _write(spec: WriteSpec, ctx: RunContext) -> Output:
     table = spec.table
     params = SqlParams()
-    assignments = [f"{c.sql} = {params.add(ctx.results.finalize(v), c.type_sql)}"
+    assignments = [f"{c.sql} = {params.add(ctx.results.finalize(v), c.cast_sql)}"
                    for c, v in spec.sets]
     if spec.soft_delete:
         assert table.soft_delete_column is not None
