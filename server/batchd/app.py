@@ -15,11 +15,11 @@ from typing import Any
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.database import apply_demo_schema, create_pool
+from batchd import reflection
 from batchd.dispatcher import Dispatcher
 from batchd.embedded import start_embedded
 from batchd.executor import Executor
@@ -70,9 +70,9 @@ class App:
                 BatchService(executor, dispatcher, plan_ctx), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME), server)
+            reflection.enable(
+                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+                server)
             port = server.add_insecure_port(f"{settings.host}:{settings.port}")
             if port == 0:
                 raise OSError(f"cannot listen on {settings.host}:{settings.port}")
