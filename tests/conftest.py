@@ -17,12 +17,11 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import json_format
-from grpc_status import rpc_status
-
 from batchd.app import App
 from batchd.config import Settings, TableSettings
 from batchd.v1 import batch_pb2, batch_pb2_grpc
+from google.protobuf import json_format
+from grpc_status import rpc_status
 
 HERE = Path(__file__).parent
 TEST_TABLES = ["order_items", "orders", "customers", "products", "all_types", "events",

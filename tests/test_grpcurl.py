@@ -66,8 +66,8 @@ async def test_batch_from_json_with_references(app, db):
     assert code == 0, out
     response = json.loads(out)
     assert response["committed"] is True
-    order = response["results"][1]["rows"][0]
-    assert order["total"] == "9.99" and order["customer_id"] == response["results"][0]["rows"][0]["id"]
+    customer, order = (r["rows"][0] for r in response["results"])
+    assert order["total"] == "9.99" and order["customer_id"] == customer["id"]
     assert await db.fetchval("SELECT count(*) FROM orders") == 1
 
 

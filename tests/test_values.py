@@ -44,8 +44,8 @@ UTC = dt.UTC
 def col(kind: str, is_array: bool = False, type_sql: str | None = None, name: str = "c") -> Column:
     if type_sql is None:
         type_sql = kind + ("[]" if is_array else "")
-    return Column(name=name, sql=f'"{name}"', type_sql=type_sql, cast_sql=type_sql, kind=kind, is_array=is_array,
-                  nullable=True, has_default=False, generated=False)
+    return Column(name=name, sql=f'"{name}"', type_sql=type_sql, cast_sql=type_sql, kind=kind,
+                  is_array=is_array, nullable=True, has_default=False, generated=False)
 
 
 def pv(value: Any) -> struct_pb2.Value:

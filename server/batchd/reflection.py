@@ -36,7 +36,7 @@ class _File:
     def dependencies(self) -> list[_File]:
         return [_File(d, self._documented) for d in self._descriptor.dependencies]
 
-    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto) -> None:  # noqa: N802
+    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto) -> None:
         source = self._documented.get(self.name)
         if source is None:
             self._descriptor.CopyToProto(proto)
@@ -49,10 +49,10 @@ class _DocumentedPool:
         self._pool = descriptor_pool.Default()
         self._documented = _documented_files()
 
-    def FindFileByName(self, name: str) -> _File:  # noqa: N802
+    def FindFileByName(self, name: str) -> _File:
         return _File(self._pool.FindFileByName(name), self._documented)
 
-    def FindFileContainingSymbol(self, symbol: str) -> _File:  # noqa: N802
+    def FindFileContainingSymbol(self, symbol: str) -> _File:
         return _File(self._pool.FindFileContainingSymbol(symbol), self._documented)
 
     def __getattr__(self, name: str) -> Any:

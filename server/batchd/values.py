@@ -194,7 +194,7 @@ def _to_uuid(value: Any) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
     try:
-        return uuid.UUID(str(value)) if isinstance(value, str) else uuid.UUID(str(value))
+        return uuid.UUID(str(value))
     except ValueError:
         raise CoercionError(f"{value!r} is not a UUID") from None
 
@@ -229,27 +229,27 @@ def _timestamp(text: str) -> dt.datetime:
 
 
 def _to_date(value: Any) -> Any:
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime) or value in INFINITIES:
+    if (isinstance(value, dt.date) and not isinstance(value, dt.datetime)) or value in INFINITIES:
         return value
-    return _parse(_date, "a date (YYYY-MM-DD)")(value)  # type: ignore[no-any-return]
+    return _parse(_date, "a date (YYYY-MM-DD)")(value)
 
 
 def _to_timestamptz(value: Any) -> Any:
-    if isinstance(value, dt.datetime) and value.tzinfo is not None or value in INFINITIES:
+    if (isinstance(value, dt.datetime) and value.tzinfo is not None) or value in INFINITIES:
         return value
-    return _parse(_timestamptz, "an RFC 3339 timestamp")(value)  # type: ignore[no-any-return]
+    return _parse(_timestamptz, "an RFC 3339 timestamp")(value)
 
 
 def _to_timestamp(value: Any) -> Any:
-    if isinstance(value, dt.datetime) and value.tzinfo is None or value in INFINITIES:
+    if (isinstance(value, dt.datetime) and value.tzinfo is None) or value in INFINITIES:
         return value
-    return _parse(_timestamp, "an ISO 8601 timestamp")(value)  # type: ignore[no-any-return]
+    return _parse(_timestamp, "an ISO 8601 timestamp")(value)
 
 
-def _to_time(value: Any) -> dt.time:
+def _to_time(value: Any) -> Any:
     if isinstance(value, dt.time):
         return value
-    return _parse(dt.time.fromisoformat, "a time (HH:MM:SS)")(value)  # type: ignore[no-any-return]
+    return _parse(dt.time.fromisoformat, "a time (HH:MM:SS)")(value)
 
 
 def _to_interval(value: Any) -> Any:

@@ -24,7 +24,8 @@ from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, coerce, from_proto, renderer_for, struct_from_proto
 
 Op = batch_pb2.Filter.Operator
-_COMPARISONS = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}
+_COMPARISONS: dict[int, str] = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">",
+                                Op.GE: ">="}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,29 @@
+# batchd: slim, non-root, health-checked through the gRPC health service.
+#   docker build -t batchd .
+#   docker run -p 50051:50051 -e BATCHD_DSN=postgresql://user:pass@db/app batchd
+# Without BATCHD_DSN the container starts the embedded PostgreSQL (data in /home/batchd/.batchd).
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml hatch_build.py README.md ./
+COPY protos ./protos
+COPY scripts/generate ./scripts/generate
+COPY server ./server
+# The build hook generates the protobuf code; every dependency is built into /wheels.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 batchd
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+USER batchd
+WORKDIR /home/batchd
+ENV BATCHD_HOST=0.0.0.0 \
+    BATCHD_PORT=50051 \
+    PYTHONUNBUFFERED=1
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "batchd.healthcheck"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["batchd"]
+CMD ["serve"]
