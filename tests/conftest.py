@@ -6,22 +6,25 @@ fresh database created on that server for this run and dropped afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import json_format
+from grpc_status import rpc_status
+
 from batchd.app import App
 from batchd.config import Settings, TableSettings
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from google.protobuf import json_format
-from grpc_status import rpc_status
 
 HERE = Path(__file__).parent
 TEST_TABLES = ["order_items", "orders", "customers", "products", "all_types", "events",
@@ -40,8 +43,6 @@ def dsn() -> Iterator[str]:
         yield server.get_uri()
         server.cleanup()
         return
-    import asyncio
-
     name = f"batchd_test_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
@@ -58,13 +59,20 @@ def dsn() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def schema(dsn: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        if not await conn.fetchval("SELECT to_regclass('public.all_types') IS NOT NULL"):
-            await conn.execute((HERE / "schema.sql").read_text())
-    finally:
-        await conn.close()
+def schema(dsn: str) -> str:
+    """The database with the demo and test tables (sync, so any test can ask for it)."""
+
+    async def create() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            if not await conn.fetchval("SELECT to_regclass('public.all_types') IS NOT NULL"):
+                await conn.execute(
+                    resources.files("batchd.demo").joinpath("schema.sql").read_text())
+                await conn.execute((HERE / "schema.sql").read_text())
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
     return dsn
 
 
@@ -106,12 +114,17 @@ async def db(schema: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture(autouse=True)
 async def clean_tables(request: pytest.FixtureRequest) -> None:
-    if "db" not in request.fixturenames:
+    """Every test that reaches the database starts from the same rows (pure unit tests don't
+    start the database at all)."""
+    if not {"db", "stub", "app", "schema"} & set(request.fixturenames):
         return
-    db: asyncpg.Connection = request.getfixturevalue("db")
-    await db.execute(f"TRUNCATE {', '.join(TEST_TABLES)} RESTART IDENTITY CASCADE")
-    await db.execute("INSERT INTO products (sku, name, price, stock) VALUES "
-                     "('KB-01', 'Keyboard', 49.90, 100), ('MS-01', 'Mouse', 19.99, 250)")
+    conn = await asyncpg.connect(request.getfixturevalue("schema"))
+    try:
+        await conn.execute(f"TRUNCATE {', '.join(TEST_TABLES)} RESTART IDENTITY CASCADE")
+        await conn.execute("INSERT INTO products (sku, name, price, stock) VALUES "
+                           "('KB-01', 'Keyboard', 49.90, 100), ('MS-01', 'Mouse', 19.99, 250)")
+    finally:
+        await conn.close()
 
 
 # --- helpers for tests ---------------------------------------------------------------------

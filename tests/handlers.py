@@ -48,3 +48,9 @@ async def tx_info(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
         "current_setting('transaction_read_only') AS read_only, "
         "pg_current_xact_id()::text AS txid")
     return dict(row)
+
+
+@handler("kill_my_connection")
+async def kill_my_connection(ctx: HandlerContext, args: dict[str, Any]) -> None:
+    """Lose the database connection mid-batch, as a crash or failover would."""
+    await ctx.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 import grpc
-from batchd.v1 import batch_pb2
 
+from batchd.v1 import batch_pb2
 from tests.conftest import batch, count, fails, rows
 
 Outcome = batch_pb2.Outcome

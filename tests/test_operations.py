@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from batchd.v1 import batch_pb2
 
+from batchd.v1 import batch_pb2
 from tests.conftest import batch, count, fails, rows
 
 

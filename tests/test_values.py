@@ -16,6 +16,10 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
 from batchd import params
 from batchd.catalog import Column
 from batchd.errors import DependencyFailed, InvalidArgument
@@ -34,9 +38,6 @@ from batchd.values import (
     renderer_for,
     struct_from_proto,
 )
-from google.protobuf import json_format, struct_pb2
-from hypothesis import given
-from hypothesis import strategies as st
 
 UTC = dt.UTC
 
