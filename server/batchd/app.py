@@ -25,7 +25,9 @@ from batchd.embedded import start_embedded
 from batchd.executor import Executor
 from batchd.handlers.base import PlanContext
 from batchd.handlers.call import load_modules, registered
+from batchd.ledger import ensure_internal_schema
 from batchd.service import BatchService
+from batchd.stream import StreamHandler
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class App:
                 await apply_demo_schema(pool)
                 modules.append(DEMO_HANDLERS)
             load_modules(modules)
+            await ensure_internal_schema(pool)
             async with pool.acquire() as conn:
                 catalog = await Catalog.load(conn, settings)
             dispatcher = Dispatcher()
@@ -66,8 +69,9 @@ class App:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ])
+            streams = StreamHandler(pool, catalog, executor, dispatcher, plan_ctx, settings)
             batch_pb2_grpc.add_BatchServiceServicer_to_server(  # type: ignore[no-untyped-call]
-                BatchService(executor, dispatcher, plan_ctx), server)
+                BatchService(executor, dispatcher, plan_ctx, streams), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable(

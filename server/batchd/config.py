@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     independent_concurrency: int = 8
     # Extra attempts of an ATOMIC batch after 40001 / 40P01.
     atomic_retries: int = 3
+    # Chunks a stream decodes ahead of the one being written (memory: chunk size x this + 2).
+    stream_read_ahead: int = 2
 
     @classmethod
     def settings_customise_sources(

@@ -4,6 +4,7 @@
      ├── InvalidArgument  the request is malformed; carries BadRequest field violations
      ├── NotFound         a keyed row does not exist
      ├── VersionConflict  optimistic locking: the row's version is not the expected one
+     ├── FailedPrecondition the system is not in the state the request needs
      ├── DependencyFailed a referenced row is missing at run time
      │    └── Skipped     an operation this one depends on did not succeed (INDEPENDENT)
      └── DatabaseError    PostgreSQL refused; carries SQLSTATE, constraint, table, column
@@ -101,6 +102,11 @@ class VersionConflict(BatchdError):
 class DependencyFailed(BatchdError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "DEPENDENCY_FAILED"
+
+
+class FailedPrecondition(BatchdError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
 
 
 class Skipped(DependencyFailed):

@@ -149,6 +149,24 @@ class Executor:
         results.record(step.id, output.rows)
         return output
 
+    async def run_on(self, conn: asyncpg.Connection, plan: BatchPlan,
+                     request_id: str) -> batch_pb2.BatchExecuteResponse:
+        """Run a plan's operations in order on ``conn``, inside the transaction (or savepoint)
+        the caller holds, as an atomic batch: the first failure raises the same error an
+        atomic BatchExecute would, and the caller's transaction decides what commits."""
+        if plan.invalid:
+            first = plan.invalid[0]
+            assert first.error is not None
+            raise _atomic_failure(plan, {}, first, first.error, attempts=0, invalid=plan.invalid)
+        results = Results()
+        outputs: dict[str, Output] = {}
+        try:
+            for step in plan.steps:
+                outputs[step.id] = await self._run_step(step, conn, results, request_id)
+        except _StepFailed as failed:
+            raise _atomic_failure(plan, outputs, failed.step, failed.error, attempts=1) from None
+        return _response(plan.steps, outputs, committed=True, attempts=1)
+
     # --- INDEPENDENT --------------------------------------------------------------------------
 
     async def _independent(self, plan: BatchPlan,

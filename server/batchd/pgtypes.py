@@ -122,6 +122,8 @@ def _decode_date(data: tuple[int]) -> Any:
 
 def _encoder(epoch: dt.datetime) -> Any:
     def encode(value: Any) -> tuple[int]:
+        if type(value) is int:  # already microseconds since 2000-01-01 (columnar ingest)
+            return (value,)
         if value == "infinity":
             return (_TS_INF,)
         if value == "-infinity":

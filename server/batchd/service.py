@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_status import rpc_status
 
 from batchd.catalog import Catalog
 from batchd.dispatcher import Dispatcher
-from batchd.errors import BatchdError, internal, to_rpc_status
-from batchd.executor import Executor
+from batchd.errors import to_rpc_status
+from batchd.executor import Executor, translate
 from batchd.handlers.base import PlanContext
 from batchd.handlers.call import registered
 from batchd.plan import plan_batch
+from batchd.stream import StreamHandler
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,12 @@ def request_id_of(context: grpc.aio.ServicerContext) -> str:
 
 
 class BatchService(batch_pb2_grpc.BatchServiceServicer):
-    def __init__(self, executor: Executor, dispatcher: Dispatcher, plan_ctx: PlanContext) -> None:
+    def __init__(self, executor: Executor, dispatcher: Dispatcher, plan_ctx: PlanContext,
+                 streams: StreamHandler) -> None:
         self.executor = executor
         self.dispatcher = dispatcher
         self.plan_ctx = plan_ctx
+        self.streams = streams
 
     async def BatchExecute(self, request: batch_pb2.BatchExecuteRequest,
                            context: grpc.aio.ServicerContext) -> batch_pb2.BatchExecuteResponse:
@@ -43,13 +47,23 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         try:
             plan = plan_batch(request, self.dispatcher, self.plan_ctx)
             return await self.executor.execute(plan, request_id)
-        except BatchdError as exc:
-            error = exc
-        except Exception:
-            log.exception("unexpected error in request %s", request_id)
-            error = internal(request_id)
+        except Exception as exc:
+            error = translate(exc, request_id)
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
         raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+    async def BatchStream(self, request_iterator: AsyncIterator[batch_pb2.StreamRequest],
+                          context: grpc.aio.ServicerContext,
+                          ) -> AsyncIterator[batch_pb2.StreamResponse]:
+        request_id = request_id_of(context)
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+        try:
+            async for response in self.streams.run(request_iterator, request_id):
+                yield response
+            return
+        except Exception as exc:
+            error = translate(exc, request_id)
+        await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
 
     async def GetSchema(self, request: batch_pb2.GetSchemaRequest,
                         context: grpc.aio.ServicerContext) -> batch_pb2.GetSchemaResponse:

@@ -1,0 +1,295 @@
+"""Ingest chunks: decoding each encoding into what COPY takes, and writing it.
+
+ROWS and COLUMNAR chunks become Python records for asyncpg's binary COPY. Values are coerced
+by column type while decoding, so a bad value rejects its row with a reason naming the column
+before anything reaches PostgreSQL. COLUMNAR arrays whose protobuf type already is the
+column's (int64 for integers, double for floats, bool, bytes, text, microseconds for
+timestamps) are taken whole, without touching each value in Python. CSV chunks go to COPY as
+the bytes they arrived as.
+
+``write`` COPYs a chunk under a savepoint. If PostgreSQL refuses a row (constraint, bad CSV
+field), the chunk is split to find the refused rows: PostgreSQL's error names the line, so the
+rows before it are written, the row is rejected, and the rest is tried again; without a line,
+halves are tried. The other rows of the chunk are still written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from batchd.catalog import Catalog, Column, Table
+from batchd.errors import BatchdError, InvalidArgument, from_database
+from batchd.v1 import batch_pb2
+from batchd.values import CoercionError, coerce, from_proto
+
+UNIX_TO_PG_EPOCH_US = 946_684_800_000_000
+_COPY_LINE = re.compile(r"COPY [^,]+, line (\d+)")
+
+
+@dataclass(slots=True)
+class Target:
+    table: Table
+    columns: list[Column]
+    encoding: int
+    csv: batch_pb2.CsvOptions
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def resolve_target(header: batch_pb2.StreamHeader, catalog: Catalog,
+                   first_chunk: batch_pb2.StreamChunk | None) -> Target:
+    table = catalog.table(header.table, "header.table")
+    table.require("insert", "header.table")
+    encoding = header.encoding or batch_pb2.ENCODING_ROWS
+    names = list(header.columns)
+    if not names:
+        if encoding != batch_pb2.ENCODING_ROWS:
+            raise InvalidArgument.field("header.columns", "required for COLUMNAR and CSV")
+        if first_chunk is None or not first_chunk.rows:
+            raise InvalidArgument.field("header.columns", "give the columns, or send rows")
+        names = list(first_chunk.rows[0].fields.keys())
+    columns = []
+    for i, name in enumerate(names):
+        column = table.column(name, f"header.columns[{i}]")
+        if column.generated:
+            raise InvalidArgument.field(f"header.columns[{i}]", "is a generated column")
+        if column in columns:
+            raise InvalidArgument.field(f"header.columns[{i}]", f'"{name}" is listed twice')
+        columns.append(column)
+    return Target(table, columns, encoding, header.csv)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A chunk ready to write: records (or CSV bytes), and rows rejected while decoding."""
+
+    sequence: int
+    row_count: int
+    records: list[tuple[Any, ...]] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)  # chunk index of each record
+    csv: bytes = b""
+    rejected: list[tuple[int, BatchdError]] = field(default_factory=list)
+
+
+def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
+    if target.encoding == batch_pb2.ENCODING_CSV:
+        if chunk.rows or chunk.HasField("columnar"):
+            raise InvalidArgument.field("chunk", "a CSV stream's chunks carry csv bytes")
+        return Decoded(chunk.sequence, -1, csv=chunk.csv)
+    if target.encoding == batch_pb2.ENCODING_COLUMNAR:
+        if chunk.rows or chunk.csv:
+            raise InvalidArgument.field("chunk", "a COLUMNAR stream's chunks carry columnar")
+        return _decode_columnar(chunk, target)
+    if chunk.HasField("columnar") or chunk.csv:
+        raise InvalidArgument.field("chunk", "a ROWS stream's chunks carry rows")
+    return _decode_rows(chunk, target)
+
+
+def _decode_rows(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
+    out = Decoded(chunk.sequence, len(chunk.rows))
+    columns = target.columns
+    names = set(target.names)
+    for i, row in enumerate(chunk.rows):
+        fields = row.fields
+        try:
+            if len(fields) != len(columns) or not names.issuperset(fields.keys()):
+                raise InvalidArgument.field(
+                    f"rows[{i}]", f"names columns {sorted(fields.keys())}; the stream's columns "
+                                  f"are {sorted(names)}")
+            record = []
+            for c in columns:
+                try:
+                    record.append(coerce(from_proto(fields[c.name]), c))
+                except CoercionError as exc:
+                    raise InvalidArgument.field(f"rows[{i}].{c.name}",
+                                                f"{exc} (column type {c.type_sql})") from None
+        except InvalidArgument as exc:
+            out.rejected.append((i, exc))
+            continue
+        out.records.append(tuple(record))
+        out.indexes.append(i)
+    return out
+
+
+# Protobuf array types taken whole for a column kind (no per-value work).
+_NATIVE = {
+    ("int64s", "int8"), ("doubles", "float"), ("bools", "bool"), ("bytes", "bytea"),
+    ("strings", "text"),
+}
+
+
+def _decode_columnar(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
+    arrays = chunk.columnar.columns
+    if len(arrays) != len(target.columns):
+        raise InvalidArgument.field("columnar.columns", f"{len(arrays)} arrays for "
+                                                        f"{len(target.columns)} columns")
+    lists: list[list[Any]] = []
+    bad: dict[int, BatchdError] = {}
+    length = None
+    for j, (array, column) in enumerate(zip(arrays, target.columns, strict=True)):
+        which = array.WhichOneof("values")
+        if which is None:
+            raise InvalidArgument.field(f"columnar.columns[{j}]", "no values")
+        values = list(getattr(array, which).values)
+        if length is None:
+            length = len(values)
+        elif len(values) != length:
+            raise InvalidArgument.field(f"columnar.columns[{j}]",
+                                        f"{len(values)} values; column 0 has {length}")
+        nulls = set(array.null_indexes)
+        for n in nulls:
+            if n < len(values):
+                values[n] = None
+        lists.append(_coerce_column(values, which, column, j, nulls, bad))
+    count = length or 0
+    out = Decoded(chunk.sequence, count)
+    out.rejected = sorted(bad.items())
+    if bad:
+        keep = [i for i in range(count) if i not in bad]
+        out.records = [tuple(col[i] for col in lists) for i in keep]
+        out.indexes = keep
+    else:
+        out.records = list(zip(*lists, strict=True))
+        out.indexes = list(range(count))
+    return out
+
+
+def _coerce_column(values: list[Any], which: str, column: Column, j: int, nulls: set[int],
+                   bad: dict[int, BatchdError]) -> list[Any]:
+    if column.is_array:
+        raise InvalidArgument.field(f"columnar.columns[{j}]",
+                                    "array columns are not supported in COLUMNAR; use ROWS")
+    if which == "timestamp_micros":
+        if column.kind not in ("timestamptz", "timestamp"):
+            raise InvalidArgument.field(f"columnar.columns[{j}]", "timestamp_micros is for "
+                                                                  "timestamp columns")
+        return [None if v is None else v - UNIX_TO_PG_EPOCH_US for v in values]
+    if (which, column.kind) in _NATIVE or (which == "int64s" and column.kind in ("int2", "int4")
+                                           and _in_range(values, column.kind)):
+        return values
+    out: list[Any] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(coerce(v, column))
+        except CoercionError as exc:
+            bad.setdefault(i, InvalidArgument.field(f"rows[{i}].{column.name}",
+                                                    f"{exc} (column type {column.type_sql})"))
+            out.append(None)
+    return out
+
+
+def _in_range(values: list[Any], kind: str) -> bool:
+    limit = 2**15 if kind == "int2" else 2**31
+    present = [v for v in values if v is not None]
+    return not present or (min(present) >= -limit and max(present) < limit)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+Copy = Callable[[Sequence[Any]], Awaitable[int]]
+
+
+def records_copier(conn: asyncpg.Connection, target: Target) -> Copy:
+    async def copy(records: Sequence[Any]) -> int:
+        await conn.copy_records_to_table(target.table.name, schema_name=target.table.schema,
+                                         columns=target.names, records=records)
+        return len(records)
+    return copy
+
+
+def csv_copier(conn: asyncpg.Connection, target: Target) -> Copy:
+    options = target.csv
+
+    async def copy(units: Sequence[Any]) -> int:
+        data = b"".join(units)
+
+        async def source() -> AsyncIterator[bytes]:
+            yield data
+        status = await conn.copy_to_table(
+            target.table.name, schema_name=target.table.schema, columns=target.names,
+            source=source(), format="csv", delimiter=options.delimiter or None,
+            null=options.null or None, quote=options.quote or None)
+        return int(str(status).rsplit(" ", 1)[-1])
+    return copy
+
+
+def split_csv(data: bytes, options: batch_pb2.CsvOptions) -> list[bytes]:
+    """The chunk's records, each as CSV bytes of its own (only on the bad-row path)."""
+    text = data.decode("utf-8")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=options.delimiter or ",",
+                        quotechar=options.quote or '"')
+    units = []
+    for record in reader:
+        buffer = io.StringIO()
+        csv.writer(buffer, delimiter=options.delimiter or ",", quotechar=options.quote or '"',
+                   lineterminator="\n").writerow(record)
+        units.append(buffer.getvalue().encode())
+    return units
+
+
+async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
+                ) -> tuple[int, int, list[tuple[int, BatchdError]]]:
+    """COPY a decoded chunk; returns (row count, rows written, rejected rows by chunk index)."""
+    rejected = list(decoded.rejected)
+    if target.encoding == batch_pb2.ENCODING_CSV:
+        copy = csv_copier(conn, target)
+        try:
+            async with conn.transaction():
+                written = await copy([decoded.csv])
+            return written, written, rejected
+        except (asyncpg.PostgresError, UnicodeDecodeError):
+            units: list[Any] = split_csv(decoded.csv, target.csv)
+        indexes = list(range(len(units)))
+        row_count = len(units)
+    else:
+        copy = records_copier(conn, target)
+        units, indexes, row_count = decoded.records, decoded.indexes, decoded.row_count
+    written, refused = await _write_isolating(conn, copy, units, indexes)
+    return row_count, written, sorted(rejected + refused, key=lambda r: r[0])
+
+
+async def _write_isolating(conn: asyncpg.Connection, copy: Copy, units: Sequence[Any],
+                           indexes: list[int]) -> tuple[int, list[tuple[int, BatchdError]]]:
+    if not units:
+        return 0, []
+    try:
+        async with conn.transaction():  # a savepoint: a refused COPY leaves the rest intact
+            return await copy(units), []
+    except asyncpg.PostgresError as exc:
+        error: BatchdError = from_database(exc) or BatchdError(str(exc))
+        line = _line_of(exc)
+    if len(units) == 1:
+        return 0, [(indexes[0], error)]
+    if line is not None and 1 <= line <= len(units) and _one_line_each(units):
+        k = line - 1
+        before = await _write_isolating(conn, copy, units[:k], indexes[:k])
+        after = await _write_isolating(conn, copy, units[k + 1:], indexes[k + 1:])
+        return before[0] + after[0], [*before[1], (indexes[k], error), *after[1]]
+    mid = len(units) // 2
+    left = await _write_isolating(conn, copy, units[:mid], indexes[:mid])
+    right = await _write_isolating(conn, copy, units[mid:], indexes[mid:])
+    return left[0] + right[0], left[1] + right[1]
+
+
+def _line_of(exc: asyncpg.PostgresError) -> int | None:
+    m = _COPY_LINE.search(getattr(exc, "context", None) or "")
+    return int(m.group(1)) if m else None
+
+
+def _one_line_each(units: Sequence[Any]) -> bool:
+    """Binary COPY counts records as lines; CSV counts physical lines, so only records
+    without embedded newlines map line numbers to records."""
+    return not units or not isinstance(units[0], bytes) or \
+        all(u.count(b"\n") <= 1 for u in units)

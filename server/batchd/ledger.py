@@ -1,0 +1,94 @@
+"""The stream ledger: which chunks of which stream are committed, kept in PostgreSQL.
+
+A COMMIT whose reply is lost looks to the client exactly like a failure, so it re-sends the
+chunk. The ledger row for (stream_id, sequence) is written in the same transaction as the
+chunk's rows, and claimed *first*: a re-sent chunk finds its row (or waits on the first
+attempt's uncommitted one, then finds it) and is skipped. The ledger lives in the database,
+not in batchd, so this holds across reconnects, restarts and replicas.
+
+batchd's own tables live in the ``batchd`` schema (never exposed to clients) and are created at
+start-up if missing, under an advisory lock so that replicas starting together do not race.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from batchd.errors import BatchdError, FailedPrecondition
+
+_LOCK_KEY = 0x62617463  # "batc": serializes batchd's own DDL across replicas
+
+INTERNAL_SCHEMA_SQL = """
+CREATE SCHEMA IF NOT EXISTS batchd;
+CREATE TABLE IF NOT EXISTS batchd.streams (
+    stream_id  text PRIMARY KEY,
+    target     text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS batchd.stream_chunks (
+    stream_id    text NOT NULL REFERENCES batchd.streams ON DELETE CASCADE,
+    sequence     bigint NOT NULL,
+    first_row    bigint NOT NULL,
+    row_count    integer NOT NULL,
+    rows_written integer NOT NULL DEFAULT 0,
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, sequence)
+);
+"""
+
+
+async def ensure_internal_schema(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute(INTERNAL_SCHEMA_SQL)
+
+
+@dataclass(slots=True)
+class Position:
+    """Where a stream stands: its last committed chunk and the index of its next row."""
+
+    last_sequence: int
+    next_row: int
+
+
+async def open_stream(conn: asyncpg.Connection, stream_id: str, target: str) -> Position:
+    """Register the stream (or find it again) and tell where it stands."""
+    await conn.execute("INSERT INTO batchd.streams (stream_id, target) VALUES ($1, $2) "
+                       "ON CONFLICT (stream_id) DO NOTHING", stream_id, target)
+    known = await conn.fetchval("SELECT target FROM batchd.streams WHERE stream_id = $1",
+                                stream_id)
+    if known != target:
+        raise FailedPrecondition(f'stream "{stream_id}" was opened for "{known}", not '
+                                 f'"{target}"; use another stream id')
+    last = await conn.fetchrow(
+        "SELECT sequence, first_row + row_count AS next_row FROM batchd.stream_chunks "
+        "WHERE stream_id = $1 ORDER BY sequence DESC LIMIT 1", stream_id)
+    if last is None:
+        return Position(0, 0)
+    return Position(int(last["sequence"]), int(last["next_row"]))
+
+
+async def claim_chunk(conn: asyncpg.Connection, stream_id: str, sequence: int, first_row: int,
+                      row_count: int) -> bool:
+    """Inside the chunk's transaction: False if this sequence is already committed."""
+    claimed = await conn.fetchval(
+        "INSERT INTO batchd.stream_chunks (stream_id, sequence, first_row, row_count) "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+        stream_id, sequence, first_row, row_count)
+    return bool(claimed)
+
+
+async def record_written(conn: asyncpg.Connection, stream_id: str, sequence: int,
+                         rows_written: int, row_count: int) -> None:
+    await conn.execute("UPDATE batchd.stream_chunks SET rows_written = $3, row_count = $4 "
+                       "WHERE stream_id = $1 AND sequence = $2",
+                       stream_id, sequence, rows_written, row_count)
+
+
+def check_sequence(sequence: int, expected: int) -> None:
+    if sequence != expected:
+        raise BatchdError(f"chunk sequence {sequence} is out of order; expected {expected}",
+                          code=FailedPrecondition.code, reason="SEQUENCE_OUT_OF_ORDER",
+                          metadata={"expected_sequence": str(expected)})

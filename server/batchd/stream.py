@@ -1,0 +1,304 @@
+"""One BatchStream: header, chunks, acks, summary. The promises of each mode are kept here.
+
+ATOMIC: one transaction for the whole stream on one connection, committed only when the
+client sends StreamCommit. Everything else rolls back: the request iterator ending without a
+commit (grpc.aio ends it the same way for a clean half-close and for a client that cancelled
+or vanished, so ending is never taken as consent), an error, the deadline, server shutdown
+(both cancel this task; the rollback runs in ``finally``).
+
+INDEPENDENT: each chunk is its own transaction with its ledger row (see batchd.ledger); the
+ack is sent only after COMMIT returned, so every acked chunk is durable.
+
+A reader task decodes up to ``stream_read_ahead`` chunks ahead of the writer, so decoding
+overlaps the COPY of the previous chunk, and stops reading when that queue is full: gRPC then
+stops granting the client flow-control credit, and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+
+from batchd import ledger
+from batchd.catalog import Catalog
+from batchd.config import Settings
+from batchd.dispatcher import Dispatcher
+from batchd.errors import BatchdError, FailedPrecondition, InvalidArgument, to_rpc_status
+from batchd.executor import Executor
+from batchd.handlers.base import PlanContext
+from batchd.ingest import Decoded, Target, decode, resolve_target, write
+from batchd.plan import plan_batch
+from batchd.v1 import batch_pb2
+
+log = logging.getLogger(__name__)
+STREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_END = object()
+
+
+class _Undo(Exception):
+    """Roll back a chunk's rows but keep its ledger row (BAD_ROWS_REJECT_CHUNK)."""
+
+
+@dataclass(slots=True)
+class _Commit:
+    pass
+
+
+@dataclass(slots=True)
+class _Chunk:
+    message: batch_pb2.StreamChunk
+    decoded: Decoded | None = None
+    error: BatchdError | None = None
+
+
+@dataclass(slots=True)
+class _Tally:
+    chunks: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0
+    last_sequence: int = 0
+    next_row: int = 0
+    rejected_rows: list[batch_pb2.RejectedRow] = field(default_factory=list)
+
+    def summary(self, committed: bool) -> batch_pb2.StreamResponse:
+        return batch_pb2.StreamResponse(summary=batch_pb2.StreamSummary(
+            chunks=self.chunks, rows_written=self.rows_written, rows_rejected=self.rows_rejected,
+            committed=committed, last_committed_sequence=self.last_sequence))
+
+
+class StreamHandler:
+    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, executor: Executor,
+                 dispatcher: Dispatcher, plan_ctx: PlanContext, settings: Settings) -> None:
+        self.pool = pool
+        self.catalog = catalog
+        self.executor = executor
+        self.dispatcher = dispatcher
+        self.plan_ctx = plan_ctx
+        self.settings = settings
+
+    async def run(self, requests: AsyncIterator[batch_pb2.StreamRequest],
+                  request_id: str) -> AsyncIterator[batch_pb2.StreamResponse]:
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "header":
+            raise InvalidArgument.field("header", "the first message of a stream must be a "
+                                                  "header")
+        header = first.header
+        if header.mode not in (batch_pb2.MODE_UNSPECIFIED, batch_pb2.MODE_ATOMIC,
+                               batch_pb2.MODE_INDEPENDENT):
+            raise InvalidArgument.field("header.mode", f"unknown mode {header.mode}")
+        atomic = header.mode != batch_pb2.MODE_INDEPENDENT
+        stream_id = header.stream_id or uuid.uuid4().hex
+        if not STREAM_ID.fullmatch(stream_id):
+            raise InvalidArgument.field("header.stream_id",
+                                        "must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        target = None
+        if header.table and (header.columns or header.encoding not in (
+                batch_pb2.ENCODING_UNSPECIFIED, batch_pb2.ENCODING_ROWS)):
+            target = resolve_target(header, self.catalog, None)
+
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, self.settings.stream_read_ahead))
+        reader = asyncio.create_task(self._read(requests, header, target, queue))
+        tally = _Tally()
+        try:
+            async with self.pool.acquire() as conn:
+                if atomic:
+                    async for response in self._atomic(conn, stream_id, queue, tally):
+                        yield response
+                else:
+                    async for response in self._independent(conn, header, stream_id, queue,
+                                                            tally, request_id):
+                        yield response
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    # --- reading ahead ------------------------------------------------------------------------
+
+    async def _read(self, requests: AsyncIterator[batch_pb2.StreamRequest],
+                    header: batch_pb2.StreamHeader, target: Target | None,
+                    queue: asyncio.Queue[Any]) -> None:
+        """Decode chunks ahead of the writer; the queue's bound is the backpressure."""
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("kind")
+                if kind == "commit":
+                    await queue.put(_Commit())
+                    return
+                if kind != "chunk":
+                    await queue.put(InvalidArgument.field(kind or "message", "only chunks and "
+                                                          "a commit may follow the header"))
+                    return
+                item = _Chunk(request.chunk)
+                if header.table:
+                    try:
+                        if target is None:
+                            target = resolve_target(header, self.catalog, request.chunk)
+                        item.decoded = decode(request.chunk, target)
+                    except BatchdError as exc:
+                        item.error = exc
+                await queue.put((item, target))
+            await queue.put(_END)
+        except Exception as exc:  # the transport failed under us: end as if cancelled
+            log.info("stream reader ended: %r", exc)
+            await queue.put(_END)
+
+    # --- ATOMIC -------------------------------------------------------------------------------
+
+    async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: asyncio.Queue[Any],
+                      tally: _Tally) -> AsyncIterator[batch_pb2.StreamResponse]:
+        yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
+        tx = conn.transaction()
+        await tx.start()
+        committed = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _Commit):
+                    await tx.commit()
+                    committed = True
+                    yield tally.summary(committed=True)
+                    return
+                if item is _END:
+                    raise FailedPrecondition("the stream ended without a commit message; "
+                                             "nothing of it was committed")
+                if isinstance(item, BatchdError):
+                    raise item
+                chunk, target = item
+                ledger.check_sequence(chunk.message.sequence, tally.last_sequence + 1)
+                async with conn.transaction():  # a savepoint, so bad rows can be isolated
+                    ack = await self._apply(conn, chunk, target, tally, stream_id, atomic=True)
+                if ack.rejected:
+                    first = ack.rejected[0]
+                    raise BatchdError(f"row {first.index} (chunk {ack.sequence}, row "
+                                      f"{first.chunk_index}): {first.status.message}; nothing "
+                                      "of the stream was committed",
+                                      code=_code(first.status.code), reason="BAD_ROW",
+                                      metadata={"row_index": str(first.index),
+                                                "sequence": str(ack.sequence)})
+                tally.last_sequence = ack.sequence
+                yield batch_pb2.StreamResponse(ack=ack)
+        finally:
+            if not committed and not conn.is_closed():
+                try:
+                    await tx.rollback()
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    pass  # the connection is gone, and its transaction with it
+
+    # --- INDEPENDENT --------------------------------------------------------------------------
+
+    async def _independent(self, conn: asyncpg.Connection, header: batch_pb2.StreamHeader,
+                           stream_id: str, queue: asyncio.Queue[Any], tally: _Tally,
+                           request_id: str) -> AsyncIterator[batch_pb2.StreamResponse]:
+        position = await ledger.open_stream(conn, stream_id, header.table or "(operations)")
+        tally.last_sequence, tally.next_row = position.last_sequence, position.next_row
+        yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(
+            stream_id=stream_id, last_committed_sequence=position.last_sequence,
+            next_row_index=position.next_row))
+        reject_chunk = header.bad_rows == batch_pb2.BAD_ROWS_REJECT_CHUNK
+        while True:
+            item = await queue.get()
+            if item is _END or isinstance(item, _Commit):
+                yield tally.summary(committed=True)
+                return
+            if isinstance(item, BatchdError):
+                raise item
+            chunk, target = item
+            sequence = chunk.message.sequence
+            if 0 < sequence <= tally.last_sequence:
+                yield batch_pb2.StreamResponse(ack=batch_pb2.ChunkAck(sequence=sequence,
+                                                                      duplicate=True))
+                continue
+            ledger.check_sequence(sequence, tally.last_sequence + 1)
+            try:
+                async with conn.transaction():
+                    if not await ledger.claim_chunk(conn, stream_id, sequence, tally.next_row, 0):
+                        raise _Undo  # committed meanwhile (another connection or replica)
+                    ack = await self._apply(conn, chunk, target, tally, request_id,
+                                            atomic=False, reject_chunk=reject_chunk)
+                    await ledger.record_written(conn, stream_id, sequence, ack.rows_written,
+                                                _row_count(chunk, ack))
+            except _Undo:
+                ack = batch_pb2.ChunkAck(sequence=sequence, duplicate=True)
+            tally.last_sequence = sequence
+            yield batch_pb2.StreamResponse(ack=ack)
+
+    # --- one chunk ----------------------------------------------------------------------------
+
+    async def _apply(self, conn: asyncpg.Connection, chunk: _Chunk, target: Target | None,
+                     tally: _Tally, request_id: str, *, atomic: bool,
+                     reject_chunk: bool = False) -> batch_pb2.ChunkAck:
+        """Write one chunk inside the transaction the caller opened; returns its ack."""
+        message = chunk.message
+        ack = batch_pb2.ChunkAck(sequence=message.sequence)
+        if chunk.error is not None:
+            raise chunk.error
+        if chunk.decoded is None:  # an operations feed: the chunk is one atomic batch
+            tally.chunks += 1
+            try:
+                async with conn.transaction():
+                    ack.results.extend(await self._operations(conn, message, request_id))
+            except _FeedFailed as failed:
+                if atomic:
+                    raise
+                ack.results.extend(failed.results)
+            return ack
+        assert target is not None
+        try:
+            async with conn.transaction():
+                row_count, written, rejected = await write(conn, chunk.decoded, target)
+                if rejected and reject_chunk:
+                    raise _Undo
+        except _Undo:
+            written = 0
+        first_row = tally.next_row
+        ack.rows_written = written
+        for index, error in rejected:
+            ack.rejected.append(batch_pb2.RejectedRow(index=first_row + index, chunk_index=index,
+                                                      status=to_rpc_status(error)))
+        chunk.decoded.row_count = row_count
+        tally.next_row += row_count
+        tally.chunks += 1
+        tally.rows_written += written
+        tally.rows_rejected += row_count - written
+        return ack
+
+    async def _operations(self, conn: asyncpg.Connection, message: batch_pb2.StreamChunk,
+                          request_id: str) -> list[batch_pb2.OperationResult]:
+        if not message.operations:
+            raise InvalidArgument.field("chunk.operations", "an operations feed's chunks carry "
+                                                            "operations")
+        plan = plan_batch(batch_pb2.BatchExecuteRequest(operations=message.operations),
+                          self.dispatcher, self.plan_ctx)
+        try:
+            response = await self.executor.run_on(conn, plan, request_id)
+        except BatchdError as exc:
+            outcome = next((d for d in exc.extra_details
+                            if isinstance(d, batch_pb2.BatchExecuteResponse)), None)
+            if outcome is None:
+                raise
+            raise _FeedFailed(exc, list(outcome.results)) from None
+        return list(response.results)
+
+
+class _FeedFailed(BatchdError):
+    def __init__(self, error: BatchdError, results: list[batch_pb2.OperationResult]) -> None:
+        super().__init__(error.message, code=error.code, reason=error.reason,
+                         violations=error.violations, metadata=error.metadata)
+        self.extra_details = error.extra_details
+        self.results = results
+
+
+def _row_count(chunk: _Chunk, ack: batch_pb2.ChunkAck) -> int:
+    return chunk.decoded.row_count if chunk.decoded is not None else 0
+
+
+def _code(number: int) -> grpc.StatusCode:
+    return next(c for c in grpc.StatusCode if c.value[0] == number)
