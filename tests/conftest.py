@@ -28,7 +28,7 @@ from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 HERE = Path(__file__).parent
 TEST_TABLES = ["order_items", "orders", "customers", "products", "all_types", "events",
-               '"Odd ""Name"""', "readonly_things"]
+               '"Odd ""Name"""', "readonly_things", "no_key"]
 
 
 def embedded_server() -> Any:

@@ -81,6 +81,15 @@ async def test_insert_conflict_without_handling_is_already_exists(stub, db):
     assert failure.code == grpc.StatusCode.ALREADY_EXISTS
 
 
+async def test_table_without_primary_key_takes_inserts_only(stub, db):
+    result = await one(stub, {"insert": {"table": "no_key", "rows": [{"x": 1}, {"x": 2}]}})
+    assert result.rows_affected == 2 and not result.rows
+    assert await db.fetchval("SELECT count(*) FROM no_key") == 2
+    failure = await fails(stub, batch([{"id": "q", "query": {"table": "no_key"}}]))
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'operation "query" is not allowed' in failure.message
+
+
 async def test_insert_into_generated_identity_by_default_accepts_explicit_ids(stub, db):
     result = await one(stub, {"insert": {"table": "customers", "rows": [
         {"id": "9007199254740993", "name": "big", "email": "big@x"}]}})
@@ -306,7 +315,7 @@ async def test_schema_lists_exposed_tables_and_handlers(stub):
     schema = await stub.GetSchema(batch_pb2.GetSchemaRequest())
     tables = {t.name: t for t in schema.tables}
     assert "public.orders" in tables and "hidden.secrets" not in tables
-    assert "public.no_key" not in tables  # no primary key: not exposed
+    assert list(tables["public.no_key"].operations) == ["insert"]  # no primary key
     orders = tables["public.orders"]
     assert (orders.version_column, orders.soft_delete_column) == ("version", "deleted_at")
     assert list(orders.primary_key) == ["id"]

@@ -5,8 +5,8 @@ here by exact match, and the SQL uses the catalog's own name, quoted. Names long
 bytes or containing NUL are rejected before the lookup: PostgreSQL would silently truncate a
 long name, possibly onto another, existing table.
 
-Only tables with a primary key are exposed (keys address rows for get/update/delete and make
-query pages stable); the others are skipped with a warning at start-up.
+Tables without a primary key are exposed for insert (and stream ingest) only: keys address
+rows for get/update/delete and make query pages stable.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_IDENTIFIER_BYTES = 63
 OPERATION_KINDS = ("insert", "get", "query", "update", "delete")
+KEYLESS_OPERATIONS = frozenset({"insert"})  # all a table without a primary key allows
 INTERNAL_SCHEMA = "batchd"  # where batchd keeps its own tables; never exposed
 
 
@@ -180,12 +181,12 @@ class Catalog:
         tables: dict[str, Table] = {}
         for r in candidates:
             qualified = f"{r['schema']}.{r['name']}"
-            if r["oid"] not in keys:
-                log.warning("table %s has no primary key; not exposed", qualified)
-                continue
-            tables[qualified] = _configure(
-                Table(schema=r["schema"], name=r["name"], columns=columns[r["oid"]],
-                      primary_key=keys[r["oid"]]), settings)
+            table = _configure(Table(schema=r["schema"], name=r["name"],
+                                     columns=columns[r["oid"]],
+                                     primary_key=keys.get(r["oid"], ())), settings)
+            if not table.primary_key:
+                table.operations &= KEYLESS_OPERATIONS
+            tables[qualified] = table
         log.info("catalog: %d tables exposed", len(tables))
         return cls(tables, settings.default_schema)
 

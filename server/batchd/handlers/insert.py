@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument
 from batchd.handlers.base import (
@@ -86,6 +88,8 @@ class InsertKind:
         rows = ([ctx.results.finalize_all(row) for row in spec.rows] if spec.has_deferred
                 else spec.rows)
         conn = ctx.connection
+        if not spec.returning:  # a table without a primary key, nothing asked back
+            return Output([], [], rows_affected=await self._execute(spec, rows, conn))
         if not spec.columns:
             records = []
             for _ in rows:
@@ -108,9 +112,34 @@ class InsertKind:
                 f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
                 f"SELECT * FROM unnest({casts}){spec.conflict_sql}{spec.returning_sql}", *arrays)
             affected = len(records)
-        if not spec.returning:
-            records = []
         return Output(records, renderers(spec.returning), rows_affected=affected)
+
+    async def _execute(self, spec: InsertSpec, rows: list[list[Any]],
+                       conn: asyncpg.Connection) -> int:
+        """Insert without RETURNING; the count comes from the command tag."""
+        if not spec.columns:
+            for _ in rows:
+                await conn.execute(f"INSERT INTO {spec.table.sql} DEFAULT VALUES"
+                                   f"{spec.conflict_sql}")
+            return len(rows)  # DO NOTHING cannot apply without a key to conflict on
+        if any(c.is_array for c in spec.columns):
+            total = 0
+            per_statement = max(1, MAX_PARAMETERS // len(spec.columns))
+            for start in range(0, len(rows), per_statement):
+                chunk = rows[start:start + per_statement]
+                total += _count(await conn.execute(_values_sql(spec, len(chunk)),
+                                                   *[v for row in chunk for v in row]))
+            return total
+        arrays = [list(col) for col in zip(*rows, strict=True)]
+        casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
+        return _count(await conn.execute(
+            f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
+            f"SELECT * FROM unnest({casts}){spec.conflict_sql}", *arrays))
+
+
+def _count(tag: str) -> int:
+    """Rows of a command tag such as "INSERT 0 42"."""
+    return int(tag.rsplit(" ", 1)[-1])
 
 
 def _values_sql(spec: InsertSpec, count: int) -> str:
