@@ -16,6 +16,7 @@ halves are tried. The other rows of the chunk are still written.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,11 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from google.protobuf import struct_pb2
 
 from batchd.catalog import Catalog, Column, Table
 from batchd.errors import BatchdError, InvalidArgument, from_database
 from batchd.v1 import batch_pb2
-from batchd.values import CoercionError, coerce, from_proto
+from batchd.values import MAX_SAFE_INTEGER, CoercionError, coerce, from_proto
 
 UNIX_TO_PG_EPOCH_US = 946_684_800_000_000
 _COPY_LINE = re.compile(r"COPY [^,]+, line (\d+)")
@@ -39,10 +41,71 @@ class Target:
     columns: list[Column]
     encoding: int
     csv: batch_pb2.CsvOptions
+    readers: list[tuple[str, Reader]] = field(init=False)
+    # Positions of numeric columns: their strings go to the driver unparsed (it parses them
+    # exactly as coercion would), and are checked one by one only if a COPY's encoding fails.
+    lazy: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.readers = [(c.name, _reader(c)) for c in self.columns]
+        self.lazy = [i for i, c in enumerate(self.columns) if c.kind == "numeric"
+                     and not c.is_array]
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+
+Reader = Callable[[Any], Any]  # a struct_pb2.Value (None: the column is missing)
+
+
+def _reader(column: Column) -> Reader:
+    """A Value -> Python converter for one column: the common case in a few bytecodes, the
+    rest (and every error message) through ``coerce``."""
+
+    def slow(value: struct_pb2.Value) -> Any:
+        return coerce(from_proto(value), column)
+
+    kind = column.kind
+    if column.is_array:
+        return slow
+    if kind in ("text", "numeric"):
+        def read_string(value: struct_pb2.Value) -> Any:
+            if value.WhichOneof("kind") == "string_value":
+                return value.string_value
+            return slow(value)
+        return read_string
+    if kind in ("int2", "int4", "int8"):
+        limit = min(MAX_SAFE_INTEGER, {"int2": 2**15 - 1, "int4": 2**31 - 1}.get(kind, 2**63))
+
+        def read_int(value: struct_pb2.Value) -> Any:
+            if value.WhichOneof("kind") == "number_value":
+                number = value.number_value
+                integer = int(number) if -limit <= number <= limit else None
+                if integer is not None and integer == number:
+                    return integer
+            return slow(value)
+        return read_int
+    if kind in ("timestamptz", "timestamp"):
+        aware = kind == "timestamptz"
+
+        def read_timestamp(value: struct_pb2.Value) -> Any:
+            if value.WhichOneof("kind") == "string_value":
+                try:
+                    parsed = dt.datetime.fromisoformat(value.string_value)
+                except ValueError:
+                    return slow(value)
+                if (parsed.tzinfo is not None) == aware:
+                    return parsed
+            return slow(value)
+        return read_timestamp
+    if kind == "float":
+        def read_float(value: struct_pb2.Value) -> Any:
+            if value.WhichOneof("kind") == "number_value":
+                return value.number_value
+            return slow(value)
+        return read_float
+    return slow
 
 
 def resolve_target(header: batch_pb2.StreamHeader, catalog: Catalog,
@@ -96,28 +159,35 @@ def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
 
 def _decode_rows(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
     out = Decoded(chunk.sequence, len(chunk.rows))
-    columns = target.columns
-    names = set(target.names)
+    readers = target.readers
+    width = len(readers)
+    records, indexes = out.records, out.indexes
     for i, row in enumerate(chunk.rows):
         fields = row.fields
+        get = fields.get
         try:
-            if len(fields) != len(columns) or not names.issuperset(fields.keys()):
-                raise InvalidArgument.field(
-                    f"rows[{i}]", f"names columns {sorted(fields.keys())}; the stream's columns "
-                                  f"are {sorted(names)}")
-            record = []
-            for c in columns:
-                try:
-                    record.append(coerce(from_proto(fields[c.name]), c))
-                except CoercionError as exc:
-                    raise InvalidArgument.field(f"rows[{i}].{c.name}",
-                                                f"{exc} (column type {c.type_sql})") from None
-        except InvalidArgument as exc:
-            out.rejected.append((i, exc))
-            continue
-        out.records.append(tuple(record))
-        out.indexes.append(i)
+            if len(fields) != width:
+                raise KeyError
+            records.append(tuple([read(get(name)) for name, read in readers]))
+            indexes.append(i)
+        except (KeyError, CoercionError, AttributeError):  # AttributeError: a missing column
+            out.rejected.append((i, _row_error(i, fields, target)))
     return out
+
+
+def _row_error(i: int, fields: Any, target: Target) -> BatchdError:
+    """Why row i was refused, precisely (the slow path, only for bad rows)."""
+    names = set(target.names)
+    if len(fields) != len(names) or not names.issuperset(fields.keys()):
+        return InvalidArgument.field(f"rows[{i}]", f"names columns {sorted(fields.keys())}; the "
+                                                   f"stream's columns are {sorted(names)}")
+    for c in target.columns:
+        try:
+            coerce(from_proto(fields[c.name]), c)
+        except CoercionError as exc:
+            return InvalidArgument.field(f"rows[{i}].{c.name}",
+                                         f"{exc} (column type {c.type_sql})")
+    return InvalidArgument.field(f"rows[{i}]", "invalid row")
 
 
 # Protobuf array types taken whole for a column kind (no per-value work).
@@ -174,7 +244,8 @@ def _coerce_column(values: list[Any], which: str, column: Column, j: int, nulls:
                                                                   "timestamp columns")
         return [None if v is None else v - UNIX_TO_PG_EPOCH_US for v in values]
     if (which, column.kind) in _NATIVE or (which == "int64s" and column.kind in ("int2", "int4")
-                                           and _in_range(values, column.kind)):
+                                           and _in_range(values, column.kind)) \
+            or (which == "strings" and column.kind == "numeric"):  # checked lazily, see Target
         return values
     out: list[Any] = []
     for i, v in enumerate(values):
@@ -225,6 +296,30 @@ def csv_copier(conn: asyncpg.Connection, target: Target) -> Copy:
     return copy
 
 
+def _check_lazy(decoded: Decoded, target: Target) -> list[tuple[int, BatchdError]]:
+    """Coerce the unchecked values; drop (and return) the rows that do not pass."""
+    refused: list[tuple[int, BatchdError]] = []
+    records, indexes = [], []
+    for record, index in zip(decoded.records, decoded.indexes, strict=True):
+        values = list(record)
+        try:
+            for position in target.lazy:
+                column = target.columns[position]
+                try:
+                    values[position] = coerce(values[position], column)
+                except CoercionError as exc:
+                    raise InvalidArgument.field(f"rows[{index}].{column.name}",
+                                                f"{exc} (column type {column.type_sql})") \
+                        from None
+        except InvalidArgument as exc:
+            refused.append((index, exc))
+            continue
+        records.append(tuple(values))
+        indexes.append(index)
+    decoded.records, decoded.indexes = records, indexes
+    return refused
+
+
 def split_csv(data: bytes, options: batch_pb2.CsvOptions) -> list[bytes]:
     """The chunk's records, each as CSV bytes of its own (only on the bad-row path)."""
     text = data.decode("utf-8")
@@ -255,6 +350,15 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
         row_count = len(units)
     else:
         copy = records_copier(conn, target)
+        try:
+            async with conn.transaction():
+                written = await copy(decoded.records)
+            return decoded.row_count, written, rejected
+        except asyncpg.PostgresError:
+            pass
+        except (ArithmeticError, ValueError, TypeError):
+            # The driver could not encode a value passed to it unchecked: check them all.
+            rejected += _check_lazy(decoded, target)
         units, indexes, row_count = decoded.records, decoded.indexes, decoded.row_count
     written, refused = await _write_isolating(conn, copy, units, indexes)
     return row_count, written, sorted(rejected + refused, key=lambda r: r[0])
