@@ -78,3 +78,26 @@ async def test_failing_batch_prints_a_readable_error_with_details(app, db):
     assert "Code: NotFound" in out
     assert 'operation "bad": no row with that key' in out
     assert "batchd.v1.BatchExecuteResponse" in out and '"outcome":"FAILED"' in out
+
+
+async def test_stream_from_grpcurl_with_resume(app, db):
+    messages = [
+        {"header": {"table": "customers", "mode": "MODE_INDEPENDENT", "stream_id": "g-1"}},
+        {"chunk": {"sequence": 1, "rows": [{"name": "Ann", "email": "ann@example.com"}]}},
+        {"chunk": {"sequence": 2, "rows": [{"name": "Cy", "email": "ann@example.com"},
+                                           {"name": "Di", "email": "di@example.com"}]}},
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        str(GRPCURL), "-plaintext", "-d", "@", f"127.0.0.1:{app.port}",
+        "batchd.v1.BatchService/BatchStream", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(
+        proc.communicate("\n".join(json.dumps(m) for m in messages).encode()), 30)
+    assert proc.returncode == 0, out
+    responses = [json.loads(part) for part in out.decode().replace("}\n{", "}\x00{").split("\x00")]
+    assert [next(iter(r)) for r in responses] == ["opened", "ack", "ack", "summary"]
+    assert responses[2]["ack"]["rejected"][0]["index"] == "1"
+    assert responses[3]["summary"]["rowsWritten"] == "2"
+    code, out2 = await grpcurl(app, "batchd.v1.BatchService/BatchStream", data=messages[0])
+    assert code == 0 and '"lastCommittedSequence": "2"' in out2
+    assert await db.fetchval("SELECT count(*) FROM customers") == 2

@@ -1,10 +1,14 @@
 """The ``batchd`` command.
 
     batchd serve [--dsn DSN] [--host H] [--port P] [--data-dir DIR] [--config FILE]
+    batchd exec FILE [--target HOST:PORT] [--json] [--mode atomic|independent] [--validate-only]
+    batchd schema [--target HOST:PORT] [--json]
+    batchd ingest FILE --table T [--target HOST:PORT] [--format csv|jsonl] [--mode ...]
 
 Without a DSN (flag or BATCHD_DSN) ``serve`` starts an embedded PostgreSQL with the demo schema.
 The first SIGTERM or SIGINT drains: health goes NOT_SERVING, new calls are refused, in-flight
-ones get the grace period; a second signal exits at once.
+ones get the grace period; a second signal exits at once. ``exec`` and ``schema`` are clients
+(``batchd.client_cli``); the server modules are imported only by ``serve``.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import signal
 import sys
 from pathlib import Path
 
-from batchd.app import App
-from batchd.config import load_settings
+from batchd import client_cli, ingest_cli
 
 log = logging.getLogger("batchd")
 
 
 async def serve(args: argparse.Namespace) -> int:
+    from batchd.app import App
+    from batchd.config import load_settings
+
     settings = load_settings(args.config, dsn=args.dsn, host=args.host, port=args.port,
                              data_dir=args.data_dir)
     app = await App.start(settings)
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder")
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--grace", type=float, default=10.0, help="drain grace period, seconds")
+    client_cli.add_commands(commands)
+    ingest_cli.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("BATCHD_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -64,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             return uvloop.run(serve(args))
         except ImportError:  # pragma: no cover - non-POSIX
             return asyncio.run(serve(args))
+    if args.command == "ingest":
+        return ingest_cli.run(args)
+    if args.command in client_cli.COMMANDS:
+        return client_cli.run(args)
     return 2
 
 

@@ -1,0 +1,353 @@
+"""Building a batch in Python: operations, references between them, and exact values.
+
+    b = Batch()
+    customer = b.insert("customers", {"name": "Ada", "email": "ada@example.com"})
+    order = b.insert("orders", {"customer_id": customer.ref("id"), "total": Decimal("69.89")},
+                     returning=["id", "version"])
+    b.insert("order_items", {"order_id": order.ref("id"), "product_id": 1, "quantity": 1,
+                             "unit_price": "49.90"})
+    b.update("orders", filters=[("status", "eq", "new")], set={"status": "paid"})
+    request = b.to_request(mode="atomic")
+
+Every method returns an ``OpRef``: its ``.id`` names the operation in results and errors, and
+``.ref("column")`` / ``.ref("column", row=2)`` is the ``{"$ref": ...}`` value that stands for
+that column of the operation's returned row (see "Reference values" in ``batch.proto``). Ids are
+``op1``, ``op2``, ... unless given.
+
+Python values become ``google.protobuf.Value`` by the rules of ``to_value`` (exact types travel
+as strings, as the server expects). Filters are ``(column, op, value)`` tuples with the
+operator's name (``"eq"``, ``"in"``, ``"is_null"``, ...) or symbol (``"="``, ``"!="``, ``"<"``,
+``"<="``, ``">"``, ``">="``), or a mapping ``{column: value}`` meaning equality on each.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from batchd.v1 import batch_pb2
+
+__all__ = ["Batch", "FilterSpec", "OnConflictSpec", "OpRef", "isolation_name", "mode_name",
+           "to_struct", "to_value"]
+
+#: Integers JSON (a double) carries exactly; beyond this they travel as decimal strings.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+#: ``(column, op, value)``; a ``batch_pb2.Filter`` is passed through.
+FilterSpec = tuple[str, str, Any] | batch_pb2.Filter
+#: ``"error"`` (default), ``"do_nothing"``, ``"update"`` (every inserted non-conflict column),
+#: ``("update", [columns])``, or a ``batch_pb2.OnConflict`` for full control.
+OnConflictSpec = str | tuple[str, Sequence[str]] | batch_pb2.OnConflict
+
+_OPERATORS = {
+    "eq": "EQ", "=": "EQ", "==": "EQ", "ne": "NE", "!=": "NE", "<>": "NE",
+    "lt": "LT", "<": "LT", "le": "LE", "<=": "LE", "gt": "GT", ">": "GT", "ge": "GE", ">=": "GE",
+    "in": "IN", "is_null": "IS_NULL", "like": "LIKE",
+}
+
+
+class OpRef:
+    """A handle on an operation added to a ``Batch``: its id, and references to its rows."""
+
+    __slots__ = ("id", "kind")
+
+    def __init__(self, op_id: str, kind: str) -> None:
+        self.id = op_id
+        self.kind = kind
+
+    def ref(self, column: str, row: int = 0) -> dict[str, str]:
+        """``{"$ref": "id.column"}`` (row 0) or ``{"$ref": "id.N.column"}``: the value of
+        ``column`` in row ``row`` of what this operation returns. Using it makes the referring
+        operation depend on this one."""
+        if row < 0:
+            raise ValueError("row must be >= 0")
+        return {"$ref": f"{self.id}.{column}" if row == 0 else f"{self.id}.{row}.{column}"}
+
+    def __repr__(self) -> str:
+        return f"OpRef({self.id!r}, {self.kind!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OpRef) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+def to_value(value: Any) -> struct_pb2.Value:
+    """A Python value as a ``google.protobuf.Value``, exactly:
+
+    None → null; bool → bool; int within ±(2**53-1) → number, larger → decimal string;
+    float → number (NaN / ±inf → "NaN" / "Infinity" / "-Infinity"); Decimal → plain decimal
+    string; str → string; datetime / date / time → isoformat (give timestamptz columns
+    timezone-aware datetimes); timedelta → ISO 8601 duration; UUID → str; bytes → base64;
+    mappings → struct; lists, tuples, sets → list; an ``OpRef.ref(...)`` is a mapping.
+    """
+    out = struct_pb2.Value()
+    if value is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            out.number_value = value
+        else:
+            out.string_value = str(value)
+    elif isinstance(value, float):
+        if math.isfinite(value):
+            out.number_value = value
+        else:
+            out.string_value = "NaN" if math.isnan(value) else \
+                ("Infinity" if value > 0 else "-Infinity")
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, Decimal):
+        # "f" keeps 1E+3 as "1000": plain text every PostgreSQL numeric parser takes.
+        out.string_value = format(value, "f") if value.is_finite() else str(value)
+    elif isinstance(value, dt.date | dt.time):
+        out.string_value = value.isoformat()
+    elif isinstance(value, dt.timedelta):
+        out.string_value = _duration(value)
+    elif isinstance(value, uuid.UUID):
+        out.string_value = str(value)
+    elif isinstance(value, bytes | bytearray | memoryview):
+        out.string_value = base64.b64encode(bytes(value)).decode("ascii")
+    elif isinstance(value, Mapping):
+        out.struct_value.CopyFrom(to_struct(value))
+    elif isinstance(value, list | tuple | set | frozenset):
+        out.list_value.values.extend(to_value(v) for v in value)
+    elif isinstance(value, struct_pb2.Value):
+        out.CopyFrom(value)
+    else:
+        raise TypeError(f"cannot send a {type(value).__name__} as a batchd value")
+    return out
+
+
+def to_struct(mapping: Mapping[str, Any]) -> struct_pb2.Struct:
+    """A mapping of column names to values as a ``google.protobuf.Struct`` (see ``to_value``)."""
+    out = struct_pb2.Struct()
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise TypeError(f"keys must be column names (str), got {key!r}")
+        out.fields[key].CopyFrom(to_value(value))
+    return out
+
+
+def _duration(value: dt.timedelta) -> str:
+    micros = value // dt.timedelta(microseconds=1)
+    sign, micros = ("-" if micros < 0 else ""), abs(micros)
+    days, micros = divmod(micros, 86_400_000_000)
+    seconds, micros = divmod(micros, 1_000_000)
+    frac = f".{micros:06d}".rstrip("0") if micros else ""
+    return f"{sign}P{days}DT{seconds}{frac}S"
+
+
+def _filters(filters: Iterable[FilterSpec] | Mapping[str, Any] | None) -> list[batch_pb2.Filter]:
+    if filters is None:
+        return []
+    if isinstance(filters, Mapping):
+        filters = [(column, "eq", value) for column, value in filters.items()]
+    out = []
+    for spec in filters:
+        if isinstance(spec, batch_pb2.Filter):
+            out.append(spec)
+            continue
+        if not (isinstance(spec, tuple) and len(spec) == 3):
+            raise TypeError(f"a filter is (column, op, value), got {spec!r}")
+        column, op, value = spec
+        name = _OPERATORS.get(str(op).lower())
+        if name is None:
+            raise ValueError(f"unknown filter operator {op!r}; use one of "
+                             f"{', '.join(sorted(k for k in _OPERATORS if k.isalpha()))} "
+                             "or =, !=, <, <=, >, >=")
+        out.append(batch_pb2.Filter(column=column, op=name,
+                                    value=to_value(value)))
+    return out
+
+
+def _order_by(order_by: Iterable[str | batch_pb2.OrderBy] | None) -> list[batch_pb2.OrderBy]:
+    """``"total"`` ascending, ``"-total"`` descending."""
+    out = []
+    for item in order_by or ():
+        if isinstance(item, batch_pb2.OrderBy):
+            out.append(item)
+        elif item.startswith("-"):
+            out.append(batch_pb2.OrderBy(column=item[1:], descending=True))
+        else:
+            out.append(batch_pb2.OrderBy(column=item))
+    return out
+
+
+def _on_conflict(spec: OnConflictSpec | None,
+                 conflict_columns: Sequence[str]) -> batch_pb2.OnConflict | None:
+    if isinstance(spec, batch_pb2.OnConflict):
+        return spec
+    update_columns: Sequence[str] = ()
+    if isinstance(spec, tuple):
+        spec, update_columns = spec
+        if isinstance(update_columns, str):
+            raise TypeError('on_conflict=("update", [columns]) takes a list of columns')
+    action = {None: "ACTION_ERROR", "error": "ACTION_ERROR", "do_nothing": "ACTION_DO_NOTHING",
+              "update": "ACTION_UPDATE"}.get(spec)
+    if action is None or (update_columns and action != "ACTION_UPDATE"):
+        raise ValueError(f"on_conflict must be 'error', 'do_nothing', 'update' or "
+                         f"('update', [columns]), got {spec!r}")
+    if action == "ACTION_ERROR" and not conflict_columns:
+        return None
+    return batch_pb2.OnConflict(action=action,
+                                conflict_columns=conflict_columns,
+                                update_columns=update_columns)
+
+
+def mode_name(mode: str | int) -> str:
+    """``"atomic"`` / ``"independent"`` (or the enum's own name or number)."""
+    return _enum_name(batch_pb2.Mode, "MODE_", mode)
+
+
+def isolation_name(isolation: str | int | None) -> str:
+    """``"read_committed"`` / ``"repeatable_read"`` / ``"serializable"``; None: the server's."""
+    if isolation is None:
+        return "ISOLATION_LEVEL_UNSPECIFIED"
+    return _enum_name(batch_pb2.IsolationLevel, "ISOLATION_LEVEL_", isolation)
+
+
+def _enum_name(enum: Any, prefix: str, value: str | int) -> str:
+    """The enum value's full name, from a short name in any case, a full name or a number."""
+    if isinstance(value, int):
+        return str(enum.Name(value))  # ValueError for an unknown number
+    name = value.upper().replace(" ", "_").replace("-", "_")
+    name = name if name.startswith(prefix) else prefix + name
+    if name in enum.keys():
+        return name
+    choices = [n.removeprefix(prefix).lower() for n in enum.keys()
+               if not n.endswith("UNSPECIFIED")]
+    raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+
+
+class Batch:
+    """An ordered list of operations, made into a ``BatchExecuteRequest`` by ``to_request``.
+
+    In ATOMIC mode operations run in the order they were added, so add an operation before
+    the ones that reference it. ``depends_on`` (OpRefs or ids) orders operations explicitly
+    where no reference does.
+    """
+
+    def __init__(self) -> None:
+        self._operations: list[batch_pb2.Operation] = []
+        self._ids: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._operations)
+
+    @property
+    def operations(self) -> list[batch_pb2.Operation]:
+        return list(self._operations)
+
+    def insert(self, table: str, rows: Mapping[str, Any] | Iterable[Mapping[str, Any]], *,
+               returning: Sequence[str] | None = None,
+               on_conflict: OnConflictSpec | None = None, conflict_columns: Sequence[str] = (),
+               id: str | None = None, depends_on: Iterable[OpRef | str] = ()) -> OpRef:
+        """Inserts one row (a mapping) or many (a list of mappings with the same columns).
+        ``returning``: columns to return (default: the primary key; ``["*"]``: all).
+        ``on_conflict``: ``"do_nothing"``, ``"update"`` or ``("update", [columns])`` on a
+        conflict over ``conflict_columns`` (default: the primary key)."""
+        row_list = [rows] if isinstance(rows, Mapping) else list(rows)
+        op = batch_pb2.InsertOperation(table=table, rows=[to_struct(r) for r in row_list],
+                                       returning=returning or ())
+        conflict = _on_conflict(on_conflict, conflict_columns)
+        if conflict is not None:
+            op.on_conflict.CopyFrom(conflict)
+        return self._add("insert", op, id, depends_on)
+
+    def get(self, table: str, key: Mapping[str, Any], columns: Sequence[str] | None = None, *,
+            include_deleted: bool = False, id: str | None = None,
+            depends_on: Iterable[OpRef | str] = ()) -> OpRef:
+        """Reads one row by its full primary key, e.g. ``{"id": 42}`` (NOT_FOUND if none)."""
+        op = batch_pb2.GetOperation(table=table, key=to_struct(key), columns=columns or (),
+                                    include_deleted=include_deleted)
+        return self._add("get", op, id, depends_on)
+
+    def query(self, table: str, filters: Iterable[FilterSpec] | Mapping[str, Any] | None = None,
+              *, order_by: Iterable[str | batch_pb2.OrderBy] | None = None,
+              limit: int | None = None, page_token: str | None = None,
+              columns: Sequence[str] | None = None, include_deleted: bool = False,
+              id: str | None = None, depends_on: Iterable[OpRef | str] = ()) -> OpRef:
+        """Reads one page of rows matching all ``filters``. ``order_by``: column names,
+        ``"-col"`` for descending. ``page_token``: the previous page's ``next_page_token``."""
+        op = batch_pb2.QueryOperation(table=table, filters=_filters(filters),
+                                      order_by=_order_by(order_by), limit=limit or 0,
+                                      page_token=page_token or "", columns=columns or (),
+                                      include_deleted=include_deleted)
+        return self._add("query", op, id, depends_on)
+
+    def update(self, table: str, *, key: Mapping[str, Any] | None = None,
+               filters: Iterable[FilterSpec] | Mapping[str, Any] | None = None,
+               set: Mapping[str, Any], expected_version: int | None = None,
+               returning: Sequence[str] | None = None, id: str | None = None,
+               depends_on: Iterable[OpRef | str] = ()) -> OpRef:
+        """Sets columns on the row with ``key`` or on the rows matching ``filters`` (exactly one
+        of the two). ``expected_version``: optimistic locking (ABORTED on mismatch)."""
+        op = batch_pb2.UpdateOperation(table=table, filters=_filters(filters), set=to_struct(set),
+                                       returning=returning or ())
+        self._select(op, key, filters, expected_version)
+        return self._add("update", op, id, depends_on)
+
+    def delete(self, table: str, *, key: Mapping[str, Any] | None = None,
+               filters: Iterable[FilterSpec] | Mapping[str, Any] | None = None,
+               expected_version: int | None = None, returning: Sequence[str] | None = None,
+               id: str | None = None, depends_on: Iterable[OpRef | str] = ()) -> OpRef:
+        """Deletes (soft-deletes, where the table has the column) the row with ``key`` or the
+        rows matching ``filters`` (exactly one of the two)."""
+        op = batch_pb2.DeleteOperation(table=table, filters=_filters(filters),
+                                       returning=returning or ())
+        self._select(op, key, filters, expected_version)
+        return self._add("delete", op, id, depends_on)
+
+    def call(self, handler: str, args: Mapping[str, Any] | None = None, *,
+             id: str | None = None, depends_on: Iterable[OpRef | str] = ()) -> OpRef:
+        """Calls the custom handler registered on the server as ``handler``."""
+        op = batch_pb2.CallOperation(handler=handler, args=to_struct(args or {}))
+        return self._add("call", op, id, depends_on)
+
+    def to_request(self, *, mode: str | int = "atomic", validate_only: bool = False,
+                   isolation: str | int | None = None,
+                   read_only: bool = False) -> batch_pb2.BatchExecuteRequest:
+        """The request: ``mode`` ``"atomic"`` (one transaction) or ``"independent"``;
+        ``isolation`` ``"read_committed"``, ``"repeatable_read"``, ``"serializable"`` or None
+        (the server's default)."""
+        return batch_pb2.BatchExecuteRequest(
+            operations=self._operations, mode=mode_name(mode), validate_only=validate_only,
+            isolation=isolation_name(isolation), read_only=read_only)
+
+    @staticmethod
+    def _select(op: batch_pb2.UpdateOperation | batch_pb2.DeleteOperation,
+                key: Mapping[str, Any] | None, filters: object,
+                expected_version: int | None) -> None:
+        if (key is None) == (filters is None):
+            raise ValueError("give exactly one of key= and filters=")
+        if key is not None:
+            op.key.CopyFrom(to_struct(key))
+        if expected_version is not None:
+            op.expected_version = expected_version
+
+    def _add(self, kind: str, op: Any, op_id: str | None,
+             depends_on: Iterable[OpRef | str]) -> OpRef:
+        if op_id is None:
+            n = len(self._operations) + 1
+            while f"op{n}" in self._ids:
+                n += 1
+            op_id = f"op{n}"
+        elif op_id in self._ids:
+            raise ValueError(f"operation id {op_id!r} is already used in this batch")
+        deps = [d.id if isinstance(d, OpRef) else d for d in depends_on]
+        operation = batch_pb2.Operation(id=op_id, depends_on=deps)
+        getattr(operation, kind).CopyFrom(op)
+        self._operations.append(operation)
+        self._ids.add(op_id)
+        return OpRef(op_id, kind)

@@ -1,0 +1,320 @@
+"""``batchd ingest FILE --table T``: stream a CSV or JSON Lines file into a table.
+
+CSV goes through the stream's CSV passthrough: the file is cut into chunks of whole records
+(a quoted field may span lines: the cut follows quote parity, without parsing fields) and
+PostgreSQL's COPY parses them. JSON Lines go as rows (one object per line).
+
+INDEPENDENT mode (the default) is resumable. After every acknowledged chunk the state file
+(FILE.batchd-ingest.json unless --state) records the stream id, the last acknowledged sequence
+and the byte offset after it. Run the same command again after an interruption: it continues
+from there, and chunks the server had committed without the client hearing so are recognised
+by the server's ledger and not written twice. The state file is removed on success. ATOMIC
+mode commits everything at the end or nothing.
+
+Rejected rows go to FILE.rejects.jsonl (or --rejects) with their row number and reason.
+Exit codes: 0 all rows written; 3 finished, but some rows were rejected; 1 failed (the state
+file is kept for a resume); 2 usage error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import grpc
+from google.protobuf import struct_pb2
+from tqdm import tqdm
+
+from batchd.v1 import batch_pb2, batch_pb2_grpc
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class State:
+    """What a resume needs; written after every acknowledged chunk."""
+
+    file: str
+    size: int
+    mtime_ns: int
+    table: str
+    stream_id: str
+    chunk_rows: int
+    sequence: int = 0  # last acknowledged
+    offset: int = 0  # byte offset after it
+    rows: int = 0  # rows sent up to it (header excluded)
+
+    def save(self, path: Path) -> None:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(asdict(self)))
+        os.replace(temporary, path)  # never a half-written state file
+
+    @classmethod
+    def load(cls, path: Path) -> State | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{path}: not a batchd ingest state file ({exc})") from None
+
+
+@dataclass
+class Chunk:
+    sequence: int
+    request: batch_pb2.StreamRequest
+    end_offset: int
+    rows: int
+    records: list[bytes]  # the raw records, to write rejected ones to the rejects file
+
+
+def csv_chunks(f: BinaryIO, chunk_rows: int, quote: bytes) -> Iterator[tuple[list[bytes], int]]:
+    """Whole CSV records in groups of ``chunk_rows``, with the offset after each group."""
+    records: list[bytes] = []
+    record = b""
+    for line in iter(f.readline, b""):
+        record += line
+        if record.count(quote) % 2:  # inside a quoted field: the record goes on
+            continue
+        records.append(record if record.endswith(b"\n") else record + b"\n")
+        record = b""
+        if len(records) == chunk_rows:
+            yield records, f.tell()
+            records = []
+    if record:
+        raise UsageError("the file ends inside a quoted field")
+    if records:
+        yield records, f.tell()
+
+
+def jsonl_chunks(f: BinaryIO, chunk_rows: int) -> Iterator[tuple[list[bytes], int]]:
+    records: list[bytes] = []
+    for line in iter(f.readline, b""):
+        if line.strip():
+            records.append(line)
+        if len(records) == chunk_rows:
+            yield records, f.tell()
+            records = []
+    if records:
+        yield records, f.tell()
+
+
+def to_request(records: list[bytes], sequence: int, fmt: str,
+               first_row: int) -> batch_pb2.StreamRequest:
+    chunk = batch_pb2.StreamChunk(sequence=sequence)
+    if fmt == "csv":
+        chunk.csv = b"".join(records)
+    else:
+        for i, line in enumerate(records):
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise UsageError(f"row {first_row + i}: not JSON: {exc}") from None
+            if not isinstance(value, dict):
+                raise UsageError(f"row {first_row + i}: not a JSON object")
+            row = struct_pb2.Struct()
+            row.update(value)
+            chunk.rows.append(row)
+    return batch_pb2.StreamRequest(chunk=chunk)
+
+
+def read_columns(path: Path, args: argparse.Namespace) -> tuple[list[str], int]:
+    """Columns from --columns or the CSV header; returns them and the data's start offset."""
+    if args.columns:
+        columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+        return columns, 0
+    if args.format == "jsonl":
+        return [], 0
+    with path.open("rb") as f:
+        header = f.readline()
+        start = f.tell()
+    text = header.decode("utf-8-sig")
+    columns = next(csv.reader([text], delimiter=args.delimiter))
+    if not columns:
+        raise UsageError(f"{path}: no header line; give --columns")
+    return [c.strip() for c in columns], start
+
+
+async def ingest(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    args.format = args.format or ("jsonl" if path.suffix in (".jsonl", ".ndjson") else "csv")
+    state_path = Path(args.state or f"{path}.batchd-ingest.json")
+    rejects_path = Path(args.rejects or f"{path}.rejects.jsonl")
+    columns, data_start = read_columns(path, args)
+    stat = path.stat()
+    atomic = args.mode == "atomic"
+    state = None if atomic else State.load(state_path)
+    if state is not None and (state.file != str(path.resolve()) or state.size != stat.st_size
+                              or state.mtime_ns != stat.st_mtime_ns or state.table != args.table):
+        raise UsageError(f"{state_path} belongs to another file, table or version of the file; "
+                         "remove it to start over")
+    if state is None:
+        state = State(str(path.resolve()), stat.st_size, stat.st_mtime_ns, args.table,
+                      args.stream_id or f"ingest-{uuid.uuid4().hex}", args.chunk_rows,
+                      offset=data_start)
+    elif state.sequence:
+        print(f"resuming {path} after chunk {state.sequence} ({state.rows:,} rows)",
+              file=sys.stderr)
+
+    header = batch_pb2.StreamHeader(
+        table=args.table, columns=columns,
+        mode=batch_pb2.MODE_ATOMIC if atomic else batch_pb2.MODE_INDEPENDENT,
+        encoding=batch_pb2.ENCODING_CSV if args.format == "csv" else batch_pb2.ENCODING_ROWS,
+        stream_id="" if atomic else state.stream_id,
+        csv=batch_pb2.CsvOptions(delimiter=args.delimiter))
+    progress = tqdm(total=stat.st_size, initial=state.offset, unit="B", unit_scale=True,
+                    disable=args.quiet or None, dynamic_ncols=True, desc=path.name)
+    rejected = 0
+    started = time.monotonic()
+    resumed_rows = sent_rows = state.rows
+    in_flight: dict[int, Chunk] = {}
+
+    with path.open("rb") as f, rejects_path.open("a") as rejects:
+        f.seek(state.offset)
+        chunker = (csv_chunks(f, state.chunk_rows, (args.quote or '"').encode())
+                   if args.format == "csv" else jsonl_chunks(f, state.chunk_rows))
+
+        problems: list[UsageError] = []
+        # Chunks wait for the server's StreamOpened: a client writing after the server has
+        # ended the stream (say, refusing the header) can see grpc.aio report INTERNAL "Internal
+        # error from Core" instead of the server's status (grpc/grpc#36066).
+        opened = asyncio.Event()
+
+        async def requests() -> AsyncIterator[batch_pb2.StreamRequest]:
+            """The stream's messages. A problem with the file ends the stream (an atomic
+            one without its commit, so nothing is written) and is reported afterwards: raised
+            in here, gRPC would turn it into an anonymous cancellation."""
+            nonlocal sent_rows
+            yield batch_pb2.StreamRequest(header=header)
+            await opened.wait()
+            sequence = state.sequence
+            try:
+                for records, end in chunker:
+                    sequence += 1
+                    request = to_request(records, sequence, args.format, sent_rows)
+                    in_flight[sequence] = Chunk(sequence, request, end, len(records), records)
+                    sent_rows += len(records)
+                    if args.rate:
+                        await asyncio.sleep(len(records) / args.rate)
+                    yield request
+            except UsageError as exc:
+                problems.append(exc)
+                return
+            if atomic:
+                yield batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit())
+
+        async with grpc.aio.insecure_channel(args.target) as channel:
+            stub = batch_pb2_grpc.BatchServiceStub(channel)  # type: ignore[no-untyped-call]
+            written = state.rows
+            try:
+                async for response in stub.BatchStream(requests()):
+                    kind = response.WhichOneof("kind")
+                    if kind == "opened":
+                        opened.set()
+                        last = response.opened.last_committed_sequence
+                        if last > state.sequence:
+                            print(f"the server has chunks up to {last} committed; re-sent ones "
+                                  "will be skipped", file=sys.stderr)
+                    elif kind == "ack":
+                        ack = response.ack
+                        chunk = in_flight.pop(ack.sequence)
+                        rejected += _write_rejects(rejects, ack, chunk)
+                        written += ack.rows_written
+                        if not atomic:
+                            state.sequence, state.offset = ack.sequence, chunk.end_offset
+                            state.rows += chunk.rows
+                            state.save(state_path)
+                        progress.update(chunk.end_offset - progress.n)
+                        rate = (written - resumed_rows) / max(time.monotonic() - started, 1e-9)
+                        progress.set_postfix(rows=f"{written:,}", rows_s=f"{rate:,.0f}",
+                                             rejected=rejected)
+                    elif kind == "summary":
+                        break
+            except grpc.aio.AioRpcError:
+                if problems:  # the stream ended because of the file, not the server
+                    raise problems[0] from None
+                raise
+            if problems:
+                raise problems[0]
+    progress.close()
+    if state_path.exists():
+        state_path.unlink()
+    if rejected == 0 and rejects_path.exists() and rejects_path.stat().st_size == 0:
+        rejects_path.unlink()
+    elapsed = time.monotonic() - started
+    print(f"{path}: {written:,} rows written to {args.table} in {elapsed:.1f}s"
+          + (f"; {rejected:,} rejected, see {rejects_path}" if rejected else ""),
+          file=sys.stderr)
+    return EXIT_REJECTED if rejected else EXIT_OK
+
+
+def _write_rejects(rejects: Any, ack: batch_pb2.ChunkAck, chunk: Chunk) -> int:
+    for row in ack.rejected:
+        rejects.write(json.dumps({
+            "row": row.index, "sequence": ack.sequence, "chunk_row": row.chunk_index,
+            "code": _code(row.status.code).name, "message": row.status.message,
+            "record": _record(chunk, row.chunk_index)}) + "\n")
+    return len(ack.rejected)
+
+
+def _code(number: int) -> grpc.StatusCode:
+    return next(c for c in grpc.StatusCode if c.value[0] == number)
+
+
+def _record(chunk: Chunk, index: int) -> str | None:
+    if 0 <= index < len(chunk.records):
+        return chunk.records[index].decode("utf-8", "replace").rstrip("\n")
+    return None
+
+
+def add_parser(commands: Any) -> None:
+    p = commands.add_parser("ingest", help="stream a CSV or JSON Lines file into a table",
+                            description=__doc__.split("\n\n")[0])
+    p.add_argument("file")
+    p.add_argument("--table", required=True)
+    p.add_argument("--target", default="127.0.0.1:50051", help="batchd address")
+    p.add_argument("--format", choices=["csv", "jsonl"], help="default: by file extension")
+    p.add_argument("--columns", help="comma-separated; default: the CSV header line")
+    p.add_argument("--delimiter", default=",")
+    p.add_argument("--quote", default='"')
+    p.add_argument("--chunk-rows", type=int, default=10_000)
+    p.add_argument("--mode", choices=["independent", "atomic"], default="independent")
+    p.add_argument("--stream-id", help="default: a new one, kept in the state file")
+    p.add_argument("--state", help="resume state file (default FILE.batchd-ingest.json)")
+    p.add_argument("--rejects", help="rejected rows (default FILE.rejects.jsonl)")
+    p.add_argument("--rate", type=float, help="at most this many rows per second")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(ingest(args))
+    except UsageError as exc:
+        print(f"batchd ingest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except grpc.aio.AioRpcError as exc:
+        print(f"batchd ingest: failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        if args.mode != "atomic":
+            print("run the same command again to resume", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("batchd ingest: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+

@@ -1,0 +1,334 @@
+"""batchd.client: the builder, typed results and errors, against the real server; the value
+mapping and builder rules as pure unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import socket
+import uuid
+from decimal import Decimal
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from batchd.builder import to_value
+from batchd.client import (
+    AsyncClient,
+    AtomicBatchError,
+    Batch,
+    BatchdRpcError,
+    Client,
+    FieldViolation,
+)
+from batchd.v1 import batch_pb2
+
+
+@pytest.fixture
+async def client(app):
+    async with AsyncClient(f"127.0.0.1:{app.port}", timeout=30) as c:
+        yield c
+
+
+def value_json(value):
+    return json_format.MessageToDict(to_value(value))
+
+
+# --- against the server --------------------------------------------------------------------
+
+async def test_builder_references_commit_customer_order_and_items(client, db):
+    b = Batch()
+    customer = b.insert("customers", {"name": "Ada", "email": "ada@example.com"})
+    order = b.insert("orders", {"customer_id": customer.ref("id"), "total": Decimal("69.89")},
+                     returning=["id", "customer_id", "version"])
+    items = b.insert("order_items", [
+        {"order_id": order.ref("id"), "product_id": 1, "quantity": 1, "unit_price": "49.90"},
+        {"order_id": order.ref("id"), "product_id": 2, "quantity": 1,
+         "unit_price": Decimal("19.99")},
+    ], returning=["order_id", "unit_price"])
+    result = await client.execute(b)
+    assert result.committed and result.ok and result.attempts == 1
+    assert [o.id for o in result] == ["op1", "op2", "op3"]
+    assert result[order].row == {"id": "1", "customer_id": result[customer].rows[0]["id"],
+                                 "version": 1}
+    assert result[items].rows == [{"order_id": "1", "unit_price": "49.90"},
+                                  {"order_id": "1", "unit_price": "19.99"}]
+    assert result[items].rows_affected == 2
+    assert result[items].code == grpc.StatusCode.OK
+    stored = await db.fetch("SELECT o.total::text, c.email FROM orders o "
+                            "JOIN customers c ON c.id = o.customer_id")
+    assert [tuple(r) for r in stored] == [("69.89", "ada@example.com")]
+    assert await db.fetchval("SELECT count(*) FROM order_items WHERE order_id = 1") == 2
+
+
+async def test_results_are_indexable_by_id_handle_and_position(client):
+    b = Batch()
+    first = b.call("echo", {"n": 1}, id="first")
+    second = b.call("echo", {"n": 2})
+    result = await client.execute(b)
+    assert result["first"] is result[first] is result[0]
+    assert result[second].id == "op2" and result[1].row == {"n": 2}
+    assert result.outcomes == {"first": "SUCCEEDED", "op2": "SUCCEEDED"}
+    with pytest.raises(KeyError):
+        result["nope"]
+
+
+async def test_sync_client_runs_a_batch_and_reads_the_schema(app, db):
+    # The server runs on this test's event loop: the blocking client must run in a thread.
+    def run():
+        with Client(f"127.0.0.1:{app.port}", timeout=30) as client:
+            b = Batch()
+            c = b.insert("customers", {"name": "Sync", "email": "sync@example.com"},
+                         returning=["id", "name"])
+            return client.execute(b)[c], client.schema()
+
+    outcome, schema = await asyncio.to_thread(run)
+    assert outcome.outcome == "SUCCEEDED" and outcome.row == {"id": "1", "name": "Sync"}
+    orders = schema.table("orders")
+    assert orders.name == "public.orders" and orders.primary_key == ["id"]
+    assert (orders.version_column, orders.soft_delete_column) == ("version", "deleted_at")
+    assert orders.column("total").type == "numeric(12,2)"
+    assert schema.table("customers").version_column is None
+    assert "reserve_stock" in schema.handlers
+    assert await db.fetchval("SELECT name FROM customers") == "Sync"
+
+
+async def test_atomic_unique_violation_raises_with_every_outcome_and_operation_id(client, db):
+    b = Batch()
+    bob = b.insert("customers", {"name": "Bob", "email": "dup@example.com"}, id="bob")
+    b.insert("customers", {"name": "Bob again", "email": "dup@example.com"}, id="again")
+    never = b.get("customers", {"id": bob.ref("id")}, id="never")
+    with pytest.raises(AtomicBatchError) as caught:
+        await client.execute(b)
+    err = caught.value
+    assert err.code == grpc.StatusCode.ALREADY_EXISTS
+    assert err.operation_id == "again"
+    assert err.reason == "UNIQUE_VIOLATION"
+    assert err.error_info["constraint"] == "customers_email_key"
+    assert err.error_info["sqlstate"] == "23505"
+    assert 'operation "again"' in err.message and "rolled back" in err.message
+    assert str(err).startswith("ALREADY_EXISTS: ")
+    assert err.outcomes.outcomes == {"bob": "ROLLED_BACK", "again": "FAILED",
+                                     "never": "NOT_RUN"}
+    assert not err.outcomes.committed
+    assert err.outcomes[bob].rows == [] and err.outcomes[bob].code == grpc.StatusCode.ABORTED
+    assert err.outcomes["again"].code == grpc.StatusCode.ALREADY_EXISTS
+    assert err.outcomes["again"].error_info["operation_id"] == "again"
+    assert err.outcomes[never].code == grpc.StatusCode.ABORTED
+    assert isinstance(err, BatchdRpcError)
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_invalid_batch_raises_atomic_error_with_field_violations(client, db):
+    b = Batch()
+    b.insert("customers", {"name": "Ok", "email": "ok@example.com"}, id="ok")
+    b.insert("products", {"sku": "X", "name": "x", "price": True}, id="bad")
+    with pytest.raises(AtomicBatchError) as caught:
+        await client.execute(b)
+    err = caught.value
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.outcomes.outcomes == {"ok": "NOT_RUN", "bad": "FAILED"}
+    assert err.field_violations == [FieldViolation(
+        "operations[1].insert.rows[0].price",
+        "expected a decimal string or number, got bool (column price, numeric(12,2))")]
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_independent_mode_returns_each_outcome_without_raising(client, db):
+    await db.execute("INSERT INTO customers (name, email) VALUES ('x', 'taken@example.com')")
+    b = Batch()
+    taken = b.insert("customers", {"name": "y", "email": "taken@example.com"})
+    order = b.insert("orders", {"customer_id": taken.ref("id")})
+    free = b.insert("customers", {"name": "z", "email": "free@example.com"})
+    after = b.call("echo", {"ok": True}, depends_on=[order])
+    result = await client.execute(b, mode="independent")
+    assert result.committed and not result.ok
+    assert result.outcomes == {taken.id: "FAILED", order.id: "SKIPPED", free.id: "SUCCEEDED",
+                               after.id: "SKIPPED"}
+    assert result[taken].code == grpc.StatusCode.ALREADY_EXISTS
+    assert result[taken].reason == "UNIQUE_VIOLATION"
+    assert result[order].code == grpc.StatusCode.FAILED_PRECONDITION
+    assert f'"{taken.id}" did not succeed' in result[order].message
+    assert await db.fetchval("SELECT count(*) FROM customers") == 2
+
+
+async def test_bigint_beyond_2_53_and_decimal_round_trip_exactly(client, db):
+    big = 2**62 + 1
+    amount = Decimal("12345678901234567890.123456789012345678")
+    b = Batch()
+    row = b.insert("all_types", {"id": 1, "i8": big, "num": amount, "money": Decimal("1E+1")},
+                   returning=["i8", "num", "money"])
+    found = b.query("all_types", [("i8", "eq", big), ("num", ">=", amount)], columns=["id"])
+    result = await client.execute(b)
+    assert result[row].row == {"i8": str(big), "num": str(amount), "money": "10.00"}
+    assert int(result[row].row["i8"]) == big and Decimal(result[row].row["num"]) == amount
+    assert result[found].rows == [{"id": "1"}]
+    stored = await db.fetchrow("SELECT i8, num FROM all_types WHERE id = 1")
+    assert (stored["i8"], stored["num"]) == (big, amount)
+
+
+async def test_python_dates_uuids_bytes_and_durations_are_stored_exactly(client, db):
+    at = dt.datetime(2024, 2, 29, 23, 59, 59, 123456,
+                     tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+    uid = uuid.UUID("6f1e4b1c-9a3b-4c8e-8f2e-0d9b1a7c5e33")
+    blob = bytes(range(256))
+    b = Batch()
+    b.insert("all_types", {"id": 2, "at": at, "local_at": dt.datetime(2024, 1, 2, 3, 4, 5, 6),
+                           "day": dt.date(2024, 2, 29), "uid": uid, "blob": blob,
+                           "span": dt.timedelta(days=1, seconds=3661, microseconds=500000),
+                           "docb": {"nested": [1, None, "x"]}, "ids": [2**53 + 1, 1]})
+    got = b.get("all_types", {"id": 2}, ["at", "day", "uid", "blob", "span", "docb", "ids"])
+    row = (await client.execute(b))[got].row
+    assert row == {"at": "2024-02-29T18:29:59.123456+00:00", "day": "2024-02-29",
+                   "uid": str(uid), "blob": base64.b64encode(blob).decode(),
+                   "span": "P1DT1H1M1.5S", "docb": {"nested": [1, None, "x"]},
+                   "ids": [str(2**53 + 1), "1"]}
+    stored = await db.fetchrow("SELECT at, local_at, blob FROM all_types WHERE id = 2")
+    assert stored["at"] == at and stored["blob"] == blob
+    assert stored["local_at"] == dt.datetime(2024, 1, 2, 3, 4, 5, 6)
+
+
+async def test_query_filters_order_and_pages(client, db):
+    await db.execute("INSERT INTO customers (id, name, email) VALUES (1, 'a', 'a@x'), "
+                     "(2, 'b', 'b@x'), (3, 'c', 'c@y'), (4, 'd', 'd@x')")
+    b = Batch()
+    page = b.query("customers", [("email", "like", "%@x"), ("id", "in", [1, 2, 4])],
+                   order_by=["-name"], limit=2, columns=["name"])
+    first = (await client.execute(b))[page]
+    assert first.rows == [{"name": "d"}, {"name": "b"}] and first.next_page_token
+    b = Batch()
+    page = b.query("customers", [("email", "like", "%@x"), ("id", "in", [1, 2, 4])],
+                   order_by=["-name"], limit=2, columns=["name"],
+                   page_token=first.next_page_token)
+    second = (await client.execute(b))[page]
+    assert second.rows == [{"name": "a"}] and not second.next_page_token
+
+
+async def test_upsert_and_optimistic_locking_through_the_builder(client, db):
+    await db.execute("INSERT INTO customers (id, name, email) VALUES (1, 'old', 'a@x')")
+    await db.execute("INSERT INTO orders (id, customer_id) VALUES (1, 1)")
+    b = Batch()
+    upsert = b.insert("customers", {"name": "new", "email": "a@x"},
+                      on_conflict=("update", ["name"]), conflict_columns=["email"],
+                      returning=["id", "name"])
+    pay = b.update("orders", key={"id": 1}, set={"status": "paid"}, expected_version=1,
+                   returning=["status", "version"])
+    result = await client.execute(b)
+    assert result[upsert].row == {"id": "1", "name": "new"}
+    assert result[pay].row == {"status": "paid", "version": 2}
+
+    stale = Batch()
+    stale.update("orders", key={"id": 1}, set={"status": "shipped"}, expected_version=1,
+                 id="stale")
+    with pytest.raises(AtomicBatchError) as caught:
+        await client.execute(stale)
+    assert caught.value.code == grpc.StatusCode.ABORTED
+    assert caught.value.reason == "VERSION_CONFLICT" and caught.value.operation_id == "stale"
+
+    gone = Batch()
+    gone.delete("orders", filters={"status": "paid"}, returning=["id"])
+    assert (await client.execute(gone))[0].rows_affected == 1
+    assert await db.fetchval("SELECT deleted_at IS NOT NULL FROM orders WHERE id = 1")
+
+
+async def test_validate_only_and_read_only_options_reach_the_server(client, db):
+    b = Batch()
+    b.insert("customers", {"name": "Dry", "email": "dry@example.com"})
+    info = b.call("tx_info")
+    result = await client.execute(b, validate_only=True, isolation="serializable")
+    assert result.ok and not result.committed
+    assert result[info].row["isolation"] == "serializable"
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+    with pytest.raises(AtomicBatchError) as caught:
+        await client.execute(b, read_only=True)
+    assert caught.value.error_info["sqlstate"] == "25006"
+
+
+async def test_unreachable_server_is_a_plain_rpc_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with AsyncClient(f"127.0.0.1:{port}", timeout=10) as client:
+        with pytest.raises(BatchdRpcError) as caught:
+            await client.schema()
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert not isinstance(caught.value, AtomicBatchError)
+
+
+# --- pure logic ----------------------------------------------------------------------------
+
+def test_values_map_to_protobuf_exactly():
+    assert value_json(None) is None
+    assert value_json(True) is True
+    assert value_json(2**53 - 1) == 2**53 - 1 and value_json(-(2**53 - 1)) == -(2**53 - 1)
+    assert value_json(2**53) == "9007199254740992"
+    assert value_json(-(2**63)) == "-9223372036854775808"
+    assert value_json(1.5) == 1.5
+    assert [value_json(float(x)) for x in ("nan", "inf", "-inf")] == \
+        ["NaN", "Infinity", "-Infinity"]
+    assert value_json(Decimal("1E+3")) == "1000" and value_json(Decimal("0.10")) == "0.10"
+    assert value_json(dt.date(2024, 2, 29)) == "2024-02-29"
+    assert value_json(dt.datetime(2024, 1, 1, tzinfo=dt.UTC)) == "2024-01-01T00:00:00+00:00"
+    assert value_json(dt.timedelta(days=-1, seconds=5)) == "-P0DT86395S"
+    assert value_json(uuid.UUID(int=1)) == "00000000-0000-0000-0000-000000000001"
+    assert value_json(b"\x00\xff") == "AP8="
+    assert value_json({"a": [1, (2, "x"), {"b": None}]}) == {"a": [1, [2, "x"], {"b": None}]}
+    with pytest.raises(TypeError):
+        to_value(object())
+
+
+def test_references_name_the_operation_column_and_row():
+    b = Batch()
+    first = b.insert("customers", {"name": "a", "email": "a@x"})
+    assert first.ref("id") == {"$ref": "op1.id"}
+    assert first.ref("id", row=3) == {"$ref": "op1.3.id"}
+    request = b.to_request()
+    assert request.mode == batch_pb2.MODE_ATOMIC
+
+
+def test_generated_ids_skip_ids_already_given_and_duplicates_are_refused():
+    b = Batch()
+    assert b.call("echo", id="op2").id == "op2"
+    assert [b.call("echo").id, b.call("echo").id] == ["op3", "op4"]
+    with pytest.raises(ValueError, match="already used"):
+        b.call("echo", id="op3")
+
+
+def test_builder_refuses_ambiguous_operations():
+    b = Batch()
+    with pytest.raises(ValueError, match="exactly one of key= and filters="):
+        b.update("orders", key={"id": 1}, filters=[("id", "eq", 1)], set={"status": "x"})
+    with pytest.raises(ValueError, match="exactly one"):
+        b.delete("orders")
+    with pytest.raises(ValueError, match="unknown filter operator"):
+        b.query("orders", [("id", "between", 1)])
+    with pytest.raises(ValueError, match="on_conflict"):
+        b.insert("orders", {"id": 1}, on_conflict="ignore")
+    with pytest.raises(ValueError, match="atomic, independent"):
+        b.to_request(mode="sometimes")
+    assert len(b) == 0
+
+
+def test_builder_request_matches_the_grpcurl_json():
+    b = Batch()
+    c = b.insert("customers", {"name": "a", "email": "a@x"}, on_conflict="do_nothing",
+                 conflict_columns=["email"])
+    b.query("orders", {"customer_id": c.ref("id")}, order_by=["-total", "id"], limit=5,
+            depends_on=[c], id="q")
+    request = json_format.MessageToDict(b.to_request(mode="independent", isolation="serializable",
+                                                     read_only=True))
+    assert request == {
+        "operations": [
+            {"id": "op1", "insert": {"table": "customers", "rows": [{"name": "a", "email": "a@x"}],
+                                     "onConflict": {"action": "ACTION_DO_NOTHING",
+                                                    "conflictColumns": ["email"]}}},
+            {"id": "q", "dependsOn": ["op1"], "query": {
+                "table": "orders",
+                "filters": [{"column": "customer_id", "op": "EQ", "value": {"$ref": "op1.id"}}],
+                "orderBy": [{"column": "total", "descending": True}, {"column": "id"}],
+                "limit": 5}},
+        ],
+        "mode": "MODE_INDEPENDENT", "isolation": "ISOLATION_LEVEL_SERIALIZABLE", "readOnly": True,
+    }
