@@ -41,7 +41,8 @@ from batchd.errors import (
     internal,
     to_rpc_status,
 )
-from batchd.handlers.base import Output, RunContext
+from batchd.handlers.base import Output, RunContext, renderers
+from batchd.handlers.insert import InsertSpec, coalescible, insert_together
 from batchd.params import Results
 from batchd.plan import BatchPlan, Step, topological_order
 from batchd.v1 import batch_pb2
@@ -123,9 +124,7 @@ class Executor:
                 try:
                     async with conn.transaction(isolation=plan.isolation,
                                                 readonly=plan.read_only):
-                        for step in plan.steps:
-                            outputs[step.id] = await self._run_step(step, conn, results,
-                                                                    request_id)
+                        await self._run_in_order(plan, conn, results, outputs, request_id)
                         if plan.validate_only:
                             raise _Rollback
                 except _Rollback:
@@ -137,6 +136,43 @@ class Executor:
             # rollback after a lost connection did: no operation to blame.
             raise _StepFailed(None, translate(exc, request_id)) from exc
         return True
+
+    async def _run_in_order(self, plan: BatchPlan, conn: asyncpg.Connection, results: Results,
+                            outputs: dict[str, Output], request_id: str) -> None:
+        """Every step in request order, consecutive coalescible inserts as one statement."""
+        for group in coalesce(plan.steps):
+            if len(group) == 1:
+                outputs[group[0].id] = await self._run_step(group[0], conn, results, request_id)
+            else:
+                await self._run_inserts_together(group, conn, results, outputs, request_id)
+
+    async def _run_inserts_together(self, group: list[Step], conn: asyncpg.Connection,
+                                    results: Results, outputs: dict[str, Output],
+                                    request_id: str) -> None:
+        """One statement for a run of inserts; each operation still gets its own result. If
+        the statement fails, the run is replayed one operation at a time (after rolling back
+        to a savepoint), so that the error names the operation it belongs to."""
+        specs = [s.planned.spec for s in group]  # type: ignore[union-attr]
+        rows = []
+        for step, spec in zip(group, specs, strict=True):
+            try:
+                rows.append([results.finalize_all(r) for r in spec.rows] if spec.has_deferred
+                            else spec.rows)
+            except Exception as exc:
+                raise _StepFailed(step, translate(exc, request_id).for_operation(step.id)) \
+                    from exc
+        try:
+            async with conn.transaction():  # a savepoint
+                parts = await insert_together(conn, specs, rows)
+        except (asyncpg.PostgresError, asyncpg.exceptions.DataError):
+            for step in group:
+                outputs[step.id] = await self._run_step(step, conn, results, request_id)
+            return
+        renderers_ = renderers(specs[0].returning)
+        for step, records in zip(group, parts, strict=True):
+            output = Output(records, renderers_, rows_affected=len(records))
+            results.record(step.id, output.rows)
+            outputs[step.id] = output
 
     async def _run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
                         request_id: str) -> Output:
@@ -161,8 +197,7 @@ class Executor:
         results = Results()
         outputs: dict[str, Output] = {}
         try:
-            for step in plan.steps:
-                outputs[step.id] = await self._run_step(step, conn, results, request_id)
+            await self._run_in_order(plan, conn, results, outputs, request_id)
         except _StepFailed as failed:
             raise _atomic_failure(plan, outputs, failed.step, failed.error, attempts=1) from None
         return _response(plan.steps, outputs, committed=True, attempts=1)
@@ -231,6 +266,24 @@ class Executor:
             except _Rollback:
                 pass
         return _independent_response(plan, outputs, errors, committed=False)
+
+
+def coalesce(steps: Sequence[Step]) -> list[list[Step]]:
+    """Steps in order, grouped: each group is one step, or a run of consecutive inserts that
+    can share a statement (same table, columns and RETURNING; none referring to another
+    member of the run, whose rows would not exist yet)."""
+    groups: list[list[Step]] = []
+    for step in steps:
+        spec = step.planned.spec if step.planned is not None else None
+        last = groups[-1] if groups else None
+        if (isinstance(spec, InsertSpec) and last is not None
+                and isinstance(last[0].planned.spec, InsertSpec)  # type: ignore[union-attr]
+                and coalescible(last[0].planned.spec, spec)  # type: ignore[union-attr]
+                and not set(step.depends_on) & {s.id for s in last}):
+            last.append(step)
+        else:
+            groups.append([step])
+    return groups
 
 
 # --- results ---------------------------------------------------------------------------------

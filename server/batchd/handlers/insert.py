@@ -142,6 +142,43 @@ def _count(tag: str) -> int:
     return int(tag.rsplit(" ", 1)[-1])
 
 
+# --- coalescing ------------------------------------------------------------------------------
+
+def coalescible(a: InsertSpec, b: InsertSpec) -> bool:
+    """Whether two inserts can share one statement with the same meaning as two.
+
+    Only plain inserts (conflict = error): with DO NOTHING, skipped rows vanish from RETURNING
+    and the rows could not be given back to their operations; with DO UPDATE, one statement
+    may not touch a row twice where two statements may. Array columns take the VALUES path.
+    """
+    return (a.table is b.table and a.columns == b.columns and a.returning == b.returning
+            and not a.conflict_sql and not b.conflict_sql and bool(a.columns) and bool(a.returning)
+            and not any(c.is_array for c in a.columns))
+
+
+async def insert_together(conn: asyncpg.Connection, specs: list[InsertSpec],
+                          rows: list[list[list[Any]]]) -> list[list[Any]]:
+    """One INSERT for the rows of several coalescible inserts; the RETURNING rows, split back
+    per insert. The source is ordered by its ordinality, so rows come back in input order."""
+    spec = specs[0]
+    flat = [row for part in rows for row in part]
+    arrays = [list(col) for col in zip(*flat, strict=True)]
+    width = len(spec.columns)
+    casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
+    names = ", ".join(f"c{i}" for i in range(width))
+    records = await conn.fetch(
+        f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
+        f"SELECT {names} FROM unnest({casts}) WITH ORDINALITY AS u({names}, n) ORDER BY n"
+        f"{spec.returning_sql}", *arrays)
+    if len(records) != len(flat):
+        raise RuntimeError(f"coalesced insert returned {len(records)} rows for {len(flat)}")
+    out, start = [], 0
+    for part in rows:
+        out.append(records[start:start + len(part)])
+        start += len(part)
+    return out
+
+
 def _values_sql(spec: InsertSpec, count: int) -> str:
     width = len(spec.columns)
     groups = ", ".join(
