@@ -273,50 +273,57 @@ def coalesce(steps: Sequence[Step]) -> list[list[Step]]:
     can share a statement (same table, columns and RETURNING; none referring to another
     member of the run, whose rows would not exist yet)."""
     groups: list[list[Step]] = []
+    members: set[str] = set()  # ids in the last group
     for step in steps:
         spec = step.planned.spec if step.planned is not None else None
         last = groups[-1] if groups else None
         if (isinstance(spec, InsertSpec) and last is not None
                 and isinstance(last[0].planned.spec, InsertSpec)  # type: ignore[union-attr]
                 and coalescible(last[0].planned.spec, spec)  # type: ignore[union-attr]
-                and not set(step.depends_on) & {s.id for s in last}):
+                and members.isdisjoint(step.depends_on)):
             last.append(step)
         else:
             groups.append([step])
+            members = set()
+        members.add(step.id)
     return groups
 
 
 # --- results ---------------------------------------------------------------------------------
 
-def _result(step: Step, outcome: Any, status: status_pb2.Status,
-            output: Output | None = None) -> batch_pb2.OperationResult:
-    result = batch_pb2.OperationResult(id=step.id, outcome=outcome, status=status)
+def _result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: Any,
+            status: status_pb2.Status, output: Output | None = None) -> None:
+    """Append a step's result to ``response``, built in place (a result built apart and then
+    passed in would be copied, once per operation)."""
+    result = response.results.add(id=step.id, outcome=outcome)
+    if status.code:  # an unset status reads as OK: no copy per successful operation
+        result.status.CopyFrom(status)
     if output is not None:
         result.rows.extend(output.rendered())
         result.rows_affected = output.rows_affected
         result.next_page_token = output.next_page_token
-    return result
 
 
 def _response(steps: Sequence[Step], outputs: dict[str, Output], *, committed: bool,
               attempts: int) -> batch_pb2.BatchExecuteResponse:
-    return batch_pb2.BatchExecuteResponse(
-        results=[_result(s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id]) for s in steps],
-        committed=committed, attempts=attempts)
+    response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=attempts)
+    for s in steps:
+        _result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
+    return response
 
 
 def _independent_response(plan: BatchPlan, outputs: dict[str, Output],
                           errors: dict[str, BatchdError],
                           committed: bool) -> batch_pb2.BatchExecuteResponse:
-    results = []
+    response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=1)
     for s in plan.steps:
         if s.id in outputs:
-            results.append(_result(s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id]))
+            _result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
         else:
             err = errors[s.id]
             outcome = Outcome.SKIPPED if isinstance(err, Skipped) else Outcome.FAILED
-            results.append(_result(s, outcome, to_rpc_status(err)))
-    return batch_pb2.BatchExecuteResponse(results=results, committed=committed, attempts=1)
+            _result(response, s, outcome, to_rpc_status(err))
+    return response
 
 
 def _atomic_failure(plan: BatchPlan, outputs: dict[str, Output], failed: Step | None,
@@ -329,22 +336,21 @@ def _atomic_failure(plan: BatchPlan, outputs: dict[str, Output], failed: Step | 
         errors[failed.id] = error
     cause = f'operation "{failed.id}" failed' if failed else "the transaction failed"
     aborted = grpc.StatusCode.ABORTED.value[0]
-    results = []
+    outcomes = batch_pb2.BatchExecuteResponse(committed=False, attempts=attempts)
     for s in plan.steps:
         if s.id in errors:
-            results.append(_result(s, Outcome.FAILED, to_rpc_status(errors[s.id])))
+            _result(outcomes, s, Outcome.FAILED, to_rpc_status(errors[s.id]))
         elif s.id in outputs:
-            results.append(_result(s, Outcome.ROLLED_BACK, status_pb2.Status(
-                code=aborted, message=f"rolled back: {cause}")))
+            _result(outcomes, s, Outcome.ROLLED_BACK, status_pb2.Status(
+                code=aborted, message=f"rolled back: {cause}"))
         else:
-            results.append(_result(s, Outcome.NOT_RUN, status_pb2.Status(
-                code=aborted, message=f"not run: {cause}")))
+            _result(outcomes, s, Outcome.NOT_RUN, status_pb2.Status(
+                code=aborted, message=f"not run: {cause}"))
     metadata = dict(error.metadata)
     if failed is not None:
         metadata["operation_id"] = failed.id
     batch_error = BatchdError(
         f"{error.full_message}; the batch was rolled back", code=error.code,
         reason=error.reason, violations=error.violations, metadata=metadata)
-    batch_error.extra_details.append(batch_pb2.BatchExecuteResponse(
-        results=results, committed=False, attempts=attempts))
+    batch_error.extra_details.append(outcomes)
     return batch_error

@@ -4,7 +4,9 @@ Errors of the batch itself (operation count, malformed or duplicate ids, referen
 operations or columns, dependency cycles, atomic forward references) raise InvalidArgument for
 the whole request. An invalid *operation* is kept as a step carrying its error: the atomic
 executor refuses the batch naming every invalid operation, the independent one fails just
-those operations (and skips their dependents).
+those operations (and skips their dependents). An operation outside the caller's scopes is
+such a step too, with PermissionDenied (see batchd.auth); it is checked before the operation
+is planned, so a denied caller learns nothing about the table or handler.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from batchd.auth import Principal, authorize_operation, current_principal
 from batchd.dispatcher import Dispatcher
 from batchd.errors import BatchdError, InvalidArgument
 from batchd.handlers.base import PlanContext, Planned
@@ -55,7 +58,12 @@ _ISOLATION = {
 
 
 def plan_batch(request: batch_pb2.BatchExecuteRequest, dispatcher: Dispatcher,
-               ctx: PlanContext) -> BatchPlan:
+               ctx: PlanContext, principal: Principal | None = None) -> BatchPlan:
+    """The plan of ``request``. ``principal``: whose scopes bound the operations; None takes
+    the current RPC's (``batchd.auth.current_principal``, which is how an operations feed's
+    chunks are checked), and None there too means authentication is off."""
+    if principal is None:
+        principal = current_principal.get()
     ops = request.operations
     limits = ctx.settings
     if not ops:
@@ -95,6 +103,10 @@ def plan_batch(request: batch_pb2.BatchExecuteRequest, dispatcher: Dispatcher,
             try:
                 if kind is None:
                     raise InvalidArgument.field(path, f"one of {', '.join(KINDS)} must be set")
+                if principal is not None:
+                    denied = authorize_operation(principal, op, kind, ctx.catalog.default_schema)
+                    if denied is not None:
+                        raise denied
                 planned = dispatcher.plan(op, kind, path, ctx)
             except CoercionError as exc:  # a malformed reference
                 error = InvalidArgument.field(path, str(exc))
@@ -106,6 +118,8 @@ def plan_batch(request: batch_pb2.BatchExecuteRequest, dispatcher: Dispatcher,
         refs_of.append(list(refs))
 
     for step, op, refs in zip(steps, ops, refs_of, strict=True):
+        if not refs and not op.depends_on:
+            continue
         path = f"operations[{step.index}]"
         wanted: list[str] = []
         for j, dep in enumerate(op.depends_on):

@@ -27,7 +27,7 @@ from batchd.handlers.base import (
 )
 from batchd.params import Deferred, prepare
 from batchd.v1 import batch_pb2
-from batchd.values import struct_from_proto
+from batchd.values import CoercionError, Ref, coerce, struct_from_proto
 
 Action = batch_pb2.OnConflict.Action
 MAX_PARAMETERS = 32767  # PostgreSQL's limit of bind parameters per statement
@@ -47,12 +47,50 @@ class InsertSpec:
         return f" RETURNING {select_list(self.returning)}" if self.returning else ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Everything about an insert but its values: the same for every operation of a bulk
+    batch, so it is worked out once (see InsertKind.plan)."""
+
+    table: Table
+    columns: list[Column]
+    conflict_sql: str
+    returning: list[Column]
+    output_columns: frozenset[str]
+
+
 class InsertKind:
     name = "insert"
 
+    def __init__(self) -> None:
+        # Shapes by (catalog, table, columns, returning, on_conflict). The catalog is fixed for
+        # the server's life, so an entry never goes stale; the bound keeps hostile variety cheap.
+        self._shapes: dict[tuple[Any, ...], _Shape] = {}
+
+    def _shape(self, message: batch_pb2.InsertOperation, names: list[str], path: str,
+               ctx: PlanContext) -> _Shape:
+        oc = message.on_conflict
+        key = (ctx.catalog, message.table, tuple(names), tuple(message.returning), oc.action,
+               tuple(oc.conflict_columns), tuple(oc.update_columns))
+        shape = self._shapes.get(key)
+        if shape is None:
+            table = ctx.catalog.table(message.table, f"{path}.table")
+            table.require(self.name, path)
+            columns = [table.column(name, f"{path}.rows[0].{name}") for name in names]
+            for column in columns:
+                if column.generated:
+                    raise InvalidArgument.field(f"{path}.rows[0].{column.name}",
+                                                "is a generated column and cannot be written")
+            returning = columns_list(table, message.returning, f"{path}.returning",
+                                     lambda: key_columns(table))
+            shape = _Shape(table, columns, _conflict_sql(table, message, columns, path),
+                           returning, frozenset(c.name for c in returning))
+            if len(self._shapes) >= 4096:
+                self._shapes.clear()
+            self._shapes[key] = shape
+        return shape
+
     def plan(self, message: batch_pb2.InsertOperation, path: str, ctx: PlanContext) -> Planned:
-        table = ctx.catalog.table(message.table, f"{path}.table")
-        table.require(self.name, path)
         if not message.rows:
             raise InvalidArgument.field(f"{path}.rows", "at least one row is required")
         if len(message.rows) > ctx.settings.max_rows_per_batch:
@@ -60,29 +98,33 @@ class InsertKind:
                 f"{path}.rows", f"{len(message.rows)} rows exceed the limit of "
                                 f"{ctx.settings.max_rows_per_batch}")
         first = struct_from_proto(message.rows[0])
-        columns = [table.column(name, f"{path}.rows[0].{name}") for name in first]
-        for column in columns:
-            if column.generated:
-                raise InvalidArgument.field(f"{path}.rows[0].{column.name}",
-                                            "is a generated column and cannot be written")
-        names = {c.name for c in columns}
+        shape = self._shape(message, list(first), path, ctx)
+        columns = shape.columns
         rows: list[list[Any]] = []
         has_deferred = False
         for r, struct in enumerate(message.rows):
             values = first if r == 0 else struct_from_proto(struct)
-            if values.keys() != names:
+            if r and values.keys() != first.keys():
                 raise InvalidArgument.field(
                     f"{path}.rows[{r}]", f"names columns {sorted(values)}, but rows[0] names "
-                                         f"{sorted(names)}; all rows of an insert must name the "
+                                         f"{sorted(first)}; all rows of an insert must name the "
                                          "same columns")
-            row = [prepare(values[c.name], c, f"{path}.rows[{r}].{c.name}") for c in columns]
-            has_deferred = has_deferred or any(type(v) is Deferred for v in row)
+            row = []
+            for c in columns:
+                value = values[c.name]
+                if isinstance(value, Ref | list | dict):  # may hold references: the full path
+                    value = prepare(value, c, f"{path}.rows[{r}].{c.name}")
+                    has_deferred = has_deferred or type(value) is Deferred
+                else:  # a scalar: coerce at once, and name the field only if it is wrong
+                    try:
+                        value = coerce(value, c)
+                    except CoercionError:
+                        prepare(value, c, f"{path}.rows[{r}].{c.name}")  # raises, with the path
+                row.append(value)
             rows.append(row)
-        returning = columns_list(table, message.returning, f"{path}.returning",
-                                 lambda: key_columns(table))
-        spec = InsertSpec(table, columns, rows, _conflict_sql(table, message, columns, path),
-                          returning, has_deferred)
-        return Planned(self.name, spec, frozenset(c.name for c in returning))
+        spec = InsertSpec(shape.table, columns, rows, shape.conflict_sql, shape.returning,
+                          has_deferred)
+        return Planned(self.name, spec, shape.output_columns)
 
     async def run(self, spec: InsertSpec, ctx: RunContext) -> Output:
         rows = ([ctx.results.finalize_all(row) for row in spec.rows] if spec.has_deferred
