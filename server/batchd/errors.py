@@ -18,6 +18,7 @@ bug in batchd: the caller gets INTERNAL with a request id, and the log gets the 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "batchd"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,13 @@ def from_database(exc: BaseException) -> BatchdError | None:
     if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError | ConnectionError | OSError
                   | asyncpg.exceptions.InterfaceError):
         return BatchdError(f"database unavailable: {exc}", code=_S.UNAVAILABLE,
+                           reason="DATABASE_UNAVAILABLE")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # Seen when PostgreSQL terminates an idle pooled connection: asyncpg has read the
+        # server's FATAL message but not yet the socket's close, and refuses the next query.
+        # Retryable like any lost connection; logged, since misuse of a connection looks alike.
+        log.warning("database connection unusable", exc_info=exc)
+        return BatchdError("database connection lost; retry", code=_S.UNAVAILABLE,
                            reason="DATABASE_UNAVAILABLE")
     if isinstance(exc, asyncio.TimeoutError):
         return BatchdError("database did not answer in time", code=_S.DEADLINE_EXCEEDED,
