@@ -86,6 +86,7 @@ def make_settings(dsn: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         dsn=dsn, host="127.0.0.1", port=0, demo_schema=True,
         handler_modules=["tests.handlers"], pool_min_size=1, pool_max_size=8,
+        metrics_port=0,  # no /metrics endpoint unless a test asks for one
         tables={"public.readonly_things": TableSettings(operations=["get", "query"])},
     )
     values.update(overrides)

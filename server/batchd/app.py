@@ -3,20 +3,22 @@
 ``App.start`` brings everything up in order (embedded PostgreSQL if no DSN, the pool, the demo
 schema, handler modules, the catalog, the server) and ``App.stop`` takes it down in reverse:
 health flips to NOT_SERVING first, so load balancers stop sending work, then in-flight calls
-get the grace period, then the pool closes.
+get the grace period, then the pool closes, and last the metrics endpoint stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from batchd import reflection
+from batchd import reflection, tracing
+from batchd.auth import AuthInterceptor, server_credentials
 from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.database import apply_demo_schema, create_pool
@@ -25,7 +27,10 @@ from batchd.embedded import start_embedded
 from batchd.executor import Executor
 from batchd.handlers.base import PlanContext
 from batchd.handlers.call import load_modules, registered
+from batchd.interceptors import MetricsInterceptor
 from batchd.ledger import ensure_internal_schema
+from batchd.metrics import Metrics
+from batchd.observe import Observer
 from batchd.service import BatchService
 from batchd.stream import StreamHandler
 from batchd.v1 import batch_pb2, batch_pb2_grpc
@@ -43,6 +48,7 @@ class App:
     health: health.aio.HealthServicer
     port: int
     embedded: Any = None  # keeps the embedded PostgreSQL up while the app lives
+    metrics: Metrics = field(default_factory=Metrics)  # this app's own registry
 
     @classmethod
     async def start(cls, settings: Settings) -> App:
@@ -51,6 +57,8 @@ class App:
         if dsn is None:
             dsn, embedded = await start_embedded(settings.data_dir)
         pool = await create_pool(dsn, settings)
+        metrics = Metrics()
+        metrics.watch_pool(pool)
         try:
             modules = list(settings.handler_modules)
             if settings.wants_demo_schema:
@@ -64,32 +72,45 @@ class App:
             plan_ctx = PlanContext(catalog, settings, frozenset(registered()))
             executor = Executor(pool, catalog, dispatcher, settings)
 
-            server = grpc.aio.server(options=[
+            # Metrics (and tracing) first, so that the calls authentication refuses count too.
+            interceptors: list[grpc.aio.ServerInterceptor] = [
+                MetricsInterceptor(metrics), *tracing.server_interceptors(settings.otel_enabled)]
+            # Authentication only when configured: the zero-config demo stays open.
+            if settings.auth_enabled:
+                interceptors.append(AuthInterceptor(settings))
+            server = grpc.aio.server(interceptors=interceptors, options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ])
             streams = StreamHandler(pool, catalog, executor, dispatcher, plan_ctx, settings)
             batch_pb2_grpc.add_BatchServiceServicer_to_server(  # type: ignore[no-untyped-call]
-                BatchService(executor, dispatcher, plan_ctx, streams), server)
+                BatchService(executor, dispatcher, plan_ctx, streams,
+                             Observer(metrics, catalog)), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable(
                 (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
                 server)
-            port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+            address = f"{settings.host}:{settings.port}"
+            credentials = server_credentials(settings)  # TLS / mTLS, or None: plaintext
+            port = (server.add_secure_port(address, credentials) if credentials is not None
+                    else server.add_insecure_port(address))
             if port == 0:
                 raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+            metrics.serve(settings.metrics_host, settings.metrics_port)
             await server.start()
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
+            await asyncio.to_thread(metrics.stop)
             await pool.close()
             raise
         log.info("batchd listening on %s:%d", settings.host, port)
-        return cls(settings, server, pool, health_servicer, port, embedded)
+        return cls(settings, server, pool, health_servicer, port, embedded, metrics)
 
     async def stop(self, grace: float | None = 5.0) -> None:
         await self.health.enter_graceful_shutdown()  # every service NOT_SERVING
         await self.server.stop(grace)
         await self.pool.close()
+        await asyncio.to_thread(self.metrics.stop)  # last: it shows the drain

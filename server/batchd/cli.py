@@ -4,6 +4,7 @@
     batchd exec FILE [--target HOST:PORT] [--json] [--mode atomic|independent] [--validate-only]
     batchd schema [--target HOST:PORT] [--json]
     batchd ingest FILE --table T [--target HOST:PORT] [--format csv|jsonl] [--mode ...]
+    batchd new-token --principal NAME [--scope SCOPE ...]
 
 Without a DSN (flag or BATCHD_DSN) ``serve`` starts an embedded PostgreSQL with the demo schema.
 The first SIGTERM or SIGINT drains: health goes NOT_SERVING, new calls are refused, in-flight
@@ -15,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import logging
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -27,11 +31,13 @@ log = logging.getLogger("batchd")
 
 
 async def serve(args: argparse.Namespace) -> int:
+    from batchd import logs
     from batchd.app import App
     from batchd.config import load_settings
 
     settings = load_settings(args.config, dsn=args.dsn, host=args.host, port=args.port,
                              data_dir=args.data_dir)
+    logs.configure(settings.log_format)  # the server's log lines: JSON unless on a terminal
     app = await App.start(settings)
     print(f"batchd listening on {settings.host}:{app.port}", flush=True)
     stop = asyncio.Event()
@@ -51,6 +57,23 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def new_token(args: argparse.Namespace) -> int:
+    """Print a fresh random token and the ``[[tokens]]`` settings holding only its SHA-256."""
+    from batchd.config import check_scope
+
+    try:
+        scopes = [check_scope(s) for s in args.scopes]
+    except ValueError as exc:
+        print(f"batchd new-token: {exc}", file=sys.stderr)
+        return 2
+    token = secrets.token_urlsafe(32)
+    print(f"# Bearer token for {args.principal!r}; give it to the client (batchd keeps only "
+          f"its hash):\n#   {token}\n[[tokens]]\nprincipal = {json.dumps(args.principal)}\n"
+          f'sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+          f"scopes = {json.dumps(scopes)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batchd", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder")
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--grace", type=float, default=10.0, help="drain grace period, seconds")
+    p = commands.add_parser("new-token", help="make a bearer token and its settings stanza")
+    p.add_argument("--principal", required=True, help="who the token's holder is")
+    p.add_argument("--scope", dest="scopes", action="append", default=[],
+                   help="admin, read:SCHEMA.TABLE, write:SCHEMA.TABLE, call:HANDLER "
+                        "(fnmatch patterns; repeatable)")
     client_cli.add_commands(commands)
     ingest_cli.add_parser(commands)
     args = parser.parse_args(argv)
@@ -72,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             return uvloop.run(serve(args))
         except ImportError:  # pragma: no cover - non-POSIX
             return asyncio.run(serve(args))
+    if args.command == "new-token":
+        return new_token(args)
     if args.command == "ingest":
         return ingest_cli.run(args)
     if args.command in client_cli.COMMANDS:

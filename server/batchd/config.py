@@ -8,10 +8,11 @@ the TOML file named by ``BATCHD_CONFIG`` (or ``--config``), then the defaults be
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +31,44 @@ class TableSettings(BaseModel):
     operations: list[str] | None = None
 
 
+# admin | * | read:<schema.table pattern> | write:<schema.table pattern> | call:<handler pattern>
+_SCOPE = re.compile(r"admin|\*|(read|write):(\*|[^.]+\..+)|call:.+")
+
+
+def check_scope(scope: str) -> str:
+    """Return ``scope`` if it follows the grammar (see batchd.auth), else raise ValueError."""
+    if not _SCOPE.fullmatch(scope):
+        raise ValueError(f"bad scope {scope!r}: expected admin, *, read:SCHEMA.TABLE, "
+                         "write:SCHEMA.TABLE (fnmatch patterns, e.g. read:public.*) or "
+                         "call:HANDLER")
+    return scope
+
+
+class TokenSettings(BaseModel):
+    """A bearer token: only its SHA-256 is configured, never the token itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Hex SHA-256 of the token's UTF-8 bytes (`batchd new-token` prints one).
+    sha256: str
+    # Who the caller is (logged, and named in PERMISSION_DENIED messages).
+    principal: str
+    scopes: list[str] = Field(default_factory=list)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be the 64 hex digits of the token's SHA-256")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[str]) -> list[str]:
+        return [check_scope(s) for s in value]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATCHD_", extra="forbid")
 
@@ -37,6 +76,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 50051
     max_message_bytes: int = 16 * 1024 * 1024
+
+    # --- observability (batchd.metrics, batchd.logs, batchd.tracing)
+    # Prometheus /metrics on its own port; 0: no endpoint.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    # "json": one JSON object per line; "text": for people; "auto": text on a terminal, else JSON.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    # OpenTelemetry spans for every RPC; needs the extra: pip install 'batchd[otel]'.
+    otel_enabled: bool = False
 
     # --- database
     # None: start the embedded PostgreSQL in data_dir, with the demo schema.
@@ -70,6 +118,18 @@ class Settings(BaseSettings):
     # Chunks a stream decodes ahead of the one being written (memory: chunk size x this + 2).
     stream_read_ahead: int = 2
 
+    # --- security (batchd.auth). No tokens and no client CA: authentication is off.
+    tokens: list[TokenSettings] = Field(default_factory=list)
+    # Reflection without credentials (it shows the published .proto, nothing of the database).
+    reflection_public: bool = True
+    # TLS: PEM files of the server's certificate chain and key; none: plaintext.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # mTLS: PEM of the CA that signs client certificates; a client must present one.
+    tls_client_ca_file: Path | None = None
+    # Scopes of client-certificate principals, by certificate subject CN.
+    client_cert_scopes: dict[str, list[str]] = Field(default_factory=dict)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -84,6 +144,29 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    @field_validator("client_cert_scopes")
+    @classmethod
+    def _cert_scopes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {cn: [check_scope(s) for s in scopes] for cn, scopes in value.items()}
+
+    @model_validator(mode="after")
+    def _security(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        if self.client_cert_scopes and self.tls_client_ca_file is None:
+            raise ValueError("client_cert_scopes needs tls_client_ca_file (mTLS)")
+        hashes = [t.sha256 for t in self.tokens]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("tokens: the same sha256 is configured twice")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Authentication is on as soon as tokens or client certificates are configured."""
+        return bool(self.tokens) or self.tls_client_ca_file is not None
 
     @property
     def embedded(self) -> bool:

@@ -5,6 +5,8 @@
      ├── NotFound         a keyed row does not exist
      ├── VersionConflict  optimistic locking: the row's version is not the expected one
      ├── FailedPrecondition the system is not in the state the request needs
+     ├── Unauthenticated  no valid credentials (missing, malformed or unknown token)
+     ├── PermissionDenied the caller's scopes do not cover an operation
      ├── DependencyFailed a referenced row is missing at run time
      │    └── Skipped     an operation this one depends on did not succeed (INDEPENDENT)
      └── DatabaseError    PostgreSQL refused; carries SQLSTATE, constraint, table, column
@@ -109,6 +111,20 @@ class DependencyFailed(BatchdError):
 class FailedPrecondition(BatchdError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(BatchdError):
+    """No valid credentials; raised by batchd.auth before any handler runs."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(BatchdError):
+    """An authenticated caller whose scopes do not cover an operation (see batchd.auth)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
 
 
 class Skipped(DependencyFailed):

@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_status import rpc_status
 
+from batchd.auth import Principal, current_principal, guard_stream
 from batchd.catalog import Catalog
 from batchd.dispatcher import Dispatcher
 from batchd.errors import to_rpc_status
 from batchd.executor import Executor, translate
 from batchd.handlers.base import PlanContext
 from batchd.handlers.call import registered
+from batchd.metrics import Metrics
+from batchd.observe import Observer
 from batchd.plan import plan_batch
 from batchd.stream import StreamHandler
 from batchd.v1 import batch_pb2, batch_pb2_grpc
@@ -34,21 +37,25 @@ def request_id_of(context: grpc.aio.ServicerContext) -> str:
 
 class BatchService(batch_pb2_grpc.BatchServiceServicer):
     def __init__(self, executor: Executor, dispatcher: Dispatcher, plan_ctx: PlanContext,
-                 streams: StreamHandler) -> None:
+                 streams: StreamHandler, observer: Observer | None = None) -> None:
         self.executor = executor
         self.dispatcher = dispatcher
         self.plan_ctx = plan_ctx
         self.streams = streams
+        # Log lines and counts of each call (batchd.observe); its own metrics if none given.
+        self.observer = observer or Observer(Metrics(), plan_ctx.catalog)
 
     async def BatchExecute(self, request: batch_pb2.BatchExecuteRequest,
                            context: grpc.aio.ServicerContext) -> batch_pb2.BatchExecuteResponse:
         request_id = request_id_of(context)
         await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-        try:
-            plan = plan_batch(request, self.dispatcher, self.plan_ctx)
-            return await self.executor.execute(plan, request_id)
-        except Exception as exc:
-            error = translate(exc, request_id)
+        with self.observer.batch(request, request_id) as seen:
+            try:
+                plan = plan_batch(request, self.dispatcher, self.plan_ctx,
+                                  current_principal.get())
+                return seen.answered(await self.executor.execute(plan, request_id))
+            except Exception as exc:
+                error = seen.failed(translate(exc, request_id))
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
         raise AssertionError("abort_with_status returned")  # pragma: no cover
 
@@ -57,20 +64,30 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
                           ) -> AsyncIterator[batch_pb2.StreamResponse]:
         request_id = request_id_of(context)
         await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-        try:
-            async for response in self.streams.run(request_iterator, request_id):
-                yield response
-            return
-        except Exception as exc:
-            error = translate(exc, request_id)
+        with self.observer.stream(request_id) as seen:
+            try:
+                requests = await guard_stream(request_iterator, current_principal.get(),
+                                              self.plan_ctx.catalog.default_schema)
+                async for response in self.streams.run(seen.requests(requests), request_id):
+                    yield seen.sent(response)
+                return
+            except Exception as exc:
+                error = seen.failed(translate(exc, request_id))
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
 
     async def GetSchema(self, request: batch_pb2.GetSchemaRequest,
                         context: grpc.aio.ServicerContext) -> batch_pb2.GetSchemaResponse:
-        return describe(self.plan_ctx.catalog)
+        return describe(self.plan_ctx.catalog, current_principal.get())
 
 
-def describe(catalog: Catalog) -> batch_pb2.GetSchemaResponse:
+def describe(catalog: Catalog, principal: Principal | None = None,
+             ) -> batch_pb2.GetSchemaResponse:
+    """The schema, limited to the tables, operation kinds and handlers ``principal``'s scopes
+    cover (None: authentication is off, everything)."""
+
+    def allowed(kind: str, target: str) -> bool:
+        return principal is None or principal.may(kind, target)
+
     tables = [
         batch_pb2.TableInfo(
             name=t.qualified_name,
@@ -80,6 +97,8 @@ def describe(catalog: Catalog) -> batch_pb2.GetSchemaResponse:
             primary_key=list(t.primary_key),
             version_column=t.version_column or "",
             soft_delete_column=t.soft_delete_column or "",
-            operations=sorted(t.operations))
-        for t in sorted(catalog.tables.values(), key=lambda t: t.qualified_name)]
-    return batch_pb2.GetSchemaResponse(tables=tables, handlers=sorted(registered()))
+            operations=sorted(k for k in t.operations if allowed(k, t.qualified_name)))
+        for t in sorted(catalog.tables.values(), key=lambda t: t.qualified_name)
+        if any(allowed(k, t.qualified_name) for k in t.operations)]
+    return batch_pb2.GetSchemaResponse(
+        tables=tables, handlers=sorted(h for h in registered() if allowed("call", h)))

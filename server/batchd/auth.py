@@ -1,0 +1,279 @@
+"""Who is calling, and what they may do: bearer tokens, client certificates, scopes.
+
+Authentication is **off** when no ``tokens`` and no ``tls_client_ca_file`` are configured (the
+zero-config demo stays open); everything below applies only when it is on.
+
+Authentication (``AuthInterceptor``, for unary and streaming RPCs alike):
+
+- ``authorization: Bearer <token>`` metadata. The token's SHA-256 is compared, in constant
+  time (``hmac.compare_digest``), with every configured ``tokens[].sha256``; plaintext tokens
+  are never configured or stored. A presented token is always checked: a bad one is refused
+  even when the connection also carries a client certificate.
+- Without a token, on an mTLS connection, the client certificate's subject CN is the principal
+  (the TLS layer has already verified the certificate against ``tls_client_ca_file``); its
+  scopes are ``client_cert_scopes[CN]`` (none if the CN is not listed).
+- Otherwise the RPC fails with UNAUTHENTICATED: missing, malformed or unknown token.
+- ``grpc.health.v1.Health/*`` is always open; server reflection is open while
+  ``reflection_public`` is true (it shows the published .proto, nothing of the database).
+
+Authorization (scopes), per operation, before anything runs:
+
+    admin | *                     everything
+    read:<schema.table pattern>   get, query
+    write:<schema.table pattern>  insert, update, delete; BatchStream ingest into the table
+    call:<handler pattern>        call operations of custom handlers with a matching name
+
+Patterns are ``fnmatch`` patterns, case-sensitive like PostgreSQL identifiers, on the
+qualified table name (``read:public.*``, ``write:public.orders``, ``read:*``) or the handler
+name (``call:reserve_*``). ``write`` does not imply ``read``. A ``call`` runs whatever SQL its
+handler runs: granting ``call:X`` trusts handler X. The check uses the table name as written in
+the request, qualified with ``default_schema``, so an operation outside the caller's scopes is
+PERMISSION_DENIED whether or not the table exists (scopes never reveal the catalog).
+``plan_batch`` records the denial on the operation's step: an ATOMIC batch is refused before
+anything runs, an INDEPENDENT one fails just that operation. GetSchema lists only the tables,
+operation kinds and handlers the caller's scopes cover.
+
+The principal reaches the servicer through ``current_principal``, set by the interceptor
+*inside* the wrapped method handler, i.e. in the RPC's own execution (grpc.aio documents that
+interceptors and handlers share a per-RPC context, but the client certificate is only visible
+through the handler's ``context.auth_context()`` anyway). Code that runs outside an RPC sees
+None, which means "authentication is off".
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from batchd.config import Settings
+from batchd.errors import BatchdError, PermissionDenied, Unauthenticated, to_rpc_status
+from batchd.v1 import batch_pb2
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION = "authorization"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIX = "/grpc.reflection."  # v1alpha and v1
+# The scope verb each operation kind needs.
+ACCESS = {"insert": "write", "update": "write", "delete": "write", "get": "read",
+          "query": "read", "call": "call"}
+
+current_principal: ContextVar[Principal | None] = ContextVar("batchd_principal", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: a token's ``principal`` or a client certificate's CN."""
+
+    name: str
+    scopes: tuple[str, ...]
+    via: str  # "token" or "certificate"
+
+    def allows(self, access: str, target: str) -> bool:
+        """Whether a scope grants ``access`` ("read", "write", "call") on ``target``
+        ("schema.table" or a handler name). ``admin`` and ``*`` grant everything."""
+        for scope in self.scopes:
+            if scope in ("admin", "*"):
+                return True
+            verb, _, pattern = scope.partition(":")
+            if verb == access and fnmatch.fnmatchcase(target, pattern):
+                return True
+        return False
+
+    def may(self, kind: str, target: str) -> bool:
+        """Whether operation ``kind`` (insert, get, ...) is allowed on ``target``; kinds this
+        module does not know need ``admin``."""
+        access = ACCESS.get(kind)
+        return self.allows(access if access else "admin", target)
+
+
+def qualified(table: str, default_schema: str) -> str:
+    """The name scopes are matched against: as the catalog resolves it ("t" is in the default
+    schema, "s.t" is taken as written)."""
+    return table if "." in table else f"{default_schema}.{table}"
+
+
+def hash_token(token: str) -> str:
+    """What ``tokens[].sha256`` holds: the hex SHA-256 of the token's UTF-8 bytes."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --- authorization ---------------------------------------------------------------------------
+
+def authorize_operation(principal: Principal, op: batch_pb2.Operation, kind: str,
+                        default_schema: str) -> PermissionDenied | None:
+    """The denial of one operation, or None if the principal's scopes cover it."""
+    message = getattr(op, kind)
+    if kind == "call":
+        target, what = message.handler, f'handler "{message.handler}"'
+    else:
+        target = qualified(message.table, default_schema)
+        what = f'table "{target}"'
+    if principal.may(kind, target):
+        return None
+    needed = f"{ACCESS[kind]}:{target}" if kind in ACCESS else "admin"
+    return PermissionDenied(f'principal "{principal.name}" may not {kind} on {what} (needs '
+                            f"scope {needed})",
+                            metadata={"principal": principal.name, "scope": needed})
+
+
+async def guard_stream(requests: AsyncIterator[batch_pb2.StreamRequest],
+                       principal: Principal | None, default_schema: str,
+                       ) -> AsyncIterator[batch_pb2.StreamRequest]:
+    """BatchStream: an ingest stream needs ``write`` on its table, checked on the header
+    before the stream opens. Returns the requests, header included, for the stream handler.
+    (An operations feed is checked per operation by ``plan_batch``.)"""
+    if principal is None:
+        return requests
+    first = await anext(requests, None)
+    if first is not None and first.WhichOneof("kind") == "header" and first.header.table:
+        target = qualified(first.header.table, default_schema)
+        if not principal.allows("write", target):
+            raise PermissionDenied(f'principal "{principal.name}" may not ingest into table '
+                                   f'"{target}" (needs scope write:{target})',
+                                   metadata={"principal": principal.name,
+                                             "scope": f"write:{target}"})
+    return _prepend(first, requests)
+
+
+async def _prepend(first: batch_pb2.StreamRequest | None,
+                   rest: AsyncIterator[batch_pb2.StreamRequest],
+                   ) -> AsyncIterator[batch_pb2.StreamRequest]:
+    if first is None:
+        return
+    yield first
+    async for request in rest:
+        yield request
+
+
+# --- authentication --------------------------------------------------------------------------
+
+class Authenticator:
+    """Credentials → ``Principal``, or ``Unauthenticated`` saying what was wrong."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._tokens = [(t.sha256, Principal(t.principal, tuple(t.scopes), "token"))
+                        for t in settings.tokens]
+        self._mtls = settings.tls_client_ca_file is not None
+        self._cert_scopes = {cn: tuple(s) for cn, s in settings.client_cert_scopes.items()}
+
+    def authenticate(self, metadata: Sequence[tuple[str, Any]],
+                     auth_context: Mapping[str, Sequence[bytes]]) -> Principal:
+        values = [value for key, value in metadata if key == AUTHORIZATION]
+        if values:
+            return self._token(values)
+        names = auth_context.get("x509_common_name") if self._mtls else None
+        if names:
+            cn = names[0].decode(errors="replace")
+            return Principal(cn, self._cert_scopes.get(cn, ()), "certificate")
+        raise Unauthenticated("missing credentials: send the metadata 'authorization: Bearer "
+                              "<token>'", reason="MISSING_TOKEN")
+
+    def _token(self, values: list[Any]) -> Principal:
+        scheme, _, token = str(values[0]).partition(" ")
+        token = token.strip()
+        if len(values) > 1 or scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("malformed authorization metadata: expected exactly one "
+                                  "'authorization: Bearer <token>'", reason="MALFORMED_TOKEN")
+        digest = hash_token(token)
+        found = None
+        for configured, principal in self._tokens:  # no early exit: the same work for all
+            if hmac.compare_digest(configured, digest):
+                found = principal
+        if found is None:
+            raise Unauthenticated("unknown bearer token", reason="UNKNOWN_TOKEN")
+        return found
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authenticates every RPC but health (and reflection, if public) before its handler
+    runs, and sets ``current_principal`` for the handler. Only installed when
+    ``settings.auth_enabled``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.authenticator = Authenticator(settings)
+        self.reflection_public = settings.reflection_public
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails],
+                                     Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(HEALTH_PREFIX) or (
+                self.reflection_public and method.startswith(REFLECTION_PREFIX)):
+            return handler
+        return _wrap(handler, self._admit)
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Authenticate the call and publish its principal, or end the RPC."""
+        try:
+            principal = self.authenticator.authenticate(context.invocation_metadata() or (),
+                                                        context.auth_context() or {})
+        except BatchdError as err:
+            log.info("refused %s: %s", context.peer(), err.message)
+            await context.abort_with_status(rpc_status.to_status(to_rpc_status(err)))
+            raise AssertionError("abort_with_status returned") from None  # pragma: no cover
+        current_principal.set(principal)
+
+
+def _wrap(handler: grpc.RpcMethodHandler,
+          admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]]) -> grpc.RpcMethodHandler:
+    """The same handler, authenticating first; for all four RPC shapes, and for streaming
+    responses both as async generators and as coroutines writing to the context.
+
+    ``current_principal`` is set, never reset: the RPC's context ends with the RPC, and an
+    async generator may be finalized from another context, where a reset would fail."""
+    if handler.request_streaming and handler.response_streaming:
+        behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+    if inspect.isasyncgenfunction(behavior):
+        async def stream_responses(request: Any, context: grpc.aio.ServicerContext,
+                                   ) -> AsyncIterator[Any]:
+            await admit(context)
+            async for response in behavior(request, context):
+                yield response
+
+        wrapped: Behavior = stream_responses
+    else:
+        async def respond(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await admit(context)
+            return await behavior(request, context)
+
+        wrapped = respond
+    return make(wrapped, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the PEM files, or None for plaintext. With ``tls_client_ca_file``
+    the server requires a client certificate signed by that CA (mTLS)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    client_ca = (settings.tls_client_ca_file.read_bytes()
+                 if settings.tls_client_ca_file is not None else None)
+    return grpc.ssl_server_credentials(
+        ((settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes()),),
+        root_certificates=client_ca, require_client_auth=client_ca is not None)

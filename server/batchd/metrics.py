@@ -1,0 +1,121 @@
+"""Prometheus metrics: what they are, how they are counted, and the scrape endpoint.
+
+Every ``App`` owns one ``Metrics`` with its own ``CollectorRegistry`` (never the process-wide
+default one), so several servers in one process — the tests start a few — never collide.
+
+    batchd_rpcs_total{method,code}              RPCs finished, by full method name and status
+    batchd_rpc_duration_seconds{method}         RPC latency (histogram, 1 ms .. 30 s)
+    batchd_operations_total{kind,outcome}       BatchExecute operations by kind and outcome
+    batchd_rows_ingested_total{table}           rows BatchStream committed, by table
+    batchd_in_flight{rpc}                       BatchExecute / BatchStream calls in progress
+    batchd_pool_connections{state}              pool connections in_use / idle (read at scrape)
+
+RPCs are counted by ``batchd.interceptors.MetricsInterceptor``; operations, rows and in-flight
+calls by the servicer (``batchd.service``), which knows what a request and its answer hold.
+The endpoint is prometheus_client's WSGI server in a daemon thread, so scraping never runs on
+the event loop; ``stop`` shuts it down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterable
+from wsgiref.simple_server import WSGIServer
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from batchd.v1 import batch_pb2
+
+log = logging.getLogger(__name__)
+
+# From a 1 ms get to a 30 s statement timeout; streams that last longer land in +Inf.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0)
+# A batch refused whole (no per-operation results: a malformed request, an internal error).
+REFUSED = "NOT_RUN"
+# A batch whose caller went away (or whose deadline passed) before it answered.
+CANCELLED = "CANCELLED"
+
+
+class PoolCollector(Collector):
+    """``batchd_pool_connections{state}``, read from the pool when scraped (never stale)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        # Two plain attribute reads on the pool: safe from the scrape thread.
+        size, idle = self.pool.get_size(), self.pool.get_idle_size()
+        family = GaugeMetricFamily("batchd_pool_connections",
+                                   "Database pool connections by state.", labels=["state"])
+        family.add_metric(["in_use"], size - idle)
+        family.add_metric(["idle"], idle)
+        yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter("batchd_rpcs", "RPCs finished, by full method name and status code.",
+                            ["method", "code"], registry=self.registry)
+        self.rpc_duration = Histogram("batchd_rpc_duration_seconds", "RPC latency.",
+                                      ["method"], buckets=LATENCY_BUCKETS,
+                                      registry=self.registry)
+        self.operations = Counter("batchd_operations",
+                                  "BatchExecute operations, by kind and outcome.",
+                                  ["kind", "outcome"], registry=self.registry)
+        self.rows_ingested = Counter("batchd_rows_ingested",
+                                     "Rows committed by BatchStream, by table.", ["table"],
+                                     registry=self.registry)
+        self.in_flight = Gauge("batchd_in_flight", "BatchExecute / BatchStream calls in "
+                               "progress.", ["rpc"], registry=self.registry)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def watch_pool(self, pool: asyncpg.Pool) -> None:
+        self.registry.register(PoolCollector(pool))
+
+    def count_operations(self, request: batch_pb2.BatchExecuteRequest,
+                         response: batch_pb2.BatchExecuteResponse | None,
+                         outcome: str = REFUSED) -> dict[str, int]:
+        """Count every operation of ``request`` by kind, with its outcome from ``response``
+        (the answer, or the one packed in a failed atomic batch's details), or ``outcome``
+        when there is none. Returns how many operations had each outcome."""
+        outcomes = {r.id: batch_pb2.Outcome.Name(r.outcome) for r in response.results} \
+            if response is not None else {}
+        tally: Tally[str] = Tally()
+        for operation in request.operations:
+            kind = operation.WhichOneof("kind") or "unspecified"
+            result = outcomes.get(operation.id, outcome)
+            self.operations.labels(kind, result).inc()
+            tally[result] += 1
+        return dict(tally)
+
+    # --- the scrape endpoint ------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve ``/metrics`` on host:port from a daemon thread (port 0: don't)."""
+        if port == 0:
+            return
+        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
+
+    def stop(self) -> None:
+        """Stop the endpoint (blocks up to the end of a scrape in progress: call it off the
+        event loop)."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
