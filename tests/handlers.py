@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from batchd import HandlerContext, handler
@@ -57,18 +56,8 @@ async def kill_my_connection(ctx: HandlerContext, args: dict[str, Any]) -> None:
     await ctx.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
 
-@handler("rendezvous")
-async def rendezvous(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
-    """Wait (up to ``seconds``) until ``count`` transactions are inside this handler for
-    ``key`` at the same time. Only operations that really run concurrently can all meet."""
-    marker = f"rendezvous:{args['key']}"
-    deadline = asyncio.get_running_loop().time() + float(args.get("seconds", 20))
-    while True:
-        present = await ctx.connection.fetchval(
-            f"/* {marker} */ SELECT count(*) FROM pg_stat_activity "
-            "WHERE query LIKE $1 AND xact_start IS NOT NULL", f"%{marker}%")
-        if present >= int(args["count"]):
-            return {"met": True}
-        if asyncio.get_running_loop().time() > deadline:
-            return {"met": False}
-        await asyncio.sleep(0.02)
+@handler("wait_for_lock")
+async def wait_for_lock(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Wait for advisory lock ``key`` (shared): a barrier a test holds and releases."""
+    await ctx.connection.execute("SELECT pg_advisory_xact_lock_shared($1)", int(args["key"]))
+    return {"passed": True}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from batchd.v1 import batch_pb2
@@ -71,13 +73,27 @@ async def test_each_operation_commits_in_its_own_transaction(stub):
     assert len(txids) == 4
 
 
-async def test_operations_run_concurrently(stub):
-    # Each operation waits until all four are inside their own open transactions at once:
-    # run one after another, none of them could see the others.
-    response = await stub.BatchExecute(batch([
-        {"id": f"r{i}", "call": {"handler": "rendezvous", "args": {"key": "ind", "count": 4}}}
-        for i in range(4)], **INDEPENDENT))
-    assert [rows(r)[0]["met"] for r in response.results] == [True] * 4
+async def test_operations_run_concurrently(stub, db):
+    # A barrier: the test holds an advisory lock, every operation waits for it. Four waiters
+    # at once can only be seen if the four operations really run concurrently.
+    key = 424242
+    await db.execute("SELECT pg_advisory_lock($1)", key)
+    try:
+        call = asyncio.ensure_future(stub.BatchExecute(batch([
+            {"id": f"w{i}", "call": {"handler": "wait_for_lock", "args": {"key": key}}}
+            for i in range(4)], **INDEPENDENT)))
+        for _ in range(400):
+            waiting = await db.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 "
+                "AND NOT granted", key)
+            if waiting == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 4
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1)", key)
+    response = await call
+    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 4
 
 
 async def test_dependency_cycle_is_invalid_before_anything_runs(stub, db):
