@@ -61,3 +61,11 @@ async def wait_for_lock(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, 
     """Wait for advisory lock ``key`` (shared): a barrier a test holds and releases."""
     await ctx.connection.execute("SELECT pg_advisory_xact_lock_shared($1)", int(args["key"]))
     return {"passed": True}
+
+
+@handler("server_pid")
+async def server_pid(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Which batchd process ran the operation (for tests of --workers)."""
+    import os
+
+    return {"pid": os.getpid()}

@@ -81,7 +81,7 @@ class App:
             server = grpc.aio.server(interceptors=interceptors, options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(settings.reuse_port)),
             ])
             streams = StreamHandler(pool, catalog, executor, dispatcher, plan_ctx, settings)
             batch_pb2_grpc.add_BatchServiceServicer_to_server(  # type: ignore[no-untyped-call]

@@ -1,6 +1,6 @@
 """The ``batchd`` command.
 
-    batchd serve [--dsn DSN] [--host H] [--port P] [--data-dir DIR] [--config FILE]
+    batchd serve [--dsn DSN] [--host H] [--port P] [--data-dir DIR] [--config FILE] [--workers N]
     batchd exec FILE [--target HOST:PORT] [--json] [--mode atomic|independent] [--validate-only]
     batchd schema [--target HOST:PORT] [--json]
     batchd ingest FILE --table T [--target HOST:PORT] [--format csv|jsonl] [--mode ...]
@@ -24,19 +24,21 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from batchd import client_cli, ingest_cli
 
 log = logging.getLogger("batchd")
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace, **overrides: Any) -> int:
     from batchd import logs
     from batchd.app import App
     from batchd.config import load_settings
 
-    settings = load_settings(args.config, dsn=args.dsn, host=args.host, port=args.port,
-                             data_dir=args.data_dir)
+    settings = load_settings(args.config, **{
+        "dsn": args.dsn, "host": args.host, "port": args.port, "data_dir": args.data_dir,
+        **overrides})
     logs.configure(settings.log_format)  # the server's log lines: JSON unless on a terminal
     app = await App.start(settings)
     print(f"batchd listening on {settings.host}:{app.port}", flush=True)
@@ -55,6 +57,59 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("draining (grace %.1fs)", args.grace)
     await app.stop(args.grace)
     return 0
+
+
+def _run_server(args: argparse.Namespace, **overrides: Any) -> int:
+    try:
+        import uvloop
+        return uvloop.run(serve(args, **overrides))
+    except ImportError:  # pragma: no cover - non-POSIX
+        return asyncio.run(serve(args, **overrides))
+
+
+def serve_workers(args: argparse.Namespace) -> int:
+    """``serve --workers N``: N server processes on one port (SO_REUSEPORT; the kernel spreads
+    connections). Workers are *spawned*, not forked: each is a fresh interpreter, so no gRPC
+    or asyncpg object ever crosses a fork. An embedded PostgreSQL is started once, here, and
+    shared. Signals are forwarded: the first drains every worker, a second kills them."""
+    import multiprocessing
+
+    from batchd.config import load_settings
+    from batchd.embedded import start_embedded
+
+    settings = load_settings(args.config, dsn=args.dsn, host=args.host, port=args.port,
+                             data_dir=args.data_dir)
+    if settings.port == 0:
+        print("batchd serve: --workers needs a fixed --port", file=sys.stderr)
+        return 2
+    overrides: dict[str, Any] = {"reuse_port": True}
+    embedded = None
+    if settings.dsn is None:
+        overrides["dsn"], embedded = asyncio.run(start_embedded(settings.data_dir))
+        overrides["demo_schema"] = settings.wants_demo_schema
+    spawn = multiprocessing.get_context("spawn")
+    # Each worker exports its own metrics, on metrics_port + its index (scrape them all).
+    workers = [spawn.Process(target=_run_server, args=(args,), name=f"batchd-worker-{i}",
+                             kwargs={**overrides, "metrics_port": settings.metrics_port + i
+                                     if settings.metrics_port else 0})
+               for i in range(args.workers)]
+    for worker in workers:
+        worker.start()
+    signals = 0
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal signals
+        signals += 1
+        for worker in workers:
+            if worker.is_alive():
+                (worker.kill if signals > 1 else worker.terminate)()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+    del embedded  # stops the embedded PostgreSQL when this process exits
+    return 0 if all(w.exitcode == 0 for w in workers) else 1
 
 
 def new_token(args: argparse.Namespace) -> int:
@@ -84,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder")
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--grace", type=float, default=10.0, help="drain grace period, seconds")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port (SO_REUSEPORT); default 1")
     p = commands.add_parser("new-token", help="make a bearer token and its settings stanza")
     p.add_argument("--principal", required=True, help="who the token's holder is")
     p.add_argument("--scope", dest="scopes", action="append", default=[],
@@ -95,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("BATCHD_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
-        try:
-            import uvloop
-            return uvloop.run(serve(args))
-        except ImportError:  # pragma: no cover - non-POSIX
-            return asyncio.run(serve(args))
+        return serve_workers(args) if args.workers > 1 else _run_server(args)
     if args.command == "new-token":
         return new_token(args)
     if args.command == "ingest":

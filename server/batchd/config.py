@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 50051
     max_message_bytes: int = 16 * 1024 * 1024
+    # Let several processes listen on the same port (SO_REUSEPORT); set by `serve --workers`.
+    reuse_port: bool = False
 
     # --- observability (batchd.metrics, batchd.logs, batchd.tracing)
     # Prometheus /metrics on its own port; 0: no endpoint.

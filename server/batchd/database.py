@@ -43,7 +43,16 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
     return pool
 
 
-async def apply_demo_schema(pool: asyncpg.Pool) -> None:
-    sql = resources.files("batchd.demo").joinpath("schema.sql").read_text()
-    async with pool.acquire() as conn:
+DDL_LOCK = 0x62617463  # "batc": serializes batchd's own DDL across processes and replicas
+
+
+async def run_ddl(pool: asyncpg.Pool, sql: str) -> None:
+    """Run idempotent DDL (CREATE ... IF NOT EXISTS) under an advisory lock: two processes
+    creating the same table at once would otherwise collide in the catalog."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
         await conn.execute(sql)
+
+
+async def apply_demo_schema(pool: asyncpg.Pool) -> None:
+    await run_ddl(pool, resources.files("batchd.demo").joinpath("schema.sql").read_text())

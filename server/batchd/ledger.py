@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from batchd.database import run_ddl
 from batchd.errors import BatchdError, FailedPrecondition
-
-_LOCK_KEY = 0x62617463  # "batc": serializes batchd's own DDL across replicas
 
 INTERNAL_SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS batchd;
@@ -40,9 +39,7 @@ CREATE TABLE IF NOT EXISTS batchd.stream_chunks (
 
 
 async def ensure_internal_schema(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-        await conn.execute(INTERNAL_SCHEMA_SQL)
+    await run_ddl(pool, INTERNAL_SCHEMA_SQL)
 
 
 @dataclass(slots=True)
