@@ -69,3 +69,8 @@ async def server_pid(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any
     import os
 
     return {"pid": os.getpid()}
+
+
+@handler("statement_timeout")
+async def statement_timeout(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    return {"value": await ctx.connection.fetchval("SHOW statement_timeout")}

@@ -124,6 +124,7 @@ class Executor:
                 try:
                     async with conn.transaction(isolation=plan.isolation,
                                                 readonly=plan.read_only):
+                        await bound_by_deadline(conn, plan.deadline)
                         await self._run_in_order(plan, conn, results, outputs, request_id)
                         if plan.validate_only:
                             raise _Rollback
@@ -227,6 +228,7 @@ class Executor:
                     try:
                         async with self.pool.acquire() as conn, conn.transaction(
                                 isolation=plan.isolation, readonly=plan.read_only):
+                            await bound_by_deadline(conn, plan.deadline)
                             outputs[step.id] = await self._run_step(step, conn, results,
                                                                     request_id)
                     except _StepFailed as failed:
@@ -247,6 +249,7 @@ class Executor:
         async with self.pool.acquire() as conn:
             try:
                 async with conn.transaction(isolation=plan.isolation, readonly=plan.read_only):
+                    await bound_by_deadline(conn, plan.deadline)
                     for step in topological_order(plan.steps):
                         failed_dep = next((d for d in step.depends_on if d not in outputs), None)
                         if failed_dep is not None:
@@ -266,6 +269,19 @@ class Executor:
             except _Rollback:
                 pass
         return _independent_response(plan, outputs, errors, committed=False)
+
+
+async def bound_by_deadline(conn: asyncpg.Connection, deadline: float | None) -> None:
+    """Inside a transaction: make the caller's deadline PostgreSQL's statement_timeout, so work
+    nobody waits for any more stops in the database too (not only in batchd). SET LOCAL: it
+    ends with the transaction, and the pool's default comes back."""
+    if deadline is None:
+        return
+    remaining_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
+    if remaining_ms <= 0:
+        raise BatchdError("the deadline passed before the batch started",
+                          code=grpc.StatusCode.DEADLINE_EXCEEDED, reason="DEADLINE_EXCEEDED")
+    await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(remaining_ms))
 
 
 def coalesce(steps: Sequence[Step]) -> list[list[Step]]:

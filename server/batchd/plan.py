@@ -43,6 +43,8 @@ class BatchPlan:
     validate_only: bool
     isolation: str | None
     read_only: bool
+    # Event-loop time by which the caller stops waiting; becomes PostgreSQL's statement_timeout.
+    deadline: float | None = None
 
     @property
     def invalid(self) -> list[Step]:

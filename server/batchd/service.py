@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -25,6 +26,14 @@ from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as event-loop time (None: the caller set none)."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + remaining
 
 
 def request_id_of(context: grpc.aio.ServicerContext) -> str:
@@ -53,6 +62,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
             try:
                 plan = plan_batch(request, self.dispatcher, self.plan_ctx,
                                   current_principal.get())
+                plan.deadline = deadline_of(context)
                 return seen.answered(await self.executor.execute(plan, request_id))
             except Exception as exc:
                 error = seen.failed(translate(exc, request_id))
