@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from batchd import logs
 from batchd.app import App
 from batchd.auth import hash_token
-from batchd.config import TokenSettings
+from batchd.config import Settings, TokenSettings
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import batch, fails, make_settings
 from tests.test_stream import COMMIT, events, header, open_stream, rows_chunk, send
@@ -195,9 +195,10 @@ async def test_streams_count_committed_rows_by_table_and_their_rpc(observed, ost
         await call.read()
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
+    # A stream is counted as its handler unwinds, a moment after the client's last read.
     after = await eventually(observed, lambda s: s(
-        "batchd_rpcs_total", method=STREAM, code="FAILED_PRECONDITION") > before(
-        "batchd_rpcs_total", method=STREAM, code="FAILED_PRECONDITION"))
+        "batchd_rpc_duration_seconds_count", method=STREAM) - before(
+        "batchd_rpc_duration_seconds_count", method=STREAM) >= 3)
 
     def delta(name: str, **labels: str) -> float:
         return after(name, **labels) - before(name, **labels)
@@ -209,18 +210,39 @@ async def test_streams_count_committed_rows_by_table_and_their_rpc(observed, ost
     assert after("batchd_in_flight", rpc="BatchStream") == 0
 
 
-async def test_cancelled_stream_counts_as_cancelled(observed, ostub, db):
+async def test_cancelled_batch_counts_as_cancelled(observed, ostub, db):
+    before = await scrape(observed)
+    call = ostub.BatchExecute(batch([
+        {"id": "nap", "call": {"handler": "sleep", "args": {"seconds": 5}}}]))
+    await eventually(observed, lambda s: s("batchd_in_flight", rpc="BatchExecute") >= 1)
+    call.cancel()
+
+    def counted(s: Scrape) -> bool:
+        return s("batchd_rpcs_total", method=EXECUTE, code="CANCELLED") > before(
+            "batchd_rpcs_total", method=EXECUTE, code="CANCELLED")
+
+    after = await eventually(observed, counted)
+    assert counted(after)
+    assert after("batchd_in_flight", rpc="BatchExecute") == 0
+    assert (after("batchd_operations_total", kind="call", outcome="CANCELLED")
+            - before("batchd_operations_total", kind="call", outcome="CANCELLED")) == 1
+
+
+async def test_cancelled_stream_is_counted_and_ingests_nothing(observed, ostub, db):
+    """The server sees a cancel either as its handler being cancelled (CANCELLED) or, first,
+    as the end of the request stream, which an ATOMIC stream answers with FAILED_PRECONDITION
+    (ended without a commit): either way, one call, and no rows."""
+    codes = ("CANCELLED", "FAILED_PRECONDITION")
+
+    def ended(s: Scrape) -> float:
+        return sum(s("batchd_rpcs_total", method=STREAM, code=c) for c in codes)
+
     before = await scrape(observed)
     call, _ = await open_stream(ostub, header(table="events"))
     await send(call, rows_chunk(1, events(0, 5)))
     call.cancel()
-
-    def counted(s: Scrape) -> bool:
-        return s("batchd_rpcs_total", method=STREAM, code="CANCELLED") > before(
-            "batchd_rpcs_total", method=STREAM, code="CANCELLED")
-
-    after = await eventually(observed, counted)
-    assert counted(after)
+    after = await eventually(observed, lambda s: ended(s) > ended(before))
+    assert ended(after) - ended(before) == 1
     assert after("batchd_in_flight", rpc="BatchStream") == 0
     assert after("batchd_rows_ingested_total", table="public.events") == before(
         "batchd_rows_ingested_total", table="public.events")
@@ -229,7 +251,9 @@ async def test_cancelled_stream_counts_as_cancelled(observed, ostub, db):
 async def test_in_flight_and_pool_in_use_show_a_running_batch(observed, ostub, db):
     running = ostub.BatchExecute(batch([  # a grpc.aio call runs without being awaited
         {"id": "nap", "call": {"handler": "sleep", "args": {"seconds": 1}}}]))
-    during = await eventually(observed, lambda s: s("batchd_in_flight", rpc="BatchExecute") >= 1)
+    during = await eventually(observed, lambda s: (  # counted in flight, then it acquires
+        s("batchd_in_flight", rpc="BatchExecute") >= 1
+        and s("batchd_pool_connections", state="in_use") >= 1))
     assert during("batchd_in_flight", rpc="BatchExecute") == 1
     assert during("batchd_pool_connections", state="in_use") >= 1
     await running
@@ -284,6 +308,29 @@ async def test_metrics_endpoint_stops_with_the_app_and_port_0_disables_it(schema
     assert not own.metrics.serving
     with pytest.raises(urllib.error.URLError):
         await scrape(own)
+
+
+async def test_a_taken_metrics_port_fails_the_start_only_when_configured(schema):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="metrics endpoint"):
+            await App.start(make_settings(schema, metrics_port=port))
+    # The default port (9464) is not the operator's choice: taken, the server starts anyway.
+    values = make_settings(schema).model_dump(exclude={"metrics_port"})
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 9464))
+            taken.listen()
+        except OSError:
+            pass  # someone else holds it: taken all the same
+        app = await App.start(Settings(**values))
+        try:
+            assert app.settings.metrics_port == 9464
+            assert not app.metrics.serving
+        finally:
+            await app.stop(grace=1)
 
 
 async def test_two_apps_in_one_process_keep_their_own_counts(schema, observed, ostub):

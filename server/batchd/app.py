@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from batchd import reflection, tracing
+from batchd.admission import Admission
 from batchd.auth import AuthInterceptor, server_credentials
 from batchd.catalog import Catalog
 from batchd.config import Settings
@@ -49,6 +50,7 @@ class App:
     port: int
     embedded: Any = None  # keeps the embedded PostgreSQL up while the app lives
     metrics: Metrics = field(default_factory=Metrics)  # this app's own registry
+    admission: Admission | None = None  # who may start work; drained by stop()
 
     @classmethod
     async def start(cls, settings: Settings) -> App:
@@ -84,9 +86,10 @@ class App:
                 ("grpc.so_reuseport", int(settings.reuse_port)),
             ])
             streams = StreamHandler(pool, catalog, executor, dispatcher, plan_ctx, settings)
+            admission = Admission(settings)
             batch_pb2_grpc.add_BatchServiceServicer_to_server(  # type: ignore[no-untyped-call]
                 BatchService(executor, dispatcher, plan_ctx, streams,
-                             Observer(metrics, catalog)), server)
+                             Observer(metrics, catalog), admission), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable(
@@ -98,7 +101,8 @@ class App:
                     else server.add_insecure_port(address))
             if port == 0:
                 raise OSError(f"cannot listen on {settings.host}:{settings.port}")
-            metrics.serve(settings.metrics_host, settings.metrics_port)
+            metrics.serve(settings.metrics_host, settings.metrics_port,
+                          required="metrics_port" in settings.model_fields_set)
             await server.start()
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -107,10 +111,17 @@ class App:
             await pool.close()
             raise
         log.info("batchd listening on %s:%d", settings.host, port)
-        return cls(settings, server, pool, health_servicer, port, embedded, metrics)
+        return cls(settings, server, pool, health_servicer, port, embedded, metrics, admission)
 
     async def stop(self, grace: float | None = 5.0) -> None:
+        """Drain: health NOT_SERVING (load balancers stop sending), new work refused with
+        UNAVAILABLE, in-flight work gets ``grace`` seconds; then the server stops, which
+        cancels what is left: its transactions roll back, never half-committed."""
         await self.health.enter_graceful_shutdown()  # every service NOT_SERVING
-        await self.server.stop(grace)
+        if self.admission is not None:
+            self.admission.drain()
+            if grace:
+                await self.admission.wait_idle(grace)
+        await self.server.stop(0)
         await self.pool.close()
         await asyncio.to_thread(self.metrics.stop)  # last: it shows the drain

@@ -120,6 +120,17 @@ class Settings(BaseSettings):
     # Chunks a stream decodes ahead of the one being written (memory: chunk size x this + 2).
     stream_read_ahead: int = 2
 
+    # --- idempotency (batchd.idempotency): how long a BatchExecute request id and its stored
+    # answer are kept, and how often expired ones are deleted.
+    idempotency_ttl_seconds: float = Field(24 * 3600, gt=0)
+    idempotency_cleanup_seconds: float = Field(60, gt=0)
+    # Work running at once; beyond it, RESOURCE_EXHAUSTED with RetryInfo (never a queue). A
+    # stream holds a pooled connection for its whole life: keep streams below pool_max_size.
+    max_concurrent_batches: int = 256
+    max_concurrent_streams: int = 8
+    # A stream open longer is ended (ATOMIC: rolled back; INDEPENDENT: acked chunks stay).
+    max_stream_seconds: float = 3600.0
+
     # --- security (batchd.auth). No tokens and no client CA: authentication is off.
     tokens: list[TokenSettings] = Field(default_factory=list)
     # Reflection without credentials (it shows the published .proto, nothing of the database).

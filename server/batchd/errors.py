@@ -5,6 +5,8 @@
      ├── NotFound         a keyed row does not exist
      ├── VersionConflict  optimistic locking: the row's version is not the expected one
      ├── FailedPrecondition the system is not in the state the request needs
+     │    └── RequestIdReused  a request id already used for a different request
+     ├── RequestInProgress another call with the same request id is running (ABORTED)
      ├── Unauthenticated  no valid credentials (missing, malformed or unknown token)
      ├── PermissionDenied the caller's scopes do not cover an operation
      ├── DependencyFailed a referenced row is missing at run time
@@ -13,7 +15,8 @@
 
 ``from_database(exc)`` turns asyncpg's exceptions into ``DatabaseError`` (most specific
 SQLSTATE first, then its class); ``to_rpc_status(err)`` turns any ``BatchdError`` into a
-``google.rpc.Status`` with details. Nothing else picks status codes. Any other exception is a
+``google.rpc.Status`` with details, and ``from_rpc_status`` back (a stored failure, replayed).
+Nothing else picks status codes. Any other exception is a
 bug in batchd: the caller gets INTERNAL with a request id, and the log gets the traceback.
 """
 
@@ -111,6 +114,20 @@ class DependencyFailed(BatchdError):
 class FailedPrecondition(BatchdError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
+
+
+class RequestIdReused(FailedPrecondition):
+    """The request id was already used for a different request (see batchd.idempotency)."""
+
+    reason = "REQUEST_ID_REUSED"
+
+
+class RequestInProgress(BatchdError):
+    """Another call with the same request id has not finished: retry later, and get its
+    answer (see batchd.idempotency)."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "REQUEST_IN_PROGRESS"
 
 
 class Unauthenticated(BatchdError):
@@ -229,6 +246,8 @@ def internal(request_id: str) -> BatchdError:
 
 
 def _pack(message: Message) -> any_pb2.Any:
+    if isinstance(message, any_pb2.Any):  # packed already (from_rpc_status keeps it so)
+        return message
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -248,6 +267,30 @@ def to_rpc_status(err: BatchdError) -> status_pb2.Status:
         ])))
     details.extend(_pack(extra) for extra in err.extra_details)
     return status_pb2.Status(code=err.code.value[0], message=err.full_message, details=details)
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_rpc_status(status: status_pb2.Status) -> BatchdError:
+    """The error ``status`` was made from by ``to_rpc_status``, rebuilt: ``to_rpc_status``
+    of it gives ``status`` back. Details other than ErrorInfo and BadRequest stay packed in
+    ``extra_details``."""
+    error = BatchdError(status.message, code=_CODES.get(status.code, _S.UNKNOWN))
+    for packed in status.details:
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            error.reason = info.reason
+            error.metadata = dict(info.metadata)
+        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            packed.Unpack(bad)
+            error.violations = [FieldViolation(v.field, v.description)
+                                for v in bad.field_violations]
+        else:
+            error.extra_details.append(packed)
+    return error
 
 
 OK_STATUS = status_pb2.Status(code=0, message="")

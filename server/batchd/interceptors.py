@@ -11,6 +11,10 @@ final status when it ends:
   closed early): DEADLINE_EXCEEDED when no time is left, else CANCELLED;
 - any other exception: UNKNOWN, which is what grpc sends for it.
 
+A caller's cancel can also reach a streaming handler first as the end of its request stream
+(grpc.aio ends it the same way as a half-close); the handler's answer to that — for an ATOMIC
+BatchStream, FAILED_PRECONDITION — is then the code counted.
+
 It should be the first interceptor, so that the RPCs the others refuse (authentication) are
 counted too. Methods the server does not have are not counted (grpc answers UNIMPLEMENTED
 before any handler exists), which also keeps the ``method`` label bounded.

@@ -98,11 +98,23 @@ class Metrics:
 
     # --- the scrape endpoint ------------------------------------------------------------------
 
-    def serve(self, host: str, port: int) -> None:
-        """Serve ``/metrics`` on host:port from a daemon thread (port 0: don't)."""
+    def serve(self, host: str, port: int, *, required: bool = True) -> None:
+        """Serve ``/metrics`` on host:port from a daemon thread (port 0: don't).
+
+        When the port is taken, a ``required`` endpoint (one the operator configured) fails the
+        start; the default one only logs a warning, so that the zero-configuration server never
+        refuses to start over a port nobody asked it for."""
         if port == 0:
             return
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        except OSError as exc:
+            if required:
+                raise OSError(f"metrics endpoint: cannot listen on {host}:{port}: {exc}") \
+                    from exc
+            log.warning("no metrics endpoint: cannot listen on %s:%d (%s); set metrics_port "
+                        "(0: none)", host, port, exc)
+            return
         log.info("metrics on http://%s:%d/metrics", host, port)
 
     @property

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_status import rpc_status
 
+from batchd.admission import Admission
 from batchd.auth import Principal, current_principal, guard_stream
 from batchd.catalog import Catalog
 from batchd.dispatcher import Dispatcher
@@ -33,7 +34,7 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     if remaining is None:
         return None
-    return asyncio.get_running_loop().time() + remaining
+    return asyncio.get_running_loop().time() + float(remaining)
 
 
 def request_id_of(context: grpc.aio.ServicerContext) -> str:
@@ -46,7 +47,9 @@ def request_id_of(context: grpc.aio.ServicerContext) -> str:
 
 class BatchService(batch_pb2_grpc.BatchServiceServicer):
     def __init__(self, executor: Executor, dispatcher: Dispatcher, plan_ctx: PlanContext,
-                 streams: StreamHandler, observer: Observer | None = None) -> None:
+                 streams: StreamHandler, observer: Observer | None = None,
+                 admission: Admission | None = None) -> None:
+        self.admission = admission or Admission(plan_ctx.settings)
         self.executor = executor
         self.dispatcher = dispatcher
         self.plan_ctx = plan_ctx
@@ -60,10 +63,11 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         with self.observer.batch(request, request_id) as seen:
             try:
-                plan = plan_batch(request, self.dispatcher, self.plan_ctx,
-                                  current_principal.get())
-                plan.deadline = deadline_of(context)
-                return seen.answered(await self.executor.execute(plan, request_id))
+                with self.admission.admit("batch"):
+                    plan = plan_batch(request, self.dispatcher, self.plan_ctx,
+                                      current_principal.get())
+                    plan.deadline = deadline_of(context)
+                    return seen.answered(await self.executor.execute(plan, request_id))
             except Exception as exc:
                 error = seen.failed(translate(exc, request_id))
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
@@ -76,10 +80,12 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         with self.observer.stream(request_id) as seen:
             try:
-                requests = await guard_stream(request_iterator, current_principal.get(),
-                                              self.plan_ctx.catalog.default_schema)
-                async for response in self.streams.run(seen.requests(requests), request_id):
-                    yield seen.sent(response)
+                with self.admission.admit("stream"):
+                    requests = await guard_stream(request_iterator, current_principal.get(),
+                                                  self.plan_ctx.catalog.default_schema)
+                    async for response in self.streams.run(seen.requests(requests),
+                                                           request_id):
+                        yield seen.sent(response)
                 return
             except Exception as exc:
                 error = seen.failed(translate(exc, request_id))

@@ -43,6 +43,30 @@ STREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _END = object()
 
 
+class _Bounded:
+    """The chunk queue, read under the stream's maximum duration: a stream open longer fails
+    with DEADLINE_EXCEEDED (ATOMIC: rolled back; INDEPENDENT: acked chunks stay committed)."""
+
+    def __init__(self, queue: asyncio.Queue[Any], seconds: float) -> None:
+        self.queue = queue
+        self.seconds = seconds
+        self.ends = asyncio.get_running_loop().time() + seconds if seconds > 0 else None
+
+    async def put(self, item: Any) -> None:
+        await self.queue.put(item)
+
+    async def get(self) -> Any:
+        if self.ends is None:
+            return await self.queue.get()
+        try:
+            return await asyncio.wait_for(self.queue.get(),
+                                          self.ends - asyncio.get_running_loop().time())
+        except TimeoutError:
+            raise BatchdError(f"the stream was open longer than max_stream_seconds "
+                              f"({self.seconds:g} s)", code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                              reason="STREAM_TOO_LONG") from None
+
+
 class _Undo(Exception):
     """Roll back a chunk's rows but keep its ledger row (BAD_ROWS_REJECT_CHUNK)."""
 
@@ -104,7 +128,8 @@ class StreamHandler:
                 batch_pb2.ENCODING_UNSPECIFIED, batch_pb2.ENCODING_ROWS)):
             target = resolve_target(header, self.catalog, None)
 
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, self.settings.stream_read_ahead))
+        queue = _Bounded(asyncio.Queue(maxsize=max(1, self.settings.stream_read_ahead)),
+                         self.settings.max_stream_seconds)
         reader = asyncio.create_task(self._read(requests, header, target, queue))
         tally = _Tally()
         try:
@@ -124,7 +149,7 @@ class StreamHandler:
 
     async def _read(self, requests: AsyncIterator[batch_pb2.StreamRequest],
                     header: batch_pb2.StreamHeader, target: Target | None,
-                    queue: asyncio.Queue[Any]) -> None:
+                    queue: _Bounded) -> None:
         """Decode chunks ahead of the writer; the queue's bound is the backpressure."""
         try:
             async for request in requests:
@@ -152,7 +177,7 @@ class StreamHandler:
 
     # --- ATOMIC -------------------------------------------------------------------------------
 
-    async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: asyncio.Queue[Any],
+    async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: _Bounded,
                       tally: _Tally) -> AsyncIterator[batch_pb2.StreamResponse]:
         yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
         tx = conn.transaction()
@@ -195,7 +220,7 @@ class StreamHandler:
     # --- INDEPENDENT --------------------------------------------------------------------------
 
     async def _independent(self, conn: asyncpg.Connection, header: batch_pb2.StreamHeader,
-                           stream_id: str, queue: asyncio.Queue[Any], tally: _Tally,
+                           stream_id: str, queue: _Bounded, tally: _Tally,
                            request_id: str) -> AsyncIterator[batch_pb2.StreamResponse]:
         position = await ledger.open_stream(conn, stream_id, header.table or "(operations)")
         tally.last_sequence, tally.next_row = position.last_sequence, position.next_row

@@ -1,0 +1,71 @@
+"""Admission: whether new work may start now.
+
+Every BatchExecute and BatchStream takes a slot for as long as it runs. When a kind's slots
+are all taken the call is refused at once with RESOURCE_EXHAUSTED and a RetryInfo: batchd never
+queues without bound (a bounded wait does happen further in, for a pooled connection). While
+the server drains for shutdown, new work is refused with UNAVAILABLE (another replica can take
+it) and ``wait_idle`` lets the work in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+
+from batchd.config import Settings
+from batchd.errors import BatchdError
+
+
+def _retry_later(message: str, code: grpc.StatusCode, reason: str,
+                 seconds: int) -> BatchdError:
+    error = BatchdError(message, code=code, reason=reason)
+    error.extra_details.append(error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=seconds)))
+    return error
+
+
+_PLURAL = {"batch": "batches", "stream": "streams"}
+
+
+class Admission:
+    def __init__(self, settings: Settings) -> None:
+        self.limits = {"batch": settings.max_concurrent_batches,
+                       "stream": settings.max_concurrent_streams}
+        self.in_use = dict.fromkeys(self.limits, 0)
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def admit(self, kind: str) -> Iterator[None]:
+        if self.draining:
+            raise _retry_later("the server is shutting down; retry (another replica can "
+                               "serve it)", grpc.StatusCode.UNAVAILABLE, "DRAINING", 1)
+        if self.in_use[kind] >= self.limits[kind]:
+            raise _retry_later(f"too many concurrent {_PLURAL[kind]}: the limit is "
+                               f"{self.limits[kind]}; retry shortly",
+                               grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CONCURRENT", 1)
+        self.in_use[kind] += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.in_use[kind] -= 1
+            if not any(self.in_use.values()):
+                self._idle.set()
+
+    def drain(self) -> None:
+        self.draining = True
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """True if everything in flight finished within ``seconds``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
