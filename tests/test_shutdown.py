@@ -1,0 +1,108 @@
+"""SIGTERM on a real `batchd serve` process with a batch in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from batchd.v1 import batch_pb2_grpc
+from tests.test_limits import LOCK, blocked_batch, waiters
+from tests.test_workers import ROOT, free_port
+
+BATCHD = Path(sys.executable).parent / "batchd"
+
+
+@asynccontextmanager
+async def serving(schema: str, grace: float) -> AsyncIterator[tuple[asyncio.subprocess.Process,
+                                                                     grpc.aio.Channel]]:
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
+           "BATCHD_DSN": schema, "BATCHD_HANDLER_MODULES": '["tests.handlers"]',
+           "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        str(BATCHD), "serve", "--port", str(port), "--grace", str(grace), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    while b"listening on" not in await asyncio.wait_for(proc.stdout.readline(), 60):
+        pass
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield proc, channel
+    finally:
+        await channel.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_sigterm_drains_and_the_batch_in_flight_commits(schema, db):
+    async with serving(schema, grace=30) as (proc, channel):
+        stub = batch_pb2_grpc.BatchServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        await db.execute("SELECT pg_advisory_lock($1)", LOCK)
+        try:
+            in_flight = asyncio.ensure_future(stub.BatchExecute(blocked_batch("kept@x")))
+            await waiters(db, 1)
+            proc.send_signal(signal.SIGTERM)
+            for _ in range(200):
+                status = (await health.Check(health_pb2.HealthCheckRequest())).status
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.02)
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.BatchExecute(blocked_batch("refused@x"))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await db.execute("SELECT pg_advisory_unlock($1)", LOCK)
+        assert (await in_flight).committed
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert [r["email"] for r in await db.fetch("SELECT email FROM customers")] == ["kept@x"]
+
+
+async def test_sigterm_rolls_back_what_outlives_the_grace_period(schema, db):
+    async with serving(schema, grace=0.5) as (proc, channel):
+        stub = batch_pb2_grpc.BatchServiceStub(channel)
+        await db.execute("SELECT pg_advisory_lock($1)", LOCK)
+        try:
+            in_flight = asyncio.ensure_future(stub.BatchExecute(blocked_batch("lost@x")))
+            await waiters(db, 1)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            with pytest.raises(grpc.aio.AioRpcError):
+                await in_flight
+        finally:
+            await db.execute("SELECT pg_advisory_unlock($1)", LOCK)
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_a_second_signal_exits_at_once_without_committing(schema, db):
+    async with serving(schema, grace=60) as (proc, channel):
+        stub = batch_pb2_grpc.BatchServiceStub(channel)
+        await db.execute("SELECT pg_advisory_lock($1)", LOCK)
+        try:
+            in_flight = asyncio.ensure_future(stub.BatchExecute(blocked_batch("gone@x")))
+            await waiters(db, 1)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 10) == 1
+            with pytest.raises(grpc.aio.AioRpcError):
+                await in_flight
+        finally:
+            await db.execute("SELECT pg_advisory_unlock($1)", LOCK)
+    for _ in range(100):  # PostgreSQL notices the dead connection and rolls it back
+        if not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name"
+                                 " = 'batchd' AND backend_xid IS NOT NULL"):
+            break
+        await asyncio.sleep(0.05)
+    assert await db.fetchval("SELECT count(*) FROM customers") == 0
