@@ -74,3 +74,10 @@ async def server_pid(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any
 @handler("statement_timeout")
 async def statement_timeout(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"value": await ctx.connection.fetchval("SHOW statement_timeout")}
+
+
+@handler("session_settings")
+async def session_settings(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+             "application_name")
+    return {n: await ctx.connection.fetchval(f"SHOW {n}") for n in names}

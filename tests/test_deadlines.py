@@ -65,3 +65,22 @@ async def test_client_cancel_stops_the_database_work_and_commits_nothing(stub, d
         await call
     await no_sleeping_backend(db)
     assert await count(db, "customers") == 0
+
+
+async def test_pooled_connections_carry_the_configured_timeouts(schema):
+    from batchd.app import App
+    from batchd.v1 import batch_pb2_grpc
+    from tests.conftest import make_settings
+
+    app = await App.start(make_settings(schema, statement_timeout_ms=1234, lock_timeout_ms=567,
+                                        idle_in_transaction_timeout_ms=8910))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = batch_pb2_grpc.BatchServiceStub(channel)
+            response = await stub.BatchExecute(batch([
+                {"id": "s", "call": {"handler": "session_settings"}}]))
+    finally:
+        await app.stop(grace=1)
+    assert rows(response.results[0])[0] == {
+        "statement_timeout": "1234ms", "lock_timeout": "567ms",
+        "idle_in_transaction_session_timeout": "8910ms", "application_name": "batchd"}
