@@ -31,6 +31,7 @@ from typing import Any, cast
 
 from google.protobuf import json_format
 
+from batchd import connect
 from batchd.builder import MAX_SAFE_INTEGER, mode_name
 from batchd.client import (
     AtomicBatchError,
@@ -64,11 +65,16 @@ def add_commands(commands: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser, json_help: str) -> None:
-    parser.add_argument("--target", default=DEFAULT_TARGET,
-                        help=f"server address (default {DEFAULT_TARGET})")
+    connect.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help=json_help)
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="deadline of the call, seconds (default 60)")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    connection = connect.from_arguments(args)
+    return Client(connection.target, timeout=args.timeout, metadata=connection.metadata,
+                  credentials=connection.credentials)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +96,7 @@ def run_exec(args: argparse.Namespace) -> int:
     if args.validate_only:
         request.validate_only = True
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        with _client(args) as client:
             result = client.execute_request(request)
     except BatchdRpcError as err:
         outcomes = err.outcomes if isinstance(err, AtomicBatchError) else None
@@ -239,7 +245,7 @@ def _print_json(value: dict[str, Any]) -> None:
 
 def run_schema(args: argparse.Namespace) -> int:
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        with _client(args) as client:
             schema = client.schema()
     except BatchdRpcError as err:
         print(f"batchd schema: {err.code.name}: {err.message}", file=sys.stderr)

@@ -35,6 +35,7 @@ import grpc
 from google.protobuf import struct_pb2
 from tqdm import tqdm
 
+from batchd import connect
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -219,11 +220,13 @@ async def ingest(args: argparse.Namespace) -> int:
             if atomic:
                 yield batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit())
 
-        async with grpc.aio.insecure_channel(args.target) as channel:
+        connection = connect.from_arguments(args)
+        async with connect.aio_channel(connection) as channel:
             stub = batch_pb2_grpc.BatchServiceStub(channel)  # type: ignore[no-untyped-call]
             written = state.rows
             try:
-                async for response in stub.BatchStream(requests()):
+                async for response in stub.BatchStream(requests(),
+                                                       metadata=connection.metadata or None):
                     kind = response.WhichOneof("kind")
                     if kind == "opened":
                         opened.set()
@@ -288,7 +291,7 @@ def add_parser(commands: Any) -> None:
                             description=__doc__.split("\n\n")[0])
     p.add_argument("file")
     p.add_argument("--table", required=True)
-    p.add_argument("--target", default="127.0.0.1:50051", help="batchd address")
+    connect.add_arguments(p)
     p.add_argument("--format", choices=["csv", "jsonl"], help="default: by file extension")
     p.add_argument("--columns", help="comma-separated; default: the CSV header line")
     p.add_argument("--delimiter", default=",")
