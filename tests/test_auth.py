@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import os
 import sys
 import tomllib
 from collections.abc import AsyncIterator
@@ -555,3 +556,25 @@ def test_new_token_prints_a_token_and_settings_with_only_its_hash(capsys):
     assert token not in out.split("[[tokens]]")[1]
     Settings(tokens=[stanza])  # valid as it stands
     assert cli.main(["new-token", "--principal", "x", "--scope", "write:orders"]) == 2
+
+
+async def test_container_healthcheck_follows_tls_and_mtls_settings(schema, certs):
+    import sys
+
+    app = await App.start(make_settings(schema, **tls_settings(certs, mtls=True)))
+    try:
+        async def healthcheck(**env: str) -> int:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "batchd.healthcheck", f"127.0.0.1:{app.port}",
+                env={**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
+                     "BATCHD_TLS_CERT_FILE": str(certs.server_cert),
+                     "BATCHD_TLS_CLIENT_CA_FILE": str(certs.ca),
+                     "BATCHD_HEALTHCHECK_CA_FILE": str(certs.ca), **env},
+                stderr=asyncio.subprocess.DEVNULL)
+            return await asyncio.wait_for(proc.wait(), 30)
+
+        assert await healthcheck() == 1  # mTLS: no client certificate, no answer
+        assert await healthcheck(BATCHD_HEALTHCHECK_CERT_FILE=str(certs.client_cert),
+                                 BATCHD_HEALTHCHECK_KEY_FILE=str(certs.client_key)) == 0
+    finally:
+        await app.stop(grace=1)
