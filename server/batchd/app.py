@@ -1,9 +1,10 @@
 """Wiring and lifecycle: database, catalog, gRPC server with reflection and health.
 
 ``App.start`` brings everything up in order (embedded PostgreSQL if no DSN, the pool, the demo
-schema, handler modules, the catalog, the server) and ``App.stop`` takes it down in reverse:
-health flips to NOT_SERVING first, so load balancers stop sending work, then in-flight calls
-get the grace period, then the pool closes, and last the metrics endpoint stops.
+schema, handler modules, batchd's own tables, the catalog, the server, the cleanup of expired
+request ids) and ``App.stop`` takes it down in reverse: health flips to NOT_SERVING first, so
+load balancers stop sending work, then in-flight calls get the grace period, then the cleanup
+and the pool stop, and last the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from batchd.embedded import start_embedded
 from batchd.executor import Executor
 from batchd.handlers.base import PlanContext
 from batchd.handlers.call import load_modules, registered
+from batchd.idempotency import Cleanup, ensure_schema
 from batchd.interceptors import MetricsInterceptor
 from batchd.ledger import ensure_internal_schema
 from batchd.metrics import Metrics
@@ -51,6 +53,7 @@ class App:
     embedded: Any = None  # keeps the embedded PostgreSQL up while the app lives
     metrics: Metrics = field(default_factory=Metrics)  # this app's own registry
     admission: Admission | None = None  # who may start work; drained by stop()
+    cleanup: Cleanup | None = None  # deletes expired request ids; stopped by stop()
 
     @classmethod
     async def start(cls, settings: Settings) -> App:
@@ -68,6 +71,7 @@ class App:
                 modules.append(DEMO_HANDLERS)
             load_modules(modules)
             await ensure_internal_schema(pool)
+            await ensure_schema(pool)  # batchd.requests (request ids)
             async with pool.acquire() as conn:
                 catalog = await Catalog.load(conn, settings)
             dispatcher = Dispatcher()
@@ -111,7 +115,8 @@ class App:
             await pool.close()
             raise
         log.info("batchd listening on %s:%d", settings.host, port)
-        return cls(settings, server, pool, health_servicer, port, embedded, metrics, admission)
+        return cls(settings, server, pool, health_servicer, port, embedded, metrics, admission,
+                   Cleanup(pool, settings).start())
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Drain: health NOT_SERVING (load balancers stop sending), new work refused with
@@ -123,5 +128,7 @@ class App:
             if grace:
                 await self.admission.wait_idle(grace)
         await self.server.stop(0)
+        if self.cleanup is not None:
+            await self.cleanup.stop()
         await self.pool.close()
         await asyncio.to_thread(self.metrics.stop)  # last: it shows the drain

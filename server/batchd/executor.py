@@ -15,6 +15,9 @@ outcome.
 validate_only runs the same work and rolls it back. For INDEPENDENT batches it runs the
 operations one by one in dependency order inside one transaction, each under a savepoint, so
 that dependents see the rows they would see for real.
+
+A request id (``plan.claim``) is claimed and its answer stored through batchd.idempotency: in
+an ATOMIC batch's own transaction (``_run_claimed``), beside an INDEPENDENT one (``Guards``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from batchd.errors import (
 )
 from batchd.handlers.base import Output, RunContext, renderers
 from batchd.handlers.insert import InsertSpec, coalescible, insert_together
+from batchd.idempotency import Answer, Claim, Guards, begin, is_final, store
 from batchd.params import Results
 from batchd.plan import BatchPlan, Step, topological_order
 from batchd.v1 import batch_pb2
@@ -83,12 +87,19 @@ class Executor:
         self.catalog = catalog
         self.dispatcher = dispatcher
         self.settings = settings
+        self.guards = Guards(pool, settings)
 
     async def execute(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
         if plan.atomic:
             return await self._atomic(plan, request_id)
         if plan.validate_only:
             return await self._independent_dry_run(plan, request_id)
+        if plan.claim is not None:
+            answer = await self.guards.run(plan.claim,
+                                           lambda: self._independent(plan, request_id))
+            if isinstance(answer, BatchdError):
+                raise answer
+            return answer
         return await self._independent(plan, request_id)
 
     # --- ATOMIC -------------------------------------------------------------------------------
@@ -103,7 +114,7 @@ class Executor:
             attempt += 1
             outputs: dict[str, Output] = {}
             try:
-                committed = await self._atomic_once(plan, outputs, request_id)
+                answer = await self._atomic_once(plan, outputs, request_id, attempt)
             except _StepFailed as failed:
                 err = failed.error
                 if (isinstance(err, DatabaseError) and err.retryable_whole
@@ -114,29 +125,70 @@ class Executor:
                     continue
                 raise _atomic_failure(plan, outputs, failed.step, err, attempts=attempt) \
                     from None
-            return _response(plan.steps, outputs, committed=committed, attempts=attempt)
+            if isinstance(answer, BatchdError):
+                raise answer
+            return answer
 
-    async def _atomic_once(self, plan: BatchPlan, outputs: dict[str, Output],
-                           request_id: str) -> bool:
+    async def _atomic_once(self, plan: BatchPlan, outputs: dict[str, Output], request_id: str,
+                           attempt: int) -> Answer:
+        """One run in one transaction: the response, or (with a request id) the error to
+        raise as it is. Raises _StepFailed for what may be retried or reported as failed."""
         results = Results()
+        claim = plan.claim
         try:
             async with self.pool.acquire() as conn:
                 try:
+                    # With a claim, read-only applies to the operations only (_run_claimed).
                     async with conn.transaction(isolation=plan.isolation,
-                                                readonly=plan.read_only):
+                                                readonly=plan.read_only and claim is None):
                         await bound_by_deadline(conn, plan.deadline)
+                        if claim is not None:
+                            answer = await begin(conn, claim,
+                                                 self.settings.idempotency_ttl_seconds)
+                            if answer is None:
+                                answer = await self._run_claimed(plan, claim, conn, results,
+                                                                 outputs, request_id, attempt)
+                            return answer
                         await self._run_in_order(plan, conn, results, outputs, request_id)
                         if plan.validate_only:
                             raise _Rollback
                 except _Rollback:
-                    return False
+                    return _response(plan.steps, outputs, committed=False, attempts=attempt)
         except _StepFailed:
             raise
         except Exception as exc:
             # Acquiring, BEGIN or COMMIT failed (a failed COMMIT commits nothing), or the
             # rollback after a lost connection did: no operation to blame.
             raise _StepFailed(None, translate(exc, request_id)) from exc
-        return True
+        return _response(plan.steps, outputs, committed=True, attempts=attempt)
+
+    async def _run_claimed(self, plan: BatchPlan, claim: Claim, conn: asyncpg.Connection,
+                           results: Results, outputs: dict[str, Output], request_id: str,
+                           attempt: int) -> Answer:
+        """The operations of an atomic batch whose request id is claimed, in its transaction,
+        and the answer stored there too. They run under a savepoint: a final failure (see
+        batchd.idempotency) rolls back to it and is stored, and the transaction commits just
+        that; any other failure raises and rolls back the claim with everything else. A READ
+        ONLY batch is read-only under the savepoint, rolled back after the operations (they
+        wrote nothing) so that the answer can be written."""
+        try:
+            async with conn.transaction():  # a savepoint
+                if plan.read_only:
+                    await conn.execute("SET LOCAL transaction_read_only = on")
+                await self._run_in_order(plan, conn, results, outputs, request_id)
+                if plan.read_only:
+                    raise _Rollback
+        except _Rollback:
+            pass
+        except _StepFailed as failed:
+            if not is_final(failed.error):
+                raise
+            error = _atomic_failure(plan, outputs, failed.step, failed.error, attempts=attempt)
+            await store(conn, claim, error)
+            return error
+        response = _response(plan.steps, outputs, committed=True, attempts=attempt)
+        await store(conn, claim, response)
+        return response
 
     async def _run_in_order(self, plan: BatchPlan, conn: asyncpg.Connection, results: Results,
                             outputs: dict[str, Output], request_id: str) -> None:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import grpc
+from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from batchd.config import Settings
@@ -186,9 +187,8 @@ def replay(response: bytes | None, status: bytes | None) -> Answer:
     assert status is not None
     error = from_rpc_status(status_pb2.Status.FromString(status))
     for i, detail in enumerate(error.extra_details):
-        if detail.Is(batch_pb2.BatchExecuteResponse.DESCRIPTOR):  # type: ignore[attr-defined]
-            outcomes = batch_pb2.BatchExecuteResponse()
-            detail.Unpack(outcomes)  # type: ignore[attr-defined]
+        outcomes = batch_pb2.BatchExecuteResponse()
+        if isinstance(detail, any_pb2.Any) and detail.Unpack(outcomes):
             outcomes.replayed = True
             error.extra_details[i] = outcomes
     return error
@@ -237,6 +237,7 @@ class Guards:
                 # The operations ran: their caller gets the response. Only a retry loses.
                 log.warning('request id "%s": the answer could not be stored; a retry will '
                             "run the batch again", claim.request_id, exc_info=True)
+            assert response is not None
             return response
 
 

@@ -1,12 +1,13 @@
 """A request, validated whole before anything runs: the batch plan.
 
-Errors of the batch itself (operation count, malformed or duplicate ids, references to unknown
-operations or columns, dependency cycles, atomic forward references) raise InvalidArgument for
-the whole request. An invalid *operation* is kept as a step carrying its error: the atomic
-executor refuses the batch naming every invalid operation, the independent one fails just
-those operations (and skips their dependents). An operation outside the caller's scopes is
-such a step too, with PermissionDenied (see batchd.auth); it is checked before the operation
-is planned, so a denied caller learns nothing about the table or handler.
+Errors of the batch itself (operation count, a malformed request id, malformed or duplicate
+operation ids, references to unknown operations or columns, dependency cycles, atomic forward
+references) raise InvalidArgument for the whole request. An invalid *operation* is kept as a
+step carrying its error: the atomic executor refuses the batch naming every invalid operation,
+the independent one fails just those operations (and skips their dependents). An operation
+outside the caller's scopes is such a step too, with PermissionDenied (see batchd.auth); it is
+checked before the operation is planned, so a denied caller learns nothing about the table or
+handler.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from batchd.auth import Principal, authorize_operation, current_principal
 from batchd.dispatcher import Dispatcher
 from batchd.errors import BatchdError, InvalidArgument
 from batchd.handlers.base import PlanContext, Planned
+from batchd.idempotency import Claim, claim_of
 from batchd.params import collecting_refs
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, Ref
@@ -45,6 +47,8 @@ class BatchPlan:
     read_only: bool
     # Event-loop time by which the caller stops waiting; becomes PostgreSQL's statement_timeout.
     deadline: float | None = None
+    # The request id to claim, and its answer to store (batchd.idempotency); None: no id.
+    claim: Claim | None = None
 
     @property
     def invalid(self) -> list[Step]:
@@ -83,6 +87,7 @@ def plan_batch(request: batch_pb2.BatchExecuteRequest, dispatcher: Dispatcher,
     if request.isolation not in _ISOLATION:
         raise InvalidArgument.field("isolation", f"unknown isolation level {request.isolation}")
     atomic = request.mode != batch_pb2.MODE_INDEPENDENT
+    claim = claim_of(request, principal.name if principal is not None else None)
 
     index_of: dict[str, int] = {}
     for i, op in enumerate(ops):
@@ -142,7 +147,7 @@ def plan_batch(request: batch_pb2.BatchExecuteRequest, dispatcher: Dispatcher,
     if not atomic:
         _reject_cycles(steps)
     return BatchPlan(steps, atomic, request.validate_only, _ISOLATION[request.isolation],
-                     request.read_only)
+                     request.read_only, claim=claim)
 
 
 def _check_target(target: str, step: Step, index_of: dict[str, int], atomic: bool, path: str,
