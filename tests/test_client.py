@@ -332,3 +332,16 @@ def test_builder_request_matches_the_grpcurl_json():
         ],
         "mode": "MODE_INDEPENDENT", "isolation": "ISOLATION_LEVEL_SERIALIZABLE", "readOnly": True,
     }
+
+
+async def test_a_retry_with_the_same_request_id_is_replayed_not_run_again(app, db):
+    from batchd.client import AsyncClient, Batch
+
+    b = Batch()
+    b.insert("customers", {"name": "Once", "email": "once@x"})
+    async with AsyncClient(f"127.0.0.1:{app.port}") as client:
+        first = await client.execute(b, request_id="client-retry-1")
+        again = await client.execute(b, request_id="client-retry-1")
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.results[0].rows == first.results[0].rows
+    assert await db.fetchval("SELECT count(*) FROM customers") == 1

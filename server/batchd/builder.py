@@ -316,14 +316,16 @@ class Batch:
         return self._add("call", op, id, depends_on)
 
     def to_request(self, *, mode: str | int = "atomic", validate_only: bool = False,
-                   isolation: str | int | None = None,
-                   read_only: bool = False) -> batch_pb2.BatchExecuteRequest:
+                   isolation: str | int | None = None, read_only: bool = False,
+                   request_id: str | None = None) -> batch_pb2.BatchExecuteRequest:
         """The request: ``mode`` ``"atomic"`` (one transaction) or ``"independent"``;
         ``isolation`` ``"read_committed"``, ``"repeatable_read"``, ``"serializable"`` or None
-        (the server's default)."""
+        (the server's default); ``request_id`` makes retries safe: the server answers a
+        retry with the stored response instead of running it again."""
         return batch_pb2.BatchExecuteRequest(
             operations=self._operations, mode=mode_name(mode), validate_only=validate_only,
-            isolation=isolation_name(isolation), read_only=read_only)
+            isolation=isolation_name(isolation), read_only=read_only,
+            request_id=request_id or "")
 
     @staticmethod
     def _select(op: batch_pb2.UpdateOperation | batch_pb2.DeleteOperation,

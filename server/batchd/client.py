@@ -140,12 +140,13 @@ class BatchResult:
     attempts: int
     results: list[OperationOutcome]
     response: batch_pb2.BatchExecuteResponse = field(repr=False, compare=False)
+    replayed: bool = False  # the stored answer to an earlier request with the same request_id
 
     @classmethod
     def from_proto(cls, response: batch_pb2.BatchExecuteResponse) -> BatchResult:
         return cls(committed=response.committed, attempts=response.attempts,
                    results=[OperationOutcome.from_proto(r) for r in response.results],
-                   response=response)
+                   response=response, replayed=response.replayed)
 
     def __getitem__(self, key: str | OpRef | int) -> OperationOutcome:
         if isinstance(key, int):
@@ -325,11 +326,11 @@ class AsyncClient:
 
     async def execute(self, batch: Batch, *, mode: str | int = "atomic",
                       validate_only: bool = False, isolation: str | int | None = None,
-                      read_only: bool = False) -> BatchResult:
+                      read_only: bool = False, request_id: str | None = None) -> BatchResult:
         """Runs ``batch`` (see ``Batch.to_request`` for the options). Raises
         ``AtomicBatchError`` when an atomic batch fails, ``BatchdRpcError`` otherwise."""
         request = batch.to_request(mode=mode, validate_only=validate_only, isolation=isolation,
-                                   read_only=read_only)
+                                   read_only=read_only, request_id=request_id)
         return await self.execute_request(request)
 
     async def execute_request(self, request: batch_pb2.BatchExecuteRequest) -> BatchResult:
@@ -375,10 +376,11 @@ class Client:
         self._channel.close()
 
     def execute(self, batch: Batch, *, mode: str | int = "atomic", validate_only: bool = False,
-                isolation: str | int | None = None, read_only: bool = False) -> BatchResult:
+                isolation: str | int | None = None, read_only: bool = False,
+                request_id: str | None = None) -> BatchResult:
         """Runs ``batch``; see ``AsyncClient.execute``."""
         request = batch.to_request(mode=mode, validate_only=validate_only, isolation=isolation,
-                                   read_only=read_only)
+                                   read_only=read_only, request_id=request_id)
         return self.execute_request(request)
 
     def execute_request(self, request: batch_pb2.BatchExecuteRequest) -> BatchResult:

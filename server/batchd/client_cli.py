@@ -59,6 +59,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--mode", choices=["atomic", "independent"], help="override the file's mode")
     p.add_argument("--validate-only", action="store_true",
                    help="run everything, then roll back")
+    p.add_argument("--request-id", help="idempotency key: a retry with the same id gets the "
+                                        "stored answer instead of running again")
     _common(p, "print the response as JSON")
     p = commands.add_parser("schema", help="show the tables and handlers a caller may use")
     _common(p, "print the GetSchema response as JSON")
@@ -95,6 +97,8 @@ def run_exec(args: argparse.Namespace) -> int:
         request.mode = cast(batch_pb2.Mode, batch_pb2.Mode.Value(mode_name(args.mode)))
     if args.validate_only:
         request.validate_only = True
+    if args.request_id:
+        request.request_id = args.request_id
     try:
         with _client(args) as client:
             result = client.execute_request(request)
