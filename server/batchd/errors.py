@@ -183,6 +183,7 @@ _BY_SQLSTATE: dict[str, grpc.StatusCode] = {
 }
 _BY_CLASS: dict[str, grpc.StatusCode] = {
     "08": _S.UNAVAILABLE,  # connection exception
+    "21": _S.INVALID_ARGUMENT,  # cardinality violation: e.g. an upsert naming one key twice
     "22": _S.INVALID_ARGUMENT,  # data exception
     "23": _S.FAILED_PRECONDITION,  # other integrity constraint violations
     "40": _S.ABORTED,  # transaction rollback

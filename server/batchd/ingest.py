@@ -32,6 +32,8 @@ from batchd.v1 import batch_pb2
 from batchd.values import MAX_SAFE_INTEGER, CoercionError, coerce, from_proto
 
 UNIX_TO_PG_EPOCH_US = 946_684_800_000_000
+# PostgreSQL's timestamp range in microseconds from 2000-01-01 (4713-11-24 BC .. 294276 AD).
+PG_MIN_US, PG_MAX_US = -211_813_488_000_000_000, 9_223_371_331_199_999_999
 _COPY_LINE = re.compile(r"COPY [^,]+, line (\d+)")
 
 
@@ -120,6 +122,9 @@ def resolve_target(header: batch_pb2.StreamHeader, catalog: Catalog,
         if first_chunk is None or not first_chunk.rows:
             raise InvalidArgument.field("header.columns", "give the columns, or send rows")
         names = list(first_chunk.rows[0].fields.keys())
+    if not names:
+        raise InvalidArgument.field("chunk.rows[0]", "names no columns; give header.columns")
+    _check_csv_options(header.csv)
     columns = []
     for i, name in enumerate(names):
         column = table.column(name, f"header.columns[{i}]")
@@ -129,6 +134,18 @@ def resolve_target(header: batch_pb2.StreamHeader, catalog: Catalog,
             raise InvalidArgument.field(f"header.columns[{i}]", f'"{name}" is listed twice')
         columns.append(column)
     return Target(table, columns, encoding, header.csv)
+
+
+def _check_csv_options(options: batch_pb2.CsvOptions) -> None:
+    """COPY takes single one-byte characters for these; anything else is the caller's error,
+    found here rather than by PostgreSQL in the middle of a stream."""
+    for name in ("delimiter", "quote"):
+        value = getattr(options, name)
+        if value and (len(value.encode()) != 1 or value in "\r\n"):
+            raise InvalidArgument.field(f"header.csv.{name}",
+                                        "must be a single one-byte character")
+    if "\n" in options.null or "\r" in options.null:
+        raise InvalidArgument.field("header.csv.null", "must not contain a line break")
 
 
 @dataclass(slots=True)
@@ -242,7 +259,16 @@ def _coerce_column(values: list[Any], which: str, column: Column, j: int, nulls:
         if column.kind not in ("timestamptz", "timestamp"):
             raise InvalidArgument.field(f"columnar.columns[{j}]", "timestamp_micros is for "
                                                                   "timestamp columns")
-        return [None if v is None else v - UNIX_TO_PG_EPOCH_US for v in values]
+        shifted = [None if v is None else v - UNIX_TO_PG_EPOCH_US for v in values]
+        present = [v for v in shifted if v is not None]
+        if present and (min(present) < PG_MIN_US or max(present) > PG_MAX_US):
+            for i, v in enumerate(shifted):
+                if v is not None and not PG_MIN_US <= v <= PG_MAX_US:
+                    bad.setdefault(i, InvalidArgument.field(
+                        f"rows[{i}].{column.name}", "timestamp_micros out of PostgreSQL's "
+                                                    "range (4713 BC to 294276 AD)"))
+                    shifted[i] = None
+        return shifted
     if (which, column.kind) in _NATIVE or (which == "int64s" and column.kind in ("int2", "int4")
                                            and _in_range(values, column.kind)) \
             or (which == "strings" and column.kind == "numeric"):  # checked lazily, see Target
@@ -322,7 +348,9 @@ def _check_lazy(decoded: Decoded, target: Target) -> list[tuple[int, BatchdError
 
 def split_csv(data: bytes, options: batch_pb2.CsvOptions) -> list[bytes]:
     """The chunk's records, each as CSV bytes of its own (only on the bad-row path)."""
-    text = data.decode("utf-8")
+    # surrogateescape: bytes that are not UTF-8 survive the round trip, so that PostgreSQL
+    # refuses exactly the record that holds them.
+    text = data.decode("utf-8", "surrogateescape")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=options.delimiter or ",",
                         quotechar=options.quote or '"')
     units = []
@@ -330,7 +358,7 @@ def split_csv(data: bytes, options: batch_pb2.CsvOptions) -> list[bytes]:
         buffer = io.StringIO()
         csv.writer(buffer, delimiter=options.delimiter or ",", quotechar=options.quote or '"',
                    lineterminator="\n").writerow(record)
-        units.append(buffer.getvalue().encode())
+        units.append(buffer.getvalue().encode("utf-8", "surrogateescape"))
     return units
 
 
@@ -374,6 +402,9 @@ async def _write_isolating(conn: asyncpg.Connection, copy: Copy, units: Sequence
     except asyncpg.PostgresError as exc:
         error: BatchdError = from_database(exc) or BatchdError(str(exc))
         line = _line_of(exc)
+    except (ArithmeticError, ValueError, TypeError) as exc:  # the driver could not encode one
+        error = InvalidArgument(f"value cannot be encoded for its column: {exc}")
+        line = None
     if len(units) == 1:
         return 0, [(indexes[0], error)]
     if line is not None and 1 <= line <= len(units) and _one_line_each(units):
