@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -187,3 +188,17 @@ async def fails(stub: batch_pb2_grpc.BatchServiceStub,
 
 async def count(db: asyncpg.Connection, table: str) -> int:
     return int(await db.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def no_open_transaction(db: asyncpg.Connection, patience: float = 10.0) -> None:
+    """Wait until no batchd backend holds a transaction: only then is "nothing committed"
+    a real observation (uncommitted rows are invisible to other connections anyway)."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        busy = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'batchd' "
+            "AND backend_xid IS NOT NULL")
+        if busy == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("a batchd transaction is still open")

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import batch, count, make_settings
+from tests.conftest import batch, count, make_settings, no_open_transaction
 from tests.test_stream import COMMIT, header, open_stream, rows_chunk, send
 
 LOCK = 515151
@@ -153,9 +153,5 @@ async def test_work_still_running_after_the_grace_period_is_rolled_back(schema, 
     finally:
         await db.execute("SELECT pg_advisory_unlock($1)", LOCK)
         await channel.close()
-    for _ in range(100):  # the cancelled transaction's rollback completes in the database
-        if not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name"
-                                 " = 'batchd' AND backend_xid IS NOT NULL"):
-            break
-        await asyncio.sleep(0.05)
+    await no_open_transaction(db)  # the cancelled transaction's rollback is done
     assert await count(db, "customers") == 0

@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batchd.v1 import batch_pb2_grpc
+from tests.conftest import no_open_transaction
 from tests.test_limits import LOCK, blocked_batch, waiters
 from tests.test_workers import ROOT, free_port
 
@@ -100,9 +101,5 @@ async def test_a_second_signal_exits_at_once_without_committing(schema, db):
                 await in_flight
         finally:
             await db.execute("SELECT pg_advisory_unlock($1)", LOCK)
-    for _ in range(100):  # PostgreSQL notices the dead connection and rolls it back
-        if not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name"
-                                 " = 'batchd' AND backend_xid IS NOT NULL"):
-            break
-        await asyncio.sleep(0.05)
+    await no_open_transaction(db)  # PostgreSQL saw the dead connection and rolled back
     assert await db.fetchval("SELECT count(*) FROM customers") == 0

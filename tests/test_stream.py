@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from google.protobuf import json_format
 
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import make_settings
+from tests.conftest import make_settings, no_open_transaction
 
 Req = batch_pb2.StreamRequest
 
@@ -49,19 +48,6 @@ async def send(call, request: Req) -> batch_pb2.StreamResponse:
     await call.write(request)
     return await call.read()
 
-
-async def no_open_transaction(db: asyncpg.Connection, patience: float = 10.0) -> None:
-    """Wait until no batchd backend holds a transaction: only then is "nothing committed"
-    a real observation (uncommitted rows are invisible to other connections anyway)."""
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        busy = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'batchd' "
-            "AND backend_xid IS NOT NULL")
-        if busy == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("a batchd transaction is still open")
 
 
 async def count_events(db) -> int:
