@@ -372,7 +372,7 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
             async with conn.transaction():
                 written = await copy([decoded.csv])
             return written, written, rejected
-        except (asyncpg.PostgresError, UnicodeDecodeError):
+        except asyncpg.PostgresError:
             units: list[Any] = split_csv(decoded.csv, target.csv)
         indexes = list(range(len(units)))
         row_count = len(units)

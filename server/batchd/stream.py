@@ -249,7 +249,7 @@ class StreamHandler:
                     ack = await self._apply(conn, chunk, target, tally, request_id,
                                             atomic=False, reject_chunk=reject_chunk)
                     await ledger.record_written(conn, stream_id, sequence, ack.rows_written,
-                                                _row_count(chunk, ack))
+                                                _row_count(chunk))
             except _Undo:
                 ack = batch_pb2.ChunkAck(sequence=sequence, duplicate=True)
             tally.last_sequence = sequence
@@ -321,7 +321,7 @@ class _FeedFailed(BatchdError):
         self.results = results
 
 
-def _row_count(chunk: _Chunk, ack: batch_pb2.ChunkAck) -> int:
+def _row_count(chunk: _Chunk) -> int:
     return chunk.decoded.row_count if chunk.decoded is not None else 0
 
 
