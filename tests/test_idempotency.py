@@ -397,3 +397,19 @@ async def test_two_server_processes_run_the_same_request_once(schema, db, tmp_pa
             else:
                 assert other.replayed and without_replayed(other) == originals[0]
         assert await count(db, "customers") == 6
+
+
+async def test_a_replayed_answer_is_not_counted_as_operations_run(app, stub, db):
+    def inserts() -> float:
+        value = app.metrics.registry.get_sample_value(
+            "batchd_operations_total", {"kind": "insert", "outcome": "SUCCEEDED"})
+        return value or 0.0
+
+    request = batch([{"id": "c", "insert": {"table": "customers",
+                                            "rows": [{"name": "m", "email": "m@x"}]}}],
+                    request_id="metrics-replay-1")
+    before = inserts()
+    await stub.BatchExecute(request)
+    assert inserts() == before + 1
+    assert (await stub.BatchExecute(request)).replayed
+    assert inserts() == before + 1

@@ -124,7 +124,10 @@ class BatchSeen(_Seen):
 
     def finish(self, code: str) -> dict[str, Any]:
         count = self.observer.metrics.count_operations
-        if self.response is not None:
+        if self.response is not None and self.response.replayed:
+            # The stored answer of an earlier request: nothing ran again, nothing is counted.
+            outcomes = {"REPLAYED": len(self.request.operations)}
+        elif self.response is not None:
             outcomes = count(self.request, self.response)
         elif self.error is not None:
             # A failed atomic batch carries every operation's outcome in its details.
