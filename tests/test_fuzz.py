@@ -6,6 +6,8 @@ Each example is drawn at one of three levels: *tame* (real tables and columns, v
 column's type, references to earlier operations: most of these reach PostgreSQL), *mixed*
 (tame, with one piece in ten hostile) and *wild* (hostile names, ids, enums, values of every
 JSON shape anywhere). ``--hypothesis-show-statistics`` shows how the answers were spread.
+A successful batch with a fresh ``request_id`` is sent twice: the second answer must be the
+first, replayed. ``BATCHD_FUZZ_EXAMPLES=N`` runs a longer hunt with fresh random examples.
 
 The server runs in its own thread with its own event loop and is called through a blocking
 channel, so that a plain (sync) hypothesis test can drive it. The database is not cleaned
@@ -451,6 +453,13 @@ def batch_requests(draw: st.DrawFn) -> batch_pb2.BatchExecuteRequest:
         isolation=level.pick(draw, st.integers(0, 3), maybe_enum(range(4))),
         read_only=draw(st.integers(0, 9)) == 0,
     )
+    # Idempotency keys: mostly none; a fresh one (replayed when sent again); one of a few
+    # shared by all examples (other requests under a used id: REQUEST_ID_REUSED); malformed.
+    request.request_id = level.pick(
+        draw, st.one_of(st.just(""), st.just(""), st.just(""), st.uuids().map(str),
+                        st.sampled_from(["shared-1", "shared-2"])),
+        st.one_of(st.sampled_from(["", "x" * 129, "has space", "é", "a\x00", "shared-1"]),
+                  st.text(max_size=140)))
     for i in range(count):
         level.index = i
         request.operations.append(draw(operations(level)))
@@ -681,14 +690,37 @@ def execute(target: Target, request: batch_pb2.BatchExecuteRequest) -> None:
         event(f"RPC {err.code().name}")
         problems += check_failure(err)
     else:
-        event("RPC OK")
+        event("RPC OK" + (" (replayed)" if response.replayed else ""))
         for r in response.results:
             event(f"operation {batch_pb2.Outcome.Name(r.outcome)}")
         problems += bad_statuses(response.results, "results")
         if [r.id for r in response.results] != [o.id for o in request.operations]:
             problems.append("results are not one per operation, in request order")
+        if fresh_id(request) and not request.validate_only:
+            problems += check_replay(target, request, response, request_id)
     assert not problems, (f"request {request_id}: {problems}\nrequest: {shown(request)}\n"
                           f"server log:\n{target.errors.about(request_id)}")
+
+
+def fresh_id(request: batch_pb2.BatchExecuteRequest) -> bool:
+    """A request id no other example uses (a UUID)."""
+    return len(request.request_id) == 36 and request.request_id.count("-") == 4
+
+
+def check_replay(target: Target, request: batch_pb2.BatchExecuteRequest,
+                 first: batch_pb2.BatchExecuteResponse, request_id: str) -> list[str]:
+    """The same request under the same id again: the stored answer, replayed."""
+    try:
+        again = target.stub.BatchExecute(request, timeout=30,
+                                         metadata=[("x-request-id", request_id + "-again")])
+    except grpc.RpcError as err:
+        return [f"the retry failed with {err.code().name}: {err.details()}", *check_failure(err)]
+    event("RPC OK, and replayed when sent again")
+    replayed = batch_pb2.BatchExecuteResponse()
+    replayed.CopyFrom(first)
+    replayed.replayed = True
+    return [] if again == replayed else [f"the retry is not the first answer replayed: "
+                                         f"{shown(again)} vs {shown(first)}"]
 
 
 def stream(target: Target, messages: list[batch_pb2.StreamRequest]) -> None:
