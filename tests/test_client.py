@@ -14,7 +14,6 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from batchd.builder import to_value
 from batchd.client import (
     AsyncClient,
     AtomicBatchError,
@@ -23,6 +22,7 @@ from batchd.client import (
     Client,
     FieldViolation,
 )
+from batchd.client.builder import to_value
 from batchd.v1 import batch_pb2
 
 

@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from batchd.app import App
-from batchd.handlers.filters import fingerprint
+from batchd.kinds.filters import fingerprint
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import make_settings
 

@@ -1,4 +1,4 @@
-"""Pure unit tests of batchd.values and batchd.params: no database, no server, no network.
+"""Pure unit tests of batchd.values and batchd.kinds.params: no database, no server, no network.
 
 The behaviours pinned here are the table of accepted and returned forms at the top of
 protos/batchd/v1/batch.proto, plus references ({"$ref": ...} / {"$literal": ...}) and the
@@ -20,9 +20,9 @@ from google.protobuf import json_format, struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchd import params
 from batchd.catalog import Column
 from batchd.errors import DependencyFailed, InvalidArgument
+from batchd.kinds import params
 from batchd.pgtypes import Interval
 from batchd.values import (
     MAX_SAFE_INTEGER,

@@ -5,6 +5,6 @@ The extension point for custom handlers is re-exported here::
     from batchd import HandlerContext, handler
 """
 
-from batchd.handlers.call import HandlerContext, handler
+from batchd.kinds.call import HandlerContext, handler
 
 __all__ = ["HandlerContext", "handler"]

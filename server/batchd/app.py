@@ -18,24 +18,24 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from batchd import reflection, tracing
-from batchd.admission import Admission
 from batchd.auth import AuthInterceptor, server_credentials
+from batchd.batch.executor import Executor
+from batchd.batch.idempotency import Cleanup, ensure_schema
 from batchd.catalog import Catalog
 from batchd.config import Settings
-from batchd.database import apply_demo_schema, create_pool
-from batchd.dispatcher import Dispatcher
-from batchd.embedded import start_embedded
-from batchd.executor import Executor
-from batchd.handlers.base import PlanContext
-from batchd.handlers.call import load_modules, registered
-from batchd.idempotency import Cleanup, ensure_schema
-from batchd.interceptors import MetricsInterceptor
-from batchd.ledger import ensure_internal_schema
+from batchd.db.embedded import start_embedded
+from batchd.db.pool import apply_demo_schema, create_pool
+from batchd.kinds.base import PlanContext
+from batchd.kinds.call import load_modules, registered
+from batchd.kinds.registry import Dispatcher
 from batchd.metrics import Metrics
-from batchd.observe import Observer
-from batchd.service import BatchService
-from batchd.stream import StreamHandler
+from batchd.rpc import reflection, tracing
+from batchd.rpc.admission import Admission
+from batchd.rpc.interceptors import MetricsInterceptor
+from batchd.rpc.observe import Observer
+from batchd.rpc.service import BatchService
+from batchd.stream.ledger import ensure_internal_schema
+from batchd.stream.session import StreamHandler
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 log = logging.getLogger(__name__)

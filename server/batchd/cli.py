@@ -9,7 +9,7 @@
 Without a DSN (flag or BATCHD_DSN) ``serve`` starts an embedded PostgreSQL with the demo schema.
 The first SIGTERM or SIGINT drains: health goes NOT_SERVING, new calls are refused, in-flight
 ones get the grace period; a second signal exits at once. ``exec`` and ``schema`` are clients
-(``batchd.client_cli``); the server modules are imported only by ``serve``.
+(``batchd.client.exec_cli``); the server modules are imported only by ``serve``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from batchd import client_cli, ingest_cli
+from batchd.client import exec_cli, ingest_cli
 
 log = logging.getLogger("batchd")
 
@@ -75,7 +75,7 @@ def serve_workers(args: argparse.Namespace) -> int:
     import multiprocessing
 
     from batchd.config import load_settings
-    from batchd.embedded import start_embedded
+    from batchd.db.embedded import start_embedded
 
     settings = load_settings(args.config, dsn=args.dsn, host=args.host, port=args.port,
                              data_dir=args.data_dir)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scope", dest="scopes", action="append", default=[],
                    help="admin, read:SCHEMA.TABLE, write:SCHEMA.TABLE, call:HANDLER "
                         "(fnmatch patterns; repeatable)")
-    client_cli.add_commands(commands)
+    exec_cli.add_commands(commands)
     ingest_cli.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("BATCHD_LOG_LEVEL", "INFO"),
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return new_token(args)
     if args.command == "ingest":
         return ingest_cli.run(args)
-    if args.command in client_cli.COMMANDS:
-        return client_cli.run(args)
+    if args.command in exec_cli.COMMANDS:
+        return exec_cli.run(args)
     return 2
 
 

@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     # Let several processes listen on the same port (SO_REUSEPORT); set by `serve --workers`.
     reuse_port: bool = False
 
-    # --- observability (batchd.metrics, batchd.logs, batchd.tracing)
+    # --- observability (batchd.metrics, batchd.logs, batchd.rpc.tracing)
     # Prometheus /metrics on its own port; 0: no endpoint.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     # Chunks a stream decodes ahead of the one being written (memory: chunk size x this + 2).
     stream_read_ahead: int = 2
 
-    # --- idempotency (batchd.idempotency): how long a BatchExecute request id and its stored
+    # --- idempotency (batchd.batch.idempotency): how long a BatchExecute request id and its stored
     # answer are kept, and how often expired ones are deleted.
     idempotency_ttl_seconds: float = Field(24 * 3600, gt=0)
     idempotency_cleanup_seconds: float = Field(60, gt=0)

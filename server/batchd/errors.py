@@ -117,14 +117,14 @@ class FailedPrecondition(BatchdError):
 
 
 class RequestIdReused(FailedPrecondition):
-    """The request id was already used for a different request (see batchd.idempotency)."""
+    """The request id was already used for a different request (see batchd.batch.idempotency)."""
 
     reason = "REQUEST_ID_REUSED"
 
 
 class RequestInProgress(BatchdError):
     """Another call with the same request id has not finished: retry later, and get its
-    answer (see batchd.idempotency)."""
+    answer (see batchd.batch.idempotency)."""
 
     code = grpc.StatusCode.ABORTED
     reason = "REQUEST_IN_PROGRESS"

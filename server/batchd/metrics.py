@@ -10,8 +10,8 @@ default one), so several servers in one process — the tests start a few — ne
     batchd_in_flight{rpc}                       BatchExecute / BatchStream calls in progress
     batchd_pool_connections{state}              pool connections in_use / idle (read at scrape)
 
-RPCs are counted by ``batchd.interceptors.MetricsInterceptor``; operations, rows and in-flight
-calls by the servicer (``batchd.service``), which knows what a request and its answer hold.
+RPCs are counted by ``batchd.rpc.interceptors.MetricsInterceptor``; operations, rows and in-flight
+calls by the servicer (``batchd.rpc.service``), which knows what a request and its answer hold.
 The endpoint is prometheus_client's WSGI server in a daemon thread, so scraping never runs on
 the event loop; ``stop`` shuts it down.
 """

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from batchd.errors import BatchdError, InvalidArgument
-from batchd.handlers.call import HandlerContext, handler
+from batchd.kinds.call import HandlerContext, handler
 
 
 @handler("reserve_stock")

@@ -60,7 +60,7 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from batchd.config import Settings
-from batchd.database import run_ddl
+from batchd.db.pool import run_ddl
 from batchd.errors import (
     BatchdError,
     FailedPrecondition,

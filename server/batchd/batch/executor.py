@@ -16,7 +16,7 @@ validate_only runs the same work and rolls it back. For INDEPENDENT batches it r
 operations one by one in dependency order inside one transaction, each under a savepoint, so
 that dependents see the rows they would see for real.
 
-A request id (``plan.claim``) is claimed and its answer stored through batchd.idempotency: in
+A request id (``plan.claim``) is claimed and its answer stored through batchd.batch.idempotency: in
 an ATOMIC batch's own transaction (``_run_claimed``), beside an INDEPENDENT one (``Guards``).
 """
 
@@ -32,9 +32,10 @@ import asyncpg
 import grpc
 from google.rpc import status_pb2
 
+from batchd.batch.idempotency import Answer, Claim, Guards, begin, is_final, store
+from batchd.batch.plan import BatchPlan, Step, topological_order
 from batchd.catalog import Catalog
 from batchd.config import Settings
-from batchd.dispatcher import Dispatcher
 from batchd.errors import (
     OK_STATUS,
     BatchdError,
@@ -44,11 +45,10 @@ from batchd.errors import (
     internal,
     to_rpc_status,
 )
-from batchd.handlers.base import Output, RunContext, renderers
-from batchd.handlers.insert import InsertSpec, coalescible, insert_together
-from batchd.idempotency import Answer, Claim, Guards, begin, is_final, store
-from batchd.params import Results
-from batchd.plan import BatchPlan, Step, topological_order
+from batchd.kinds.base import Output, RunContext, renderers
+from batchd.kinds.insert import InsertSpec, coalescible, insert_together
+from batchd.kinds.params import Results
+from batchd.kinds.registry import Dispatcher
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class Executor:
                            attempt: int) -> Answer:
         """The operations of an atomic batch whose request id is claimed, in its transaction,
         and the answer stored there too. They run under a savepoint: a final failure (see
-        batchd.idempotency) rolls back to it and is stored, and the transaction commits just
+        batchd.batch.idempotency) rolls back to it and is stored, and the transaction commits just
         that; any other failure raises and rolls back the claim with everything else. A READ
         ONLY batch is read-only under the savepoint, rolled back after the operations (they
         wrote nothing) so that the answer can be written."""

@@ -1,5 +1,5 @@
 """Python clients of batchd: ``AsyncClient`` (grpc.aio) and ``Client`` (blocking), typed results
-and errors. Batches are built with ``Batch`` (``batchd.builder``, re-exported here).
+and errors. Batches are built with ``Batch`` (``batchd.client.builder``, re-exported here).
 
     async with AsyncClient("127.0.0.1:50051") as client:
         b = Batch()
@@ -42,7 +42,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from batchd.builder import Batch, OpRef
+from batchd.client.builder import Batch, OpRef
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 __all__ = ["AsyncClient", "AtomicBatchError", "Batch", "BatchResult", "BatchdError",

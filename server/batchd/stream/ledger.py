@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from batchd.database import run_ddl
+from batchd.db.pool import run_ddl
 from batchd.errors import BatchdError, FailedPrecondition
 
 INTERNAL_SCHEMA_SQL = """

@@ -1,7 +1,7 @@
 """The dispatcher: which kind plans and runs an operation.
 
 Each operation kind of the proto's ``Operation.kind`` oneof maps to one object with ``plan``
-and ``run`` (``batchd.handlers.base.Kind``). The built-in CRUD kinds work on catalog tables;
+and ``run`` (``batchd.kinds.base.Kind``). The built-in CRUD kinds work on catalog tables;
 ``call`` reaches the custom handlers registered by name.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from batchd.handlers.base import Kind, Output, PlanContext, Planned, RunContext
-from batchd.handlers.call import CallKind
-from batchd.handlers.insert import InsertKind
-from batchd.handlers.read import GetKind, QueryKind
-from batchd.handlers.write import DeleteKind, UpdateKind
+from batchd.kinds.base import Kind, Output, PlanContext, Planned, RunContext
+from batchd.kinds.call import CallKind
+from batchd.kinds.insert import InsertKind
+from batchd.kinds.read import GetKind, QueryKind
+from batchd.kinds.write import DeleteKind, UpdateKind
 from batchd.v1 import batch_pb2
 
 BUILTIN_KINDS: tuple[Kind, ...] = (InsertKind(), GetKind(), QueryKind(), UpdateKind(),

@@ -7,8 +7,8 @@ from typing import Any
 
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument, NotFound
-from batchd.handlers.base import Output, PlanContext, Planned, RunContext, columns_list, renderers
-from batchd.handlers.filters import (
+from batchd.kinds.base import Output, PlanContext, Planned, RunContext, columns_list, renderers
+from batchd.kinds.filters import (
     Selection,
     SortKey,
     after_sql,
@@ -19,7 +19,7 @@ from batchd.handlers.filters import (
     plan_key,
     sort_keys,
 )
-from batchd.params import SqlParams
+from batchd.kinds.params import SqlParams
 from batchd.v1 import batch_pb2
 
 DEFAULT_PAGE_SIZE = 100

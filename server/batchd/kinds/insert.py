@@ -15,7 +15,7 @@ import asyncpg
 
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument
-from batchd.handlers.base import (
+from batchd.kinds.base import (
     Output,
     PlanContext,
     Planned,
@@ -25,7 +25,7 @@ from batchd.handlers.base import (
     renderers,
     select_list,
 )
-from batchd.params import Deferred, prepare
+from batchd.kinds.params import Deferred, prepare
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, Ref, coerce, struct_from_proto
 

@@ -18,7 +18,7 @@ from google.protobuf import struct_pb2
 from batchd.catalog import Catalog, Column, Table
 from batchd.config import Settings
 from batchd.errors import InvalidArgument
-from batchd.params import Results
+from batchd.kinds.params import Results
 from batchd.values import Renderer, render_any, renderer_for
 
 

@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument
-from batchd.params import Results, SqlParams, prepare
+from batchd.kinds.params import Results, SqlParams, prepare
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, coerce, from_proto, renderer_for, struct_from_proto
 

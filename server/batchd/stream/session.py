@@ -6,7 +6,7 @@ commit (grpc.aio ends it the same way for a clean half-close and for a client th
 or vanished, so ending is never taken as consent), an error, the deadline, server shutdown
 (both cancel this task; the rollback runs in ``finally``).
 
-INDEPENDENT: each chunk is its own transaction with its ledger row (see batchd.ledger); the
+INDEPENDENT: each chunk is its own transaction with its ledger row (see batchd.stream.ledger); the
 ack is sent only after COMMIT returned, so every acked chunk is durable.
 
 A reader task decodes up to ``stream_read_ahead`` chunks ahead of the writer, so decoding
@@ -27,15 +27,15 @@ from typing import Any
 import asyncpg
 import grpc
 
-from batchd import ledger
+from batchd.batch.executor import Executor
+from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
 from batchd.config import Settings
-from batchd.dispatcher import Dispatcher
 from batchd.errors import BatchdError, FailedPrecondition, InvalidArgument, to_rpc_status
-from batchd.executor import Executor
-from batchd.handlers.base import PlanContext
-from batchd.ingest import Decoded, Target, decode, resolve_target, write
-from batchd.plan import plan_batch
+from batchd.kinds.base import PlanContext
+from batchd.kinds.registry import Dispatcher
+from batchd.stream import ledger
+from batchd.stream.copy import Decoded, Target, decode, resolve_target, write
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ import re
 from dataclasses import dataclass, field
 
 from batchd.auth import Principal, authorize_operation, current_principal
-from batchd.dispatcher import Dispatcher
+from batchd.batch.idempotency import Claim, claim_of
 from batchd.errors import BatchdError, InvalidArgument
-from batchd.handlers.base import PlanContext, Planned
-from batchd.idempotency import Claim, claim_of
-from batchd.params import collecting_refs
+from batchd.kinds.base import PlanContext, Planned
+from batchd.kinds.params import collecting_refs
+from batchd.kinds.registry import Dispatcher
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, Ref
 
@@ -47,7 +47,7 @@ class BatchPlan:
     read_only: bool
     # Event-loop time by which the caller stops waiting; becomes PostgreSQL's statement_timeout.
     deadline: float | None = None
-    # The request id to claim, and its answer to store (batchd.idempotency); None: no id.
+    # The request id to claim, and its answer to store (batchd.batch.idempotency); None: no id.
     claim: Claim | None = None
 
     @property

@@ -35,7 +35,7 @@ import grpc
 from google.protobuf import struct_pb2
 from tqdm import tqdm
 
-from batchd import connect
+from batchd.client import connect
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

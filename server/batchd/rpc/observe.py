@@ -15,7 +15,7 @@ the block without either means the call was cancelled. On the way out it
   committed;
 - keeps ``batchd_in_flight{rpc}`` while the call runs.
 
-The RPC counts and latencies are the interceptor's (``batchd.interceptors``), for every RPC.
+The RPC counts and latencies are the interceptor's (``batchd.rpc.interceptors``), for every RPC.
 """
 
 from __future__ import annotations

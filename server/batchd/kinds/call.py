@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchd.errors import InvalidArgument
-from batchd.handlers.base import Output, PlanContext, Planned, RunContext
-from batchd.params import find_refs, note_refs
+from batchd.kinds.base import Output, PlanContext, Planned, RunContext
+from batchd.kinds.params import find_refs, note_refs
 from batchd.v1 import batch_pb2
 from batchd.values import plain_json, struct_from_proto
 

@@ -11,18 +11,18 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_status import rpc_status
 
-from batchd.admission import Admission
 from batchd.auth import Principal, current_principal, guard_stream
+from batchd.batch.executor import Executor, translate
+from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
-from batchd.dispatcher import Dispatcher
 from batchd.errors import to_rpc_status
-from batchd.executor import Executor, translate
-from batchd.handlers.base import PlanContext
-from batchd.handlers.call import registered
+from batchd.kinds.base import PlanContext
+from batchd.kinds.call import registered
+from batchd.kinds.registry import Dispatcher
 from batchd.metrics import Metrics
-from batchd.observe import Observer
-from batchd.plan import plan_batch
-from batchd.stream import StreamHandler
+from batchd.rpc.admission import Admission
+from batchd.rpc.observe import Observer
+from batchd.stream.session import StreamHandler
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         self.dispatcher = dispatcher
         self.plan_ctx = plan_ctx
         self.streams = streams
-        # Log lines and counts of each call (batchd.observe); its own metrics if none given.
+        # Log lines and counts of each call (batchd.rpc.observe); its own metrics if none given.
         self.observer = observer or Observer(Metrics(), plan_ctx.catalog)
 
     async def BatchExecute(self, request: batch_pb2.BatchExecuteRequest,

@@ -13,7 +13,7 @@ from typing import Any
 
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument, NotFound, VersionConflict
-from batchd.handlers.base import (
+from batchd.kinds.base import (
     Output,
     PlanContext,
     Planned,
@@ -23,8 +23,8 @@ from batchd.handlers.base import (
     renderers,
     select_list,
 )
-from batchd.handlers.filters import Selection, plan_filters, plan_key
-from batchd.params import SqlParams, prepare
+from batchd.kinds.filters import Selection, plan_filters, plan_key
+from batchd.kinds.params import SqlParams, prepare
 from batchd.v1 import batch_pb2
 from batchd.values import struct_from_proto
 

@@ -31,9 +31,8 @@ from typing import Any, cast
 
 from google.protobuf import json_format
 
-from batchd import connect
-from batchd.builder import MAX_SAFE_INTEGER, mode_name
-from batchd.client import (
+from batchd.client import connect
+from batchd.client.api import (
     AtomicBatchError,
     BatchdRpcError,
     BatchResult,
@@ -41,6 +40,7 @@ from batchd.client import (
     OperationOutcome,
     Schema,
 )
+from batchd.client.builder import MAX_SAFE_INTEGER, mode_name
 from batchd.v1 import batch_pb2
 
 COMMANDS = ("exec", "schema")

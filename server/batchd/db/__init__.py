@@ -1,0 +1,1 @@
+"""PostgreSQL itself: the connection pool and the embedded server."""

@@ -1,1 +1,0 @@
-"""The operation kinds: planning and running insert, get, query, update, delete and call."""

@@ -1,0 +1,1 @@
+"""Operation kinds: one module per kind (insert, read, write, call), one registry."""

@@ -1,0 +1,2 @@
+"""BatchStream: the session (``session``), decoding and COPY (``copy``), and the ledger of
+committed chunks (``ledger``)."""
