@@ -32,7 +32,7 @@ import asyncpg
 import grpc
 from google.rpc import status_pb2
 
-from batchd.batch.idempotency import Answer, Claim, Guards, begin, is_final, store
+from batchd.batch.idempotency import Answer, Claim, Guards, begin, store
 from batchd.batch.plan import BatchPlan, Step, topological_order
 from batchd.catalog import Catalog
 from batchd.config import Settings
@@ -40,10 +40,11 @@ from batchd.errors import (
     OK_STATUS,
     BatchdError,
     DatabaseError,
+    DeadlineExceeded,
     Skipped,
-    from_database,
-    internal,
+    is_final,
     to_rpc_status,
+    translate,
 )
 from batchd.kinds.base import Output, RunContext, renderers
 from batchd.kinds.insert import InsertSpec, coalescible, insert_together
@@ -68,16 +69,6 @@ class _StepFailed(Exception):
         self.step = step
         self.error = error
 
-
-def translate(exc: BaseException, request_id: str) -> BatchdError:
-    """Any exception of an operation as the error its caller sees (the one funnel)."""
-    if isinstance(exc, BatchdError):
-        return exc
-    mapped = from_database(exc)
-    if mapped is not None:
-        return mapped
-    log.error("unexpected error in request %s", request_id, exc_info=exc)
-    return internal(request_id)
 
 
 class Executor:
@@ -331,8 +322,7 @@ async def bound_by_deadline(conn: asyncpg.Connection, deadline: float | None) ->
         return
     remaining_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
     if remaining_ms <= 0:
-        raise BatchdError("the deadline passed before the batch started",
-                          code=grpc.StatusCode.DEADLINE_EXCEEDED, reason="DEADLINE_EXCEEDED")
+        raise DeadlineExceeded("the deadline passed before the batch started")
     await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(remaining_ms))
 
 

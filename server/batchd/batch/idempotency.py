@@ -35,10 +35,11 @@ free: a retry runs the whole batch again.
 
 Stored (final answers, which the same request would get again from the state it met): every
 successful answer, an INDEPENDENT batch's answer whatever its operations' outcomes, and a failed
-ATOMIC batch whose operation failed with a code of ``FINAL_CODES``. Not stored, so that a retry
-runs again: ABORTED, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, CANCELLED, INTERNAL, a
-failing COMMIT, and requests refused before anything ran (they never reach the executor's run).
-validate_only requests claim nothing (``claim_of`` gives no claim).
+ATOMIC batch whose operation failed with a final code (``batchd.errors.is_final``). Not
+stored, so that a retry runs again: ABORTED, UNAVAILABLE, DEADLINE_EXCEEDED,
+RESOURCE_EXHAUSTED, CANCELLED, INTERNAL, a failing COMMIT, and requests refused before
+anything ran (they never reach the executor's run). validate_only requests claim nothing
+(``claim_of`` gives no claim).
 
 Expired rows count as absent and are overwritten by the next claim; ``Cleanup`` deletes them in
 the background, a bounded number per statement, skipping rows a claim has locked.
@@ -55,7 +56,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
-import grpc
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
@@ -78,13 +78,6 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 LOCK_CLASS = 0x69646D70  # "idmp": the advisory locks of request ids, (LOCK_CLASS, hashtext(id))
 CLEANUP_BATCH = 1000  # rows per DELETE
 
-# The codes of a failed atomic batch that are its final answer: the same request would fail
-# the same way again from the state it met. Others say "try again", and a retry should run.
-FINAL_CODES = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OUT_OF_RANGE,
-})
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS batchd;
@@ -142,10 +135,6 @@ def fingerprint(request: batch_pb2.BatchExecuteRequest) -> bytes:
         request.request_id = request_id
     return hashlib.sha256(data).digest()
 
-
-def is_final(error: BatchdError) -> bool:
-    """Whether a failed atomic batch's error is stored as its answer."""
-    return error.code in FINAL_CODES
 
 
 async def begin(conn: asyncpg.Connection, claim: Claim,

@@ -36,6 +36,7 @@ from google.protobuf import struct_pb2
 from tqdm import tqdm
 
 from batchd.client import connect
+from batchd.errors import code_of
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -271,13 +272,10 @@ def _write_rejects(rejects: Any, ack: batch_pb2.ChunkAck, chunk: Chunk) -> int:
     for row in ack.rejected:
         rejects.write(json.dumps({
             "row": row.index, "sequence": ack.sequence, "chunk_row": row.chunk_index,
-            "code": _code(row.status.code).name, "message": row.status.message,
+            "code": code_of(row.status.code).name, "message": row.status.message,
             "record": _record(chunk, row.chunk_index)}) + "\n")
     return len(ack.rejected)
 
-
-def _code(number: int) -> grpc.StatusCode:
-    return next(c for c in grpc.StatusCode if c.value[0] == number)
 
 
 def _record(chunk: Chunk, index: int) -> str | None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-
-from batchd.errors import BatchdError, InvalidArgument
+from batchd.errors import FailedPrecondition, InvalidArgument
 from batchd.kinds.call import HandlerContext, handler
 
 
@@ -22,7 +20,6 @@ async def reserve_stock(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, 
         "UPDATE products SET stock = stock - $2 WHERE id = $1::bigint AND stock >= $2 "
         "RETURNING id, stock, price", int(product_id), quantity)
     if row is None:
-        raise BatchdError(f"product {product_id} does not exist or has fewer than {quantity} "
-                          "units in stock", code=grpc.StatusCode.FAILED_PRECONDITION,
-                          reason="OUT_OF_STOCK")
+        raise FailedPrecondition(f"product {product_id} does not exist or has fewer than "
+                                 f"{quantity} units in stock", reason="OUT_OF_STOCK")
     return {"product_id": row["id"], "stock": row["stock"], "price": row["price"]}

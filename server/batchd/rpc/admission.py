@@ -13,21 +13,8 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import grpc
-from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
-
 from batchd.config import Settings
-from batchd.errors import BatchdError
-
-
-def _retry_later(message: str, code: grpc.StatusCode, reason: str,
-                 seconds: int) -> BatchdError:
-    error = BatchdError(message, code=code, reason=reason)
-    error.extra_details.append(error_details_pb2.RetryInfo(
-        retry_delay=duration_pb2.Duration(seconds=seconds)))
-    return error
-
+from batchd.errors import Overloaded, Unavailable, retry_later
 
 _PLURAL = {"batch": "batches", "stream": "streams"}
 
@@ -44,12 +31,11 @@ class Admission:
     @contextmanager
     def admit(self, kind: str) -> Iterator[None]:
         if self.draining:
-            raise _retry_later("the server is shutting down; retry (another replica can "
-                               "serve it)", grpc.StatusCode.UNAVAILABLE, "DRAINING", 1)
+            raise retry_later(Unavailable("the server is shutting down; retry (another "
+                                          "replica can serve it)", reason="DRAINING"), 1)
         if self.in_use[kind] >= self.limits[kind]:
-            raise _retry_later(f"too many concurrent {_PLURAL[kind]}: the limit is "
-                               f"{self.limits[kind]}; retry shortly",
-                               grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CONCURRENT", 1)
+            raise retry_later(Overloaded(f"too many concurrent {_PLURAL[kind]}: the limit is "
+                                         f"{self.limits[kind]}; retry shortly"), 1)
         self.in_use[kind] += 1
         self._idle.clear()
         try:

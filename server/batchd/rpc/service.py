@@ -12,10 +12,10 @@ import grpc
 from grpc_status import rpc_status
 
 from batchd.auth import Principal, current_principal, guard_stream
-from batchd.batch.executor import Executor, translate
+from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
-from batchd.errors import to_rpc_status
+from batchd.errors import to_rpc_status, translate
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import registered
 from batchd.kinds.registry import Dispatcher

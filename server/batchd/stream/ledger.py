@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from batchd.db.pool import run_ddl
-from batchd.errors import BatchdError, FailedPrecondition
+from batchd.errors import FailedPrecondition, SequenceOutOfOrder
 
 INTERNAL_SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS batchd;
@@ -86,6 +86,4 @@ async def record_written(conn: asyncpg.Connection, stream_id: str, sequence: int
 
 def check_sequence(sequence: int, expected: int) -> None:
     if sequence != expected:
-        raise BatchdError(f"chunk sequence {sequence} is out of order; expected {expected}",
-                          code=FailedPrecondition.code, reason="SEQUENCE_OUT_OF_ORDER",
-                          metadata={"expected_sequence": str(expected)})
+        raise SequenceOutOfOrder(sequence, expected)

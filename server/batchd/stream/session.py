@@ -25,13 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import grpc
 
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
 from batchd.config import Settings
-from batchd.errors import BatchdError, FailedPrecondition, InvalidArgument, to_rpc_status
+from batchd.errors import (
+    BatchdError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    code_of,
+    to_rpc_status,
+)
 from batchd.kinds.base import PlanContext
 from batchd.kinds.registry import Dispatcher
 from batchd.stream import ledger
@@ -62,9 +68,8 @@ class _Bounded:
             return await asyncio.wait_for(self.queue.get(),
                                           self.ends - asyncio.get_running_loop().time())
         except TimeoutError:
-            raise BatchdError(f"the stream was open longer than max_stream_seconds "
-                              f"({self.seconds:g} s)", code=grpc.StatusCode.DEADLINE_EXCEEDED,
-                              reason="STREAM_TOO_LONG") from None
+            raise DeadlineExceeded(f"the stream was open longer than max_stream_seconds "
+                                   f"({self.seconds:g} s)", reason="STREAM_TOO_LONG") from None
 
 
 class _Undo(Exception):
@@ -135,7 +140,7 @@ class StreamHandler:
         try:
             async with self.pool.acquire() as conn:
                 if atomic:
-                    async for response in self._atomic(conn, stream_id, queue, tally):
+                    async for response in self._atomic(conn, stream_id, queue, tally, request_id):
                         yield response
                 else:
                     async for response in self._independent(conn, header, stream_id, queue,
@@ -178,7 +183,7 @@ class StreamHandler:
     # --- ATOMIC -------------------------------------------------------------------------------
 
     async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: _Bounded,
-                      tally: _Tally) -> AsyncIterator[batch_pb2.StreamResponse]:
+                      tally: _Tally, request_id: str) -> AsyncIterator[batch_pb2.StreamResponse]:
         yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
         tx = conn.transaction()
         await tx.start()
@@ -199,13 +204,13 @@ class StreamHandler:
                 chunk, target = item
                 ledger.check_sequence(chunk.message.sequence, tally.last_sequence + 1)
                 async with conn.transaction():  # a savepoint, so bad rows can be isolated
-                    ack = await self._apply(conn, chunk, target, tally, stream_id, atomic=True)
+                    ack = await self._apply(conn, chunk, target, tally, request_id, atomic=True)
                 if ack.rejected:
                     first = ack.rejected[0]
                     raise BatchdError(f"row {first.index} (chunk {ack.sequence}, row "
                                       f"{first.chunk_index}): {first.status.message}; nothing "
                                       "of the stream was committed",
-                                      code=_code(first.status.code), reason="BAD_ROW",
+                                      code=code_of(first.status.code), reason="BAD_ROW",
                                       metadata={"row_index": str(first.index),
                                                 "sequence": str(ack.sequence)})
                 tally.last_sequence = ack.sequence
@@ -324,6 +329,3 @@ class _FeedFailed(BatchdError):
 def _row_count(chunk: _Chunk) -> int:
     return chunk.decoded.row_count if chunk.decoded is not None else 0
 
-
-def _code(number: int) -> grpc.StatusCode:
-    return next(c for c in grpc.StatusCode if c.value[0] == number)

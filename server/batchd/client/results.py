@@ -1,0 +1,195 @@
+"""What the clients return: typed results, the schema, and the error of a failed atomic batch.
+
+Rows are plain dicts as ``json_format.MessageToDict`` makes them, so values keep the server's
+exact mapping: bigint and numeric columns come back as strings. Errors are those of
+``batchd.errors`` (one tree, one code map, shared with the server); ``rpc_error`` is the one
+translation of a ``grpc.RpcError``, adding ``AtomicBatchError`` when the status carries every
+operation's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from batchd.client.builder import OpRef
+from batchd.errors import BatchdRpcError, FieldViolation, from_rpc_status
+from batchd.v1 import batch_pb2
+
+
+@dataclass(frozen=True)
+class OperationOutcome:
+    """What happened to one operation.
+
+    ``outcome`` is the name of the proto ``Outcome``: ``"SUCCEEDED"``, ``"FAILED"``,
+    ``"ROLLED_BACK"``, ``"NOT_RUN"`` or ``"SKIPPED"``. ``code`` is a ``grpc.StatusCode``
+    (``OK`` when it succeeded); ``reason``, ``error_info`` (the ErrorInfo metadata: sqlstate,
+    constraint, table, ...) and ``field_violations`` come from its status details.
+    """
+
+    id: str
+    outcome: str
+    code: Any  # grpc.StatusCode (grpc ships no type information)
+    message: str
+    rows: list[dict[str, Any]]
+    rows_affected: int
+    next_page_token: str
+    reason: str = ""
+    error_info: dict[str, str] = field(default_factory=dict)
+    field_violations: list[FieldViolation] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome == "SUCCEEDED"
+
+    @property
+    def row(self) -> dict[str, Any] | None:
+        """The first row returned, if any."""
+        return self.rows[0] if self.rows else None
+
+    @classmethod
+    def from_proto(cls, result: batch_pb2.OperationResult) -> OperationOutcome:
+        details = from_rpc_status(result.status)
+        return cls(id=result.id, outcome=batch_pb2.Outcome.Name(result.outcome),
+                   code=details.code, message=result.status.message,
+                   rows=[json_format.MessageToDict(row) for row in result.rows],
+                   rows_affected=result.rows_affected, next_page_token=result.next_page_token,
+                   reason=details.reason, error_info=details.error_info,
+                   field_violations=details.field_violations)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A ``BatchExecuteResponse``, typed. ``result["order"]``, ``result[order_ref]`` and
+    ``result[1]`` give one ``OperationOutcome``; iterating gives them all in request order."""
+
+    committed: bool
+    attempts: int
+    results: list[OperationOutcome]
+    response: batch_pb2.BatchExecuteResponse = field(repr=False, compare=False)
+    replayed: bool = False  # the stored answer to an earlier request with the same request_id
+
+    @classmethod
+    def from_proto(cls, response: batch_pb2.BatchExecuteResponse) -> BatchResult:
+        return cls(committed=response.committed, attempts=response.attempts,
+                   results=[OperationOutcome.from_proto(r) for r in response.results],
+                   response=response, replayed=response.replayed)
+
+    def __getitem__(self, key: str | OpRef | int) -> OperationOutcome:
+        if isinstance(key, int):
+            return self.results[key]
+        op_id = key.id if isinstance(key, OpRef) else key
+        for outcome in self.results:
+            if outcome.id == op_id:
+                return outcome
+        raise KeyError(op_id)
+
+    def __iter__(self) -> Iterator[OperationOutcome]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every operation SUCCEEDED."""
+        return all(outcome.succeeded for outcome in self.results)
+
+    @property
+    def outcomes(self) -> dict[str, str]:
+        """``{operation id: outcome name}``, in request order."""
+        return {outcome.id: outcome.outcome for outcome in self.results}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The response as grpcurl would print it (JSON names, exact values)."""
+        return json_format.MessageToDict(self.response)
+
+
+@dataclass(frozen=True)
+class ColumnSchema:
+    name: str
+    type: str
+    nullable: bool
+    has_default: bool
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """An exposed table. ``version_column`` / ``soft_delete_column`` are None when absent."""
+
+    name: str
+    columns: list[ColumnSchema]
+    primary_key: list[str]
+    version_column: str | None
+    soft_delete_column: str | None
+    operations: list[str]
+
+    def column(self, name: str) -> ColumnSchema:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What callers may use: ``GetSchemaResponse``, typed."""
+
+    tables: list[TableSchema]
+    handlers: list[str]
+    response: batch_pb2.GetSchemaResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, response: batch_pb2.GetSchemaResponse) -> Schema:
+        tables = [TableSchema(
+            name=t.name,
+            columns=[ColumnSchema(c.name, c.type, c.nullable, c.has_default) for c in t.columns],
+            primary_key=list(t.primary_key), version_column=t.version_column or None,
+            soft_delete_column=t.soft_delete_column or None, operations=list(t.operations),
+        ) for t in response.tables]
+        return cls(tables=tables, handlers=list(response.handlers), response=response)
+
+    def table(self, name: str) -> TableSchema:
+        """By full name (``"public.orders"``) or, when unambiguous, by table name alone."""
+        matches = [t for t in self.tables if t.name == name] or \
+            [t for t in self.tables if t.name.rsplit(".", 1)[-1] == name]
+        if len(matches) != 1:
+            raise KeyError(name)
+        return matches[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_format.MessageToDict(self.response)
+
+
+class AtomicBatchError(BatchdRpcError):
+    """An ATOMIC batch failed and nothing was committed. ``outcomes`` holds every operation's
+    outcome: the failing one FAILED, earlier ones ROLLED_BACK (without rows), later ones
+    NOT_RUN (or all FAILED / NOT_RUN when the batch was refused before running)."""
+
+    def __init__(self, error: BatchdRpcError, outcomes: BatchResult) -> None:
+        super().__init__(error.code, error.message, reason=error.reason,
+                         error_info=error.metadata, field_violations=error.violations)
+        self.extra_details = error.extra_details
+        self.outcomes = outcomes
+
+
+def rpc_error(exc: grpc.RpcError) -> BatchdRpcError:
+    """The one translation of a gRPC error (sync or aio) into this client's errors."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    message = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
+    try:
+        status = rpc_status.from_call(exc) if hasattr(exc, "trailing_metadata") else None
+    except ValueError:  # details that contradict the call's code or message: ignore them
+        status = None
+    error = from_rpc_status(status or status_pb2.Status(message=message))
+    error.code, error.message = code, message  # the call's own: gRPC may have set them
+    response = error.detail(batch_pb2.BatchExecuteResponse)
+    if response is not None:
+        return AtomicBatchError(error, BatchResult.from_proto(response))
+    return error
