@@ -174,7 +174,7 @@ def test_non_integral_decimal_is_rejected_for_an_integer_column() -> None:
 
 def test_absurdly_long_digit_string_for_int8_is_rejected_as_invalid_argument() -> None:
     with pytest.raises(InvalidArgument):
-        params.prepare("1" * 5000, col("int8"), "operations[0].insert.rows[0].c")
+        params.prepare("1" * 5000, col("int8"), "operations[0].insert.rows[0].c", [])
 
 
 @given(st.integers(min_value=-2**63, max_value=2**63 - 1))
@@ -413,7 +413,7 @@ def test_interval_accepts_iso_8601_durations_with_years_months_or_weeks(text: st
 @pytest.mark.parametrize("value", ["P999999999999D", 1e20])
 def test_interval_too_large_for_the_server_is_rejected_as_invalid_argument(value: Any) -> None:
     with pytest.raises(InvalidArgument):
-        params.prepare(value, col("interval"), "operations[0].insert.rows[0].c")
+        params.prepare(value, col("interval"), "operations[0].insert.rows[0].c", [])
 
 
 @pytest.mark.parametrize("interval", [Interval(0, 1, 2 * H), Interval(0, 0, 26 * H + 500),
@@ -714,13 +714,13 @@ PATH = "operations[3].insert.rows[1].c"
 
 
 def test_prepare_coerces_a_value_without_references() -> None:
-    assert params.prepare("9007199254740993", col("int8"), PATH) == 9007199254740993
+    assert params.prepare("9007199254740993", col("int8"), PATH, []) == 9007199254740993
 
 
 def test_prepare_defers_a_value_holding_references() -> None:
     column = col("int8", is_array=True)
     value = [1.0, Ref("op", 0, "id")]
-    prepared = params.prepare(value, column, PATH)
+    prepared = params.prepare(value, column, PATH, [])
     assert isinstance(prepared, params.Deferred)
     assert prepared.raw == value and prepared.column is column and prepared.path == PATH
 
@@ -728,7 +728,7 @@ def test_prepare_defers_a_value_holding_references() -> None:
 def test_prepare_bad_value_raises_invalid_argument_naming_the_path() -> None:
     column = col("int4", type_sql="integer", name="qty")
     with pytest.raises(InvalidArgument) as info:
-        params.prepare("many", column, PATH)
+        params.prepare("many", column, PATH, [])
     err = info.value
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
     assert len(err.violations) == 1
@@ -737,26 +737,26 @@ def test_prepare_bad_value_raises_invalid_argument_naming_the_path() -> None:
     assert not isinstance(err, CoercionError)
 
 
-def test_collecting_refs_collects_the_refs_seen_by_prepare() -> None:
+def test_prepare_collects_the_refs_it_meets() -> None:
     a, b, c = Ref("a", 0, "id"), Ref("b", 1, "x"), Ref("c", 0, "y")
-    with params.collecting_refs() as refs:
-        params.prepare(a, col("int8"), PATH)
-        params.prepare({"k": [b, {"z": c}]}, col("json"), PATH)
-        params.prepare(1.0, col("int8"), PATH)
+    refs: list[Ref] = []
+    params.prepare(a, col("int8"), PATH, refs)
+    params.prepare({"k": [b, {"z": c}]}, col("json"), PATH, refs)
+    params.prepare(1.0, col("int8"), PATH, refs)
     assert refs == [a, b, c]
 
 
-def test_collecting_refs_scopes_are_separate_and_restored() -> None:
+def test_refs_of_separate_operations_stay_separate() -> None:
     outer_ref, inner_ref = Ref("o", 0, "c"), Ref("i", 0, "c")
-    with params.collecting_refs() as outer:
-        with params.collecting_refs() as inner:
-            params.prepare(inner_ref, col("int8"), PATH)
-        params.prepare(outer_ref, col("int8"), PATH)
+    outer: list[Ref] = []
+    inner: list[Ref] = []
+    params.prepare(inner_ref, col("int8"), PATH, inner)
+    params.prepare(outer_ref, col("int8"), PATH, outer)
     assert inner == [inner_ref] and outer == [outer_ref]
 
 
-def test_prepare_outside_collecting_refs_still_defers() -> None:
-    assert isinstance(params.prepare(Ref("a", 0, "id"), col("int8"), PATH), params.Deferred)
+def test_prepare_of_a_reference_defers() -> None:
+    assert isinstance(params.prepare(Ref("a", 0, "id"), col("int8"), PATH, []), params.Deferred)
 
 
 def test_find_refs_walks_lists_and_dicts() -> None:
@@ -777,21 +777,21 @@ def results_with(**rows: list[dict[str, Any]]) -> params.Results:
 def test_finalize_resolves_and_coerces_a_deferred_value() -> None:
     results = results_with(a=[{"id": 2**60, "price": Decimal("9.90")},
                               {"id": 7, "price": Decimal("1.00")}])
-    deferred = params.prepare(Ref("a", 1, "id"), col("int4"), PATH)
+    deferred = params.prepare(Ref("a", 1, "id"), col("int4"), PATH, [])
     assert results.finalize(deferred) == 7
-    deferred = params.prepare(Ref("a", 0, "id"), col("int8"), PATH)
+    deferred = params.prepare(Ref("a", 0, "id"), col("int8"), PATH, [])
     assert results.finalize(deferred) == 2**60
 
 
 def test_finalize_resolves_refs_nested_in_arrays_and_json() -> None:
     when = dt.datetime(2024, 1, 2, tzinfo=UTC)
     results = results_with(a=[{"id": 5, "when": when, "tag": "x"}])
-    array = params.prepare([Ref("a", 0, "id"), 6.0, None], col("int8", is_array=True), PATH)
+    array = params.prepare([Ref("a", 0, "id"), 6.0, None], col("int8", is_array=True), PATH, [])
     assert results.finalize(array) == [5, 6, None]
     doc = params.prepare({"ids": [Ref("a", 0, "id"), 2.0], "tag": Ref("a", 0, "tag")},
-                         col("json"), PATH)
+                         col("json"), PATH, [])
     assert results.finalize(doc) == {"ids": [5, 2], "tag": "x"}
-    ts = params.prepare(Ref("a", 0, "when"), col("timestamptz"), PATH)
+    ts = params.prepare(Ref("a", 0, "when"), col("timestamptz"), PATH, [])
     assert results.finalize(ts) == when
 
 
@@ -804,13 +804,13 @@ def test_finalize_returns_prepared_values_unchanged() -> None:
 
 def test_finalize_all_finalizes_every_value() -> None:
     results = results_with(a=[{"id": 1}])
-    values = [params.prepare(Ref("a", 0, "id"), col("int8"), PATH), "x", None]
+    values = [params.prepare(Ref("a", 0, "id"), col("int8"), PATH, []), "x", None]
     assert results.finalize_all(values) == [1, "x", None]
 
 
 def test_reference_to_a_row_past_the_end_raises_dependency_failed() -> None:
     results = results_with(a=[{"id": 1}])
-    deferred = params.prepare(Ref("a", 1, "id"), col("int8"), PATH)
+    deferred = params.prepare(Ref("a", 1, "id"), col("int8"), PATH, [])
     with pytest.raises(DependencyFailed, match=r"returned 1 row\(s\)") as info:
         results.finalize(deferred)
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -820,23 +820,23 @@ def test_reference_to_a_row_past_the_end_raises_dependency_failed() -> None:
 def test_reference_to_an_operation_with_no_rows_raises_dependency_failed() -> None:
     results = results_with(a=[])
     with pytest.raises(DependencyFailed):
-        results.finalize(params.prepare(Ref("a", 0, "id"), col("int8"), PATH))
+        results.finalize(params.prepare(Ref("a", 0, "id"), col("int8"), PATH, []))
 
 
 def test_reference_to_an_operation_without_result_raises_dependency_failed() -> None:
     with pytest.raises(DependencyFailed, match="has no result"):
-        params.Results().finalize(params.prepare(Ref("zz", 0, "id"), col("int8"), PATH))
+        params.Results().finalize(params.prepare(Ref("zz", 0, "id"), col("int8"), PATH, []))
 
 
 def test_reference_to_a_missing_column_raises_dependency_failed() -> None:
     results = results_with(a=[{"id": 1}])
     with pytest.raises(DependencyFailed, match='no column "nope"'):
-        results.finalize(params.prepare(Ref("a", 0, "nope"), col("int8"), PATH))
+        results.finalize(params.prepare(Ref("a", 0, "nope"), col("int8"), PATH, []))
 
 
 def test_resolved_value_that_does_not_fit_raises_invalid_argument_naming_the_path() -> None:
     results = results_with(a=[{"name": "not a number"}])
-    deferred = params.prepare(Ref("a", 0, "name"), col("int8"), PATH)
+    deferred = params.prepare(Ref("a", 0, "name"), col("int8"), PATH, [])
     with pytest.raises(InvalidArgument) as info:
         results.finalize(deferred)
     assert info.value.violations[0].field == PATH
@@ -845,7 +845,7 @@ def test_resolved_value_that_does_not_fit_raises_invalid_argument_naming_the_pat
 def test_resolved_value_out_of_range_raises_invalid_argument() -> None:
     results = results_with(a=[{"id": 2**40}])
     with pytest.raises(InvalidArgument, match="out of range for int4"):
-        results.finalize(params.prepare(Ref("a", 0, "id"), col("int4"), PATH))
+        results.finalize(params.prepare(Ref("a", 0, "id"), col("int4"), PATH, []))
 
 
 def test_results_is_a_mapping_of_recorded_rows() -> None:

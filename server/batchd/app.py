@@ -25,9 +25,9 @@ from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.db.embedded import start_embedded
 from batchd.db.pool import apply_demo_schema, create_pool
+from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
-from batchd.kinds.call import load_modules, registered
-from batchd.kinds.registry import Dispatcher
+from batchd.kinds.call import load_modules
 from batchd.metrics import Metrics
 from batchd.rpc import reflection, tracing
 from batchd.rpc.admission import Admission
@@ -35,7 +35,7 @@ from batchd.rpc.interceptors import MetricsInterceptor
 from batchd.rpc.observe import Observer
 from batchd.rpc.service import BatchService
 from batchd.stream.ledger import ensure_internal_schema
-from batchd.stream.session import StreamHandler
+from batchd.stream.session import StreamServices
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,9 @@ class App:
             await ensure_internal_schema(pool)
             await ensure_schema(pool)  # batchd.requests (request ids)
             async with pool.acquire() as conn:
-                catalog = await Catalog.load(conn, settings)
-            dispatcher = Dispatcher()
-            plan_ctx = PlanContext(catalog, settings, frozenset(registered()))
-            executor = Executor(pool, catalog, dispatcher, settings)
+                catalog = await Catalog.load(conn, settings, kinds.TABLE_KINDS)
+            plan_ctx = PlanContext(catalog, settings)
+            executor = Executor(pool, catalog, settings)
 
             # Metrics (and tracing) first, so that the calls authentication refuses count too.
             interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -89,10 +88,10 @@ class App:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", int(settings.reuse_port)),
             ])
-            streams = StreamHandler(pool, catalog, executor, dispatcher, plan_ctx, settings)
+            streams = StreamServices(pool, catalog, executor, plan_ctx, settings)
             admission = Admission(settings)
             batch_pb2_grpc.add_BatchServiceServicer_to_server(  # type: ignore[no-untyped-call]
-                BatchService(executor, dispatcher, plan_ctx, streams,
+                BatchService(executor, plan_ctx, streams,
                              Observer(metrics, catalog), admission), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

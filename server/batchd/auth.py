@@ -57,6 +57,8 @@ from grpc_status import rpc_status
 
 from batchd.config import Settings
 from batchd.errors import BatchdError, PermissionDenied, Unauthenticated, to_rpc_status
+from batchd.kinds.base import Kind
+from batchd.kinds.registry import access_of
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
@@ -64,10 +66,6 @@ log = logging.getLogger(__name__)
 AUTHORIZATION = "authorization"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."  # v1alpha and v1
-# The scope verb each operation kind needs.
-ACCESS = {"insert": "write", "update": "write", "delete": "write", "get": "read",
-          "query": "read", "call": "call"}
-
 current_principal: ContextVar[Principal | None] = ContextVar("batchd_principal", default=None)
 
 
@@ -93,8 +91,7 @@ class Principal:
     def may(self, kind: str, target: str) -> bool:
         """Whether operation ``kind`` (insert, get, ...) is allowed on ``target``; kinds this
         module does not know need ``admin``."""
-        access = ACCESS.get(kind)
-        return self.allows(access if access else "admin", target)
+        return self.allows(access_of(kind), target)
 
 
 def qualified(table: str, default_schema: str) -> str:
@@ -110,20 +107,21 @@ def hash_token(token: str) -> str:
 
 # --- authorization ---------------------------------------------------------------------------
 
-def authorize_operation(principal: Principal, op: batch_pb2.Operation, kind: str,
+def authorize_operation(principal: Principal, kind: Kind, message: Any,
                         default_schema: str) -> PermissionDenied | None:
-    """The denial of one operation, or None if the principal's scopes cover it."""
-    message = getattr(op, kind)
-    if kind == "call":
-        target, what = message.handler, f'handler "{message.handler}"'
-    else:
-        target = qualified(message.table, default_schema)
+    """The denial of one operation (``message``, of ``kind``), or None if the principal's
+    scopes cover it."""
+    if kind.on_table:
+        target = qualified(kind.target(message), default_schema)
         what = f'table "{target}"'
-    if principal.may(kind, target):
+    else:
+        target = kind.target(message)
+        what = f'handler "{target}"'
+    if principal.allows(kind.access, target):
         return None
-    needed = f"{ACCESS[kind]}:{target}" if kind in ACCESS else "admin"
-    return PermissionDenied(f'principal "{principal.name}" may not {kind} on {what} (needs '
-                            f"scope {needed})",
+    needed = f"{kind.access}:{target}" if kind.access != "admin" else "admin"
+    return PermissionDenied(f'principal "{principal.name}" may not {kind.name} on {what} '
+                            f"(needs scope {needed})",
                             metadata={"principal": principal.name, "scope": needed})
 
 

@@ -24,8 +24,6 @@ from batchd.errors import InvalidArgument
 log = logging.getLogger(__name__)
 
 MAX_IDENTIFIER_BYTES = 63
-OPERATION_KINDS = ("insert", "get", "query", "update", "delete")
-KEYLESS_OPERATIONS = frozenset({"insert"})  # all a table without a primary key allows
 INTERNAL_SCHEMA = "batchd"  # where batchd keeps its own tables; never exposed
 
 
@@ -67,7 +65,8 @@ class Table:
     primary_key: tuple[str, ...]
     version_column: str | None = None
     soft_delete_column: str | None = None
-    operations: frozenset[str] = frozenset(OPERATION_KINDS)
+    # The operation kinds allowed on it (batchd.kinds.registry.TABLE_KINDS, maybe narrowed).
+    operations: frozenset[str] = frozenset()
     sql: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,7 +150,10 @@ class Catalog:
         return table
 
     @classmethod
-    async def load(cls, conn: asyncpg.Connection, settings: Settings) -> Catalog:
+    async def load(cls, conn: asyncpg.Connection, settings: Settings,
+                   kinds: Mapping[str, bool]) -> Catalog:
+        """The exposed tables. ``kinds``: the operation kinds addressed at tables, each with
+        whether it works without a primary key (``batchd.kinds.registry.TABLE_KINDS``)."""
         types = {r["oid"]: r for r in await conn.fetch(_TYPES_SQL)}
 
         def kind_of(oid: int) -> tuple[str, bool]:
@@ -181,11 +183,12 @@ class Catalog:
         tables: dict[str, Table] = {}
         for r in candidates:
             qualified = f"{r['schema']}.{r['name']}"
+            key = keys.get(r["oid"], ())
             table = _configure(Table(schema=r["schema"], name=r["name"],
-                                     columns=columns[r["oid"]],
-                                     primary_key=keys.get(r["oid"], ())), settings)
-            if not table.primary_key:
-                table.operations &= KEYLESS_OPERATIONS
+                                     columns=columns[r["oid"]], primary_key=key,
+                                     operations=frozenset(k for k, keyless in kinds.items()
+                                                          if key or keyless)),
+                               settings, kinds)
             tables[qualified] = table
         log.info("catalog: %d tables exposed", len(tables))
         return cls(tables, settings.default_schema)
@@ -195,7 +198,7 @@ def _exposed(qualified: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(qualified, p) for p in patterns)
 
 
-def _configure(table: Table, settings: Settings) -> Table:
+def _configure(table: Table, settings: Settings, kinds: Mapping[str, bool]) -> Table:
     """Apply the conventions (columns "version" and "deleted_at") and per-table overrides."""
     conf = settings.tables.get(table.qualified_name)
     version = conf.version_column if conf and conf.version_column is not None else "version"
@@ -214,8 +217,8 @@ def _configure(table: Table, settings: Settings) -> Table:
         raise ValueError(f"{table.qualified_name}: soft-delete column {deleted!r} is not a "
                          "timestamp column of the table")
     if conf and conf.operations is not None:
-        unknown = set(conf.operations) - set(OPERATION_KINDS)
+        unknown = set(conf.operations) - set(kinds)
         if unknown:
             raise ValueError(f"{table.qualified_name}: unknown operation kinds {sorted(unknown)}")
-        table.operations = frozenset(conf.operations)
+        table.operations &= frozenset(conf.operations)
     return table

@@ -26,7 +26,7 @@ through ``from_database``, most specific SQLSTATE first, then its class; anythin
 logged, and INTERNAL for the caller). One function turns them into a ``google.rpc.Status`` with
 details (``to_rpc_status``), and one turns a status back (``from_rpc_status``: a stored answer
 replayed, or what a client received). ``REASONS`` lists every reason batchd itself sends, with
-its code; the README's error table is generated from it (``python -m batchd.errors``).
+its code; the README's error table is ``markdown_table()`` (tests/unit/test_errors.py).
 """
 
 from __future__ import annotations
@@ -415,6 +415,12 @@ def from_rpc_status(status: status_pb2.Status) -> BatchdRpcError:
 OK_STATUS = status_pb2.Status(code=0, message="")
 
 
+def not_committed(message: str) -> status_pb2.Status:
+    """The status of an operation of a failed atomic batch that did not fail itself (ROLLED_BACK
+    or NOT_RUN): ABORTED, since the same batch may well succeed when run again."""
+    return status_pb2.Status(code=_S.ABORTED.value[0], message=message)
+
+
 # --- the table of reasons ---------------------------------------------------------------------
 
 class Reason(NamedTuple):
@@ -485,6 +491,3 @@ def markdown_table() -> str:
               for code, states in by_code.items()]
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    print(markdown_table())

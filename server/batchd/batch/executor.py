@@ -25,36 +25,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
-import grpc
-from google.rpc import status_pb2
 
+from batchd.batch import coalesce
+from batchd.batch import results as answers
 from batchd.batch.idempotency import Answer, Claim, Guards, begin, store
 from batchd.batch.plan import BatchPlan, Step, topological_order
 from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.errors import (
-    OK_STATUS,
     BatchdError,
     DatabaseError,
     DeadlineExceeded,
     Skipped,
     is_final,
-    to_rpc_status,
     translate,
 )
-from batchd.kinds.base import Output, RunContext, renderers
-from batchd.kinds.insert import InsertSpec, coalescible, insert_together
+from batchd.kinds import registry as kinds
+from batchd.kinds.base import Output, RunContext
 from batchd.kinds.params import Results
-from batchd.kinds.registry import Dispatcher
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
-
-Outcome = batch_pb2.Outcome
 
 
 class _Rollback(Exception):
@@ -72,11 +65,9 @@ class _StepFailed(Exception):
 
 
 class Executor:
-    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, dispatcher: Dispatcher,
-                 settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, settings: Settings) -> None:
         self.pool = pool
         self.catalog = catalog
-        self.dispatcher = dispatcher
         self.settings = settings
         self.guards = Guards(pool, settings)
 
@@ -97,9 +88,7 @@ class Executor:
 
     async def _atomic(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
         if plan.invalid:
-            first = plan.invalid[0]
-            assert first.error is not None
-            raise _atomic_failure(plan, {}, first, first.error, attempts=0, invalid=plan.invalid)
+            raise answers.refused(plan)
         attempt = 0
         while True:
             attempt += 1
@@ -114,7 +103,7 @@ class Executor:
                              err.reason, attempt + 1)
                     await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
                     continue
-                raise _atomic_failure(plan, outputs, failed.step, err, attempts=attempt) \
+                raise answers.atomic_failure(plan, outputs, failed.step, err, attempts=attempt) \
                     from None
             if isinstance(answer, BatchdError):
                 raise answer
@@ -144,14 +133,14 @@ class Executor:
                         if plan.validate_only:
                             raise _Rollback
                 except _Rollback:
-                    return _response(plan.steps, outputs, committed=False, attempts=attempt)
+                    return answers.succeeded(plan.steps, outputs, committed=False, attempts=attempt)
         except _StepFailed:
             raise
         except Exception as exc:
             # Acquiring, BEGIN or COMMIT failed (a failed COMMIT commits nothing), or the
             # rollback after a lost connection did: no operation to blame.
             raise _StepFailed(None, translate(exc, request_id)) from exc
-        return _response(plan.steps, outputs, committed=True, attempts=attempt)
+        return answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
 
     async def _run_claimed(self, plan: BatchPlan, claim: Claim, conn: asyncpg.Connection,
                            results: Results, outputs: dict[str, Output], request_id: str,
@@ -174,56 +163,33 @@ class Executor:
         except _StepFailed as failed:
             if not is_final(failed.error):
                 raise
-            error = _atomic_failure(plan, outputs, failed.step, failed.error, attempts=attempt)
+            error = answers.atomic_failure(plan, outputs, failed.step, failed.error,
+                                           attempts=attempt)
             await store(conn, claim, error)
             return error
-        response = _response(plan.steps, outputs, committed=True, attempts=attempt)
+        response = answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
         await store(conn, claim, response)
         return response
 
     async def _run_in_order(self, plan: BatchPlan, conn: asyncpg.Connection, results: Results,
                             outputs: dict[str, Output], request_id: str) -> None:
-        """Every step in request order, consecutive coalescible inserts as one statement."""
-        for group in coalesce(plan.steps):
+        """Every step in request order; runs that can share a statement (batchd.batch.coalesce)
+        as one."""
+        for group in coalesce.runs(plan.steps):
             if len(group) == 1:
                 outputs[group[0].id] = await self._run_step(group[0], conn, results, request_id)
             else:
-                await self._run_inserts_together(group, conn, results, outputs, request_id)
-
-    async def _run_inserts_together(self, group: list[Step], conn: asyncpg.Connection,
-                                    results: Results, outputs: dict[str, Output],
-                                    request_id: str) -> None:
-        """One statement for a run of inserts; each operation still gets its own result. If
-        the statement fails, the run is replayed one operation at a time (after rolling back
-        to a savepoint), so that the error names the operation it belongs to."""
-        specs = [s.planned.spec for s in group]  # type: ignore[union-attr]
-        rows = []
-        for step, spec in zip(group, specs, strict=True):
-            try:
-                rows.append([results.finalize_all(r) for r in spec.rows] if spec.has_deferred
-                            else spec.rows)
-            except Exception as exc:
-                raise _StepFailed(step, translate(exc, request_id).for_operation(step.id)) \
-                    from exc
-        try:
-            async with conn.transaction():  # a savepoint
-                parts = await insert_together(conn, specs, rows)
-        except (asyncpg.PostgresError, asyncpg.exceptions.DataError):
-            for step in group:
-                outputs[step.id] = await self._run_step(step, conn, results, request_id)
-            return
-        renderers_ = renderers(specs[0].returning)
-        for step, records in zip(group, parts, strict=True):
-            output = Output(records, renderers_, rows_affected=len(records))
-            results.record(step.id, output.rows)
-            outputs[step.id] = output
+                ctx = RunContext(conn, group[0].id, results, self.catalog, self.settings)
+                await coalesce.run_together(
+                    group, ctx, outputs,
+                    lambda step: self._run_step(step, conn, results, request_id))
 
     async def _run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
                         request_id: str) -> Output:
         assert step.planned is not None
         ctx = RunContext(conn, step.id, results, self.catalog, self.settings)
         try:
-            output = await self.dispatcher.run(step.planned, ctx)
+            output = await kinds.run(step.planned, ctx)
         except Exception as exc:
             raise _StepFailed(step, translate(exc, request_id).for_operation(step.id)) from exc
         results.record(step.id, output.rows)
@@ -235,16 +201,15 @@ class Executor:
         the caller holds, as an atomic batch: the first failure raises the same error an
         atomic BatchExecute would, and the caller's transaction decides what commits."""
         if plan.invalid:
-            first = plan.invalid[0]
-            assert first.error is not None
-            raise _atomic_failure(plan, {}, first, first.error, attempts=0, invalid=plan.invalid)
+            raise answers.refused(plan)
         results = Results()
         outputs: dict[str, Output] = {}
         try:
             await self._run_in_order(plan, conn, results, outputs, request_id)
         except _StepFailed as failed:
-            raise _atomic_failure(plan, outputs, failed.step, failed.error, attempts=1) from None
-        return _response(plan.steps, outputs, committed=True, attempts=1)
+            raise answers.atomic_failure(plan, outputs, failed.step, failed.error,
+                                         attempts=1) from None
+        return answers.succeeded(plan.steps, outputs, committed=True, attempts=1)
 
     # --- INDEPENDENT --------------------------------------------------------------------------
 
@@ -282,7 +247,7 @@ class Executor:
                 finished[step.id].set()
 
         await asyncio.gather(*(run(s) for s in plan.steps))
-        return _independent_response(plan, outputs, errors, committed=bool(outputs))
+        return answers.independent(plan, outputs, errors, committed=bool(outputs))
 
     async def _independent_dry_run(self, plan: BatchPlan,
                                    request_id: str) -> batch_pb2.BatchExecuteResponse:
@@ -311,7 +276,7 @@ class Executor:
                     raise _Rollback
             except _Rollback:
                 pass
-        return _independent_response(plan, outputs, errors, committed=False)
+        return answers.independent(plan, outputs, errors, committed=False)
 
 
 async def bound_by_deadline(conn: asyncpg.Connection, deadline: float | None) -> None:
@@ -324,91 +289,3 @@ async def bound_by_deadline(conn: asyncpg.Connection, deadline: float | None) ->
     if remaining_ms <= 0:
         raise DeadlineExceeded("the deadline passed before the batch started")
     await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(remaining_ms))
-
-
-def coalesce(steps: Sequence[Step]) -> list[list[Step]]:
-    """Steps in order, grouped: each group is one step, or a run of consecutive inserts that
-    can share a statement (same table, columns and RETURNING; none referring to another
-    member of the run, whose rows would not exist yet)."""
-    groups: list[list[Step]] = []
-    members: set[str] = set()  # ids in the last group
-    for step in steps:
-        spec = step.planned.spec if step.planned is not None else None
-        last = groups[-1] if groups else None
-        if (isinstance(spec, InsertSpec) and last is not None
-                and isinstance(last[0].planned.spec, InsertSpec)  # type: ignore[union-attr]
-                and coalescible(last[0].planned.spec, spec)  # type: ignore[union-attr]
-                and members.isdisjoint(step.depends_on)):
-            last.append(step)
-        else:
-            groups.append([step])
-            members = set()
-        members.add(step.id)
-    return groups
-
-
-# --- results ---------------------------------------------------------------------------------
-
-def _result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: Any,
-            status: status_pb2.Status, output: Output | None = None) -> None:
-    """Append a step's result to ``response``, built in place (a result built apart and then
-    passed in would be copied, once per operation)."""
-    result = response.results.add(id=step.id, outcome=outcome)
-    if status.code:  # an unset status reads as OK: no copy per successful operation
-        result.status.CopyFrom(status)
-    if output is not None:
-        result.rows.extend(output.rendered())
-        result.rows_affected = output.rows_affected
-        result.next_page_token = output.next_page_token
-
-
-def _response(steps: Sequence[Step], outputs: dict[str, Output], *, committed: bool,
-              attempts: int) -> batch_pb2.BatchExecuteResponse:
-    response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=attempts)
-    for s in steps:
-        _result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
-    return response
-
-
-def _independent_response(plan: BatchPlan, outputs: dict[str, Output],
-                          errors: dict[str, BatchdError],
-                          committed: bool) -> batch_pb2.BatchExecuteResponse:
-    response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=1)
-    for s in plan.steps:
-        if s.id in outputs:
-            _result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
-        else:
-            err = errors[s.id]
-            outcome = Outcome.SKIPPED if isinstance(err, Skipped) else Outcome.FAILED
-            _result(response, s, outcome, to_rpc_status(err))
-    return response
-
-
-def _atomic_failure(plan: BatchPlan, outputs: dict[str, Output], failed: Step | None,
-                    error: BatchdError, *, attempts: int,
-                    invalid: Sequence[Step] = ()) -> BatchdError:
-    """The RPC error of a failed atomic batch: the failing operation's status, with every
-    operation's outcome in the details."""
-    errors = {s.id: s.error for s in invalid if s.error is not None}
-    if failed is not None:
-        errors[failed.id] = error
-    cause = f'operation "{failed.id}" failed' if failed else "the transaction failed"
-    aborted = grpc.StatusCode.ABORTED.value[0]
-    outcomes = batch_pb2.BatchExecuteResponse(committed=False, attempts=attempts)
-    for s in plan.steps:
-        if s.id in errors:
-            _result(outcomes, s, Outcome.FAILED, to_rpc_status(errors[s.id]))
-        elif s.id in outputs:
-            _result(outcomes, s, Outcome.ROLLED_BACK, status_pb2.Status(
-                code=aborted, message=f"rolled back: {cause}"))
-        else:
-            _result(outcomes, s, Outcome.NOT_RUN, status_pb2.Status(
-                code=aborted, message=f"not run: {cause}"))
-    metadata = dict(error.metadata)
-    if failed is not None:
-        metadata["operation_id"] = failed.id
-    batch_error = BatchdError(
-        f"{error.full_message}; the batch was rolled back", code=error.code,
-        reason=error.reason, violations=error.violations, metadata=metadata)
-    batch_error.extra_details.append(outcomes)
-    return batch_error

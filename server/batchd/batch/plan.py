@@ -13,19 +13,18 @@ handler.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from batchd.auth import Principal, authorize_operation, current_principal
+from batchd.auth import Principal, authorize_operation
 from batchd.batch.idempotency import Claim, claim_of
 from batchd.errors import BatchdError, InvalidArgument
+from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext, Planned
-from batchd.kinds.params import collecting_refs
-from batchd.kinds.registry import Dispatcher
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, Ref
 
 OPERATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-KINDS = ("insert", "get", "query", "update", "delete", "call")
 
 
 @dataclass(slots=True)
@@ -63,13 +62,32 @@ _ISOLATION = {
 }
 
 
-def plan_batch(request: batch_pb2.BatchExecuteRequest, dispatcher: Dispatcher,
-               ctx: PlanContext, principal: Principal | None = None) -> BatchPlan:
-    """The plan of ``request``. ``principal``: whose scopes bound the operations; None takes
-    the current RPC's (``batchd.auth.current_principal``, which is how an operations feed's
-    chunks are checked), and None there too means authentication is off."""
-    if principal is None:
-        principal = current_principal.get()
+def plan_batch(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext,
+               principal: Principal | None) -> BatchPlan:
+    """The plan of ``request``; ``principal``: whose scopes bound the operations (None:
+    authentication is off)."""
+    _check_request(request, ctx)
+    ops = request.operations
+    atomic = request.mode != batch_pb2.MODE_INDEPENDENT
+    claim = claim_of(request, principal.name if principal is not None else None)
+    index_of = _index_ids(ops)
+    steps: list[Step] = []
+    refs_of: list[list[Ref]] = []
+    for i, op in enumerate(ops):
+        refs: list[Ref] = []
+        steps.append(_plan_step(i, op, ctx, principal, refs))
+        refs_of.append(refs)
+    for step, op, refs in zip(steps, ops, refs_of, strict=True):
+        if refs or op.depends_on:
+            step.depends_on = _dependencies(step, op, refs, steps, index_of, atomic)
+    if not atomic:
+        _reject_cycles(steps)
+    return BatchPlan(steps, atomic, request.validate_only, _ISOLATION[request.isolation],
+                     request.read_only, claim=claim)
+
+
+def _check_request(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext) -> None:
+    """The limits and enums of the request as a whole."""
     ops = request.operations
     limits = ctx.settings
     if not ops:
@@ -86,9 +104,10 @@ def plan_batch(request: batch_pb2.BatchExecuteRequest, dispatcher: Dispatcher,
         raise InvalidArgument.field("mode", f"unknown mode {request.mode}")
     if request.isolation not in _ISOLATION:
         raise InvalidArgument.field("isolation", f"unknown isolation level {request.isolation}")
-    atomic = request.mode != batch_pb2.MODE_INDEPENDENT
-    claim = claim_of(request, principal.name if principal is not None else None)
 
+
+def _index_ids(ops: Sequence[batch_pb2.Operation]) -> dict[str, int]:
+    """Operation id -> position; every id well-formed and unique."""
     index_of: dict[str, int] = {}
     for i, op in enumerate(ops):
         if not OPERATION_ID.fullmatch(op.id):
@@ -98,56 +117,54 @@ def plan_batch(request: batch_pb2.BatchExecuteRequest, dispatcher: Dispatcher,
             raise InvalidArgument.field(f"operations[{i}].id", f'"{op.id}" is not unique (also '
                                         f"operations[{index_of[op.id]}])")
         index_of[op.id] = i
+    return index_of
 
-    steps: list[Step] = []
-    refs_of: list[list[Ref]] = []
-    for i, op in enumerate(ops):
-        path = f"operations[{i}]"
-        kind = op.WhichOneof("kind")
-        planned: Planned | None = None
-        error: BatchdError | None = None
-        with collecting_refs() as refs:
-            try:
-                if kind is None:
-                    raise InvalidArgument.field(path, f"one of {', '.join(KINDS)} must be set")
-                if principal is not None:
-                    denied = authorize_operation(principal, op, kind, ctx.catalog.default_schema)
-                    if denied is not None:
-                        raise denied
-                planned = dispatcher.plan(op, kind, path, ctx)
-            except CoercionError as exc:  # a malformed reference
-                error = InvalidArgument.field(path, str(exc))
-            except BatchdError as exc:
-                error = exc
-        if error is not None:
-            error.for_operation(op.id)
-        steps.append(Step(i, op.id, planned, error))
-        refs_of.append(list(refs))
 
-    for step, op, refs in zip(steps, ops, refs_of, strict=True):
-        if not refs and not op.depends_on:
-            continue
-        path = f"operations[{step.index}]"
-        wanted: list[str] = []
-        for j, dep in enumerate(op.depends_on):
-            _check_target(dep, step, index_of, atomic, f"{path}.depends_on[{j}]", op.id)
-            wanted.append(dep)
-        for ref in refs:
-            _check_target(ref.operation, step, index_of, atomic, path, op.id, ref)
-            target = steps[index_of[ref.operation]].planned
-            if target is not None and target.output_columns is not None \
-                    and ref.column not in target.output_columns:
-                raise InvalidArgument.field(
-                    path, f'reference {ref.operation}.{ref.column}: operation "{ref.operation}" '
-                          f"returns only {sorted(target.output_columns)} (add the column to its "
-                          "returning / columns)", operation_id=op.id)
-            wanted.append(ref.operation)
-        step.depends_on = list(dict.fromkeys(wanted))
+def _plan_step(i: int, op: batch_pb2.Operation, ctx: PlanContext, principal: Principal | None,
+               refs: list[Ref]) -> Step:
+    """One operation's step: planned, or carrying the error that makes it invalid (checked
+    for scopes first, so a denied caller learns nothing of the table or handler)."""
+    path = f"operations[{i}]"
+    planned: Planned | None = None
+    error: BatchdError | None = None
+    try:
+        kind = kinds.kind_of(op, path)
+        if principal is not None:
+            denied = authorize_operation(principal, kind, getattr(op, kind.name),
+                                         ctx.catalog.default_schema)
+            if denied is not None:
+                raise denied
+        planned = kinds.plan(op, kind, path, ctx, refs)
+    except CoercionError as exc:  # a malformed reference
+        error = InvalidArgument.field(path, str(exc))
+    except BatchdError as exc:
+        error = exc
+    if error is not None:
+        error.for_operation(op.id)
+    return Step(i, op.id, planned, error)
 
-    if not atomic:
-        _reject_cycles(steps)
-    return BatchPlan(steps, atomic, request.validate_only, _ISOLATION[request.isolation],
-                     request.read_only, claim=claim)
+
+def _dependencies(step: Step, op: batch_pb2.Operation, refs: list[Ref], steps: list[Step],
+                  index_of: dict[str, int], atomic: bool) -> list[str]:
+    """What ``step`` waits for: its explicit depends_on, then what it refers to, each target
+    checked (it exists, it is not the step, in ATOMIC mode it comes earlier, and a referenced
+    column is among what it returns)."""
+    path = f"operations[{step.index}]"
+    wanted: list[str] = []
+    for j, dep in enumerate(op.depends_on):
+        _check_target(dep, step, index_of, atomic, f"{path}.depends_on[{j}]", op.id)
+        wanted.append(dep)
+    for ref in refs:
+        _check_target(ref.operation, step, index_of, atomic, path, op.id, ref)
+        target = steps[index_of[ref.operation]].planned
+        if target is not None and target.output_columns is not None \
+                and ref.column not in target.output_columns:
+            raise InvalidArgument.field(
+                path, f'reference {ref.operation}.{ref.column}: operation "{ref.operation}" '
+                      f"returns only {sorted(target.output_columns)} (add the column to its "
+                      "returning / columns)", operation_id=op.id)
+        wanted.append(ref.operation)
+    return list(dict.fromkeys(wanted))
 
 
 def _check_target(target: str, step: Step, index_of: dict[str, int], atomic: bool, path: str,

@@ -8,9 +8,9 @@ database raises, and the executor translates it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from google.protobuf import struct_pb2
@@ -19,7 +19,7 @@ from batchd.catalog import Catalog, Column, Table
 from batchd.config import Settings
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results
-from batchd.values import Renderer, render_any, renderer_for
+from batchd.values import Ref, Renderer, render_any, renderer_for
 
 
 @dataclass(slots=True)
@@ -57,7 +57,6 @@ class Output:
 class PlanContext:
     catalog: Catalog
     settings: Settings
-    handler_names: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass(slots=True)
@@ -71,12 +70,41 @@ class RunContext:
     settings: Settings
 
 
-class Kind(Protocol):
-    name: str
+class Kind:
+    """An operation kind: one field of the proto's ``Operation.kind`` oneof, and everything
+    batchd needs to know of it. Adding a kind is a subclass in a module of its own, listed in
+    ``batchd.kinds.registry``, plus its message in the proto; nothing else names kinds.
 
-    def plan(self, message: Any, path: str, ctx: PlanContext) -> Planned: ...
+    ``plan`` validates an operation against the catalog and coerces its values (pure; raises
+    ``InvalidArgument``), adding the references it meets to ``refs``; ``run`` runs the plan on
+    the connection of a transaction the executor owns.
 
-    async def run(self, spec: Any, ctx: RunContext) -> Output: ...
+    Coalescing (optional): consecutive operations of an ATOMIC batch whose ``coalesce_key``
+    is equal (and not None) run as one statement through ``run_together``, each keeping its
+    own result. If ``run_together`` raises, the executor rolls back to a savepoint and runs
+    them one by one, so that an error names the operation it belongs to.
+    """
+
+    name: str = ""
+    access: str = "admin"  # the scope verb it needs (batchd.auth): read, write or call
+    on_table: bool = True  # addressed at a catalog table (field "table"); else a handler
+    keyless: bool = False  # allowed on a table without a primary key
+
+    def target(self, message: Any) -> str:
+        """The name scopes are matched against: the table as written, or the handler."""
+        return str(message.table)
+
+    def plan(self, message: Any, path: str, ctx: PlanContext, refs: list[Ref]) -> Planned:
+        raise NotImplementedError
+
+    async def run(self, spec: Any, ctx: RunContext) -> Output:
+        raise NotImplementedError
+
+    def coalesce_key(self, spec: Any) -> Hashable | None:
+        return None
+
+    async def run_together(self, specs: list[Any], ctx: RunContext) -> list[Output]:
+        raise NotImplementedError
 
 
 def columns_list(table: Table, names: Sequence[str], path: str,

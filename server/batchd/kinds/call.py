@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchd.errors import InvalidArgument
-from batchd.kinds.base import Output, PlanContext, Planned, RunContext
-from batchd.kinds.params import find_refs, note_refs
+from batchd.kinds.base import Kind, Output, PlanContext, Planned, RunContext
+from batchd.kinds.params import find_refs
 from batchd.v1 import batch_pb2
-from batchd.values import plain_json, struct_from_proto
+from batchd.values import Ref, plain_json, struct_from_proto
 
 HandlerContext = RunContext
 HandlerResult = Mapping[str, Any] | Iterable[Mapping[str, Any]] | None
@@ -68,16 +68,22 @@ class CallSpec:
     args: dict[str, Any]
 
 
-class CallKind:
+class CallKind(Kind):
     name = "call"
+    access = "call"
+    on_table = False
 
-    def plan(self, message: batch_pb2.CallOperation, path: str, ctx: PlanContext) -> Planned:
+    def target(self, message: batch_pb2.CallOperation) -> str:
+        return message.handler
+
+    def plan(self, message: batch_pb2.CallOperation, path: str, ctx: PlanContext,
+             refs: list[Ref]) -> Planned:
         func = _registry.get(message.handler)
         if func is None:
             raise InvalidArgument.field(f"{path}.handler",
                                         f'no custom handler named "{message.handler}"')
         args = struct_from_proto(message.args)
-        note_refs(find_refs(args))
+        refs.extend(find_refs(args))
         return Planned(self.name, CallSpec(message.handler, func, args), None)
 
     async def run(self, spec: CallSpec, ctx: RunContext) -> Output:

@@ -21,7 +21,14 @@ from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results, SqlParams, prepare
 from batchd.v1 import batch_pb2
-from batchd.values import CoercionError, coerce, from_proto, renderer_for, struct_from_proto
+from batchd.values import (
+    CoercionError,
+    Ref,
+    coerce,
+    from_proto,
+    renderer_for,
+    struct_from_proto,
+)
 
 Op = batch_pb2.Filter.Operator
 _COMPARISONS: dict[int, str] = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">",
@@ -64,7 +71,8 @@ class Selection:
         return " AND ".join(parts) if parts else "TRUE"
 
 
-def plan_key(table: Table, key: struct_pb2.Struct, path: str) -> list[Condition]:
+def plan_key(table: Table, key: struct_pb2.Struct, path: str,
+             refs: list[Ref]) -> list[Condition]:
     """Conditions for a full primary key; every key column, nothing else."""
     values = struct_from_proto(key)
     missing = [name for name in table.primary_key if name not in values]
@@ -81,11 +89,13 @@ def plan_key(table: Table, key: struct_pb2.Struct, path: str) -> list[Condition]
         if value is None:
             raise InvalidArgument.field(f"{path}.{name}", "a primary key value cannot be null")
         column = table.columns[name]
-        conditions.append(Condition(column, Op.EQ, prepare(value, column, f"{path}.{name}")))
+        conditions.append(Condition(column, Op.EQ, prepare(value, column, f"{path}.{name}",
+                                                            refs)))
     return conditions
 
 
-def plan_filters(table: Table, filters: Sequence[batch_pb2.Filter], path: str) -> list[Condition]:
+def plan_filters(table: Table, filters: Sequence[batch_pb2.Filter], path: str,
+                 refs: list[Ref]) -> list[Condition]:
     conditions = []
     for i, f in enumerate(filters):
         fpath = f"{path}[{i}]"
@@ -119,7 +129,7 @@ def plan_filters(table: Table, filters: Sequence[batch_pb2.Filter], path: str) -
                                                               "for nulls)")
             column_for_value = column
         conditions.append(Condition(column, f.op, prepare(value, column_for_value,
-                                                          f"{fpath}.value")))
+                                                          f"{fpath}.value", refs)))
     return conditions
 
 

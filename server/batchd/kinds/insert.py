@@ -16,6 +16,7 @@ import asyncpg
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument
 from batchd.kinds.base import (
+    Kind,
     Output,
     PlanContext,
     Planned,
@@ -59,8 +60,10 @@ class _Shape:
     output_columns: frozenset[str]
 
 
-class InsertKind:
+class InsertKind(Kind):
     name = "insert"
+    access = "write"
+    keyless = True
 
     def __init__(self) -> None:
         # Shapes by (catalog, table, columns, returning, on_conflict). The catalog is fixed for
@@ -90,7 +93,8 @@ class InsertKind:
             self._shapes[key] = shape
         return shape
 
-    def plan(self, message: batch_pb2.InsertOperation, path: str, ctx: PlanContext) -> Planned:
+    def plan(self, message: batch_pb2.InsertOperation, path: str, ctx: PlanContext,
+             refs: list[Ref]) -> Planned:
         if not message.rows:
             raise InvalidArgument.field(f"{path}.rows", "at least one row is required")
         if len(message.rows) > ctx.settings.max_rows_per_batch:
@@ -113,13 +117,13 @@ class InsertKind:
             for c in columns:
                 value = values[c.name]
                 if isinstance(value, Ref | list | dict):  # may hold references: the full path
-                    value = prepare(value, c, f"{path}.rows[{r}].{c.name}")
+                    value = prepare(value, c, f"{path}.rows[{r}].{c.name}", refs)
                     has_deferred = has_deferred or type(value) is Deferred
                 else:  # a scalar: coerce at once, and name the field only if it is wrong
                     try:
                         value = coerce(value, c)
                     except CoercionError:
-                        prepare(value, c, f"{path}.rows[{r}].{c.name}")  # raises, with the path
+                        prepare(value, c, f"{path}.rows[{r}].{c.name}", refs)  # raises: path
                 row.append(value)
             rows.append(row)
         spec = InsertSpec(shape.table, columns, rows, shape.conflict_sql, shape.returning,
@@ -178,28 +182,38 @@ class InsertKind:
             f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
             f"SELECT * FROM unnest({casts}){spec.conflict_sql}", *arrays))
 
+    # --- coalescing (the Kind hook) --------------------------------------------------------
+
+    def coalesce_key(self, spec: InsertSpec) -> tuple[Any, ...] | None:
+        """Inserts with equal keys can share one statement with the same meaning as several:
+        same table, columns and RETURNING.
+
+        Only plain inserts (conflict = error): with DO NOTHING, skipped rows vanish from
+        RETURNING and the rows could not be given back to their operations; with DO UPDATE, one
+        statement may not touch a row twice where two statements may. Array columns take the
+        VALUES path, and inserts without columns or RETURNING have nothing to share.
+        """
+        if (spec.conflict_sql or not spec.columns or not spec.returning
+                or any(c.is_array for c in spec.columns)):
+            return None
+        return (id(spec.table), tuple(c.name for c in spec.columns),
+                tuple(c.name for c in spec.returning))
+
+    async def run_together(self, specs: list[InsertSpec], ctx: RunContext) -> list[Output]:
+        rows = [[ctx.results.finalize_all(r) for r in spec.rows] if spec.has_deferred
+                else spec.rows for spec in specs]
+        parts = await _insert_together(ctx.connection, specs, rows)
+        render = renderers(specs[0].returning)
+        return [Output(records, render, rows_affected=len(records)) for records in parts]
+
 
 def _count(tag: str) -> int:
     """Rows of a command tag such as "INSERT 0 42"."""
     return int(tag.rsplit(" ", 1)[-1])
 
 
-# --- coalescing ------------------------------------------------------------------------------
-
-def coalescible(a: InsertSpec, b: InsertSpec) -> bool:
-    """Whether two inserts can share one statement with the same meaning as two.
-
-    Only plain inserts (conflict = error): with DO NOTHING, skipped rows vanish from RETURNING
-    and the rows could not be given back to their operations; with DO UPDATE, one statement
-    may not touch a row twice where two statements may. Array columns take the VALUES path.
-    """
-    return (a.table is b.table and a.columns == b.columns and a.returning == b.returning
-            and not a.conflict_sql and not b.conflict_sql and bool(a.columns) and bool(a.returning)
-            and not any(c.is_array for c in a.columns))
-
-
-async def insert_together(conn: asyncpg.Connection, specs: list[InsertSpec],
-                          rows: list[list[list[Any]]]) -> list[list[Any]]:
+async def _insert_together(conn: asyncpg.Connection, specs: list[InsertSpec],
+                           rows: list[list[list[Any]]]) -> list[list[Any]]:
     """One INSERT for the rows of several coalescible inserts; the RETURNING rows, split back
     per insert. The source is ordered by its ordinality, so rows come back in input order."""
     spec = specs[0]

@@ -9,7 +9,6 @@ parameter; SQL text holds only placeholders and identifiers from the catalog.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,37 +36,12 @@ def find_refs(value: Any) -> list[Ref]:
     return []
 
 
-# References met while one operation is planned; the batch planner reads them to order the
-# operations and check that every reference points at something that exists.
-_refs_seen: ContextVar[list[Ref] | None] = ContextVar("refs_seen", default=None)
-
-
-class collecting_refs:
-    """Collect the references met while planning one operation (a class, not a generator
-    context manager: it runs once per operation, and this is several times cheaper)."""
-
-    __slots__ = ("refs", "token")
-
-    def __enter__(self) -> list[Ref]:
-        self.refs: list[Ref] = []
-        self.token = _refs_seen.set(self.refs)
-        return self.refs
-
-    def __exit__(self, *exc: object) -> None:
-        _refs_seen.reset(self.token)
-
-
-def note_refs(refs: list[Ref]) -> None:
-    seen = _refs_seen.get()
-    if seen is not None:
-        seen.extend(refs)
-
-
-def prepare(value: Any, column: Column, path: str) -> Any:
-    """Coerce now, or defer when the value contains references."""
-    refs = find_refs(value)
-    if refs:
-        note_refs(refs)
+def prepare(value: Any, column: Column, path: str, refs: list[Ref]) -> Any:
+    """Coerce now, or defer when the value contains references (added to ``refs``: the
+    planner orders the operations by them and checks that each points at something)."""
+    found = find_refs(value)
+    if found:
+        refs.extend(found)
         return Deferred(value, column, path)
     try:
         return coerce(value, column)

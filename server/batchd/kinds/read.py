@@ -7,7 +7,15 @@ from typing import Any
 
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument, NotFound
-from batchd.kinds.base import Output, PlanContext, Planned, RunContext, columns_list, renderers
+from batchd.kinds.base import (
+    Kind,
+    Output,
+    PlanContext,
+    Planned,
+    RunContext,
+    columns_list,
+    renderers,
+)
 from batchd.kinds.filters import (
     Selection,
     SortKey,
@@ -21,6 +29,7 @@ from batchd.kinds.filters import (
 )
 from batchd.kinds.params import SqlParams
 from batchd.v1 import batch_pb2
+from batchd.values import Ref
 
 DEFAULT_PAGE_SIZE = 100
 
@@ -38,13 +47,15 @@ class GetSpec:
     columns: list[Column]
 
 
-class GetKind:
+class GetKind(Kind):
     name = "get"
+    access = "read"
 
-    def plan(self, message: batch_pb2.GetOperation, path: str, ctx: PlanContext) -> Planned:
+    def plan(self, message: batch_pb2.GetOperation, path: str, ctx: PlanContext,
+             refs: list[Ref]) -> Planned:
         table = ctx.catalog.table(message.table, f"{path}.table")
         table.require(self.name, path)
-        selection = Selection(plan_key(table, message.key, f"{path}.key"), by_key=True,
+        selection = Selection(plan_key(table, message.key, f"{path}.key", refs), by_key=True,
                               soft_delete=_visible(table, message.include_deleted))
         columns = columns_list(table, message.columns, f"{path}.columns",
                                lambda: list(table.columns.values()))
@@ -73,13 +84,15 @@ class QuerySpec:
     fingerprint: str
 
 
-class QueryKind:
+class QueryKind(Kind):
     name = "query"
+    access = "read"
 
-    def plan(self, message: batch_pb2.QueryOperation, path: str, ctx: PlanContext) -> Planned:
+    def plan(self, message: batch_pb2.QueryOperation, path: str, ctx: PlanContext,
+             refs: list[Ref]) -> Planned:
         table = ctx.catalog.table(message.table, f"{path}.table")
         table.require(self.name, path)
-        selection = Selection(plan_filters(table, message.filters, f"{path}.filters"),
+        selection = Selection(plan_filters(table, message.filters, f"{path}.filters", refs),
                               soft_delete=_visible(table, message.include_deleted))
         columns = columns_list(table, message.columns, f"{path}.columns",
                                lambda: list(table.columns.values()))

@@ -14,6 +14,7 @@ from typing import Any
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument, NotFound, VersionConflict
 from batchd.kinds.base import (
+    Kind,
     Output,
     PlanContext,
     Planned,
@@ -26,7 +27,7 @@ from batchd.kinds.base import (
 from batchd.kinds.filters import Selection, plan_filters, plan_key
 from batchd.kinds.params import SqlParams, prepare
 from batchd.v1 import batch_pb2
-from batchd.values import struct_from_proto
+from batchd.values import Ref, struct_from_proto
 
 
 @dataclass(slots=True)
@@ -39,15 +40,16 @@ class WriteSpec:
     returning: list[Column]
 
 
-def _selection(table: Table, message: Any, path: str) -> Selection:
+def _selection(table: Table, message: Any, path: str, refs: list[Ref]) -> Selection:
     has_key = message.HasField("key")
     if has_key == bool(message.filters):
         raise InvalidArgument.field(path, "give exactly one of key and filters")
     soft = table.columns[table.soft_delete_column] if table.soft_delete_column else None
     if has_key:
-        return Selection(plan_key(table, message.key, f"{path}.key"), by_key=True,
+        return Selection(plan_key(table, message.key, f"{path}.key", refs), by_key=True,
                          soft_delete=soft)
-    return Selection(plan_filters(table, message.filters, f"{path}.filters"), soft_delete=soft)
+    return Selection(plan_filters(table, message.filters, f"{path}.filters", refs),
+                     soft_delete=soft)
 
 
 def _expected_version(table: Table, message: Any, selection: Selection, path: str) -> int | None:
@@ -61,13 +63,15 @@ def _expected_version(table: Table, message: Any, selection: Selection, path: st
     return int(message.expected_version)
 
 
-class UpdateKind:
+class UpdateKind(Kind):
     name = "update"
+    access = "write"
 
-    def plan(self, message: batch_pb2.UpdateOperation, path: str, ctx: PlanContext) -> Planned:
+    def plan(self, message: batch_pb2.UpdateOperation, path: str, ctx: PlanContext,
+             refs: list[Ref]) -> Planned:
         table = ctx.catalog.table(message.table, f"{path}.table")
         table.require(self.name, path)
-        selection = _selection(table, message, path)
+        selection = _selection(table, message, path, refs)
         values = struct_from_proto(message.set)
         if not values:
             raise InvalidArgument.field(f"{path}.set", "at least one column to set is required")
@@ -79,7 +83,7 @@ class UpdateKind:
             if name == table.version_column:
                 raise InvalidArgument.field(f"{path}.set.{name}", "is the version column; the "
                                             "server increments it (use expected_version)")
-            sets.append((column, prepare(value, column, f"{path}.set.{name}")))
+            sets.append((column, prepare(value, column, f"{path}.set.{name}", refs)))
         spec = WriteSpec(table, selection, sets, False,
                          _expected_version(table, message, selection, path),
                          columns_list(table, message.returning, f"{path}.returning",
@@ -90,13 +94,15 @@ class UpdateKind:
         return await _write(spec, ctx)
 
 
-class DeleteKind:
+class DeleteKind(Kind):
     name = "delete"
+    access = "write"
 
-    def plan(self, message: batch_pb2.DeleteOperation, path: str, ctx: PlanContext) -> Planned:
+    def plan(self, message: batch_pb2.DeleteOperation, path: str, ctx: PlanContext,
+             refs: list[Ref]) -> Planned:
         table = ctx.catalog.table(message.table, f"{path}.table")
         table.require(self.name, path)
-        selection = _selection(table, message, path)
+        selection = _selection(table, message, path, refs)
         spec = WriteSpec(table, selection, [], table.soft_delete_column is not None,
                          _expected_version(table, message, selection, path),
                          columns_list(table, message.returning, f"{path}.returning",

@@ -16,13 +16,13 @@ from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
 from batchd.errors import to_rpc_status, translate
+from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import registered
-from batchd.kinds.registry import Dispatcher
 from batchd.metrics import Metrics
 from batchd.rpc.admission import Admission
 from batchd.rpc.observe import Observer
-from batchd.stream.session import StreamHandler
+from batchd.stream.session import StreamServices, StreamSession
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,10 @@ def request_id_of(context: grpc.aio.ServicerContext) -> str:
 
 
 class BatchService(batch_pb2_grpc.BatchServiceServicer):
-    def __init__(self, executor: Executor, dispatcher: Dispatcher, plan_ctx: PlanContext,
-                 streams: StreamHandler, observer: Observer | None = None,
-                 admission: Admission | None = None) -> None:
+    def __init__(self, executor: Executor, plan_ctx: PlanContext, streams: StreamServices,
+                 observer: Observer | None = None, admission: Admission | None = None) -> None:
         self.admission = admission or Admission(plan_ctx.settings)
         self.executor = executor
-        self.dispatcher = dispatcher
         self.plan_ctx = plan_ctx
         self.streams = streams
         # Log lines and counts of each call (batchd.rpc.observe); its own metrics if none given.
@@ -64,8 +62,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         with self.observer.batch(request, request_id) as seen:
             try:
                 with self.admission.admit("batch"):
-                    plan = plan_batch(request, self.dispatcher, self.plan_ctx,
-                                      current_principal.get())
+                    plan = plan_batch(request, self.plan_ctx, current_principal.get())
                     plan.deadline = deadline_of(context)
                     return seen.answered(await self.executor.execute(plan, request_id))
             except Exception as exc:
@@ -81,10 +78,11 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         with self.observer.stream(request_id) as seen:
             try:
                 with self.admission.admit("stream"):
-                    requests = await guard_stream(request_iterator, current_principal.get(),
+                    principal = current_principal.get()
+                    requests = await guard_stream(request_iterator, principal,
                                                   self.plan_ctx.catalog.default_schema)
-                    async for response in self.streams.run(seen.requests(requests),
-                                                           request_id):
+                    session = StreamSession(self.streams, request_id, principal)
+                    async for response in session.run(seen.requests(requests)):
                         yield seen.sent(response)
                 return
             except Exception as exc:
@@ -102,7 +100,7 @@ def describe(catalog: Catalog, principal: Principal | None = None,
     cover (None: authentication is off, everything)."""
 
     def allowed(kind: str, target: str) -> bool:
-        return principal is None or principal.may(kind, target)
+        return principal is None or principal.allows(kinds.access_of(kind), target)
 
     tables = [
         batch_pb2.TableInfo(

@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from batchd.auth import Principal
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
@@ -39,7 +40,6 @@ from batchd.errors import (
     to_rpc_status,
 )
 from batchd.kinds.base import PlanContext
-from batchd.kinds.registry import Dispatcher
 from batchd.stream import ledger
 from batchd.stream.copy import Decoded, Target, decode, resolve_target, write
 from batchd.v1 import batch_pb2
@@ -103,18 +103,32 @@ class _Tally:
             committed=committed, last_committed_sequence=self.last_sequence))
 
 
-class StreamHandler:
-    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, executor: Executor,
-                 dispatcher: Dispatcher, plan_ctx: PlanContext, settings: Settings) -> None:
-        self.pool = pool
-        self.catalog = catalog
-        self.executor = executor
-        self.dispatcher = dispatcher
-        self.plan_ctx = plan_ctx
-        self.settings = settings
+@dataclass(frozen=True, slots=True)
+class StreamServices:
+    """What every stream session uses, made once by the app."""
+
+    pool: asyncpg.Pool
+    catalog: Catalog
+    executor: Executor
+    plan_ctx: PlanContext
+    settings: Settings
+
+
+class StreamSession:
+    """One BatchStream, from its header to its summary: ``run`` yields the responses."""
+
+    def __init__(self, services: StreamServices, request_id: str,
+                 principal: Principal | None) -> None:
+        self.pool = services.pool
+        self.catalog = services.catalog
+        self.executor = services.executor
+        self.plan_ctx = services.plan_ctx
+        self.settings = services.settings
+        self.request_id = request_id
+        self.principal = principal  # whose scopes bound an operations feed (None: auth off)
 
     async def run(self, requests: AsyncIterator[batch_pb2.StreamRequest],
-                  request_id: str) -> AsyncIterator[batch_pb2.StreamResponse]:
+                  ) -> AsyncIterator[batch_pb2.StreamResponse]:
         first = await anext(requests, None)
         if first is None or first.WhichOneof("kind") != "header":
             raise InvalidArgument.field("header", "the first message of a stream must be a "
@@ -140,11 +154,11 @@ class StreamHandler:
         try:
             async with self.pool.acquire() as conn:
                 if atomic:
-                    async for response in self._atomic(conn, stream_id, queue, tally, request_id):
+                    async for response in self._atomic(conn, stream_id, queue, tally):
                         yield response
                 else:
                     async for response in self._independent(conn, header, stream_id, queue,
-                                                            tally, request_id):
+                                                            tally):
                         yield response
         finally:
             reader.cancel()
@@ -183,7 +197,7 @@ class StreamHandler:
     # --- ATOMIC -------------------------------------------------------------------------------
 
     async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: _Bounded,
-                      tally: _Tally, request_id: str) -> AsyncIterator[batch_pb2.StreamResponse]:
+                      tally: _Tally) -> AsyncIterator[batch_pb2.StreamResponse]:
         yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
         tx = conn.transaction()
         await tx.start()
@@ -204,7 +218,7 @@ class StreamHandler:
                 chunk, target = item
                 ledger.check_sequence(chunk.message.sequence, tally.last_sequence + 1)
                 async with conn.transaction():  # a savepoint, so bad rows can be isolated
-                    ack = await self._apply(conn, chunk, target, tally, request_id, atomic=True)
+                    ack = await self._apply(conn, chunk, target, tally, atomic=True)
                 if ack.rejected:
                     first = ack.rejected[0]
                     raise BatchdError(f"row {first.index} (chunk {ack.sequence}, row "
@@ -226,7 +240,7 @@ class StreamHandler:
 
     async def _independent(self, conn: asyncpg.Connection, header: batch_pb2.StreamHeader,
                            stream_id: str, queue: _Bounded, tally: _Tally,
-                           request_id: str) -> AsyncIterator[batch_pb2.StreamResponse]:
+                           ) -> AsyncIterator[batch_pb2.StreamResponse]:
         position = await ledger.open_stream(conn, stream_id, header.table or "(operations)")
         tally.last_sequence, tally.next_row = position.last_sequence, position.next_row
         yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(
@@ -251,7 +265,7 @@ class StreamHandler:
                 async with conn.transaction():
                     if not await ledger.claim_chunk(conn, stream_id, sequence, tally.next_row, 0):
                         raise _Undo  # committed meanwhile (another connection or replica)
-                    ack = await self._apply(conn, chunk, target, tally, request_id,
+                    ack = await self._apply(conn, chunk, target, tally,
                                             atomic=False, reject_chunk=reject_chunk)
                     await ledger.record_written(conn, stream_id, sequence, ack.rows_written,
                                                 _row_count(chunk))
@@ -263,7 +277,7 @@ class StreamHandler:
     # --- one chunk ----------------------------------------------------------------------------
 
     async def _apply(self, conn: asyncpg.Connection, chunk: _Chunk, target: Target | None,
-                     tally: _Tally, request_id: str, *, atomic: bool,
+                     tally: _Tally, *, atomic: bool,
                      reject_chunk: bool = False) -> batch_pb2.ChunkAck:
         """Write one chunk inside the transaction the caller opened; returns its ack."""
         message = chunk.message
@@ -274,7 +288,7 @@ class StreamHandler:
             tally.chunks += 1
             try:
                 async with conn.transaction():
-                    ack.results.extend(await self._operations(conn, message, request_id))
+                    ack.results.extend(await self._operations(conn, message))
             except _FeedFailed as failed:
                 if atomic:
                     raise
@@ -301,14 +315,14 @@ class StreamHandler:
         return ack
 
     async def _operations(self, conn: asyncpg.Connection, message: batch_pb2.StreamChunk,
-                          request_id: str) -> list[batch_pb2.OperationResult]:
+                          ) -> list[batch_pb2.OperationResult]:
         if not message.operations:
             raise InvalidArgument.field("chunk.operations", "an operations feed's chunks carry "
                                                             "operations")
         plan = plan_batch(batch_pb2.BatchExecuteRequest(operations=message.operations),
-                          self.dispatcher, self.plan_ctx)
+                          self.plan_ctx, self.principal)
         try:
-            response = await self.executor.run_on(conn, plan, request_id)
+            response = await self.executor.run_on(conn, plan, self.request_id)
         except BatchdError as exc:
             outcome = next((d for d in exc.extra_details
                             if isinstance(d, batch_pb2.BatchExecuteResponse)), None)

@@ -1,0 +1,63 @@
+"""Coalescing: consecutive operations of an atomic batch that one statement can run together.
+
+A kind says which of its operations may share a statement (``Kind.coalesce_key``: equal keys
+may) and runs them (``Kind.run_together``); this module finds the runs and keeps the promise
+that coalescing changes nothing a caller can see: each operation still gets its own result, and
+a failure is reported on the operation it belongs to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+
+from batchd.batch.plan import Step
+from batchd.errors import BatchdError
+from batchd.kinds import registry as kinds
+from batchd.kinds.base import Output, RunContext
+
+
+def runs(steps: Sequence[Step]) -> list[list[Step]]:
+    """Steps in order, grouped: each group is one step, or a run of consecutive steps of one
+    kind with equal coalescing keys, none referring to another member of the run (whose rows
+    would not exist yet)."""
+    groups: list[list[Step]] = []
+    last_key: object = None
+    members: set[str] = set()  # ids in the last group
+    for step in steps:
+        planned = step.planned
+        key = (planned.kind, kinds.KINDS[planned.kind].coalesce_key(planned.spec)) \
+            if planned is not None else None
+        if (key is not None and key[1] is not None and key == last_key
+                and members.isdisjoint(step.depends_on)):
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+            members = set()
+            last_key = key
+        members.add(step.id)
+    return groups
+
+
+RunOne = Callable[[Step], Awaitable[Output]]
+
+
+async def run_together(group: list[Step], ctx: RunContext, outputs: dict[str, Output],
+                       run_one: RunOne) -> None:
+    """One statement for ``group``; each operation gets its own output, recorded for the
+    references of later ones. If anything fails (a value, a constraint), the group is rolled
+    back to a savepoint and replayed one operation at a time with ``run_one``, so that the
+    error names its operation."""
+    planned = [s.planned for s in group if s.planned is not None]
+    kind = kinds.KINDS[planned[0].kind]
+    try:
+        async with ctx.connection.transaction():  # a savepoint
+            parts = await kind.run_together([p.spec for p in planned], ctx)
+    except (asyncpg.PostgresError, asyncpg.exceptions.DataError, BatchdError):
+        for step in group:
+            outputs[step.id] = await run_one(step)
+        return
+    for step, output in zip(group, parts, strict=True):
+        ctx.results.record(step.id, output.rows)
+        outputs[step.id] = output

@@ -1,0 +1,91 @@
+"""The answer to a batch: results in request order, each with its outcome and status.
+
+``succeeded``: every operation SUCCEEDED (an atomic batch that committed, or was validated).
+``independent``: each operation's own outcome (SUCCEEDED, FAILED, SKIPPED).
+``atomic_failure``: the RPC error of a failed atomic batch, the failing operation's status
+with every operation's outcome in its details (FAILED; ROLLED_BACK without rows, since those
+rows no longer exist; NOT_RUN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from google.rpc import status_pb2
+
+from batchd.batch.plan import BatchPlan, Step
+from batchd.errors import OK_STATUS, BatchdError, Skipped, not_committed, to_rpc_status
+from batchd.kinds.base import Output
+from batchd.v1 import batch_pb2
+
+Outcome = batch_pb2.Outcome
+
+
+def add_result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: Any,
+               status: status_pb2.Status, output: Output | None = None) -> None:
+    """Append a step's result to ``response``, built in place (a result built apart and then
+    passed in would be copied, once per operation)."""
+    result = response.results.add(id=step.id, outcome=outcome)
+    if status.code:  # an unset status reads as OK: no copy per successful operation
+        result.status.CopyFrom(status)
+    if output is not None:
+        result.rows.extend(output.rendered())
+        result.rows_affected = output.rows_affected
+        result.next_page_token = output.next_page_token
+
+
+def succeeded(steps: Sequence[Step], outputs: dict[str, Output], *, committed: bool,
+              attempts: int) -> batch_pb2.BatchExecuteResponse:
+    response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=attempts)
+    for s in steps:
+        add_result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
+    return response
+
+
+def independent(plan: BatchPlan, outputs: dict[str, Output], errors: dict[str, BatchdError],
+                committed: bool) -> batch_pb2.BatchExecuteResponse:
+    response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=1)
+    for s in plan.steps:
+        if s.id in outputs:
+            add_result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
+        else:
+            err = errors[s.id]
+            outcome = Outcome.SKIPPED if isinstance(err, Skipped) else Outcome.FAILED
+            add_result(response, s, outcome, to_rpc_status(err))
+    return response
+
+
+def refused(plan: BatchPlan) -> BatchdError:
+    """The RPC error of an atomic batch with invalid operations: refused before anything ran,
+    naming every invalid operation."""
+    first = plan.invalid[0]
+    assert first.error is not None
+    return atomic_failure(plan, {}, first, first.error, attempts=0, invalid=plan.invalid)
+
+
+def atomic_failure(plan: BatchPlan, outputs: dict[str, Output], failed: Step | None,
+                   error: BatchdError, *, attempts: int,
+                   invalid: Sequence[Step] = ()) -> BatchdError:
+    """The RPC error of a failed atomic batch: the failing operation's status, with every
+    operation's outcome in the details."""
+    errors = {s.id: s.error for s in invalid if s.error is not None}
+    if failed is not None:
+        errors[failed.id] = error
+    cause = f'operation "{failed.id}" failed' if failed else "the transaction failed"
+    outcomes = batch_pb2.BatchExecuteResponse(committed=False, attempts=attempts)
+    for s in plan.steps:
+        if s.id in errors:
+            add_result(outcomes, s, Outcome.FAILED, to_rpc_status(errors[s.id]))
+        elif s.id in outputs:
+            add_result(outcomes, s, Outcome.ROLLED_BACK, not_committed(f"rolled back: {cause}"))
+        else:
+            add_result(outcomes, s, Outcome.NOT_RUN, not_committed(f"not run: {cause}"))
+    metadata = dict(error.metadata)
+    if failed is not None:
+        metadata["operation_id"] = failed.id
+    batch_error = BatchdError(
+        f"{error.full_message}; the batch was rolled back", code=error.code,
+        reason=error.reason, violations=error.violations, metadata=metadata)
+    batch_error.extra_details.append(outcomes)
+    return batch_error
