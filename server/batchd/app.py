@@ -10,6 +10,7 @@ and the pool stop, and last the metrics endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from batchd.kinds.call import load_modules
 from batchd.metrics import Metrics
 from batchd.rpc import reflection, tracing
 from batchd.rpc.admission import Admission
+from batchd.rpc.health import DatabaseWatch
 from batchd.rpc.interceptors import MetricsInterceptor
 from batchd.rpc.observe import Observer
 from batchd.rpc.service import BatchService
@@ -41,6 +43,7 @@ from batchd.v1 import batch_pb2, batch_pb2_grpc
 log = logging.getLogger(__name__)
 SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 DEMO_HANDLERS = "batchd.demo.handlers"
+QUIET_SECONDS = 0.25
 
 
 @dataclass
@@ -54,6 +57,9 @@ class App:
     metrics: Metrics = field(default_factory=Metrics)  # this app's own registry
     admission: Admission | None = None  # who may start work; drained by stop()
     cleanup: Cleanup | None = None  # deletes expired request ids; stopped by stop()
+    watch: DatabaseWatch | None = None  # the BatchService health entry; stopped by stop()
+    # Set to end the drain delay early (tests; an operator's second thought is a second signal).
+    drain_released: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def start(cls, settings: Settings) -> App:
@@ -115,18 +121,35 @@ class App:
             raise
         log.info("batchd listening on %s:%d", settings.host, port)
         return cls(settings, server, pool, health_servicer, port, embedded, metrics, admission,
-                   Cleanup(pool, settings).start())
+                   Cleanup(pool, settings).start(),
+                   DatabaseWatch(dsn, settings, health_servicer, SERVICE_NAME).start())
 
     async def stop(self, grace: float | None = 5.0) -> None:
-        """Drain: health NOT_SERVING (load balancers stop sending), new work refused with
-        UNAVAILABLE, in-flight work gets ``grace`` seconds; then the server stops, which
-        cancels what is left: its transactions roll back, never half-committed."""
-        await self.health.enter_graceful_shutdown()  # every service NOT_SERVING
+        """Drain, in stages, so that a rolling restart fails no call:
+
+        1. health NOT_SERVING (every entry), while work is still taken for
+           ``drain_delay_seconds``: load balancers and clients watching health move away;
+        2. new work refused with UNAVAILABLE before any header (retryable elsewhere), and the
+           work in flight gets ``grace`` seconds to finish; then, within the same grace, until
+           no call has been refused for QUIET_SECONDS (callers have gone elsewhere);
+        3. the server stops: a call still running past the grace period is cancelled, and its
+           transaction rolls back, never half-committed; then the background tasks, the pool,
+           and last the metrics endpoint (it shows the drain).
+        """
+        await self.health.enter_graceful_shutdown()
+        if self.settings.drain_delay_seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drain_released.wait(),
+                                       self.settings.drain_delay_seconds)
         if self.admission is not None:
+            loop = asyncio.get_running_loop()
+            ends = loop.time() + (grace or 0)
             self.admission.drain()
-            if grace:
-                await self.admission.wait_idle(grace)
+            if await self.admission.wait_idle(grace or 0):
+                await self.admission.wait_quiet(QUIET_SECONDS, ends - loop.time())
         await self.server.stop(0)
+        if self.watch is not None:
+            await self.watch.stop()
         if self.cleanup is not None:
             await self.cleanup.stop()
         await self.pool.close()

@@ -95,11 +95,25 @@ class Settings(BaseSettings):
     demo_schema: bool | None = None  # None: only with the embedded database
     pool_min_size: int = 2
     pool_max_size: int = 16
-    # 0 behind pgbouncer in transaction mode.
+    # What is between batchd and PostgreSQL. "transaction": a pooler in transaction mode
+    # (pgbouncer pool_mode=transaction), where a session's prepared statements do not survive
+    # its transaction: asyncpg's statement cache is turned off. "none": a direct connection (or
+    # a session-mode pooler). "auto": find out at start-up (batchd.db.pool.detect_pooler).
+    pooler: Literal["auto", "none", "transaction"] = "auto"
+    # Prepared statements kept per connection (when no transaction pooler is in between).
     statement_cache_size: int = 256
-    statement_timeout_ms: int = 30_000
-    lock_timeout_ms: int = 10_000
-    idle_in_transaction_timeout_ms: int = 60_000
+    # In force in every transaction batchd opens (SET LOCAL, so they hold through a pooler in
+    # transaction mode, which refuses them as start-up parameters); 0: no limit. A call's
+    # deadline lowers statement_timeout for its transaction.
+    statement_timeout_ms: int = Field(30_000, ge=0)
+    lock_timeout_ms: int = Field(10_000, ge=0)
+    idle_in_transaction_timeout_ms: int = Field(60_000, ge=0)
+    # Time to open a database connection before the attempt fails (UNAVAILABLE).
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    # The BatchService health entry turns NOT_SERVING when PostgreSQL has not answered a check
+    # (every db_check_seconds) for db_unhealthy_after_seconds; SERVING again when it does.
+    db_check_seconds: float = Field(1.0, gt=0)
+    db_unhealthy_after_seconds: float = Field(5.0, gt=0)
 
     # --- what is exposed
     # Patterns "schema.table", "schema.*"; only matching tables can be used.
@@ -130,6 +144,17 @@ class Settings(BaseSettings):
     max_concurrent_streams: int = 8
     # A stream open longer is ended (ATOMIC: rolled back; INDEPENDENT: acked chunks stay).
     max_stream_seconds: float = 3600.0
+    # The deadline of a BatchExecute whose caller set none (a caller's own deadline is not
+    # raised to it), so that every call has a server-side bound.
+    max_batch_seconds: float = Field(300.0, gt=0)
+
+    # --- shutdown (batchd.app.App.stop). On SIGTERM health turns NOT_SERVING at once; batchd
+    # keeps serving for drain_delay_seconds, so that load balancers and clients watching health
+    # move away; then refuses new work (UNAVAILABLE before any header, which the published
+    # retry policy retries on another replica) and lets work in flight finish within the grace
+    # period (`serve --grace`). 0: no delay (a single server has nobody to hand work to); the
+    # deployment files under deploy/ set it.
+    drain_delay_seconds: float = Field(0.0, ge=0)
 
     # --- security (batchd.auth). No tokens and no client CA: authentication is off.
     tokens: list[TokenSettings] = Field(default_factory=list)

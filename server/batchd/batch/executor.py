@@ -34,10 +34,10 @@ from batchd.batch.idempotency import Answer, Claim, Guards, begin, store
 from batchd.batch.plan import BatchPlan, Step, topological_order
 from batchd.catalog import Catalog
 from batchd.config import Settings
+from batchd.db.pool import transaction
 from batchd.errors import (
     BatchdError,
     DatabaseError,
-    DeadlineExceeded,
     Skipped,
     is_final,
     translate,
@@ -119,9 +119,9 @@ class Executor:
             async with self.pool.acquire() as conn:
                 try:
                     # With a claim, read-only applies to the operations only (_run_claimed).
-                    async with conn.transaction(isolation=plan.isolation,
-                                                readonly=plan.read_only and claim is None):
-                        await bound_by_deadline(conn, plan.deadline)
+                    async with transaction(conn, self.settings, isolation=plan.isolation,
+                                           readonly=plan.read_only and claim is None,
+                                           deadline=plan.deadline):
                         if claim is not None:
                             answer = await begin(conn, claim,
                                                  self.settings.idempotency_ttl_seconds)
@@ -234,9 +234,9 @@ class Executor:
                     return
                 async with limit:
                     try:
-                        async with self.pool.acquire() as conn, conn.transaction(
-                                isolation=plan.isolation, readonly=plan.read_only):
-                            await bound_by_deadline(conn, plan.deadline)
+                        async with self.pool.acquire() as conn, transaction(
+                                conn, self.settings, isolation=plan.isolation,
+                                readonly=plan.read_only, deadline=plan.deadline):
                             outputs[step.id] = await self._run_step(step, conn, results,
                                                                     request_id)
                     except _StepFailed as failed:
@@ -256,8 +256,8 @@ class Executor:
         errors: dict[str, BatchdError] = {}
         async with self.pool.acquire() as conn:
             try:
-                async with conn.transaction(isolation=plan.isolation, readonly=plan.read_only):
-                    await bound_by_deadline(conn, plan.deadline)
+                async with transaction(conn, self.settings, isolation=plan.isolation,
+                                       readonly=plan.read_only, deadline=plan.deadline):
                     for step in topological_order(plan.steps):
                         failed_dep = next((d for d in step.depends_on if d not in outputs), None)
                         if failed_dep is not None:
@@ -277,15 +277,3 @@ class Executor:
             except _Rollback:
                 pass
         return answers.independent(plan, outputs, errors, committed=False)
-
-
-async def bound_by_deadline(conn: asyncpg.Connection, deadline: float | None) -> None:
-    """Inside a transaction: make the caller's deadline PostgreSQL's statement_timeout, so work
-    nobody waits for any more stops in the database too (not only in batchd). SET LOCAL: it
-    ends with the transaction, and the pool's default comes back."""
-    if deadline is None:
-        return
-    remaining_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
-    if remaining_ms <= 0:
-        raise DeadlineExceeded("the deadline passed before the batch started")
-    await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(remaining_ms))

@@ -60,7 +60,7 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from batchd.config import Settings
-from batchd.db.pool import run_ddl
+from batchd.db.pool import run_ddl, set_limits
 from batchd.errors import (
     BatchdError,
     FailedPrecondition,
@@ -199,6 +199,7 @@ class Guards:
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
+        self.settings = settings
         self.ttl_seconds = settings.idempotency_ttl_seconds
         slots = settings.pool_max_size // 2
         self._slots = asyncio.Semaphore(slots) if slots else None
@@ -214,7 +215,7 @@ class Guards:
             try:
                 async with conn.transaction():
                     # Idle while the operations run, on purpose: not a forgotten transaction.
-                    await conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+                    await set_limits(conn, self.settings, idle_ms=0)
                     answer = await begin(conn, claim, self.ttl_seconds)
                     if answer is not None:
                         return answer

@@ -165,7 +165,8 @@ def _parse_yaml(name: str, text: str, json_error: Exception | None = None) -> An
     except ImportError:
         if json_error is not None:
             raise UsageError(f"{name}: invalid JSON: {json_error}") from None
-        raise UsageError(f"{name}: reading YAML needs PyYAML (pip install pyyaml)") from None
+        raise UsageError(f"{name}: reading YAML needs the cli extra: pip install "
+                         "'batchd[cli]'") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

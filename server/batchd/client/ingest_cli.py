@@ -33,7 +33,6 @@ from typing import Any, BinaryIO
 
 import grpc
 from google.protobuf import struct_pb2
-from tqdm import tqdm
 
 from batchd.client import connect
 from batchd.errors import code_of
@@ -180,8 +179,8 @@ async def ingest(args: argparse.Namespace) -> int:
         encoding=batch_pb2.ENCODING_CSV if args.format == "csv" else batch_pb2.ENCODING_ROWS,
         stream_id="" if atomic else state.stream_id,
         csv=batch_pb2.CsvOptions(delimiter=args.delimiter))
-    progress = tqdm(total=stat.st_size, initial=state.offset, unit="B", unit_scale=True,
-                    disable=args.quiet or None, dynamic_ncols=True, desc=path.name)
+    progress = _progress_bar()(total=stat.st_size, initial=state.offset, unit="B", unit_scale=True,
+                                 disable=args.quiet or None, dynamic_ncols=True, desc=path.name)
     rejected = 0
     started = time.monotonic()
     resumed_rows = sent_rows = state.rows
@@ -319,3 +318,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
 
+
+def _progress_bar() -> Any:
+    """tqdm, from the ``cli`` extra (the server does not need it)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        raise UsageError("batchd ingest needs the cli extra: pip install 'batchd[cli]'") from None
+    return tqdm

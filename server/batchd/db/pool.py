@@ -1,21 +1,35 @@
-"""The connection pool, and what every pooled connection is set up with.
+"""The connection pool, and the limits every transaction of batchd runs under.
 
-Every connection carries ``statement_timeout``, ``lock_timeout`` and
-``idle_in_transaction_session_timeout``, so a vanished client never holds locks for long, and
-json/jsonb codecs that speak Python structures. ``statement_cache_size`` is configurable: 0
-behind pgbouncer in transaction mode, where prepared statements do not survive.
+Timeouts are set inside each transaction (``transaction`` / ``set_limits``: ``SET LOCAL``
+through ``set_config(..., true)``), not as connection start-up parameters: a pooler in
+transaction mode (pgbouncer) refuses unknown start-up parameters, and would not keep a
+session's settings from one transaction to the next anyway. So ``statement_timeout``,
+``lock_timeout`` and ``idle_in_transaction_session_timeout`` hold on every transaction, through
+a pooler or not, and a vanished client never holds locks for long. A call's deadline lowers
+``statement_timeout`` for its transaction: work nobody waits for stops in PostgreSQL too.
+
+Behind a pooler in transaction mode prepared statements do not survive their transaction, so
+asyncpg's statement cache is turned off (``pooler = "transaction"``, or found out by
+``detect_pooler`` when ``pooler = "auto"``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 
 import asyncpg
 
 from batchd import pgtypes
 from batchd.config import Settings
+from batchd.errors import DeadlineExceeded
 from batchd.values import dumps_json
+
+log = logging.getLogger(__name__)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -26,21 +40,85 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
+    pooler: str = settings.pooler
+    if pooler == "auto":
+        pooler = await detect_pooler(dsn, settings.connect_timeout_seconds)
+        log.info("database: %s", "behind a pooler in transaction mode: statement cache off"
+                 if pooler == "transaction" else "no transaction pooler in between")
+    # A client-side bound on each statement as well, for a server that stopped answering
+    # (a network partition): PostgreSQL's own statement_timeout cannot fire then.
+    command_timeout = (settings.statement_timeout_ms / 1000 + 5
+                       if settings.statement_timeout_ms else None)
     pool = await asyncpg.create_pool(
         dsn,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
-        statement_cache_size=settings.statement_cache_size,
+        statement_cache_size=0 if pooler == "transaction" else settings.statement_cache_size,
+        timeout=settings.connect_timeout_seconds,
+        command_timeout=command_timeout,
         init=_init_connection,
-        server_settings={
-            "application_name": "batchd",
-            "statement_timeout": str(settings.statement_timeout_ms),
-            "lock_timeout": str(settings.lock_timeout_ms),
-            "idle_in_transaction_session_timeout": str(settings.idle_in_transaction_timeout_ms),
-        },
+        server_settings={"application_name": "batchd"},
     )
     assert pool is not None
     return pool
+
+
+async def detect_pooler(dsn: str, connect_seconds: float) -> str:
+    """"transaction" if two connections to ``dsn`` can share one PostgreSQL backend, which only
+    a pooler in transaction mode does; else "none".
+
+    Connection A runs a statement (its own transaction) and learns its backend; B then holds a
+    transaction open and learns its own; A runs again. Directly or through a session-mode
+    pooler, A keeps its backend and B has another. Through a transaction-mode pooler, B takes
+    the backend A just released (pgbouncer hands out the most recently used one), or A must
+    take another one while B holds it. A pool of one backend makes A wait: that too is a
+    transaction pooler.
+    """
+    a = await asyncpg.connect(dsn, timeout=connect_seconds, statement_cache_size=0)
+    b = await asyncpg.connect(dsn, timeout=connect_seconds, statement_cache_size=0)
+    try:
+        first = await a.fetchval("SELECT pg_backend_pid()")
+        async with b.transaction():
+            held = await b.fetchval("SELECT pg_backend_pid()")
+            try:
+                again = await a.fetchval("SELECT pg_backend_pid()",
+                                         timeout=min(connect_seconds, 2.0))
+            except TimeoutError:
+                return "transaction"
+        return "transaction" if held == first or again != first else "none"
+    finally:
+        await asyncio.gather(a.close(), b.close(), return_exceptions=True)
+
+
+_LIMITS_SQL = ("SELECT set_config('statement_timeout', $1, true), "
+               "set_config('lock_timeout', $2, true), "
+               "set_config('idle_in_transaction_session_timeout', $3, true)")
+
+
+async def set_limits(conn: asyncpg.Connection, settings: Settings,
+                     deadline: float | None = None, idle_ms: int | None = None) -> None:
+    """Inside a transaction: its timeouts, for as long as it lasts (SET LOCAL). A ``deadline``
+    (event-loop time) sooner than statement_timeout lowers it; ``idle_ms`` overrides the idle
+    timeout."""
+    statement_ms = settings.statement_timeout_ms
+    if deadline is not None:
+        remaining_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
+        if remaining_ms <= 0:
+            raise DeadlineExceeded("the deadline passed before the batch started")
+        statement_ms = min(statement_ms, remaining_ms) if statement_ms else remaining_ms
+    idle = settings.idle_in_transaction_timeout_ms if idle_ms is None else idle_ms
+    await conn.execute(_LIMITS_SQL, str(statement_ms), str(settings.lock_timeout_ms), str(idle))
+
+
+@asynccontextmanager
+async def transaction(conn: asyncpg.Connection, settings: Settings, *,
+                      isolation: str | None = None, readonly: bool = False,
+                      deadline: float | None = None) -> AsyncIterator[None]:
+    """A transaction of batchd: asyncpg's, with ``set_limits`` first. Commits when the block
+    ends, rolls back when it raises."""
+    async with conn.transaction(isolation=isolation, readonly=readonly):
+        await set_limits(conn, settings, deadline)
+        yield
 
 
 DDL_LOCK = 0x62617463  # "batc": serializes batchd's own DDL across processes and replicas

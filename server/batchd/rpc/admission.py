@@ -25,12 +25,14 @@ class Admission:
                        "stream": settings.max_concurrent_streams}
         self.in_use = dict.fromkeys(self.limits, 0)
         self.draining = False
+        self.last_refused = 0.0  # event-loop time a call was last refused for draining
         self._idle = asyncio.Event()
         self._idle.set()
 
     @contextmanager
     def admit(self, kind: str) -> Iterator[None]:
         if self.draining:
+            self.last_refused = asyncio.get_running_loop().time()
             raise retry_later(Unavailable("the server is shutting down; retry (another "
                                           "replica can serve it)", reason="DRAINING"), 1)
         if self.in_use[kind] >= self.limits[kind]:
@@ -48,8 +50,23 @@ class Admission:
     def drain(self) -> None:
         self.draining = True
 
+    async def wait_quiet(self, quiet: float, seconds: float) -> None:
+        """Wait (at most ``seconds``) until no call has been refused for ``quiet`` seconds:
+        until callers have moved to other replicas. Stopping the server while calls still
+        arrive would cancel them (CANCELLED, which no retry policy retries) instead of
+        refusing them (UNAVAILABLE before any header, which it does)."""
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + seconds
+        while loop.time() < ends:
+            wait = self.last_refused + quiet - loop.time()
+            if wait <= 0:
+                return
+            await asyncio.sleep(min(wait, ends - loop.time()))
+
     async def wait_idle(self, seconds: float) -> bool:
         """True if everything in flight finished within ``seconds``."""
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), seconds)
         except TimeoutError:

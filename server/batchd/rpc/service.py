@@ -15,7 +15,7 @@ from batchd.auth import Principal, current_principal, guard_stream
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
-from batchd.errors import to_rpc_status, translate
+from batchd.errors import DeadlineExceeded, to_rpc_status, translate
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import registered
@@ -29,12 +29,14 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 
 
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
-    """The call's deadline as event-loop time (None: the caller set none)."""
+def deadline_of(context: grpc.aio.ServicerContext, most_seconds: float) -> float:
+    """The call's deadline as event-loop time: the caller's, but never later than
+    ``most_seconds`` from now (``max_batch_seconds``), so every call has a bound."""
+    now = asyncio.get_running_loop().time()
     remaining = context.time_remaining()
     if remaining is None:
-        return None
-    return asyncio.get_running_loop().time() + float(remaining)
+        return now + most_seconds
+    return now + min(float(remaining), most_seconds)
 
 
 def request_id_of(context: grpc.aio.ServicerContext) -> str:
@@ -58,13 +60,24 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
     async def BatchExecute(self, request: batch_pb2.BatchExecuteRequest,
                            context: grpc.aio.ServicerContext) -> batch_pb2.BatchExecuteResponse:
         request_id = request_id_of(context)
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         with self.observer.batch(request, request_id) as seen:
             try:
                 with self.admission.admit("batch"):
+                    # Only now: a call refused before any header is one gRPC's retry policy
+                    # may send to another replica (it was not "committed").
+                    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     plan = plan_batch(request, self.plan_ctx, current_principal.get())
-                    plan.deadline = deadline_of(context)
-                    return seen.answered(await self.executor.execute(plan, request_id))
+                    plan.deadline = deadline_of(context, self.plan_ctx.settings.max_batch_seconds)
+                    try:
+                        async with asyncio.timeout_at(plan.deadline):
+                            response = await self.executor.execute(plan, request_id)
+                    except TimeoutError:
+                        raise DeadlineExceeded(
+                            "the batch did not finish before its deadline (the caller's, or "
+                            "max_batch_seconds); " + (
+                                "nothing of it was committed" if plan.atomic else
+                                "operations that finished before it stay committed")) from None
+                    return seen.answered(response)
             except Exception as exc:
                 error = seen.failed(translate(exc, request_id))
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
@@ -74,10 +87,10 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
                           context: grpc.aio.ServicerContext,
                           ) -> AsyncIterator[batch_pb2.StreamResponse]:
         request_id = request_id_of(context)
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         with self.observer.stream(request_id) as seen:
             try:
                 with self.admission.admit("stream"):
+                    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     principal = current_principal.get()
                     requests = await guard_stream(request_iterator, principal,
                                                   self.plan_ctx.catalog.default_schema)

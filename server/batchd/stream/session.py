@@ -31,6 +31,7 @@ from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
 from batchd.config import Settings
+from batchd.db.pool import set_limits, transaction
 from batchd.errors import (
     BatchdError,
     DeadlineExceeded,
@@ -203,6 +204,7 @@ class StreamSession:
         await tx.start()
         committed = False
         try:
+            await set_limits(conn, self.settings)
             while True:
                 item = await queue.get()
                 if isinstance(item, _Commit):
@@ -262,7 +264,7 @@ class StreamSession:
                 continue
             ledger.check_sequence(sequence, tally.last_sequence + 1)
             try:
-                async with conn.transaction():
+                async with transaction(conn, self.settings):
                     if not await ledger.claim_chunk(conn, stream_id, sequence, tally.next_row, 0):
                         raise _Undo  # committed meanwhile (another connection or replica)
                     ack = await self._apply(conn, chunk, target, tally,

@@ -1,0 +1,97 @@
+"""A TCP or unix-socket proxy in the test's own event loop, to cut a connection on purpose.
+
+    proxy = await Proxy.unix(target_socket_path, listen_dir)   # or Proxy.tcp(host, port)
+    proxy.cut()        # close every connection and stop listening: connects are refused
+    await proxy.restore()
+
+Only loopback addresses and local sockets: nothing here reaches beyond this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+
+class Proxy:
+    def __init__(self, connect: object, listen: object) -> None:
+        self._connect = connect
+        self._listen = listen
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
+        self.port = 0
+
+    @classmethod
+    async def unix(cls, target: str, listen_dir: Path) -> Proxy:
+        """Forward connections on ``listen_dir``/.s.PGSQL.5432 to the socket ``target``."""
+        listen = str(listen_dir / ".s.PGSQL.5432")
+        proxy = cls(lambda: asyncio.open_unix_connection(target),
+                    lambda handle: asyncio.start_unix_server(handle, listen))
+        await proxy.restore()
+        return proxy
+
+    @classmethod
+    async def tcp(cls, host: str, port: int) -> Proxy:
+        """Forward connections on a free port of 127.0.0.1 (``proxy.port``) to host:port."""
+        proxy = cls(lambda: asyncio.open_connection(host, port), None)
+        proxy._listen = lambda handle: asyncio.start_server(handle, "127.0.0.1", proxy.port)
+        server = await asyncio.start_server(proxy._handle, "127.0.0.1", 0)
+        proxy.port = server.sockets[0].getsockname()[1]
+        proxy._server = server
+        return proxy
+
+    @classmethod
+    async def for_dsn(cls, dsn: str, workdir: Path) -> tuple[Proxy, str]:
+        """A proxy in front of the PostgreSQL of ``dsn`` (unix socket or TCP), and the DSN
+        that goes through it."""
+        parts = urlsplit(dsn)
+        query = dict(parse_qsl(parts.query))
+        socket_dir = query.get("host") or (parts.hostname if parts.hostname and
+                                           parts.hostname.startswith("/") else None)
+        if socket_dir:
+            port = parts.port or int(query.get("port", 5432))
+            proxy = await cls.unix(f"{socket_dir}/.s.PGSQL.{port}", workdir)
+            query["host"], query["port"] = str(workdir), "5432"
+            netloc = parts.netloc.rsplit("@", 1)
+            userinfo = netloc[0] + "@" if len(netloc) == 2 else ""
+            return proxy, urlunsplit((parts.scheme, userinfo, parts.path, urlencode(query), ""))
+        proxy = await cls.tcp(parts.hostname or "127.0.0.1", parts.port or 5432)
+        userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        return proxy, urlunsplit((parts.scheme, f"{userinfo}127.0.0.1:{proxy.port}", parts.path,
+                                  parts.query, ""))
+
+    async def restore(self) -> None:
+        self._server = await self._listen(self._handle)  # type: ignore[operator]
+
+    def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await self._connect()  # type: ignore[operator]
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._writers -= {writer, up_writer}

@@ -1,0 +1,142 @@
+"""Running as one of a fleet: timeouts in every transaction, a bound on every call, a drain
+that fails no call, and health that says whether PostgreSQL is there."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from batchd.app import SERVICE_NAME, App
+from batchd.db.pool import detect_pooler
+from batchd.v1 import batch_pb2_grpc
+from tests.conftest import batch, count, fails, make_settings, rows
+from tests.proxy import Proxy
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def health_of(channel: grpc.aio.Channel, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+
+async def until_health(channel: grpc.aio.Channel, service: str, wanted: int,
+                       patience: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + patience
+    while loop.time() < ends:
+        if await health_of(channel, service) == wanted:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"health of {service!r} never became {wanted}")
+
+
+def insert(email: str) -> list[dict]:
+    return [{"id": "c", "insert": {"table": "customers",
+                                   "rows": [{"name": "n", "email": email}]}}]
+
+
+async def test_timeouts_hold_in_every_transaction_not_as_connection_settings(schema):
+    app = await App.start(make_settings(schema, statement_timeout_ms=12345, lock_timeout_ms=2345,
+                                        idle_in_transaction_timeout_ms=34567))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = batch_pb2_grpc.BatchServiceStub(channel)
+            for mode in ("MODE_ATOMIC", "MODE_INDEPENDENT"):
+                response = await stub.BatchExecute(batch(
+                    [{"id": "s", "call": {"handler": "session_settings"}}], mode=mode))
+                settings = rows(response.results[0])[0]
+                assert settings["statement_timeout"] == "12345ms"
+                assert settings["lock_timeout"] == "2345ms"
+                assert settings["idle_in_transaction_session_timeout"] == "34567ms"
+        # Outside batchd's transactions the connection has PostgreSQL's defaults: nothing is
+        # sent at connection start-up, which a pooler in transaction mode would refuse.
+        async with app.pool.acquire() as conn:
+            assert await conn.fetchval("SHOW lock_timeout") == "0"
+    finally:
+        await app.stop(grace=1)
+
+
+async def test_a_call_deadline_lowers_statement_timeout_for_its_transaction(stub):
+    response = await stub.BatchExecute(
+        batch([{"id": "s", "call": {"handler": "session_settings"}}]), timeout=5)
+    value = rows(response.results[0])[0]["statement_timeout"]
+    assert value.endswith("ms") and 0 < int(value.removesuffix("ms")) <= 5000
+
+
+async def test_pooler_detection_sees_a_direct_connection(schema):
+    assert await detect_pooler(schema, 10) == "none"
+
+
+async def test_a_call_without_deadline_is_bounded_by_max_batch_seconds(schema, db):
+    app = await App.start(make_settings(schema, max_batch_seconds=0.5))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = batch_pb2_grpc.BatchServiceStub(channel)
+            failure = await fails(stub, batch([
+                *insert("bounded@x"),
+                {"id": "slow", "call": {"handler": "sleep", "args": {"seconds": 30}}}]))
+    finally:
+        await app.stop(grace=1)
+    assert failure.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert await count(db, "customers") == 0
+
+
+async def test_drain_keeps_serving_for_the_delay_then_refuses_before_any_header(schema, db):
+    app = await App.start(make_settings(schema, drain_delay_seconds=60))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = batch_pb2_grpc.BatchServiceStub(channel)
+        stopping = asyncio.ensure_future(app.stop(grace=5))
+        try:
+            await until_health(channel, "", NOT_SERVING)
+            assert await health_of(channel, SERVICE_NAME) == NOT_SERVING
+            # Health says go away, but a caller that has not noticed yet is still served.
+            call = stub.BatchExecute(batch(insert("during-delay@x")))
+            assert (await call).committed
+            assert dict(await call.initial_metadata())["x-request-id"]
+            app.drain_released.set()  # the delay is over
+            for _ in range(400):
+                refused = stub.BatchExecute(batch(insert("refused@x")))
+                try:
+                    await refused
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the server never refused new work")
+            # Trailers only: not committed from gRPC's point of view, so the published retry
+            # policy may send it to another replica.
+            assert not list(await refused.initial_metadata())
+        finally:
+            app.drain_released.set()
+            await stopping
+    assert [r["email"] for r in await db.fetch("SELECT email FROM customers")] == \
+        ["during-delay@x"]
+
+
+@pytest.mark.timeout(90)
+async def test_health_of_the_service_follows_the_database_and_the_process_stays_serving(schema):
+    with tempfile.TemporaryDirectory(prefix="batchd-proxy-") as workdir:
+        proxy, via_proxy = await Proxy.for_dsn(schema, Path(workdir))
+        app = await App.start(make_settings(via_proxy, db_check_seconds=0.05,
+                                            db_unhealthy_after_seconds=0.3))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                assert await health_of(channel, SERVICE_NAME) == SERVING
+                proxy.cut()
+                await until_health(channel, SERVICE_NAME, NOT_SERVING)
+                assert await health_of(channel, "") == SERVING  # alive: restart nothing
+                await proxy.restore()
+                await until_health(channel, SERVICE_NAME, SERVING)
+                stub = batch_pb2_grpc.BatchServiceStub(channel)
+                assert (await stub.BatchExecute(batch(insert("back@x")), timeout=30)).committed
+        finally:
+            await app.stop(grace=1)
+            await proxy.close()
