@@ -30,7 +30,7 @@ from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import load_modules
 from batchd.metrics import Metrics
-from batchd.rpc import reflection, tracing
+from batchd.rpc import decode, reflection, tracing
 from batchd.rpc.admission import Admission
 from batchd.rpc.health import DatabaseWatch
 from batchd.rpc.interceptors import MetricsInterceptor
@@ -38,7 +38,7 @@ from batchd.rpc.observe import Observer
 from batchd.rpc.service import BatchService
 from batchd.stream.ledger import ensure_internal_schema
 from batchd.stream.session import StreamServices
-from batchd.v1 import batch_pb2, batch_pb2_grpc
+from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
@@ -93,12 +93,13 @@ class App:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", int(settings.reuse_port)),
+                ("grpc.server.max_pending_requests", settings.max_pending_calls),
+                ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
             ])
-            streams = StreamServices(pool, catalog, executor, plan_ctx, settings)
             admission = Admission(settings)
-            batch_pb2_grpc.add_BatchServiceServicer_to_server(  # type: ignore[no-untyped-call]
-                BatchService(executor, plan_ctx, streams,
-                             Observer(metrics, catalog), admission), server)
+            streams = StreamServices(pool, catalog, executor, plan_ctx, settings, admission)
+            decode.register(BatchService(executor, plan_ctx, streams, Observer(metrics, catalog),
+                                         admission), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable(

@@ -59,7 +59,6 @@ from batchd.config import Settings
 from batchd.errors import BatchdError, PermissionDenied, Unauthenticated, to_rpc_status
 from batchd.kinds.base import Kind
 from batchd.kinds.registry import access_of
-from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
 
@@ -125,33 +124,17 @@ def authorize_operation(principal: Principal, kind: Kind, message: Any,
                             metadata={"principal": principal.name, "scope": needed})
 
 
-async def guard_stream(requests: AsyncIterator[batch_pb2.StreamRequest],
-                       principal: Principal | None, default_schema: str,
-                       ) -> AsyncIterator[batch_pb2.StreamRequest]:
+def authorize_ingest(principal: Principal, table: str,
+                     default_schema: str) -> PermissionDenied | None:
     """BatchStream: an ingest stream needs ``write`` on its table, checked on the header
-    before the stream opens. Returns the requests, header included, for the stream handler.
-    (An operations feed is checked per operation by ``plan_batch``.)"""
-    if principal is None:
-        return requests
-    first = await anext(requests, None)
-    if first is not None and first.WhichOneof("kind") == "header" and first.header.table:
-        target = qualified(first.header.table, default_schema)
-        if not principal.allows("write", target):
-            raise PermissionDenied(f'principal "{principal.name}" may not ingest into table '
-                                   f'"{target}" (needs scope write:{target})',
-                                   metadata={"principal": principal.name,
-                                             "scope": f"write:{target}"})
-    return _prepend(first, requests)
-
-
-async def _prepend(first: batch_pb2.StreamRequest | None,
-                   rest: AsyncIterator[batch_pb2.StreamRequest],
-                   ) -> AsyncIterator[batch_pb2.StreamRequest]:
-    if first is None:
-        return
-    yield first
-    async for request in rest:
-        yield request
+    before anything else of it (an operations feed is checked per operation by
+    ``plan_batch``). The denial, or None."""
+    target = qualified(table, default_schema)
+    if principal.allows("write", target):
+        return None
+    return PermissionDenied(f'principal "{principal.name}" may not ingest into table '
+                            f'"{target}" (needs scope write:{target})',
+                            metadata={"principal": principal.name, "scope": f"write:{target}"})
 
 
 # --- authentication --------------------------------------------------------------------------

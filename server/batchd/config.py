@@ -142,8 +142,18 @@ class Settings(BaseSettings):
     # stream holds a pooled connection for its whole life: keep streams below pool_max_size.
     max_concurrent_batches: int = 256
     max_concurrent_streams: int = 8
+    # Calls gRPC may hold before batchd's handlers take them (a burst of connections). Past it,
+    # gRPC itself cancels calls (CANCELLED, unseen by batchd); below it, every call reaches
+    # admission and is answered OK or RESOURCE_EXHAUSTED with RetryInfo. Each waiting call
+    # costs its headers only (its message is read once a handler takes it).
+    max_pending_calls: int = Field(50_000, gt=0)
     # A stream open longer is ended (ATOMIC: rolled back; INDEPENDENT: acked chunks stay).
     max_stream_seconds: float = 3600.0
+    # A stream holds nothing (no admission slot, no connection) until its header arrives, and
+    # is ended (DEADLINE_EXCEEDED) if none comes within stream_header_seconds, or if the client
+    # sends nothing for stream_idle_seconds between messages: idle clients lock nobody out.
+    stream_header_seconds: float = Field(10.0, gt=0)
+    stream_idle_seconds: float = Field(60.0, gt=0)
     # The deadline of a BatchExecute whose caller set none (a caller's own deadline is not
     # raised to it), so that every call has a server-side bound.
     max_batch_seconds: float = Field(300.0, gt=0)

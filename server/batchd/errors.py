@@ -464,6 +464,8 @@ REASONS: tuple[Reason, ...] = (
            "started"),
     Reason("STREAM_TOO_LONG", _S.DEADLINE_EXCEEDED, "a stream open longer than "
            "`max_stream_seconds`"),
+    Reason("STREAM_IDLE", _S.DEADLINE_EXCEEDED, "a stream sent no header within "
+           "`stream_header_seconds`, or nothing for `stream_idle_seconds`"),
     Reason("DATABASE_TIMEOUT", _S.DEADLINE_EXCEEDED, "PostgreSQL did not answer in time"),
     Reason("DATABASE_UNAVAILABLE", _S.UNAVAILABLE, "the database connection was lost or "
            "refused: retry"),

@@ -29,12 +29,16 @@ class Admission:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @contextmanager
-    def admit(self, kind: str) -> Iterator[None]:
+    def check_open(self) -> None:
+        """UNAVAILABLE (retry elsewhere) while the server drains."""
         if self.draining:
             self.last_refused = asyncio.get_running_loop().time()
             raise retry_later(Unavailable("the server is shutting down; retry (another "
                                           "replica can serve it)", reason="DRAINING"), 1)
+
+    @contextmanager
+    def admit(self, kind: str) -> Iterator[None]:
+        self.check_open()
         if self.in_use[kind] >= self.limits[kind]:
             raise retry_later(Overloaded(f"too many concurrent {_PLURAL[kind]}: the limit is "
                                          f"{self.limits[kind]}; retry shortly"), 1)

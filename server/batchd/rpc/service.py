@@ -11,15 +11,16 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_status import rpc_status
 
-from batchd.auth import Principal, current_principal, guard_stream
+from batchd.auth import Principal, current_principal
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
-from batchd.errors import DeadlineExceeded, to_rpc_status, translate
+from batchd.errors import DeadlineExceeded, InvalidArgument, to_rpc_status, translate
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import registered
 from batchd.metrics import Metrics
+from batchd.rpc import decode
 from batchd.rpc.admission import Admission
 from batchd.rpc.observe import Observer
 from batchd.stream.session import StreamServices, StreamSession
@@ -60,8 +61,12 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
     async def BatchExecute(self, request: batch_pb2.BatchExecuteRequest,
                            context: grpc.aio.ServicerContext) -> batch_pb2.BatchExecuteResponse:
         request_id = request_id_of(context)
-        with self.observer.batch(request, request_id) as seen:
+        malformed = decode.problem(request)
+        observed = batch_pb2.BatchExecuteRequest() if malformed is not None else request
+        with self.observer.batch(observed, request_id) as seen:
             try:
+                if malformed is not None:
+                    raise malformed
                 with self.admission.admit("batch"):
                     # Only now: a call refused before any header is one gRPC's retry policy
                     # may send to another replica (it was not "committed").
@@ -87,16 +92,17 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
                           context: grpc.aio.ServicerContext,
                           ) -> AsyncIterator[batch_pb2.StreamResponse]:
         request_id = request_id_of(context)
+
+        async def admitted() -> None:
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+
         with self.observer.stream(request_id) as seen:
             try:
-                with self.admission.admit("stream"):
-                    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-                    principal = current_principal.get()
-                    requests = await guard_stream(request_iterator, principal,
-                                                  self.plan_ctx.catalog.default_schema)
-                    session = StreamSession(self.streams, request_id, principal)
-                    async for response in session.run(seen.requests(requests)):
-                        yield seen.sent(response)
+                self.admission.check_open()  # draining: refused before waiting for a header
+                session = StreamSession(self.streams, request_id, current_principal.get())
+                requests = seen.requests(decode.checked(request_iterator))
+                async for response in session.run(requests, admitted):
+                    yield seen.sent(response)
                 return
             except Exception as exc:
                 error = seen.failed(translate(exc, request_id))
@@ -104,6 +110,10 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
 
     async def GetSchema(self, request: batch_pb2.GetSchemaRequest,
                         context: grpc.aio.ServicerContext) -> batch_pb2.GetSchemaResponse:
+        try:
+            decode.check(request)
+        except InvalidArgument as err:
+            await context.abort_with_status(rpc_status.to_status(to_rpc_status(err)))
         return describe(self.plan_ctx.catalog, current_principal.get())
 
 

@@ -20,13 +20,13 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from batchd.auth import Principal
+from batchd.auth import Principal, authorize_ingest
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_batch
 from batchd.catalog import Catalog
@@ -41,6 +41,7 @@ from batchd.errors import (
     to_rpc_status,
 )
 from batchd.kinds.base import PlanContext
+from batchd.rpc.admission import Admission
 from batchd.stream import ledger
 from batchd.stream.copy import Decoded, Target, decode, resolve_target, write
 from batchd.v1 import batch_pb2
@@ -113,6 +114,7 @@ class StreamServices:
     executor: Executor
     plan_ctx: PlanContext
     settings: Settings
+    admission: Admission
 
 
 class StreamSession:
@@ -125,16 +127,47 @@ class StreamSession:
         self.executor = services.executor
         self.plan_ctx = services.plan_ctx
         self.settings = services.settings
+        self.admission = services.admission
         self.request_id = request_id
         self.principal = principal  # whose scopes bound an operations feed (None: auth off)
 
     async def run(self, requests: AsyncIterator[batch_pb2.StreamRequest],
+                  admitted: Callable[[], Awaitable[None]],
                   ) -> AsyncIterator[batch_pb2.StreamResponse]:
-        first = await anext(requests, None)
+        """The stream's responses. It takes an admission slot (and then a connection) only
+        once a valid header has arrived, and calls ``admitted`` then (the servicer sends its
+        response headers: a stream refused before is refused before any header)."""
+        header = await self._header(requests)
+        with self.admission.admit("stream"):
+            await admitted()
+            async for response in self._run(header, requests):
+                yield response
+
+    async def _header(self, requests: AsyncIterator[batch_pb2.StreamRequest],
+                      ) -> batch_pb2.StreamHeader:
+        """The header, within ``stream_header_seconds``, checked against the caller's scopes
+        before anything else (a denied caller learns nothing of the table)."""
+        try:
+            async with asyncio.timeout(self.settings.stream_header_seconds):
+                first = await anext(requests, None)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no stream header within stream_header_seconds "
+                                   f"({self.settings.stream_header_seconds:g} s)",
+                                   reason="STREAM_IDLE") from None
         if first is None or first.WhichOneof("kind") != "header":
             raise InvalidArgument.field("header", "the first message of a stream must be a "
                                                   "header")
         header = first.header
+        if self.principal is not None and header.table:
+            denied = authorize_ingest(self.principal, header.table,
+                                      self.catalog.default_schema)
+            if denied is not None:
+                raise denied
+        return header
+
+    async def _run(self, header: batch_pb2.StreamHeader,
+                   requests: AsyncIterator[batch_pb2.StreamRequest],
+                   ) -> AsyncIterator[batch_pb2.StreamResponse]:
         if header.mode not in (batch_pb2.MODE_UNSPECIFIED, batch_pb2.MODE_ATOMIC,
                                batch_pb2.MODE_INDEPENDENT):
             raise InvalidArgument.field("header.mode", f"unknown mode {header.mode}")
@@ -171,8 +204,19 @@ class StreamSession:
                     header: batch_pb2.StreamHeader, target: Target | None,
                     queue: _Bounded) -> None:
         """Decode chunks ahead of the writer; the queue's bound is the backpressure."""
+        idle = self.settings.stream_idle_seconds
         try:
-            async for request in requests:
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        request = await anext(requests, None)
+                except TimeoutError:
+                    await queue.put(DeadlineExceeded(
+                        f"the client sent nothing for stream_idle_seconds ({idle:g} s)",
+                        reason="STREAM_IDLE"))
+                    return
+                if request is None:
+                    break
                 kind = request.WhichOneof("kind")
                 if kind == "commit":
                     await queue.put(_Commit())
@@ -191,6 +235,8 @@ class StreamSession:
                         item.error = exc
                 await queue.put((item, target))
             await queue.put(_END)
+        except BatchdError as exc:  # a malformed message
+            await queue.put(exc)
         except Exception as exc:  # the transport failed under us: end as if cancelled
             log.info("stream reader ended: %r", exc)
             await queue.put(_END)
