@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,10 @@ class App:
 
     @classmethod
     async def start(cls, settings: Settings) -> App:
+        # Large requests are planned, and large responses built, on worker threads; with the
+        # default 5 ms GIL switch interval the event loop would wait up to that long for every
+        # step of every other call meanwhile. 0.5 ms keeps it answering (health checks too).
+        sys.setswitchinterval(0.0005)
         embedded = None
         dsn = settings.dsn
         if dsn is None:

@@ -133,14 +133,15 @@ class Executor:
                         if plan.validate_only:
                             raise _Rollback
                 except _Rollback:
-                    return answers.succeeded(plan.steps, outputs, committed=False, attempts=attempt)
+                    return await answers.succeeded(plan.steps, outputs, committed=False,
+                                                   attempts=attempt)
         except _StepFailed:
             raise
         except Exception as exc:
             # Acquiring, BEGIN or COMMIT failed (a failed COMMIT commits nothing), or the
             # rollback after a lost connection did: no operation to blame.
             raise _StepFailed(None, translate(exc, request_id)) from exc
-        return answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
+        return await answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
 
     async def _run_claimed(self, plan: BatchPlan, claim: Claim, conn: asyncpg.Connection,
                            results: Results, outputs: dict[str, Output], request_id: str,
@@ -167,7 +168,7 @@ class Executor:
                                            attempts=attempt)
             await store(conn, claim, error)
             return error
-        response = answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
+        response = await answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
         await store(conn, claim, response)
         return response
 
@@ -209,7 +210,7 @@ class Executor:
         except _StepFailed as failed:
             raise answers.atomic_failure(plan, outputs, failed.step, failed.error,
                                          attempts=1) from None
-        return answers.succeeded(plan.steps, outputs, committed=True, attempts=1)
+        return await answers.succeeded(plan.steps, outputs, committed=True, attempts=1)
 
     # --- INDEPENDENT --------------------------------------------------------------------------
 
@@ -247,7 +248,7 @@ class Executor:
                 finished[step.id].set()
 
         await asyncio.gather(*(run(s) for s in plan.steps))
-        return answers.independent(plan, outputs, errors, committed=bool(outputs))
+        return await answers.independent(plan, outputs, errors, committed=bool(outputs))
 
     async def _independent_dry_run(self, plan: BatchPlan,
                                    request_id: str) -> batch_pb2.BatchExecuteResponse:
@@ -276,4 +277,4 @@ class Executor:
                     raise _Rollback
             except _Rollback:
                 pass
-        return answers.independent(plan, outputs, errors, committed=False)
+        return await answers.independent(plan, outputs, errors, committed=False)

@@ -12,6 +12,7 @@ handler.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,22 @@ _ISOLATION = {
     batch_pb2.ISOLATION_LEVEL_REPEATABLE_READ: "repeatable_read",
     batch_pb2.ISOLATION_LEVEL_SERIALIZABLE: "serializable",
 }
+
+
+# Values past which a request is planned on a worker thread: coercing a 100,000-row insert
+# takes seconds of CPU, and on the event loop it would stall every other call (health too).
+OFF_LOOP_VALUES = 20_000
+
+
+async def plan_request(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext,
+                       principal: Principal | None) -> BatchPlan:
+    """``plan_batch``, on a worker thread when the request is large. (The thread holds the
+    GIL while it works, but hands it to the event loop every few milliseconds.)"""
+    values = sum(len(op.insert.rows) * max(1, len(op.insert.rows[0].fields))
+                 for op in request.operations if op.HasField("insert") and op.insert.rows)
+    if values + len(request.operations) < OFF_LOOP_VALUES:
+        return plan_batch(request, ctx, principal)
+    return await asyncio.to_thread(plan_batch, request, ctx, principal)
 
 
 def plan_batch(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext,

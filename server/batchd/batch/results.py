@@ -9,8 +9,9 @@ rows no longer exist; NOT_RUN).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from google.rpc import status_pb2
 
@@ -20,6 +21,7 @@ from batchd.kinds.base import Output
 from batchd.v1 import batch_pb2
 
 Outcome = batch_pb2.Outcome
+_T = TypeVar("_T")
 
 
 def add_result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: Any,
@@ -35,16 +37,41 @@ def add_result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: An
         result.next_page_token = output.next_page_token
 
 
-def succeeded(steps: Sequence[Step], outputs: dict[str, Output], *, committed: bool,
-              attempts: int) -> batch_pb2.BatchExecuteResponse:
+# Rows of results past which a response is built on a worker thread: building tens of
+# thousands of Structs takes long enough to stall every other call on the event loop.
+OFF_LOOP_ROWS = 2000
+
+
+async def _built(outputs: dict[str, Output], build: Callable[..., _T], *args: Any,
+                 **kwargs: Any) -> _T:
+    if sum(len(o.rows) for o in outputs.values()) < OFF_LOOP_ROWS:
+        return build(*args, **kwargs)
+    return await asyncio.to_thread(build, *args, **kwargs)
+
+
+async def succeeded(steps: Sequence[Step], outputs: dict[str, Output], *, committed: bool,
+                    attempts: int) -> batch_pb2.BatchExecuteResponse:
+    """Every operation SUCCEEDED (built off the event loop when large)."""
+    return await _built(outputs, _succeeded, steps, outputs, committed, attempts)
+
+
+async def independent(plan: BatchPlan, outputs: dict[str, Output],
+                      errors: dict[str, BatchdError],
+                      committed: bool) -> batch_pb2.BatchExecuteResponse:
+    """Each operation's own outcome (built off the event loop when large)."""
+    return await _built(outputs, _independent, plan, outputs, errors, committed)
+
+
+def _succeeded(steps: Sequence[Step], outputs: dict[str, Output], committed: bool,
+               attempts: int) -> batch_pb2.BatchExecuteResponse:
     response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=attempts)
     for s in steps:
         add_result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
     return response
 
 
-def independent(plan: BatchPlan, outputs: dict[str, Output], errors: dict[str, BatchdError],
-                committed: bool) -> batch_pb2.BatchExecuteResponse:
+def _independent(plan: BatchPlan, outputs: dict[str, Output], errors: dict[str, BatchdError],
+                 committed: bool) -> batch_pb2.BatchExecuteResponse:
     response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=1)
     for s in plan.steps:
         if s.id in outputs:

@@ -152,11 +152,12 @@ class InsertKind(Kind):
                                                 *[v for row in chunk for v in row]))
             affected = len(records)
         else:
-            arrays = [list(col) for col in zip(*rows, strict=True)]
             casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
-            records = await conn.fetch(
-                f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
-                f"SELECT * FROM unnest({casts}){spec.conflict_sql}{spec.returning_sql}", *arrays)
+            sql = (f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
+                   f"SELECT * FROM unnest({casts}){spec.conflict_sql}{spec.returning_sql}")
+            records = []
+            for part in _statement_parts(spec, rows):
+                records.extend(await conn.fetch(sql, *[list(c) for c in zip(*part, strict=True)]))
             affected = len(records)
         return Output(records, renderers(spec.returning), rows_affected=affected)
 
@@ -176,11 +177,11 @@ class InsertKind(Kind):
                 total += _count(await conn.execute(_values_sql(spec, len(chunk)),
                                                    *[v for row in chunk for v in row]))
             return total
-        arrays = [list(col) for col in zip(*rows, strict=True)]
         casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
-        return _count(await conn.execute(
-            f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
-            f"SELECT * FROM unnest({casts}){spec.conflict_sql}", *arrays))
+        sql = (f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
+               f"SELECT * FROM unnest({casts}){spec.conflict_sql}")
+        return sum([_count(await conn.execute(sql, *[list(c) for c in zip(*part, strict=True)]))
+                    for part in _statement_parts(spec, rows)])
 
     # --- coalescing (the Kind hook) --------------------------------------------------------
 
@@ -205,6 +206,20 @@ class InsertKind(Kind):
         parts = await _insert_together(ctx.connection, specs, rows)
         render = renderers(specs[0].returning)
         return [Output(records, render, rows_affected=len(records)) for records in parts]
+
+
+# Rows per statement of a large insert: asyncpg encodes a statement's parameters on the event
+# loop, and 100,000 rows at once would stall every other call for a second or more.
+ROWS_PER_STATEMENT = 1000
+
+
+def _statement_parts(spec: InsertSpec, rows: list[list[Any]]) -> list[list[list[Any]]]:
+    """``rows`` cut into statements of ROWS_PER_STATEMENT. Not an upsert's: one statement
+    refuses to update a row twice (SQLSTATE 21000) where two would do it, so cutting would
+    change what it means."""
+    if len(rows) <= ROWS_PER_STATEMENT or "DO UPDATE" in spec.conflict_sql:
+        return [rows]
+    return [rows[i:i + ROWS_PER_STATEMENT] for i in range(0, len(rows), ROWS_PER_STATEMENT)]
 
 
 def _count(tag: str) -> int:

@@ -11,8 +11,9 @@ servicer refuses (``check``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -21,6 +22,7 @@ from batchd.errors import InvalidArgument
 from batchd.v1 import batch_pb2
 
 SERVICE = batch_pb2.DESCRIPTOR.services_by_name["BatchService"]
+_M = TypeVar("_M", bound=Message)
 
 
 class Malformed:
@@ -33,6 +35,15 @@ class Malformed:
         self.reason = reason
 
 
+# Requests larger than this are parsed on a worker thread: parsing a 20 MB message takes long
+# enough to stall every other call on the event loop.
+OFF_LOOP_BYTES = 1 << 20
+
+
+class Raw(bytes):
+    """A unary request's bytes, parsed by the handler (``parse``), off the loop if large."""
+
+
 def _decoder(message_class: type[Message]) -> Callable[[bytes], Message | Malformed]:
     name = message_class.DESCRIPTOR.full_name
 
@@ -42,6 +53,16 @@ def _decoder(message_class: type[Message]) -> Callable[[bytes], Message | Malfor
         except (DecodeError, RecursionError, ValueError) as exc:
             return Malformed(name, str(exc) or type(exc).__name__)
     return decode
+
+
+async def parse(request: Raw | Message, message_class: type[_M]) -> _M | Malformed:
+    """The message a unary request's bytes hold (or ``Malformed``)."""
+    if not isinstance(request, bytes):
+        return request  # type: ignore[return-value]
+    decode = _decoder(message_class)
+    if len(request) < OFF_LOOP_BYTES:
+        return decode(request)  # type: ignore[return-value]
+    return await asyncio.to_thread(decode, request)  # type: ignore[arg-type]
 
 
 def problem(request: Any) -> InvalidArgument | None:
@@ -77,8 +98,11 @@ def register(servicer: Any, server: grpc.aio.Server) -> None:
                 (True, False): grpc.stream_unary_rpc_method_handler,
                 (True, True): grpc.stream_stream_rpc_method_handler,
                 }[method.client_streaming, method.server_streaming]
+        # Unary requests stay bytes until the handler parses them (``parse``); a stream's
+        # messages are chunk-sized and parsed as they come.
+        deserializer = _decoder(request_class) if method.client_streaming else Raw
         handlers[method.name] = make(getattr(servicer, method.name),
-                                     request_deserializer=_decoder(request_class),
+                                     request_deserializer=deserializer,
                                      response_serializer=response_class.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name,
                                                                           handlers),))

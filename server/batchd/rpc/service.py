@@ -13,7 +13,7 @@ from grpc_status import rpc_status
 
 from batchd.auth import Principal, current_principal
 from batchd.batch.executor import Executor
-from batchd.batch.plan import plan_batch
+from batchd.batch.plan import plan_request
 from batchd.catalog import Catalog
 from batchd.errors import DeadlineExceeded, InvalidArgument, to_rpc_status, translate
 from batchd.kinds import registry as kinds
@@ -58,12 +58,14 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         # Log lines and counts of each call (batchd.rpc.observe); its own metrics if none given.
         self.observer = observer or Observer(Metrics(), plan_ctx.catalog)
 
-    async def BatchExecute(self, request: batch_pb2.BatchExecuteRequest,
+    async def BatchExecute(self, raw: decode.Raw,
                            context: grpc.aio.ServicerContext) -> batch_pb2.BatchExecuteResponse:
         request_id = request_id_of(context)
-        malformed = decode.problem(request)
-        observed = batch_pb2.BatchExecuteRequest() if malformed is not None else request
-        with self.observer.batch(observed, request_id) as seen:
+        parsed = await decode.parse(raw, batch_pb2.BatchExecuteRequest)
+        malformed = decode.problem(parsed)
+        request = parsed if isinstance(parsed, batch_pb2.BatchExecuteRequest) \
+            else batch_pb2.BatchExecuteRequest()
+        with self.observer.batch(request, request_id) as seen:
             try:
                 if malformed is not None:
                     raise malformed
@@ -71,7 +73,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
                     # Only now: a call refused before any header is one gRPC's retry policy
                     # may send to another replica (it was not "committed").
                     await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-                    plan = plan_batch(request, self.plan_ctx, current_principal.get())
+                    plan = await plan_request(request, self.plan_ctx, current_principal.get())
                     plan.deadline = deadline_of(context, self.plan_ctx.settings.max_batch_seconds)
                     try:
                         async with asyncio.timeout_at(plan.deadline):
@@ -108,10 +110,10 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
                 error = seen.failed(translate(exc, request_id))
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
 
-    async def GetSchema(self, request: batch_pb2.GetSchemaRequest,
+    async def GetSchema(self, raw: decode.Raw,
                         context: grpc.aio.ServicerContext) -> batch_pb2.GetSchemaResponse:
         try:
-            decode.check(request)
+            decode.check(await decode.parse(raw, batch_pb2.GetSchemaRequest))
         except InvalidArgument as err:
             await context.abort_with_status(rpc_status.to_status(to_rpc_status(err)))
         return describe(self.plan_ctx.catalog, current_principal.get())

@@ -28,7 +28,7 @@ import asyncpg
 
 from batchd.auth import Principal, authorize_ingest
 from batchd.batch.executor import Executor
-from batchd.batch.plan import plan_batch
+from batchd.batch.plan import plan_request
 from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.db.pool import set_limits, transaction
@@ -367,7 +367,7 @@ class StreamSession:
         if not message.operations:
             raise InvalidArgument.field("chunk.operations", "an operations feed's chunks carry "
                                                             "operations")
-        plan = plan_batch(batch_pb2.BatchExecuteRequest(operations=message.operations),
+        plan = await plan_request(batch_pb2.BatchExecuteRequest(operations=message.operations),
                           self.plan_ctx, self.principal)
         try:
             response = await self.executor.run_on(conn, plan, self.request_id)

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Event-loop stalls: health-check latency while one big BatchExecute runs.
+
+    .venv/bin/python scripts/bench_stall.py [--rows 100000] [--runs 3] [--dsn DSN]
+
+One PostgreSQL (embedded by default), one `batchd serve` process. A caller sends one atomic
+batch inserting --rows rows (12 columns, the customers-like table below, RETURNING the key)
+while another checks gRPC health every 5 ms on its own channel; the health latencies during
+the insert are summarized (p50, p99, max). A health check is an empty unary call that only the
+server's event loop delays: its tail is the longest time the loop did not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ingest import sql, start_postgres, start_server, stop_server  # noqa: E402
+
+from batchd.client.builder import Batch  # noqa: E402
+from batchd.v1 import batch_pb2_grpc  # noqa: E402
+
+TABLE_SQL = """
+DROP TABLE IF EXISTS stall_rows;
+CREATE TABLE stall_rows (id bigserial PRIMARY KEY, a text, b text, c bigint, d numeric,
+    e timestamptz, f boolean, g jsonb, h uuid, i integer, j text, k double precision);
+"""
+
+
+def request(rows: int) -> object:
+    b = Batch()
+    b.insert("stall_rows", [{"a": f"a{i}", "b": "b", "c": str(i), "d": "1.5",
+                             "e": "2026-01-01T00:00:00Z", "f": True, "g": {"k": i},
+                             "h": "00000000-0000-0000-0000-000000000001", "i": i, "j": "j",
+                             "k": 0.5} for i in range(rows)])
+    return b.to_request()
+
+
+async def one_run(target: str, rows: int) -> list[float]:
+    req = request(rows)
+    async with grpc.aio.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", 256 << 20),
+            ("grpc.max_receive_message_length", 256 << 20)]) as big, \
+            grpc.aio.insecure_channel(target, options=[
+                ("grpc.use_local_subchannel_pool", 1)]) as small:
+        health = health_pb2_grpc.HealthStub(small)
+        await health.Check(health_pb2.HealthCheckRequest())
+        call = asyncio.ensure_future(batch_pb2_grpc.BatchServiceStub(big).BatchExecute(req))
+        latencies = []
+        while not call.done():
+            started = time.perf_counter()
+            await health.Check(health_pb2.HealthCheckRequest())
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(0.005)
+        response = await call
+        assert response.committed and len(response.results[0].rows) == rows
+        return latencies
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dsn")
+    args = parser.parse_args()
+    dsn, embedded = start_postgres(args.dsn)
+    await sql(dsn, TABLE_SQL)
+    import os
+    os.environ["BATCHD_MAX_MESSAGE_BYTES"] = str(256 << 20)
+    proc, target = await start_server(dsn)
+    try:
+        for run in range(args.runs):
+            lat = sorted(await one_run(target, args.rows))
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            print(f"run {run + 1}: {len(lat)} health checks during a {args.rows:,}-row insert: "
+                  f"p50 {statistics.median(lat) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+                  f"max {lat[-1] * 1000:.1f} ms", flush=True)
+    finally:
+        await stop_server(proc)
+        if embedded is not None:
+            embedded.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
