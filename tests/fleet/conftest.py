@@ -87,9 +87,14 @@ async def fleet() -> AsyncIterator[Fleet]:
 
 
 @pytest.fixture(autouse=True)
-async def fleet_ready(request: pytest.FixtureRequest, fleet: Fleet) -> AsyncIterator[None]:
-    """Every test starts with all replicas UP behind HAProxy and empty tables, and a failed
-    test prints every process's log."""
+async def fleet_ready(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Every test of the fleet starts with all replicas UP behind HAProxy and empty tables,
+    and a failed one prints every process's log. (Tests that do not use the fleet do not
+    start it.)"""
+    if "fleet" not in request.fixturenames:
+        yield
+        return
+    fleet: Fleet = request.getfixturevalue("fleet")
     await fleet.ensure_all_up()
     conn = await asyncpg.connect(fleet.db_dsn)
     try:

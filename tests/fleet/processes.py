@@ -332,14 +332,15 @@ class HAProxy:
     stats_socket: Path
 
     @classmethod
-    def create(cls, workdir: Path, replicas: Sequence[Replica]) -> HAProxy:
+    def create(cls, workdir: Path, replicas: Sequence[str]) -> HAProxy:
+        """HAProxy in front of ``replicas`` (host:port; its servers replica1..3, in order)."""
         binary = find_tool("haproxy")
         assert binary is not None
         port = free_port()
         stats = workdir / "haproxy.sock"
         env = {**os.environ, "BATCHD_LB_BIND": f"127.0.0.1:{port}",
                "HAPROXY_STATS_SOCKET": str(stats)}
-        env.update({f"BATCHD_REPLICA_{i}": r.address for i, r in enumerate(replicas, 1)})
+        env.update({f"BATCHD_REPLICA_{i}": address for i, address in enumerate(replicas, 1)})
         # -db: stay in the foreground, whatever the configuration says.
         proc = Proc("haproxy", [binary, "-db", "-f", str(DEPLOY / "haproxy" / "haproxy.cfg")],
                     workdir / "haproxy.log", env=env)
@@ -390,15 +391,24 @@ class HAProxy:
                     if row["pxname"] == name and row["svname"] == "FRONTEND")
 
     async def wait_status(self, wanted: Mapping[str, str], patience: float = 30) -> None:
+        """Until each named server has the wanted status. UP must come from a passed check:
+        HAProxy counts a server UP from the start, before its first check has answered."""
+
+        def has(server: dict[str, str], status: str) -> bool:
+            return server["status"] == status and (
+                status != "UP" or server["check_status"].lstrip("* ") == "L7OK")
+
         async def reached() -> bool:
             self.proc.check_running()
             servers = await self.servers()
-            return all(servers[name]["status"] == status for name, status in wanted.items())
+            return all(has(servers[name], status) for name, status in wanted.items())
 
         try:
             await wait_until(reached, patience, f"HAProxy to see {dict(wanted)}")
         except FleetError as exc:
-            raise FleetError(f"{exc}: {await self.servers()}\n{self.proc.tail()}") from None
+            seen = {name: f"{s['status']} {s['check_status']} ({s['last_chk']})"
+                    for name, s in (await self.servers()).items()}
+            raise FleetError(f"{exc}: {seen}\n{self.proc.tail()}") from None
 
 
 @dataclass
@@ -461,7 +471,7 @@ async def start_fleet(workdir: Path, replica_env: Mapping[str, str], grace: floa
         await r.start()
         started.append(r.proc)
     await asyncio.gather(*(r.wait_serving() for r in members))
-    lb = HAProxy.create(workdir, members)
+    lb = HAProxy.create(workdir, [r.address for r in members])
     started.append(lb)
     await lb.start()
     await lb.wait_status({r.name: "UP" for r in members})
