@@ -207,7 +207,7 @@ def test_a_message_less_postgres_error_uses_its_text() -> None:
     assert err.code == S.INVALID_ARGUMENT and err.reason == "CHECK_VIOLATION"
 
 
-# --- from_database: the driver and the connection ---------------------------------------------
+# --- from_database: the driver and the connection --------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="asyncpg.exceptions.DataError (what the driver raises "
                    "when it cannot encode a value) is a PostgresError with class attribute "
@@ -276,7 +276,7 @@ def test_anything_else_is_not_a_database_error(exc: BaseException) -> None:
     assert from_database(exc) is None
 
 
-# --- translate ---------------------------------------------------------------------------------
+# --- translate -------------------------------------------------------------------------------
 
 def test_translate_passes_our_errors_through_unchanged() -> None:
     err = NotFound("no such row")
@@ -300,7 +300,7 @@ def test_a_bug_becomes_internal_with_the_request_id_and_no_internals(
     assert "req-42" in record.getMessage() and record.exc_info is not None
 
 
-# --- codes --------------------------------------------------------------------------------------
+# --- codes -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("code", list(S), ids=lambda c: c.name)
 def test_code_of_is_the_inverse_of_the_status_code_number(code: grpc.StatusCode) -> None:
@@ -330,7 +330,7 @@ def test_operations_not_committed_are_aborted() -> None:
     assert not status.details
 
 
-# --- the error objects --------------------------------------------------------------------------
+# --- the error objects -----------------------------------------------------------------------
 
 def test_invalid_argument_field_names_the_field_in_message_and_violation() -> None:
     err = InvalidArgument.field("operations[2].insert.rows[0].price", "expected a number")
@@ -361,7 +361,7 @@ def test_retry_later_adds_retry_info_found_by_detail() -> None:
     assert err.detail(error_details_pb2.DebugInfo) is None
 
 
-# --- google.rpc.Status ---------------------------------------------------------------------------
+# --- google.rpc.Status -----------------------------------------------------------------------
 
 def unpack(status: status_pb2.Status, kind: type) -> list:
     found = []

@@ -42,7 +42,7 @@ def only_violation(error: InvalidArgument) -> tuple[str, str]:
     return violation.field, violation.description
 
 
-# --- the request as a whole -------------------------------------------------------------------
+# --- the request as a whole ------------------------------------------------------------------
 
 def test_a_batch_without_operations_is_invalid() -> None:
     with pytest.raises(InvalidArgument) as caught:
@@ -136,7 +136,7 @@ def test_a_request_without_id_claims_nothing() -> None:
     assert plan([get("g", "customers", {"id": 1})]).claim is None
 
 
-# --- invalid operations are steps, not request errors -------------------------------------------
+# --- invalid operations are steps, not request errors ----------------------------------------
 
 def test_unknown_table_fails_only_its_step_naming_the_field() -> None:
     p = plan([insert("a", "customers", ADA), insert("b", "nope", ADA)])
@@ -278,7 +278,7 @@ def test_a_malformed_reference_is_an_invalid_step() -> None:
     assert err.violations[0].field == "operations[1]" and "must be" in err.message
 
 
-# --- references and dependencies ----------------------------------------------------------
+# --- references and dependencies -------------------------------------------------------------
 
 def test_a_reference_makes_the_referring_operation_depend_on_its_target() -> None:
     p = plan([insert("c", "customers", ADA),
@@ -419,7 +419,7 @@ def test_a_diamond_is_not_a_cycle() -> None:
     assert [s.id for s in topological_order(p.steps)] == ["top", "left", "right", "bottom"]
 
 
-# --- scopes --------------------------------------------------------------------------------------
+# --- scopes ----------------------------------------------------------------------------------
 
 ALL_KINDS = [insert("i", "customers", ADA), get("g", "customers", {"id": 1}),
              query("q", "customers"), update("u", "customers", {"name": "B"}, key={"id": 1}),
