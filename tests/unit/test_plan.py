@@ -477,3 +477,50 @@ def test_an_unqualified_table_is_matched_in_the_default_schema() -> None:
     p = plan_batch(request([get("g", "invoices", {"id": 1})]), ctx, principal("read:billing.*"))
     assert isinstance(step(p, "g").error, PermissionDenied)
     assert 'table "public.invoices"' in step(p, "g").error.message
+
+
+# --- insert conflicts --------------------------------------------------------------------------
+
+def conflict_sql(on_conflict: dict, tbl: str = "customers", row: dict = ADA) -> str:
+    p = plan([insert("i", tbl, row, onConflict=on_conflict)])
+    assert not p.invalid, p.invalid[0].error
+    return step(p, "i").planned.spec.conflict_sql
+
+
+def conflict_error(on_conflict: dict, tbl: str = "customers") -> tuple[str, str]:
+    err = step(plan([insert("i", tbl, ADA, onConflict=on_conflict)]), "i").error
+    assert err is not None
+    return only_violation(err)
+
+
+def test_do_nothing_targets_the_primary_key_unless_columns_are_given() -> None:
+    assert conflict_sql({"action": "ACTION_DO_NOTHING"}) == ' ON CONFLICT ("id") DO NOTHING'
+    assert conflict_sql({"action": "ACTION_DO_NOTHING", "conflictColumns": ["email"]}) == \
+        ' ON CONFLICT ("email") DO NOTHING'
+
+
+def test_an_upsert_sets_the_inserted_columns_and_increments_the_version() -> None:
+    assert conflict_sql({"action": "ACTION_UPDATE", "conflictColumns": ["email"]}) == (
+        ' ON CONFLICT ("email") DO UPDATE SET "name" = EXCLUDED."name", '
+        '"version" = "public"."customers"."version" + 1')
+    assert conflict_sql({"action": "ACTION_UPDATE"}, "order_items",
+                        {"order_id": 1, "line": 2, "qty": 3}) == \
+        ' ON CONFLICT ("order_id", "line") DO UPDATE SET "qty" = EXCLUDED."qty"'
+
+
+@pytest.mark.parametrize(("on_conflict", "field", "description"), [
+    ({"conflictColumns": ["email"]}, "operations[0].insert.on_conflict",
+     "conflict_columns and update_columns need action DO_NOTHING or UPDATE"),
+    ({"action": "ACTION_DO_NOTHING", "updateColumns": ["name"]},
+     "operations[0].insert.on_conflict.update_columns", "needs action UPDATE"),
+    ({"action": "ACTION_UPDATE", "updateColumns": ["tags"]},
+     "operations[0].insert.on_conflict.update_columns[0]",
+     '"tags" is not among the inserted columns'),
+    ({"action": "ACTION_UPDATE", "conflictColumns": ["name", "email"]},
+     "operations[0].insert.on_conflict.update_columns", "nothing to update"),
+    ({"action": 9}, "operations[0].insert.on_conflict.action", "unknown action"),
+], ids=["columns without action", "do nothing with updates", "update not inserted",
+        "nothing left", "unknown action"])
+def test_conflict_handling_that_cannot_mean_anything_is_invalid(
+        on_conflict: dict, field: str, description: str) -> None:
+    assert conflict_error(on_conflict) == (field, description)
