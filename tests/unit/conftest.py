@@ -23,3 +23,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if wanted:
             raise pytest.UsageError(f"{item.nodeid} is a unit test but asks for "
                                     f"{', '.join(sorted(wanted))}: move it out of tests/unit")
+
+
+@pytest.fixture(autouse=True)
+def clean_tables() -> None:
+    """Overrides tests/conftest.py's: there are no tables here (and no event loop is needed)."""
