@@ -9,7 +9,8 @@
     public.Odd "Name"   id integer PK; we"ird text (identifiers that need quoting)
     billing.invoices    id bigint PK; amount numeric
 
-The custom handler ``unit_echo`` returns its arguments.
+Custom handlers are the suite's own (tests/handlers.py, which the test server loads too):
+``echo`` returns its arguments.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from batchd.batch.plan import BatchPlan, Step, plan_batch
 from batchd.catalog import Catalog, Column, Table, quote_ident
 from batchd.config import Settings
 from batchd.kinds.base import PlanContext
-from batchd.kinds.call import HandlerContext, handler
 from batchd.kinds.registry import TABLE_KINDS
 from batchd.v1 import batch_pb2
+from tests import handlers  # noqa: F401 - registers the handlers
 
 
 def col(name: str, kind: str, type_sql: str | None = None, *, is_array: bool = False,
@@ -105,11 +106,6 @@ def shop_table(name: str) -> Table:
     return CATALOG.tables[name if "." in name else f"public.{name}"]
 
 
-@handler("unit_echo")
-async def unit_echo(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
-    return args
-
-
 def request(operations: list[dict[str, Any]], **fields: Any) -> batch_pb2.BatchExecuteRequest:
     """A request from the same JSON a grpcurl user would type."""
     return json_format.ParseDict({"operations": operations, **fields},
@@ -152,7 +148,7 @@ def delete(op_id: str, tbl: str, **fields: Any) -> dict[str, Any]:
     return {"id": op_id, "delete": {"table": tbl, **fields}}
 
 
-def call(op_id: str, name: str = "unit_echo", **args: Any) -> dict[str, Any]:
+def call(op_id: str, name: str = "echo", **args: Any) -> dict[str, Any]:
     return {"id": op_id, "call": {"handler": name, "args": args}}
 
 
