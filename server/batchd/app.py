@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 

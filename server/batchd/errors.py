@@ -31,7 +31,6 @@ its code; the README's error table is ``markdown_table()`` (tests/unit/test_erro
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from typing import NamedTuple, TypeVar
@@ -282,6 +281,13 @@ def from_database(exc: BaseException) -> BatchdError | None:
     Only the driver's and the connection's exceptions are translated; for anything else this
     returns None, because anything else is a bug in batchd.
     """
+    # The driver raises some PostgresError classes itself (no severity: PostgreSQL sent
+    # nothing): a value it cannot encode, a connection closed under an operation.
+    driver = isinstance(exc, asyncpg.PostgresError) and not getattr(exc, "severity", None)
+    if driver and isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError):
+        return Unavailable(f"database unavailable: {exc}")
+    if driver and type(exc) is asyncpg.exceptions.DataError:
+        return InvalidArgument(f"invalid value: {exc}", reason="INVALID_VALUE")
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = exc.sqlstate or ""
         code = BY_SQLSTATE.get(sqlstate) or BY_CLASS.get(sqlstate[:2], _S.UNKNOWN)
@@ -295,11 +301,9 @@ def from_database(exc: BaseException) -> BatchdError | None:
             message = f"{message} ({exc.detail})"
         return DatabaseError(message, sqlstate=sqlstate, code=code, reason=_reason(exc),
                              metadata=metadata)
-    if isinstance(exc, asyncpg.exceptions.DataError):
-        # The driver refused to encode a value for its column type.
-        return InvalidArgument(f"invalid value: {exc}", reason="INVALID_VALUE")
-    if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError | ConnectionError | OSError
-                  | asyncpg.exceptions.InterfaceError):
+    if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
+        return DeadlineExceeded("database did not answer in time", reason="DATABASE_TIMEOUT")
+    if isinstance(exc, ConnectionError | OSError | asyncpg.exceptions.InterfaceError):
         return Unavailable(f"database unavailable: {exc}")
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         # Seen when PostgreSQL terminates an idle pooled connection: asyncpg has read the
@@ -307,8 +311,6 @@ def from_database(exc: BaseException) -> BatchdError | None:
         # Retryable like any lost connection; logged, since misuse of a connection looks alike.
         log.warning("database connection unusable", exc_info=exc)
         return Unavailable("database connection lost; retry")
-    if isinstance(exc, asyncio.TimeoutError):
-        return DeadlineExceeded("database did not answer in time", reason="DATABASE_TIMEOUT")
     return None
 
 
@@ -453,6 +455,7 @@ REASONS: tuple[Reason, ...] = (
            "time"),
     Reason("DEPENDENCY_NOT_SUCCEEDED", _S.FAILED_PRECONDITION, "SKIPPED: an operation this "
            "one depends on did not succeed"),
+    Reason("UNAUTHENTICATED", _S.UNAUTHENTICATED, "no valid credentials"),
     Reason("MISSING_TOKEN", _S.UNAUTHENTICATED, "authentication is on and the call has no "
            "credentials"),
     Reason("MALFORMED_TOKEN", _S.UNAUTHENTICATED, "`authorization` metadata that is not one "

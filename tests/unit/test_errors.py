@@ -89,11 +89,6 @@ ERROR_CLASSES = sorted(
 
 
 def _reason_case(cls: type[BatchdError]) -> object:
-    if cls is errors.Unauthenticated:
-        return pytest.param(cls, id=cls.__name__, marks=pytest.mark.xfail(
-            strict=True, reason="Unauthenticated's default reason UNAUTHENTICATED is not in "
-                                "REASONS (batchd.auth always passes MISSING_TOKEN, "
-                                "MALFORMED_TOKEN or UNKNOWN_TOKEN, so it is never sent today)"))
     return pytest.param(cls, id=cls.__name__)
 
 
@@ -209,10 +204,6 @@ def test_a_message_less_postgres_error_uses_its_text() -> None:
 
 # --- from_database: the driver and the connection --------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="asyncpg.exceptions.DataError (what the driver raises "
-                   "when it cannot encode a value) is a PostgresError with class attribute "
-                   "sqlstate 22000, so from_database maps it as a database error, reason DATA, "
-                   "and its INVALID_VALUE branch is never reached")
 def test_a_value_the_driver_cannot_encode_is_invalid_value() -> None:
     exc = asyncpg.exceptions.DataError("invalid input for query argument $1: 5.0 (expected str)")
     err = from_database(exc)
@@ -221,10 +212,6 @@ def test_a_value_the_driver_cannot_encode_is_invalid_value() -> None:
     assert "sqlstate" not in err.metadata
 
 
-@pytest.mark.xfail(strict=True, reason="asyncpg.exceptions.ConnectionDoesNotExistError is a "
-                   "PostgresError (class attribute sqlstate 08003), so from_database maps it "
-                   "as a database error, reason CONNECTION_DOES_NOT_EXIST, and its "
-                   "Unavailable branch (DATABASE_UNAVAILABLE) is never reached")
 def test_a_connection_closed_mid_operation_is_database_unavailable() -> None:
     exc = asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle "
                                                          "of operation")
@@ -261,9 +248,6 @@ def test_an_unusable_pooled_connection_is_unavailable_and_logged(
     assert any("unusable" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.xfail(strict=True, reason="since Python 3.11 asyncio.TimeoutError is the built-in "
-                   "TimeoutError, an OSError, so from_database's OSError branch takes it first: "
-                   "UNAVAILABLE / DATABASE_UNAVAILABLE, and DATABASE_TIMEOUT is never sent")
 def test_a_database_timeout_is_deadline_exceeded() -> None:
     err = from_database(TimeoutError())  # what asyncio.timeout and asyncpg raise
     assert isinstance(err, DeadlineExceeded)

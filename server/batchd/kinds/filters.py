@@ -189,7 +189,8 @@ def decode_token(token: str, keys: Sequence[SortKey], query_fingerprint: str,
             raise ValueError
         return [None if v is None else coerce(v, k.column) for v, k in zip(values, keys,
                                                                             strict=True)]
-    except (ValueError, KeyError, binascii.Error, CoercionError, UnicodeDecodeError):
+    except (ValueError, KeyError, binascii.Error, CoercionError, UnicodeDecodeError,
+            RecursionError):  # RecursionError: a hostile, deeply nested token
         raise InvalidArgument.field(path, "malformed page token") from None
 
 
