@@ -19,6 +19,7 @@ import asyncpg
 import grpc
 import pytest
 
+from batchd.db.pool import detect_pooler
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import BatchFailure, batch, rows
 from tests.fleet.conftest import (
@@ -72,6 +73,11 @@ async def test_replicas_start_behind_pgbouncer_with_timeouts_in_force(fleet: Fle
         for me in answers:  # every transaction, whichever backend pgbouncer gave it
             assert (me["statement_timeout"], me["lock_timeout"],
                     me["idle_in_transaction_session_timeout"]) == expected, me
+
+
+async def test_pooler_auto_detection_finds_pgbouncer_in_transaction_mode(fleet: Fleet):
+    assert await detect_pooler(fleet.pooled_dsn, 10) == "transaction"
+    assert await detect_pooler(fleet.db_dsn, 10) == "none"
 
 
 async def test_calls_spread_over_all_replicas(fleet: Fleet):
