@@ -23,6 +23,9 @@ class Proxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
         self.port = 0
+        # While set, what the server sends is dropped (the client's bytes still go through):
+        # replies lost on the way, as on a half-broken network.
+        self.drop_replies = False
 
     @classmethod
     async def unix(cls, target: str, listen_dir: Path) -> Proxy:
@@ -86,12 +89,15 @@ class Proxy:
             return
         self._writers |= {writer, up_writer}
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       replies: bool) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                 while data := await src.read(65536):
+                    if replies and self.drop_replies:
+                        continue
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
         self._writers -= {writer, up_writer}

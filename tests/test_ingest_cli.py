@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from tests.proxy import Proxy
+
 BATCHD = Path(sys.executable).parent / "batchd"
 
 
@@ -34,7 +36,9 @@ async def test_ingest_csv_writes_every_row_and_cleans_up(app, db, tmp_path):
     assert "2,500 rows written to events" in out
     assert await db.fetchval("SELECT count(*) FROM events") == 2500
     assert await db.fetchval("SELECT kind FROM events WHERE id = 4") == "kind, 1"
-    assert not (tmp_path / "events.csv.batchd-ingest.json").exists()
+    # The state file stays, saying the ingest finished (so a rerun sends nothing).
+    state = json.loads((tmp_path / "events.csv.batchd-ingest.json").read_text())
+    assert state["finished"] and (state["written"], state["rejected"]) == (2500, 0)
     assert not (tmp_path / "events.csv.rejects.jsonl").exists()
 
 
@@ -116,3 +120,82 @@ async def test_ingest_into_an_unknown_table_fails_clearly(app, tmp_path):
     code, out = await ingest(app, str(data), "--table", "nope")
     assert code == 1
     assert "INVALID_ARGUMENT" in out and "unknown or not exposed table" in out
+
+
+async def test_rerunning_a_finished_ingest_says_so_and_sends_nothing(app, db, tmp_path):
+    data = write_csv(tmp_path / "done.csv", 100, bad={7: "7,,1"})
+    code, out = await ingest(app, str(data), "--table", "events", "--chunk-rows", "30")
+    assert code == 3, out
+    rejects = (tmp_path / "done.csv.rejects.jsonl").read_text()
+    await db.execute("DELETE FROM events")  # a rerun that sent anything would show here
+    code, out = await ingest(app, str(data), "--table", "events", "--chunk-rows", "30")
+    assert code == 3, out
+    assert "already ingested" in out and "99 rows written" in out and "1 rejected" in out
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+    assert (tmp_path / "done.csv.rejects.jsonl").read_text() == rejects
+
+
+async def test_a_new_ingest_starts_a_new_rejects_file(app, db, tmp_path):
+    data = write_csv(tmp_path / "fresh.csv", 20, bad={3: "3,,1"})
+    (tmp_path / "fresh.csv.rejects.jsonl").write_text('{"row": 999, "stale": true}\n')
+    code, out = await ingest(app, str(data), "--table", "events")
+    assert code == 3, out
+    rejects = [json.loads(line) for line in
+               (tmp_path / "fresh.csv.rejects.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in rejects] == [3]
+
+
+async def test_lost_acks_then_resume_report_exactly_what_the_table_holds(app, db, tmp_path):
+    """The server commits chunks whose acks never reach the client (they are dropped on the
+    way), the client is killed, and the rerun re-sends those chunks: their acks repeat what
+    they wrote and rejected, so the summary, the exit code and the rejects file match the
+    table, with every refused row in the unacknowledged chunks."""
+    bad = {i: f"{i},,1" for i in range(1000, 2000, 25)}  # 40 bad rows, all after chunk 10
+    data = write_csv(tmp_path / "lost.csv", 2000, bad=bad)
+    state_path = tmp_path / "lost.csv.batchd-ingest.json"
+    proxy = await Proxy.tcp("127.0.0.1", app.port)
+    proc = await asyncio.create_subprocess_exec(
+        str(BATCHD), "ingest", str(data), "--table", "events", "--chunk-rows", "50",
+        "--rate", "4000", "--quiet", "--target", f"127.0.0.1:{proxy.port}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await until(lambda: json.loads(state_path.read_text())["sequence"] >= 2)
+        proxy.drop_replies = True  # from now on the client hears nothing back
+        expected = 2000 - len(bad)
+        await until_async(lambda: db.fetchval("SELECT count(*) FROM events"), expected)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        await proxy.close()
+    saved = json.loads(state_path.read_text())
+    assert saved["sequence"] < 20 and saved["rejected"] == 0  # the bad rows were never acked
+    code, out = await ingest(app, str(data), "--table", "events", "--chunk-rows", "50")
+    assert code == 3, out
+    assert f"{expected:,} rows written" in out and f"{len(bad)} rejected" in out
+    rejects = [json.loads(line) for line in
+               (tmp_path / "lost.csv.rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["row"] for r in rejects) == sorted(bad)
+    assert await db.fetchval("SELECT count(*) FROM events") == expected
+
+
+async def until(check, patience: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + patience
+    while loop.time() < ends:
+        try:
+            if check():
+                return
+        except (FileNotFoundError, ValueError):  # not written yet, or being replaced
+            pass
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition never held")
+
+
+async def until_async(value, wanted, patience: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + patience
+    while loop.time() < ends:
+        if await value() == wanted:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached {wanted}")

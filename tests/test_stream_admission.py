@@ -64,3 +64,4 @@ async def test_a_stream_gone_quiet_after_its_header_is_ended_and_frees_its_slot(
         await send(call, rows_chunk(1, events(100, 3)))
         assert (await send(call, COMMIT)).summary.committed
     assert await db.fetchval("SELECT count(*) FROM events") == 8
+

@@ -6,10 +6,13 @@ PostgreSQL's COPY parses them. JSON Lines go as rows (one object per line).
 
 INDEPENDENT mode (the default) is resumable. After every acknowledged chunk the state file
 (FILE.batchd-ingest.json unless --state) records the stream id, the last acknowledged sequence
-and the byte offset after it. Run the same command again after an interruption: it continues
-from there, and chunks the server had committed without the client hearing so are recognised
-by the server's ledger and not written twice. The state file is removed on success. ATOMIC
-mode commits everything at the end or nothing.
+and the byte offset after it, with the rows written and rejected so far. Run the same command
+again after an interruption: it continues from there, and chunks the server had committed
+without the client hearing so are recognised by the server's ledger and not written twice;
+their acknowledgements carry what they wrote and rejected the first time, so the totals, the
+exit code and the rejects file always match the table. When the ingest finishes, the state file
+says so: the same command again reports the finished ingest and sends nothing (remove the
+state file to ingest the file again). ATOMIC mode commits everything at the end or nothing.
 
 Rejected rows go to FILE.rejects.jsonl (or --rejects) with their row number and reason.
 Exit codes: 0 all rows written; 3 finished, but some rows were rejected; 1 failed (the state
@@ -29,7 +32,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import grpc
 from google.protobuf import struct_pb2
@@ -47,7 +50,10 @@ class UsageError(Exception):
 
 @dataclass
 class State:
-    """What a resume needs; written after every acknowledged chunk."""
+    """What a resume needs, and what the ingest has done so far: saved before the first chunk
+    is sent (so a kill at any moment leaves the stream id behind), after every acknowledged
+    chunk, and at the end (``finished``), when it is kept so that running the same command
+    again reports the finished ingest instead of sending the file again."""
 
     file: str
     size: int
@@ -58,6 +64,10 @@ class State:
     sequence: int = 0  # last acknowledged
     offset: int = 0  # byte offset after it
     rows: int = 0  # rows sent up to it (header excluded)
+    written: int = 0  # rows written, as the acks say (re-sent chunks' acks repeat theirs)
+    rejected: int = 0  # rows rejected, each one line of the rejects file
+    rejects_bytes: int = 0  # the rejects file's size after the last acknowledged chunk
+    finished: bool = False
 
     def save(self, path: Path) -> None:
         temporary = path.with_suffix(".tmp")
@@ -151,6 +161,9 @@ def read_columns(path: Path, args: argparse.Namespace) -> tuple[list[str], int]:
 
 
 async def ingest(args: argparse.Namespace) -> int:
+    """The whole command: check the file and the state, stream the chunks, report. Exact in
+    what it reports: its totals and rejects file always match what the table received, across
+    kills, lost acknowledgements and reruns (see ``State``)."""
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
@@ -158,6 +171,31 @@ async def ingest(args: argparse.Namespace) -> int:
     state_path = Path(args.state or f"{path}.batchd-ingest.json")
     rejects_path = Path(args.rejects or f"{path}.rejects.jsonl")
     columns, data_start = read_columns(path, args)
+    state = _state(path, args, state_path, data_start)
+    if state.finished:
+        print(f"{path}: already ingested into {state.table}: {state.written:,} rows written"
+              + (f", {state.rejected:,} rejected (see {rejects_path})" if state.rejected else "")
+              + f"; nothing sent. Remove {state_path} to ingest it again.", file=sys.stderr)
+        return EXIT_REJECTED if state.rejected else EXIT_OK
+    run = _Run(args, path, state, state_path, columns)
+    with path.open("rb") as f, _rejects_file(rejects_path, state) as rejects:
+        f.seek(state.offset)
+        await run.stream(f, rejects)
+    run.progress.close()
+    state.finished = True
+    if not run.atomic:
+        state.save(state_path)
+    if state.rejected == 0 and rejects_path.exists() and rejects_path.stat().st_size == 0:
+        rejects_path.unlink()
+    elapsed = time.monotonic() - run.started
+    print(f"{path}: {state.written:,} rows written to {args.table} in {elapsed:.1f}s"
+          + (f"; {state.rejected:,} rejected, see {rejects_path}" if state.rejected else ""),
+          file=sys.stderr)
+    return EXIT_REJECTED if state.rejected else EXIT_OK
+
+
+def _state(path: Path, args: argparse.Namespace, state_path: Path, data_start: int) -> State:
+    """The saved state of this file's ingest (resumed), or a new one, saved at once."""
     stat = path.stat()
     atomic = args.mode == "atomic"
     state = None if atomic else State.load(state_path)
@@ -169,102 +207,120 @@ async def ingest(args: argparse.Namespace) -> int:
         state = State(str(path.resolve()), stat.st_size, stat.st_mtime_ns, args.table,
                       args.stream_id or f"ingest-{uuid.uuid4().hex}", args.chunk_rows,
                       offset=data_start)
-    elif state.sequence:
+        if not atomic:
+            state.save(state_path)
+    elif state.sequence and not state.finished:
         print(f"resuming {path} after chunk {state.sequence} ({state.rows:,} rows)",
               file=sys.stderr)
+    return state
 
-    header = batch_pb2.StreamHeader(
-        table=args.table, columns=columns,
-        mode=batch_pb2.MODE_ATOMIC if atomic else batch_pb2.MODE_INDEPENDENT,
-        encoding=batch_pb2.ENCODING_CSV if args.format == "csv" else batch_pb2.ENCODING_ROWS,
-        stream_id="" if atomic else state.stream_id,
-        csv=batch_pb2.CsvOptions(delimiter=args.delimiter))
-    progress = _progress_bar()(total=stat.st_size, initial=state.offset, unit="B", unit_scale=True,
-                                 disable=args.quiet or None, dynamic_ncols=True, desc=path.name)
-    rejected = 0
-    started = time.monotonic()
-    resumed_rows = sent_rows = state.rows
-    in_flight: dict[int, Chunk] = {}
 
-    with path.open("rb") as f, rejects_path.open("a") as rejects:
-        f.seek(state.offset)
-        chunker = (csv_chunks(f, state.chunk_rows, (args.quote or '"').encode())
-                   if args.format == "csv" else jsonl_chunks(f, state.chunk_rows))
+def _rejects_file(path: Path, state: State) -> IO[str]:
+    """The rejects file, holding exactly the rejects of the chunks acknowledged so far: a new
+    ingest starts it empty; a resumed one cuts what a killed run wrote after its last saved
+    state (those chunks are re-sent, and their acks bring their rejects again)."""
+    if state.sequence == 0:
+        return path.open("w")
+    f = path.open("a")
+    f.truncate(state.rejects_bytes)
+    return f
 
-        problems: list[UsageError] = []
+
+class _Run:
+    """One run of the stream: its messages out, its acknowledgements in."""
+
+    def __init__(self, args: argparse.Namespace, path: Path, state: State, state_path: Path,
+                 columns: list[str]) -> None:
+        self.args = args
+        self.state = state
+        self.state_path = state_path
+        self.atomic = args.mode == "atomic"
+        self.header = batch_pb2.StreamHeader(
+            table=args.table, columns=columns,
+            mode=batch_pb2.MODE_ATOMIC if self.atomic else batch_pb2.MODE_INDEPENDENT,
+            encoding=batch_pb2.ENCODING_CSV if args.format == "csv" else batch_pb2.ENCODING_ROWS,
+            stream_id="" if self.atomic else state.stream_id,
+            csv=batch_pb2.CsvOptions(delimiter=args.delimiter))
+        self.progress = _progress_bar()(
+            total=state.size, initial=state.offset, unit="B", unit_scale=True,
+            disable=args.quiet or None, dynamic_ncols=True, desc=path.name)
+        self.started = time.monotonic()
+        self.resumed_written = state.written
+        self.sent_rows = state.rows
+        self.in_flight: dict[int, Chunk] = {}
+        self.problems: list[UsageError] = []
         # Chunks wait for the server's StreamOpened: a client writing after the server has
         # ended the stream (say, refusing the header) can see grpc.aio report INTERNAL "Internal
         # error from Core" instead of the server's status (grpc/grpc#36066).
-        opened = asyncio.Event()
+        self.opened = asyncio.Event()
 
-        async def requests() -> AsyncIterator[batch_pb2.StreamRequest]:
-            """The stream's messages. A problem with the file ends the stream (an atomic
-            one without its commit, so nothing is written) and is reported afterwards: raised
-            in here, gRPC would turn it into an anonymous cancellation."""
-            nonlocal sent_rows
-            yield batch_pb2.StreamRequest(header=header)
-            await opened.wait()
-            sequence = state.sequence
-            try:
-                for records, end in chunker:
-                    sequence += 1
-                    request = to_request(records, sequence, args.format, sent_rows)
-                    in_flight[sequence] = Chunk(sequence, request, end, len(records), records)
-                    sent_rows += len(records)
-                    if args.rate:
-                        await asyncio.sleep(len(records) / args.rate)
-                    yield request
-            except UsageError as exc:
-                problems.append(exc)
-                return
-            if atomic:
-                yield batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit())
+    async def requests(self, f: BinaryIO) -> AsyncIterator[batch_pb2.StreamRequest]:
+        """The stream's messages. A problem with the file ends the stream (an atomic one
+        without its commit, so nothing is written) and is reported afterwards: raised in here,
+        gRPC would turn it into an anonymous cancellation."""
+        args = self.args
+        chunker = (csv_chunks(f, self.state.chunk_rows, (args.quote or '"').encode())
+                   if args.format == "csv" else jsonl_chunks(f, self.state.chunk_rows))
+        yield batch_pb2.StreamRequest(header=self.header)
+        await self.opened.wait()
+        sequence = self.state.sequence
+        try:
+            for records, end in chunker:
+                sequence += 1
+                request = to_request(records, sequence, args.format, self.sent_rows)
+                self.in_flight[sequence] = Chunk(sequence, request, end, len(records), records)
+                self.sent_rows += len(records)
+                if args.rate:
+                    await asyncio.sleep(len(records) / args.rate)
+                yield request
+        except UsageError as exc:
+            self.problems.append(exc)
+            return
+        if self.atomic:
+            yield batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit())
 
-        connection = connect.from_arguments(args)
+    async def stream(self, f: BinaryIO, rejects: IO[str]) -> None:
+        connection = connect.from_arguments(self.args)
         async with connect.aio_channel(connection) as channel:
             stub = batch_pb2_grpc.BatchServiceStub(channel)  # type: ignore[no-untyped-call]
-            written = state.rows
             try:
-                async for response in stub.BatchStream(requests(),
+                async for response in stub.BatchStream(self.requests(f),
                                                        metadata=connection.metadata or None):
                     kind = response.WhichOneof("kind")
                     if kind == "opened":
-                        opened.set()
+                        self.opened.set()
                         last = response.opened.last_committed_sequence
-                        if last > state.sequence:
-                            print(f"the server has chunks up to {last} committed; re-sent ones "
-                                  "will be skipped", file=sys.stderr)
+                        if last > self.state.sequence:
+                            print(f"the server has chunks up to {last} committed; re-sent "
+                                  "ones are not written again", file=sys.stderr)
                     elif kind == "ack":
-                        ack = response.ack
-                        chunk = in_flight.pop(ack.sequence)
-                        rejected += _write_rejects(rejects, ack, chunk)
-                        written += ack.rows_written
-                        if not atomic:
-                            state.sequence, state.offset = ack.sequence, chunk.end_offset
-                            state.rows += chunk.rows
-                            state.save(state_path)
-                        progress.update(chunk.end_offset - progress.n)
-                        rate = (written - resumed_rows) / max(time.monotonic() - started, 1e-9)
-                        progress.set_postfix(rows=f"{written:,}", rows_s=f"{rate:,.0f}",
-                                             rejected=rejected)
+                        self.acknowledged(response.ack, rejects)
                     elif kind == "summary":
                         break
             except grpc.aio.AioRpcError:
-                if problems:  # the stream ended because of the file, not the server
-                    raise problems[0] from None
+                if self.problems:  # the stream ended because of the file, not the server
+                    raise self.problems[0] from None
                 raise
-            if problems:
-                raise problems[0]
-    progress.close()
-    if state_path.exists():
-        state_path.unlink()
-    if rejected == 0 and rejects_path.exists() and rejects_path.stat().st_size == 0:
-        rejects_path.unlink()
-    elapsed = time.monotonic() - started
-    print(f"{path}: {written:,} rows written to {args.table} in {elapsed:.1f}s"
-          + (f"; {rejected:,} rejected, see {rejects_path}" if rejected else ""),
-          file=sys.stderr)
-    return EXIT_REJECTED if rejected else EXIT_OK
+            if self.problems:
+                raise self.problems[0]
+
+    def acknowledged(self, ack: batch_pb2.ChunkAck, rejects: IO[str]) -> None:
+        """A chunk is written (a re-sent one's ack repeats what it wrote the first time): its
+        rejects go to the file, the totals grow, and the state moves past it."""
+        state = self.state
+        chunk = self.in_flight.pop(ack.sequence)
+        state.rejected += _write_rejects(rejects, ack, chunk)
+        state.written += ack.rows_written
+        if not self.atomic:
+            rejects.flush()
+            state.sequence, state.offset = ack.sequence, chunk.end_offset
+            state.rows += chunk.rows
+            state.rejects_bytes = rejects.tell()
+            state.save(self.state_path)
+        self.progress.update(chunk.end_offset - self.progress.n)
+        rate = (state.written - self.resumed_written) / max(time.monotonic() - self.started, 1e-9)
+        self.progress.set_postfix(rows=f"{state.written:,}", rows_s=f"{rate:,.0f}",
+                                  rejected=state.rejected)
 
 
 def _write_rejects(rejects: Any, ack: batch_pb2.ChunkAck, chunk: Chunk) -> int:
@@ -274,7 +330,6 @@ def _write_rejects(rejects: Any, ack: batch_pb2.ChunkAck, chunk: Chunk) -> int:
             "code": code_of(row.status.code).name, "message": row.status.message,
             "record": _record(chunk, row.chunk_index)}) + "\n")
     return len(ack.rejected)
-
 
 
 def _record(chunk: Chunk, index: int) -> str | None:

@@ -167,8 +167,9 @@ class StreamSeen(_Seen):
             self.stream_id = response.opened.stream_id
         elif kind == "ack":
             ack = response.ack
-            if not ack.duplicate:
-                self.chunks += 1
+            if ack.duplicate:  # written before: counted then (its ack repeats the figures)
+                return response
+            self.chunks += 1
             self.rows_written += ack.rows_written
             self.rows_rejected += len(ack.rejected)
             if not self.atomic:  # committed before its ack was sent

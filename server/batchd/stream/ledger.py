@@ -18,6 +18,7 @@ import asyncpg
 
 from batchd.db.pool import run_ddl
 from batchd.errors import FailedPrecondition, SequenceOutOfOrder
+from batchd.v1 import batch_pb2
 
 INTERNAL_SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS batchd;
@@ -35,6 +36,9 @@ CREATE TABLE IF NOT EXISTS batchd.stream_chunks (
     committed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (stream_id, sequence)
 );
+-- The chunk's ChunkAck as first sent (rows written, rejected rows and why, operation results):
+-- a re-sent chunk gets it again, so a resumed client's totals and rejects match the table.
+ALTER TABLE batchd.stream_chunks ADD COLUMN IF NOT EXISTS ack bytea;
 """
 
 
@@ -78,10 +82,27 @@ async def claim_chunk(conn: asyncpg.Connection, stream_id: str, sequence: int, f
 
 
 async def record_written(conn: asyncpg.Connection, stream_id: str, sequence: int,
-                         rows_written: int, row_count: int) -> None:
-    await conn.execute("UPDATE batchd.stream_chunks SET rows_written = $3, row_count = $4 "
-                       "WHERE stream_id = $1 AND sequence = $2",
-                       stream_id, sequence, rows_written, row_count)
+                         ack: batch_pb2.ChunkAck, row_count: int) -> None:
+    """Inside the chunk's transaction: what it wrote, and the ack to answer a re-send with."""
+    await conn.execute("UPDATE batchd.stream_chunks SET rows_written = $3, row_count = $4, "
+                       "ack = $5 WHERE stream_id = $1 AND sequence = $2",
+                       stream_id, sequence, ack.rows_written, row_count,
+                       ack.SerializeToString())
+
+
+async def committed_ack(conn: asyncpg.Connection, stream_id: str,
+                        sequence: int) -> batch_pb2.ChunkAck:
+    """The ack of a committed chunk, sent again for a re-sent one (``duplicate`` set): the same
+    rows written and rejected rows as the first time."""
+    row = await conn.fetchrow("SELECT rows_written, ack FROM batchd.stream_chunks "
+                              "WHERE stream_id = $1 AND sequence = $2", stream_id, sequence)
+    ack = batch_pb2.ChunkAck(sequence=sequence)
+    if row is not None and row["ack"] is not None:
+        ack.ParseFromString(row["ack"])
+    elif row is not None:  # committed by a batchd from before acks were kept
+        ack.rows_written = row["rows_written"]
+    ack.duplicate = True
+    return ack
 
 
 def check_sequence(sequence: int, expected: int) -> None:

@@ -305,8 +305,8 @@ class StreamSession:
             chunk, target = item
             sequence = chunk.message.sequence
             if 0 < sequence <= tally.last_sequence:
-                yield batch_pb2.StreamResponse(ack=batch_pb2.ChunkAck(sequence=sequence,
-                                                                      duplicate=True))
+                ack = await ledger.committed_ack(conn, stream_id, sequence)
+                yield batch_pb2.StreamResponse(ack=ack)
                 continue
             ledger.check_sequence(sequence, tally.last_sequence + 1)
             try:
@@ -315,10 +315,10 @@ class StreamSession:
                         raise _Undo  # committed meanwhile (another connection or replica)
                     ack = await self._apply(conn, chunk, target, tally,
                                             atomic=False, reject_chunk=reject_chunk)
-                    await ledger.record_written(conn, stream_id, sequence, ack.rows_written,
+                    await ledger.record_written(conn, stream_id, sequence, ack,
                                                 _row_count(chunk))
             except _Undo:
-                ack = batch_pb2.ChunkAck(sequence=sequence, duplicate=True)
+                ack = await ledger.committed_ack(conn, stream_id, sequence)
             tally.last_sequence = sequence
             yield batch_pb2.StreamResponse(ack=ack)
 

@@ -1,0 +1,525 @@
+#!/usr/bin/env python3
+"""Fleet benchmark: 10-operation atomic batches through HAProxy to 1 and to 3 batchd replicas.
+
+    .venv/bin/python scripts/bench_fleet.py [--seconds 10] [--runs 3] [--callers 64]
+                                            [--channels 8] [--client-procs 2]
+                                            [--markdown-out FILE]
+
+The fleet of the fleet tests (tests/fleet/processes.py), as real processes on 127.0.0.1: an
+embedded PostgreSQL, pgbouncer in transaction mode (deploy/pgbouncer/pgbouncer.ini), three
+`batchd serve` replicas behind it, and HAProxy from deploy/haproxy/haproxy.cfg (HTTP/2, every
+call balanced round robin). --callers concurrent callers, split over --client-procs client
+processes (this script with --client) and spread over --channels channels (each its own HTTP/2
+connection to HAProxy), send 10-operation atomic batches (10 one-row inserts into `events`,
+unique ids) for --seconds after a 2 s warm-up. Runs alternate 3 replicas, 1 replica, 3, 1, ...
+(--runs of each): for 1 replica, replicas 2 and 3 are stopped (SIGTERM) and HAProxy has marked
+them DOWN; for 3, they are started again and HAProxy has them UP.
+
+Measured per run: batches (and operations = 10 x batches) completed within the timed window
+per second, the latency of each batch (p50, p99) and the errors, and the CPU time each
+component used in that window (utime + stime from /proc/PID/stat), as cores (CPU-seconds per
+wall second): each batchd replica, pgbouncer, HAProxy, PostgreSQL (every process of its tree,
+reaped backends included), the client processes; and the whole machine's busy time from
+/proc/stat, against its core count. Figures are medians of the runs with min-max; the 3-vs-1
+ratio is taken within this run. --markdown-out writes the tables (scripts/bench puts them into
+BENCHMARKS.md). Every process started is stopped on exit, on failure too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_ingest import machine, postgres_line, sql, write_markdown  # noqa: E402
+
+WARMUP = 2.0
+COMPONENTS = ("pgbouncer", "HAProxy", "PostgreSQL", "client")  # besides the replicas
+TIMEOUT = 30.0  # per call; a deadline also lowers the batch's statement_timeout
+OPS_PER_BATCH = 10
+REPLICA_ENV = {
+    "BATCHD_POOLER": "transaction",
+    # Longer than HAProxy's check interval (500 ms), so a stopped replica is taken out on its
+    # NOT_SERVING answer, as in a deployment; short, since nothing runs while we stop one.
+    "BATCHD_DRAIN_DELAY_SECONDS": "0.6",
+    "BATCHD_METRICS_PORT": "0",
+    "BATCHD_DEMO_SCHEMA": "false",  # the harness made the tables, once
+    "BATCHD_POOL_MIN_SIZE": "2",
+    "BATCHD_POOL_MAX_SIZE": "16",
+    "BATCHD_LOG_FORMAT": "json",
+    "BATCHD_LOG_LEVEL": "WARNING",
+}
+GRACE_SECONDS = 5.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
+
+
+# --- client processes (this script with --client) ------------------------------------------
+
+async def client_main(target: str, callers: int, channels: int, index: int) -> None:
+    """Callers of one client process. Reads one JSON command per line on stdin
+    ({"start": T, "end": T}: time.monotonic() values, a clock every process shares), runs
+    the callers from receipt until "end", and answers one JSON line: the batches completed
+    within [start, end], their latencies (µs) and the errors. Exits on end of input, or after
+    10 minutes without a command."""
+    import grpc
+
+    from batchd.client.builder import Batch
+    from batchd.v1 import batch_pb2_grpc
+
+    options = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+    chans = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in chans)), 30)
+    stubs = [batch_pb2_grpc.BatchServiceStub(ch) for ch in chans]
+
+    def template() -> Any:
+        b = Batch()
+        for k in range(OPS_PER_BATCH):
+            b.insert("events", {"id": "0", "kind": "bench", "score": k}, id=f"e{k}")
+        return b.to_request(mode="atomic")
+
+    requests = [template() for _ in range(callers)]
+    next_id = (index + 1) * 10**12  # ids of one client process never meet another's
+
+    async def run(start: float, end: float) -> dict[str, Any]:
+        nonlocal next_id
+        latencies: list[int] = []
+        errors: Counter[str] = Counter()
+
+        async def caller(i: int) -> None:
+            nonlocal next_id
+            stub, request = stubs[i % len(stubs)], requests[i]
+            rows = [op.insert.rows[0] for op in request.operations]
+            while time.monotonic() < end:
+                for row in rows:
+                    row["id"] = str(next_id)
+                    next_id += 1
+                began = time.monotonic()
+                try:
+                    reply = await stub.BatchExecute(request, timeout=TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    errors[exc.code().name] += 1
+                    await asyncio.sleep(0.01)
+                    continue
+                done = time.monotonic()
+                if not reply.committed:
+                    errors["not committed"] += 1
+                elif start <= done <= end:
+                    latencies.append(round((done - began) * 1e6))
+
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+        return {"batches": len(latencies), "latencies_us": latencies, "errors": dict(errors)}
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print(json.dumps({"ready": True}), flush=True)
+    try:
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readline(), 600)
+            except TimeoutError:
+                break
+            if not line:
+                break
+            command = json.loads(line)
+            start, end = float(command["start"]), float(command["end"])
+            if end - time.monotonic() > 3600:
+                raise SystemExit("refusing a window longer than an hour")
+            print(json.dumps(await run(start, end)), flush=True)
+    finally:
+        for ch in chans:
+            await ch.close()
+
+
+@dataclass
+class ClientProc:
+    """One client process and its pipes."""
+
+    process: asyncio.subprocess.Process
+
+    @classmethod
+    async def start(cls, target: str, callers: int, channels: int, index: int) -> ClientProc:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "--client", "--target", target,
+            "--callers", str(callers), "--channels", str(channels), "--index", str(index),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True, cwd=ROOT)
+        return cls(process)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def read(self, patience: float) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), patience)
+        if not line:
+            raise RuntimeError(f"client process {self.pid} exited "
+                               f"(code {await self.process.wait()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def send(self, command: dict[str, float]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command).encode() + b"\n")
+
+    async def stop(self) -> None:
+        if self.process.returncode is None and self.process.stdin is not None:
+            self.process.stdin.close()  # end of input: it closes its channels and exits
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+
+# --- CPU accounting --------------------------------------------------------------------------
+
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat: [1] ppid, [11] utime, [12] stime, [13] cutime,
+    [14] cstime (clock ticks; utime/stime cover every thread of the process)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields else 0.0
+
+
+def tree_cpu_seconds(roots: Iterable[int]) -> float:
+    """CPU seconds of ``roots`` and all their descendants, with the children they have reaped
+    (cutime + cstime): a backend that exits within a window still counts, once."""
+    table: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) is not None:
+            table[int(entry.name)] = fields
+    children: dict[int, list[int]] = {}
+    for pid, fields in table.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    seen: set[int] = set()
+    todo = [pid for pid in roots if pid in table]
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo.extend(children.get(pid, []))
+    return sum(sum(int(v) for v in table[pid][11:15]) for pid in seen) / CLOCK_TICKS
+
+
+def machine_seconds() -> tuple[float, float]:
+    """The machine's busy CPU seconds (all cores: user, nice, system, irq, softirq) and the
+    seconds stolen by the hypervisor, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+# --- the fleet ---------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    replicas: int
+    batches: int
+    seconds: float
+    latencies_us: list[int]
+    errors: dict[str, int]
+    cpu: dict[str, float]  # cores used in the window, by component
+
+    @property
+    def batches_s(self) -> float:
+        return self.batches / self.seconds
+
+    @property
+    def ops_s(self) -> float:
+        return self.batches_s * OPS_PER_BATCH
+
+    def quantile_ms(self, q: int) -> float:
+        if len(self.latencies_us) < 2:
+            return float("nan")
+        return statistics.quantiles(self.latencies_us, n=100, method="inclusive")[q - 1] / 1e3
+
+
+@dataclass
+class Meter:
+    """CPU seconds of every component at one instant (pids looked up at that instant)."""
+
+    fleet: Any
+    postgres_roots: list[int]
+    clients: list[ClientProc]
+
+    def snapshot(self) -> dict[str, float]:
+        seconds = {f"batchd {r.name}": cpu_seconds(r.proc.pid)
+                   for r in self.fleet.replicas if r.proc.running}
+        seconds["pgbouncer"] = cpu_seconds(self.fleet.pgbouncer.pid)
+        seconds["HAProxy"] = cpu_seconds(self.fleet.haproxy.proc.pid)
+        seconds["PostgreSQL"] = tree_cpu_seconds(self.postgres_roots)
+        seconds["client"] = sum(cpu_seconds(c.pid) for c in self.clients)
+        seconds["machine"], seconds["steal"] = machine_seconds()
+        return seconds
+
+
+async def set_replicas(fleet: Any, count: int) -> None:
+    """Replicas 1..count running and UP in HAProxy, the others stopped and DOWN."""
+    keep, drop = fleet.replicas[:count], fleet.replicas[count:]
+    await asyncio.gather(*(r.proc.stop(patience=GRACE_SECONDS + 10) for r in drop
+                           if r.proc.running))
+    if drop:
+        await fleet.haproxy.wait_status({r.name: "DOWN" for r in drop}, patience=30)
+    dead = [r for r in keep if not r.proc.running]
+    for r in dead:
+        await r.proc.stop()  # closes its log file
+        await r.start()
+    await asyncio.gather(*(r.wait_serving(60) for r in dead))
+    await fleet.haproxy.wait_status({r.name: "UP" for r in keep}, patience=60)
+
+
+async def measure(replicas: int, seconds: float, clients: list[ClientProc],
+                  meter: Meter) -> Sample:
+    start = time.monotonic() + WARMUP
+    end = start + seconds
+    for c in clients:
+        c.send({"start": start, "end": end})
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    before, began = meter.snapshot(), time.monotonic()
+    await asyncio.sleep(max(0.0, end - time.monotonic()))
+    after, elapsed = meter.snapshot(), time.monotonic() - began
+    answers = await asyncio.gather(*(c.read(seconds + TIMEOUT + 30) for c in clients))
+    cpu = {name: (after[name] - before.get(name, after[name])) / elapsed for name in after}
+    errors: Counter[str] = Counter()
+    latencies: list[int] = []
+    for answer in answers:
+        errors.update(answer["errors"])
+        latencies.extend(answer["latencies_us"])
+    return Sample(replicas, len(latencies), end - start, latencies, dict(errors), cpu)
+
+
+async def postmaster_pid(admin_dsn: str) -> int | None:
+    """The postmaster: the checkpointer's parent."""
+    pid = await sql(admin_dsn, "SELECT pid FROM pg_stat_activity "
+                               "WHERE backend_type = 'checkpointer'")
+    fields = stat_fields(int(pid)) if pid else None
+    return int(fields[1]) if fields else None
+
+
+def tool_version(argv: Sequence[str]) -> str:
+    """The first version number the command prints (HAProxy -v, pgbouncer --version)."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    found = re.search(r"\d+\.\d+(?:\.\d+)?", out.stdout + out.stderr)
+    return found.group(0) if found else "?"
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def fmt(values: Sequence[float], spec: str) -> str:
+    ordered = sorted(values)
+    return (f"{statistics.median(ordered):{spec}} "
+            f"({ordered[0]:{spec}}-{ordered[-1]:{spec}})")
+
+
+def report(header: str, setup: str, samples: dict[int, list[Sample]],
+           client_procs: int) -> list[str]:
+    counts = sorted(samples)
+    lines = [header, "", setup, "",
+             "| replicas | operations/s | batches/s | p50 ms | p99 ms | errors |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n in counts:
+        runs = samples[n]
+        errors = sum(sum(s.errors.values()) for s in runs)
+        lines.append(f"| {n} | {fmt([s.ops_s for s in runs], ',.0f')} | "
+                     f"{fmt([s.batches_s for s in runs], ',.0f')} | "
+                     f"{fmt([s.quantile_ms(50) for s in runs], '.1f')} | "
+                     f"{fmt([s.quantile_ms(99) for s in runs], '.1f')} | {errors} |")
+    if 1 in samples and 3 in samples:
+        def ratio(value: Callable[[Sample], float]) -> float:
+            return (statistics.median(value(s) for s in samples[3])
+                    / statistics.median(value(s) for s in samples[1]))
+
+        pairs = sorted(a.ops_s / b.ops_s for a, b in zip(samples[3], samples[1], strict=False))
+        lines.append(f"| 3 vs 1 | {ratio(lambda s: s.ops_s):.2f}x "
+                     f"(per pair {pairs[0]:.2f}-{pairs[-1]:.2f}x) | "
+                     f"{ratio(lambda s: s.batches_s):.2f}x | "
+                     f"{ratio(lambda s: s.quantile_ms(50)):.2f}x | "
+                     f"{ratio(lambda s: s.quantile_ms(99)):.2f}x | |")
+
+    for s in (s for runs in samples.values() for s in runs):
+        batchd = sum(v for k, v in s.cpu.items() if k.startswith("batchd "))
+        s.cpu["batchd, all replicas"] = batchd
+        s.cpu["sum"] = batchd + sum(s.cpu[k] for k in COMPONENTS)
+        s.cpu["other"] = s.cpu["machine"] - s.cpu["sum"]
+    replicas = sorted({k for runs in samples.values() for s in runs for k in s.cpu
+                       if k.startswith("batchd replica")})
+    labels = {"PostgreSQL": "PostgreSQL (all its processes)",
+              "client": f"client ({client_procs} processes)",
+              "sum": "sum of the above",
+              "machine": f"machine busy, all processes (of {CORES} cores)",
+              "other": "other (machine - sum)",
+              "steal": "stolen by the hypervisor"}
+    names = [*replicas, "batchd, all replicas", *COMPONENTS, "sum", "machine", "other",
+             "steal"]
+    plural = {n: f"{n} replica{'s' * (n != 1)}" for n in counts}
+    lines += ["", "| CPU, cores used (median) | "
+              + " | ".join(plural[n] for n in counts) + " | "
+              + " | ".join(f"CPU ms per batch, {plural[n]}" for n in counts) + " |",
+              "| --- |" + " ---: |" * (2 * len(counts))]
+    for name in names:
+        cores, per_batch = [], []
+        for n in counts:
+            runs = [s for s in samples[n] if name in s.cpu]
+            cores.append(f"{statistics.median(s.cpu[name] for s in runs):.2f}"
+                         if runs else "-")
+            per_batch.append(f"{statistics.median(s.cpu[name] / s.batches_s * 1e3 for s in runs):.2f}"
+                             if runs else "-")
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cores + per_batch) + " |")
+    return lines
+
+
+# --- main --------------------------------------------------------------------------------------
+
+async def bench(args: argparse.Namespace) -> None:
+    from tests.fleet.processes import Fleet, find_tool, start_fleet
+
+    missing = [t for t in ("pgbouncer", "haproxy") if find_tool(t) is None]
+    if missing:
+        raise SystemExit(f"bench_fleet: {' and '.join(missing)} not found (apt-get install "
+                         "pgbouncer haproxy)")
+    procs = max(1, min(args.client_procs, args.callers))
+    workdir = Path(tempfile.mkdtemp(prefix="batchd-bench-fleet-"))
+    started: list[Any] = []
+    fleet: Fleet | None = None
+    clients: list[ClientProc] = []
+    ok = False
+    try:
+        fleet = await start_fleet(workdir, REPLICA_ENV, GRACE_SECONDS, started)
+        admin = fleet.postgres.admin_dsn
+        postmaster = await postmaster_pid(admin)
+        roots = [fleet.postgres.proc.pid] + ([postmaster] if postmaster else [])
+        header = (await postgres_line(admin, fleet.postgres)).replace(
+            "shared by client, servers and PostgreSQL",
+            "shared by the clients, HAProxy, the replicas, pgbouncer and PostgreSQL")
+        for i in range(procs):
+            callers = args.callers // procs + (i < args.callers % procs)
+            chans = max(1, args.channels // procs + (i < args.channels % procs))
+            clients.append(await ClientProc.start(fleet.address, callers, chans, i))
+        for c in clients:
+            await c.read(60)  # ready: its channels are connected
+        meter = Meter(fleet, roots, clients)
+        print(f"{header}; seconds={args.seconds:g} runs={args.runs} callers={args.callers} "
+              f"channels={args.channels} client-procs={procs}; logs in {workdir}", flush=True)
+        samples: dict[int, list[Sample]] = {3: [], 1: []}
+        for run in range(args.runs):
+            for n in (3, 1):
+                await set_replicas(fleet, n)
+                await sql(admin, "CHECKPOINT")
+                s = await measure(n, args.seconds, clients, meter)
+                samples[n].append(s)
+                cpu = ", ".join(f"{k} {v:.2f}" for k, v in s.cpu.items())
+                print(f"  run {run + 1}, {n} replica{'s' * (n != 1)}: {s.ops_s:,.0f} ops/s, "
+                      f"{s.batches_s:,.0f} batches/s, p50 {s.quantile_ms(50):.1f} ms, "
+                      f"p99 {s.quantile_ms(99):.1f} ms, errors {s.errors or 0}; "
+                      f"CPU cores: {cpu}", flush=True)
+        rows = await sql(fleet.db_dsn, "SELECT count(*) FROM events")
+        expected = sum(s.batches for runs in samples.values() for s in runs) * OPS_PER_BATCH
+        ok = True
+    finally:
+        for c in clients:
+            await c.stop()
+        if fleet is not None:
+            await fleet.stop()
+        else:
+            for thing in reversed(started):
+                await thing.stop()
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"bench_fleet: failed; logs kept in {workdir}", file=sys.stderr)
+
+    haproxy = tool_version([find_tool("haproxy") or "haproxy", "-v"])
+    pgbouncer = tool_version([find_tool("pgbouncer") or "pgbouncer", "--version"])
+    per_proc = ", ".join(str(args.callers // procs + (i < args.callers % procs))
+                         for i in range(procs))
+    setup = " ".join([
+        f"{args.runs} interleaved runs of each (3 replicas, 1 replica, 3, 1, ...), {args.seconds:g}",
+        f"s each after a {WARMUP:g} s warm-up. {args.callers} callers in {procs} client",
+        f"processes ({per_proc} callers; grpc.aio, {args.channels} channels in all, one HTTP/2",
+        "connection to HAProxy each) loop on 10-operation atomic batches (10 one-row inserts",
+        "into `events`, unique ids; request templates built before timing). Through HAProxy",
+        f"{haproxy} (deploy/haproxy/haproxy.cfg: mode http, every call balanced round robin,",
+        "one log line per call) to `batchd serve` replicas (one process each, pool of 16,",
+        f"BATCHD_POOLER=transaction), through PgBouncer {pgbouncer} in transaction mode",
+        "(deploy/pgbouncer/pgbouncer.ini: default_pool_size 20) to PostgreSQL, all on",
+        "127.0.0.1. For 1 replica, replicas 2 and 3 are stopped and DOWN in HAProxy.",
+        "Throughput and latency count the batches completed within the timed window;",
+        "operations/s = 10 x batches/s. CPU: CPU-seconds per wall second of each component",
+        "in the window (/proc/PID/stat; PostgreSQL: all its processes; client: all client",
+        "processes); CPU ms per batch = cores / batches/s x 1000. 'other' is what the machine",
+        "spent outside these processes (this script, the kernel's idle-time work)."])
+    lines = report(header + ".", setup, samples, procs)
+    lines += ["", f"Rows in events at the end: {rows:,} (batches counted x 10: {expected:,}; "
+              "the rest committed during warm-ups and at the windows' edges)."]
+    print("\n" + "\n".join(lines))
+    write_markdown(args.markdown_out, "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each replica count")
+    parser.add_argument("--callers", type=int, default=64, help="concurrent callers in all")
+    parser.add_argument("--channels", type=int, default=8,
+                        help="gRPC channels (HTTP/2 connections to HAProxy) in all")
+    parser.add_argument("--client-procs", type=int, default=2,
+                        help="client processes the callers and channels are split over")
+    parser.add_argument("--markdown-out", help="also write the tables to this file")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        asyncio.run(client_main(args.target, args.callers, args.channels, args.index))
+        return
+    if args.runs < 1 or args.callers < 1 or args.seconds <= 0:
+        parser.error("--runs and --callers must be at least 1, --seconds positive")
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        # SIGTERM (or SIGINT) cancels the bench, so that its finally stops every process.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
+        await bench(args)
+
+    try:
+        asyncio.run(run())
+    except asyncio.CancelledError:
+        sys.exit("bench_fleet: interrupted")
+
+
+if __name__ == "__main__":
+    main()
