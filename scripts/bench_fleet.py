@@ -32,10 +32,10 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
-import re
 import subprocess
 import sys
 import tempfile
@@ -46,11 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parent.parent
+sys.path.insert(0, str(ROOT))  # tests.fleet.processes: the fleet harness of the fleet tests
+sys.path.insert(0, str(SCRIPT.parent))
 
-from bench_ingest import machine, postgres_line, sql, write_markdown  # noqa: E402
+from bench_ingest import postgres_line, sql, write_markdown  # noqa: E402
+
+from tests.fleet.processes import Fleet, find_tool, start_fleet  # noqa: E402
 
 WARMUP = 2.0
 COMPONENTS = ("pgbouncer", "HAProxy", "PostgreSQL", "client")  # besides the replicas
@@ -89,7 +92,8 @@ async def client_main(target: str, callers: int, channels: int, index: int) -> N
     options = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
     chans = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
     await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in chans)), 30)
-    stubs = [batch_pb2_grpc.BatchServiceStub(ch) for ch in chans]
+    make_stub: Callable[[Any], Any] = batch_pb2_grpc.BatchServiceStub
+    stubs = [make_stub(ch) for ch in chans]
 
     def template() -> Any:
         b = Batch()
@@ -160,7 +164,7 @@ class ClientProc:
     @classmethod
     async def start(cls, target: str, callers: int, channels: int, index: int) -> ClientProc:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "--client", "--target", target,
+            sys.executable, str(SCRIPT), "--client", "--target", target,
             "--callers", str(callers), "--channels", str(channels), "--index", str(index),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             start_new_session=True, cwd=ROOT)
@@ -267,7 +271,7 @@ class Sample:
 class Meter:
     """CPU seconds of every component at one instant (pids looked up at that instant)."""
 
-    fleet: Any
+    fleet: Fleet
     postgres_roots: list[int]
     clients: list[ClientProc]
 
@@ -282,7 +286,7 @@ class Meter:
         return seconds
 
 
-async def set_replicas(fleet: Any, count: int) -> None:
+async def set_replicas(fleet: Fleet, count: int) -> None:
     """Replicas 1..count running and UP in HAProxy, the others stopped and DOWN."""
     keep, drop = fleet.replicas[:count], fleet.replicas[count:]
     await asyncio.gather(*(r.proc.stop(patience=GRACE_SECONDS + 10) for r in drop
@@ -392,10 +396,10 @@ def report(header: str, setup: str, samples: dict[int, list[Sample]],
         cores, per_batch = [], []
         for n in counts:
             runs = [s for s in samples[n] if name in s.cpu]
-            cores.append(f"{statistics.median(s.cpu[name] for s in runs):.2f}"
-                         if runs else "-")
-            per_batch.append(f"{statistics.median(s.cpu[name] / s.batches_s * 1e3 for s in runs):.2f}"
-                             if runs else "-")
+            used = statistics.median(s.cpu[name] for s in runs) if runs else None
+            ms = statistics.median(s.cpu[name] / s.batches_s * 1e3 for s in runs) if runs else None
+            cores.append("-" if used is None else f"{used:.2f}")
+            per_batch.append("-" if ms is None else f"{ms:.2f}")
         lines.append(f"| {labels.get(name, name)} | " + " | ".join(cores + per_batch) + " |")
     return lines
 
@@ -403,8 +407,6 @@ def report(header: str, setup: str, samples: dict[int, list[Sample]],
 # --- main --------------------------------------------------------------------------------------
 
 async def bench(args: argparse.Namespace) -> None:
-    from tests.fleet.processes import Fleet, find_tool, start_fleet
-
     missing = [t for t in ("pgbouncer", "haproxy") if find_tool(t) is None]
     if missing:
         raise SystemExit(f"bench_fleet: {' and '.join(missing)} not found (apt-get install "
@@ -418,8 +420,12 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         fleet = await start_fleet(workdir, REPLICA_ENV, GRACE_SECONDS, started)
         admin = fleet.postgres.admin_dsn
+        # pg_ctl daemonizes the postmaster (its parent is then init, not pg_process.py):
+        # found through the checkpointer.
         postmaster = await postmaster_pid(admin)
-        roots = [fleet.postgres.proc.pid] + ([postmaster] if postmaster else [])
+        if postmaster is None:
+            raise RuntimeError("PostgreSQL's postmaster not found in /proc")
+        roots = [fleet.postgres.proc.pid, postmaster]
         header = (await postgres_line(admin, fleet.postgres)).replace(
             "shared by client, servers and PostgreSQL",
             "shared by the clients, HAProxy, the replicas, pgbouncer and PostgreSQL")
@@ -465,21 +471,24 @@ async def bench(args: argparse.Namespace) -> None:
     per_proc = ", ".join(str(args.callers // procs + (i < args.callers % procs))
                          for i in range(procs))
     setup = " ".join([
-        f"{args.runs} interleaved runs of each (3 replicas, 1 replica, 3, 1, ...), {args.seconds:g}",
-        f"s each after a {WARMUP:g} s warm-up. {args.callers} callers in {procs} client",
-        f"processes ({per_proc} callers; grpc.aio, {args.channels} channels in all, one HTTP/2",
-        "connection to HAProxy each) loop on 10-operation atomic batches (10 one-row inserts",
-        "into `events`, unique ids; request templates built before timing). Through HAProxy",
-        f"{haproxy} (deploy/haproxy/haproxy.cfg: mode http, every call balanced round robin,",
-        "one log line per call) to `batchd serve` replicas (one process each, pool of 16,",
-        f"BATCHD_POOLER=transaction), through PgBouncer {pgbouncer} in transaction mode",
-        "(deploy/pgbouncer/pgbouncer.ini: default_pool_size 20) to PostgreSQL, all on",
-        "127.0.0.1. For 1 replica, replicas 2 and 3 are stopped and DOWN in HAProxy.",
-        "Throughput and latency count the batches completed within the timed window;",
-        "operations/s = 10 x batches/s. CPU: CPU-seconds per wall second of each component",
-        "in the window (/proc/PID/stat; PostgreSQL: all its processes; client: all client",
-        "processes); CPU ms per batch = cores / batches/s x 1000. 'other' is what the machine",
-        "spent outside these processes (this script, the kernel's idle-time work)."])
+        f"{args.runs} interleaved run{'s' * (args.runs != 1)} of each (3 replicas, 1 replica,",
+        "3, 1, ...),",
+        f"{args.seconds:g} s each after a {WARMUP:g} s warm-up. {args.callers} callers in",
+        f"{procs} client processes ({per_proc} callers; grpc.aio, {args.channels} channels",
+        "in all, one HTTP/2 connection to HAProxy each) loop on 10-operation atomic batches",
+        "(10 one-row inserts into `events`, unique ids; request templates built before",
+        f"timing), through HAProxy {haproxy} (deploy/haproxy/haproxy.cfg: mode http, every",
+        "call balanced round robin, one log line per call) to `batchd serve` replicas (one",
+        "process each, pool of 16, BATCHD_POOLER=transaction), through PgBouncer",
+        f"{pgbouncer} in transaction mode (deploy/pgbouncer/pgbouncer.ini: default_pool_size",
+        "20) to PostgreSQL, all on 127.0.0.1. For 1 replica, replicas 2 and 3 are stopped",
+        "and DOWN in HAProxy. Throughput and latency count the batches completed within the",
+        "timed window; operations/s = 10 x batches/s. CPU: CPU-seconds per wall second of",
+        "each component in the window (/proc/PID/stat; PostgreSQL: all its processes;",
+        "client: all client processes); CPU ms per batch = cores / (batches/s) x 1000, per",
+        "batch of the whole fleet (a replica of three serves a third of them).",
+        "'other' is the machine's busy time outside these processes (this script, kernel",
+        "work not charged to a process)."])
     lines = report(header + ".", setup, samples, procs)
     lines += ["", f"Rows in events at the end: {rows:,} (batches counted x 10: {expected:,}; "
               "the rest committed during warm-ups and at the windows' edges)."]

@@ -32,6 +32,7 @@ its code; the README's error table is ``markdown_table()`` (tests/unit/test_erro
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from typing import NamedTuple, TypeVar
 
@@ -270,9 +271,10 @@ BY_CLASS: dict[str, grpc.StatusCode] = {
 
 
 def _reason(exc: BaseException) -> str:
-    """``UniqueViolationError`` -> ``UNIQUE_VIOLATION``."""
+    """``UniqueViolationError`` -> ``UNIQUE_VIOLATION``; ``ReadOnlySQLTransactionError`` ->
+    ``READ_ONLY_SQL_TRANSACTION`` (a run of capitals is one word)."""
     name = type(exc).__name__.removesuffix("Error")
-    return "".join("_" + c if c.isupper() and i else c for i, c in enumerate(name)).upper()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).upper()
 
 
 def from_database(exc: BaseException) -> BatchdError | None:

@@ -112,8 +112,11 @@ def plain_json(value: Any) -> Any:
 # --- Python -> PostgreSQL (by column) --------------------------------------------------------
 
 def _expect(what: str, value: Any) -> CoercionError:
-    shown = "null" if value is None else type(value).__name__
-    return CoercionError(f"expected {what}, got {shown}")
+    """"expected a string, got a number": the JSON kind the client sent (a Struct carries every
+    number as a double, so "float" would mislead for an integer)."""
+    shown = {bool: "a boolean", float: "a number", int: "a number", str: "a string",
+             list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    return CoercionError(f"expected {what}, got {'null' if value is None else shown}")
 
 
 def _to_int(kind: str) -> Callable[[Any], int]:

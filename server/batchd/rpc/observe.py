@@ -26,10 +26,13 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
+import grpc
+
 from batchd import auth
 from batchd.catalog import Catalog
 from batchd.errors import BatchdError
 from batchd.metrics import CANCELLED, Metrics
+from batchd.rpc.interceptors import final_code
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger("batchd.service")
@@ -48,11 +51,13 @@ class Observer:
         self.metrics = metrics
         self.catalog = catalog
 
-    def batch(self, request: batch_pb2.BatchExecuteRequest, request_id: str) -> BatchSeen:
-        return BatchSeen(self, request, request_id)
+    def batch(self, request: batch_pb2.BatchExecuteRequest, request_id: str,
+              context: grpc.aio.ServicerContext | None = None) -> BatchSeen:
+        return BatchSeen(self, request, request_id, context)
 
-    def stream(self, request_id: str) -> StreamSeen:
-        return StreamSeen(self, request_id)
+    def stream(self, request_id: str,
+               context: grpc.aio.ServicerContext | None = None) -> StreamSeen:
+        return StreamSeen(self, request_id, context)
 
     def table_label(self, name: str) -> str:
         """The qualified name, so "orders" and "public.orders" count together."""
@@ -67,9 +72,11 @@ class _Seen:
 
     rpc = ""
 
-    def __init__(self, observer: Observer, request_id: str) -> None:
+    def __init__(self, observer: Observer, request_id: str,
+                 context: grpc.aio.ServicerContext | None) -> None:
         self.observer = observer
         self.request_id = request_id
+        self.context = context
         self.error: BatchdError | None = None
         self.started = 0.0
         self.principal = ANONYMOUS
@@ -85,8 +92,8 @@ class _Seen:
         self.observer.metrics.in_flight.labels(self.rpc).dec()
         if self.error is not None:
             code = self.error.code.name
-        elif exc is not None:  # cancelled, or the response stream closed early
-            code = CANCELLED
+        elif exc is not None:  # cancelled, expired, or the response stream closed early
+            code = final_code(self.context, exc) if self.context is not None else CANCELLED
         else:
             code = "OK"
         fields = self.finish(code)
@@ -109,8 +116,8 @@ class BatchSeen(_Seen):
     rpc = "BatchExecute"
 
     def __init__(self, observer: Observer, request: batch_pb2.BatchExecuteRequest,
-                 request_id: str) -> None:
-        super().__init__(observer, request_id)
+                 request_id: str, context: grpc.aio.ServicerContext | None) -> None:
+        super().__init__(observer, request_id, context)
         self.request = request
         self.response: batch_pb2.BatchExecuteResponse | None = None
 
@@ -144,8 +151,9 @@ class BatchSeen(_Seen):
 class StreamSeen(_Seen):
     rpc = "BatchStream"
 
-    def __init__(self, observer: Observer, request_id: str) -> None:
-        super().__init__(observer, request_id)
+    def __init__(self, observer: Observer, request_id: str,
+                 context: grpc.aio.ServicerContext | None) -> None:
+        super().__init__(observer, request_id, context)
         self.header: batch_pb2.StreamHeader | None = None
         self.stream_id = ""
         self.chunks = self.rows_written = self.rows_rejected = 0

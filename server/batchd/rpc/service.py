@@ -65,7 +65,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         malformed = decode.problem(parsed)
         request = parsed if isinstance(parsed, batch_pb2.BatchExecuteRequest) \
             else batch_pb2.BatchExecuteRequest()
-        with self.observer.batch(request, request_id) as seen:
+        with self.observer.batch(request, request_id, context) as seen:
             try:
                 if malformed is not None:
                     raise malformed
@@ -98,7 +98,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         async def admitted() -> None:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
 
-        with self.observer.stream(request_id) as seen:
+        with self.observer.stream(request_id, context) as seen:
             try:
                 self.admission.check_open()  # draining: refused before waiting for a header
                 session = StreamSession(self.streams, request_id, current_principal.get())
