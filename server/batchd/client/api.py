@@ -12,8 +12,23 @@ and errors. Batches are built with ``Batch`` (``batchd.client.builder``, re-expo
         else:
             print(result[order].rows[0]["id"])
 
+Defaults that make a transient failure a non-event:
+
+- a deadline of ``timeout`` seconds (30) on every call, covering all its retries (``None``: no
+  deadline, explicitly);
+- ``execute`` gives every call its own ``request_id`` (``uuid4().hex``, kept across that call's
+  retries) unless one is given, so that a retry after a lost reply is replayed, not run again
+  (``request_id=False``: none; ``validate_only`` batches get none, they store nothing);
+- retries with exponential backoff and full jitter (``batchd.client.retry``: which failures,
+  and why those are safe), honouring the server's RetryInfo; ``retry=None`` turns them off and
+  ``on_retry`` sees each one;
+- keepalive, the published service config (round-robin over several targets) and its
+  retry policy below ours, for GetSchema (``batchd.client.channel``);
+- ``ingest``: BatchStream with chunking, flow control and resume (``batchd.client.ingest``).
+
 Results (``batchd.client.results``): ``execute`` returns a ``BatchResult`` (``committed``,
-``attempts``, one ``OperationOutcome`` per operation, indexable by id, ``OpRef`` or position).
+``attempts``, ``replayed``, one ``OperationOutcome`` per operation, indexable by id, ``OpRef``
+or position).
 
 Errors are the one tree of ``batchd.errors``, shared with the server; ``rpc_error`` translates
 any ``grpc.RpcError``::
@@ -26,18 +41,23 @@ An ATOMIC batch that fails raises ``AtomicBatchError``, whether it failed while 
 refused before anything ran (INVALID_ARGUMENT with per-operation outcomes). An INDEPENDENT
 batch does not raise for failed operations: the RPC succeeded, and each ``OperationOutcome``
 says what happened (``BatchResult.ok`` is whether all succeeded). Anything without such details
-(an unreachable server, a request refused as a whole) is a plain ``BatchdRpcError``.
+(an unreachable server, a request refused as a whole) is a plain ``BatchdRpcError``. What is
+raised after retries is the last attempt's error.
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from types import EllipsisType, TracebackType
+from typing import Any, Self, Unpack
 
-import grpc
-
+from batchd.client import channel as channels
+from batchd.client import retry
 from batchd.client.builder import Batch, OpRef
+from batchd.client.ingest import AckedChunk, IngestOptions, IngestResult, RejectedRow, Source
+from batchd.client.ingest import ingest as run_ingest
 from batchd.client.results import (
     AtomicBatchError,
     BatchResult,
@@ -47,42 +67,82 @@ from batchd.client.results import (
     TableSchema,
     rpc_error,
 )
+from batchd.client.retry import RetryEvent, RetryHook, RetryPolicy
 from batchd.errors import BatchdError, BatchdRpcError, FieldViolation
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
-__all__ = ["AsyncClient", "AtomicBatchError", "Batch", "BatchResult", "BatchdError",
-           "BatchdRpcError", "Client", "ColumnSchema", "FieldViolation", "OpRef",
-           "OperationOutcome", "Schema", "TableSchema", "rpc_error"]
+__all__ = ["AckedChunk", "AsyncClient", "AtomicBatchError", "Batch", "BatchResult",
+           "BatchdError", "BatchdRpcError", "Client", "ColumnSchema", "FieldViolation",
+           "IngestResult", "OpRef", "OperationOutcome", "RejectedRow", "RetryEvent",
+           "RetryPolicy", "Schema", "TableSchema", "rpc_error"]
 
 Metadata = Sequence[tuple[str, str]] | Mapping[str, str]
+#: A call's ``timeout``: seconds, None (no deadline), or ``...`` (the client's default).
+Timeout = float | None | EllipsisType
+DEFAULT_TIMEOUT = 30.0
 
 
-class _Options:
-    """What both clients keep: default metadata and deadline, and how to open a channel."""
+class _Settings:
+    """What both clients keep: where to connect and how, default metadata, deadline, retries."""
 
-    def __init__(self, metadata: Metadata | None, timeout: float | None) -> None:
+    def __init__(self, target: str | Sequence[str] | None, targets: Sequence[str] | None,
+                 metadata: Metadata | None, timeout: float | None, credentials: Any,
+                 options: Sequence[tuple[str, Any]], retry_policy: RetryPolicy | None,
+                 on_retry: RetryHook | None, keepalive_seconds: float | None) -> None:
+        if (target is None) == (targets is None):
+            raise TypeError("give one of target and targets")
+        chosen = target if target is not None else targets
+        assert chosen is not None
+        self.target = channels.resolve_target(chosen)
         items = metadata.items() if isinstance(metadata, Mapping) else (metadata or ())
-        self._metadata = tuple((key, value) for key, value in items)
-        self._timeout = timeout
+        self.metadata = tuple((key, value) for key, value in items)
+        self.timeout = timeout
+        self.credentials = credentials
+        self.options = channels.channel_options(options, keepalive_seconds)
+        self.retry = retry_policy or retry.NO_RETRY
+        self.on_retry = on_retry
 
-    def call(self) -> dict[str, Any]:
-        return {"metadata": self._metadata or None, "timeout": self._timeout}
+    def timeout_of(self, timeout: Timeout) -> float | None:
+        return self.timeout if isinstance(timeout, EllipsisType) else timeout
+
+    def retried(self, method: str, replay_safe: bool, timeout: Timeout) -> dict[str, Any]:
+        return {"method": method, "policy": self.retry, "replay_safe": replay_safe,
+                "seconds": self.timeout_of(timeout), "on_retry": self.on_retry}
+
+
+def _request_id(request_id: str | bool | None, validate_only: bool) -> str | None:
+    """The id ``execute`` sends: the one given; none for False or validate_only (which stores
+    nothing); else a new one for this call."""
+    if isinstance(request_id, str):
+        return request_id or None
+    if request_id is False or validate_only:
+        return None
+    return uuid.uuid4().hex
 
 
 class AsyncClient:
     """batchd over a grpc.aio channel; use as ``async with AsyncClient(target) as client``.
 
-    ``metadata`` is sent with every call; ``timeout`` (seconds) is the default deadline of each
-    call (None: none). ``credentials``: a ``grpc.ssl_channel_credentials()`` for TLS;
-    ``options``: channel options such as ``("grpc.max_receive_message_length", n)``.
+    ``target``: ``"host:port"`` or any gRPC target; ``targets`` (or a list as ``target``):
+    several IP addresses, spread round-robin (see ``batchd.client.channel.resolve_target``).
+    ``metadata`` is sent with every call; ``timeout`` (seconds, default 30) is each call's
+    deadline, retries included (None: no deadline). ``retry``: a ``RetryPolicy`` (None: no
+    retries); ``on_retry(event)`` is called (and awaited, if it returns an awaitable) before
+    each retry's wait. ``credentials``: a ``grpc.ssl_channel_credentials()`` for TLS;
+    ``options``: channel options, over the defaults of ``channel_options``;
+    ``keepalive_seconds``: see ``batchd.client.channel`` (None: no keepalive pings).
     """
 
-    def __init__(self, target: str, *, metadata: Metadata | None = None,
-                 timeout: float | None = None, credentials: Any = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
-        self._options = _Options(metadata, timeout)
-        self._channel = grpc.aio.secure_channel(target, credentials, options) if credentials \
-            else grpc.aio.insecure_channel(target, options)
+    def __init__(self, target: str | Sequence[str] | None = None, *,
+                 targets: Sequence[str] | None = None, metadata: Metadata | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT, credentials: Any = None,
+                 options: Sequence[tuple[str, Any]] = (),
+                 retry: RetryPolicy | None = retry.DEFAULT, on_retry: RetryHook | None = None,
+                 keepalive_seconds: float | None = channels.KEEPALIVE_SECONDS) -> None:
+        self._settings = _Settings(target, targets, metadata, timeout, credentials, options,
+                                   retry, on_retry, keepalive_seconds)
+        self._channel = channels.aio_channel(self._settings.target, credentials,
+                                             self._settings.options)
         self._stub = batch_pb2_grpc.BatchServiceStub(  # type: ignore[no-untyped-call]
             self._channel)
 
@@ -98,42 +158,82 @@ class AsyncClient:
 
     async def execute(self, batch: Batch, *, mode: str | int = "atomic",
                       validate_only: bool = False, isolation: str | int | None = None,
-                      read_only: bool = False, request_id: str | None = None) -> BatchResult:
-        """Runs ``batch`` (see ``Batch.to_request`` for the options). Raises
-        ``AtomicBatchError`` when an atomic batch fails, ``BatchdRpcError`` otherwise."""
+                      read_only: bool = False, request_id: str | bool | None = None,
+                      timeout: Timeout = ...,  # noqa: ASYNC109 (the gRPC deadline)
+                      ) -> BatchResult:
+        """Runs ``batch`` (see ``Batch.to_request`` for the options), retrying what is safe to
+        retry. ``request_id``: None (a new one for this call), an id of yours, or False (none:
+        then a lost connection is not retried, since the batch may have run). ``timeout``
+        overrides the client's for this call. Raises ``AtomicBatchError`` when an atomic batch
+        fails, ``BatchdRpcError`` otherwise."""
         request = batch.to_request(mode=mode, validate_only=validate_only, isolation=isolation,
-                                   read_only=read_only, request_id=request_id)
-        return await self.execute_request(request)
+                                   read_only=read_only,
+                                   request_id=_request_id(request_id, validate_only))
+        return await self.execute_request(request, timeout=timeout)
 
-    async def execute_request(self, request: batch_pb2.BatchExecuteRequest) -> BatchResult:
-        """Sends a ready-made request as it is."""
-        try:
-            response = await self._stub.BatchExecute(request, **self._options.call())
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from exc
+    async def execute_request(self, request: batch_pb2.BatchExecuteRequest, *,
+                              timeout: Timeout = ...,  # noqa: ASYNC109 (the gRPC deadline)
+                              ) -> BatchResult:
+        """Sends a ready-made request as it is (no request id is added), with the retries its
+        fields make safe (``batchd.client.retry.replay_safe``)."""
+        settings = self._settings
+
+        async def send(remaining: float | None) -> batch_pb2.BatchExecuteResponse:
+            response: batch_pb2.BatchExecuteResponse = await self._stub.BatchExecute(
+                request, metadata=settings.metadata or None, timeout=remaining)
+            return response
+
+        response = await retry.call_async(
+            send, **settings.retried("BatchExecute", retry.replay_safe(request), timeout))
         return BatchResult.from_proto(response)
 
-    async def schema(self) -> Schema:
+    async def schema(self, *,
+                     timeout: Timeout = ...,  # noqa: ASYNC109 (the gRPC deadline)
+                     ) -> Schema:
         """The exposed tables and registered handlers."""
-        try:
-            response = await self._stub.GetSchema(batch_pb2.GetSchemaRequest(),
-                                                  **self._options.call())
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from exc
+        settings = self._settings
+
+        async def send(remaining: float | None) -> batch_pb2.GetSchemaResponse:
+            response: batch_pb2.GetSchemaResponse = await self._stub.GetSchema(
+                batch_pb2.GetSchemaRequest(), metadata=settings.metadata or None,
+                timeout=remaining)
+            return response
+
+        response = await retry.call_async(send, **settings.retried("GetSchema", True, timeout))
         return Schema.from_proto(response)
+
+    async def ingest(self, table: str, source: Source,
+                     **options: Unpack[IngestOptions]) -> IngestResult:
+        """Streams ``source`` into ``table`` over BatchStream: rows (an iterable or async
+        iterable of mappings), columns (a mapping of column name to values) or CSV (a path,
+        a binary file or bytes), in chunks, resumed after a lost connection. See
+        ``batchd.client.ingest.ingest`` for the options and what is guaranteed."""
+        settings = self._settings
+        return await run_ingest(self._stub, table, source, metadata=settings.metadata,
+                                policy=settings.retry, on_retry=settings.on_retry, **options)
 
 
 class Client:
-    """batchd over a blocking gRPC channel; the same methods as ``AsyncClient``. Use as
-    ``with Client(target) as client``. Never call it from a thread running an event loop
+    """batchd over a blocking gRPC channel; the same methods and defaults as ``AsyncClient``.
+    Use as ``with Client(target) as client``. Never call it from a thread running an event loop
     that the server (or anything the call waits for) needs."""
 
-    def __init__(self, target: str, *, metadata: Metadata | None = None,
-                 timeout: float | None = None, credentials: Any = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
-        self._options = _Options(metadata, timeout)
-        self._channel = grpc.secure_channel(target, credentials, options) if credentials \
-            else grpc.insecure_channel(target, options)
+    def __init__(self, target: str | Sequence[str] | None = None, *,
+                 targets: Sequence[str] | None = None, metadata: Metadata | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT, credentials: Any = None,
+                 options: Sequence[tuple[str, Any]] = (),
+                 retry: RetryPolicy | None = retry.DEFAULT, on_retry: RetryHook | None = None,
+                 keepalive_seconds: float | None = channels.KEEPALIVE_SECONDS) -> None:
+        def twin() -> AsyncClient:  # for ingest: the same settings over a grpc.aio channel
+            return AsyncClient(target, targets=targets, metadata=metadata, timeout=timeout,
+                               credentials=credentials, options=options, retry=retry,
+                               on_retry=on_retry, keepalive_seconds=keepalive_seconds)
+
+        self._twin = twin
+        self._settings = _Settings(target, targets, metadata, timeout, credentials, options,
+                                   retry, on_retry, keepalive_seconds)
+        self._channel = channels.sync_channel(self._settings.target, credentials,
+                                              self._settings.options)
         self._stub = batch_pb2_grpc.BatchServiceStub(  # type: ignore[no-untyped-call]
             self._channel)
 
@@ -149,23 +249,54 @@ class Client:
 
     def execute(self, batch: Batch, *, mode: str | int = "atomic", validate_only: bool = False,
                 isolation: str | int | None = None, read_only: bool = False,
-                request_id: str | None = None) -> BatchResult:
+                request_id: str | bool | None = None, timeout: Timeout = ...) -> BatchResult:
         """Runs ``batch``; see ``AsyncClient.execute``."""
         request = batch.to_request(mode=mode, validate_only=validate_only, isolation=isolation,
-                                   read_only=read_only, request_id=request_id)
-        return self.execute_request(request)
+                                   read_only=read_only,
+                                   request_id=_request_id(request_id, validate_only))
+        return self.execute_request(request, timeout=timeout)
 
-    def execute_request(self, request: batch_pb2.BatchExecuteRequest) -> BatchResult:
-        try:
-            response = self._stub.BatchExecute(request, **self._options.call())
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from exc
+    def execute_request(self, request: batch_pb2.BatchExecuteRequest, *,
+                        timeout: Timeout = ...) -> BatchResult:
+        """See ``AsyncClient.execute_request``."""
+        settings = self._settings
+
+        def send(remaining: float | None) -> batch_pb2.BatchExecuteResponse:
+            response: batch_pb2.BatchExecuteResponse = self._stub.BatchExecute(
+                request, metadata=settings.metadata or None, timeout=remaining)
+            return response
+
+        response = retry.call_sync(
+            send, **settings.retried("BatchExecute", retry.replay_safe(request), timeout))
         return BatchResult.from_proto(response)
 
-    def schema(self) -> Schema:
+    def schema(self, *, timeout: Timeout = ...) -> Schema:
+        settings = self._settings
+
+        def send(remaining: float | None) -> batch_pb2.GetSchemaResponse:
+            response: batch_pb2.GetSchemaResponse = self._stub.GetSchema(
+                batch_pb2.GetSchemaRequest(), metadata=settings.metadata or None,
+                timeout=remaining)
+            return response
+
+        return Schema.from_proto(retry.call_sync(send,
+                                                 **settings.retried("GetSchema", True, timeout)))
+
+    def ingest(self, table: str, source: Source, **options: Unpack[IngestOptions]
+               ) -> IngestResult:
+        """``AsyncClient.ingest``, run to completion on a private event loop in this thread
+        (with a channel of its own, closed at the end); ``on_ack`` runs there too. Not from
+        a thread that runs an event loop: use ``AsyncClient`` there."""
         try:
-            response = self._stub.GetSchema(batch_pb2.GetSchemaRequest(),
-                                            **self._options.call())
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from exc
-        return Schema.from_proto(response)
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("Client.ingest cannot run in a thread whose event loop is "
+                               "running; use AsyncClient.ingest")
+
+        async def run() -> IngestResult:
+            async with self._twin() as client:
+                return await client.ingest(table, source, **options)
+
+        return asyncio.run(run())
