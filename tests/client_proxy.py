@@ -1,4 +1,4 @@
-"""An in-process TCP proxy between a client and batchd, for the client's tests of lost connections.
+"""An in-process TCP proxy between a client and batchd, for the client tests of lost links.
 
 ``pause()`` holds back what the server sends (the client hears nothing; what it sends still
 arrives), ``cut()`` resets every connection open now (later ones work normally), ``refuse``

@@ -98,6 +98,12 @@ class App:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", int(settings.reuse_port)),
+                # Clients may ping every 20 s (batchd.client pings every 30 s) to find a dead
+                # connection; the server pings too, so a vanished client's calls (and the
+                # stream slot or transaction they hold) end within keepalive time + timeout.
+                ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
                 ("grpc.server.max_pending_requests", settings.max_pending_calls),
                 ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
             ])

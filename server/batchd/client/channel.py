@@ -10,13 +10,14 @@ call themselves, and a service-config timeout would cap a longer one) and minus 
 policy of BatchExecute (see ``NOT_RETRIED_BY_GRPC``): their own retries (``batchd.client.retry``)
 cover it, knowing which requests are replayed rather than run twice.
 
-Keepalive: a ping after ``keepalive_seconds`` (default 300) without reads, only while calls
+Keepalive: a ping after ``keepalive_seconds`` (default 30) without reads, only while calls
 are open, as often as needed (``grpc.http2.max_pings_without_data`` 0), and the connection is
-dropped when the ping gets no answer within 20 s. 300 s because a gRPC server with default
-settings, batchd's included, accepts pings at most every 5 minutes
-(``grpc.http2.min_ping_interval_without_data_ms``) and answers more frequent ones with GOAWAY
-"too_many_pings", which fails the calls in flight; lower it only against a server configured
-to accept it.
+dropped when the ping gets no answer within 20 s: a call on a dead connection fails (and is
+retried) within a minute instead of hanging. batchd accepts pings every 20 s
+(``grpc.http2.min_ping_interval_without_data_ms`` in batchd.app); a gRPC server with default
+settings accepts them only every 5 minutes and answers more frequent ones with GOAWAY
+"too_many_pings", failing the calls in flight: against such a server (a proxy terminating
+HTTP/2 with default settings), pass ``keepalive_seconds=300``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import grpc
 __all__ = ["KEEPALIVE_SECONDS", "channel_options", "resolve_target", "service_config"]
 
 SERVICE_CONFIG_FILE = "service_config.json"
-KEEPALIVE_SECONDS = 300.0
+KEEPALIVE_SECONDS = 30.0
 KEEPALIVE_TIMEOUT_MS = 20_000
 MAX_MESSAGE_BYTES = 64 << 20
 # grpc re-sends a call that failed UNAVAILABLE before response headers arrived. That includes a

@@ -15,11 +15,11 @@ INDEPENDENT (default): every acknowledged chunk is committed. The stream has a s
 or ``ingest-<uuid>``), so when the connection is lost, the server goes away or refuses for
 a while (UNAVAILABLE, RESOURCE_EXHAUSTED TOO_MANY_CONCURRENT), the same call reopens the stream
 with the same id after a backoff (``RetryPolicy``; ``max_attempts`` counts failures in a row:
-an acknowledged chunk starts the count again). StreamOpened says the last committed sequence:
-unacknowledged chunks up to it were committed and are not sent again (their acks were lost:
-``unconfirmed_rows`` counts their rows, written or rejected, the server does not say which),
-the rest are sent again, then the source goes on. Nothing is written twice: the server's
-ledger refuses a sequence it has (``AckedChunk.duplicate``). Calling ``ingest`` again later
+an acknowledged chunk starts the count again). Every unacknowledged chunk is sent again, then
+the source goes on. Nothing is written twice: the server's ledger knows the sequences it has
+committed, and answers a re-sent one with the ack it sent the first time (rows written,
+rejected rows), marked ``AckedChunk.duplicate`` — so the totals are exact even when acks were
+lost. Calling ``ingest`` again later
 with the same ``stream_id``, the same source and ``chunk_rows`` goes on where an earlier call
 stopped: the chunks the server has are read from the source and skipped (``skipped_chunks``).
 
@@ -98,9 +98,8 @@ AckHook = Callable[[AckedChunk], object]
 
 @dataclass
 class IngestResult:
-    """How an ingest ended. ``rows_written`` / ``rows_rejected`` / ``rejected`` are from the
-    acknowledgements this call received; ``unconfirmed_rows`` are rows of chunks that the
-    server committed but whose acknowledgement was lost (a resume found them committed);
+    """How an ingest ended. ``rows_written`` / ``rows_rejected`` / ``rejected`` are exact for
+    every chunk this call sent, acknowledgements lost and resent ones included;
     ``skipped_chunks`` were committed by an earlier call with the same stream id."""
 
     table: str
@@ -111,8 +110,6 @@ class IngestResult:
     rows_written: int = 0
     rows_rejected: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
-    unconfirmed_chunks: int = 0
-    unconfirmed_rows: int = 0
     skipped_chunks: int = 0
     resumes: int = 0
     last_sequence: int = 0
@@ -288,20 +285,13 @@ class _Ingest:
             call.cancel()  # no-op once finished; else ATOMIC rolls back
 
     def _resume_at(self, opened: batch_pb2.StreamOpened) -> None:
-        """StreamOpened: where the server stands. Unacknowledged chunks it has committed are
-        dropped (their acks were lost); on the first open, chunks it has are skipped."""
+        """StreamOpened: where the server stands. On the first open, the chunks it has (from
+        an earlier call with this stream id) are skipped; on a reopen, every unacknowledged
+        chunk is sent again, and those it committed come back with their first ack."""
         self.result.stream_id = opened.stream_id
-        last = opened.last_committed_sequence
         if not self.ever_opened:
             self.ever_opened = True
-            self.skip_through = last
-            return
-        for sequence in [s for s in self.pending if s <= last]:
-            sent = self.pending.pop(sequence)
-            self.result.unconfirmed_chunks += 1
-            self.result.unconfirmed_rows += sent.rows
-            self.result.last_sequence = max(self.result.last_sequence, sequence)
-        self.skip_through = max(self.skip_through, last)
+            self.skip_through = opened.last_committed_sequence
 
     async def _write(self, call: Any) -> None:
         try:
@@ -354,14 +344,10 @@ class _Ingest:
             return  # not one of ours in flight (nothing to count)
         rejected = tuple(RejectedRow.from_proto(row, ack.sequence) for row in ack.rejected)
         result = self.result
-        if ack.duplicate:
-            result.unconfirmed_chunks += 1
-            result.unconfirmed_rows += sent.rows
-        else:
-            result.chunks += 1
-            result.rows_written += ack.rows_written
-            result.rows_rejected += len(rejected)
-            result.rejected.extend(rejected)
+        result.chunks += 1  # a duplicate's ack repeats its first one: counted like it
+        result.rows_written += ack.rows_written
+        result.rows_rejected += len(rejected)
+        result.rejected.extend(rejected)
         result.last_sequence = max(result.last_sequence, ack.sequence)
         self.progress += 1
         if self.on_ack is not None:
