@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -200,8 +201,11 @@ def test_haproxy_accepts_the_configuration_with_the_compose_environment():
 
 def test_grpc_service_config_retries_unavailable_on_the_batch_service():
     config = json.loads((DEPLOY / "grpc-service-config.json").read_text())
+    # The deployed copy is the package's published one (batchd/client/service_config.json).
+    published = resources.files("batchd.client").joinpath("service_config.json").read_text()
+    assert config == json.loads(published)
     [method] = config["methodConfig"]
-    assert method["name"] == [{"service": SERVICE}]
+    assert {"service": SERVICE, "method": "BatchExecute"} in method["name"]
     policy = method["retryPolicy"]
     # Only UNAVAILABLE: batchd answers it before anything ran (draining, no database). Never
     # ABORTED or DEADLINE_EXCEEDED: a retry of those is the caller's decision.
