@@ -209,21 +209,37 @@ def stat_fields(pid: int) -> list[str] | None:
         return None
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields else 0.0
+@dataclass
+class ProcCpu:
+    ppid: int
+    comm: str
+    own: float  # CPU seconds: utime + stime
+    reaped: float  # CPU seconds of the children it has waited for: cutime + cstime
+    started: int  # start time (clock ticks after boot): with the pid, one process for good
 
 
-def tree_cpu_seconds(roots: Iterable[int]) -> float:
-    """CPU seconds of ``roots`` and all their descendants, with the children they have reaped
-    (cutime + cstime): a backend that exits within a window still counts, once."""
-    table: dict[int, list[str]] = {}
+def process_table() -> dict[int, ProcCpu]:
+    """Every process of the machine now."""
+    table = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) is not None:
-            table[int(entry.name)] = fields
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        comm, fields = text[text.find("(") + 1:text.rfind(")")], text.rsplit(")", 1)[1].split()
+        table[int(entry.name)] = ProcCpu(
+            int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
+            (int(fields[13]) + int(fields[14])) / CLOCK_TICKS, int(fields[19]))
+    return table
+
+
+def descendants(table: dict[int, ProcCpu], roots: Iterable[int]) -> set[int]:
+    """``roots`` and every process below them."""
     children: dict[int, list[int]] = {}
-    for pid, fields in table.items():
-        children.setdefault(int(fields[1]), []).append(pid)
+    for pid, proc in table.items():
+        children.setdefault(proc.ppid, []).append(pid)
     seen: set[int] = set()
     todo = [pid for pid in roots if pid in table]
     while todo:
@@ -231,7 +247,7 @@ def tree_cpu_seconds(roots: Iterable[int]) -> float:
         if pid not in seen:
             seen.add(pid)
             todo.extend(children.get(pid, []))
-    return sum(sum(int(v) for v in table[pid][11:15]) for pid in seen) / CLOCK_TICKS
+    return seen
 
 
 def machine_seconds() -> tuple[float, float]:
@@ -268,6 +284,14 @@ class Sample:
 
 
 @dataclass
+class Snapshot:
+    components: dict[str, float]  # CPU seconds by component, and the machine's
+    # CPU seconds of every other process by (pid, start time), and its name (a kernel
+    # worker's name changes with its work: not part of the key)
+    others: dict[tuple[int, int], tuple[str, float]]
+
+
+@dataclass
 class Meter:
     """CPU seconds of every component at one instant (pids looked up at that instant)."""
 
@@ -275,15 +299,38 @@ class Meter:
     postgres_roots: list[int]
     clients: list[ClientProc]
 
-    def snapshot(self) -> dict[str, float]:
-        seconds = {f"batchd {r.name}": cpu_seconds(r.proc.pid)
-                   for r in self.fleet.replicas if r.proc.running}
-        seconds["pgbouncer"] = cpu_seconds(self.fleet.pgbouncer.pid)
-        seconds["HAProxy"] = cpu_seconds(self.fleet.haproxy.proc.pid)
-        seconds["PostgreSQL"] = tree_cpu_seconds(self.postgres_roots)
-        seconds["client"] = sum(cpu_seconds(c.pid) for c in self.clients)
+    def snapshot(self) -> Snapshot:
+        table = process_table()
+        groups = {f"batchd {r.name}": {r.proc.pid} for r in self.fleet.replicas
+                  if r.proc.running}
+        groups["pgbouncer"] = {self.fleet.pgbouncer.pid}
+        groups["HAProxy"] = {self.fleet.haproxy.proc.pid}
+        groups["client"] = {c.pid for c in self.clients}
+        seconds = {name: sum(table[p].own for p in pids if p in table)
+                   for name, pids in groups.items()}
+        # PostgreSQL: with the backends it has reaped, so that one exiting mid-window counts.
+        postgres = descendants(table, self.postgres_roots)
+        seconds["PostgreSQL"] = sum(table[p].own + table[p].reaped for p in postgres)
         seconds["machine"], seconds["steal"] = machine_seconds()
-        return seconds
+        mine = postgres.union(*groups.values())
+        others = {(pid, proc.started): (proc.comm, proc.own) for pid, proc in table.items()
+                  if pid not in mine}
+        return Snapshot(seconds, others)
+
+    @staticmethod
+    def cores(before: Snapshot, after: Snapshot,
+              elapsed: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Cores used by each component between the snapshots, "other processes" among
+        them, and the other processes' cores by name, busiest first."""
+        cpu = {name: (value - before.components.get(name, value)) / elapsed
+               for name, value in after.components.items()}
+        others: dict[str, float] = {}
+        for key, (comm, value) in after.others.items():
+            used = (value - before.others.get(key, (comm, 0.0))[1]) / elapsed
+            name = comm.split("/")[0] if comm.startswith("kworker/") else comm
+            others[name] = others.get(name, 0.0) + used
+        cpu["other processes"] = sum(others.values())
+        return cpu, dict(sorted(others.items(), key=lambda item: -item[1]))
 
 
 async def set_replicas(fleet: Fleet, count: int) -> None:
@@ -312,7 +359,9 @@ async def measure(replicas: int, seconds: float, clients: list[ClientProc],
     await asyncio.sleep(max(0.0, end - time.monotonic()))
     after, elapsed = meter.snapshot(), time.monotonic() - began
     answers = await asyncio.gather(*(c.read(seconds + TIMEOUT + 30) for c in clients))
-    cpu = {name: (after[name] - before.get(name, after[name])) / elapsed for name in after}
+    cpu, others = meter.cores(before, after, elapsed)
+    busiest = ", ".join(f"{comm} {cores:.2f}" for comm, cores in list(others.items())[:4])
+    print(f"    other processes, busiest: {busiest}", flush=True)
     errors: Counter[str] = Counter()
     latencies: list[int] = []
     for answer in answers:
@@ -376,17 +425,18 @@ def report(header: str, setup: str, samples: dict[int, list[Sample]],
         batchd = sum(v for k, v in s.cpu.items() if k.startswith("batchd "))
         s.cpu["batchd, all replicas"] = batchd
         s.cpu["sum"] = batchd + sum(s.cpu[k] for k in COMPONENTS)
-        s.cpu["other"] = s.cpu["machine"] - s.cpu["sum"]
+        s.cpu["unattributed"] = s.cpu["machine"] - s.cpu["sum"] - s.cpu["other processes"]
     replicas = sorted({k for runs in samples.values() for s in runs for k in s.cpu
                        if k.startswith("batchd replica")})
     labels = {"PostgreSQL": "PostgreSQL (all its processes)",
               "client": f"client ({client_procs} processes)",
               "sum": "sum of the above",
               "machine": f"machine busy, all processes (of {CORES} cores)",
-              "other": "other (machine - sum)",
+              "other processes": "other processes (this script, kernel threads, any other)",
+              "unattributed": "unattributed (machine - all processes: processes that exited)",
               "steal": "stolen by the hypervisor"}
-    names = [*replicas, "batchd, all replicas", *COMPONENTS, "sum", "machine", "other",
-             "steal"]
+    names = [*replicas, "batchd, all replicas", *COMPONENTS, "sum", "other processes",
+             "unattributed", "machine", "steal"]
     plural = {n: f"{n} replica{'s' * (n != 1)}" for n in counts}
     lines += ["", "| CPU, cores used (median) | "
               + " | ".join(plural[n] for n in counts) + " | "
@@ -487,8 +537,9 @@ async def bench(args: argparse.Namespace) -> None:
         "each component in the window (/proc/PID/stat; PostgreSQL: all its processes;",
         "client: all client processes); CPU ms per batch = cores / (batches/s) x 1000, per",
         "batch of the whole fleet (a replica of three serves a third of them).",
-        "'other' is the machine's busy time outside these processes (this script, kernel",
-        "work not charged to a process)."])
+        "Machine: busy time of all cores from /proc/stat (tick-based accounting here:",
+        "interrupt and softirq time, e.g. loopback networking, is charged to whichever",
+        "process was running)."])
     lines = report(header + ".", setup, samples, procs)
     lines += ["", f"Rows in events at the end: {rows:,} (batches counted x 10: {expected:,}; "
               "the rest committed during warm-ups and at the windows' edges)."]

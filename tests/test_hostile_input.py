@@ -149,3 +149,14 @@ async def test_unknown_enum_values_are_rejected(stub):
     failure = await fails(stub, request)
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.violations[0][0] == "mode"
+
+
+async def test_a_misspelt_table_or_column_is_named_with_a_suggestion(stub):
+    failure = await fails(stub, batch([{"id": "c", "insert": {
+        "table": "customer", "rows": [{"name": "n", "email": "e@x"}]}}]))
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'unknown or not exposed table "customer"; did you mean "customers"?' in \
+        failure.message
+    failure = await fails(stub, batch([{"id": "c", "insert": {
+        "table": "customers", "rows": [{"name": "n", "emial": "e@x"}]}}]))
+    assert 'has no column "emial"; did you mean "email"?' in failure.message

@@ -477,3 +477,18 @@ async def test_otel_enabled_makes_a_span_per_rpc(schema):
         await app.stop(grace=1)
     assert any(span.name.endswith("BatchService/BatchExecute")
                for span in exporter.get_finished_spans())
+
+
+async def test_an_expired_call_is_logged_as_deadline_exceeded_like_it_is_counted(stub, caplog):
+    caplog.set_level(logging.INFO, logger="batchd.service")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.BatchExecute(batch([{"id": "s", "call": {"handler": "sleep",
+                                                            "args": {"seconds": 5}}}]),
+                                timeout=0.5)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(200):  # the server logs once its handler has unwound
+        lines = json_lines(caplog, "BatchExecute")
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    assert [line["code"] for line in lines] == ["DEADLINE_EXCEEDED"]

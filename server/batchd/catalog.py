@@ -11,9 +11,10 @@ rows for get/update/delete and make query pages stable.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -80,8 +81,10 @@ class Table:
         check_identifier(name, field_path)
         col = self.columns.get(name)
         if col is None:
-            raise InvalidArgument.field(
+            error = InvalidArgument.field(
                 field_path, f'table "{self.qualified_name}" has no column "{name}"')
+            error.message += did_you_mean(name, self.columns)
+            raise error
         return col
 
     def require(self, kind: str, field_path: str) -> None:
@@ -131,9 +134,13 @@ GROUP BY con.conrelid
 class Catalog:
     """Exposed tables by name; ``table()`` is the only way a request reaches one."""
 
-    def __init__(self, tables: Mapping[str, Table], default_schema: str) -> None:
+    def __init__(self, tables: Mapping[str, Table], default_schema: str,
+                 suggest: bool = True) -> None:
         self.tables = dict(tables)
         self.default_schema = default_schema
+        # Name close tables in errors: only when authentication is off, since a caller's
+        # scopes may not cover the table it would be told about.
+        self.suggest = suggest
 
     def table(self, name: str, field_path: str) -> Table:
         """Resolve "table" (in the default schema) or "schema.table", exactly."""
@@ -146,7 +153,13 @@ class Catalog:
         else:
             table = self.tables.get(f"{self.default_schema}.{name}")
         if table is None:
-            raise InvalidArgument.field(field_path, f'unknown or not exposed table "{name}"')
+            hint = ""
+            if self.suggest:
+                short = {q.removeprefix(f"{self.default_schema}."): q for q in self.tables}
+                hint = did_you_mean(name, short)
+            error = InvalidArgument.field(field_path, f'unknown or not exposed table "{name}"')
+            error.message += hint
+            raise error
         return table
 
     @classmethod
@@ -191,7 +204,14 @@ class Catalog:
                                settings, kinds)
             tables[qualified] = table
         log.info("catalog: %d tables exposed", len(tables))
-        return cls(tables, settings.default_schema)
+        return cls(tables, settings.default_schema, suggest=not settings.auth_enabled)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """'; did you mean "customers"?' for the closest known name, or nothing. (Added to the
+    error's message; its field violation keeps the bare description.)"""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f'; did you mean "{close[0]}"?' if close else ""
 
 
 def _exposed(qualified: str, patterns: list[str]) -> bool:

@@ -114,9 +114,13 @@ def plain_json(value: Any) -> Any:
 def _expect(what: str, value: Any) -> CoercionError:
     """"expected a string, got a number": the JSON kind the client sent (a Struct carries every
     number as a double, so "float" would mislead for an integer)."""
-    shown = {bool: "a boolean", float: "a number", int: "a number", str: "a string",
-             list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
-    return CoercionError(f"expected {what}, got {'null' if value is None else shown}")
+    if value is None:
+        shown = "null"
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        shown = "a number"
+    else:
+        shown = type(value).__name__
+    return CoercionError(f"expected {what}, got {shown}")
 
 
 def _to_int(kind: str) -> Callable[[Any], int]:

@@ -418,3 +418,8 @@ def test_unknown_details_are_kept_packed() -> None:
     assert err.extra_details == [extra]
     debug = err.detail(error_details_pb2.DebugInfo)
     assert debug is not None and debug.detail == "why"
+
+
+def test_a_sqlstate_reason_keeps_its_acronym_as_one_word() -> None:
+    err = from_database(asyncpg.exceptions.ReadOnlySQLTransactionError("read-only"))
+    assert err is not None and err.reason == "READ_ONLY_SQL_TRANSACTION"

@@ -855,3 +855,8 @@ def test_results_is_a_mapping_of_recorded_rows() -> None:
     assert list(results) == ["a", "b"]
     assert results["a"] is rows
     assert "b" in results and "c" not in results
+
+
+def test_a_number_for_a_text_column_says_it_got_a_number() -> None:
+    with pytest.raises(CoercionError, match="expected a string, got a number"):
+        coerce(5.0, col("text"))

@@ -111,8 +111,10 @@ def atomic_failure(plan: BatchPlan, outputs: dict[str, Output], failed: Step | N
     metadata = dict(error.metadata)
     if failed is not None:
         metadata["operation_id"] = failed.id
+    # Refused before anything ran (invalid operations: attempts 0), or rolled back.
+    what = "nothing of the batch ran" if attempts == 0 else "the batch was rolled back"
     batch_error = BatchdError(
-        f"{error.full_message}; the batch was rolled back", code=error.code,
+        f"{error.full_message}; {what}", code=error.code,
         reason=error.reason, violations=error.violations, metadata=metadata)
     batch_error.extra_details.append(outcomes)
     return batch_error
