@@ -250,12 +250,13 @@ def descendants(table: dict[int, ProcCpu], roots: Iterable[int]) -> set[int]:
     return seen
 
 
-def machine_seconds() -> tuple[float, float]:
-    """The machine's busy CPU seconds (all cores: user, nice, system, irq, softirq) and the
-    seconds stolen by the hypervisor, from /proc/stat."""
+def machine_seconds() -> dict[str, float]:
+    """From /proc/stat: the machine's busy CPU seconds (all cores: user, nice, system, irq,
+    softirq), its irq + softirq seconds alone, and the seconds stolen by the hypervisor."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+    return {"machine": (user + nice + system + irq + softirq) / CLOCK_TICKS,
+            "irq": (irq + softirq) / CLOCK_TICKS, "steal": steal / CLOCK_TICKS}
 
 
 # --- the fleet ---------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ class Meter:
         # PostgreSQL: with the backends it has reaped, so that one exiting mid-window counts.
         postgres = descendants(table, self.postgres_roots)
         seconds["PostgreSQL"] = sum(table[p].own + table[p].reaped for p in postgres)
-        seconds["machine"], seconds["steal"] = machine_seconds()
+        seconds.update(machine_seconds())
         mine = postgres.union(*groups.values())
         others = {(pid, proc.started): (proc.comm, proc.own) for pid, proc in table.items()
                   if pid not in mine}
@@ -327,7 +328,8 @@ class Meter:
         others: dict[str, float] = {}
         for key, (comm, value) in after.others.items():
             used = (value - before.others.get(key, (comm, 0.0))[1]) / elapsed
-            name = comm.split("/")[0] if comm.startswith("kworker/") else comm
+            name = ("bench_fleet.py" if key[0] == os.getpid() else
+                    comm.split("/")[0] if comm.startswith("kworker/") else comm)
             others[name] = others.get(name, 0.0) + used
         cpu["other processes"] = sum(others.values())
         return cpu, dict(sorted(others.items(), key=lambda item: -item[1]))
@@ -433,10 +435,12 @@ def report(header: str, setup: str, samples: dict[int, list[Sample]],
               "sum": "sum of the above",
               "machine": f"machine busy, all processes (of {CORES} cores)",
               "other processes": "other processes (this script, kernel threads, any other)",
-              "unattributed": "unattributed (machine - all processes: processes that exited)",
+              "unattributed": "unattributed (machine - all processes: interrupts on idle "
+                              "cores, exited processes)",
+              "irq": "of the machine's busy time: irq + softirq",
               "steal": "stolen by the hypervisor"}
     names = [*replicas, "batchd, all replicas", *COMPONENTS, "sum", "other processes",
-             "unattributed", "machine", "steal"]
+             "unattributed", "machine", "irq", "steal"]
     plural = {n: f"{n} replica{'s' * (n != 1)}" for n in counts}
     lines += ["", "| CPU, cores used (median) | "
               + " | ".join(plural[n] for n in counts) + " | "
@@ -537,9 +541,9 @@ async def bench(args: argparse.Namespace) -> None:
         "each component in the window (/proc/PID/stat; PostgreSQL: all its processes;",
         "client: all client processes); CPU ms per batch = cores / (batches/s) x 1000, per",
         "batch of the whole fleet (a replica of three serves a third of them).",
-        "Machine: busy time of all cores from /proc/stat (tick-based accounting here:",
+        "Machine: busy time of all cores from /proc/stat (with tick-based CPU accounting,",
         "interrupt and softirq time, e.g. loopback networking, is charged to whichever",
-        "process was running)."])
+        "process was running, or to none on an idle core)."])
     lines = report(header + ".", setup, samples, procs)
     lines += ["", f"Rows in events at the end: {rows:,} (batches counted x 10: {expected:,}; "
               "the rest committed during warm-ups and at the windows' edges)."]

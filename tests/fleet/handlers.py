@@ -27,3 +27,19 @@ async def pause(ctx: HandlerContext, args: dict[str, Any]) -> None:
     """Hold the batch's transaction open for ``seconds`` (in PostgreSQL), so that concurrent
     calls really overlap."""
     await ctx.connection.execute("SELECT pg_sleep($1)", float(args["seconds"]))
+
+
+_failures: dict[str, int] = {}
+
+
+@handler("fail_serialization")
+async def fail_serialization(ctx: HandlerContext, args: dict[str, Any]) -> None:
+    """A real 40001 from PostgreSQL for the first ``times`` runs with this ``key`` (in the
+    replica that runs it)."""
+    key = str(args["key"])
+    done = _failures.get(key, 0)
+    if done < int(args["times"]):
+        _failures[key] = done + 1
+        await ctx.connection.execute(
+            "DO $$ BEGIN RAISE EXCEPTION 'simulated conflict' "
+            "USING ERRCODE = 'serialization_failure'; END $$")

@@ -80,6 +80,20 @@ async def test_pooler_auto_detection_finds_pgbouncer_in_transaction_mode(fleet: 
     assert await detect_pooler(fleet.db_dsn, 10) == "none"
 
 
+async def test_a_serialization_failure_is_retried_whole_behind_pgbouncer(
+        fleet: Fleet, fleet_db: asyncpg.Connection):
+    key = uuid.uuid4().hex
+    async with channel(fleet.address) as ch:
+        response = await batch_pb2_grpc.BatchServiceStub(ch).BatchExecute(batch([
+            {"id": "e", "insert": {"table": "events", "rows": [
+                {"id": "1", "kind": "retried", "score": 1}]}},
+            {"id": "conflict", "call": {"handler": "fail_serialization",
+                                        "args": {"key": key, "times": 2}}},
+        ], isolation="ISOLATION_LEVEL_SERIALIZABLE", request_id=f"retry-{key}"), timeout=30)
+    assert response.committed and response.attempts == 3
+    assert await fleet_db.fetchval("SELECT count(*) FROM events") == 1
+
+
 async def test_calls_spread_over_all_replicas(fleet: Fleet):
     """HAProxy in `mode http` balances every HTTP/2 stream, i.e. every call, round robin: one
     channel (one TCP connection to HAProxy) reaches all replicas. A TCP balancer, or a
@@ -233,6 +247,9 @@ async def test_draining_one_replica_under_load_fails_no_call(fleet: Fleet,
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
         for ch in channels:
             await ch.close()
+    print(f"\ndrain of {victim.name} under {callers} callers: {len(failures)} failed of "
+          f"{answered + len(failures)} calls; taken out after {taken_out:.2f}s on "
+          f"{down['check_status']}; exit code {code}")
     problems = []
     if failures:
         problems.append(f"{len(failures)} of {answered + len(failures)} calls failed: "

@@ -53,6 +53,9 @@ class Admission:
 
     def drain(self) -> None:
         self.draining = True
+        # The quiet period (wait_quiet) counts from here at the earliest: callers get at least
+        # that long to be refused (and retry elsewhere) before the server stops.
+        self.last_refused = asyncio.get_running_loop().time()
 
     async def wait_quiet(self, quiet: float, seconds: float) -> None:
         """Wait (at most ``seconds``) until no call has been refused for ``quiet`` seconds:
