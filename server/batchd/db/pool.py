@@ -32,11 +32,26 @@ from batchd.values import dumps_json
 log = logging.getLogger(__name__)
 
 
+def _jsonb_encode(value: object) -> bytes:
+    return b"\x01" + dumps_json(value).encode()  # jsonb's binary form: version 1, then text
+
+
+def _jsonb_decode(data: bytes) -> object:
+    return json.loads(data[1:])
+
+
+def _json_encode(value: object) -> bytes:
+    return dumps_json(value).encode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await pgtypes.install(conn)
-    for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=dumps_json, decoder=json.loads,
-                                  schema="pg_catalog")
+    # Binary codecs, so that json and jsonb also travel through binary COPY (stream ingest),
+    # where a text codec has no encoder.
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
+                              schema="pg_catalog", format="binary")
+    await conn.set_type_codec("json", encoder=_json_encode, decoder=json.loads,
+                              schema="pg_catalog", format="binary")
 
 
 async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -252,9 +253,14 @@ def _decode_columnar(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
 
 def _coerce_column(values: list[Any], which: str, column: Column, j: int, nulls: set[int],
                    bad: dict[int, BatchdError]) -> list[Any]:
-    if column.is_array:
-        raise InvalidArgument.field(f"columnar.columns[{j}]",
-                                    "array columns are not supported in COLUMNAR; use ROWS")
+    if column.is_array or column.kind in ("json", "jsonb"):
+        # No protobuf array holds lists or documents: their values come as JSON text.
+        if which != "strings":
+            raise InvalidArgument.field(
+                f"columnar.columns[{j}]", f'column "{column.name}" ({column.type_sql}) takes '
+                                          "strings of JSON text in COLUMNAR, not " + which)
+        return _coerce_each([_json_value(v, i, column, bad) for i, v in enumerate(values)],
+                            column, bad)
     if which == "timestamp_micros":
         if column.kind not in ("timestamptz", "timestamp"):
             raise InvalidArgument.field(f"columnar.columns[{j}]", "timestamp_micros is for "
@@ -273,6 +279,11 @@ def _coerce_column(values: list[Any], which: str, column: Column, j: int, nulls:
                                            and _in_range(values, column.kind)) \
             or (which == "strings" and column.kind == "numeric"):  # checked lazily, see Target
         return values
+    return _coerce_each(values, column, bad)
+
+
+def _coerce_each(values: list[Any], column: Column, bad: dict[int, BatchdError]) -> list[Any]:
+    """Each value coerced by the column's type; a row whose value cannot be is rejected."""
     out: list[Any] = []
     for i, v in enumerate(values):
         if v is None:
@@ -285,6 +296,19 @@ def _coerce_column(values: list[Any], which: str, column: Column, j: int, nulls:
                                                     f"{exc} (column type {column.type_sql})"))
             out.append(None)
     return out
+
+
+def _json_value(text: str | None, i: int, column: Column, bad: dict[int, BatchdError]) -> Any:
+    """A COLUMNAR string for a json, jsonb or array column: the JSON text of its value (then
+    coerced like a BatchExecute value); a row whose text is not JSON is rejected."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        bad.setdefault(i, InvalidArgument.field(f"rows[{i}].{column.name}",
+                                                f"not JSON text: {exc}"))
+        return None
 
 
 def _in_range(values: list[Any], kind: str) -> bool:
