@@ -88,25 +88,7 @@ class App:
             plan_ctx = PlanContext(catalog, settings)
             executor = Executor(pool, catalog, settings)
 
-            # Metrics (and tracing) first, so that the calls authentication refuses count too.
-            interceptors: list[grpc.aio.ServerInterceptor] = [
-                MetricsInterceptor(metrics), *tracing.server_interceptors(settings.otel_enabled)]
-            # Authentication only when configured: the zero-config demo stays open.
-            if settings.auth_enabled:
-                interceptors.append(AuthInterceptor(settings))
-            server = grpc.aio.server(interceptors=interceptors, options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", int(settings.reuse_port)),
-                # Clients may ping every 20 s (batchd.client pings every 30 s) to find a dead
-                # connection; the server pings too, so a vanished client's calls (and the
-                # stream slot or transaction they hold) end within keepalive time + timeout.
-                ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
-                ("grpc.keepalive_time_ms", 60_000),
-                ("grpc.keepalive_timeout_ms", 20_000),
-                ("grpc.server.max_pending_requests", settings.max_pending_calls),
-                ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
-            ])
+            server = _grpc_server(settings, metrics)
             admission = Admission(settings)
             streams = StreamServices(pool, catalog, executor, plan_ctx, settings, admission)
             decode.register(BatchService(executor, plan_ctx, streams, Observer(metrics, catalog),
@@ -116,12 +98,7 @@ class App:
             reflection.enable(
                 (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
                 server)
-            address = f"{settings.host}:{settings.port}"
-            credentials = server_credentials(settings)  # TLS / mTLS, or None: plaintext
-            port = (server.add_secure_port(address, credentials) if credentials is not None
-                    else server.add_insecure_port(address))
-            if port == 0:
-                raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+            port = _listen(server, settings)
             metrics.serve(settings.metrics_host, settings.metrics_port,
                           required="metrics_port" in settings.model_fields_set)
             await server.start()
@@ -166,3 +143,37 @@ class App:
             await self.cleanup.stop()
         await self.pool.close()
         await asyncio.to_thread(self.metrics.stop)  # last: it shows the drain
+
+
+def _grpc_server(settings: Settings, metrics: Metrics) -> grpc.aio.Server:
+    """The gRPC server with its interceptors and limits (no services yet)."""
+    # Metrics (and tracing) first, so that the calls authentication refuses count too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        MetricsInterceptor(metrics), *tracing.server_interceptors(settings.otel_enabled)]
+    # Authentication only when configured: the zero-config demo stays open.
+    if settings.auth_enabled:
+        interceptors.append(AuthInterceptor(settings))
+    return grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", int(settings.reuse_port)),
+        # Clients may ping every 20 s (batchd.client pings every 30 s) to find a dead
+        # connection; the server pings too, so a vanished client's calls (and the stream slot
+        # or transaction they hold) end within keepalive time + timeout.
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.server.max_pending_requests", settings.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
+    ])
+
+
+def _listen(server: grpc.aio.Server, settings: Settings) -> int:
+    """Bind the address (TLS / mTLS, or plaintext); the port bound."""
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(settings)
+    port = (server.add_secure_port(address, credentials) if credentials is not None
+            else server.add_insecure_port(address))
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+    return int(port)

@@ -27,20 +27,21 @@ logged, and INTERNAL for the caller). One function turns them into a ``google.rp
 details (``to_rpc_status``), and one turns a status back (``from_rpc_status``: a stored answer
 replayed, or what a client received). ``REASONS`` lists every reason batchd itself sends, with
 its code; the README's error table is ``markdown_table()`` (tests/unit/test_errors.py).
+
+The package: the tree and ``translate`` here; ``database`` (SQLSTATE → code and reason),
+``status`` (google.rpc.Status both ways), ``reasons`` (the table). Import from ``batchd.errors``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from typing import NamedTuple, TypeVar
 
-import asyncpg
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
 DOMAIN = "batchd"
 log = logging.getLogger(__name__)
@@ -223,97 +224,26 @@ def retry_later(error: BatchdError, seconds: int) -> BatchdError:
     return error
 
 
-# --- PostgreSQL -------------------------------------------------------------------------------
-
-class DatabaseError(BatchdError):
-    """PostgreSQL refused the work; ``sqlstate`` says how (and whether a retry may help)."""
-
-    def __init__(self, message: str, *, sqlstate: str, code: grpc.StatusCode, reason: str,
-                 metadata: dict[str, str]) -> None:
-        super().__init__(message, code=code, reason=reason, metadata=metadata)
-        self.sqlstate = sqlstate
-
-    @property
-    def retryable_whole(self) -> bool:
-        """Serialization failure or deadlock: nothing was committed, so a rerun is safe."""
-        return self.sqlstate in ("40001", "40P01")
-
-
-# Exact SQLSTATEs first, then their two-character class. Comments say why when not obvious.
-BY_SQLSTATE: dict[str, grpc.StatusCode] = {
-    "23505": _S.ALREADY_EXISTS,  # unique_violation
-    "23503": _S.FAILED_PRECONDITION,  # foreign_key_violation: the referenced row is missing
-    "23502": _S.INVALID_ARGUMENT,  # not_null_violation
-    "23514": _S.INVALID_ARGUMENT,  # check_violation
-    "23P01": _S.FAILED_PRECONDITION,  # exclusion_violation
-    "40001": _S.ABORTED,  # serialization_failure: retry the transaction
-    "40P01": _S.ABORTED,  # deadlock_detected: retry the transaction
-    "55P03": _S.ABORTED,  # lock_not_available (lock_timeout): retryable contention
-    "57014": _S.DEADLINE_EXCEEDED,  # query_canceled (statement_timeout)
-    "25006": _S.FAILED_PRECONDITION,  # read_only_sql_transaction
-    "42501": _S.PERMISSION_DENIED,  # insufficient_privilege
-    "P0001": _S.FAILED_PRECONDITION,  # raise_exception: a trigger's business rule
-    "57P01": _S.UNAVAILABLE,  # admin_shutdown
-    "57P02": _S.UNAVAILABLE,  # crash_shutdown
-    "57P03": _S.UNAVAILABLE,  # cannot_connect_now
-}
-BY_CLASS: dict[str, grpc.StatusCode] = {
-    "08": _S.UNAVAILABLE,  # connection exception
-    "21": _S.INVALID_ARGUMENT,  # cardinality violation: e.g. an upsert naming one key twice
-    "22": _S.INVALID_ARGUMENT,  # data exception
-    "23": _S.FAILED_PRECONDITION,  # other integrity constraint violations
-    "40": _S.ABORTED,  # transaction rollback
-    "42": _S.INVALID_ARGUMENT,  # syntax error or access rule violation
-    "53": _S.RESOURCE_EXHAUSTED,  # insufficient resources
-    "54": _S.INVALID_ARGUMENT,  # program limit exceeded (e.g. a too-large value)
-    "0A": _S.INVALID_ARGUMENT,  # feature not supported
-}
-
-
-def _reason(exc: BaseException) -> str:
-    """``UniqueViolationError`` -> ``UNIQUE_VIOLATION``; ``ReadOnlySQLTransactionError`` ->
-    ``READ_ONLY_SQL_TRANSACTION`` (a run of capitals is one word)."""
-    name = type(exc).__name__.removesuffix("Error")
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).upper()
-
-
-def from_database(exc: BaseException) -> BatchdError | None:
-    """Translate an exception raised while talking to PostgreSQL into a ``BatchdError``.
-
-    Only the driver's and the connection's exceptions are translated; for anything else this
-    returns None, because anything else is a bug in batchd.
-    """
-    # The driver raises some PostgresError classes itself (no severity: PostgreSQL sent
-    # nothing): a value it cannot encode, a connection closed under an operation.
-    driver = isinstance(exc, asyncpg.PostgresError) and not getattr(exc, "severity", None)
-    if driver and isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError):
-        return Unavailable(f"database unavailable: {exc}")
-    if driver and type(exc) is asyncpg.exceptions.DataError:
-        return InvalidArgument(f"invalid value: {exc}", reason="INVALID_VALUE")
-    if isinstance(exc, asyncpg.PostgresError):
-        sqlstate = exc.sqlstate or ""
-        code = BY_SQLSTATE.get(sqlstate) or BY_CLASS.get(sqlstate[:2], _S.UNKNOWN)
-        metadata = {"sqlstate": sqlstate}
-        for key in ("schema_name", "table_name", "column_name", "constraint_name", "detail"):
-            value = getattr(exc, key, None)
-            if value:
-                metadata[key.removesuffix("_name")] = str(value)
-        message = exc.message or str(exc)
-        if getattr(exc, "detail", None):
-            message = f"{message} ({exc.detail})"
-        return DatabaseError(message, sqlstate=sqlstate, code=code, reason=_reason(exc),
-                             metadata=metadata)
-    if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
-        return DeadlineExceeded("database did not answer in time", reason="DATABASE_TIMEOUT")
-    if isinstance(exc, ConnectionError | OSError | asyncpg.exceptions.InterfaceError):
-        return Unavailable(f"database unavailable: {exc}")
-    if isinstance(exc, asyncpg.exceptions.InternalClientError):
-        # Seen when PostgreSQL terminates an idle pooled connection: asyncpg has read the
-        # server's FATAL message but not yet the socket's close, and refuses the next query.
-        # Retryable like any lost connection; logged, since misuse of a connection looks alike.
-        log.warning("database connection unusable", exc_info=exc)
-        return Unavailable("database connection lost; retry")
-    return None
+# The rest of the package, re-exported: ``from batchd.errors import ...`` is the one import.
+__all__ = [
+    "BY_CLASS", "BY_SQLSTATE", "DOMAIN", "FINAL_CODES", "OK_STATUS", "REASONS", "BatchdError",
+    "BatchdRpcError", "DatabaseError", "DeadlineExceeded", "DependencyFailed",
+    "FailedPrecondition", "FieldViolation", "Internal", "InvalidArgument", "NotFound",
+    "Overloaded", "PermissionDenied", "Reason", "RequestIdReused", "RequestInProgress",
+    "SequenceOutOfOrder", "Skipped", "Unauthenticated", "Unavailable", "VersionConflict",
+    "code_of", "from_database", "from_rpc_status", "is_final", "markdown_table",
+    "not_committed", "retry_later", "to_rpc_status", "translate",
+]
+from batchd.errors.database import BY_CLASS, BY_SQLSTATE, DatabaseError, from_database  # noqa: E402
+from batchd.errors.reasons import REASONS, Reason, markdown_table  # noqa: E402
+from batchd.errors.status import (  # noqa: E402
+    OK_STATUS,
+    BatchdRpcError,
+    code_of,
+    from_rpc_status,
+    not_committed,
+    to_rpc_status,
+)
 
 
 def translate(exc: BaseException, request_id: str) -> BatchdError:
@@ -339,162 +269,3 @@ FINAL_CODES = frozenset({
 def is_final(error: BatchdError) -> bool:
     """Whether ``error`` is the final answer to its request (stored for a request id)."""
     return error.code in FINAL_CODES
-
-
-# --- google.rpc.Status ------------------------------------------------------------------------
-
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
-
-
-def code_of(number: int) -> grpc.StatusCode:
-    """The ``grpc.StatusCode`` of a ``google.rpc.Code`` number (UNKNOWN if there is none)."""
-    return _CODES.get(number, _S.UNKNOWN)
-
-
-def _pack(message: Message) -> any_pb2.Any:
-    if isinstance(message, any_pb2.Any):  # packed already (from_rpc_status keeps it so)
-        return message
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-def to_rpc_status(err: BatchdError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` the caller sees: code, message, ErrorInfo, BadRequest, extras."""
-    metadata = dict(err.metadata)
-    if err.operation_id is not None:
-        metadata["operation_id"] = err.operation_id
-    details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN,
-                                                 metadata=metadata))]
-    if err.violations:
-        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in err.violations
-        ])))
-    details.extend(_pack(extra) for extra in err.extra_details)
-    return status_pb2.Status(code=err.code.value[0], message=err.full_message, details=details)
-
-
-class BatchdRpcError(BatchdError):
-    """A ``google.rpc.Status`` as an error: what a client received, or a stored answer
-    replayed. ``code`` is a ``grpc.StatusCode``; ``reason``, ``error_info`` and
-    ``field_violations`` come from the status details, when the server sent any; other details
-    stay in ``extra_details`` (see ``detail``). ``to_rpc_status`` gives the status back."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, *, reason: str = "",
-                 error_info: dict[str, str] | None = None,
-                 field_violations: Iterable[FieldViolation] = ()) -> None:
-        super().__init__(message, code=code, reason=reason, violations=field_violations,
-                         metadata=error_info)
-        self.operation_id = self.metadata.get("operation_id")
-
-    @property
-    def full_message(self) -> str:
-        return self.message  # as sent: it already names its operation
-
-    def __str__(self) -> str:
-        return f"{self.code.name}: {self.message}"
-
-
-def from_rpc_status(status: status_pb2.Status) -> BatchdRpcError:
-    """The error a ``google.rpc.Status`` stands for (the inverse of ``to_rpc_status``)."""
-    error = BatchdRpcError(code_of(status.code), status.message)
-    for packed in status.details:
-        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            packed.Unpack(info)
-            error.reason = info.reason
-            error.metadata = dict(info.metadata)
-            error.operation_id = error.metadata.get("operation_id")
-        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            packed.Unpack(bad)
-            error.violations = [FieldViolation(v.field, v.description)
-                                for v in bad.field_violations]
-        else:
-            error.extra_details.append(packed)
-    return error
-
-
-OK_STATUS = status_pb2.Status(code=0, message="")
-
-
-def not_committed(message: str) -> status_pb2.Status:
-    """The status of an operation of a failed atomic batch that did not fail itself (ROLLED_BACK
-    or NOT_RUN): ABORTED, since the same batch may well succeed when run again."""
-    return status_pb2.Status(code=_S.ABORTED.value[0], message=message)
-
-
-# --- the table of reasons ---------------------------------------------------------------------
-
-class Reason(NamedTuple):
-    reason: str
-    code: grpc.StatusCode
-    when: str
-
-
-# Every ErrorInfo reason batchd sends, besides DatabaseError's, which are named after
-# asyncpg's exception class for the SQLSTATE (UNIQUE_VIOLATION, FOREIGN_KEY_VIOLATION, ...)
-# and coded by BY_SQLSTATE / BY_CLASS. Custom handlers may send reasons of their own.
-REASONS: tuple[Reason, ...] = (
-    Reason("INVALID_ARGUMENT", _S.INVALID_ARGUMENT, "malformed request: unknown table or "
-           "column, wrong value type, bad operation id, unknown reference, cycle, limits"),
-    Reason("INVALID_VALUE", _S.INVALID_ARGUMENT, "the driver cannot encode a value for its "
-           "column type"),
-    Reason("NOT_FOUND", _S.NOT_FOUND, "`get`, keyed `update`/`delete` of a row that does not "
-           "exist"),
-    Reason("VERSION_CONFLICT", _S.ABORTED, "optimistic locking: the row's version is not "
-           "`expected_version`"),
-    Reason("REQUEST_IN_PROGRESS", _S.ABORTED, "a call with the same `request_id` is still "
-           "running: retry"),
-    Reason("FAILED_PRECONDITION", _S.FAILED_PRECONDITION, "an atomic stream ended without "
-           "its commit message; a stream id opened for another table"),
-    Reason("REQUEST_ID_REUSED", _S.FAILED_PRECONDITION, "a `request_id` already used for a "
-           "different request"),
-    Reason("SEQUENCE_OUT_OF_ORDER", _S.FAILED_PRECONDITION, "a stream chunk whose sequence "
-           "is not the next one"),
-    Reason("DEPENDENCY_FAILED", _S.FAILED_PRECONDITION, "a referenced row is missing at run "
-           "time"),
-    Reason("DEPENDENCY_NOT_SUCCEEDED", _S.FAILED_PRECONDITION, "SKIPPED: an operation this "
-           "one depends on did not succeed"),
-    Reason("UNAUTHENTICATED", _S.UNAUTHENTICATED, "no valid credentials"),
-    Reason("MISSING_TOKEN", _S.UNAUTHENTICATED, "authentication is on and the call has no "
-           "credentials"),
-    Reason("MALFORMED_TOKEN", _S.UNAUTHENTICATED, "`authorization` metadata that is not one "
-           "`Bearer <token>`"),
-    Reason("UNKNOWN_TOKEN", _S.UNAUTHENTICATED, "a bearer token that is not configured"),
-    Reason("PERMISSION_DENIED", _S.PERMISSION_DENIED, "an operation (or stream) outside the "
-           "caller's scopes"),
-    Reason("DEADLINE_EXCEEDED", _S.DEADLINE_EXCEEDED, "the deadline passed before the batch "
-           "started"),
-    Reason("STREAM_TOO_LONG", _S.DEADLINE_EXCEEDED, "a stream open longer than "
-           "`max_stream_seconds`"),
-    Reason("STREAM_IDLE", _S.DEADLINE_EXCEEDED, "a stream sent no header within "
-           "`stream_header_seconds`, or nothing for `stream_idle_seconds`"),
-    Reason("DATABASE_TIMEOUT", _S.DEADLINE_EXCEEDED, "PostgreSQL did not answer in time"),
-    Reason("DATABASE_UNAVAILABLE", _S.UNAVAILABLE, "the database connection was lost or "
-           "refused: retry"),
-    Reason("DRAINING", _S.UNAVAILABLE, "this server is shutting down: retry (another replica "
-           "takes it)"),
-    Reason("TOO_MANY_CONCURRENT", _S.RESOURCE_EXHAUSTED, "more concurrent batches or streams "
-           "than allowed; RetryInfo says when to retry"),
-    Reason("BAD_ROW", _S.INVALID_ARGUMENT, "an atomic stream's row was refused (the code is "
-           "the row's own: INVALID_ARGUMENT, ALREADY_EXISTS, ...)"),
-    Reason("INTERNAL", _S.INTERNAL, "a bug in batchd: no internals in the message, a "
-           "`request_id` to find the traceback in the log"),
-)
-
-
-def markdown_table() -> str:
-    """The README's table of reasons, made from ``REASONS`` and the SQLSTATE map."""
-    lines = ["| code | reason | when |", "| --- | --- | --- |"]
-    lines += [f"| {r.code.name} | `{r.reason}` | {r.when} |" for r in REASONS]
-    by_code: dict[str, list[str]] = {}
-    for state, code in BY_SQLSTATE.items():
-        by_code.setdefault(code.name, []).append(state)
-    for klass, code in BY_CLASS.items():
-        by_code.setdefault(code.name, []).append(f"class {klass}")
-    lines += [f"| {code} | *PostgreSQL's* | SQLSTATE {', '.join(states)} |"
-              for code, states in by_code.items()]
-    return "\n".join(lines)
-

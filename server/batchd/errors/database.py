@@ -1,0 +1,105 @@
+"""PostgreSQL's refusals as batchd errors: the code of each SQLSTATE (exact ones first, then
+their class), the reason named after asyncpg's exception, and the driver's own exceptions."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import asyncpg
+import grpc
+
+from batchd.errors import BatchdError, DeadlineExceeded, InvalidArgument, Unavailable
+
+log = logging.getLogger("batchd.errors")
+_S = grpc.StatusCode
+
+class DatabaseError(BatchdError):
+    """PostgreSQL refused the work; ``sqlstate`` says how (and whether a retry may help)."""
+
+    def __init__(self, message: str, *, sqlstate: str, code: grpc.StatusCode, reason: str,
+                 metadata: dict[str, str]) -> None:
+        super().__init__(message, code=code, reason=reason, metadata=metadata)
+        self.sqlstate = sqlstate
+
+    @property
+    def retryable_whole(self) -> bool:
+        """Serialization failure or deadlock: nothing was committed, so a rerun is safe."""
+        return self.sqlstate in ("40001", "40P01")
+
+
+# Exact SQLSTATEs first, then their two-character class. Comments say why when not obvious.
+BY_SQLSTATE: dict[str, grpc.StatusCode] = {
+    "23505": _S.ALREADY_EXISTS,  # unique_violation
+    "23503": _S.FAILED_PRECONDITION,  # foreign_key_violation: the referenced row is missing
+    "23502": _S.INVALID_ARGUMENT,  # not_null_violation
+    "23514": _S.INVALID_ARGUMENT,  # check_violation
+    "23P01": _S.FAILED_PRECONDITION,  # exclusion_violation
+    "40001": _S.ABORTED,  # serialization_failure: retry the transaction
+    "40P01": _S.ABORTED,  # deadlock_detected: retry the transaction
+    "55P03": _S.ABORTED,  # lock_not_available (lock_timeout): retryable contention
+    "57014": _S.DEADLINE_EXCEEDED,  # query_canceled (statement_timeout)
+    "25006": _S.FAILED_PRECONDITION,  # read_only_sql_transaction
+    "42501": _S.PERMISSION_DENIED,  # insufficient_privilege
+    "P0001": _S.FAILED_PRECONDITION,  # raise_exception: a trigger's business rule
+    "57P01": _S.UNAVAILABLE,  # admin_shutdown
+    "57P02": _S.UNAVAILABLE,  # crash_shutdown
+    "57P03": _S.UNAVAILABLE,  # cannot_connect_now
+}
+BY_CLASS: dict[str, grpc.StatusCode] = {
+    "08": _S.UNAVAILABLE,  # connection exception
+    "21": _S.INVALID_ARGUMENT,  # cardinality violation: e.g. an upsert naming one key twice
+    "22": _S.INVALID_ARGUMENT,  # data exception
+    "23": _S.FAILED_PRECONDITION,  # other integrity constraint violations
+    "40": _S.ABORTED,  # transaction rollback
+    "42": _S.INVALID_ARGUMENT,  # syntax error or access rule violation
+    "53": _S.RESOURCE_EXHAUSTED,  # insufficient resources
+    "54": _S.INVALID_ARGUMENT,  # program limit exceeded (e.g. a too-large value)
+    "0A": _S.INVALID_ARGUMENT,  # feature not supported
+}
+
+
+def _reason(exc: BaseException) -> str:
+    """``UniqueViolationError`` -> ``UNIQUE_VIOLATION``; ``ReadOnlySQLTransactionError`` ->
+    ``READ_ONLY_SQL_TRANSACTION`` (a run of capitals is one word)."""
+    name = type(exc).__name__.removesuffix("Error")
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).upper()
+
+
+def from_database(exc: BaseException) -> BatchdError | None:
+    """Translate an exception raised while talking to PostgreSQL into a ``BatchdError``.
+
+    Only the driver's and the connection's exceptions are translated; for anything else this
+    returns None, because anything else is a bug in batchd.
+    """
+    # The driver raises some PostgresError classes itself (no severity: PostgreSQL sent
+    # nothing): a value it cannot encode, a connection closed under an operation.
+    driver = isinstance(exc, asyncpg.PostgresError) and not getattr(exc, "severity", None)
+    if driver and isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError):
+        return Unavailable(f"database unavailable: {exc}")
+    if driver and type(exc) is asyncpg.exceptions.DataError:
+        return InvalidArgument(f"invalid value: {exc}", reason="INVALID_VALUE")
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate or ""
+        code = BY_SQLSTATE.get(sqlstate) or BY_CLASS.get(sqlstate[:2], _S.UNKNOWN)
+        metadata = {"sqlstate": sqlstate}
+        for key in ("schema_name", "table_name", "column_name", "constraint_name", "detail"):
+            value = getattr(exc, key, None)
+            if value:
+                metadata[key.removesuffix("_name")] = str(value)
+        message = exc.message or str(exc)
+        if getattr(exc, "detail", None):
+            message = f"{message} ({exc.detail})"
+        return DatabaseError(message, sqlstate=sqlstate, code=code, reason=_reason(exc),
+                             metadata=metadata)
+    if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
+        return DeadlineExceeded("database did not answer in time", reason="DATABASE_TIMEOUT")
+    if isinstance(exc, ConnectionError | OSError | asyncpg.exceptions.InterfaceError):
+        return Unavailable(f"database unavailable: {exc}")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # Seen when PostgreSQL terminates an idle pooled connection: asyncpg has read the
+        # server's FATAL message but not yet the socket's close, and refuses the next query.
+        # Retryable like any lost connection; logged, since misuse of a connection looks alike.
+        log.warning("database connection unusable", exc_info=exc)
+        return Unavailable("database connection lost; retry")
+    return None

@@ -1,0 +1,97 @@
+"""``google.rpc.Status`` both ways: what the caller sees of an error (``to_rpc_status``), and
+the error a status stands for (``from_rpc_status``: a stored answer replayed, or what a client
+received)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+from batchd.errors import DOMAIN, BatchdError, FieldViolation
+
+_S = grpc.StatusCode
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def code_of(number: int) -> grpc.StatusCode:
+    """The ``grpc.StatusCode`` of a ``google.rpc.Code`` number (UNKNOWN if there is none)."""
+    return _CODES.get(number, _S.UNKNOWN)
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    if isinstance(message, any_pb2.Any):  # packed already (from_rpc_status keeps it so)
+        return message
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_rpc_status(err: BatchdError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` the caller sees: code, message, ErrorInfo, BadRequest, extras."""
+    metadata = dict(err.metadata)
+    if err.operation_id is not None:
+        metadata["operation_id"] = err.operation_id
+    details = [_pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN,
+                                                 metadata=metadata))]
+    if err.violations:
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in err.violations
+        ])))
+    details.extend(_pack(extra) for extra in err.extra_details)
+    return status_pb2.Status(code=err.code.value[0], message=err.full_message, details=details)
+
+
+class BatchdRpcError(BatchdError):
+    """A ``google.rpc.Status`` as an error: what a client received, or a stored answer
+    replayed. ``code`` is a ``grpc.StatusCode``; ``reason``, ``error_info`` and
+    ``field_violations`` come from the status details, when the server sent any; other details
+    stay in ``extra_details`` (see ``detail``). ``to_rpc_status`` gives the status back."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, reason: str = "",
+                 error_info: dict[str, str] | None = None,
+                 field_violations: Iterable[FieldViolation] = ()) -> None:
+        super().__init__(message, code=code, reason=reason, violations=field_violations,
+                         metadata=error_info)
+        self.operation_id = self.metadata.get("operation_id")
+
+    @property
+    def full_message(self) -> str:
+        return self.message  # as sent: it already names its operation
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+def from_rpc_status(status: status_pb2.Status) -> BatchdRpcError:
+    """The error a ``google.rpc.Status`` stands for (the inverse of ``to_rpc_status``)."""
+    error = BatchdRpcError(code_of(status.code), status.message)
+    for packed in status.details:
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            error.reason = info.reason
+            error.metadata = dict(info.metadata)
+            error.operation_id = error.metadata.get("operation_id")
+        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            packed.Unpack(bad)
+            error.violations = [FieldViolation(v.field, v.description)
+                                for v in bad.field_violations]
+        else:
+            error.extra_details.append(packed)
+    return error
+
+
+OK_STATUS = status_pb2.Status(code=0, message="")
+
+
+def not_committed(message: str) -> status_pb2.Status:
+    """The status of an operation of a failed atomic batch that did not fail itself (ROLLED_BACK
+    or NOT_RUN): ABORTED, since the same batch may well succeed when run again."""
+    return status_pb2.Status(code=_S.ABORTED.value[0], message=message)
