@@ -3,6 +3,8 @@
     proxy = await Proxy.unix(target_socket_path, listen_dir)   # or Proxy.tcp(host, port)
     proxy.cut()        # close every connection and stop listening: connects are refused
     await proxy.restore()
+    proxy.blackhole()  # forward nothing, close nothing: a network that silently drops packets
+    proxy.end_blackhole()
 
 Only loopback addresses and local sockets: nothing here reaches beyond this machine.
 """
@@ -21,11 +23,14 @@ class Proxy:
         self._listen = listen
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: set[asyncio.StreamWriter] = set()  # the accepted side of each link
         self.connections = 0
         self.port = 0
         # While set, what the server sends is dropped (the client's bytes still go through):
         # replies lost on the way, as on a half-broken network.
         self.drop_replies = False
+        self._blackholed = False
+        self._frozen: set[asyncio.StreamWriter] = set()  # client sides of blackholed links
 
     @classmethod
     async def unix(cls, target: str, listen_dir: Path) -> Proxy:
@@ -76,28 +81,59 @@ class Proxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        self._frozen.clear()
+
+    def blackhole(self) -> None:
+        """From now on forward no byte, either way, and close nothing: every open connection,
+        and every one accepted while the blackhole lasts, is frozen (what is sent on it is read
+        and dropped), as on a network path that silently loses packets. A peer notices only by
+        its own timeouts."""
+        self._blackholed = True
+        self._frozen |= {w for w in self._writers if w in self._clients}
+
+    def end_blackhole(self) -> None:
+        """New connections are forwarded again. The frozen ones stay frozen (their packets are
+        lost for good, as when a path comes back without its connection state) until ``cut``
+        or ``close``."""
+        self._blackholed = False
 
     async def close(self) -> None:
         self.cut()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self._blackholed:  # accepted (the kernel did), then never answered nor forwarded
+            self._writers.add(writer)
+            self._clients.add(writer)
+            self._frozen.add(writer)
+            with contextlib.suppress(OSError):
+                while await reader.read(65536):
+                    pass
+            writer.transport.abort()
+            self._writers.discard(writer)
+            self._clients.discard(writer)
+            self._frozen.discard(writer)
+            return
         try:
             up_reader, up_writer = await self._connect()  # type: ignore[operator]
         except OSError:
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
+        self._clients.add(writer)
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                        replies: bool) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                 while data := await src.read(65536):
-                    if replies and self.drop_replies:
+                    if writer in self._frozen or (replies and self.drop_replies):
                         continue
                     dst.write(data)
                     await dst.drain()
-            dst.transport.abort()
+            if writer not in self._frozen:  # a frozen link's close is lost too, until cut()
+                dst.transport.abort()
 
         await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
         self._writers -= {writer, up_writer}
+        self._clients.discard(writer)
+        self._frozen.discard(writer)
