@@ -154,16 +154,6 @@ async def timed(stub, tag: str, deadline: float | None,
     return code, loop.time() - began
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "server bug: a call whose pooled connection is blackholed outlives its deadline by up to "
-    "statement_timeout_ms/1000 + 5 s (asyncpg's command_timeout). At the deadline the batch is "
-    "cancelled, and leaving `pool.acquire()` awaits asyncpg's Pool.release, shielded and "
-    "without a timeout, which waits for PostgreSQL to acknowledge the query's cancellation "
-    "(Protocol._wait_for_cancellation): that never comes over a dead path, so the call, and "
-    "its pool slot, wait until the cancel request's command_timeout terminates the "
-    "connection. Fix: bound the release by the call's deadline (pool.acquire(timeout=...) "
-    "makes asyncpg terminate the connection when it expires), or terminate the connection "
-    "when the deadline fires"))
 @pytest.mark.timeout(60)
 async def test_a_call_over_a_blackholed_database_ends_within_its_deadline_and_frees_its_slot(
         schema, db):
@@ -197,7 +187,7 @@ async def test_after_a_blackhole_the_pool_replaces_stuck_connections_without_res
         assert (await stub.BatchExecute(pair("warm"), timeout=10)).committed
         proxy.blackhole()
         # Every pool connection is frozen, with a call stuck on it. Those calls end by the
-        # client-side bound on a dead connection at the latest (see the xfail above).
+        # client-side bound on a dead connection at the latest.
         stuck_bound = STATEMENT_TIMEOUT_MS / 1000 + 5 + MAX_BATCH_SECONDS + SLACK
         results = await asyncio.gather(*(timed(stub, f"bh{i}", None, stuck_bound)
                                          for i in range(POOL)))

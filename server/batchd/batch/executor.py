@@ -34,7 +34,7 @@ from batchd.batch.idempotency import Answer, Claim, Guards, begin, store
 from batchd.batch.plan import BatchPlan, Step, topological_order
 from batchd.catalog import Catalog
 from batchd.config import Settings
-from batchd.db.pool import transaction
+from batchd.db.pool import connection, transaction
 from batchd.errors import (
     BatchdError,
     DatabaseError,
@@ -116,7 +116,7 @@ class Executor:
         results = Results()
         claim = plan.claim
         try:
-            async with self.pool.acquire() as conn:
+            async with connection(self.pool, plan.deadline) as conn:
                 try:
                     # With a claim, read-only applies to the operations only (_run_claimed).
                     async with transaction(conn, self.settings, isolation=plan.isolation,
@@ -235,7 +235,7 @@ class Executor:
                     return
                 async with limit:
                     try:
-                        async with self.pool.acquire() as conn, transaction(
+                        async with connection(self.pool, plan.deadline) as conn, transaction(
                                 conn, self.settings, isolation=plan.isolation,
                                 readonly=plan.read_only, deadline=plan.deadline):
                             outputs[step.id] = await self._run_step(step, conn, results,
@@ -255,7 +255,7 @@ class Executor:
         results = Results()
         outputs: dict[str, Output] = {}
         errors: dict[str, BatchdError] = {}
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool, plan.deadline) as conn:
             try:
                 async with transaction(conn, self.settings, isolation=plan.isolation,
                                        readonly=plan.read_only, deadline=plan.deadline):

@@ -60,7 +60,7 @@ from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from batchd.config import Settings
-from batchd.db.pool import run_ddl, set_limits
+from batchd.db.pool import connection, run_ddl, set_limits
 from batchd.errors import (
     BatchdError,
     FailedPrecondition,
@@ -210,7 +210,7 @@ class Guards:
         if self._slots is None:
             raise FailedPrecondition("INDEPENDENT batches with a request id need a "
                                      "pool_max_size of 2 or more")
-        async with self._slots, self.pool.acquire() as conn:
+        async with self._slots, connection(self.pool) as conn:
             response = None
             try:
                 async with conn.transaction():

@@ -136,6 +136,28 @@ async def transaction(conn: asyncpg.Connection, settings: Settings, *,
         yield
 
 
+# How long handing a connection back may take (asyncpg resets it: ROLLBACK, RESET ALL, and
+# after a cancelled query, waits for PostgreSQL to confirm the cancel). Past it the connection
+# is terminated and replaced: over a dead network path the confirmation never comes, and the
+# call (and its pool slot) would otherwise wait for it far past the call's deadline.
+RELEASE_SECONDS = 1.0
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool,
+                     deadline: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection for the work of one call: waiting for it ends at ``deadline``
+    (event-loop time; TimeoutError), and giving it back takes at most RELEASE_SECONDS."""
+    timeout = None
+    if deadline is not None:
+        timeout = max(deadline - asyncio.get_running_loop().time(), 0.001)
+    conn = await pool.acquire(timeout=timeout)
+    try:
+        yield conn
+    finally:
+        await pool.release(conn, timeout=RELEASE_SECONDS)
+
+
 DDL_LOCK = 0x62617463  # "batc": serializes batchd's own DDL across processes and replicas
 
 

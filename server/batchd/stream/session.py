@@ -31,7 +31,7 @@ from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
 from batchd.catalog import Catalog
 from batchd.config import Settings
-from batchd.db.pool import set_limits, transaction
+from batchd.db.pool import connection, set_limits, transaction
 from batchd.errors import (
     BatchdError,
     DeadlineExceeded,
@@ -186,7 +186,7 @@ class StreamSession:
         reader = asyncio.create_task(self._read(requests, header, target, queue))
         tally = _Tally()
         try:
-            async with self.pool.acquire() as conn:
+            async with connection(self.pool) as conn:
                 if atomic:
                     async for response in self._atomic(conn, stream_id, queue, tally):
                         yield response
