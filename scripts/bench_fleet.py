@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -108,6 +109,7 @@ async def client_main(target: str, callers: int, channels: int, index: int) -> N
         nonlocal next_id
         latencies: list[int] = []
         errors: Counter[str] = Counter()
+        details: dict[str, str] = {}  # the first message of each kind of error
 
         async def caller(i: int) -> None:
             nonlocal next_id
@@ -122,6 +124,7 @@ async def client_main(target: str, callers: int, channels: int, index: int) -> N
                     reply = await stub.BatchExecute(request, timeout=TIMEOUT)
                 except grpc.aio.AioRpcError as exc:
                     errors[exc.code().name] += 1
+                    details.setdefault(exc.code().name, str(exc.details())[:300])
                     await asyncio.sleep(0.01)
                     continue
                 done = time.monotonic()
@@ -131,7 +134,8 @@ async def client_main(target: str, callers: int, channels: int, index: int) -> N
                     latencies.append(round((done - began) * 1e6))
 
         await asyncio.gather(*(caller(i) for i in range(callers)))
-        return {"batches": len(latencies), "latencies_us": latencies, "errors": dict(errors)}
+        return {"batches": len(latencies), "latencies_us": latencies, "errors": dict(errors),
+                "details": details}
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -365,10 +369,17 @@ async def measure(replicas: int, seconds: float, clients: list[ClientProc],
     busiest = ", ".join(f"{comm} {cores:.2f}" for comm, cores in list(others.items())[:4])
     print(f"    other processes, busiest: {busiest}", flush=True)
     errors: Counter[str] = Counter()
+    details: dict[str, str] = {}
     latencies: list[int] = []
     for answer in answers:
         errors.update(answer["errors"])
+        details.update(answer["details"])
         latencies.extend(answer["latencies_us"])
+    if len(latencies) < 2:
+        raise RuntimeError(f"no batches committed in the window, errors {dict(errors)}: "
+                           f"{details}")
+    if errors:
+        print(f"    errors: {dict(errors)}: {details}", flush=True)
     return Sample(replicas, len(latencies), end - start, latencies, dict(errors), cpu)
 
 
@@ -388,6 +399,25 @@ def tool_version(argv: Sequence[str]) -> str:
         return "?"
     found = re.search(r"\d+\.\d+(?:\.\d+)?", out.stdout + out.stderr)
     return found.group(0) if found else "?"
+
+
+def source_version() -> str:
+    """The commit the replicas' code is at, and whether server/ differs from it."""
+    def git(*argv: str) -> str:
+        try:
+            out = subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True,
+                                 text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "batchd (not a git checkout)"
+    changed = git("diff", "HEAD", "--", "server")
+    digest = hashlib.sha1(changed.encode()).hexdigest()[:8]
+    return f"batchd at {commit}" + (f" with uncommitted changes in server/ (diff {digest})"
+                                     if changed else "")
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -472,6 +502,7 @@ async def bench(args: argparse.Namespace) -> None:
     clients: list[ClientProc] = []
     ok = False
     try:
+        first_version = source_version()
         fleet = await start_fleet(workdir, REPLICA_ENV, GRACE_SECONDS, started)
         admin = fleet.postgres.admin_dsn
         # pg_ctl daemonizes the postmaster (its parent is then init, not pg_process.py):
@@ -505,6 +536,11 @@ async def bench(args: argparse.Namespace) -> None:
                       f"p99 {s.quantile_ms(99):.1f} ms, errors {s.errors or 0}; "
                       f"CPU cores: {cpu}", flush=True)
         rows = await sql(fleet.db_dsn, "SELECT count(*) FROM events")
+        # Replicas import the tree when they start (2 and 3 restart in every round); another
+        # hand may change it meanwhile.
+        version = source_version()
+        if version != first_version:
+            version = f"{first_version}, then {version} (changed during the run)"
         expected = sum(s.batches for runs in samples.values() for s in runs) * OPS_PER_BATCH
         ok = True
     finally:
@@ -533,7 +569,7 @@ async def bench(args: argparse.Namespace) -> None:
         "(10 one-row inserts into `events`, unique ids; request templates built before",
         f"timing), through HAProxy {haproxy} (deploy/haproxy/haproxy.cfg: mode http, every",
         "call balanced round robin, one log line per call) to `batchd serve` replicas (one",
-        "process each, pool of 16, BATCHD_POOLER=transaction), through PgBouncer",
+        f"process each, pool of 16, BATCHD_POOLER=transaction; {version}), through PgBouncer",
         f"{pgbouncer} in transaction mode (deploy/pgbouncer/pgbouncer.ini: default_pool_size",
         "20) to PostgreSQL, all on 127.0.0.1. For 1 replica, replicas 2 and 3 are stopped",
         "and DOWN in HAProxy. Throughput and latency count the batches completed within the",

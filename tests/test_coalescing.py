@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import grpc
 
-from batchd.v1 import batch_pb2
-from tests.conftest import batch, fails, rows
+from batchd.app import App
+from batchd.v1 import batch_pb2, batch_pb2_grpc
+from tests.conftest import batch, fails, make_settings, rows
 
 
 def customer(i: int, **extra) -> dict:
@@ -85,3 +86,26 @@ async def test_validate_only_coalesces_and_rolls_back(stub, db):
     assert not response.committed
     assert [rows(r)[0]["id"] for r in response.results] == [str(i) for i in range(1, 21)]
     assert await db.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_a_batch_of_inserts_and_a_get_takes_four_round_trips(schema):
+    """BEGIN with the transaction's limits, the inserts as one statement (no savepoint: on a
+    failure the batch runs again apart), the get, COMMIT."""
+    app = await App.start(make_settings(schema, pool_min_size=1, pool_max_size=1))
+    sent: list[str] = []
+    try:
+        async with app.pool.acquire() as conn:
+            conn.add_query_logger(lambda record: sent.append(record.query))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = batch_pb2_grpc.BatchServiceStub(channel)
+            sent.clear()
+            response = await stub.BatchExecute(batch([
+                *(customer(i) for i in range(5)),
+                {"id": "g", "get": {"table": "products", "key": {"id": 1}}}]))
+    finally:
+        await app.stop(grace=1)
+    assert response.committed
+    # (The pool's reset of the connection on its way back is not part of the batch.)
+    statements = [q for q in sent if not q.startswith("SELECT pg_advisory_unlock_all()")]
+    assert [q.split()[0].rstrip(";") for q in statements] == \
+        ["BEGIN", "INSERT", "SELECT", "COMMIT"], sent

@@ -7,12 +7,13 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batchd.app import SERVICE_NAME, App
-from batchd.db.pool import detect_pooler
+from batchd.db.pool import detect_pooler, transaction
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import batch, count, fails, make_settings, rows
 from tests.proxy import Proxy
@@ -151,3 +152,18 @@ async def test_health_of_the_service_follows_the_database_and_the_process_stays_
         finally:
             await app.stop(grace=1)
             await proxy.close()
+
+
+async def test_a_transaction_begins_with_its_limits_in_one_round_trip(schema):
+    settings = make_settings(schema, statement_timeout_ms=4321)
+    conn = await asyncpg.connect(schema)
+    sent: list[str] = []
+    conn.add_query_logger(lambda record: sent.append(record.query))
+    try:
+        async with transaction(conn, settings):
+            assert await conn.fetchval("SHOW statement_timeout") == "4321ms"
+    finally:
+        await conn.close()
+    begin, show, commit = sent
+    assert begin.startswith("BEGIN") and "SET LOCAL statement_timeout = 4321" in begin
+    assert show == "SHOW statement_timeout" and commit.startswith("COMMIT")

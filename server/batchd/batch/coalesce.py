@@ -43,21 +43,34 @@ def runs(steps: Sequence[Step]) -> list[list[Step]]:
 RunOne = Callable[[Step], Awaitable[Output]]
 
 
+class RunAgainApart(Exception):
+    """A run that shared a statement without a savepoint failed: the transaction is aborted,
+    and the batch must run again, its operations apart, to learn which one failed."""
+
+
 async def run_together(group: list[Step], ctx: RunContext, outputs: dict[str, Output],
-                       run_one: RunOne) -> None:
+                       run_one: RunOne, *, protect: bool = True) -> None:
     """One statement for ``group``; each operation gets its own output, recorded for the
-    references of later ones. If anything fails (a value, a constraint), the group is rolled
-    back to a savepoint and replayed one operation at a time with ``run_one``, so that the
-    error names its operation."""
+    references of later ones. If anything fails (a value, a constraint), the error must name
+    its operation: with ``protect``, the group runs under a savepoint, rolled back on failure
+    and replayed one operation at a time with ``run_one``; without (two round trips fewer, for
+    a caller that can run the whole transaction again), the failure raises RunAgainApart."""
     planned = [s.planned for s in group if s.planned is not None]
     kind = kinds.KINDS[planned[0].kind]
-    try:
-        async with ctx.connection.transaction():  # a savepoint
+    failures = (asyncpg.PostgresError, asyncpg.exceptions.DataError, BatchdError)
+    if not protect:
+        try:
             parts = await kind.run_together([p.spec for p in planned], ctx)
-    except (asyncpg.PostgresError, asyncpg.exceptions.DataError, BatchdError):
-        for step in group:
-            outputs[step.id] = await run_one(step)
-        return
+        except failures as exc:
+            raise RunAgainApart from exc
+    else:
+        try:
+            async with ctx.connection.transaction():  # a savepoint
+                parts = await kind.run_together([p.spec for p in planned], ctx)
+        except failures:
+            for step in group:
+                outputs[step.id] = await run_one(step)
+            return
     for step, output in zip(group, parts, strict=True):
         ctx.results.record(step.id, output.rows)
         outputs[step.id] = output

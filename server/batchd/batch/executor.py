@@ -90,11 +90,18 @@ class Executor:
         if plan.invalid:
             raise answers.refused(plan)
         attempt = 0
+        together = True  # runs of inserts share a statement without a savepoint (coalesce)
         while True:
             attempt += 1
             outputs: dict[str, Output] = {}
             try:
-                answer = await self._atomic_once(plan, outputs, request_id, attempt)
+                answer = await self._atomic_once(plan, outputs, request_id, attempt, together)
+            except coalesce.RunAgainApart:
+                # Rolled back: the same attempt again, each operation under its savepoint
+                # where they share a statement, so that a failure names its operation.
+                attempt -= 1
+                together = False
+                continue
             except _StepFailed as failed:
                 err = failed.error
                 if (isinstance(err, DatabaseError) and err.retryable_whole
@@ -110,7 +117,7 @@ class Executor:
             return answer
 
     async def _atomic_once(self, plan: BatchPlan, outputs: dict[str, Output], request_id: str,
-                           attempt: int) -> Answer:
+                           attempt: int, together: bool) -> Answer:
         """One run in one transaction: the response, or (with a request id) the error to
         raise as it is. Raises _StepFailed for what may be retried or reported as failed."""
         results = Results()
@@ -127,15 +134,17 @@ class Executor:
                                                  self.settings.idempotency_ttl_seconds)
                             if answer is None:
                                 answer = await self._run_claimed(plan, claim, conn, results,
-                                                                 outputs, request_id, attempt)
+                                                                 outputs, request_id, attempt,
+                                                                 together)
                             return answer
-                        await self._run_in_order(plan, conn, results, outputs, request_id)
+                        await self._run_in_order(plan, conn, results, outputs, request_id,
+                                                 protect=not together)
                         if plan.validate_only:
                             raise _Rollback
                 except _Rollback:
                     return await answers.succeeded(plan.steps, outputs, committed=False,
                                                    attempts=attempt)
-        except _StepFailed:
+        except (_StepFailed, coalesce.RunAgainApart):
             raise
         except Exception as exc:
             # Acquiring, BEGIN or COMMIT failed (a failed COMMIT commits nothing), or the
@@ -145,7 +154,7 @@ class Executor:
 
     async def _run_claimed(self, plan: BatchPlan, claim: Claim, conn: asyncpg.Connection,
                            results: Results, outputs: dict[str, Output], request_id: str,
-                           attempt: int) -> Answer:
+                           attempt: int, together: bool) -> Answer:
         """The operations of an atomic batch whose request id is claimed, in its transaction,
         and the answer stored there too. They run under a savepoint: a final failure (see
         batchd.batch.idempotency) rolls back to it and is stored, and the transaction commits just
@@ -156,7 +165,8 @@ class Executor:
             async with conn.transaction():  # a savepoint
                 if plan.read_only:
                     await conn.execute("SET LOCAL transaction_read_only = on")
-                await self._run_in_order(plan, conn, results, outputs, request_id)
+                await self._run_in_order(plan, conn, results, outputs, request_id,
+                                         protect=not together)
                 if plan.read_only:
                     raise _Rollback
         except _Rollback:
@@ -173,9 +183,10 @@ class Executor:
         return response
 
     async def _run_in_order(self, plan: BatchPlan, conn: asyncpg.Connection, results: Results,
-                            outputs: dict[str, Output], request_id: str) -> None:
+                            outputs: dict[str, Output], request_id: str, *,
+                            protect: bool = True) -> None:
         """Every step in request order; runs that can share a statement (batchd.batch.coalesce)
-        as one."""
+        as one, under a savepoint if ``protect`` (else a failure raises RunAgainApart)."""
         for group in coalesce.runs(plan.steps):
             if len(group) == 1:
                 outputs[group[0].id] = await self._run_step(group[0], conn, results, request_id)
@@ -183,7 +194,8 @@ class Executor:
                 ctx = RunContext(conn, group[0].id, results, self.catalog, self.settings)
                 await coalesce.run_together(
                     group, ctx, outputs,
-                    lambda step: self._run_step(step, conn, results, request_id))
+                    lambda step: self._run_step(step, conn, results, request_id),
+                    protect=protect)
 
     async def _run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
                         request_id: str) -> Output:

@@ -21,6 +21,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -105,16 +106,11 @@ async def detect_pooler(dsn: str, connect_seconds: float) -> str:
         await asyncio.gather(a.close(), b.close(), return_exceptions=True)
 
 
-_LIMITS_SQL = ("SELECT set_config('statement_timeout', $1, true), "
-               "set_config('lock_timeout', $2, true), "
-               "set_config('idle_in_transaction_session_timeout', $3, true)")
-
-
-async def set_limits(conn: asyncpg.Connection, settings: Settings,
-                     deadline: float | None = None, idle_ms: int | None = None) -> None:
-    """Inside a transaction: its timeouts, for as long as it lasts (SET LOCAL). A ``deadline``
-    (event-loop time) sooner than statement_timeout lowers it; ``idle_ms`` overrides the idle
-    timeout."""
+def limits(settings: Settings, deadline: float | None = None,
+           idle_ms: int | None = None) -> tuple[int, int, int]:
+    """A transaction's statement, lock and idle-in-transaction timeouts in ms. A ``deadline``
+    (event-loop time) sooner than statement_timeout lowers it (DEADLINE_EXCEEDED if it has
+    passed); ``idle_ms`` overrides the idle timeout."""
     statement_ms = settings.statement_timeout_ms
     if deadline is not None:
         remaining_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
@@ -122,17 +118,58 @@ async def set_limits(conn: asyncpg.Connection, settings: Settings,
             raise DeadlineExceeded("the deadline passed before the batch started")
         statement_ms = min(statement_ms, remaining_ms) if statement_ms else remaining_ms
     idle = settings.idle_in_transaction_timeout_ms if idle_ms is None else idle_ms
-    await conn.execute(_LIMITS_SQL, str(statement_ms), str(settings.lock_timeout_ms), str(idle))
+    return statement_ms, settings.lock_timeout_ms, idle
+
+
+def _limits_sql(values: tuple[int, int, int]) -> str:
+    """SET LOCAL statements for ``limits`` (integers we computed: nothing from a client)."""
+    statement_ms, lock_ms, idle_ms = (int(v) for v in values)
+    return (f" SET LOCAL statement_timeout = {statement_ms};"
+            f" SET LOCAL lock_timeout = {lock_ms};"
+            f" SET LOCAL idle_in_transaction_session_timeout = {idle_ms};")
+
+
+async def set_limits(conn: asyncpg.Connection, settings: Settings,
+                     deadline: float | None = None, idle_ms: int | None = None) -> None:
+    """Inside a transaction already begun: its timeouts, for as long as it lasts (SET LOCAL)."""
+    await conn.execute(_limits_sql(limits(settings, deadline, idle_ms)))
+
+
+class _BeginWithLimits:
+    """The connection as asyncpg's Transaction.start sees it, whose BEGIN carries the
+    transaction's SET LOCAL statements in the same simple-query message: one round trip where
+    BEGIN and then the limits would take two. Everything else goes to the connection."""
+
+    def __init__(self, conn: asyncpg.Connection, sql: str) -> None:
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_sql", sql)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._conn, name, value)
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+        if query.startswith("BEGIN") and not args:
+            query += self._sql
+        result: str = await self._conn.execute(query, *args, **kwargs)
+        return result
 
 
 @asynccontextmanager
 async def transaction(conn: asyncpg.Connection, settings: Settings, *,
                       isolation: str | None = None, readonly: bool = False,
                       deadline: float | None = None) -> AsyncIterator[None]:
-    """A transaction of batchd: asyncpg's, with ``set_limits`` first. Commits when the block
-    ends, rolls back when it raises."""
-    async with conn.transaction(isolation=isolation, readonly=readonly):
-        await set_limits(conn, settings, deadline)
+    """A transaction of batchd: asyncpg's (so savepoints nest in it as usual), begun together
+    with its limits (``limits``) in one round trip. Commits when the block ends, rolls back
+    when it raises."""
+    sql = _limits_sql(limits(settings, deadline))
+    tx = conn.transaction(isolation=isolation, readonly=readonly)
+    real = tx._connection  # the pool's proxy hands the transaction the real connection
+    tx._connection = _BeginWithLimits(real, sql)  # only for its start (see the class)
+    async with tx:
+        tx._connection = real
         yield
 
 
