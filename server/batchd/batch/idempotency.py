@@ -48,7 +48,6 @@ the background, a bounded number per statement, skipping rows a claim has locked
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -59,6 +58,7 @@ import asyncpg
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
+from batchd.background import Background
 from batchd.config import Settings
 from batchd.db.pool import connection, run_ddl, set_limits
 from batchd.errors import (
@@ -246,25 +246,16 @@ async def delete_expired(pool: asyncpg.Pool, limit: int = CLEANUP_BATCH) -> int:
             return deleted
 
 
-class Cleanup:
+class Cleanup(Background):
     """Deletes expired request ids every ``idempotency_cleanup_seconds``, in the background,
     until ``stop``. Every server of a database runs one; they do not get in each other's way."""
 
+    name = "batchd-idempotency-cleanup"
+
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        super().__init__()
         self.pool = pool
         self.interval = settings.idempotency_cleanup_seconds
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> Cleanup:
-        self._task = asyncio.create_task(self._loop(), name="batchd-idempotency-cleanup")
-        return self
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _loop(self) -> None:
         while True:

@@ -12,12 +12,12 @@ replica out while it cannot work. Draining (``App.stop``) turns both NOT_SERVING
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
 from grpc_health.v1 import health, health_pb2
 
+from batchd.background import Background
 from batchd.config import Settings
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,12 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class DatabaseWatch:
+class DatabaseWatch(Background):
+    name = "batchd-database-watch"
+
     def __init__(self, dsn: str, settings: Settings, servicer: health.aio.HealthServicer,
                  service: str) -> None:
+        super().__init__()
         self.dsn = dsn
         self.every = settings.db_check_seconds
         self.unhealthy_after = settings.db_unhealthy_after_seconds
@@ -36,18 +39,9 @@ class DatabaseWatch:
         self.service = service
         self.reachable = True
         self._conn: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> DatabaseWatch:
-        self._task = asyncio.create_task(self._loop(), name="batchd-database-watch")
-        return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().stop()
         if self._conn is not None:
             self._conn.terminate()
             self._conn = None
