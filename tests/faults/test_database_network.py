@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from batchd.app import App
+from batchd.db.pool import RELEASE_SECONDS
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import batch, make_settings, no_open_transaction
 from tests.faults.conftest import until
@@ -161,7 +162,9 @@ async def test_a_call_over_a_blackholed_database_ends_within_its_deadline_and_fr
                             pool_max_size=POOL) as (proxy, stub):
         assert (await stub.BatchExecute(pair("warm"), timeout=10)).committed
         proxy.blackhole()
-        bound = MAX_BATCH_SECONDS + SLACK
+        # The deadline, then at most RELEASE_SECONDS to give the dead connection back (it is
+        # terminated instead), then scheduling.
+        bound = MAX_BATCH_SECONDS + RELEASE_SECONDS + SLACK
         # No deadline, and a deadline later than max_batch_seconds: the server's bound holds
         # both; the pool's connections are all frozen.
         results = await asyncio.gather(*(timed(stub, f"bh{i}", 30 if i % 2 else None, bound)

@@ -177,7 +177,7 @@ async def transaction(conn: asyncpg.Connection, settings: Settings, *,
 # after a cancelled query, waits for PostgreSQL to confirm the cancel). Past it the connection
 # is terminated and replaced: over a dead network path the confirmation never comes, and the
 # call (and its pool slot) would otherwise wait for it far past the call's deadline.
-RELEASE_SECONDS = 1.0
+RELEASE_SECONDS = 2.0
 
 
 @asynccontextmanager
@@ -192,7 +192,11 @@ async def connection(pool: asyncpg.Pool,
     try:
         yield conn
     finally:
-        await pool.release(conn, timeout=RELEASE_SECONDS)
+        try:
+            await pool.release(conn, timeout=RELEASE_SECONDS)
+        except Exception as exc:  # asyncpg terminated it; the work's own outcome stands
+            log.warning("a pooled connection could not be reset in %.0f s and was replaced: "
+                        "%r", RELEASE_SECONDS, exc)
 
 
 DDL_LOCK = 0x62617463  # "batc": serializes batchd's own DDL across processes and replicas

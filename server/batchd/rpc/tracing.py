@@ -36,7 +36,7 @@ def server_interceptors(enabled: bool) -> list[Any]:
 
 
 def _ensure_provider() -> None:
-    from opentelemetry import trace
+    from opentelemetry import trace  # type: ignore[attr-defined,unused-ignore]
     from opentelemetry.sdk.resources import Resource  # type: ignore[import-not-found,unused-ignore]
     from opentelemetry.sdk.trace import TracerProvider  # type: ignore[import-not-found,unused-ignore]
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter  # type: ignore[import-not-found,unused-ignore]
