@@ -299,21 +299,6 @@ def _cycle(stuck: list[Unit]) -> InvalidArgument:
                                  f"dependency cycle among {what}")
 
 
-def topological_order(steps: list[Step]) -> list[Step]:
-    """Steps in an order that respects dependencies (request order where free)."""
-    done: set[str] = set()
-    order: list[Step] = []
-    pending = list(steps)
-    while pending:
-        for s in pending:
-            if all(d in done for d in s.depends_on):
-                order.append(s)
-                done.add(s.id)
-                pending.remove(s)
-                break
-    return order
-
-
 def unit_order(units: list[Unit]) -> list[Unit]:
     """Units in an order that respects dependencies (request order where free)."""
     waits = _waits_for(units)
