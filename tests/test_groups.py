@@ -4,11 +4,14 @@ a failed group skipping its dependents, serialization failures retried for the g
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import asyncpg
 import grpc
+import pytest
+from google.protobuf import json_format
 
 from batchd.errors import from_rpc_status
 from batchd.v1 import batch_pb2
@@ -134,6 +137,32 @@ async def test_a_group_is_one_transaction_and_each_group_its_own(stub):
     txid = {r.id: rows(r)[0]["txid"] for r in response.results}
     assert txid["a1"] == txid["a2"] and txid["b1"] == txid["b2"]
     assert len({txid["a1"], txid["b1"], txid["lone"]}) == 3
+
+
+async def test_groups_run_concurrently(stub, db):
+    # A barrier: the test holds an advisory lock that the first operation of every group waits
+    # for. Four waiters at once can only be seen if the four groups really run concurrently.
+    key = 434343
+    await db.execute("SELECT pg_advisory_lock($1)", key)
+    try:
+        call = asyncio.ensure_future(stub.BatchExecute(batch([
+            op for g in range(4) for op in (
+                {"id": f"w{g}", "group": f"g{g}", "call": {"handler": "wait_for_lock",
+                                                           "args": {"key": key}}},
+                {"id": f"e{g}", "group": f"g{g}", "call": {"handler": "echo"}})],
+            **INDEPENDENT)))
+        for _ in range(400):
+            waiting = await db.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 "
+                "AND NOT granted", key)
+            if waiting == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 4
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1)", key)
+    response = await call
+    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 8
 
 
 async def test_references_across_groups_order_them_wherever_they_are_listed(stub, db):
@@ -336,4 +365,20 @@ async def test_a_cycle_between_groups_is_refused_before_anything_runs(stub, db):
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.violations == [("operations[0].group",
                                    "dependency cycle among groups ['A', 'B']")]
+    assert await count(db, "customers") == 0
+
+
+async def test_groups_are_refused_in_an_operations_feed(stub, db):
+    # A feed's chunk is run as an atomic batch: a group there means nothing, so it is refused.
+    call = stub.BatchStream()
+    await call.write(batch_pb2.StreamRequest(header=batch_pb2.StreamHeader()))
+    assert (await call.read()).WhichOneof("kind") == "opened"
+    chunk = json_format.ParseDict({"sequence": 1, "operations": [
+        {"id": "c", "group": "g", "insert": {"table": "customers", "rows": [
+            {"name": "c", "email": "c@x"}]}}]}, batch_pb2.StreamChunk())
+    await call.write(batch_pb2.StreamRequest(chunk=chunk))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "operations[0].group: groups apply to MODE_INDEPENDENT" in caught.value.details()
     assert await count(db, "customers") == 0
