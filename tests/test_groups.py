@@ -291,14 +291,17 @@ async def test_a_failing_commit_fails_every_operation_of_the_group(stub, db):
             {"id": "e", "group": "g", "insert": {"table": "events", "rows": [
                 {"id": 1, "kind": "refuse"}]}},
             {"id": "after", "depends_on": ["c"], "call": {"handler": "echo"}},
+            # Outside a group too: an operation whose COMMIT fails did not succeed.
+            {"id": "lone", "insert": {"table": "events", "rows": [{"id": 2, "kind": "refuse"}]}},
+            {"id": "after_lone", "depends_on": ["lone"], "call": {"handler": "echo"}},
         ], **INDEPENDENT))
     finally:
         await db.execute("DROP TRIGGER refuse_at_commit ON events; "
                          "DROP FUNCTION refuse_at_commit()")
     results = by_id(response)
-    assert outcomes(response, "c", "e", "after") == [Outcome.FAILED, Outcome.FAILED,
-                                                     Outcome.SKIPPED]
-    for op_id in ("c", "e"):
+    assert outcomes(response, "c", "e", "after", "lone", "after_lone") == [
+        Outcome.FAILED, Outcome.FAILED, Outcome.SKIPPED, Outcome.FAILED, Outcome.SKIPPED]
+    for op_id in ("c", "e", "lone"):
         assert code(results[op_id]) == grpc.StatusCode.INVALID_ARGUMENT
         assert results[op_id].status.message == f'operation "{op_id}": refused at commit'
         assert from_rpc_status(results[op_id].status).error_info["operation_id"] == op_id
