@@ -80,6 +80,36 @@ async def test_failing_batch_prints_a_readable_error_with_details(app, db):
     assert "batchd.v1.BatchExecuteResponse" in out and '"outcome":"FAILED"' in out
 
 
+async def test_groups_from_json_as_in_the_readme(app, db):
+    await db.execute("INSERT INTO customers (name, email) VALUES ('Ada', 'ada@example.com')")
+
+    def order(n: int, product_id: int, quantity: int) -> list[dict]:
+        group = f"order-{n}"
+        return [
+            {"id": f"o{n}", "group": group, "insert": {"table": "orders", "rows": [
+                {"customer_id": "1", "total": "1.00"}]}},
+            {"id": f"o{n}-stock", "group": group, "call": {"handler": "reserve_stock", "args": {
+                "product_id": product_id, "quantity": quantity}}},
+            {"id": f"o{n}-item", "group": group, "insert": {"table": "order_items", "rows": [
+                {"order_id": {"$ref": f"o{n}.id"}, "product_id": product_id,
+                 "quantity": quantity, "unit_price": {"$ref": f"o{n}-stock.price"}}]}},
+        ]
+
+    code, out = await grpcurl(app, "batchd.v1.BatchService/BatchExecute", data={
+        "mode": "MODE_INDEPENDENT", "operations": [
+            *order(1, 1, 1), *order(2, 2, 1000),
+            {"id": "o2-paid", "update": {"table": "orders", "key": {"id": {"$ref": "o2.id"}},
+                                         "set": {"status": "paid"}}}]})
+    assert code == 0, out
+    response = json.loads(out)
+    assert response["committed"] is True
+    assert {r["id"]: r["outcome"] for r in response["results"]} == {
+        "o1": "SUCCEEDED", "o1-stock": "SUCCEEDED", "o1-item": "SUCCEEDED",
+        "o2": "ROLLED_BACK", "o2-stock": "FAILED", "o2-item": "NOT_RUN", "o2-paid": "SKIPPED"}
+    assert await db.fetchval("SELECT count(*) FROM orders") == 1
+    assert await db.fetchval("SELECT stock FROM products WHERE id = 2") == 250
+
+
 async def test_stream_from_grpcurl_with_resume(app, db):
     messages = [
         {"header": {"table": "customers", "mode": "MODE_INDEPENDENT", "stream_id": "g-1"}},

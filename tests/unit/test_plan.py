@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from batchd.batch.plan import plan_batch, topological_order
+from batchd.batch.plan import BatchPlan, plan_batch, unit_order
 from batchd.errors import InvalidArgument, PermissionDenied
 from batchd.kinds.base import PlanContext
 from batchd.values import Ref
@@ -35,6 +35,11 @@ def refused(operations: list, **fields: object) -> InvalidArgument:
     with pytest.raises(InvalidArgument) as caught:
         plan(operations, **fields)
     return caught.value
+
+
+def ids_in_order(p: BatchPlan) -> list[str]:
+    """The operation ids of an INDEPENDENT plan in the order its units may run one by one."""
+    return [s.id for u in unit_order(p.units) for s in u.steps]
 
 
 def only_violation(error: InvalidArgument) -> tuple[str, str]:
@@ -328,7 +333,7 @@ def test_independent_forward_reference_is_allowed_and_orders_the_operations() ->
     p = plan([insert("o", "orders", {"customer_id": ref("c.id")}),
               insert("c", "customers", ADA)], mode="MODE_INDEPENDENT")
     assert step(p, "o").depends_on == ["c"]
-    assert [s.id for s in topological_order(p.steps)] == ["c", "o"]
+    assert ids_in_order(p) == ["c", "o"]
 
 
 def test_a_reference_to_a_column_the_target_does_not_return_is_invalid() -> None:
@@ -406,17 +411,123 @@ def test_an_operation_behind_a_cycle_is_reported_with_it() -> None:
     assert "['a', 'after', 'b']" in err.message
 
 
-def test_topological_order_keeps_request_order_where_dependencies_allow() -> None:
+def test_unit_order_keeps_request_order_where_dependencies_allow() -> None:
     p = plan([call("a", x=ref("d.x")), call("b"), call("c", x=ref("b.x")), call("d"),
               call("e")], mode="MODE_INDEPENDENT")
-    assert [s.id for s in topological_order(p.steps)] == ["b", "c", "d", "a", "e"]
+    assert ids_in_order(p) == ["b", "c", "d", "a", "e"]
 
 
 def test_a_diamond_is_not_a_cycle() -> None:
     p = plan([call("top"), call("left", x=ref("top.x")), call("right", x=ref("top.x")),
               call("bottom", l=ref("left.x"), r=ref("right.x"))], mode="MODE_INDEPENDENT")
     assert sorted(step(p, "bottom").depends_on) == ["left", "right"]  # (args: a map)
-    assert [s.id for s in topological_order(p.steps)] == ["top", "left", "right", "bottom"]
+    assert ids_in_order(p) == ["top", "left", "right", "bottom"]
+
+
+# --- groups (INDEPENDENT) ---------------------------------------------------------------------
+
+INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
+
+
+def grouped(group: str, operation: dict) -> dict:
+    return {**operation, "group": group}
+
+
+def units_of(operations: list[dict]) -> list[tuple[str, list[str], list[str]]]:
+    """(group, step ids, depends_on) of each unit of an INDEPENDENT plan."""
+    p = plan(operations, **INDEPENDENT)
+    return [(u.group, [s.id for s in u.steps], u.depends_on) for u in p.units]
+
+
+@pytest.mark.parametrize("mode", [None, "MODE_ATOMIC"])
+def test_a_group_in_an_atomic_batch_is_invalid(mode: str | None) -> None:
+    fields = {"mode": mode} if mode else {}
+    err = refused([call("a"), grouped("g", call("b"))], **fields)
+    assert only_violation(err) == ("operations[1].group", "groups apply to MODE_INDEPENDENT (an "
+                                   "atomic batch is one transaction already)")
+    assert err.operation_id == "b"
+
+
+@pytest.mark.parametrize("name", ["has space", "dot.ted", "é", "x" * 65, "a/b"])
+def test_a_malformed_group_name_is_invalid(name: str) -> None:
+    err = refused([grouped("ok", call("a")), grouped(name, call("b"))], **INDEPENDENT)
+    assert only_violation(err) == ("operations[1].group",
+                                   "must be 1-64 characters of A-Z a-z 0-9 _ -")
+
+
+def test_an_atomic_plan_has_no_units() -> None:
+    assert plan([call("a"), call("b")]).units == []
+
+
+def test_without_groups_every_operation_is_a_unit_of_its_own() -> None:
+    assert units_of([call("a"), call("b", x=ref("a.x"))]) == [("", ["a"], []),
+                                                            ("", ["b"], ["a"])]
+
+
+def test_a_group_is_one_unit_in_request_order_placed_at_its_first_operation() -> None:
+    assert units_of([call("lone"), grouped("g", call("g1")), grouped("h", call("h1")),
+                     grouped("g", call("g2")), call("other"), grouped("x" * 64, call("g3"))]) \
+        == [("", ["lone"], []), ("g", ["g1", "g2"], []), ("h", ["h1"], []),
+            ("", ["other"], []), ("x" * 64, ["g3"], [])]
+
+
+def test_group_names_and_operation_ids_are_separate_names() -> None:
+    assert units_of([grouped("a", call("a")), grouped("a", call("b"))]) == [
+        ("a", ["a", "b"], [])]
+
+
+def test_a_unit_waits_for_what_its_members_need_outside_it() -> None:
+    ops = [call("c"), call("d"),
+           grouped("g", call("g1", x=ref("c.x"))),
+           grouped("g", {**call("g2", y=ref("g1.y"), z=ref("c.z")), "dependsOn": ["d"]})]
+    assert units_of(ops)[2] == ("g", ["g1", "g2"], ["c", "d"])
+
+
+@pytest.mark.parametrize(("first", "field", "what"), [
+    (call("first", x=ref("a.x")), "operations[0]", "reference a.x"),
+    ({**call("first"), "dependsOn": ["a"]}, "operations[0].depends_on[0]", 'dependency "a"'),
+], ids=["reference", "depends_on"])
+def test_a_forward_reference_inside_a_group_is_invalid(first: dict, field: str,
+                                                       what: str) -> None:
+    err = refused([grouped("g", first), call("b"), grouped("g", call("a"))], **INDEPENDENT)
+    assert only_violation(err) == (
+        field, f'{what}: "a" comes later in group "g", which runs in request order')
+    assert err.operation_id == "first"
+
+
+def test_a_forward_reference_out_of_a_group_is_allowed() -> None:
+    first = grouped("g", call("first", x=ref("a.x")))
+    assert units_of([first, grouped("h", call("a"))])[0] == ("g", ["first"], ["a"])
+    assert units_of([first, call("a")])[0] == ("g", ["first"], ["a"])
+
+
+def test_a_backward_reference_inside_a_group_is_no_dependency_of_the_group() -> None:
+    assert units_of([grouped("g", call("a")), grouped("g", call("b", x=ref("a.x")))]) == [
+        ("g", ["a", "b"], [])]
+
+
+def test_a_cycle_between_groups_is_invalid_though_the_operations_have_none() -> None:
+    # a1 -> b1 and b2 -> a2: no operation waits for itself, but group A waits for B and B for A.
+    err = refused([grouped("A", call("a1", x=ref("b1.x"))), grouped("B", call("b1")),
+                   grouped("B", call("b2", x=ref("a2.x"))), grouped("A", call("a2")),
+                   call("free")], **INDEPENDENT)
+    assert only_violation(err) == ("operations[0].group",
+                                   "dependency cycle among groups ['A', 'B']")
+
+
+def test_a_cycle_through_a_group_and_lone_operations_names_both() -> None:
+    err = refused([call("x", v=ref("g2.v")), grouped("G", call("g1", v=ref("x.v"))),
+                   grouped("G", call("g2")), call("after", v=ref("x.v"))], **INDEPENDENT)
+    assert only_violation(err) == ("operations[0].depends_on",
+                                   "dependency cycle among groups ['G'] and operations "
+                                   "['after', 'x']")
+
+
+def test_unit_order_follows_dependencies_between_groups() -> None:
+    p = plan([grouped("A", call("a1", x=ref("b2.x"))), grouped("B", call("b1")),
+              call("lone"), grouped("B", call("b2")), grouped("A", call("a2"))], **INDEPENDENT)
+    assert [[s.id for s in u.steps] for u in unit_order(p.units)] == [
+        ["b1", "b2"], ["a1", "a2"], ["lone"]]
 
 
 # --- scopes ----------------------------------------------------------------------------------

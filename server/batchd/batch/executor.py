@@ -7,14 +7,17 @@ back operations show no rows, because those rows no longer exist). A serializati
 deadlock reruns the whole batch, up to ``atomic_retries`` more times: nothing of the failed try
 was committed.
 
-INDEPENDENT: each operation in its own transaction on a pooled connection, at most
+INDEPENDENT (batchd.batch.independent): each unit (a group's operations, or one operation
+outside any group) in its own transaction on a pooled connection, at most
 ``independent_concurrency`` at once, each starting when the operations it depends on have
 succeeded, or SKIPPED when one of them did not. ``execute`` returns; each result has its own
 outcome.
 
 validate_only runs the same work and rolls it back. For INDEPENDENT batches it runs the
-operations one by one in dependency order inside one transaction, each under a savepoint, so
-that dependents see the rows they would see for real.
+units one by one in dependency order inside one transaction, each under a savepoint, so that
+dependents see the rows they would see for real.
+
+The operations themselves run through batchd.batch.steps (in order, coalesced where they can).
 
 A request id (``plan.claim``) is claimed and its answer stored through batchd.batch.idempotency: in
 an ATOMIC batch's own transaction (``_run_claimed``), beside an INDEPENDENT one (``Guards``).
@@ -24,26 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 
 import asyncpg
 
 from batchd.batch import coalesce
 from batchd.batch import results as answers
 from batchd.batch.idempotency import Answer, Claim, Guards, begin, store
-from batchd.batch.plan import BatchPlan, Step, topological_order
+from batchd.batch.independent import IndependentRun
+from batchd.batch.plan import BatchPlan
+from batchd.batch.steps import StepFailed, StepRunner, retry_delay
 from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.db.pool import connection, transaction
-from batchd.errors import (
-    BatchdError,
-    DatabaseError,
-    Skipped,
-    is_final,
-    translate,
-)
-from batchd.kinds import registry as kinds
-from batchd.kinds.base import Output, RunContext
+from batchd.errors import BatchdError, is_final, translate
+from batchd.kinds.base import Output
 from batchd.kinds.params import Results
 from batchd.v1 import batch_pb2
 
@@ -54,35 +51,26 @@ class _Rollback(Exception):
     """Raised inside a transaction to roll it back on purpose (validate_only)."""
 
 
-class _StepFailed(Exception):
-    """An operation failed (``step``), or the transaction around them did (``step`` None:
-    acquiring a connection, BEGIN or COMMIT)."""
-
-    def __init__(self, step: Step | None, error: BatchdError) -> None:
-        self.step = step
-        self.error = error
-
-
-
 class Executor:
     def __init__(self, pool: asyncpg.Pool, catalog: Catalog, settings: Settings) -> None:
         self.pool = pool
         self.catalog = catalog
         self.settings = settings
         self.guards = Guards(pool, settings)
+        self.runner = StepRunner(catalog, settings)
 
     async def execute(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
         if plan.atomic:
             return await self._atomic(plan, request_id)
+        independent = IndependentRun(plan, self.pool, self.runner, request_id)
         if plan.validate_only:
-            return await self._independent_dry_run(plan, request_id)
+            return await independent.dry_run()
         if plan.claim is not None:
-            answer = await self.guards.run(plan.claim,
-                                           lambda: self._independent(plan, request_id))
+            answer = await self.guards.run(plan.claim, independent.run)
             if isinstance(answer, BatchdError):
                 raise answer
             return answer
-        return await self._independent(plan, request_id)
+        return await independent.run()
 
     # --- ATOMIC -------------------------------------------------------------------------------
 
@@ -102,13 +90,12 @@ class Executor:
                 attempt -= 1
                 together = False
                 continue
-            except _StepFailed as failed:
+            except StepFailed as failed:
                 err = failed.error
-                if (isinstance(err, DatabaseError) and err.retryable_whole
-                        and attempt <= self.settings.atomic_retries):
+                if self.runner.may_retry(err, attempt):
                     log.info("request %s: %s, retrying the batch (attempt %d)", request_id,
                              err.reason, attempt + 1)
-                    await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+                    await asyncio.sleep(retry_delay(attempt))
                     continue
                 raise answers.atomic_failure(plan, outputs, failed.step, err, attempts=attempt) \
                     from None
@@ -119,7 +106,7 @@ class Executor:
     async def _atomic_once(self, plan: BatchPlan, outputs: dict[str, Output], request_id: str,
                            attempt: int, together: bool) -> Answer:
         """One run in one transaction: the response, or (with a request id) the error to
-        raise as it is. Raises _StepFailed for what may be retried or reported as failed."""
+        raise as it is. Raises StepFailed for what may be retried or reported as failed."""
         results = Results()
         claim = plan.claim
         try:
@@ -137,19 +124,19 @@ class Executor:
                                                                  outputs, request_id, attempt,
                                                                  together)
                             return answer
-                        await self._run_in_order(plan, conn, results, outputs, request_id,
-                                                 protect=not together)
+                        await self.runner.run_in_order(plan.steps, conn, results, outputs,
+                                                       request_id, protect=not together)
                         if plan.validate_only:
                             raise _Rollback
                 except _Rollback:
                     return await answers.succeeded(plan.steps, outputs, committed=False,
                                                    attempts=attempt)
-        except (_StepFailed, coalesce.RunAgainApart):
+        except (StepFailed, coalesce.RunAgainApart):
             raise
         except Exception as exc:
             # Acquiring, BEGIN or COMMIT failed (a failed COMMIT commits nothing), or the
             # rollback after a lost connection did: no operation to blame.
-            raise _StepFailed(None, translate(exc, request_id)) from exc
+            raise StepFailed(None, translate(exc, request_id)) from exc
         return await answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
 
     async def _run_claimed(self, plan: BatchPlan, claim: Claim, conn: asyncpg.Connection,
@@ -165,13 +152,13 @@ class Executor:
             async with conn.transaction():  # a savepoint
                 if plan.read_only:
                     await conn.execute("SET LOCAL transaction_read_only = on")
-                await self._run_in_order(plan, conn, results, outputs, request_id,
-                                         protect=not together)
+                await self.runner.run_in_order(plan.steps, conn, results, outputs, request_id,
+                                               protect=not together)
                 if plan.read_only:
                     raise _Rollback
         except _Rollback:
             pass
-        except _StepFailed as failed:
+        except StepFailed as failed:
             if not is_final(failed.error):
                 raise
             error = answers.atomic_failure(plan, outputs, failed.step, failed.error,
@@ -181,32 +168,6 @@ class Executor:
         response = await answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
         await store(conn, claim, response)
         return response
-
-    async def _run_in_order(self, plan: BatchPlan, conn: asyncpg.Connection, results: Results,
-                            outputs: dict[str, Output], request_id: str, *,
-                            protect: bool = True) -> None:
-        """Every step in request order; runs that can share a statement (batchd.batch.coalesce)
-        as one, under a savepoint if ``protect`` (else a failure raises RunAgainApart)."""
-        for group in coalesce.runs(plan.steps):
-            if len(group) == 1:
-                outputs[group[0].id] = await self._run_step(group[0], conn, results, request_id)
-            else:
-                ctx = RunContext(conn, group[0].id, results, self.catalog, self.settings)
-                await coalesce.run_together(
-                    group, ctx, outputs,
-                    lambda step: self._run_step(step, conn, results, request_id),
-                    protect=protect)
-
-    async def _run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
-                        request_id: str) -> Output:
-        assert step.planned is not None
-        ctx = RunContext(conn, step.id, results, self.catalog, self.settings)
-        try:
-            output = await kinds.run(step.planned, ctx)
-        except Exception as exc:
-            raise _StepFailed(step, translate(exc, request_id).for_operation(step.id)) from exc
-        results.record(step.id, output.rows)
-        return output
 
     async def run_on(self, conn: asyncpg.Connection, plan: BatchPlan,
                      request_id: str) -> batch_pb2.BatchExecuteResponse:
@@ -218,75 +179,8 @@ class Executor:
         results = Results()
         outputs: dict[str, Output] = {}
         try:
-            await self._run_in_order(plan, conn, results, outputs, request_id)
-        except _StepFailed as failed:
+            await self.runner.run_in_order(plan.steps, conn, results, outputs, request_id)
+        except StepFailed as failed:
             raise answers.atomic_failure(plan, outputs, failed.step, failed.error,
                                          attempts=1) from None
         return await answers.succeeded(plan.steps, outputs, committed=True, attempts=1)
-
-    # --- INDEPENDENT --------------------------------------------------------------------------
-
-    async def _independent(self, plan: BatchPlan,
-                           request_id: str) -> batch_pb2.BatchExecuteResponse:
-        limit = asyncio.Semaphore(self.settings.independent_concurrency)
-        results = Results()
-        outputs: dict[str, Output] = {}
-        errors: dict[str, BatchdError] = {}
-        finished = {s.id: asyncio.Event() for s in plan.steps}
-
-        async def run(step: Step) -> None:
-            try:
-                for dep in step.depends_on:
-                    await finished[dep].wait()
-                    if dep not in outputs:
-                        errors[step.id] = Skipped(
-                            f'not run: operation "{dep}" did not succeed', operation_id=step.id)
-                        return
-                if step.error is not None:
-                    errors[step.id] = step.error
-                    return
-                async with limit:
-                    try:
-                        async with connection(self.pool, plan.deadline) as conn, transaction(
-                                conn, self.settings, isolation=plan.isolation,
-                                readonly=plan.read_only, deadline=plan.deadline):
-                            outputs[step.id] = await self._run_step(step, conn, results,
-                                                                    request_id)
-                    except _StepFailed as failed:
-                        errors[step.id] = failed.error
-                    except Exception as exc:  # acquire / BEGIN / COMMIT
-                        errors[step.id] = translate(exc, request_id).for_operation(step.id)
-            finally:
-                finished[step.id].set()
-
-        await asyncio.gather(*(run(s) for s in plan.steps))
-        return await answers.independent(plan, outputs, errors, committed=bool(outputs))
-
-    async def _independent_dry_run(self, plan: BatchPlan,
-                                   request_id: str) -> batch_pb2.BatchExecuteResponse:
-        results = Results()
-        outputs: dict[str, Output] = {}
-        errors: dict[str, BatchdError] = {}
-        async with connection(self.pool, plan.deadline) as conn:
-            try:
-                async with transaction(conn, self.settings, isolation=plan.isolation,
-                                       readonly=plan.read_only, deadline=plan.deadline):
-                    for step in topological_order(plan.steps):
-                        failed_dep = next((d for d in step.depends_on if d not in outputs), None)
-                        if failed_dep is not None:
-                            errors[step.id] = Skipped(
-                                f'not run: operation "{failed_dep}" did not succeed',
-                                operation_id=step.id)
-                        elif step.error is not None:
-                            errors[step.id] = step.error
-                        else:
-                            try:
-                                async with conn.transaction():  # a savepoint
-                                    outputs[step.id] = await self._run_step(step, conn, results,
-                                                                            request_id)
-                            except _StepFailed as failed:
-                                errors[step.id] = failed.error
-                    raise _Rollback
-            except _Rollback:
-                pass
-        return await answers.independent(plan, outputs, errors, committed=False)

@@ -2,12 +2,17 @@
 
 Errors of the batch itself (operation count, a malformed request id, malformed or duplicate
 operation ids, references to unknown operations or columns, dependency cycles, atomic forward
-references) raise InvalidArgument for the whole request. An invalid *operation* is kept as a
-step carrying its error: the atomic executor refuses the batch naming every invalid operation,
-the independent one fails just those operations (and skips their dependents). An operation
-outside the caller's scopes is such a step too, with PermissionDenied (see batchd.auth); it is
-checked before the operation is planned, so a denied caller learns nothing about the table or
-handler.
+references; for groups: any group in ATOMIC mode, a malformed group name, a forward reference
+inside a group, a cycle between groups) raise InvalidArgument for the whole request. An invalid
+*operation* is kept as a step carrying its error: the atomic executor refuses the batch naming
+every invalid operation, the independent one fails just those operations (a group with one is
+refused whole) and skips their dependents. An operation outside the caller's scopes is such a
+step too, with PermissionDenied (see batchd.auth); it is checked before the operation is
+planned, so a denied caller learns nothing about the table or handler.
+
+INDEPENDENT plans are cut into units (``BatchPlan.units``), what runs in one transaction: the
+operations of a group, in request order, or one operation outside any group. A unit waits for
+the operations outside it that its members reference or depend on.
 """
 
 from __future__ import annotations
@@ -36,6 +41,20 @@ class Step:
     error: BatchdError | None
     # Operations that must succeed first: explicit depends_on plus referenced ones, in order.
     depends_on: list[str] = field(default_factory=list)
+    # The operation's group (INDEPENDENT only); "" for none.
+    group: str = ""
+
+
+@dataclass(slots=True)
+class Unit:
+    """What an INDEPENDENT batch runs in one transaction: the operations of a group, in request
+    order, or one operation outside any group."""
+
+    index: int  # position in BatchPlan.units
+    group: str  # "" for an operation outside any group
+    steps: list[Step]
+    # Operations outside the unit that must succeed first (its members' dependencies), in order.
+    depends_on: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -49,6 +68,8 @@ class BatchPlan:
     deadline: float | None = None
     # The request id to claim, and its answer to store (batchd.batch.idempotency); None: no id.
     claim: Claim | None = None
+    # INDEPENDENT: the units, ordered by their first operation; ATOMIC: none.
+    units: list[Unit] = field(default_factory=list)
 
     @property
     def invalid(self) -> list[Step]:
@@ -88,6 +109,7 @@ def plan_batch(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext,
     atomic = request.mode != batch_pb2.MODE_INDEPENDENT
     claim = claim_of(request, principal.name if principal is not None else None)
     index_of = _index_ids(ops)
+    _check_groups(ops, atomic)
     steps: list[Step] = []
     refs_of: list[list[Ref]] = []
     for i, op in enumerate(ops):
@@ -97,10 +119,10 @@ def plan_batch(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext,
     for step, op, refs in zip(steps, ops, refs_of, strict=True):
         if refs or op.depends_on:
             step.depends_on = _dependencies(step, op, refs, steps, index_of, atomic)
-    if not atomic:
-        _reject_cycles(steps)
+    units = [] if atomic else _units(steps)
+    _reject_cycles(units)
     return BatchPlan(steps, atomic, request.validate_only, _ISOLATION[request.isolation],
-                     request.read_only, claim=claim)
+                     request.read_only, claim=claim, units=units)
 
 
 def _check_request(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext) -> None:
@@ -137,6 +159,20 @@ def _index_ids(ops: Sequence[batch_pb2.Operation]) -> dict[str, int]:
     return index_of
 
 
+def _check_groups(ops: Sequence[batch_pb2.Operation], atomic: bool) -> None:
+    """Group names well-formed, and only in INDEPENDENT mode."""
+    for i, op in enumerate(ops):
+        if not op.group:
+            continue
+        path = f"operations[{i}].group"
+        if atomic:
+            raise InvalidArgument.field(path, "groups apply to MODE_INDEPENDENT (an atomic batch "
+                                              "is one transaction already)", operation_id=op.id)
+        if not OPERATION_ID.fullmatch(op.group):
+            raise InvalidArgument.field(path, "must be 1-64 characters of A-Z a-z 0-9 _ -",
+                                        operation_id=op.id)
+
+
 def _plan_step(i: int, op: batch_pb2.Operation, ctx: PlanContext, principal: Principal | None,
                refs: list[Ref]) -> Step:
     """One operation's step: planned, or carrying the error that makes it invalid (checked
@@ -158,21 +194,21 @@ def _plan_step(i: int, op: batch_pb2.Operation, ctx: PlanContext, principal: Pri
         error = exc
     if error is not None:
         error.for_operation(op.id)
-    return Step(i, op.id, planned, error)
+    return Step(i, op.id, planned, error, group=op.group)
 
 
 def _dependencies(step: Step, op: batch_pb2.Operation, refs: list[Ref], steps: list[Step],
                   index_of: dict[str, int], atomic: bool) -> list[str]:
     """What ``step`` waits for: its explicit depends_on, then what it refers to, each target
-    checked (it exists, it is not the step, in ATOMIC mode it comes earlier, and a referenced
-    column is among what it returns)."""
+    checked (it exists, it is not the step, in ATOMIC mode or in the step's group it comes
+    earlier, and a referenced column is among what it returns)."""
     path = f"operations[{step.index}]"
     wanted: list[str] = []
     for j, dep in enumerate(op.depends_on):
-        _check_target(dep, step, index_of, atomic, f"{path}.depends_on[{j}]", op.id)
+        _check_target(dep, step, steps, index_of, atomic, f"{path}.depends_on[{j}]", op.id)
         wanted.append(dep)
     for ref in refs:
-        _check_target(ref.operation, step, index_of, atomic, path, op.id, ref)
+        _check_target(ref.operation, step, steps, index_of, atomic, path, op.id, ref)
         target = steps[index_of[ref.operation]].planned
         if target is not None and target.output_columns is not None \
                 and ref.column not in target.output_columns:
@@ -184,8 +220,8 @@ def _dependencies(step: Step, op: batch_pb2.Operation, refs: list[Ref], steps: l
     return list(dict.fromkeys(wanted))
 
 
-def _check_target(target: str, step: Step, index_of: dict[str, int], atomic: bool, path: str,
-                  op_id: str, ref: Ref | None = None) -> None:
+def _check_target(target: str, step: Step, steps: list[Step], index_of: dict[str, int],
+                  atomic: bool, path: str, op_id: str, ref: Ref | None = None) -> None:
     what = f"reference {ref.operation}.{ref.column}" if ref else f'dependency "{target}"'
     if target not in index_of:
         raise InvalidArgument.field(path, f'{what}: no operation "{target}" in this batch',
@@ -193,43 +229,87 @@ def _check_target(target: str, step: Step, index_of: dict[str, int], atomic: boo
     if target == step.id:
         raise InvalidArgument.field(path, f"{what}: an operation cannot depend on itself",
                                     operation_id=op_id)
-    if atomic and index_of[target] > step.index:
+    if index_of[target] < step.index:
+        return
+    if atomic:
         raise InvalidArgument.field(path, f'{what}: "{target}" comes later, and an atomic batch '
                                           "runs in request order", operation_id=op_id)
+    if step.group and steps[index_of[target]].group == step.group:
+        raise InvalidArgument.field(path, f'{what}: "{target}" comes later in group '
+                                          f'"{step.group}", which runs in request order',
+                                    operation_id=op_id)
 
 
-def _reject_cycles(steps: list[Step]) -> None:
-    """Kahn's algorithm; whatever cannot be ordered is on (or behind) a cycle."""
-    by_id = {s.id: s for s in steps}
-    waiting = {s.id: len(s.depends_on) for s in steps}
-    dependents: dict[str, list[str]] = {s.id: [] for s in steps}
+def _units(steps: list[Step]) -> list[Unit]:
+    """The units of an INDEPENDENT plan: a group's steps together, every other step alone;
+    ordered by their first step. A unit depends on what its steps depend on outside it."""
+    units: list[Unit] = []
+    by_group: dict[str, Unit] = {}
     for s in steps:
-        for dep in s.depends_on:
-            dependents[dep].append(s.id)
-    ready = [i for i, n in waiting.items() if n == 0]
+        if s.group in by_group:
+            by_group[s.group].steps.append(s)
+            continue
+        unit = Unit(len(units), s.group, [s])
+        units.append(unit)
+        if s.group:
+            by_group[s.group] = unit
+    for unit in units:
+        members = {s.id for s in unit.steps}
+        unit.depends_on = list(dict.fromkeys(
+            d for s in unit.steps for d in s.depends_on if d not in members))
+    return units
+
+
+def _waits_for(units: list[Unit]) -> list[set[int]]:
+    """For each unit, the units it waits for (by index)."""
+    unit_of = {s.id: u.index for u in units for s in u.steps}
+    return [{unit_of[d] for d in u.depends_on} for u in units]
+
+
+def _reject_cycles(units: list[Unit]) -> None:
+    """Kahn's algorithm over the units; whatever cannot be ordered is on (or behind) a cycle."""
+    waits = _waits_for(units)
+    waiting = [len(w) for w in waits]
+    dependents: list[list[int]] = [[] for _ in units]
+    for u, targets in enumerate(waits):
+        for t in targets:
+            dependents[t].append(u)
+    ready = [u for u, n in enumerate(waiting) if n == 0]
     while ready:
-        current = ready.pop()
-        for d in dependents[current]:
+        for d in dependents[ready.pop()]:
             waiting[d] -= 1
             if waiting[d] == 0:
                 ready.append(d)
-    stuck = [i for i, n in waiting.items() if n > 0]
+    stuck = [units[u] for u, n in enumerate(waiting) if n > 0]
     if stuck:
-        first = by_id[stuck[0]]
-        raise InvalidArgument.field(f"operations[{first.index}].depends_on",
-                                    f"dependency cycle among operations {sorted(stuck)}")
+        raise _cycle(stuck)
 
 
-def topological_order(steps: list[Step]) -> list[Step]:
-    """Steps in an order that respects dependencies (request order where free)."""
-    done: set[str] = set()
-    order: list[Step] = []
-    pending = list(steps)
+def _cycle(stuck: list[Unit]) -> InvalidArgument:
+    """The error naming the units on (or behind) a cycle: operations, or groups when any is."""
+    first = stuck[0]
+    lone = sorted(s.id for u in stuck if not u.group for s in u.steps)
+    groups = sorted(u.group for u in stuck if u.group)
+    if not groups:
+        return InvalidArgument.field(f"operations[{first.steps[0].index}].depends_on",
+                                     f"dependency cycle among operations {lone}")
+    what = f"groups {groups}" + (f" and operations {lone}" if lone else "")
+    field_name = "group" if first.group else "depends_on"
+    return InvalidArgument.field(f"operations[{first.steps[0].index}].{field_name}",
+                                 f"dependency cycle among {what}")
+
+
+def unit_order(units: list[Unit]) -> list[Unit]:
+    """Units in an order that respects dependencies (request order where free)."""
+    waits = _waits_for(units)
+    done: set[int] = set()
+    order: list[Unit] = []
+    pending = list(units)
     while pending:
-        for s in pending:
-            if all(d in done for d in s.depends_on):
-                order.append(s)
-                done.add(s.id)
-                pending.remove(s)
+        for u in pending:
+            if waits[u.index] <= done:
+                order.append(u)
+                done.add(u.index)
+                pending.remove(u)
                 break
     return order

@@ -1,27 +1,31 @@
 """The answer to a batch: results in request order, each with its outcome and status.
 
 ``succeeded``: every operation SUCCEEDED (an atomic batch that committed, or was validated).
-``independent``: each operation's own outcome (SUCCEEDED, FAILED, SKIPPED).
+``independent``: each operation's own outcome (SUCCEEDED, FAILED, SKIPPED; in a failed group
+also ROLLED_BACK and NOT_RUN).
 ``atomic_failure``: the RPC error of a failed atomic batch, the failing operation's status
-with every operation's outcome in its details (FAILED; ROLLED_BACK without rows, since those
-rows no longer exist; NOT_RUN).
+with every operation's outcome in its details (``failed_unit``: FAILED; ROLLED_BACK without
+rows, since those rows no longer exist; NOT_RUN). A failed group of an INDEPENDENT batch
+reports its operations the same way (``failed_unit``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.rpc import status_pb2
 
 from batchd.batch.plan import BatchPlan, Step
-from batchd.errors import OK_STATUS, BatchdError, Skipped, not_committed, to_rpc_status
+from batchd.errors import OK_STATUS, BatchdError, not_committed, to_rpc_status
 from batchd.kinds.base import Output
 from batchd.v1 import batch_pb2
 
 Outcome = batch_pb2.Outcome
 _T = TypeVar("_T")
+# The outcome and status of an operation that did not succeed.
+Settled = tuple[int, status_pb2.Status]
 
 
 def add_result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: Any,
@@ -60,10 +64,11 @@ async def succeeded(steps: Sequence[Step], outputs: dict[str, Output], *, commit
 
 
 async def independent(plan: BatchPlan, outputs: dict[str, Output],
-                      errors: dict[str, BatchdError],
+                      settled: dict[str, Settled],
                       committed: bool) -> batch_pb2.BatchExecuteResponse:
-    """Each operation's own outcome (built off the event loop when large)."""
-    return await _built(outputs, _independent, plan, outputs, errors, committed)
+    """Each operation's own outcome: SUCCEEDED with its output, or as ``settled`` (built off
+    the event loop when large)."""
+    return await _built(outputs, _independent, plan, outputs, settled, committed)
 
 
 def _succeeded(steps: Sequence[Step], outputs: dict[str, Output], committed: bool,
@@ -74,17 +79,33 @@ def _succeeded(steps: Sequence[Step], outputs: dict[str, Output], committed: boo
     return response
 
 
-def _independent(plan: BatchPlan, outputs: dict[str, Output], errors: dict[str, BatchdError],
+def _independent(plan: BatchPlan, outputs: dict[str, Output], settled: dict[str, Settled],
                  committed: bool) -> batch_pb2.BatchExecuteResponse:
     response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=1)
     for s in plan.steps:
         if s.id in outputs:
             add_result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
         else:
-            err = errors[s.id]
-            outcome = Outcome.SKIPPED if isinstance(err, Skipped) else Outcome.FAILED
-            add_result(response, s, outcome, to_rpc_status(err))
+            add_result(response, s, *settled[s.id])
     return response
+
+
+def failed_unit(steps: Sequence[Step], ran: Container[str], errors: Mapping[str, BatchdError],
+                failed: Step | None) -> dict[str, Settled]:
+    """The outcomes of operations that ran as one transaction, which failed (an atomic batch,
+    a group): FAILED with their error (``errors``), ROLLED_BACK if they ran (without rows:
+    those rows no longer exist), NOT_RUN otherwise. ``failed``: the operation that failed it
+    (None: the transaction did)."""
+    cause = f'operation "{failed.id}" failed' if failed else "the transaction failed"
+    settled: dict[str, Settled] = {}
+    for s in steps:
+        if s.id in errors:
+            settled[s.id] = (Outcome.FAILED, to_rpc_status(errors[s.id]))
+        elif s.id in ran:
+            settled[s.id] = (Outcome.ROLLED_BACK, not_committed(f"rolled back: {cause}"))
+        else:
+            settled[s.id] = (Outcome.NOT_RUN, not_committed(f"not run: {cause}"))
+    return settled
 
 
 def refused(plan: BatchPlan) -> BatchdError:
@@ -103,15 +124,10 @@ def atomic_failure(plan: BatchPlan, outputs: dict[str, Output], failed: Step | N
     errors = {s.id: s.error for s in invalid if s.error is not None}
     if failed is not None:
         errors[failed.id] = error
-    cause = f'operation "{failed.id}" failed' if failed else "the transaction failed"
     outcomes = batch_pb2.BatchExecuteResponse(committed=False, attempts=attempts)
+    settled = failed_unit(plan.steps, outputs, errors, failed)
     for s in plan.steps:
-        if s.id in errors:
-            add_result(outcomes, s, Outcome.FAILED, to_rpc_status(errors[s.id]))
-        elif s.id in outputs:
-            add_result(outcomes, s, Outcome.ROLLED_BACK, not_committed(f"rolled back: {cause}"))
-        else:
-            add_result(outcomes, s, Outcome.NOT_RUN, not_committed(f"not run: {cause}"))
+        add_result(outcomes, s, *settled[s.id])
     metadata = dict(error.metadata)
     if failed is not None:
         metadata["operation_id"] = failed.id

@@ -1,0 +1,169 @@
+"""INDEPENDENT batches: every unit in its own transaction, each operation with its own outcome.
+
+A unit (batchd.batch.plan.Unit) is the operations of a group, or one operation outside any
+group. Each runs on a pooled connection in a transaction of its own, at most
+``independent_concurrency`` at once, starting when every operation it depends on outside it
+has succeeded; when one did not, every operation of the unit is SKIPPED, naming it.
+
+A unit is all or nothing, like an atomic batch: its operations run in request order
+(coalesced where they can share a statement), and when one fails the transaction rolls back
+and the unit reports as a failed atomic batch does (``results.failed_unit``): that operation
+FAILED, the earlier ones ROLLED_BACK (no rows: those rows no longer exist), the later ones
+NOT_RUN. A unit with invalid operations is refused before it runs (they are FAILED, the others
+NOT_RUN). When the transaction itself fails (no connection, BEGIN, COMMIT), every operation of
+the unit is FAILED with that error. A group that meets a serialization failure or deadlock is
+run again whole, up to ``atomic_retries`` more times; an operation outside any group is not
+(its ABORTED is the client's to retry).
+
+``committed`` is true when any unit committed. validate_only (``dry_run``): the units one by
+one in dependency order inside one transaction that is rolled back, each under a savepoint, so
+that dependents see the rows they would see for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from batchd.batch import results as answers
+from batchd.batch.plan import BatchPlan, Step, Unit, unit_order
+from batchd.batch.results import Settled
+from batchd.batch.steps import StepFailed, StepRunner, retry_delay
+from batchd.db.pool import connection, transaction
+from batchd.errors import BatchdError, Skipped, to_rpc_status, translate
+from batchd.kinds.base import Output
+from batchd.kinds.params import Results
+from batchd.v1 import batch_pb2
+
+log = logging.getLogger(__name__)
+Outcome = batch_pb2.Outcome
+
+
+class _Rollback(Exception):
+    """Raised inside the dry run's transaction to roll it back."""
+
+
+class IndependentRun:
+    """One INDEPENDENT batch: ``run`` for real, or ``dry_run`` (validate_only)."""
+
+    def __init__(self, plan: BatchPlan, pool: asyncpg.Pool, runner: StepRunner,
+                 request_id: str) -> None:
+        self.plan = plan
+        self.pool = pool
+        self.runner = runner
+        self.request_id = request_id
+        self.results = Results()  # rows by operation id, for references
+        self.outputs: dict[str, Output] = {}  # committed (dry run: kept) operations
+        self.settled: dict[str, Settled] = {}  # every other operation's outcome and status
+        self.limit = asyncio.Semaphore(runner.settings.independent_concurrency)
+
+    async def run(self) -> batch_pb2.BatchExecuteResponse:
+        finished = {s.id: asyncio.Event() for s in self.plan.steps}
+
+        async def run(unit: Unit) -> None:
+            try:
+                for dep in unit.depends_on:
+                    await finished[dep].wait()
+                if not self._held_back(unit):
+                    await self._run_unit(unit)
+            finally:
+                for s in unit.steps:
+                    finished[s.id].set()
+
+        await asyncio.gather(*(run(u) for u in self.plan.units))
+        return await answers.independent(self.plan, self.outputs, self.settled,
+                                         committed=bool(self.outputs))
+
+    async def dry_run(self) -> batch_pb2.BatchExecuteResponse:
+        plan, settings = self.plan, self.runner.settings
+        async with connection(self.pool, plan.deadline) as conn:
+            try:
+                async with transaction(conn, settings, isolation=plan.isolation,
+                                       readonly=plan.read_only, deadline=plan.deadline):
+                    for unit in unit_order(plan.units):
+                        if not self._held_back(unit):
+                            await self._try_unit(unit, conn)
+                    raise _Rollback
+            except _Rollback:
+                pass
+        return await answers.independent(plan, self.outputs, self.settled, committed=False)
+
+    def _held_back(self, unit: Unit) -> bool:
+        """Whether ``unit`` must not run: SKIPPED (a dependency did not succeed) or refused
+        (it has invalid operations); its outcomes are settled then."""
+        failed_dep = next((d for d in unit.depends_on if d not in self.outputs), None)
+        if failed_dep is not None:
+            self._skip(unit, failed_dep)
+            return True
+        invalid = [s for s in unit.steps if s.error is not None]
+        if invalid:
+            assert invalid[0].error is not None
+            self._fail(unit, {}, invalid[0], invalid[0].error, invalid)
+        return bool(invalid)
+
+    async def _run_unit(self, unit: Unit) -> None:
+        """``unit`` in a transaction of its own; a group again after a serialization failure
+        or deadlock, while ``atomic_retries`` allows."""
+        attempt = 0
+        while True:
+            attempt += 1
+            ran: dict[str, Output] = {}
+            try:
+                await self._commit_unit(unit, ran)
+            except StepFailed as failed:
+                if unit.group and self.runner.may_retry(failed.error, attempt):
+                    log.info('request %s: %s in group "%s", retrying the group (attempt %d)',
+                             self.request_id, failed.error.reason, unit.group, attempt + 1)
+                    await asyncio.sleep(retry_delay(attempt))
+                    continue
+                self._fail(unit, ran, failed.step, failed.error)
+                return
+            self.outputs.update(ran)
+            return
+
+    async def _commit_unit(self, unit: Unit, ran: dict[str, Output]) -> None:
+        plan, settings = self.plan, self.runner.settings
+        try:
+            async with self.limit, connection(self.pool, plan.deadline) as conn, transaction(
+                    conn, settings, isolation=plan.isolation, readonly=plan.read_only,
+                    deadline=plan.deadline):
+                await self.runner.run_in_order(unit.steps, conn, self.results, ran,
+                                               self.request_id)
+        except StepFailed:
+            raise
+        except Exception as exc:  # acquire / BEGIN / COMMIT
+            raise StepFailed(None, translate(exc, self.request_id)) from exc
+
+    async def _try_unit(self, unit: Unit, conn: asyncpg.Connection) -> None:
+        """``unit`` under a savepoint of the dry run's transaction."""
+        ran: dict[str, Output] = {}
+        try:
+            async with conn.transaction():  # a savepoint
+                await self.runner.run_in_order(unit.steps, conn, self.results, ran,
+                                               self.request_id)
+        except StepFailed as failed:
+            self._fail(unit, ran, failed.step, failed.error)
+            return
+        self.outputs.update(ran)
+
+    def _skip(self, unit: Unit, dependency: str) -> None:
+        message = f'not run: operation "{dependency}" did not succeed'
+        if unit.group:
+            message += f' (group "{unit.group}" depends on it)'
+        for s in unit.steps:
+            self.settled[s.id] = (Outcome.SKIPPED,
+                                  to_rpc_status(Skipped(message, operation_id=s.id)))
+
+    def _fail(self, unit: Unit, ran: dict[str, Output], failed: Step | None,
+              error: BatchdError, invalid: list[Step] | None = None) -> None:
+        """The outcomes of a unit whose transaction rolled back, or that was refused."""
+        if failed is None:  # the transaction itself failed: so did each operation in it
+            for s in unit.steps:
+                error.operation_id = s.id
+                self.settled[s.id] = (Outcome.FAILED, to_rpc_status(error))
+            return
+        errors = {s.id: s.error for s in invalid or () if s.error is not None}
+        errors[failed.id] = error
+        self.settled.update(answers.failed_unit(unit.steps, ran, errors, failed))

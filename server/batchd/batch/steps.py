@@ -1,0 +1,77 @@
+"""Running planned steps on a connection, inside the transaction (or savepoint) the caller
+holds: one step, or several in request order, consecutive ones coalesced where one statement
+can run them (batchd.batch.coalesce). A failure raises ``StepFailed`` naming its step. Both
+modes use it: an atomic batch runs all its steps so, an INDEPENDENT batch each unit's
+(batchd.batch.independent).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import asyncpg
+
+from batchd.batch import coalesce
+from batchd.batch.plan import Step
+from batchd.catalog import Catalog
+from batchd.config import Settings
+from batchd.errors import BatchdError, DatabaseError, translate
+from batchd.kinds import registry as kinds
+from batchd.kinds.base import Output, RunContext
+from batchd.kinds.params import Results
+
+
+class StepFailed(Exception):
+    """An operation failed (``step``), or the transaction around them did (``step`` None:
+    acquiring a connection, BEGIN or COMMIT)."""
+
+    def __init__(self, step: Step | None, error: BatchdError) -> None:
+        self.step = step
+        self.error = error
+
+
+class StepRunner:
+    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+        self.catalog = catalog
+        self.settings = settings
+
+    async def run_in_order(self, steps: Sequence[Step], conn: asyncpg.Connection,
+                           results: Results, outputs: dict[str, Output],
+                           request_id: str, *, protect: bool = True) -> None:
+        """Every step in order, each output into ``outputs`` as it completes; runs that can
+        share a statement (batchd.batch.coalesce) as one, under a savepoint if ``protect``
+        (else a failure of such a run raises ``coalesce.RunAgainApart``)."""
+        for group in coalesce.runs(steps):
+            if len(group) == 1:
+                outputs[group[0].id] = await self.run_step(group[0], conn, results, request_id)
+            else:
+                ctx = RunContext(conn, group[0].id, results, self.catalog, self.settings)
+                await coalesce.run_together(
+                    group, ctx, outputs,
+                    lambda step: self.run_step(step, conn, results, request_id),
+                    protect=protect)
+
+    async def run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
+                       request_id: str) -> Output:
+        assert step.planned is not None
+        ctx = RunContext(conn, step.id, results, self.catalog, self.settings)
+        try:
+            output = await kinds.run(step.planned, ctx)
+        except Exception as exc:
+            raise StepFailed(step, translate(exc, request_id).for_operation(step.id)) from exc
+        results.record(step.id, output.rows)
+        return output
+
+    def may_retry(self, error: BatchdError, attempt: int) -> bool:
+        """Whether a transaction that failed with ``error`` on run ``attempt`` (1, 2, ...) is
+        run again whole: a serialization failure or deadlock (nothing of it was committed),
+        up to ``atomic_retries`` more times."""
+        return (isinstance(error, DatabaseError) and error.retryable_whole
+                and attempt <= self.settings.atomic_retries)
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before rerunning a transaction whole after run ``attempt``: jittered,
+    doubling."""
+    return random.uniform(0.005, 0.02) * float(2**attempt)
