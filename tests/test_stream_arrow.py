@@ -334,3 +334,43 @@ async def test_arrow_chunk_of_several_batches_and_dictionary_columns(stub, db):
     await send(call, COMMIT)
     got = [r["kind"] for r in await db.fetch("SELECT kind FROM events ORDER BY id")]
     assert got == ["x", "y"] * 4
+
+
+async def test_arrow_list_elements_are_converted_and_checked(stub, db):
+    call, _ = await open_stream(stub, arrow_header("all_types", mode=INDEPENDENT))
+    grid = pa.array([[1, 2], [3, 2**40], None, [None]], pa.list_(pa.int64())).slice(0)
+    table = pa.table({
+        "id": pa.array([1, 2, 3, 4], pa.int64()),
+        "ids": pa.array([[1], [2], [3, None], None], pa.list_(pa.int16())),
+        "grid": grid,
+        "tags": pa.array([["a"], ["b"], None, ["d"]], pa.list_(pa.string_view())),
+    })
+    ack = (await send(call, arrow_chunk(1, table.slice(0)))).ack
+    assert ack.rows_written == 3
+    assert [(r.chunk_index, "element 1" in r.status.message) for r in ack.rejected] == [(1, True)]
+    rows = await db.fetch("SELECT id, ids, grid, tags FROM all_types ORDER BY id")
+    assert [tuple(r) for r in rows] == [(1, [1], [1, 2], ["a"]), (3, [3, None], None, None),
+                                        (4, None, [None], ["d"])]
+    # A slice of a list column (offsets not starting at 0) keeps its rows.
+    ack = (await send(call, arrow_chunk(2, table.slice(2, 2).set_column(
+        0, "id", pa.array([10, 11], pa.int64()))))).ack
+    assert ack.rows_written == 2
+    assert await db.fetchval("SELECT grid FROM all_types WHERE id = 11") == [None]
+    await finish(call)
+
+
+async def test_arrow_empty_and_compressed_chunks(stub, db):
+    call, _ = await open_stream(stub, arrow_header("all_types", mode=INDEPENDENT))
+    empty = pa.table({"id": pa.array([], pa.int64()), "uid": pa.array([], pa.string())})
+    ack = (await send(call, arrow_chunk(1, empty))).ack
+    assert (ack.rows_written, len(ack.rejected)) == (0, 0)
+    table = pa.table({"id": pa.array(range(1000), pa.int64()),
+                      "uid": pa.array([str(UID)] * 1000)})
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table, max_chunksize=300)
+    chunk = batch_pb2.StreamChunk(sequence=2, arrow=sink.getvalue().to_pybytes())
+    assert (await send(call, Req(chunk=chunk))).ack.rows_written == 1000
+    assert (await finish(call)).rows_written == 1000
+    assert await db.fetchval("SELECT count(DISTINCT uid) FROM all_types") == 1

@@ -39,6 +39,7 @@ from batchd.errors import (
     InvalidArgument,
     code_of,
     to_rpc_status,
+    translate,
 )
 from batchd.kinds.base import PlanContext
 from batchd.rpc.admission import Admission
@@ -230,8 +231,8 @@ class StreamSession:
                         if target is None:
                             target = resolve_target(header, self.catalog, request.chunk)
                         item.decoded = decode(request.chunk, target)
-                    except BatchdError as exc:
-                        item.error = exc
+                    except Exception as exc:  # a bug too fails the stream (INTERNAL), not
+                        item.error = translate(exc, self.request_id)  # ends it as if done
                 await queue.put((item, target))
             await queue.put(_END)
         except BatchdError as exc:  # a malformed message
