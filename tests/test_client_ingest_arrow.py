@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchd.client import AckedChunk, AsyncClient, BatchdRpcError, Client
-from batchd.client.arrow_source import rechunk
+from batchd.client.arrow_source import fitting, ipc_stream, rechunk
 from tests.client_proxy import Proxy
 from tests.conftest import count
 
@@ -43,6 +43,15 @@ def test_rechunk_cuts_exact_chunks_across_batches():
     assert sizes == [10, 10, 5]
     joined = pa.concat_tables(rechunk(table.to_batches(), table.schema, 4))
     assert joined.equals(table)
+
+
+def test_chunks_too_large_for_a_message_are_halved():
+    table = pa.table({"blob": [b"x" * 1000] * 100})
+    limit = len(ipc_stream(table.slice(0, 30)))
+    parts = list(fitting([table], limit))
+    assert [t.num_rows for t, _ in parts] == [25, 25, 25, 25]
+    assert all(len(data) <= limit for _, data in parts)
+    assert pa.concat_tables(t for t, _ in parts).equals(table)
 
 
 async def test_ingest_a_pyarrow_table(client, db):

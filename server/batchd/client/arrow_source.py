@@ -9,9 +9,10 @@
   ``.ipc``; or an IPC stream, ``.arrows``), memory-mapped.
 
 The rows are cut into chunks of ``chunk_rows`` by slicing (no copy), and each chunk travels as
-one Arrow IPC stream (``StreamChunk.arrow``); the header carries the schema
-(``StreamHeader.arrow_schema``), so the server checks the column types before the first chunk.
-What the server accepts for each column type is in ``batchd.stream.arrow``: decimals for
+one Arrow IPC stream (``StreamChunk.arrow``; one that would pass ``MAX_CHUNK_BYTES`` is cut in
+halves); the header carries the schema (``StreamHeader.arrow_schema``), so the server checks
+the column types before the first chunk. What the server accepts for each column type is in
+``batchd.stream.arrow_types``: decimals for
 numeric, timestamps with a zone for timestamptz, ... (pandas' ``datetime64[ns]`` without a zone
 is refused for a timestamptz column: ``df[c].dt.tz_localize("UTC")`` first).
 """
@@ -31,6 +32,9 @@ from batchd.v1 import batch_pb2
 __all__ = ["ArrowSource", "arrow_file", "ipc_stream", "is_arrow", "is_arrow_file", "open_arrow",
            "rechunk"]
 
+#: A chunk whose IPC stream would be larger is cut in halves (until it fits or is one row):
+#: the server's max_message_bytes is 16 MiB by default.
+MAX_CHUNK_BYTES = 12 << 20
 #: File name suffixes read as Arrow data, and their format.
 FILE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
                 ".ipc": "arrow", ".arrows": "arrow"}
@@ -144,6 +148,20 @@ def rechunk(batches: Iterable[pa.RecordBatch], schema: pa.Schema,
         yield pa.Table.from_batches(pending, schema)
 
 
+def fitting(tables: Iterable[pa.Table], max_bytes: int = MAX_CHUNK_BYTES,
+            ) -> Iterator[tuple[pa.Table, bytes]]:
+    """Each table with its IPC stream, halved until the stream is at most ``max_bytes``
+    (rows of very wide values make small chunks, not refused messages). Deterministic: the
+    same data gives the same chunks, as a resume by stream id needs."""
+    for table in tables:
+        data = ipc_stream(table)
+        if len(data) <= max_bytes or table.num_rows <= 1:
+            yield table, data
+            continue
+        half = table.num_rows // 2
+        yield from fitting([table.slice(0, half), table.slice(half)], max_bytes)
+
+
 def ipc_stream(table: pa.Table) -> bytes:
     """``table`` as one Arrow IPC stream: what ``StreamChunk.arrow`` carries."""
     sink = pa.BufferOutputStream()
@@ -173,8 +191,8 @@ def open_arrow(source: Any, columns: Sequence[str] | None, chunk_rows: int) -> A
     arrow = select(arrow, columns)
 
     async def chunks() -> AsyncIterator[Chunk]:
-        for table in rechunk(arrow.batches(), arrow.schema, chunk_rows):
-            yield Chunk(batch_pb2.StreamChunk(arrow=ipc_stream(table)), table.num_rows)
+        for table, data in fitting(rechunk(arrow.batches(), arrow.schema, chunk_rows)):
+            yield Chunk(batch_pb2.StreamChunk(arrow=data), table.num_rows)
 
     opened = Opened(batch_pb2.ENCODING_ARROW, list(arrow.schema.names), chunks())
     opened.arrow_schema = arrow.schema.serialize().to_pybytes()

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import grpc
 from google.protobuf import struct_pb2
@@ -176,12 +176,12 @@ def open_arrow(path: Path, args: argparse.Namespace) -> Any:
 
 def arrow_chunks(source: Any, skip: int, chunk_rows: int) -> Iterator[tuple[Any, int]]:
     """Tables of ``chunk_rows`` rows from row ``skip`` on, with the row offset after each."""
-    from batchd.client.arrow_source import rechunk
+    from batchd.client.arrow_source import fitting, rechunk
 
     end = skip
-    for table in rechunk(source.batches(skip), source.schema, chunk_rows):
+    for table, data in fitting(rechunk(source.batches(skip), source.schema, chunk_rows)):
         end += table.num_rows
-        yield table, end
+        yield (table, data), end
 
 
 def read_columns(path: Path, args: argparse.Namespace) -> tuple[list[str], int]:
@@ -327,9 +327,10 @@ class _Run:
             for records, end in chunker:
                 sequence += 1
                 if f is None:
-                    table: Any = records
-                    chunk = Chunk(sequence, _arrow_request(table, sequence), end,
-                                  table.num_rows, [], table)
+                    table, data = cast(tuple[Any, bytes], records)
+                    request = batch_pb2.StreamRequest(chunk=batch_pb2.StreamChunk(
+                        sequence=sequence, arrow=data))
+                    chunk = Chunk(sequence, request, end, table.num_rows, [], table)
                 else:
                     chunk = Chunk(sequence, to_request(records, sequence, args.format,
                                                        self.sent_rows), end, len(records),
@@ -397,13 +398,6 @@ def _write_rejects(rejects: Any, ack: batch_pb2.ChunkAck, chunk: Chunk) -> int:
             "code": code_of(row.status.code).name, "message": row.status.message,
             "record": _record(chunk, row.chunk_index)}, default=str) + "\n")
     return len(ack.rejected)
-
-
-def _arrow_request(table: Any, sequence: int) -> batch_pb2.StreamRequest:
-    from batchd.client.arrow_source import ipc_stream
-
-    return batch_pb2.StreamRequest(chunk=batch_pb2.StreamChunk(sequence=sequence,
-                                                               arrow=ipc_stream(table)))
 
 
 def _record(chunk: Chunk, index: int) -> Any:
