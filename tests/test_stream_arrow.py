@@ -374,3 +374,20 @@ async def test_arrow_empty_and_compressed_chunks(stub, db):
     assert (await send(call, Req(chunk=chunk))).ack.rows_written == 1000
     assert (await finish(call)).rows_written == 1000
     assert await db.fetchval("SELECT count(DISTINCT uid) FROM all_types") == 1
+
+
+async def test_arrow_values_beyond_postgresql_or_python_reject_their_rows(stub, db):
+    call, _ = await open_stream(stub, arrow_header("all_types", mode=INDEPENDENT))
+    table = pa.table({
+        "id": pa.array([1, 2, 3, 4], pa.int64()),
+        "at": pa.array([0, -(2**63) + 5, 2**62, None], pa.timestamp("s", tz="UTC")),
+        "day": pa.array([0, 0, 0, -(2**31)], pa.date32()),
+    })
+    ack = (await send(call, arrow_chunk(1, table))).ack
+    assert ack.rows_written == 1
+    reasons = {r.chunk_index: r.status.message for r in ack.rejected}
+    assert sorted(reasons) == [1, 2, 3]
+    assert "out of range" in reasons[1] and "-9223372036854775803" in reasons[1]
+    assert all(r.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+               for r in ack.rejected)
+    await finish(call)

@@ -403,7 +403,10 @@ def _drop(array: pa.Array, mask: np.ndarray[Any, Any], why: str, out: pa.DataTyp
 
 
 def _shown(value: pa.Scalar) -> str:
-    return repr(value.as_py())
+    try:
+        return repr(value.as_py())
+    except (OverflowError, ValueError):  # a timestamp beyond Python's datetime: its integer
+        return f"{value.type} {value.value}"
 
 
 def _in_range(out: pa.DataType, low: int, high: int, why: str) -> Convert:
