@@ -27,32 +27,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from batchd.client.sources import FILE_FORMATS, Chunk, Opened, is_arrow_file
 from batchd.v1 import batch_pb2
 
-__all__ = ["ArrowSource", "arrow_file", "ipc_stream", "is_arrow", "is_arrow_file", "open_arrow",
-           "rechunk"]
+__all__ = ["ArrowSource", "arrow_file", "fitting", "ipc_stream", "open_arrow", "rechunk",
+           "select"]
 
 #: A chunk whose IPC stream would be larger is cut in halves (until it fits or is one row):
 #: the server's max_message_bytes is 16 MiB by default.
 MAX_CHUNK_BYTES = 12 << 20
-#: File name suffixes read as Arrow data, and their format.
-FILE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
-                ".ipc": "arrow", ".arrows": "arrow"}
-_OBJECTS = {("pyarrow", "Table"), ("pyarrow", "RecordBatch"), ("pyarrow", "RecordBatchReader"),
-            ("pandas", "DataFrame"), ("polars", "DataFrame")}
-
-
-def is_arrow(source: object) -> bool:
-    """A pyarrow table, batch or reader, or a pandas or polars DataFrame."""
-    kind = type(source)
-    return (kind.__module__.split(".")[0], kind.__name__) in _OBJECTS
-
-
-def is_arrow_file(source: object) -> bool:
-    return isinstance(source, str | os.PathLike) and \
-        Path(os.fspath(source)).suffix.lower() in FILE_FORMATS
-
-
 @dataclass
 class ArrowSource:
     """An Arrow source ready to be cut: its schema, its row count when known, and its batches
@@ -183,10 +166,8 @@ def select(source: ArrowSource, columns: Sequence[str] | None) -> ArrowSource:
                        lambda skip: (b.select(names) for b in source.batches(skip)))
 
 
-def open_arrow(source: Any, columns: Sequence[str] | None, chunk_rows: int) -> Any:
+def open_arrow(source: Any, columns: Sequence[str] | None, chunk_rows: int) -> Opened:
     """The ``Opened`` of an Arrow object or file for ``ingest``."""
-    from batchd.client.sources import Chunk, Opened
-
     arrow = arrow_file(source, chunk_rows) if is_arrow_file(source) else from_object(source)
     arrow = select(arrow, columns)
 

@@ -43,6 +43,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from batchd.client import connect
+from batchd.client.sources import FILE_FORMATS
 from batchd.errors import code_of
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
@@ -154,8 +155,6 @@ ARROW_FORMATS = ("parquet", "arrow")
 
 def file_format(path: Path) -> str:
     """The format a file is read as, by its suffix (CSV unless known otherwise)."""
-    from batchd.client.arrow_source import FILE_FORMATS
-
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"

@@ -432,7 +432,10 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
 
 
 async def write_isolating(conn: asyncpg.Connection, copy: Copy, units: Sequence[Any],
-                           indexes: list[int]) -> tuple[int, list[tuple[int, BatchdError]]]:
+                          indexes: list[int]) -> tuple[int, list[tuple[int, BatchdError]]]:
+    """COPY ``units`` under a savepoint; if PostgreSQL (or the encoder) refuses one, split
+    them (at the line PostgreSQL names, else in halves) until only the refused are left:
+    returns (rows written, rejected rows by chunk index). Also ENCODING_ARROW's."""
     if not units:
         return 0, []
     try:
