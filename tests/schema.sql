@@ -42,3 +42,15 @@ CREATE TABLE arrow_refused (
     tt    timetz,
     r     int4range
 );
+CREATE TYPE mood_kind AS ENUM ('happy', 'sad');
+-- More column types the Arrow encoding takes (tests/test_stream_arrow.py).
+CREATE TABLE arrow_extra (
+    id       integer PRIMARY KEY,
+    docs     jsonb[],
+    moments  timestamp[],
+    at_time  time,
+    ratio    real,
+    amounts  numeric(5, 2)[],
+    flags    boolean[],
+    mood     mood_kind
+);

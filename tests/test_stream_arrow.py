@@ -391,3 +391,32 @@ async def test_arrow_values_beyond_postgresql_or_python_reject_their_rows(stub, 
     assert all(r.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
                for r in ack.rejected)
     await finish(call)
+
+
+async def test_arrow_more_types_jsonb_arrays_enums_time_real(stub, db):
+    await db.execute("DELETE FROM arrow_extra")
+    table = pa.table({
+        "id": pa.array([1, 2], pa.int32()),
+        "docs": pa.array([['{"a": 1}', None, "[]"], None], pa.large_list(pa.string())),
+        "moments": pa.array([[dt.datetime(2024, 1, 1, 0, 0, 0, 1)], []],
+                            pa.list_(pa.timestamp("us"))),
+        "at_time": pa.array([45_296_789, None], pa.time32("ms")),
+        "ratio": pa.array([0.1, None], pa.float32()),
+        "amounts": pa.array([[Decimal("1.50"), None], None], pa.list_(pa.decimal128(5, 2))),
+        "flags": pa.array([[True, None, False], None], pa.list_(pa.bool_())),
+        "mood": pa.array(["happy", "sad"]).dictionary_encode(),
+    })
+    call, _ = await open_stream(stub, arrow_header("arrow_extra", table.schema))
+    ack = (await send(call, arrow_chunk(1, table))).ack
+    assert ack.rows_written == 2 and not ack.rejected, ack
+    assert (await send(call, COMMIT)).summary.committed
+    row = await db.fetchrow("SELECT docs::text[] AS docs, moments, at_time::text AS at_time, "
+                            "ratio, amounts::text AS amounts, flags, mood::text AS mood "
+                            "FROM arrow_extra WHERE id = 1")
+    assert row["docs"] == ['{"a": 1}', None, "[]"]
+    assert row["moments"] == [dt.datetime(2024, 1, 1, 0, 0, 0, 1)]
+    assert row["at_time"] == "12:34:56.789"
+    assert row["ratio"] == pytest.approx(0.1) and row["amounts"] == "{1.50,NULL}"
+    assert row["flags"] == [True, None, False] and row["mood"] == "happy"
+    assert await db.fetchval("SELECT mood::text FROM arrow_extra WHERE id = 2") == "sad"
+    await db.execute("DELETE FROM arrow_extra")

@@ -141,8 +141,10 @@ def _builder(out_field: pa.Field, column: Column) -> Any:
     if column.kind == "json" and column.cast_sql.startswith("jsonb"):
         if column.is_array:
             inner = out_field.type.value_field
-            return pgpq_encoders.ListEncoderBuilder.new_with_inner(
-                out_field, _string_builder(inner)(inner, pgpq_schema.Jsonb()))
+            lists = (pgpq_encoders.LargeListEncoderBuilder if pa.types.is_large_list(
+                out_field.type) else pgpq_encoders.ListEncoderBuilder)
+            return lists.new_with_inner(out_field,
+                                        _string_builder(inner)(inner, pgpq_schema.Jsonb()))
         return _string_builder(out_field)(out_field, pgpq_schema.Jsonb())
     return ArrowToPostgresBinaryEncoder.infer_encoder(out_field)
 
