@@ -33,3 +33,24 @@ CREATE TABLE readonly_things (id integer PRIMARY KEY, name text);
 CREATE SCHEMA hidden;
 CREATE TABLE hidden.secrets (id integer PRIMARY KEY, secret text);
 INSERT INTO hidden.secrets VALUES (1, 'do not leak');
+-- Column types the Arrow encoding refuses (tests/test_stream_arrow.py).
+CREATE TABLE arrow_refused (
+    id    integer PRIMARY KEY,
+    tstz  timestamptz[],
+    uids  uuid[],
+    names varchar(20)[],
+    tt    timetz,
+    r     int4range
+);
+CREATE TYPE mood_kind AS ENUM ('happy', 'sad');
+-- More column types the Arrow encoding takes (tests/test_stream_arrow.py).
+CREATE TABLE arrow_extra (
+    id       integer PRIMARY KEY,
+    docs     jsonb[],
+    moments  timestamp[],
+    at_time  time,
+    ratio    real,
+    amounts  numeric(5, 2)[],
+    flags    boolean[],
+    mood     mood_kind
+);

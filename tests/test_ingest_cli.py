@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.proxy import Proxy
 
@@ -199,3 +200,78 @@ async def until_async(value, wanted, patience: float = 60.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"never reached {wanted}")
+
+
+# --- Parquet and Arrow files (ENCODING_ARROW) --------------------------------------------------
+
+def events_table(rows: int, duplicates: tuple[int, ...] = ()) -> Any:
+    import pyarrow as pa
+
+    ids = [i if i not in duplicates else 0 for i in range(rows)]
+    return pa.table({"id": pa.array(ids, pa.int64()), "kind": [f"k{i % 3}" for i in range(rows)],
+                     "score": pa.array([i % 100 for i in range(rows)], pa.int32())})
+
+
+async def test_ingest_parquet_with_rejects_exit_3_and_a_finished_state(app, db, tmp_path):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "events.parquet"
+    pq.write_table(events_table(2500, duplicates=(1200, 2499)), path, row_group_size=700)
+    code, out = await ingest(app, str(path), "--table", "events", "--chunk-rows", "1000")
+    assert code == 3, out
+    assert "2,498 rows written to events" in out and "2 rejected" in out
+    assert await db.fetchval("SELECT count(*) FROM events") == 2498
+    rejects = [json.loads(line) for line in
+               (tmp_path / "events.parquet.rejects.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["sequence"], r["chunk_row"], r["code"], r["record"]) for r in rejects] \
+        == [(1200, 2, 200, "ALREADY_EXISTS", {"id": 0, "kind": "k0", "score": 0}),
+            (2499, 3, 499, "ALREADY_EXISTS", {"id": 0, "kind": "k0", "score": 99})]
+    state = json.loads((tmp_path / "events.parquet.batchd-ingest.json").read_text())
+    assert state["finished"] and (state["offset"], state["written"], state["rejected"]) == \
+        (2500, 2498, 2)
+    code, out = await ingest(app, str(path), "--table", "events")
+    assert code == 3 and "already ingested" in out
+
+
+async def test_ingest_feather_atomic_and_a_refused_type_exits_1(app, db, tmp_path):
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    path = tmp_path / "events.feather"
+    feather.write_feather(events_table(300), path)
+    code, out = await ingest(app, str(path), "--table", "events", "--mode", "atomic",
+                             "--chunk-rows", "100")
+    assert code == 0, out
+    assert await db.fetchval("SELECT count(*) FROM events") == 300
+    floats = tmp_path / "money.arrow"
+    feather.write_feather(pa.table({"id": [1], "num": [0.1]}), floats)
+    code, out = await ingest(app, str(floats), "--table", "all_types")
+    assert code == 1, out
+    assert "INVALID_ARGUMENT" in out and 'column "num"' in out
+    assert await db.fetchval("SELECT count(*) FROM all_types") == 0
+    code, out = await ingest(app, str(tmp_path / "events.feather"), "--table", "events",
+                             "--format", "parquet")
+    assert code == 2 and "cannot be read as parquet" in out
+
+
+async def test_ingest_parquet_resumes_by_row_offset_after_a_kill(app, db, tmp_path):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "big.parquet"
+    pq.write_table(events_table(3000), path, row_group_size=450)
+    state = tmp_path / "big.parquet.batchd-ingest.json"
+    proc = await asyncio.create_subprocess_exec(
+        str(BATCHD), "ingest", str(path), "--table", "events", "--chunk-rows", "100",
+        "--rate", "2000", "--quiet", "--target", f"127.0.0.1:{app.port}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await until(lambda: json.loads(state.read_text())["sequence"] >= 5)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    saved = json.loads(state.read_text())
+    assert 5 <= saved["sequence"] < 30 and saved["offset"] == saved["rows"] == \
+        saved["sequence"] * 100
+    code, out = await ingest(app, str(path), "--table", "events", "--chunk-rows", "100")
+    assert code == 0, out
+    assert "resuming" in out and "3,000 rows written" in out
+    ids = [r["id"] for r in await db.fetch("SELECT id FROM events ORDER BY id")]
+    assert ids == list(range(3000))

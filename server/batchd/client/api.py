@@ -205,8 +205,9 @@ class AsyncClient:
     async def ingest(self, table: str, source: Source,
                      **options: Unpack[IngestOptions]) -> IngestResult:
         """Streams ``source`` into ``table`` over BatchStream: rows (an iterable or async
-        iterable of mappings), columns (a mapping of column name to values) or CSV (a path,
-        a binary file or bytes), in chunks, resumed after a lost connection. See
+        iterable of mappings), columns (a mapping of column name to values), CSV (a path,
+        a binary file or bytes) or Arrow (a pyarrow table or reader, a pandas or polars
+        DataFrame, a Parquet or Arrow file), in chunks, resumed after a lost connection. See
         ``batchd.client.ingest.ingest`` for the options and what is guaranteed."""
         settings = self._settings
         return await run_ingest(self._stub, table, source, metadata=settings.metadata,

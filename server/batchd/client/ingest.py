@@ -4,6 +4,7 @@
         result = await client.ingest("events", rows)            # an iterable of dicts
         result = await client.ingest("events", "events.csv")     # CSV, passed to COPY
         result = await client.ingest("events", {"id": ids, "kind": kinds})  # columns
+        result = await client.ingest("events", arrow_table)      # or a DataFrame, "x.parquet"
         print(result.rows_written, result.rows_rejected, result.rejected[:3])
 
 The source (``batchd.client.sources``) is cut into chunks of ``chunk_rows`` rows; at most
@@ -158,8 +159,10 @@ async def ingest(stub: batch_pb2_grpc.BatchServiceStub, table: str, source: Sour
     """Streams ``source`` into ``table`` (see the module doc).
 
     ``columns``: the columns the source provides (default: a mapping's keys, the CSV header
-    line, or the first row's keys). ``encoding``: ``"rows"``, ``"columnar"`` or ``"csv"``
-    (default: by source; rows may be sent ``"columnar"``). ``mode``: ``"independent"``
+    line, the first row's keys, or the Arrow schema's fields). ``encoding``: ``"rows"``,
+    ``"columnar"``, ``"csv"`` or ``"arrow"`` (default: by source; rows may be sent
+    ``"columnar"``; a pyarrow table, a pandas or polars DataFrame, a Parquet or Arrow file
+    always go as ``"arrow"``). ``mode``: ``"independent"``
     (default) or ``"atomic"``. ``bad_rows``: ``"reject_row"`` or ``"reject_chunk"``
     (INDEPENDENT). CSV: ``header`` (default: a header line unless ``columns`` is given; with
     both, the line is skipped), ``delimiter``, ``quote``, ``null`` (the text meaning NULL).
@@ -180,6 +183,7 @@ async def ingest(stub: batch_pb2_grpc.BatchServiceStub, table: str, source: Sour
                                   encoding=cast(batch_pb2.Encoding, opened.encoding),
                                   stream_id=stream_id or "",
                                   bad_rows=_BAD_ROWS[bad_rows])
+    head.arrow_schema = opened.arrow_schema
     if opened.encoding == batch_pb2.ENCODING_CSV:
         head.csv.CopyFrom(batch_pb2.CsvOptions(delimiter=delimiter, quote=quote,
                                                null=null or ""))

@@ -1,8 +1,13 @@
-"""``batchd ingest FILE --table T``: stream a CSV or JSON Lines file into a table.
+"""``batchd ingest FILE --table T``: stream a CSV, JSON Lines, Parquet or Arrow file into a
+table.
 
 CSV goes through the stream's CSV passthrough: the file is cut into chunks of whole records
 (a quoted field may span lines: the cut follows quote parity, without parsing fields) and
-PostgreSQL's COPY parses them. JSON Lines go as rows (one object per line).
+PostgreSQL's COPY parses them. JSON Lines go as rows (one object per line). Parquet
+(``.parquet``, ``.pq``) and Arrow IPC files (``.arrow``, ``.feather``, ``.ipc``, ``.arrows``) go
+as ENCODING_ARROW: read ``--chunk-rows`` rows at a time (Parquet: row group by row group, so
+memory stays bounded), the schema in the header, so a column the server cannot store exactly
+is refused before anything is sent; their position is a row offset instead of a byte offset.
 
 INDEPENDENT mode (the default) is resumable. After every acknowledged chunk the state file
 (FILE.batchd-ingest.json unless --state) records the stream id, the last acknowledged sequence
@@ -32,12 +37,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import grpc
 from google.protobuf import struct_pb2
 
 from batchd.client import connect
+from batchd.client.sources import FILE_FORMATS
 from batchd.errors import code_of
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
@@ -62,7 +68,7 @@ class State:
     stream_id: str
     chunk_rows: int
     sequence: int = 0  # last acknowledged
-    offset: int = 0  # byte offset after it
+    offset: int = 0  # byte offset after it (Parquet, Arrow: row offset)
     rows: int = 0  # rows sent up to it (header excluded)
     written: int = 0  # rows written, as the acks say (re-sent chunks' acks repeat theirs)
     rejected: int = 0  # rows rejected, each one line of the rejects file
@@ -91,6 +97,7 @@ class Chunk:
     end_offset: int
     rows: int
     records: list[bytes]  # the raw records, to write rejected ones to the rejects file
+    table: Any = None  # Parquet, Arrow: the chunk's rows (pyarrow.Table), for the same
 
 
 def csv_chunks(f: BinaryIO, chunk_rows: int, quote: bytes) -> Iterator[tuple[list[bytes], int]]:
@@ -143,6 +150,39 @@ def to_request(records: list[bytes], sequence: int, fmt: str,
     return batch_pb2.StreamRequest(chunk=chunk)
 
 
+ARROW_FORMATS = ("parquet", "arrow")
+
+
+def file_format(path: Path) -> str:
+    """The format a file is read as, by its suffix (CSV unless known otherwise)."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    return FILE_FORMATS.get(suffix, "csv")
+
+
+def open_arrow(path: Path, args: argparse.Namespace) -> Any:
+    """The Parquet or Arrow file as a batchd.client.arrow_source.ArrowSource."""
+    from batchd.client import arrow_source
+
+    try:
+        source = arrow_source.arrow_file(path, args.chunk_rows, args.format)
+        columns = [c.strip() for c in (args.columns or "").split(",") if c.strip()]
+        return arrow_source.select(source, columns)
+    except (ValueError, OSError) as exc:  # pyarrow's errors are both
+        raise UsageError(f"{path}: cannot be read as {args.format}: {exc}") from None
+
+
+def arrow_chunks(source: Any, skip: int, chunk_rows: int) -> Iterator[tuple[Any, int]]:
+    """Tables of ``chunk_rows`` rows from row ``skip`` on, with the row offset after each."""
+    from batchd.client.arrow_source import fitting, rechunk
+
+    end = skip
+    for table, data in fitting(rechunk(source.batches(skip), source.schema, chunk_rows)):
+        end += table.num_rows
+        yield (table, data), end
+
+
 def read_columns(path: Path, args: argparse.Namespace) -> tuple[list[str], int]:
     """Columns from --columns or the CSV header; returns them and the data's start offset."""
     if args.columns:
@@ -167,20 +207,28 @@ async def ingest(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    args.format = args.format or ("jsonl" if path.suffix in (".jsonl", ".ndjson") else "csv")
+    args.format = args.format or file_format(path)
     state_path = Path(args.state or f"{path}.batchd-ingest.json")
     rejects_path = Path(args.rejects or f"{path}.rejects.jsonl")
-    columns, data_start = read_columns(path, args)
+    arrow = open_arrow(path, args) if args.format in ARROW_FORMATS else None
+    if arrow is not None:
+        columns, data_start = list(arrow.schema.names), 0
+    else:
+        columns, data_start = read_columns(path, args)
     state = _state(path, args, state_path, data_start)
     if state.finished:
         print(f"{path}: already ingested into {state.table}: {state.written:,} rows written"
               + (f", {state.rejected:,} rejected (see {rejects_path})" if state.rejected else "")
               + f"; nothing sent. Remove {state_path} to ingest it again.", file=sys.stderr)
         return EXIT_REJECTED if state.rejected else EXIT_OK
-    run = _Run(args, path, state, state_path, columns)
-    with path.open("rb") as f, _rejects_file(rejects_path, state) as rejects:
-        f.seek(state.offset)
-        await run.stream(f, rejects)
+    run = _Run(args, path, state, state_path, columns, arrow)
+    with _rejects_file(rejects_path, state) as rejects:
+        if arrow is not None:
+            await run.stream(None, rejects)
+        else:
+            with path.open("rb") as f:
+                f.seek(state.offset)
+                await run.stream(f, rejects)
     run.progress.close()
     state.finished = True
     if not run.atomic:
@@ -230,19 +278,24 @@ class _Run:
     """One run of the stream: its messages out, its acknowledgements in."""
 
     def __init__(self, args: argparse.Namespace, path: Path, state: State, state_path: Path,
-                 columns: list[str]) -> None:
+                 columns: list[str], arrow: Any = None) -> None:
         self.args = args
         self.state = state
         self.state_path = state_path
         self.atomic = args.mode == "atomic"
+        self.arrow = arrow  # Parquet, Arrow: the file's ArrowSource
+        encoding = {"csv": batch_pb2.ENCODING_CSV, "jsonl": batch_pb2.ENCODING_ROWS}.get(
+            args.format, batch_pb2.ENCODING_ARROW)
         self.header = batch_pb2.StreamHeader(
             table=args.table, columns=columns,
             mode=batch_pb2.MODE_ATOMIC if self.atomic else batch_pb2.MODE_INDEPENDENT,
-            encoding=batch_pb2.ENCODING_CSV if args.format == "csv" else batch_pb2.ENCODING_ROWS,
-            stream_id="" if self.atomic else state.stream_id,
+            encoding=encoding, stream_id="" if self.atomic else state.stream_id,
             csv=batch_pb2.CsvOptions(delimiter=args.delimiter))
+        if arrow is not None:
+            self.header.arrow_schema = arrow.schema.serialize().to_pybytes()
         self.progress = _progress_bar()(
-            total=state.size, initial=state.offset, unit="B", unit_scale=True,
+            total=state.size if arrow is None else arrow.rows, initial=state.offset,
+            unit="B" if arrow is None else " rows", unit_scale=True,
             disable=args.quiet or None, dynamic_ncols=True, desc=path.name)
         self.started = time.monotonic()
         self.resumed_written = state.written
@@ -254,24 +307,38 @@ class _Run:
         # error from Core" instead of the server's status (grpc/grpc#36066).
         self.opened = asyncio.Event()
 
-    async def requests(self, f: BinaryIO) -> AsyncIterator[batch_pb2.StreamRequest]:
+    async def requests(self, f: BinaryIO | None) -> AsyncIterator[batch_pb2.StreamRequest]:
         """The stream's messages. A problem with the file ends the stream (an atomic one
         without its commit, so nothing is written) and is reported afterwards: raised in here,
         gRPC would turn it into an anonymous cancellation."""
         args = self.args
-        chunker = (csv_chunks(f, self.state.chunk_rows, (args.quote or '"').encode())
-                   if args.format == "csv" else jsonl_chunks(f, self.state.chunk_rows))
+        chunker: Iterator[tuple[Any, int]]
+        if f is None:
+            chunker = arrow_chunks(self.arrow, self.state.offset, self.state.chunk_rows)
+        elif args.format == "csv":
+            chunker = csv_chunks(f, self.state.chunk_rows, (args.quote or '"').encode())
+        else:
+            chunker = jsonl_chunks(f, self.state.chunk_rows)
         yield batch_pb2.StreamRequest(header=self.header)
         await self.opened.wait()
         sequence = self.state.sequence
         try:
             for records, end in chunker:
                 sequence += 1
-                request = to_request(records, sequence, args.format, self.sent_rows)
-                self.in_flight[sequence] = Chunk(sequence, request, end, len(records), records)
-                self.sent_rows += len(records)
+                if f is None:
+                    table, data = cast(tuple[Any, bytes], records)
+                    request = batch_pb2.StreamRequest(chunk=batch_pb2.StreamChunk(
+                        sequence=sequence, arrow=data))
+                    chunk = Chunk(sequence, request, end, table.num_rows, [], table)
+                else:
+                    chunk = Chunk(sequence, to_request(records, sequence, args.format,
+                                                       self.sent_rows), end, len(records),
+                                  records)
+                request = chunk.request
+                self.in_flight[sequence] = chunk
+                self.sent_rows += chunk.rows
                 if args.rate:
-                    await asyncio.sleep(len(records) / args.rate)
+                    await asyncio.sleep(chunk.rows / args.rate)
                 yield request
         except UsageError as exc:
             self.problems.append(exc)
@@ -279,7 +346,7 @@ class _Run:
         if self.atomic:
             yield batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit())
 
-    async def stream(self, f: BinaryIO, rejects: IO[str]) -> None:
+    async def stream(self, f: BinaryIO | None, rejects: IO[str]) -> None:
         connection = connect.from_arguments(self.args)
         async with connect.aio_channel(connection) as channel:
             stub = batch_pb2_grpc.BatchServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -328,24 +395,32 @@ def _write_rejects(rejects: Any, ack: batch_pb2.ChunkAck, chunk: Chunk) -> int:
         rejects.write(json.dumps({
             "row": row.index, "sequence": ack.sequence, "chunk_row": row.chunk_index,
             "code": code_of(row.status.code).name, "message": row.status.message,
-            "record": _record(chunk, row.chunk_index)}) + "\n")
+            "record": _record(chunk, row.chunk_index)}, default=str) + "\n")
     return len(ack.rejected)
 
 
-def _record(chunk: Chunk, index: int) -> str | None:
+def _record(chunk: Chunk, index: int) -> Any:
+    """The rejected record: its CSV or JSON line, or (Parquet, Arrow) its values by column
+    (values JSON cannot hold, such as decimals and timestamps, as their text)."""
+    if chunk.table is not None:
+        return chunk.table.slice(index, 1).to_pylist()[0] if index < chunk.rows else None
     if 0 <= index < len(chunk.records):
         return chunk.records[index].decode("utf-8", "replace").rstrip("\n")
     return None
 
 
 def add_parser(commands: Any) -> None:
-    p = commands.add_parser("ingest", help="stream a CSV or JSON Lines file into a table",
+    p = commands.add_parser("ingest", help="stream a CSV, JSON Lines, Parquet or Arrow file "
+                                           "into a table",
                             description=__doc__.split("\n\n")[0])
     p.add_argument("file")
     p.add_argument("--table", required=True)
     connect.add_arguments(p)
-    p.add_argument("--format", choices=["csv", "jsonl"], help="default: by file extension")
-    p.add_argument("--columns", help="comma-separated; default: the CSV header line")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet", "arrow"],
+                   help="default: by file extension (.jsonl .ndjson; .parquet .pq; .arrow "
+                        ".feather .ipc .arrows; else CSV)")
+    p.add_argument("--columns", help="comma-separated; default: the CSV header line (Parquet, "
+                                     "Arrow: the file's columns; given: only those)")
     p.add_argument("--delimiter", default=",")
     p.add_argument("--quote", default='"')
     p.add_argument("--chunk-rows", type=int, default=10_000)

@@ -7,7 +7,10 @@ A source is one of
   rows of each chunk turned into typed arrays;
 - a mapping of column name -> sequence of values, all of the same length: ENCODING_COLUMNAR;
 - a path (``str`` / ``os.PathLike``), a binary file or ``bytes`` of CSV: ENCODING_CSV, handed
-  to PostgreSQL's COPY untouched, cut into chunks of whole records (``csv_records``).
+  to PostgreSQL's COPY untouched, cut into chunks of whole records (``csv_records``);
+- a ``pyarrow.Table`` / ``RecordBatch`` / ``RecordBatchReader``, a pandas or polars DataFrame,
+  or the path of a Parquet or Arrow/Feather file (by suffix): ENCODING_ARROW, see
+  ``batchd.client.arrow_source``.
 
 Columnar arrays are typed per chunk and column from the values: all bool -> bools, all int
 (within int64) -> int64s, int and float -> doubles, str -> strings, bytes -> bytes, datetimes
@@ -42,7 +45,13 @@ Rows = Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]]
 Source = Rows | Mapping[str, Sequence[Any]] | str | os.PathLike[str] | bytes | BinaryIO
 
 ENCODINGS = {"rows": batch_pb2.ENCODING_ROWS, "columnar": batch_pb2.ENCODING_COLUMNAR,
-             "csv": batch_pb2.ENCODING_CSV}
+             "csv": batch_pb2.ENCODING_CSV, "arrow": batch_pb2.ENCODING_ARROW}
+#: File name suffixes read as Arrow data (batchd.client.arrow_source), and their format.
+FILE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
+                ".ipc": "arrow", ".arrows": "arrow"}
+_ARROW_OBJECTS = {("pyarrow", "Table"), ("pyarrow", "RecordBatch"),
+                  ("pyarrow", "RecordBatchReader"), ("pandas", "DataFrame"),
+                  ("polars", "DataFrame")}
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -62,6 +71,7 @@ class Opened:
     encoding: int
     columns: list[str]
     chunks: AsyncIterator[Chunk]
+    arrow_schema: bytes = b""  # ENCODING_ARROW: the header's schema
 
 
 def csv_records(f: BinaryIO, quote: bytes = b'"') -> Iterator[bytes]:
@@ -91,6 +101,16 @@ async def open_source(source: Source, *, encoding: str | None,
         raise ValueError("chunk_rows must be at least 1")
     if encoding is not None and encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+    if is_arrow(source) or is_arrow_file(source):
+        _expect(encoding, "arrow", "Arrow data (a table, a DataFrame, a Parquet or Arrow file)")
+        if header is not None:
+            raise ValueError("header= is for CSV sources")
+        from batchd.client import arrow_source  # pyarrow is imported only for Arrow sources
+
+        return arrow_source.open_arrow(source, columns, chunk_rows)
+    if encoding == "arrow":
+        raise ValueError("encoding 'arrow' needs a pyarrow table or reader, a pandas or polars "
+                         "DataFrame, or a Parquet or Arrow file")
     if isinstance(source, str | os.PathLike | bytes | bytearray) or hasattr(source, "readline"):
         _expect(encoding, "csv", "a path, a binary file or bytes")
         return _csv(source, columns, chunk_rows, header, delimiter, quote)
@@ -106,6 +126,19 @@ async def open_source(source: Source, *, encoding: str | None,
         return await _rows(cast(Rows, source), list(columns or ()), chunk_rows, wanted)
     raise TypeError(f"cannot ingest a {type(source).__name__}: give rows, a mapping of columns, "
                     "or CSV (a path, a binary file or bytes)")
+
+
+def is_arrow(source: object) -> bool:
+    """A pyarrow table, batch or reader, or a pandas or polars DataFrame (by the names of its
+    module and class: pandas and polars are never imported here)."""
+    kind = type(source)
+    return (kind.__module__.split(".")[0], kind.__name__) in _ARROW_OBJECTS
+
+
+def is_arrow_file(source: object) -> bool:
+    """A path whose suffix is a Parquet or Arrow file's (``FILE_FORMATS``)."""
+    return isinstance(source, str | os.PathLike) and \
+        os.path.splitext(os.fspath(source))[1].lower() in FILE_FORMATS
 
 
 def _expect(encoding: str | None, wanted: str, what: str) -> None:

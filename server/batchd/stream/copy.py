@@ -5,7 +5,8 @@ by column type while decoding, so a bad value rejects its row with a reason nami
 before anything reaches PostgreSQL. COLUMNAR arrays whose protobuf type already is the
 column's (int64 for integers, double for floats, bool, bytes, text, microseconds for
 timestamps) are taken whole, without touching each value in Python. CSV chunks go to COPY as
-the bytes they arrived as.
+the bytes they arrived as. ARROW chunks are read, checked and encoded to binary COPY by
+``batchd.stream.arrow`` (imported on first use: pyarrow is loaded only by servers that see one).
 
 ``write`` COPYs a chunk under a savepoint. If PostgreSQL refuses a row (constraint, bad CSV
 field), the chunk is split to find the refused rows: PostgreSQL's error names the line, so the
@@ -45,6 +46,8 @@ class Target:
     encoding: int
     csv: batch_pb2.CsvOptions
     readers: list[tuple[str, Reader]] = field(init=False)
+    # ENCODING_ARROW: the batchd.stream.arrow.ArrowTarget (the plan of the chunks' schema).
+    arrow: Any = field(init=False, default=None)
     # Positions of numeric columns: their strings go to the driver unparsed (it parses them
     # exactly as coercion would), and are checked one by one only if a COPY's encoding fails.
     lazy: list[int] = field(init=False)
@@ -111,13 +114,33 @@ def _reader(column: Column) -> Reader:
     return slow
 
 
+def known_at_header(header: batch_pb2.StreamHeader) -> bool:
+    """Whether the header alone says the stream's columns (else the first chunk does)."""
+    if header.encoding == batch_pb2.ENCODING_ARROW:
+        return bool(header.columns or header.arrow_schema)
+    return bool(header.columns) or header.encoding not in (batch_pb2.ENCODING_UNSPECIFIED,
+                                                            batch_pb2.ENCODING_ROWS)
+
+
 def resolve_target(header: batch_pb2.StreamHeader, catalog: Catalog,
                    first_chunk: batch_pb2.StreamChunk | None) -> Target:
     table = catalog.table(header.table, "header.table")
     table.require("insert", "header.table")
     encoding = header.encoding or batch_pb2.ENCODING_ROWS
     names = list(header.columns)
-    if not names:
+    schema = None
+    if encoding == batch_pb2.ENCODING_ARROW:
+        from batchd.stream import arrow
+        if header.arrow_schema:
+            schema = arrow.read_schema(header.arrow_schema, "header.arrow_schema")
+        if not names:
+            if schema is None and first_chunk is not None:
+                schema = arrow.read_schema(first_chunk.arrow, "chunk.arrow")
+            if schema is None:
+                raise InvalidArgument.field("header.columns", "give the columns or "
+                                                              "arrow_schema, or send a chunk")
+            names = list(schema.names)
+    elif not names:
         if encoding != batch_pb2.ENCODING_ROWS:
             raise InvalidArgument.field("header.columns", "required for COLUMNAR and CSV")
         if first_chunk is None or not first_chunk.rows:
@@ -134,7 +157,13 @@ def resolve_target(header: batch_pb2.StreamHeader, catalog: Catalog,
         if column in columns:
             raise InvalidArgument.field(f"header.columns[{i}]", f'"{name}" is listed twice')
         columns.append(column)
-    return Target(table, columns, encoding, header.csv)
+    target = Target(table, columns, encoding, header.csv)
+    if encoding == batch_pb2.ENCODING_ARROW:
+        target.arrow = arrow.ArrowTarget(columns)
+        if schema is not None:
+            target.arrow.plan_for(schema, "header.arrow_schema" if header.arrow_schema
+                                  else "chunk.arrow")
+    return target
 
 
 def _check_csv_options(options: batch_pb2.CsvOptions) -> None:
@@ -159,9 +188,16 @@ class Decoded:
     indexes: list[int] = field(default_factory=list)  # chunk index of each record
     csv: bytes = b""
     rejected: list[tuple[int, BatchdError]] = field(default_factory=list)
+    arrow: Any = None  # ENCODING_ARROW: the rows (batchd.stream.arrow.Rows)
+    binary: bytes | None = None  # ENCODING_ARROW: their COPY data (None: found while writing)
 
 
 def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
+    if target.encoding == batch_pb2.ENCODING_ARROW:
+        from batchd.stream import arrow
+        return arrow.decode(chunk, target)
+    if chunk.arrow:
+        raise InvalidArgument.field("chunk.arrow", "is for ARROW streams")
     if target.encoding == batch_pb2.ENCODING_CSV:
         if chunk.rows or chunk.HasField("columnar"):
             raise InvalidArgument.field("chunk", "a CSV stream's chunks carry csv bytes")
@@ -389,6 +425,9 @@ def split_csv(data: bytes, options: batch_pb2.CsvOptions) -> list[bytes]:
 async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
                 ) -> tuple[int, int, list[tuple[int, BatchdError]]]:
     """COPY a decoded chunk; returns (row count, rows written, rejected rows by chunk index)."""
+    if target.encoding == batch_pb2.ENCODING_ARROW:
+        from batchd.stream import arrow
+        return await arrow.write(conn, decoded, target)
     rejected = list(decoded.rejected)
     if target.encoding == batch_pb2.ENCODING_CSV:
         copy = csv_copier(conn, target)
@@ -412,12 +451,15 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
             # The driver could not encode a value passed to it unchecked: check them all.
             rejected += _check_lazy(decoded, target)
         units, indexes, row_count = decoded.records, decoded.indexes, decoded.row_count
-    written, refused = await _write_isolating(conn, copy, units, indexes)
+    written, refused = await write_isolating(conn, copy, units, indexes)
     return row_count, written, sorted(rejected + refused, key=lambda r: r[0])
 
 
-async def _write_isolating(conn: asyncpg.Connection, copy: Copy, units: Sequence[Any],
-                           indexes: list[int]) -> tuple[int, list[tuple[int, BatchdError]]]:
+async def write_isolating(conn: asyncpg.Connection, copy: Copy, units: Sequence[Any],
+                          indexes: list[int]) -> tuple[int, list[tuple[int, BatchdError]]]:
+    """COPY ``units`` under a savepoint; if PostgreSQL (or the encoder) refuses one, split
+    them (at the line PostgreSQL names, else in halves) until only the refused are left:
+    returns (rows written, rejected rows by chunk index). Also ENCODING_ARROW's."""
     if not units:
         return 0, []
     try:
@@ -433,12 +475,12 @@ async def _write_isolating(conn: asyncpg.Connection, copy: Copy, units: Sequence
         return 0, [(indexes[0], error)]
     if line is not None and 1 <= line <= len(units) and _one_line_each(units):
         k = line - 1
-        before = await _write_isolating(conn, copy, units[:k], indexes[:k])
-        after = await _write_isolating(conn, copy, units[k + 1:], indexes[k + 1:])
+        before = await write_isolating(conn, copy, units[:k], indexes[:k])
+        after = await write_isolating(conn, copy, units[k + 1:], indexes[k + 1:])
         return before[0] + after[0], [*before[1], (indexes[k], error), *after[1]]
     mid = len(units) // 2
-    left = await _write_isolating(conn, copy, units[:mid], indexes[:mid])
-    right = await _write_isolating(conn, copy, units[mid:], indexes[mid:])
+    left = await write_isolating(conn, copy, units[:mid], indexes[:mid])
+    right = await write_isolating(conn, copy, units[mid:], indexes[mid:])
     return left[0] + right[0], left[1] + right[1]
 
 

@@ -39,11 +39,12 @@ from batchd.errors import (
     InvalidArgument,
     code_of,
     to_rpc_status,
+    translate,
 )
 from batchd.kinds.base import PlanContext
 from batchd.rpc.admission import Admission
 from batchd.stream import ledger
-from batchd.stream.copy import Decoded, Target, decode, resolve_target, write
+from batchd.stream.copy import Decoded, Target, decode, known_at_header, resolve_target, write
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,7 @@ class StreamSession:
             raise InvalidArgument.field("header.stream_id",
                                         "must be 1-128 characters of A-Z a-z 0-9 _ . : -")
         target = None
-        if header.table and (header.columns or header.encoding not in (
-                batch_pb2.ENCODING_UNSPECIFIED, batch_pb2.ENCODING_ROWS)):
+        if header.table and known_at_header(header):
             target = resolve_target(header, self.catalog, None)
 
         queue = _Bounded(asyncio.Queue(maxsize=max(1, self.settings.stream_read_ahead)),
@@ -231,8 +231,8 @@ class StreamSession:
                         if target is None:
                             target = resolve_target(header, self.catalog, request.chunk)
                         item.decoded = decode(request.chunk, target)
-                    except BatchdError as exc:
-                        item.error = exc
+                    except Exception as exc:  # a bug too fails the stream (INTERNAL), not
+                        item.error = translate(exc, self.request_id)  # ends it as if done
                 await queue.put((item, target))
             await queue.put(_END)
         except BatchdError as exc:  # a malformed message

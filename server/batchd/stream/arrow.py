@@ -1,0 +1,185 @@
+"""ENCODING_ARROW: Arrow IPC chunks into PostgreSQL's binary COPY, exactly, without per-value
+Python.
+
+A chunk is one Arrow IPC stream (``StreamChunk.arrow``). pyarrow reads it without copying; each
+column is brought to the Arrow type whose binary COPY form the PostgreSQL column receives
+(a widening cast, or nothing at all), and pgpq (Rust) writes the COPY data. The work per value
+is C++ and Rust; Python only runs per column and per chunk, and per *bad* row.
+
+Types are checked once per Arrow schema (``batchd.stream.arrow_types.plan``, which has the
+table of what each column type takes): at the header when it carries ``arrow_schema``, else at
+the first chunk (and again for a chunk whose schema differs). A type that cannot be stored
+exactly is refused there with INVALID_ARGUMENT naming the column and both types, never row by
+row; values that cannot be exact (out of range, nanoseconds, a malformed uuid) reject their
+row while decoding, like COLUMNAR's, with the column named.
+
+Writing: the chunk's COPY data is made while decoding (ahead of the writer, like the other
+encodings); when PostgreSQL refuses a row, ``batchd.stream.copy.write_isolating`` splits the
+chunk by the line PostgreSQL names, else in halves, re-encoding the slices, so that only the
+refused rows are rejected.
+
+Decoding runs on the event loop, in the stream's reader task, like the other encodings: a
+10,000-row chunk of a dozen columns takes a few milliseconds. A thread would not shorten the
+loop's waits (measured: the longest stays a few milliseconds), since pgpq holds the GIL while
+it encodes and a thread running Python gets the GIL back only every switch interval (5 ms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+import asyncpg
+import pyarrow as pa
+
+from batchd.catalog import Column
+from batchd.errors import BatchdError, InvalidArgument
+from batchd.stream.arrow_types import Plan, plan
+from batchd.stream.copy import Decoded, Target, write_isolating
+from batchd.v1 import batch_pb2
+
+
+@dataclass(slots=True)
+class ArrowTarget:
+    """The Arrow side of a stream's Target: the plan of the schema seen last."""
+
+    columns: list[Column]
+    plan: Plan | None = None
+
+    def plan_for(self, schema: pa.Schema, where: str) -> Plan:
+        if self.plan is None or not self.plan.schema.equals(schema):
+            self.plan = plan(schema, self.columns, where)
+        return self.plan
+
+
+def read_schema(data: bytes, where: str) -> pa.Schema:
+    """The schema of an IPC schema message (header.arrow_schema) or of an IPC stream."""
+    if not data:
+        raise InvalidArgument.field(where, "is empty")
+    try:
+        if where.endswith("arrow_schema"):
+            return pa.ipc.read_schema(pa.py_buffer(data))
+        return pa.ipc.open_stream(pa.py_buffer(data)).schema
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidArgument.field(where, f"not an Arrow IPC {_what(where)}: {exc}") from None
+
+
+def _what(where: str) -> str:
+    return "schema message" if where.endswith("arrow_schema") else "stream"
+
+
+# --- a chunk ---------------------------------------------------------------------------------
+
+def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
+    """Read, check, convert and encode one chunk (rows that cannot be stored are rejected)."""
+    if chunk.rows or chunk.csv or chunk.HasField("columnar"):
+        raise InvalidArgument.field("chunk", "an ARROW stream's chunks carry arrow")
+    if not chunk.arrow:
+        raise InvalidArgument.field("chunk.arrow", "is empty")
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(chunk.arrow)).read_all()
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidArgument.field("chunk.arrow", f"not an Arrow IPC stream: {exc}") from None
+    arrow_target: ArrowTarget = target.arrow
+    chunk_plan = arrow_target.plan_for(table.schema, "chunk.arrow")
+    out = Decoded(chunk.sequence, table.num_rows)
+    bad: dict[int, BatchdError] = {}
+    columns = []
+    for index, convert, column in zip(chunk_plan.sources, chunk_plan.converts,
+                                      target.columns, strict=True):
+        try:
+            converted, refused = convert(table.column(index).combine_chunks())
+        except pa.ArrowInvalid as exc:  # data the IPC reader let through (e.g. bad offsets)
+            raise InvalidArgument.field("chunk.arrow", f'column "{column.name}": {exc}') \
+                from None
+        columns.append(converted)
+        for row, why in refused:
+            bad.setdefault(row, InvalidArgument.field(f"rows[{row}].{column.name}",
+                                                      f"{why} (column type {column.type_sql})"))
+    converted_table = pa.Table.from_arrays(columns, schema=chunk_plan.out)
+    if bad:
+        converted_table, out.indexes = _without(converted_table, sorted(bad))
+        out.rejected = sorted(bad.items())
+    rows = Rows(converted_table, chunk_plan)
+    out.arrow = rows
+    try:
+        out.binary = chunk_plan.encode(converted_table) if converted_table.num_rows else b""
+    except Exception:  # a value the encoder refuses: found row by row while writing
+        out.binary = None
+    return out
+
+
+def _without(table: pa.Table, rows: list[int]) -> tuple[pa.Table, list[int]]:
+    """``table`` without ``rows`` (sorted), and the chunk index of each row kept. Made of
+    slices, not ``filter``: no copy, and every type slices (filter has no kernel for
+    string_view, for one)."""
+    parts: list[pa.Table] = []
+    kept: list[int] = []
+    start = 0
+    for row in [*rows, table.num_rows]:
+        if row > start:
+            parts.append(table.slice(start, row - start))
+            kept.extend(range(start, row))
+        start = row + 1
+    if not parts:
+        return table.slice(0, 0), []
+    return pa.concat_tables(parts), kept
+
+
+class Rows(Sequence[Any]):
+    """A chunk's rows as a sequence that slices without copying (for write_isolating)."""
+
+    def __init__(self, table: pa.Table, chunk_plan: Plan) -> None:
+        self.table = table
+        self.plan = chunk_plan
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Rows: ...
+    @overload
+    def __getitem__(self, index: slice) -> Rows: ...
+
+    def __getitem__(self, index: int | slice) -> Rows:
+        if isinstance(index, slice):
+            start, stop, _ = index.indices(len(self))
+            return Rows(self.table.slice(start, max(0, stop - start)), self.plan)
+        return Rows(self.table.slice(index, 1), self.plan)
+
+
+async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
+                ) -> tuple[int, int, list[tuple[int, BatchdError]]]:
+    """COPY a decoded chunk; returns (row count, rows written, rejected rows by chunk index)."""
+    rejected = list(decoded.rejected)
+    rows: Rows = decoded.arrow
+    if not len(rows):
+        return decoded.row_count, 0, rejected
+    table = target.table
+
+    async def copy_data(data: bytes) -> int:
+        async def source() -> Any:
+            yield data
+        status = await conn.copy_to_table(table.name, schema_name=table.schema,
+                                          columns=target.names, source=source(),
+                                          format="binary")
+        return int(str(status).rsplit(" ", 1)[-1])
+
+    async def copy(units: Sequence[Any]) -> int:
+        assert isinstance(units, Rows)
+        try:
+            data = units.plan.encode(units.table)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+        return await copy_data(data)
+
+    if decoded.binary is not None:
+        try:
+            async with conn.transaction():
+                return decoded.row_count, await copy_data(decoded.binary), rejected
+        except asyncpg.PostgresError:
+            pass
+    indexes = decoded.indexes or list(range(len(rows)))
+    written, refused = await write_isolating(conn, copy, rows, indexes)
+    return decoded.row_count, written, sorted(rejected + refused, key=lambda r: r[0])
