@@ -444,5 +444,8 @@ def test_a_page_token_resumes_exactly_after_its_row_whatever_the_nulls_and_direc
         values = decode_token(encode_token(keys, last, "fp"), keys, "fp", "t")
         params = SqlParams()
         sql = after_sql(keys, values, params)
+        # Every parameter bound is used: PostgreSQL cannot type one the text never mentions.
+        assert sorted({int(n) for n in re.findall(r"\$(\d+)", sql)}) == \
+            list(range(1, len(params.values) + 1)), sql
         assert [r["id"] for r in ordered if holds(sql, params.values, r)] == \
             [r["id"] for r in ordered[position + 1:]], sql

@@ -209,11 +209,13 @@ def after_sql(keys: Sequence[SortKey], values: Sequence[Any], params: SqlParams)
     and NULLs are handled."""
     alternatives = []
     for i, (key, value) in enumerate(zip(keys, values, strict=True)):
-        equal = [_equal(k.column, v, params) for k, v in zip(keys[:i], values[:i], strict=True)]
-        after = _after(key, value, params)
-        if after is None:
+        if value is None and not key.descending:
+            # NULLS LAST: nothing sorts after NULL but NULL itself (the next keys' turn).
+            # Skipped before any parameter is bound: one the text never uses could not be
+            # typed by PostgreSQL ("could not determine data type of parameter").
             continue
-        alternatives.append("(" + " AND ".join([*equal, after]) + ")")
+        equal = [_equal(k.column, v, params) for k, v in zip(keys[:i], values[:i], strict=True)]
+        alternatives.append("(" + " AND ".join([*equal, _after(key, value, params)]) + ")")
     return "(" + " OR ".join(alternatives) + ")" if alternatives else "FALSE"
 
 
@@ -223,12 +225,10 @@ def _equal(column: Column, value: Any, params: SqlParams) -> str:
     return f"{column.sql} = {params.add(value, column.cast_sql)}"
 
 
-def _after(key: SortKey, value: Any, params: SqlParams) -> str | None:
+def _after(key: SortKey, value: Any, params: SqlParams) -> str:
     c = key.column
     if key.descending:  # NULLS FIRST: after a value come smaller values; after NULL, values
         if value is None:
             return f"{c.sql} IS NOT NULL"
         return f"{c.sql} < {params.add(value, c.cast_sql)}"
-    if value is None:  # NULLS LAST: nothing sorts after NULL but NULL itself
-        return None
     return f"({c.sql} > {params.add(value, c.cast_sql)} OR {c.sql} IS NULL)"
