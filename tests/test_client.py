@@ -20,6 +20,8 @@ from batchd.client import (
     BatchdRpcError,
     Client,
     FieldViolation,
+    any_of,
+    not_,
 )
 
 
@@ -197,6 +199,20 @@ async def test_query_filters_order_and_pages(client, db):
                    page_token=first.next_page_token)
     second = (await client.execute(b))[page]
     assert second.rows == [{"name": "a"}] and not second.next_page_token
+
+
+async def test_query_where_groups_ilike_and_count_through_the_builder(client, db):
+    await db.execute("INSERT INTO customers (id, name, email) VALUES (1, 'Ann', 'a@x'), "
+                     "(2, 'bob', 'b@X'), (3, 'ANNA', 'c@y'), (4, 'd', 'd@x')")
+    b = Batch()
+    page = b.query("customers", where=any_of(("name", "ilike", "ann%"),
+                                             not_(("email", "like", "%@x"))),
+                   order_by=["id"], limit=2, columns=["id"], count=True)
+    first = (await client.execute(b))[page]
+    assert first.rows == [{"id": "1"}, {"id": "2"}] and first.total_count == 3
+    b = Batch()
+    plain = b.query("customers", columns=["id"])
+    assert (await client.execute(b))[plain].total_count is None
 
 
 async def test_upsert_and_optimistic_locking_through_the_builder(client, db):

@@ -300,26 +300,53 @@ def a_key(draw: st.DrawFn, level: Level, table: str) -> dict[str, Any]:
                       wild_mappings(table, level.ids, max_size=3))
 
 
+PATTERNS = (batch_pb2.Filter.LIKE, batch_pb2.Filter.ILIKE)
+
+
 def some_filters(draw: st.DrawFn, level: Level, table: str, min_size: int = 0,
                  ) -> list[batch_pb2.Filter]:
-    result = []
-    for _ in range(draw(st.integers(min_size, 3))):
-        column = column_for(draw, level, table)
-        tame_ops = list(range(1, 9)) + ([batch_pb2.Filter.LIKE] if column in TEXT_COLUMNS else [])
-        op = level.pick(draw, st.sampled_from(tame_ops), maybe_enum(range(10)))
-        if op == batch_pb2.Filter.IN:
-            value: Any = level.pick(draw, st.lists(TYPED.get(column, scalars), min_size=1,
-                                                   max_size=4),
-                                    json_values(level.ids))
-        elif op == batch_pb2.Filter.IS_NULL:
-            value = level.pick(draw, st.booleans(), json_values(level.ids))
-        elif op == batch_pb2.Filter.LIKE:
-            value = level.pick(draw, st.sampled_from(["%", "a%", "%@%", "_", "\\%", ""]),
-                               json_values(level.ids))
+    return [a_filter(draw, level, table) for _ in range(draw(st.integers(min_size, 3)))]
+
+
+def a_filter(draw: st.DrawFn, level: Level, table: str) -> batch_pb2.Filter:
+    column = column_for(draw, level, table)
+    tame_ops = list(range(1, 9)) + (list(PATTERNS) if column in TEXT_COLUMNS else [])
+    op = level.pick(draw, st.sampled_from(tame_ops), maybe_enum(range(11)))
+    if op == batch_pb2.Filter.IN:
+        value: Any = level.pick(draw, st.lists(TYPED.get(column, scalars), min_size=1,
+                                               max_size=4),
+                                json_values(level.ids))
+    elif op == batch_pb2.Filter.IS_NULL:
+        value = level.pick(draw, st.booleans(), json_values(level.ids))
+    elif op in PATTERNS:
+        value = level.pick(draw, st.sampled_from(["%", "a%", "%@%", "_", "\\%", "", "A%"]),
+                           json_values(level.ids))
+    else:
+        value = value_for(draw, level, column, nullable=False)
+    return batch_pb2.Filter(column=column, op=op, value=to_value(value))
+
+
+NOT = batch_pb2.FilterGroup.LOGIC_NOT
+
+
+def a_where(draw: st.DrawFn, level: Level, table: str, depth: int = 1,
+            ) -> batch_pb2.FilterGroup:
+    """A nested group: tame ones are well formed (NOT of one child, others of 1-3, at most 3
+    deep); wild ones break every rule now and then (any logic, any number of children, deeper
+    than the limit of 8, more than 100 filters)."""
+    group = batch_pb2.FilterGroup(logic=level.pick(draw, st.integers(0, 3), maybe_enum(range(4))))
+    tame_children = st.just(1) if group.logic == NOT else st.integers(1, 3)
+    children = level.pick(draw, tame_children, st.one_of(st.integers(0, 3), st.just(101)))
+    deeper = level.pick(draw, st.just(depth < 3), st.just(depth < 10))
+    for _ in range(children):
+        if children > 3:
+            group.filters.append(batch_pb2.Filter(column="id", op=batch_pb2.Filter.EQ,
+                                                  value=to_value(1)))
+        elif deeper and draw(st.integers(0, 2)) == 0:
+            group.groups.append(a_where(draw, level, table, depth + 1))
         else:
-            value = value_for(draw, level, column, nullable=False)
-        result.append(batch_pb2.Filter(column=column, op=op, value=to_value(value)))
-    return result
+            group.filters.append(a_filter(draw, level, table))
+    return group
 
 
 def column_list(draw: st.DrawFn, level: Level, table: str) -> list[str]:
@@ -393,6 +420,9 @@ def operations(draw: st.DrawFn, level: Level) -> batch_pb2.Operation:
         message = op.query
         message.table = table
         message.filters.extend(some_filters(draw, level, table))
+        if draw(st.integers(0, 2)) == 0:
+            message.where.CopyFrom(a_where(draw, level, table))
+        message.count = draw(st.booleans())
         order_by = level.pick(draw, st.lists(st.sampled_from(COLUMNS.get(table, ["id"])),
                                              unique=True, max_size=2),
                               st.lists(columns_of(table), max_size=2))
@@ -408,12 +438,14 @@ def operations(draw: st.DrawFn, level: Level) -> batch_pb2.Operation:
     elif kind in ("update", "delete"):
         message = getattr(op, kind)
         message.table = table
-        shape = level.pick(draw, st.sampled_from(["key", "key", "filters"]),
-                           st.sampled_from(["key", "filters", "both", "neither"]))
+        shape = level.pick(draw, st.sampled_from(["key", "key", "filters", "where"]),
+                           st.sampled_from(["key", "filters", "where", "both", "neither"]))
         if shape in ("key", "both"):
             message.key.update(a_key(draw, level, table))
         if shape in ("filters", "both"):
             message.filters.extend(some_filters(draw, level, table, min_size=1))
+        if shape == "where" or (shape == "both" and draw(st.booleans())):
+            message.where.CopyFrom(a_where(draw, level, table))
         if kind == "update":
             names = some_columns(draw, table, min_size=1)
             message.set.update(level.pick(

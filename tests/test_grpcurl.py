@@ -131,3 +131,32 @@ async def test_stream_from_grpcurl_with_resume(app, db):
     code, out2 = await grpcurl(app, "batchd.v1.BatchService/BatchStream", data=messages[0])
     assert code == 0 and '"lastCommittedSequence": "2"' in out2
     assert await db.fetchval("SELECT count(*) FROM customers") == 2
+
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def readme_example(marker: str) -> tuple[object, object]:
+    """The request and the response of the README's grpcurl example that contains
+    ``marker``, as JSON."""
+    for block in README.read_text().split("```sh\n")[1:]:
+        block = block.split("```", 1)[0]
+        if marker in block:
+            request = block.split("-d '", 1)[1].split("' localhost", 1)[0]
+            return json.loads(request), json.loads(block.split("/BatchExecute\n", 1)[1])
+    raise AssertionError(f"no grpcurl example with {marker} in the README")
+
+
+async def test_the_readmes_query_with_an_or_group_and_a_count_answers_as_shown(app, db):
+    await db.execute("INSERT INTO products (sku, name, price, stock) "
+                     "VALUES ('MN-27', 'Monitor 27\"', 289.00, 20)")
+    request, shown = readme_example('"count": true')
+    code, out = await grpcurl(app, "batchd.v1.BatchService/BatchExecute", data=request)
+    assert code == 0, out
+    assert json.loads(out) == shown
+    query = request["operations"][0]["query"]  # type: ignore[index]
+    query["page_token"] = shown["results"][0]["nextPageToken"]  # type: ignore[index]
+    code, out = await grpcurl(app, "batchd.v1.BatchService/BatchExecute", data=request)
+    [result] = json.loads(out)["results"]
+    assert result["rows"] == [{"name": "Mouse", "price": "19.99", "sku": "MS-01"}]
+    assert "nextPageToken" not in result and result["totalCount"] == "3"

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 from batchd.batch.plan import plan_batch
-from batchd.client import Batch
+from batchd.client import Batch, all_of, any_of, not_
 from batchd.client.builder import to_value
 from batchd.v1 import batch_pb2
 from batchd.values import coerce, from_proto
@@ -206,7 +206,7 @@ def request_json(b: Batch, **options: object) -> dict:
     ("eq", "EQ"), ("=", "EQ"), ("==", "EQ"), ("EQ", "EQ"), ("ne", "NE"), ("!=", "NE"),
     ("<>", "NE"), ("lt", "LT"), ("<", "LT"), ("le", "LE"), ("<=", "LE"), ("gt", "GT"),
     (">", "GT"), ("ge", "GE"), (">=", "GE"), ("in", "IN"), ("is_null", "IS_NULL"),
-    ("Like", "LIKE"),
+    ("Like", "LIKE"), ("ilike", "ILIKE"),
 ])
 def test_filter_operators_by_name_or_symbol(op: str, name: str) -> None:
     b = Batch()
@@ -231,6 +231,33 @@ def test_filter_messages_pass_through_and_malformed_filters_are_refused() -> Non
     with pytest.raises(TypeError, match=r"\(column, op, value\)"):
         b.query("orders", [("status", "eq")])
     assert len(b) == 1
+
+
+def test_where_groups_nest_filters_and_groups_and_count_reaches_the_request() -> None:
+    b = Batch()
+    b.query("events", where=any_of(("kind", "ilike", "b%"), all_of(
+        ("score", ">=", 5), not_(("kind", "=", "view")))), count=True)
+    assert request_json(b)["operations"][0]["query"] == {
+        "table": "events", "count": True, "where": {
+            "logic": "LOGIC_OR", "filters": [{"column": "kind", "op": "ILIKE", "value": "b%"}],
+            "groups": [{"logic": "LOGIC_AND",
+                        "filters": [{"column": "score", "op": "GE", "value": 5}],
+                        "groups": [{"logic": "LOGIC_NOT", "filters": [
+                            {"column": "kind", "op": "EQ", "value": "view"}]}]}]}}
+
+
+def test_update_and_delete_by_where_and_never_by_key_and_where() -> None:
+    b = Batch()
+    b.update("orders", where=any_of(("status", "=", "a"), ("status", "=", "b")),
+             set={"status": "c"})
+    b.delete("orders", filters=[("total", "<", 1)], where=not_(("status", "=", "c")))
+    update, delete = request_json(b)["operations"]
+    assert update["update"]["where"]["logic"] == "LOGIC_OR" and "key" not in update["update"]
+    assert delete["delete"]["where"]["logic"] == "LOGIC_NOT"
+    assert len(delete["delete"]["filters"]) == 1
+    with pytest.raises(ValueError, match="exactly one of key= and filters="):
+        b.delete("orders", key={"id": 1}, where=not_(("status", "=", "c")))
+    assert len(b) == 2
 
 
 def test_order_by_minus_means_descending_and_messages_pass_through() -> None:

@@ -160,22 +160,22 @@ def test_in_needs_a_list_and_a_scalar_column(spec: dict[str, Any], field: str,
     assert invalid(tbl, spec) == (f"{PATH}[0].{field}", description)
 
 
-def test_like_binds_a_text_pattern() -> None:
-    assert where_filters("customers", {"column": "email", "op": "LIKE", "value": "%@x"}) == \
-        ('"email" LIKE $1::text', ["%@x"])
+@pytest.mark.parametrize("op", ["LIKE", "ILIKE"])
+def test_like_and_ilike_bind_a_text_pattern(op: str) -> None:
+    assert where_filters("customers", {"column": "email", "op": op, "value": "%@x"}) == \
+        (f'"email" {op} $1::text', ["%@x"])
 
 
+@pytest.mark.parametrize("op", ["LIKE", "ILIKE"])
 @pytest.mark.parametrize(("tbl", "spec", "field", "description"), [
-    ("orders", {"column": "total", "op": "LIKE", "value": "1%"}, "op",
-     "LIKE works on text columns only"),
-    ("customers", {"column": "tags", "op": "LIKE", "value": "a%"}, "op",
-     "LIKE works on text columns only"),
-    ("customers", {"column": "email", "op": "LIKE", "value": 5}, "value",
-     "LIKE takes a pattern string"),
-], ids=["numeric column", "array column", "number pattern"])
-def test_like_needs_a_text_column_and_a_string(tbl: str, spec: dict[str, Any], field: str,
-                                               description: str) -> None:
-    assert invalid(tbl, spec) == (f"{PATH}[0].{field}", description)
+    ("orders", {"column": "total", "value": "1%"}, "op", "works on text columns only"),
+    ("customers", {"column": "tags", "value": "a%"}, "op", "works on text columns only"),
+    ("customers", {"column": "email", "value": 5}, "value", "takes a pattern string"),
+    ("customers", {"column": "email"}, "value", "takes a pattern string"),
+], ids=["numeric column", "array column", "number pattern", "no pattern"])
+def test_like_and_ilike_need_a_text_column_and_a_string(op: str, tbl: str, spec: dict[str, Any],
+                                                        field: str, description: str) -> None:
+    assert invalid(tbl, spec | {"op": op}) == (f"{PATH}[0].{field}", f"{op} {description}")
 
 
 def test_a_filter_needs_an_operator() -> None:
@@ -444,5 +444,8 @@ def test_a_page_token_resumes_exactly_after_its_row_whatever_the_nulls_and_direc
         values = decode_token(encode_token(keys, last, "fp"), keys, "fp", "t")
         params = SqlParams()
         sql = after_sql(keys, values, params)
+        # Every parameter bound is used: PostgreSQL cannot type one the text never mentions.
+        assert sorted({int(n) for n in re.findall(r"\$(\d+)", sql)}) == \
+            list(range(1, len(params.values) + 1)), sql
         assert [r["id"] for r in ordered if holds(sql, params.values, r)] == \
             [r["id"] for r in ordered[position + 1:]], sql

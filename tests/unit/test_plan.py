@@ -218,13 +218,36 @@ def test_expected_version_needs_a_version_column_and_a_key() -> None:
     assert step(p, "c").error is None and step(p, "c").planned.spec.expected_version == 1
 
 
-@pytest.mark.parametrize("selection", [{}, {"key": {"id": 1}, "filters": [
-    {"column": "id", "op": "EQ", "value": 1}]}], ids=["neither", "both"])
+@pytest.mark.parametrize("selection", [
+    {}, {"key": {"id": 1}, "filters": [{"column": "id", "op": "EQ", "value": 1}]},
+    {"key": {"id": 1}, "where": {"filters": [{"column": "id", "op": "EQ", "value": 1}]}},
+    {"where": {}}, {"where": {"logic": "LOGIC_AND"}},
+], ids=["neither", "both", "key and where", "empty where", "empty and where"])
 def test_update_and_delete_need_exactly_one_of_key_and_filters(selection: dict) -> None:
     p = plan([update("u", "orders", {"status": "x"}, **selection), delete("d", "orders",
                                                                          **selection)])
     for op_id in ("u", "d"):
         assert "give exactly one of key and filters" in step(p, op_id).error.message
+
+
+def test_update_and_delete_by_where_alone_or_beside_filters() -> None:
+    where = {"logic": "LOGIC_OR", "filters": [{"column": "status", "op": "EQ", "value": "a"},
+                                              {"column": "status", "op": "ILIKE", "value": "b%"}]}
+    eq_one = [{"column": "id", "op": "EQ", "value": 1}]
+    p = plan([update("u", "orders", {"status": "x"}, where=where),
+              delete("d", "orders", where=where, filters=eq_one)])
+    assert not p.invalid
+    assert len(step(p, "u").planned.spec.selection.conditions) == 1
+    assert len(step(p, "d").planned.spec.selection.conditions) == 2
+
+
+def test_a_bad_where_of_an_update_or_delete_names_its_field() -> None:
+    bad = {"groups": [{"logic": "LOGIC_NOT", "filters": [
+        {"column": "status", "op": "EQ", "value": "a"}, {"column": "id", "op": "EQ", "value": 1}]}]}
+    p = plan([update("u", "orders", {"status": "x"}, where=bad), delete("d", "orders", where=bad)])
+    for op_id, index, kind in (("u", 0, "update"), ("d", 1, "delete")):
+        [violation] = step(p, op_id).error.violations
+        assert violation.field == f"operations[{index}].{kind}.where.groups[0]"
 
 
 def test_an_update_must_set_something() -> None:
@@ -303,7 +326,12 @@ def test_a_reference_makes_the_referring_operation_depend_on_its_target() -> Non
     delete("x", "orders", filters=[{"column": "customer_id", "op": "EQ", "value": ref("c.id")}]),
     call("x", nested={"ids": [ref("c.id")]}),
     insert("x", "events", {"payload": {"who": ref("c.id")}}),
-], ids=["get key", "query filter", "update set", "delete filter", "call args", "jsonb"])
+    query("x", "orders", where={"logic": "LOGIC_OR", "groups": [{"logic": "LOGIC_NOT", "filters": [
+        {"column": "customer_id", "op": "EQ", "value": ref("c.id")}]}]}),
+    update("x", "orders", {"status": "x"}, where={"groups": [{"groups": [{"filters": [
+        {"column": "customer_id", "op": "IN", "value": [ref("c.0.id")]}]}]}]}),
+], ids=["get key", "query filter", "update set", "delete filter", "call args", "jsonb",
+        "query where", "update where"])
 def test_references_count_wherever_values_go(operation: dict) -> None:
     p = plan([insert("c", "customers", ADA), operation])
     assert not p.invalid and step(p, "x").depends_on == ["c"]

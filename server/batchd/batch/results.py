@@ -43,6 +43,8 @@ def add_result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: An
             result.rows.extend(rendered[start:start + 1000])
         result.rows_affected = output.rows_affected
         result.next_page_token = output.next_page_token
+        if output.total_count is not None:
+            result.total_count = output.total_count
 
 
 # Rows of results past which a response is built on a worker thread: building tens of

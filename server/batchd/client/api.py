@@ -55,7 +55,7 @@ from typing import Any, Self, Unpack
 
 from batchd.client import channel as channels
 from batchd.client import retry
-from batchd.client.builder import Batch, OpRef
+from batchd.client.builder import Batch, OpRef, all_of, any_of, not_
 from batchd.client.ingest import AckedChunk, IngestOptions, IngestResult, RejectedRow, Source
 from batchd.client.ingest import ingest as run_ingest
 from batchd.client.results import (
@@ -74,7 +74,7 @@ from batchd.v1 import batch_pb2, batch_pb2_grpc
 __all__ = ["AckedChunk", "AsyncClient", "AtomicBatchError", "Batch", "BatchResult",
            "BatchdError", "BatchdRpcError", "Client", "ColumnSchema", "FieldViolation",
            "IngestResult", "OpRef", "OperationOutcome", "RejectedRow", "RetryEvent",
-           "RetryPolicy", "Schema", "TableSchema", "rpc_error"]
+           "RetryPolicy", "Schema", "TableSchema", "all_of", "any_of", "not_", "rpc_error"]
 
 Metadata = Sequence[tuple[str, str]] | Mapping[str, str]
 #: A call's ``timeout``: seconds, None (no deadline), or ``...`` (the client's default).

@@ -16,8 +16,14 @@ that column of the operation's returned row (see "Reference values" in ``batch.p
 
 Python values become ``google.protobuf.Value`` by the rules of ``to_value`` (exact types travel
 as strings, as the server expects). Filters are ``(column, op, value)`` tuples with the
-operator's name (``"eq"``, ``"in"``, ``"is_null"``, ...) or symbol (``"="``, ``"!="``, ``"<"``,
-``"<="``, ``">"``, ``">="``), or a mapping ``{column: value}`` meaning equality on each.
+operator's name (``"eq"``, ``"in"``, ``"is_null"``, ``"like"``, ``"ilike"``, ...) or symbol
+(``"="``, ``"!="``, ``"<"``, ``"<="``, ``">"``, ``">="``), or a mapping ``{column: value}``
+meaning equality on each. ``where=`` takes nested groups made with ``all_of``, ``any_of`` and
+``not_``, whose members are filters or groups:
+
+    b.query("events", where=any_of(("kind", "ilike", "b%"),
+                                   all_of(("score", ">=", 5), not_(("kind", "=", "view")))),
+            count=True)
 """
 
 from __future__ import annotations
@@ -34,14 +40,16 @@ from google.protobuf import struct_pb2
 
 from batchd.v1 import batch_pb2
 
-__all__ = ["Batch", "FilterSpec", "OnConflictSpec", "OpRef", "isolation_name", "mode_name",
-           "to_struct", "to_value"]
+__all__ = ["Batch", "ConditionSpec", "FilterSpec", "OnConflictSpec", "OpRef", "all_of",
+           "any_of", "isolation_name", "mode_name", "not_", "to_struct", "to_value"]
 
 #: Integers JSON (a double) carries exactly; beyond this they travel as decimal strings.
 MAX_SAFE_INTEGER = 2**53 - 1
 
 #: ``(column, op, value)``; a ``batch_pb2.Filter`` is passed through.
 FilterSpec = tuple[str, str, Any] | batch_pb2.Filter
+#: A member of a ``where`` group: a filter, or a group (``all_of``, ``any_of``, ``not_``).
+ConditionSpec = FilterSpec | batch_pb2.FilterGroup
 #: ``"error"`` (default), ``"do_nothing"``, ``"update"`` (every inserted non-conflict column),
 #: ``("update", [columns])``, or a ``batch_pb2.OnConflict`` for full control.
 OnConflictSpec = str | tuple[str, Sequence[str]] | batch_pb2.OnConflict
@@ -49,7 +57,7 @@ OnConflictSpec = str | tuple[str, Sequence[str]] | batch_pb2.OnConflict
 _OPERATORS = {
     "eq": "EQ", "=": "EQ", "==": "EQ", "ne": "NE", "!=": "NE", "<>": "NE",
     "lt": "LT", "<": "LT", "le": "LE", "<=": "LE", "gt": "GT", ">": "GT", "ge": "GE", ">=": "GE",
-    "in": "IN", "is_null": "IS_NULL", "like": "LIKE",
+    "in": "IN", "is_null": "IS_NULL", "like": "LIKE", "ilike": "ILIKE",
 }
 
 
@@ -171,6 +179,32 @@ def _filters(filters: Iterable[FilterSpec] | Mapping[str, Any] | None) -> list[b
     return out
 
 
+def all_of(*conditions: ConditionSpec) -> batch_pb2.FilterGroup:
+    """Every condition holds (SQL AND)."""
+    return _group(batch_pb2.FilterGroup.LOGIC_AND, conditions)
+
+
+def any_of(*conditions: ConditionSpec) -> batch_pb2.FilterGroup:
+    """At least one condition holds (SQL OR)."""
+    return _group(batch_pb2.FilterGroup.LOGIC_OR, conditions)
+
+
+def not_(condition: ConditionSpec) -> batch_pb2.FilterGroup:
+    """The condition does not hold (SQL NOT: a NULL compared is neither true nor false)."""
+    return _group(batch_pb2.FilterGroup.LOGIC_NOT, (condition,))
+
+
+def _group(logic: batch_pb2.FilterGroup.Logic,
+           conditions: Sequence[ConditionSpec]) -> batch_pb2.FilterGroup:
+    group = batch_pb2.FilterGroup(logic=logic)
+    for condition in conditions:
+        if isinstance(condition, batch_pb2.FilterGroup):
+            group.groups.append(condition)
+        else:
+            group.filters.extend(_filters([condition]))
+    return group
+
+
 def _order_by(order_by: Iterable[str | batch_pb2.OrderBy] | None) -> list[batch_pb2.OrderBy]:
     """``"total"`` ascending, ``"-total"`` descending."""
     out = []
@@ -277,36 +311,42 @@ class Batch:
               *, order_by: Iterable[str | batch_pb2.OrderBy] | None = None,
               limit: int | None = None, page_token: str | None = None,
               columns: Sequence[str] | None = None, include_deleted: bool = False,
+              where: batch_pb2.FilterGroup | None = None, count: bool = False,
               id: str | None = None, depends_on: Iterable[OpRef | str] = ()) -> OpRef:
-        """Reads one page of rows matching all ``filters``. ``order_by``: column names,
-        ``"-col"`` for descending. ``page_token``: the previous page's ``next_page_token``."""
+        """Reads one page of rows matching all ``filters`` and ``where`` (``any_of``, ...).
+        ``order_by``: column names, ``"-col"`` for descending. ``page_token``: the previous
+        page's ``next_page_token``. ``count``: the outcome's ``total_count`` is the number of
+        matching rows on all pages."""
         op = batch_pb2.QueryOperation(table=table, filters=_filters(filters),
                                       order_by=_order_by(order_by), limit=limit or 0,
                                       page_token=page_token or "", columns=columns or (),
-                                      include_deleted=include_deleted)
+                                      include_deleted=include_deleted, where=where, count=count)
         return self._add("query", op, id, depends_on)
 
     def update(self, table: str, *, key: Mapping[str, Any] | None = None,
                filters: Iterable[FilterSpec] | Mapping[str, Any] | None = None,
                set: Mapping[str, Any], expected_version: int | None = None,
-               returning: Sequence[str] | None = None, id: str | None = None,
+               returning: Sequence[str] | None = None,
+               where: batch_pb2.FilterGroup | None = None, id: str | None = None,
                depends_on: Iterable[OpRef | str] = ()) -> OpRef:
-        """Sets columns on the row with ``key`` or on the rows matching ``filters`` (exactly one
-        of the two). ``expected_version``: optimistic locking (ABORTED on mismatch)."""
+        """Sets columns on the row with ``key`` or on the rows matching ``filters`` and / or
+        ``where`` (a key or conditions, not both). ``expected_version``: optimistic locking
+        (ABORTED on mismatch)."""
         op = batch_pb2.UpdateOperation(table=table, filters=_filters(filters), set=to_struct(set),
-                                       returning=returning or ())
-        self._select(op, key, filters, expected_version)
+                                       returning=returning or (), where=where)
+        self._select(op, key, filters, where, expected_version)
         return self._add("update", op, id, depends_on)
 
     def delete(self, table: str, *, key: Mapping[str, Any] | None = None,
                filters: Iterable[FilterSpec] | Mapping[str, Any] | None = None,
                expected_version: int | None = None, returning: Sequence[str] | None = None,
+               where: batch_pb2.FilterGroup | None = None,
                id: str | None = None, depends_on: Iterable[OpRef | str] = ()) -> OpRef:
         """Deletes (soft-deletes, where the table has the column) the row with ``key`` or the
-        rows matching ``filters`` (exactly one of the two)."""
+        rows matching ``filters`` and / or ``where`` (a key or conditions, not both)."""
         op = batch_pb2.DeleteOperation(table=table, filters=_filters(filters),
-                                       returning=returning or ())
-        self._select(op, key, filters, expected_version)
+                                       returning=returning or (), where=where)
+        self._select(op, key, filters, where, expected_version)
         return self._add("delete", op, id, depends_on)
 
     def call(self, handler: str, args: Mapping[str, Any] | None = None, *,
@@ -330,9 +370,9 @@ class Batch:
     @staticmethod
     def _select(op: batch_pb2.UpdateOperation | batch_pb2.DeleteOperation,
                 key: Mapping[str, Any] | None, filters: object,
-                expected_version: int | None) -> None:
-        if (key is None) == (filters is None):
-            raise ValueError("give exactly one of key= and filters=")
+                where: batch_pb2.FilterGroup | None, expected_version: int | None) -> None:
+        if (key is None) == (filters is None and where is None):
+            raise ValueError("give exactly one of key= and filters= (and / or where=)")
         if key is not None:
             op.key.CopyFrom(to_struct(key))
         if expected_version is not None:

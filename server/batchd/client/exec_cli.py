@@ -223,6 +223,8 @@ def _detail(outcome: OperationOutcome) -> str:
         text = text[:_DETAIL_WIDTH - 3] + "..."
     if len(outcome.rows) > 1:
         text += f" (+{len(outcome.rows) - 1} more)"
+    if outcome.total_count is not None:
+        text += f" total_count={outcome.total_count}"
     if outcome.next_page_token:
         text += f" next_page_token={outcome.next_page_token}"
     return text.strip()

@@ -40,6 +40,7 @@ class OperationOutcome:
     rows: list[dict[str, Any]]
     rows_affected: int
     next_page_token: str
+    total_count: int | None = None  # a query with count: matching rows on all pages
     reason: str = ""
     error_info: dict[str, str] = field(default_factory=dict)
     field_violations: list[FieldViolation] = field(default_factory=list)
@@ -60,6 +61,7 @@ class OperationOutcome:
                    code=details.code, message=result.status.message,
                    rows=[json_format.MessageToDict(row) for row in result.rows],
                    rows_affected=result.rows_affected, next_page_token=result.next_page_token,
+                   total_count=result.total_count if result.HasField("total_count") else None,
                    reason=details.reason, error_info=details.error_info,
                    field_violations=details.field_violations)
 

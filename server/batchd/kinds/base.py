@@ -40,6 +40,7 @@ class Output:
     renderers: list[tuple[str, Renderer]] | None = None  # None: render by Python type
     rows_affected: int = 0
     next_page_token: str = ""
+    total_count: int | None = None  # a query's count, when asked for
 
     def rendered(self) -> list[struct_pb2.Struct]:
         out = []

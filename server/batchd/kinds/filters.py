@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import struct_pb2
 
@@ -33,6 +33,13 @@ from batchd.values import (
 Op = batch_pb2.Filter.Operator
 _COMPARISONS: dict[int, str] = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">",
                                 Op.GE: ">="}
+_PATTERNS: dict[int, str] = {Op.LIKE: "LIKE", Op.ILIKE: "ILIKE"}
+
+
+class Clause(Protocol):
+    """Part of a WHERE clause: a Condition, or a group of them (batchd.kinds.conditions)."""
+
+    def sql(self, params: SqlParams, results: Results) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +55,8 @@ class Condition:
         value = results.finalize(self.value)
         if self.op == Op.IN:
             return f"{c.sql} = ANY({params.add(value, c.cast_sql + '[]')})"
-        if self.op == Op.LIKE:
-            return f"{c.sql} LIKE {params.add(value, 'text')}"
+        if self.op in _PATTERNS:
+            return f"{c.sql} {_PATTERNS[self.op]} {params.add(value, 'text')}"
         if value is None and self.op in (Op.EQ, Op.NE):
             # "= NULL" is never true in SQL; a caller asking for eq null means IS NULL.
             return f"{c.sql} IS {'' if self.op == Op.EQ else 'NOT '}NULL"
@@ -60,7 +67,7 @@ class Condition:
 class Selection:
     """Which rows an operation addresses."""
 
-    conditions: list[Condition] = field(default_factory=list)
+    conditions: Sequence[Clause] = field(default_factory=list)
     by_key: bool = False
     soft_delete: Column | None = None  # only rows where it is NULL
 
@@ -96,41 +103,41 @@ def plan_key(table: Table, key: struct_pb2.Struct, path: str,
 
 def plan_filters(table: Table, filters: Sequence[batch_pb2.Filter], path: str,
                  refs: list[Ref]) -> list[Condition]:
-    conditions = []
-    for i, f in enumerate(filters):
-        fpath = f"{path}[{i}]"
-        column = table.column(f.column, f"{fpath}.column")
-        if f.op not in (*_COMPARISONS, Op.IN, Op.IS_NULL, Op.LIKE):
-            raise InvalidArgument.field(f"{fpath}.op", "an operator is required (EQ, NE, LT, LE, "
-                                                       "GT, GE, IN, IS_NULL, LIKE)")
-        value = from_proto(f.value) if f.HasField("value") else None
-        if f.op == Op.IS_NULL:
-            if value is None:
-                value = True
-            if not isinstance(value, bool):
-                raise InvalidArgument.field(f"{fpath}.value", "IS_NULL takes true or false")
-            conditions.append(Condition(column, f.op, value))
-            continue
-        if f.op == Op.IN:
-            if column.is_array:
-                raise InvalidArgument.field(f"{fpath}.op", "IN is not supported on array columns")
-            if not isinstance(value, list):
-                raise InvalidArgument.field(f"{fpath}.value", "IN takes a list of values")
-            column_for_value = replace(column, is_array=True)
-        elif f.op == Op.LIKE:
-            if column.kind != "text" or column.is_array:
-                raise InvalidArgument.field(f"{fpath}.op", "LIKE works on text columns only")
-            if not isinstance(value, str):
-                raise InvalidArgument.field(f"{fpath}.value", "LIKE takes a pattern string")
-            column_for_value = column
-        else:
-            if value is None and f.op not in (Op.EQ, Op.NE):
-                raise InvalidArgument.field(f"{fpath}.value", "a value is required (use IS_NULL "
-                                                              "for nulls)")
-            column_for_value = column
-        conditions.append(Condition(column, f.op, prepare(value, column_for_value,
-                                                          f"{fpath}.value", refs)))
-    return conditions
+    return [plan_filter(table, f, f"{path}[{i}]", refs) for i, f in enumerate(filters)]
+
+
+def plan_filter(table: Table, f: batch_pb2.Filter, fpath: str, refs: list[Ref]) -> Condition:
+    """One filter, validated against the catalog; ``fpath`` names it in errors."""
+    column = table.column(f.column, f"{fpath}.column")
+    if f.op not in (*_COMPARISONS, Op.IN, Op.IS_NULL, *_PATTERNS):
+        raise InvalidArgument.field(f"{fpath}.op", "an operator is required (EQ, NE, LT, LE, "
+                                                   "GT, GE, IN, IS_NULL, LIKE, ILIKE)")
+    value = from_proto(f.value) if f.HasField("value") else None
+    if f.op == Op.IS_NULL:
+        if value is None:
+            value = True
+        if not isinstance(value, bool):
+            raise InvalidArgument.field(f"{fpath}.value", "IS_NULL takes true or false")
+        return Condition(column, f.op, value)
+    if f.op == Op.IN:
+        if column.is_array:
+            raise InvalidArgument.field(f"{fpath}.op", "IN is not supported on array columns")
+        if not isinstance(value, list):
+            raise InvalidArgument.field(f"{fpath}.value", "IN takes a list of values")
+        column_for_value = replace(column, is_array=True)
+    elif f.op in _PATTERNS:
+        name = _PATTERNS[f.op]
+        if column.kind != "text" or column.is_array:
+            raise InvalidArgument.field(f"{fpath}.op", f"{name} works on text columns only")
+        if not isinstance(value, str):
+            raise InvalidArgument.field(f"{fpath}.value", f"{name} takes a pattern string")
+        column_for_value = column
+    else:
+        if value is None and f.op not in (Op.EQ, Op.NE):
+            raise InvalidArgument.field(f"{fpath}.value", "a value is required (use IS_NULL "
+                                                          "for nulls)")
+        column_for_value = column
+    return Condition(column, f.op, prepare(value, column_for_value, f"{fpath}.value", refs))
 
 
 # --- keyset pagination -----------------------------------------------------------------------
@@ -160,12 +167,14 @@ def sort_keys(table: Table, order_by: Sequence[batch_pb2.OrderBy], path: str) ->
 
 
 def fingerprint(message: batch_pb2.QueryOperation) -> str:
-    """Identifies the query a page token belongs to (everything but limit and the token)."""
+    """Identifies the query a page token belongs to: table, filters, where, order and
+    include_deleted; not limit, the token, columns or count, which select no other rows."""
     shape = batch_pb2.QueryOperation()
     shape.CopyFrom(message)
     shape.ClearField("limit")
     shape.ClearField("page_token")
     shape.ClearField("columns")
+    shape.ClearField("count")
     return hashlib.sha256(shape.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
@@ -200,11 +209,13 @@ def after_sql(keys: Sequence[SortKey], values: Sequence[Any], params: SqlParams)
     and NULLs are handled."""
     alternatives = []
     for i, (key, value) in enumerate(zip(keys, values, strict=True)):
-        equal = [_equal(k.column, v, params) for k, v in zip(keys[:i], values[:i], strict=True)]
-        after = _after(key, value, params)
-        if after is None:
+        if value is None and not key.descending:
+            # NULLS LAST: nothing sorts after NULL but NULL itself (the next keys' turn).
+            # Skipped before any parameter is bound: one the text never uses could not be
+            # typed by PostgreSQL ("could not determine data type of parameter").
             continue
-        alternatives.append("(" + " AND ".join([*equal, after]) + ")")
+        equal = [_equal(k.column, v, params) for k, v in zip(keys[:i], values[:i], strict=True)]
+        alternatives.append("(" + " AND ".join([*equal, _after(key, value, params)]) + ")")
     return "(" + " OR ".join(alternatives) + ")" if alternatives else "FALSE"
 
 
@@ -214,12 +225,10 @@ def _equal(column: Column, value: Any, params: SqlParams) -> str:
     return f"{column.sql} = {params.add(value, column.cast_sql)}"
 
 
-def _after(key: SortKey, value: Any, params: SqlParams) -> str | None:
+def _after(key: SortKey, value: Any, params: SqlParams) -> str:
     c = key.column
     if key.descending:  # NULLS FIRST: after a value come smaller values; after NULL, values
         if value is None:
             return f"{c.sql} IS NOT NULL"
         return f"{c.sql} < {params.add(value, c.cast_sql)}"
-    if value is None:  # NULLS LAST: nothing sorts after NULL but NULL itself
-        return None
     return f"({c.sql} > {params.add(value, c.cast_sql)} OR {c.sql} IS NULL)"

@@ -1,11 +1,12 @@
-"""get (one row by primary key) and query (filters, order, keyset pages)."""
+"""get (one row by primary key) and query (filters, nested where, order, keyset pages, and
+an optional exact count)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from batchd.catalog import Column, Table
+from batchd.catalog import Column, Table, quote_ident
 from batchd.errors import InvalidArgument, NotFound
 from batchd.kinds.base import (
     Kind,
@@ -16,6 +17,7 @@ from batchd.kinds.base import (
     columns_list,
     renderers,
 )
+from batchd.kinds.conditions import plan_selection
 from batchd.kinds.filters import (
     Selection,
     SortKey,
@@ -23,7 +25,6 @@ from batchd.kinds.filters import (
     decode_token,
     encode_token,
     fingerprint,
-    plan_filters,
     plan_key,
     sort_keys,
 )
@@ -82,6 +83,7 @@ class QuerySpec:
     limit: int
     after: list[Any] | None
     fingerprint: str
+    count_as: str | None = None  # with count: the count's column name, not one of the table
 
 
 class QueryKind(Kind):
@@ -92,7 +94,7 @@ class QueryKind(Kind):
              refs: list[Ref]) -> Planned:
         table = ctx.catalog.table(message.table, f"{path}.table")
         table.require(self.name, path)
-        selection = Selection(plan_filters(table, message.filters, f"{path}.filters", refs),
+        selection = Selection(plan_selection(table, message, path, refs),
                               soft_delete=_visible(table, message.include_deleted))
         columns = columns_list(table, message.columns, f"{path}.columns",
                                lambda: list(table.columns.values()))
@@ -104,7 +106,8 @@ class QueryKind(Kind):
         shape = fingerprint(message)
         after = (decode_token(message.page_token, keys, shape, f"{path}.page_token")
                  if message.page_token else None)
-        spec = QuerySpec(table, selection, columns, keys, limit, after, shape)
+        count_as = _unused_name(table, "total_count") if message.count else None
+        spec = QuerySpec(table, selection, columns, keys, limit, after, shape, count_as)
         return Planned(self.name, spec, frozenset(c.name for c in columns))
 
     async def run(self, spec: QuerySpec, ctx: RunContext) -> Output:
@@ -118,10 +121,41 @@ class QueryKind(Kind):
         sql = (f"SELECT {', '.join(c.sql for c in selected)} FROM {spec.table.sql} "
                f"WHERE {where} ORDER BY {', '.join(k.sql for k in spec.keys)} "
                f"LIMIT {spec.limit + 1}")
-        records = await ctx.connection.fetch(sql, *params.values)
+        total = None
+        if spec.count_as is None:
+            records = await ctx.connection.fetch(sql, *params.values)
+        else:
+            records, total = await _fetch_counted(spec, sql, params, ctx)
         token = ""
         if len(records) > spec.limit:
             records = records[:spec.limit]
             token = encode_token(spec.keys, records[-1], spec.fingerprint)
         return Output(records, renderers(spec.columns), rows_affected=len(records),
-                      next_page_token=token)
+                      next_page_token=token, total_count=total)
+
+
+async def _fetch_counted(spec: QuerySpec, page_sql: str, params: SqlParams,
+                         ctx: RunContext) -> tuple[list[Any], int]:
+    """The page and the count of every matching row, from one statement: two statements
+    would each take their own snapshot under READ COMMITTED (the default), and a count
+    taken apart could disagree with the page. The one-row count is LEFT JOINed to the page,
+    so that an empty page still brings it (as one row of NULLs, told apart by its primary
+    key, which no real row has NULL); each page row carries the count in ``count_as``."""
+    assert spec.count_as is not None
+    counted = spec.selection.sql(params, ctx.results)
+    order = ", ".join(f"batchd_page.{k.sql}" for k in spec.keys)
+    sql = (f"SELECT batchd_page.*, batchd_count.n AS {quote_ident(spec.count_as)} "
+           f"FROM (SELECT count(*) AS n FROM {spec.table.sql} WHERE {counted}) AS batchd_count "
+           f"LEFT JOIN LATERAL ({page_sql}) AS batchd_page ON TRUE ORDER BY {order}")
+    records = await ctx.connection.fetch(sql, *params.values)
+    total = int(records[0][spec.count_as])
+    if records[0][spec.table.primary_key[0]] is None:
+        return [], total
+    return records, total
+
+
+def _unused_name(table: Table, name: str) -> str:
+    """``name``, or with underscores appended: a result column no table column is called."""
+    while name in table.columns:
+        name += "_"
+    return name

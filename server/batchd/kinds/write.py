@@ -1,9 +1,10 @@
 """update and delete: by primary key or by filters, with optimistic locking and soft delete.
 
 By key, a missing row is NOT_FOUND and a version mismatch is ABORTED, told apart by a second
-look at the row (only on that failure path). By filters, any number of rows (zero included) is
-a success; at least one filter is required, so that an empty filter list never means "every
-row". On a table with a version column every write increments it.
+look at the row (only on that failure path). By filters (and / or a ``where`` group), any number
+of rows (zero included) is a success; at least one filter is required, so that an empty filter
+list never means "every row" (a non-empty ``where`` has one: batchd.kinds.conditions refuses
+empty groups). On a table with a version column every write increments it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from batchd.kinds.base import (
     renderers,
     select_list,
 )
-from batchd.kinds.filters import Selection, plan_filters, plan_key
+from batchd.kinds.conditions import has_where, plan_selection
+from batchd.kinds.filters import Selection, plan_key
 from batchd.kinds.params import SqlParams, prepare
 from batchd.v1 import batch_pb2
 from batchd.values import Ref, struct_from_proto
@@ -42,14 +44,13 @@ class WriteSpec:
 
 def _selection(table: Table, message: Any, path: str, refs: list[Ref]) -> Selection:
     has_key = message.HasField("key")
-    if has_key == bool(message.filters):
-        raise InvalidArgument.field(path, "give exactly one of key and filters")
+    if has_key == bool(message.filters or has_where(message)):
+        raise InvalidArgument.field(path, "give exactly one of key and filters (or where)")
     soft = table.columns[table.soft_delete_column] if table.soft_delete_column else None
     if has_key:
         return Selection(plan_key(table, message.key, f"{path}.key", refs), by_key=True,
                          soft_delete=soft)
-    return Selection(plan_filters(table, message.filters, f"{path}.filters", refs),
-                     soft_delete=soft)
+    return Selection(plan_selection(table, message, path, refs), soft_delete=soft)
 
 
 def _expected_version(table: Table, message: Any, selection: Selection, path: str) -> int | None:
