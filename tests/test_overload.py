@@ -52,6 +52,8 @@ async def test_a_burst_of_10000_calls_gets_ok_or_resource_exhausted_and_all_are_
             "batchd_rpcs_total", {"method": EXECUTE, "code": code.name}) for code in codes}
     finally:
         await app.stop(grace=1)
+    print(f"\n{CALLS:,} concurrent calls: " + ", ".join(f"{c.name} {n:,}" for c, n in
+                                                      codes.most_common()))
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert sum(codes.values()) == CALLS and codes[grpc.StatusCode.OK] > 0
     assert retry_info == codes[grpc.StatusCode.RESOURCE_EXHAUSTED]
