@@ -22,7 +22,9 @@ wall second): each batchd replica, pgbouncer, HAProxy, PostgreSQL (every process
 reaped backends included), the client processes; and the whole machine's busy time from
 /proc/stat, against its core count. Figures are medians of the runs with min-max; the 3-vs-1
 ratio is taken within this run. --markdown-out writes the tables (scripts/bench puts them into
-BENCHMARKS.md). Every process started is stopped on exit, on failure too.
+BENCHMARKS.md). The replicas and clients run a copy of server/batchd taken at the start (the
+report names its commit, and a digest of any uncommitted change), so that edits to the tree
+during the run reach none of them. Every process started is stopped on exit, on failure too.
 """
 
 from __future__ import annotations
@@ -166,12 +168,13 @@ class ClientProc:
     process: asyncio.subprocess.Process
 
     @classmethod
-    async def start(cls, target: str, callers: int, channels: int, index: int) -> ClientProc:
+    async def start(cls, target: str, callers: int, channels: int, index: int,
+                    pythonpath: str) -> ClientProc:
         process = await asyncio.create_subprocess_exec(
             sys.executable, str(SCRIPT), "--client", "--target", target,
             "--callers", str(callers), "--channels", str(channels), "--index", str(index),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            start_new_session=True, cwd=ROOT)
+            start_new_session=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath})
         return cls(process)
 
     @property
@@ -420,6 +423,15 @@ def source_version() -> str:
                                      if changed else "")
 
 
+def freeze_package(workdir: Path) -> Path:
+    """A copy of server/batchd (generated code included) under ``workdir``: the folder to put
+    first on PYTHONPATH, ahead of the editable install's server/."""
+    src = workdir / "src"
+    shutil.copytree(ROOT / "server" / "batchd", src / "batchd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
 # --- report ------------------------------------------------------------------------------------
 
 def fmt(values: Sequence[float], spec: str) -> str:
@@ -502,8 +514,12 @@ async def bench(args: argparse.Namespace) -> None:
     clients: list[ClientProc] = []
     ok = False
     try:
-        first_version = source_version()
-        fleet = await start_fleet(workdir, REPLICA_ENV, GRACE_SECONDS, started)
+        # The replicas and clients run a copy of the package taken now: replicas 2 and 3
+        # restart in every round, and must not pick up edits made to the tree meanwhile.
+        version = source_version()
+        pythonpath = os.pathsep.join([str(freeze_package(workdir)), str(ROOT)])
+        fleet = await start_fleet(workdir, {**REPLICA_ENV, "PYTHONPATH": pythonpath},
+                                  GRACE_SECONDS, started)
         admin = fleet.postgres.admin_dsn
         # pg_ctl daemonizes the postmaster (its parent is then init, not pg_process.py):
         # found through the checkpointer.
@@ -517,7 +533,8 @@ async def bench(args: argparse.Namespace) -> None:
         for i in range(procs):
             callers = args.callers // procs + (i < args.callers % procs)
             chans = max(1, args.channels // procs + (i < args.channels % procs))
-            clients.append(await ClientProc.start(fleet.address, callers, chans, i))
+            clients.append(await ClientProc.start(fleet.address, callers, chans, i,
+                                                  pythonpath))
         for c in clients:
             await c.read(60)  # ready: its channels are connected
         meter = Meter(fleet, roots, clients)
@@ -536,11 +553,6 @@ async def bench(args: argparse.Namespace) -> None:
                       f"p99 {s.quantile_ms(99):.1f} ms, errors {s.errors or 0}; "
                       f"CPU cores: {cpu}", flush=True)
         rows = await sql(fleet.db_dsn, "SELECT count(*) FROM events")
-        # Replicas import the tree when they start (2 and 3 restart in every round); another
-        # hand may change it meanwhile.
-        version = source_version()
-        if version != first_version:
-            version = f"{first_version}, then {version} (changed during the run)"
         expected = sum(s.batches for runs in samples.values() for s in runs) * OPS_PER_BATCH
         ok = True
     finally:

@@ -31,6 +31,7 @@ from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import load_modules
 from batchd.metrics import Metrics
+from batchd.reload import CatalogReload, install_trigger
 from batchd.rpc import decode, reflection, tracing
 from batchd.rpc.admission import Admission
 from batchd.rpc.health import DatabaseWatch
@@ -59,6 +60,7 @@ class App:
     admission: Admission | None = None  # who may start work; drained by stop()
     cleanup: Cleanup | None = None  # deletes expired request ids; stopped by stop()
     watch: DatabaseWatch | None = None  # the BatchService health entry; stopped by stop()
+    catalog_reload: CatalogReload | None = None  # NOTIFY / SIGHUP reloads; stopped by stop()
     # Set to end the drain delay early (tests; an operator's second thought is a second signal).
     drain_released: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -72,7 +74,7 @@ class App:
         dsn = settings.dsn
         if dsn is None:
             dsn, embedded = await start_embedded(settings.data_dir)
-        pool = await create_pool(dsn, settings)
+        pool, pooler = await create_pool(dsn, settings)
         metrics = Metrics()
         metrics.watch_pool(pool)
         try:
@@ -83,15 +85,17 @@ class App:
             load_modules(modules)
             await ensure_internal_schema(pool)
             await ensure_schema(pool)  # batchd.requests (request ids)
+            if settings.reload_trigger:
+                await install_trigger(pool)
             async with pool.acquire() as conn:
                 catalog = await Catalog.load(conn, settings, kinds.TABLE_KINDS)
             plan_ctx = PlanContext(catalog, settings)
-            executor = Executor(pool, catalog, settings)
+            executor = Executor(pool, plan_ctx, settings)
 
             server = _grpc_server(settings, metrics)
             admission = Admission(settings)
-            streams = StreamServices(pool, catalog, executor, plan_ctx, settings, admission)
-            decode.register(BatchService(executor, plan_ctx, streams, Observer(metrics, catalog),
+            streams = StreamServices(pool, executor, plan_ctx, settings, admission)
+            decode.register(BatchService(executor, plan_ctx, streams, Observer(metrics, plan_ctx),
                                          admission), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -109,9 +113,11 @@ class App:
             await pool.close()
             raise
         log.info("batchd listening on %s:%d", settings.host, port)
+        notify_dsn = settings.notify_dsn or (dsn if pooler != "transaction" else None)
         return cls(settings, server, pool, health_servicer, port, embedded, metrics, admission,
                    Cleanup(pool, settings).start(),
-                   DatabaseWatch(dsn, settings, health_servicer, SERVICE_NAME).start())
+                   DatabaseWatch(dsn, settings, health_servicer, SERVICE_NAME).start(),
+                   (await CatalogReload(pool, plan_ctx, settings, notify_dsn).listen()).start())
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Drain, in stages, so that a rolling restart fails no call:
@@ -139,6 +145,8 @@ class App:
         await self.server.stop(0)
         if self.watch is not None:
             await self.watch.stop()
+        if self.catalog_reload is not None:
+            await self.catalog_reload.stop()
         if self.cleanup is not None:
             await self.cleanup.stop()
         await self.pool.close()

@@ -7,8 +7,9 @@
     batchd new-token --principal NAME [--scope SCOPE ...]
 
 Without a DSN (flag or BATCHD_DSN) ``serve`` starts an embedded PostgreSQL with the demo schema.
-The first SIGTERM or SIGINT drains: health goes NOT_SERVING, new calls are refused, in-flight
-ones get the grace period; a second signal exits at once. ``exec`` and ``schema`` are clients
+SIGHUP reloads the catalog (batchd.reload). The first SIGTERM or SIGINT drains: health goes
+NOT_SERVING, new calls are refused, in-flight ones get the grace period; a second signal exits
+at once. ``exec`` and ``schema`` are clients
 (``batchd.client.exec_cli``); the server modules are imported only by ``serve``.
 """
 
@@ -53,6 +54,8 @@ async def serve(args: argparse.Namespace, **overrides: Any) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    if app.catalog_reload is not None:  # SIGHUP: read the catalog again (batchd.reload)
+        loop.add_signal_handler(signal.SIGHUP, app.catalog_reload.request)
     await stop.wait()
     log.info("draining (grace %.1fs)", args.grace)
     await app.stop(args.grace)
@@ -104,8 +107,14 @@ def serve_workers(args: argparse.Namespace) -> int:
             if worker.is_alive():
                 (worker.kill if signals > 1 else worker.terminate)()
 
+    def forward_reload(signum: int, frame: Any) -> None:
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                os.kill(worker.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward_reload)
     for worker in workers:
         worker.join()
     del embedded  # stops the embedded PostgreSQL when this process exits

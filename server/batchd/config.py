@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     expose: list[str] = Field(default_factory=lambda: ["public.*"])
     default_schema: str = "public"
     tables: dict[str, TableSettings] = Field(default_factory=dict)
+    # Catalog reloads (batchd.reload): the DSN batchd LISTENs on for NOTIFY batchd, 'reload'
+    # (None: the DSN, unless behind a transaction pooler, where LISTEN cannot work), and
+    # whether to install an event trigger that notifies after every DDL (needs a superuser).
+    notify_dsn: str | None = None
+    reload_trigger: bool = False
     # Modules imported at start-up whose @handler functions become "call" operations.
     handler_modules: list[str] = Field(default_factory=list)
 

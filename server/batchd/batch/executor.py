@@ -36,11 +36,10 @@ from batchd.batch.idempotency import Answer, Claim, Guards, begin, store
 from batchd.batch.independent import IndependentRun
 from batchd.batch.plan import BatchPlan
 from batchd.batch.steps import StepFailed, StepRunner, retry_delay
-from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.db.pool import connection, transaction
 from batchd.errors import BatchdError, is_final, translate
-from batchd.kinds.base import Output
+from batchd.kinds.base import Output, PlanContext
 from batchd.kinds.params import Results
 from batchd.v1 import batch_pb2
 
@@ -52,12 +51,11 @@ class _Rollback(Exception):
 
 
 class Executor:
-    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, plan_ctx: PlanContext, settings: Settings) -> None:
         self.pool = pool
-        self.catalog = catalog
         self.settings = settings
         self.guards = Guards(pool, settings)
-        self.runner = StepRunner(catalog, settings)
+        self.runner = StepRunner(plan_ctx, settings)
 
     async def execute(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
         if plan.atomic:

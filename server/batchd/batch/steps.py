@@ -14,11 +14,10 @@ import asyncpg
 
 from batchd.batch import coalesce
 from batchd.batch.plan import Step
-from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.errors import BatchdError, DatabaseError, translate
 from batchd.kinds import registry as kinds
-from batchd.kinds.base import Output, RunContext
+from batchd.kinds.base import Output, PlanContext, RunContext
 from batchd.kinds.params import Results
 
 
@@ -32,8 +31,8 @@ class StepFailed(Exception):
 
 
 class StepRunner:
-    def __init__(self, catalog: Catalog, settings: Settings) -> None:
-        self.catalog = catalog
+    def __init__(self, plan_ctx: PlanContext, settings: Settings) -> None:
+        self.plan_ctx = plan_ctx  # its catalog is the current one (it reloads: batchd.reload)
         self.settings = settings
 
     async def run_in_order(self, steps: Sequence[Step], conn: asyncpg.Connection,
@@ -46,7 +45,8 @@ class StepRunner:
             if len(group) == 1:
                 outputs[group[0].id] = await self.run_step(group[0], conn, results, request_id)
             else:
-                ctx = RunContext(conn, group[0].id, results, self.catalog, self.settings)
+                ctx = RunContext(conn, group[0].id, results, self.plan_ctx.catalog,
+                                 self.settings)
                 await coalesce.run_together(
                     group, ctx, outputs,
                     lambda step: self.run_step(step, conn, results, request_id),
@@ -55,7 +55,7 @@ class StepRunner:
     async def run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
                        request_id: str) -> Output:
         assert step.planned is not None
-        ctx = RunContext(conn, step.id, results, self.catalog, self.settings)
+        ctx = RunContext(conn, step.id, results, self.plan_ctx.catalog, self.settings)
         try:
             output = await kinds.run(step.planned, ctx)
         except Exception as exc:

@@ -55,7 +55,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                               schema="pg_catalog", format="binary")
 
 
-async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
+async def create_pool(dsn: str, settings: Settings) -> tuple[asyncpg.Pool, str]:
+    """The pool, and what is between batchd and PostgreSQL ("transaction" or "none")."""
     pooler: str = settings.pooler
     if pooler == "auto":
         pooler = await detect_pooler(dsn, settings.connect_timeout_seconds)
@@ -76,7 +77,7 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
         server_settings={"application_name": "batchd"},
     )
     assert pool is not None
-    return pool
+    return pool, pooler
 
 
 async def detect_pooler(dsn: str, connect_seconds: float) -> str:

@@ -29,8 +29,8 @@ from typing import Any
 import grpc
 
 from batchd import auth
-from batchd.catalog import Catalog
 from batchd.errors import BatchdError
+from batchd.kinds.base import PlanContext
 from batchd.metrics import CANCELLED, Metrics
 from batchd.rpc.interceptors import final_code
 from batchd.v1 import batch_pb2
@@ -47,9 +47,9 @@ def principal_name() -> str:
 
 
 class Observer:
-    def __init__(self, metrics: Metrics, catalog: Catalog) -> None:
+    def __init__(self, metrics: Metrics, plan_ctx: PlanContext) -> None:
         self.metrics = metrics
-        self.catalog = catalog
+        self.plan_ctx = plan_ctx  # for the current catalog
 
     def batch(self, request: batch_pb2.BatchExecuteRequest, request_id: str,
               context: grpc.aio.ServicerContext | None = None) -> BatchSeen:
@@ -62,7 +62,7 @@ class Observer:
     def table_label(self, name: str) -> str:
         """The qualified name, so "orders" and "public.orders" count together."""
         try:
-            return self.catalog.table(name, "header.table").qualified_name
+            return self.plan_ctx.catalog.table(name, "header.table").qualified_name
         except BatchdError:
             return name
 

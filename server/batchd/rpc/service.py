@@ -56,7 +56,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         self.plan_ctx = plan_ctx
         self.streams = streams
         # Log lines and counts of each call (batchd.rpc.observe); its own metrics if none given.
-        self.observer = observer or Observer(Metrics(), plan_ctx.catalog)
+        self.observer = observer or Observer(Metrics(), plan_ctx)
 
     async def BatchExecute(self, raw: decode.Raw,
                            context: grpc.aio.ServicerContext) -> batch_pb2.BatchExecuteResponse:

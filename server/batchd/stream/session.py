@@ -29,7 +29,6 @@ import asyncpg
 from batchd.auth import Principal, authorize_ingest
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
-from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.db.pool import connection, set_limits, transaction
 from batchd.errors import (
@@ -111,7 +110,6 @@ class StreamServices:
     """What every stream session uses, made once by the app."""
 
     pool: asyncpg.Pool
-    catalog: Catalog
     executor: Executor
     plan_ctx: PlanContext
     settings: Settings
@@ -124,7 +122,8 @@ class StreamSession:
     def __init__(self, services: StreamServices, request_id: str,
                  principal: Principal | None) -> None:
         self.pool = services.pool
-        self.catalog = services.catalog
+        # The catalog as the stream starts: it keeps it to its end, whatever reloads meanwhile.
+        self.catalog = services.plan_ctx.catalog
         self.executor = services.executor
         self.plan_ctx = services.plan_ctx
         self.settings = services.settings
