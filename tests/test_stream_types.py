@@ -91,3 +91,17 @@ async def test_a_columnar_array_that_cannot_carry_a_column_is_refused_naming_it(
         await call.read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "ids" in caught.value.details()
+
+
+async def test_columnar_json_text_keeps_every_digit_of_its_numbers(stub, db):
+    text = '{"x": 1.00000000000000000001, "big": 12345678901234567890.5}'
+    call, _ = await open_stream(stub, header(table="all_types", columns=["id", "docb", "ids"],
+                                             encoding="ENCODING_COLUMNAR"))
+    chunk = columnar_chunk("docb", "strings", text)
+    ids = batch_pb2.ColumnValues(strings=batch_pb2.StringArray(values=["[9007199254740993]"]))
+    chunk.chunk.columnar.columns.append(ids)
+    assert (await send(call, chunk)).ack.rows_written == 1
+    assert (await send(call, COMMIT)).summary.committed
+    row = await db.fetchrow("SELECT docb::text AS docb, ids FROM all_types WHERE id = 1")
+    assert row["docb"] == '{"x": 1.00000000000000000001, "big": 12345678901234567890.5}'
+    assert row["ids"] == [9007199254740993]

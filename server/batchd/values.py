@@ -395,6 +395,13 @@ def render_row(record: Any, renderers: list[tuple[str, Renderer]]) -> struct_pb2
     return row
 
 
+class JsonText(str):
+    """A JSON document already as text (checked): written to a json/jsonb column as it is, so
+    that numbers beyond a double's precision keep every digit."""
+
+
 def dumps_json(value: Any) -> str:
     """Encoder of the connections' json/jsonb codec."""
+    if isinstance(value, JsonText):
+        return str(value)
     return json.dumps(value, default=render_any, ensure_ascii=False, separators=(",", ":"))

@@ -31,7 +31,7 @@ from google.protobuf import struct_pb2
 from batchd.catalog import Catalog, Column, Table
 from batchd.errors import BatchdError, InvalidArgument, from_database
 from batchd.v1 import batch_pb2
-from batchd.values import MAX_SAFE_INTEGER, CoercionError, coerce, from_proto
+from batchd.values import MAX_SAFE_INTEGER, CoercionError, JsonText, coerce, from_proto
 
 UNIX_TO_PG_EPOCH_US = 946_684_800_000_000
 # PostgreSQL's timestamp range in microseconds from 2000-01-01 (4713-11-24 BC .. 294276 AD).
@@ -335,12 +335,17 @@ def _coerce_each(values: list[Any], column: Column, bad: dict[int, BatchdError])
 
 
 def _json_value(text: str | None, i: int, column: Column, bad: dict[int, BatchdError]) -> Any:
-    """A COLUMNAR string for a json, jsonb or array column: the JSON text of its value (then
-    coerced like a BatchExecute value); a row whose text is not JSON is rejected."""
+    """A COLUMNAR string for a json, jsonb or array column: the JSON text of its value; a row
+    whose text is not JSON is rejected. A document is kept as the text it came as (JsonText:
+    every digit of its numbers); an array's numbers are read as strings, which coercion turns
+    into the element type exactly (a double would round 9007199254740993)."""
     if text is None:
         return None
     try:
-        return json.loads(text)
+        if column.is_array:
+            return json.loads(text, parse_float=str, parse_int=str)
+        json.loads(text)
+        return JsonText(text)
     except ValueError as exc:
         bad.setdefault(i, InvalidArgument.field(f"rows[{i}].{column.name}",
                                                 f"not JSON text: {exc}"))
