@@ -65,8 +65,10 @@ def draw(results: dict[str, Any], out: Path) -> None:
     ax.set_xlim(0, max(1.25, top + 0.2))
     ax.set_xlabel("rows/s ÷ rows/s of the raw COPY of the same form (same run)", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
-    ax.set_title(f"BatchStream ingest vs raw COPY of its own form — {results['rows']:,} rows, "
-                 f"median of {results['runs']} run{'s' * (results['runs'] != 1)}", fontsize=9)
+    runs = results["runs"]
+    ax.set_title(f"BatchStream ingest ÷ raw COPY of its own form, {results['rows']:,} rows\n"
+                 f"bar: median of {runs} per-run ratio{'s' * (runs != 1)}, whisker: their "
+                 f"range; failures: see BENCHMARKS.md", fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
