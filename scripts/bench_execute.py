@@ -42,11 +42,12 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bench_ingest import (
+from bench_common import (
+    CpuMeter,
     postgres_line,
+    postmaster_of,
     sql,
     start_peer,
     start_postgres,
@@ -165,62 +166,6 @@ class Sample:
     batches_s: float
     ops_s: float
     cpu: dict[str, float]  # cores used during the timed window: client, batchd, peer, postgres
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def proc_stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/PID/stat (state, ppid, ..., utime at [11], stime at [12])."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = proc_stat(pid)
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields else 0.0
-
-
-class CpuMeter:
-    """CPU time of the client, batchd, the peer and PostgreSQL (the postmaster's children, when
-    it runs on this machine) over a window, in cores (CPU seconds per second)."""
-
-    def __init__(self, pids: dict[str, int], postmaster: int | None) -> None:
-        self.pids, self.postmaster = pids, postmaster
-
-    def postgres(self) -> dict[int, float]:
-        if self.postmaster is None:
-            return {}
-        found = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                fields = proc_stat(int(entry.name))
-                if fields and int(fields[1]) == self.postmaster:
-                    found[int(entry.name)] = cpu_seconds(int(entry.name))
-        return found
-
-    def snapshot(self) -> tuple[dict[str, float], dict[int, float]]:
-        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}, self.postgres()
-
-    def cores(self, before: tuple[dict[str, float], dict[int, float]],
-              elapsed: float) -> dict[str, float]:
-        procs, backends = self.snapshot()
-        used = {name: (procs[name] - before[0][name]) / elapsed for name in procs}
-        if self.postmaster is not None:
-            used["postgres"] = sum(cpu - before[1].get(pid, 0.0)
-                                   for pid, cpu in backends.items()) / elapsed
-        return used
-
-
-def postmaster_of(checkpointer: int | None) -> int | None:
-    """The postmaster's pid if PostgreSQL runs on this machine (the checkpointer's parent)."""
-    pid = checkpointer
-    fields = proc_stat(pid) if pid else None
-    if not fields or Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
-        return None
-    return int(fields[1])
 
 
 async def measure(callers: int, seconds: float, make: Callable[[int], Callable[[], Awaitable[int]]],

@@ -54,7 +54,7 @@ ROOT = SCRIPT.parent.parent
 sys.path.insert(0, str(ROOT))  # tests.fleet.processes: the fleet harness of the fleet tests
 sys.path.insert(0, str(SCRIPT.parent))
 
-from bench_ingest import postgres_line, sql, write_markdown  # noqa: E402
+from bench_common import postgres_line, sql, write_markdown  # noqa: E402
 
 from tests.fleet.processes import Fleet, find_tool, start_fleet  # noqa: E402
 

