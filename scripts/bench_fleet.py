@@ -19,8 +19,9 @@ Measured per run: batches (and operations = 10 x batches) completed within the t
 per second, the latency of each batch (p50, p99) and the errors, and the CPU time each
 component used in that window (utime + stime from /proc/PID/stat), as cores (CPU-seconds per
 wall second): each batchd replica, pgbouncer, HAProxy, PostgreSQL (every process of its tree,
-reaped backends included), the client processes; and the whole machine's busy time from
-/proc/stat, against its core count. Figures are medians of the runs with min-max; the 3-vs-1
+reaped backends included), the client processes, every other process (this script, kernel
+threads, whatever else runs: a shared machine shows here); and the whole machine's busy time
+from /proc/stat, against its core count. Figures are medians of the runs with min-max; the 3-vs-1
 ratio is taken within this run. --markdown-out writes the tables (scripts/bench puts them into
 BENCHMARKS.md). The replicas and clients run a copy of server/batchd taken at the start (the
 report names its commit, and a digest of any uncommitted change), so that edits to the tree
@@ -477,8 +478,7 @@ def report(header: str, setup: str, samples: dict[int, list[Sample]],
               "sum": "sum of the above",
               "machine": f"machine busy, all processes (of {CORES} cores)",
               "other processes": "other processes (this script, kernel threads, any other)",
-              "unattributed": "unattributed (machine - all processes: interrupts on idle "
-                              "cores, exited processes)",
+              "unattributed": "unattributed (machine - all processes)",
               "irq": "of the machine's busy time: irq + softirq",
               "steal": "stolen by the hypervisor"}
     names = [*replicas, "batchd, all replicas", *COMPONENTS, "sum", "other processes",
@@ -589,9 +589,10 @@ async def bench(args: argparse.Namespace) -> None:
         "each component in the window (/proc/PID/stat; PostgreSQL: all its processes;",
         "client: all client processes); CPU ms per batch = cores / (batches/s) x 1000, per",
         "batch of the whole fleet (a replica of three serves a third of them).",
-        "Machine: busy time of all cores from /proc/stat (with tick-based CPU accounting,",
-        "interrupt and softirq time, e.g. loopback networking, is charged to whichever",
-        "process was running, or to none on an idle core)."])
+        "Machine: busy time of all cores from /proc/stat; 'unattributed' is the part of it",
+        "in no process's figure (processes that exited in the window, interrupts on an idle",
+        "core, and the difference between /proc/stat's tick sampling and the processes'",
+        "own accounting)."])
     lines = report(header + ".", setup, samples, procs)
     lines += ["", f"Rows in events at the end: {rows:,} (batches counted x 10: {expected:,}; "
               "the rest committed during warm-ups and at the windows' edges)."]
