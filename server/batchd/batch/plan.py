@@ -17,11 +17,11 @@ the operations outside it that its members reference or depend on.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from batchd import offload
 from batchd.auth import Principal, authorize_operation
 from batchd.batch.idempotency import Claim, claim_of
 from batchd.errors import BatchdError, InvalidArgument
@@ -97,7 +97,7 @@ async def plan_request(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext,
                  for op in request.operations if op.HasField("insert") and op.insert.rows)
     if values + len(request.operations) < OFF_LOOP_VALUES:
         return plan_batch(request, ctx, principal)
-    return await asyncio.to_thread(plan_batch, request, ctx, principal)
+    return await offload.run(plan_batch, request, ctx, principal)
 
 
 def plan_batch(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext,

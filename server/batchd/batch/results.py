@@ -11,12 +11,12 @@ reports its operations the same way (``failed_unit``).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.rpc import status_pb2
 
+from batchd import offload
 from batchd.batch.plan import BatchPlan, Step
 from batchd.errors import OK_STATUS, BatchdError, not_committed, to_rpc_status
 from batchd.kinds.base import Output
@@ -56,7 +56,7 @@ async def _built(outputs: dict[str, Output], build: Callable[..., _T], *args: An
                  **kwargs: Any) -> _T:
     if sum(len(o.rows) for o in outputs.values()) < OFF_LOOP_ROWS:
         return build(*args, **kwargs)
-    return await asyncio.to_thread(build, *args, **kwargs)
+    return await offload.run(build, *args, **kwargs)
 
 
 async def succeeded(steps: Sequence[Step], outputs: dict[str, Output], *, committed: bool,

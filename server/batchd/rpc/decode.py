@@ -11,13 +11,13 @@ servicer refuses (``check``).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from batchd import offload
 from batchd.errors import InvalidArgument
 from batchd.v1 import batch_pb2
 
@@ -62,7 +62,7 @@ async def parse(request: Raw | Message, message_class: type[_M]) -> _M | Malform
     decode = _decoder(message_class)
     if len(request) < OFF_LOOP_BYTES:
         return decode(request)  # type: ignore[return-value]
-    return await asyncio.to_thread(decode, request)  # type: ignore[arg-type]
+    return await offload.run(decode, request)  # type: ignore[arg-type]
 
 
 def problem(request: Any) -> InvalidArgument | None:
