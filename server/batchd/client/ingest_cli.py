@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import sys
@@ -40,18 +39,24 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
 import grpc
-from google.protobuf import struct_pb2
 
 from batchd.client import connect
-from batchd.client.sources import FILE_FORMATS
+from batchd.client.ingest_files import (
+    ARROW_FORMATS,
+    Chunk,
+    UsageError,
+    arrow_chunks,
+    csv_chunks,
+    file_format,
+    jsonl_chunks,
+    open_arrow,
+    read_columns,
+    to_request,
+)
 from batchd.errors import code_of
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class UsageError(Exception):
-    pass
 
 
 @dataclass
@@ -88,116 +93,6 @@ class State:
             return None
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{path}: not a batchd ingest state file ({exc})") from None
-
-
-@dataclass
-class Chunk:
-    sequence: int
-    request: batch_pb2.StreamRequest
-    end_offset: int
-    rows: int
-    records: list[bytes]  # the raw records, to write rejected ones to the rejects file
-    table: Any = None  # Parquet, Arrow: the chunk's rows (pyarrow.Table), for the same
-
-
-def csv_chunks(f: BinaryIO, chunk_rows: int, quote: bytes) -> Iterator[tuple[list[bytes], int]]:
-    """Whole CSV records in groups of ``chunk_rows``, with the offset after each group."""
-    records: list[bytes] = []
-    record = b""
-    for line in iter(f.readline, b""):
-        record += line
-        if record.count(quote) % 2:  # inside a quoted field: the record goes on
-            continue
-        records.append(record if record.endswith(b"\n") else record + b"\n")
-        record = b""
-        if len(records) == chunk_rows:
-            yield records, f.tell()
-            records = []
-    if record:
-        raise UsageError("the file ends inside a quoted field")
-    if records:
-        yield records, f.tell()
-
-
-def jsonl_chunks(f: BinaryIO, chunk_rows: int) -> Iterator[tuple[list[bytes], int]]:
-    records: list[bytes] = []
-    for line in iter(f.readline, b""):
-        if line.strip():
-            records.append(line)
-        if len(records) == chunk_rows:
-            yield records, f.tell()
-            records = []
-    if records:
-        yield records, f.tell()
-
-
-def to_request(records: list[bytes], sequence: int, fmt: str,
-               first_row: int) -> batch_pb2.StreamRequest:
-    chunk = batch_pb2.StreamChunk(sequence=sequence)
-    if fmt == "csv":
-        chunk.csv = b"".join(records)
-    else:
-        for i, line in enumerate(records):
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                raise UsageError(f"row {first_row + i}: not JSON: {exc}") from None
-            if not isinstance(value, dict):
-                raise UsageError(f"row {first_row + i}: not a JSON object")
-            row = struct_pb2.Struct()
-            row.update(value)
-            chunk.rows.append(row)
-    return batch_pb2.StreamRequest(chunk=chunk)
-
-
-ARROW_FORMATS = ("parquet", "arrow")
-
-
-def file_format(path: Path) -> str:
-    """The format a file is read as, by its suffix (CSV unless known otherwise)."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    return FILE_FORMATS.get(suffix, "csv")
-
-
-def open_arrow(path: Path, args: argparse.Namespace) -> Any:
-    """The Parquet or Arrow file as a batchd.client.arrow_source.ArrowSource."""
-    from batchd.client import arrow_source
-
-    try:
-        source = arrow_source.arrow_file(path, args.chunk_rows, args.format)
-        columns = [c.strip() for c in (args.columns or "").split(",") if c.strip()]
-        return arrow_source.select(source, columns)
-    except (ValueError, OSError) as exc:  # pyarrow's errors are both
-        raise UsageError(f"{path}: cannot be read as {args.format}: {exc}") from None
-
-
-def arrow_chunks(source: Any, skip: int, chunk_rows: int) -> Iterator[tuple[Any, int]]:
-    """Tables of ``chunk_rows`` rows from row ``skip`` on, with the row offset after each."""
-    from batchd.client.arrow_source import fitting, rechunk
-
-    end = skip
-    for table, data in fitting(rechunk(source.batches(skip), source.schema, chunk_rows)):
-        end += table.num_rows
-        yield (table, data), end
-
-
-def read_columns(path: Path, args: argparse.Namespace) -> tuple[list[str], int]:
-    """Columns from --columns or the CSV header; returns them and the data's start offset."""
-    if args.columns:
-        columns = [c.strip() for c in args.columns.split(",") if c.strip()]
-        return columns, 0
-    if args.format == "jsonl":
-        return [], 0
-    with path.open("rb") as f:
-        header = f.readline()
-        start = f.tell()
-    text = header.decode("utf-8-sig")
-    columns = next(csv.reader([text], delimiter=args.delimiter))
-    if not columns:
-        raise UsageError(f"{path}: no header line; give --columns")
-    return [c.strip() for c in columns], start
 
 
 async def ingest(args: argparse.Namespace) -> int:
