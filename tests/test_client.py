@@ -277,3 +277,18 @@ async def test_a_retry_with_the_same_request_id_is_replayed_not_run_again(app, d
     assert (first.replayed, again.replayed) == (False, True)
     assert again.results[0].rows == first.results[0].rows
     assert await db.fetchval("SELECT count(*) FROM customers") == 1
+
+
+async def test_client_groups_commit_or_roll_back_each_order_whole(client, db):
+    b = Batch()
+    for i in range(3):
+        with b.group(f"order{i}"):
+            customer = b.insert("customers", {"name": f"g{i}", "email": f"g{i}@x"})
+            # order1 names a customer that does not exist: a foreign-key violation
+            b.insert("orders", {"customer_id": 999_999 if i == 1 else customer.ref("id"),
+                                "total": "10.00"})
+    result = await client.execute(b, mode="independent")
+    assert [o.outcome for o in result] == ["SUCCEEDED", "SUCCEEDED", "ROLLED_BACK", "FAILED",
+                                          "SUCCEEDED", "SUCCEEDED"]
+    assert sorted(r["email"] for r in await db.fetch("SELECT email FROM customers")) == \
+        ["g0@x", "g2@x"]

@@ -387,3 +387,17 @@ def test_a_builder_batch_plans_cleanly_with_its_references_as_dependencies() -> 
     p = plan_batch(b.to_request(), CTX, None)
     assert not p.invalid
     assert [s.depends_on for s in p.steps] == [[], ["op1"], ["op2"], ["op2"], ["op1"]]
+
+
+def test_operations_added_in_a_group_block_carry_the_group() -> None:
+    b = Batch()
+    lone = b.insert("customers", {"name": "a", "email": "a@x"})
+    with b.group("order1"):
+        o = b.insert("orders", {"customer_id": lone.ref("id")}, returning=["id"])
+        b.insert("order_items", {"order_id": o.ref("id"), "product_id": 1, "quantity": 1,
+                                 "unit_price": "1.00"})
+    request = b.to_request(mode="independent")
+    assert [op.group for op in request.operations] == ["", "order1", "order1"]
+    with b.group("g"), pytest.raises(ValueError, match="do not nest"):
+        with b.group("h"):
+            pass

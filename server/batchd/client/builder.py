@@ -32,7 +32,8 @@ import base64
 import datetime as dt
 import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -275,6 +276,27 @@ class Batch:
     def __init__(self) -> None:
         self._operations: list[batch_pb2.Operation] = []
         self._ids: set[str] = set()
+        self._group: str | None = None
+
+    @contextmanager
+    def group(self, name: str) -> Iterator[None]:
+        """Operations added inside the block form the group ``name``: in an INDEPENDENT batch
+        they commit or roll back together, each keeping its own outcome
+        (``Operation.group``)::
+
+            for i, order in enumerate(orders):
+                with b.group(f"order{i}"):
+                    o = b.insert("orders", order, returning=["id"])
+                    b.insert("order_items", [{**item, "order_id": o.ref("id")}
+                                             for item in order_items[i]])
+        """
+        if self._group is not None:
+            raise ValueError(f"groups do not nest (already in group {self._group!r})")
+        self._group = name
+        try:
+            yield
+        finally:
+            self._group = None
 
     def __len__(self) -> int:
         return len(self._operations)
@@ -388,7 +410,7 @@ class Batch:
         elif op_id in self._ids:
             raise ValueError(f"operation id {op_id!r} is already used in this batch")
         deps = [d.id if isinstance(d, OpRef) else d for d in depends_on]
-        operation = batch_pb2.Operation(id=op_id, depends_on=deps)
+        operation = batch_pb2.Operation(id=op_id, depends_on=deps, group=self._group or "")
         getattr(operation, kind).CopyFrom(op)
         self._operations.append(operation)
         self._ids.add(op_id)
