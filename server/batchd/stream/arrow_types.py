@@ -57,6 +57,16 @@ from pgpq import schema as pgpq_schema
 
 from batchd.catalog import Column
 from batchd.errors import InvalidArgument
+from batchd.stream.arrow_arrays import (
+    Convert,
+    Converted,
+    cast,
+    cast_only,
+    in_range,
+    same,
+    uuid_from_text,
+    whole,
+)
 
 __all__ = ["Plan", "plan"]
 
@@ -69,16 +79,6 @@ _INT_TYPES = {"int2": (pa.int16(), 2**15), "int4": (pa.int32(), 2**31),
               "int8": (pa.int64(), 2**63)}
 _US_PER = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1}
 _MAX_SAFE = 2**53
-_HEX = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEX[_c] = 10 + _i
-_UUID_HEX = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
-
-# A converted column, and the rows it could not take: (chunk index, why).
-Converted = tuple[pa.Array, list[tuple[int, str]]]
-Convert = Callable[[pa.Array], Converted]
 
 
 class Refused(Exception):
@@ -173,7 +173,7 @@ def _converter(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataType]:
         return _array_converter(t, column)
     if pa.types.is_null(t):
         out = _null_type(column)
-        return _cast(out), out
+        return cast(out), out
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         raise Refused("a list is for an array column")
     return _scalar(t, column)
@@ -203,39 +203,39 @@ def _scalar(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataType]:
         return _to_numeric(t, column)
     if kind == "bool":
         if pa.types.is_boolean(t):
-            return _same, t
+            return same, t
         raise Refused("send bool")
     if kind in ("text", "json"):
         if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-            return _same, t
+            return same, t
         raise Refused("send strings" if kind == "text" else "send JSON text as strings")
     if kind == "bytea":
         if pa.types.is_binary(t) or pa.types.is_large_binary(t) or \
                 pa.types.is_fixed_size_binary(t):
-            return _same, t
+            return same, t
         if pa.types.is_binary_view(t):
-            return _cast(pa.large_binary()), pa.large_binary()
+            return cast(pa.large_binary()), pa.large_binary()
         raise Refused("send binary")
     if kind == "uuid":
         if pa.types.is_fixed_size_binary(t) and t.byte_width == 16:
-            return _same, t
+            return same, t
         if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-            return _uuid_from_text, pa.binary(16)
+            return uuid_from_text, pa.binary(16)
         raise Refused("send fixed_size_binary(16), arrow.uuid or strings")
     if kind == "date":
         if pa.types.is_date32(t):
-            return _same, t
+            return same, t
         if pa.types.is_date64(t):
-            return _whole(pa.date32(), 86_400_000, "a date64 that is not a whole day"), \
+            return whole(pa.date32(), 86_400_000, "a date64 that is not a whole day"), \
                 pa.date32()
         raise Refused("send date32")
     if kind in ("timestamptz", "timestamp"):
         return _to_timestamp(t, kind == "timestamptz")
     if kind == "time":
         if pa.types.is_time32(t) or (pa.types.is_time64(t) and t.unit == "us"):
-            return _same, t
+            return same, t
         if pa.types.is_time64(t):
-            return _whole(pa.time64("us"), 1000, "a time with nanoseconds"), pa.time64("us")
+            return whole(pa.time64("us"), 1000, "a time with nanoseconds"), pa.time64("us")
         raise Refused("send time32 or time64")
     if kind == "interval":
         if pa.types.is_duration(t):
@@ -265,20 +265,20 @@ def _to_int(t: pa.DataType, kind: str) -> tuple[Convert, pa.DataType]:
         raise Refused("send an integer type")
     signed = pa.types.is_signed_integer(t)
     if t.bit_width < out.bit_width or (t.bit_width == out.bit_width and signed):
-        return (_same if t == out else _cast(out)), out
-    return _in_range(out, -limit, limit - 1, f"out of range for {kind}"), out
+        return (same if t == out else cast(out)), out
+    return in_range(out, -limit, limit - 1, f"out of range for {kind}"), out
 
 
 def _to_float(t: pa.DataType, real: bool) -> tuple[Convert, pa.DataType]:
     out = pa.float32() if real else pa.float64()
     if pa.types.is_floating(t) and (t.bit_width <= out.bit_width):
-        return (_same if t == out else _cast(out)), out
+        return (same if t == out else cast(out)), out
     if real:
         raise Refused("send float32 (a double would be rounded)")
     if pa.types.is_integer(t):
         if t.bit_width <= 32:
-            return _cast(out), out
-        return _in_range(out, -_MAX_SAFE, _MAX_SAFE, "beyond 2^53: a double cannot hold it "
+            return cast(out), out
+        return in_range(out, -_MAX_SAFE, _MAX_SAFE, "beyond 2^53: a double cannot hold it "
                                                      "exactly"), out
     raise Refused("send float64")
 
@@ -287,7 +287,7 @@ def _to_numeric(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataType]:
     typmod = _NUMERIC_TYPMOD.fullmatch(column.type_sql.removesuffix("[]"))
     if pa.types.is_integer(t):
         out = pa.decimal128(20 if t == pa.uint64() else 19, 0)
-        return _cast(out), out
+        return cast(out), out
     if not pa.types.is_decimal(t):
         raise Refused("send decimal128 (a float is not exact; strings have no scale here)")
     if typmod and t.scale > int(typmod.group(2)):
@@ -297,8 +297,8 @@ def _to_numeric(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataType]:
         if t.precision > 38:
             raise Refused("decimal256 beyond precision 38: send decimal128")
         out = pa.decimal128(t.precision, t.scale)
-        return _cast(out), out
-    return _same, t
+        return cast(out), out
+    return same, t
 
 
 def _to_timestamp(t: pa.DataType, aware: bool) -> tuple[Convert, pa.DataType]:
@@ -315,12 +315,12 @@ def _to_timestamp(t: pa.DataType, aware: bool) -> tuple[Convert, pa.DataType]:
 
 def _to_unit(t: pa.DataType, out: pa.DataType, what: str) -> tuple[Convert, pa.DataType]:
     if t.unit == "us":
-        return _same, t
+        return same, t
     if t.unit == "ns":
-        return _whole(out, 1000, f"{what} with nanoseconds"), out
+        return whole(out, 1000, f"{what} with nanoseconds"), out
     factor = _US_PER[t.unit]
     limit = (2**63 - 1) // factor
-    return _in_range(out, -limit, limit, f"{what} out of range"), out
+    return in_range(out, -limit, limit, f"{what} out of range"), out
 
 
 def _array_converter(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataType]:
@@ -330,12 +330,12 @@ def _array_converter(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataTy
     if pa.types.is_null(t):
         element = _null_type(column)
         out = pa.list_(element)
-        return _cast(out), out
+        return cast(out), out
     if pa.types.is_fixed_size_list(t) or pa.types.is_list_view(t) or \
             pa.types.is_large_list_view(t):
         widened = pa.list_(t.value_field)
         inner, out = _array_converter(widened, column)
-        return _then(_cast_only(widened), inner), out
+        return _then(cast_only(widened), inner), out
     if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
         raise Refused("send a list")
     value_type = t.value_type
@@ -345,8 +345,8 @@ def _array_converter(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataTy
     scalar = Column(column.name, column.sql, column.type_sql, column.cast_sql, column.kind,
                     False, True, False, False)
     element, element_out = _converter(value_type, scalar)
-    if element is _same:
-        return _same, t
+    if element is same:
+        return same, t
     large = pa.types.is_large_list(t)
     out = (pa.large_list if large else pa.list_)(pa.field("item", element_out))
     return _elements(element, out, large), out
@@ -369,92 +369,3 @@ def _elements(element: Convert, out: pa.DataType, large: bool) -> Convert:
             bad.setdefault(row, f"element {index - int(bounds[row])}: {why}")
         return rebuilt, sorted(bad.items())
     return convert
-
-
-# --- conversions (vectorised; Python only for the rows they reject) -------------------------
-
-def _same(array: pa.Array) -> Converted:
-    return array, []
-
-
-def _cast(out: pa.DataType) -> Convert:
-    def convert(array: pa.Array) -> Converted:
-        return array.cast(out), []
-    return convert
-
-
-def _cast_only(out: pa.DataType) -> Callable[[pa.Array], pa.Array]:
-    def convert(array: pa.Array) -> pa.Array:
-        return array.cast(out)
-    return convert
-
-
-def _numbers(array: pa.Array) -> np.ndarray[Any, Any]:
-    """The array's values as numpy (NULLs as 0), without going through floats."""
-    storage = array
-    if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
-        storage = array.view(pa.int64() if array.type.bit_width == 64 else pa.int32())
-    return storage.fill_null(0).to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
-
-
-def _drop(array: pa.Array, mask: np.ndarray[Any, Any], why: str, out: pa.DataType) -> Converted:
-    """NULL at the rejected rows (their rows are dropped later), the rest cast exactly."""
-    keep = pa.array(~mask)
-    cleaned = pc.if_else(keep, array, pa.scalar(None, array.type)).cast(out)
-    return cleaned, [(int(i), f"{_shown(array[int(i)])} is {why}") for i in np.flatnonzero(mask)]
-
-
-def _shown(value: pa.Scalar) -> str:
-    try:
-        return repr(value.as_py())
-    except (OverflowError, ValueError):  # a timestamp beyond Python's datetime: its integer
-        return f"{value.type} {value.value}"
-
-
-def _in_range(out: pa.DataType, low: int, high: int, why: str) -> Convert:
-    def convert(array: pa.Array) -> Converted:
-        numbers = _numbers(array)
-        if numbers.dtype.kind == "u":
-            mask = numbers > np.uint64(high)
-        else:
-            mask = (numbers < np.int64(low)) | (numbers > np.int64(high))
-        if not mask.any():
-            return array.cast(out), []
-        return _drop(array, mask, why, out)
-    return convert
-
-
-def _whole(out: pa.DataType, factor: int, why: str) -> Convert:
-    """A cast to a coarser unit that must lose nothing (ns -> us, date64 -> date32)."""
-    def convert(array: pa.Array) -> Converted:
-        mask = (_numbers(array) % factor) != 0
-        if not mask.any():
-            return array.cast(out), []
-        return _drop(array, mask, f"{why} (not exact in PostgreSQL)", out)
-    return convert
-
-
-def _uuid_from_text(array: pa.Array) -> Converted:
-    """Strings "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (any case) to 16 bytes, in numpy."""
-    if not pa.types.is_string(array.type):
-        array = array.cast(pa.string())
-    n = len(array)
-    if n == 0:
-        return pa.array([], pa.binary(16)), []
-    lengths = pc.binary_length(array).fill_null(36).to_numpy(zero_copy_only=False)
-    mask = lengths != 36
-    valid = array.is_valid().to_numpy(zero_copy_only=False)
-    text = pc.if_else(pa.array(mask), pa.scalar("0" * 36), array).fill_null("0" * 36)
-    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[text.offset:text.offset + n + 1]
-    data = np.frombuffer(text.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-    chars = data.reshape(n, 36)
-    hexes = _HEX[chars[:, _UUID_HEX]]
-    mask |= (hexes == 255).any(axis=1)
-    mask |= (chars[:, [8, 13, 18, 23]] != ord("-")).any(axis=1)
-    mask &= valid
-    packed = (hexes[:, 0::2] << 4) | (hexes[:, 1::2] & 15)
-    out = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(16), n, [pa.array(valid & ~mask).buffers()[1], pa.py_buffer(packed.tobytes())])
-    bad = [(int(i), f"{_shown(array[int(i)])} is not a UUID (8-4-4-4-12 hex digits)")
-           for i in np.flatnonzero(mask)]
-    return out, bad
