@@ -50,7 +50,7 @@ from batchd.client.builder import mode_name
 from batchd.client.results import rpc_error
 from batchd.client.retry import RetryEvent, RetryHook, RetryPolicy
 from batchd.client.sources import Opened, Source, open_source
-from batchd.errors import BatchdRpcError, from_rpc_status
+from batchd.errors import BatchdRpcError, from_cut_stream, from_rpc_status
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 __all__ = ["AckHook", "AckedChunk", "IngestOptions", "IngestResult", "RejectedRow", "Source",
@@ -232,7 +232,7 @@ class _Ingest:
                     await self._stream(remaining)
                     return self.result
                 except grpc.RpcError as exc:
-                    error, cause = _lost_connection(rpc_error(exc)), exc
+                    error, cause = from_cut_stream(rpc_error(exc)), exc
                 if self.progress > seen:
                     failures = 1  # it moved on: a new run of failures starts
                 if self.atomic and self.opened:
@@ -362,16 +362,6 @@ class _Ingest:
         del self.pending[ack.sequence]
         async with self.space:
             self.space.notify_all()
-
-
-def _lost_connection(error: BatchdRpcError) -> BatchdRpcError:
-    """grpc.aio may report a stream whose connection was lost while the client was writing as
-    INTERNAL "Internal error from Core" (grpc/grpc#36066). batchd's own INTERNAL errors carry
-    an ErrorInfo reason; one without is that, and is what it stands for: UNAVAILABLE."""
-    if error.code == grpc.StatusCode.INTERNAL and not error.reason:
-        return BatchdRpcError(grpc.StatusCode.UNAVAILABLE,
-                              f"the stream was cut ({error.message})")
-    return error
 
 
 async def _close(source: Opened) -> None:

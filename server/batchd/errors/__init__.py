@@ -231,15 +231,17 @@ __all__ = [
     "FailedPrecondition", "FieldViolation", "Internal", "InvalidArgument", "NotFound",
     "Overloaded", "PermissionDenied", "Reason", "RequestIdReused", "RequestInProgress",
     "SequenceOutOfOrder", "Skipped", "Unauthenticated", "Unavailable", "VersionConflict",
-    "code_of", "from_database", "from_rpc_status", "is_final", "markdown_table",
-    "not_committed", "retry_later", "to_rpc_status", "translate",
+    "cancelled_code", "code_of", "from_cut_stream", "from_database", "from_rpc_status",
+    "is_final", "markdown_table", "not_committed", "retry_later", "to_rpc_status", "translate",
 ]
 from batchd.errors.database import BY_CLASS, BY_SQLSTATE, DatabaseError, from_database  # noqa: E402
 from batchd.errors.reasons import REASONS, Reason, markdown_table  # noqa: E402
 from batchd.errors.status import (  # noqa: E402
     OK_STATUS,
     BatchdRpcError,
+    cancelled_code,
     code_of,
+    from_cut_stream,
     from_rpc_status,
     not_committed,
     to_rpc_status,

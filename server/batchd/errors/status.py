@@ -91,6 +91,21 @@ def from_rpc_status(status: status_pb2.Status) -> BatchdRpcError:
 OK_STATUS = status_pb2.Status(code=0, message="")
 
 
+def cancelled_code(expired: bool) -> grpc.StatusCode:
+    """What a caller sees of a call that ended without an answer: DEADLINE_EXCEEDED if its
+    deadline had passed, else CANCELLED (it went away, or the server stopped)."""
+    return _S.DEADLINE_EXCEEDED if expired else _S.CANCELLED
+
+
+def from_cut_stream(error: BatchdRpcError) -> BatchdRpcError:
+    """grpc.aio may report a stream whose connection was lost while the client was writing as
+    INTERNAL "Internal error from Core" (grpc/grpc#36066). batchd's own INTERNAL errors carry
+    an ErrorInfo reason; one without is that, and is what it stands for: UNAVAILABLE."""
+    if error.code == _S.INTERNAL and not error.reason:
+        return BatchdRpcError(_S.UNAVAILABLE, f"the stream was cut ({error.message})")
+    return error
+
+
 def not_committed(message: str) -> status_pb2.Status:
     """The status of an operation of a failed atomic batch that did not fail itself (ROLLED_BACK
     or NOT_RUN): ABORTED, since the same batch may well succeed when run again."""

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from batchd.errors import cancelled_code
 from batchd.metrics import Metrics
 
 _Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
@@ -44,7 +45,7 @@ def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -
     elif isinstance(error, asyncio.CancelledError | GeneratorExit):
         remaining = context.time_remaining()
         expired = remaining is not None and remaining <= 0
-        code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        code = cancelled_code(expired)
     else:
         code = grpc.StatusCode.UNKNOWN
     return str(code.name)
