@@ -26,7 +26,7 @@ from batchd.batch.idempotency import Cleanup, ensure_schema
 from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.db.embedded import start_embedded
-from batchd.db.pool import apply_demo_schema, create_pool
+from batchd.db.pool import apply_demo_schema, check_roles, create_pool
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import load_modules
@@ -85,6 +85,7 @@ class App:
             load_modules(modules)
             await ensure_internal_schema(pool)
             await ensure_schema(pool)  # batchd.requests (request ids)
+            await check_roles(pool, settings.roles)
             if settings.reload_trigger:
                 await install_trigger(pool)
             async with pool.acquire() as conn:

@@ -75,6 +75,7 @@ class Principal:
     name: str
     scopes: tuple[str, ...]
     via: str  # "token" or "certificate"
+    role: str | None = None  # the database role its work runs as (None: batchd's own)
 
     def allows(self, access: str, target: str) -> bool:
         """Whether a scope grants ``access`` ("read", "write", "call") on ``target``
@@ -143,10 +144,11 @@ class Authenticator:
     """Credentials → ``Principal``, or ``Unauthenticated`` saying what was wrong."""
 
     def __init__(self, settings: Settings) -> None:
-        self._tokens = [(t.sha256, Principal(t.principal, tuple(t.scopes), "token"))
+        self._tokens = [(t.sha256, Principal(t.principal, tuple(t.scopes), "token", t.role))
                         for t in settings.tokens]
         self._mtls = settings.tls_client_ca_file is not None
         self._cert_scopes = {cn: tuple(s) for cn, s in settings.client_cert_scopes.items()}
+        self._cert_roles = dict(settings.client_cert_roles)
 
     def authenticate(self, metadata: Sequence[tuple[str, Any]],
                      auth_context: Mapping[str, Sequence[bytes]]) -> Principal:
@@ -156,7 +158,8 @@ class Authenticator:
         names = auth_context.get("x509_common_name") if self._mtls else None
         if names:
             cn = names[0].decode(errors="replace")
-            return Principal(cn, self._cert_scopes.get(cn, ()), "certificate")
+            return Principal(cn, self._cert_scopes.get(cn, ()), "certificate",
+                             self._cert_roles.get(cn))
         raise Unauthenticated("missing credentials: send the metadata 'authorization: Bearer "
                               "<token>'", reason="MISSING_TOKEN")
 

@@ -54,6 +54,9 @@ class TokenSettings(BaseModel):
     # Who the caller is (logged, and named in PERMISSION_DENIED messages).
     principal: str
     scopes: list[str] = Field(default_factory=list)
+    # The database role its batches and streams run as (SET LOCAL ROLE in each transaction), so
+    # that PostgreSQL's GRANTs and row-level security apply; None: batchd's own login role.
+    role: str | None = None
 
     @field_validator("sha256")
     @classmethod
@@ -182,6 +185,8 @@ class Settings(BaseSettings):
     tls_client_ca_file: Path | None = None
     # Scopes of client-certificate principals, by certificate subject CN.
     client_cert_scopes: dict[str, list[str]] = Field(default_factory=dict)
+    # Database roles of client-certificate principals, by CN (see TokenSettings.role).
+    client_cert_roles: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -215,6 +220,11 @@ class Settings(BaseSettings):
         if len(set(hashes)) != len(hashes):
             raise ValueError("tokens: the same sha256 is configured twice")
         return self
+
+    @property
+    def roles(self) -> set[str]:
+        """Every database role a principal may run as."""
+        return {t.role for t in self.tokens if t.role} | set(self.client_cert_roles.values())
 
     @property
     def auth_enabled(self) -> bool:

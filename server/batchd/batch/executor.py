@@ -37,7 +37,7 @@ from batchd.batch.independent import IndependentRun
 from batchd.batch.plan import BatchPlan
 from batchd.batch.steps import StepFailed, StepRunner, retry_delay
 from batchd.config import Settings
-from batchd.db.pool import connection, transaction
+from batchd.db.pool import connection, role_sql, transaction
 from batchd.errors import BatchdError, is_final, translate
 from batchd.kinds.base import Output, PlanContext
 from batchd.kinds.params import Results
@@ -111,9 +111,11 @@ class Executor:
             async with connection(self.pool, plan.deadline) as conn:
                 try:
                     # With a claim, read-only applies to the operations only (_run_claimed).
+                    # With a claim, the role applies to the operations only (_run_claimed).
                     async with transaction(conn, self.settings, isolation=plan.isolation,
                                            readonly=plan.read_only and claim is None,
-                                           deadline=plan.deadline):
+                                           deadline=plan.deadline,
+                                           role=plan.role if claim is None else None):
                         if claim is not None:
                             answer = await begin(conn, claim,
                                                  self.settings.idempotency_ttl_seconds)
@@ -150,6 +152,8 @@ class Executor:
             async with conn.transaction():  # a savepoint
                 if plan.read_only:
                     await conn.execute("SET LOCAL transaction_read_only = on")
+                if plan.role:  # undone with the savepoint on a failure; else below
+                    await conn.execute(role_sql(plan.role))
                 await self.runner.run_in_order(plan.steps, conn, results, outputs, request_id,
                                                protect=not together)
                 if plan.read_only:
@@ -164,6 +168,8 @@ class Executor:
             await store(conn, claim, error)
             return error
         response = await answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
+        if plan.role:
+            await conn.execute(role_sql(None))  # the answer is batchd's to write
         await store(conn, claim, response)
         return response
 

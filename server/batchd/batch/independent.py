@@ -81,7 +81,8 @@ class IndependentRun:
         async with connection(self.pool, plan.deadline) as conn:
             try:
                 async with transaction(conn, settings, isolation=plan.isolation,
-                                       readonly=plan.read_only, deadline=plan.deadline):
+                                       readonly=plan.read_only, deadline=plan.deadline,
+                                       role=plan.role):
                     for unit in unit_order(plan.units):
                         if not self._held_back(unit):
                             await self._try_unit(unit, conn)
@@ -128,7 +129,7 @@ class IndependentRun:
         try:
             async with self.limit, connection(self.pool, plan.deadline) as conn, transaction(
                     conn, settings, isolation=plan.isolation, readonly=plan.read_only,
-                    deadline=plan.deadline):
+                    deadline=plan.deadline, role=plan.role):
                 await self.runner.run_in_order(unit.steps, conn, self.results, ran,
                                                self.request_id)
         except StepFailed:

@@ -68,6 +68,8 @@ class BatchPlan:
     deadline: float | None = None
     # The request id to claim, and its answer to store (batchd.batch.idempotency); None: no id.
     claim: Claim | None = None
+    # The database role the operations run as (the principal's; None: batchd's own).
+    role: str | None = None
     # INDEPENDENT: the units, ordered by their first operation; ATOMIC: none.
     units: list[Unit] = field(default_factory=list)
 
@@ -122,7 +124,8 @@ def plan_batch(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext,
     units = [] if atomic else _units(steps)
     _reject_cycles(units)
     return BatchPlan(steps, atomic, request.validate_only, _ISOLATION[request.isolation],
-                     request.read_only, claim=claim, units=units)
+                     request.read_only, claim=claim, units=units,
+                     role=principal.role if principal is not None else None)
 
 
 def _check_request(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext) -> None:

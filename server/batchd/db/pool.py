@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from batchd import pgtypes
+from batchd.catalog import quote_ident
 from batchd.config import Settings
 from batchd.errors import DeadlineExceeded
 from batchd.values import dumps_json
@@ -158,14 +159,34 @@ class _BeginWithLimits:
         return result
 
 
+def role_sql(role: str | None) -> str:
+    """``SET LOCAL ROLE`` for a configured role (checked at start-up: ``check_roles``), or
+    back to batchd's own login role (None)."""
+    return f" SET LOCAL ROLE {quote_ident(role)};" if role else " SET LOCAL ROLE NONE;"
+
+
+async def check_roles(pool: asyncpg.Pool, roles: set[str]) -> None:
+    """At start-up: every role a principal may run as exists, and batchd's login role is a
+    member of it (else SET ROLE would fail on every call)."""
+    if not roles:
+        return
+    missing = await pool.fetch(
+        "SELECT r FROM unnest($1::text[]) AS r WHERE NOT EXISTS (SELECT FROM pg_roles "
+        "WHERE rolname = r) OR NOT pg_has_role(current_user, r, 'MEMBER')", sorted(roles))
+    if missing:
+        raise ValueError("roles that do not exist or that batchd's login role is not a member "
+                         f"of (GRANT role TO login_role): {sorted(r['r'] for r in missing)}")
+
+
 @asynccontextmanager
 async def transaction(conn: asyncpg.Connection, settings: Settings, *,
                       isolation: str | None = None, readonly: bool = False,
-                      deadline: float | None = None) -> AsyncIterator[None]:
+                      deadline: float | None = None,
+                      role: str | None = None) -> AsyncIterator[None]:
     """A transaction of batchd: asyncpg's (so savepoints nest in it as usual), begun together
-    with its limits (``limits``) in one round trip. Commits when the block ends, rolls back
-    when it raises."""
-    sql = _limits_sql(limits(settings, deadline))
+    with its limits (``limits``) and the role its work runs as, in one round trip. Commits when
+    the block ends, rolls back when it raises."""
+    sql = _limits_sql(limits(settings, deadline)) + (role_sql(role) if role else "")
     tx = conn.transaction(isolation=isolation, readonly=readonly)
     real = tx._connection  # the pool's proxy hands the transaction the real connection
     tx._connection = _BeginWithLimits(real, sql)  # only for its start (see the class)

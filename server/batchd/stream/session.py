@@ -30,7 +30,7 @@ from batchd.auth import Principal, authorize_ingest
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
 from batchd.config import Settings
-from batchd.db.pool import connection, set_limits, transaction
+from batchd.db.pool import connection, role_sql, set_limits, transaction
 from batchd.errors import (
     BatchdError,
     DeadlineExceeded,
@@ -130,6 +130,7 @@ class StreamSession:
         self.admission = services.admission
         self.request_id = request_id
         self.principal = principal  # whose scopes bound an operations feed (None: auth off)
+        self.role = principal.role if principal is not None else None
 
     async def run(self, requests: AsyncIterator[batch_pb2.StreamRequest],
                   admitted: Callable[[], Awaitable[None]],
@@ -250,6 +251,8 @@ class StreamSession:
         committed = False
         try:
             await set_limits(conn, self.settings)
+            if self.role:  # every chunk runs as the principal's role
+                await conn.execute(role_sql(self.role))
             while True:
                 item = await queue.get()
                 if isinstance(item, _Commit):
@@ -312,8 +315,12 @@ class StreamSession:
                 async with transaction(conn, self.settings):
                     if not await ledger.claim_chunk(conn, stream_id, sequence, tally.next_row, 0):
                         raise _Undo  # committed meanwhile (another connection or replica)
+                    if self.role:  # the rows as the principal's role; the ledger as batchd
+                        await conn.execute(role_sql(self.role))
                     ack = await self._apply(conn, chunk, target, tally,
                                             atomic=False, reject_chunk=reject_chunk)
+                    if self.role:
+                        await conn.execute(role_sql(None))
                     await ledger.record_written(conn, stream_id, sequence, ack,
                                                 _row_count(chunk))
             except _Undo:
