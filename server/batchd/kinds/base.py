@@ -95,6 +95,13 @@ class Kind:
         """The name scopes are matched against: the table as written, or the handler."""
         return str(message.table)
 
+    def table(self, message: Any, path: str, ctx: PlanContext) -> Table:
+        """The catalog table ``message`` names, if this kind is allowed on it (else
+        INVALID_ARGUMENT naming the field)."""
+        table = ctx.catalog.table(message.table, f"{path}.table")
+        table.require(self.name, path)
+        return table
+
     def plan(self, message: Any, path: str, ctx: PlanContext, refs: list[Ref]) -> Planned:
         raise NotImplementedError
 

@@ -77,8 +77,7 @@ class InsertKind(Kind):
                tuple(oc.conflict_columns), tuple(oc.update_columns))
         shape = self._shapes.get(key)
         if shape is None:
-            table = ctx.catalog.table(message.table, f"{path}.table")
-            table.require(self.name, path)
+            table = self.table(message, path, ctx)
             columns = [table.column(name, f"{path}.rows[0].{name}") for name in names]
             for column in columns:
                 if column.generated:

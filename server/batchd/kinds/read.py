@@ -54,8 +54,7 @@ class GetKind(Kind):
 
     def plan(self, message: batch_pb2.GetOperation, path: str, ctx: PlanContext,
              refs: list[Ref]) -> Planned:
-        table = ctx.catalog.table(message.table, f"{path}.table")
-        table.require(self.name, path)
+        table = self.table(message, path, ctx)
         selection = Selection(plan_key(table, message.key, f"{path}.key", refs), by_key=True,
                               soft_delete=_visible(table, message.include_deleted))
         columns = columns_list(table, message.columns, f"{path}.columns",
@@ -92,8 +91,7 @@ class QueryKind(Kind):
 
     def plan(self, message: batch_pb2.QueryOperation, path: str, ctx: PlanContext,
              refs: list[Ref]) -> Planned:
-        table = ctx.catalog.table(message.table, f"{path}.table")
-        table.require(self.name, path)
+        table = self.table(message, path, ctx)
         selection = Selection(plan_selection(table, message, path, refs),
                               soft_delete=_visible(table, message.include_deleted))
         columns = columns_list(table, message.columns, f"{path}.columns",

@@ -70,8 +70,7 @@ class UpdateKind(Kind):
 
     def plan(self, message: batch_pb2.UpdateOperation, path: str, ctx: PlanContext,
              refs: list[Ref]) -> Planned:
-        table = ctx.catalog.table(message.table, f"{path}.table")
-        table.require(self.name, path)
+        table = self.table(message, path, ctx)
         selection = _selection(table, message, path, refs)
         values = struct_from_proto(message.set)
         if not values:
@@ -101,8 +100,7 @@ class DeleteKind(Kind):
 
     def plan(self, message: batch_pb2.DeleteOperation, path: str, ctx: PlanContext,
              refs: list[Ref]) -> Planned:
-        table = ctx.catalog.table(message.table, f"{path}.table")
-        table.require(self.name, path)
+        table = self.table(message, path, ctx)
         selection = _selection(table, message, path, refs)
         spec = WriteSpec(table, selection, [], table.soft_delete_column is not None,
                          _expected_version(table, message, selection, path),
