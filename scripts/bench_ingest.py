@@ -155,7 +155,7 @@ def stream_requests(spec: Spec, encoding: str, rows: list[tuple[Any, ...]], chun
 
     from batchd.v1 import batch_pb2
 
-    out = [batch_pb2.StreamRequest(header=batch_pb2.StreamHeader(
+    out = [batch_pb2.BatchStreamRequest(header=batch_pb2.StreamHeader(
         table=spec.name, columns=spec.columns,
         encoding=batch_pb2.Encoding.Value(f"ENCODING_{encoding}"))).SerializeToString()]
     for seq, (start, end) in enumerate(slices(len(rows), chunk), 1):
@@ -173,8 +173,8 @@ def stream_requests(spec: Spec, encoding: str, rows: list[tuple[Any, ...]], chun
         else:
             assert arrow is not None
             message.arrow = arrow[seq - 1]  # type: ignore[attr-defined]
-        out.append(batch_pb2.StreamRequest(chunk=message).SerializeToString())
-    out.append(batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit()).SerializeToString())
+        out.append(batch_pb2.BatchStreamRequest(chunk=message).SerializeToString())
+    out.append(batch_pb2.BatchStreamRequest(commit=batch_pb2.StreamCommit()).SerializeToString())
     return out
 
 
@@ -194,7 +194,7 @@ async def stream(target: str, requests: Iterable[bytes], total: int) -> float:
             ("grpc.max_receive_message_length", 64 << 20)]) as channel:
         method = channel.stream_stream("/batchd.v1.BatchService/BatchStream",
                                        request_serializer=None,  # already bytes
-                                       response_deserializer=batch_pb2.StreamResponse.FromString)
+                                       response_deserializer=batch_pb2.BatchStreamResponse.FromString)
         started = time.perf_counter()
         call = method(timeout=TIMEOUT)
 
@@ -364,7 +364,7 @@ async def memory(dsn: str, args: argparse.Namespace) -> list[str]:
 
     spec = SPECS["narrow"]
     serialized = stream_requests(spec, "COLUMNAR", spec.make(args.rows), args.chunk)
-    chunks = [batch_pb2.StreamRequest.FromString(b) for b in serialized[1:-1]]
+    chunks = [batch_pb2.BatchStreamRequest.FromString(b) for b in serialized[1:-1]]
 
     def requests(repeat: int) -> Iterable[bytes]:
         yield serialized[0]

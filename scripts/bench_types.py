@@ -63,9 +63,9 @@ def requests(table: str, column: str, j: int, encoding: str, rows: list[tuple[An
             pa.table({column: arrow.column(column)}), len(rows))[0]
     header = batch_pb2.StreamHeader(table=table, columns=[column],
                                     encoding=batch_pb2.Encoding.Value(f"ENCODING_{encoding}"))
-    return [batch_pb2.StreamRequest(header=header).SerializeToString(),
-            batch_pb2.StreamRequest(chunk=chunk).SerializeToString(),
-            batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit()).SerializeToString()]
+    return [batch_pb2.BatchStreamRequest(header=header).SerializeToString(),
+            batch_pb2.BatchStreamRequest(chunk=chunk).SerializeToString(),
+            batch_pb2.BatchStreamRequest(commit=batch_pb2.StreamCommit()).SerializeToString()]
 
 
 async def compare(conn: Any, table: str, column: str) -> str:

@@ -172,7 +172,7 @@ class Soak:
                 {"id": "after_dup", "depends_on": ["dup"],
                  "get": {"table": "products", "key": {"id": "1"}}}]}))
             if response is not None:
-                got = {r.id: self.pb.Outcome.Name(r.outcome) for r in response.results}
+                got = {r.id: self.pb.Outcome.Name(r.outcome).removeprefix("OUTCOME_") for r in response.results}
                 codes = {r.id: r.status.code for r in response.results}
                 for op, outcome in got.items():
                     self.outcomes[f"{op} {outcome}"] += 1
@@ -185,7 +185,7 @@ class Soak:
             for _ in range(3):
                 response = await self.call(kind, self.request({"operations": [
                     {"id": "q", "query": {"table": "customers", "filters": [
-                        {"column": "email", "op": "LIKE", "value": "soak-%"}],
+                        {"column": "email", "op": "OPERATOR_LIKE", "value": "soak-%"}],
                         "order_by": [{"column": "id", "descending": True}], "limit": 100,
                         "page_token": token}}]}))
                 if response is None:
@@ -221,7 +221,7 @@ class Soak:
             base += CHUNKS * CHUNK_ROWS
 
             async def requests(header: Any, chunks: list[Any]) -> Any:
-                yield self.pb.StreamRequest(header=header)
+                yield self.pb.BatchStreamRequest(header=header)
                 for chunk in chunks:
                     yield chunk
 
@@ -253,7 +253,7 @@ class Soak:
                for i in range(CHUNK_ROWS)]
         if csv:
             data = "".join(f"{i},soak,{i % 100}\n" for i in ids).encode()
-            return self.pb.StreamRequest(chunk=self.pb.StreamChunk(sequence=sequence, csv=data))
+            return self.pb.BatchStreamRequest(chunk=self.pb.StreamChunk(sequence=sequence, csv=data))
         from google.protobuf import struct_pb2
 
         rows = []
@@ -261,7 +261,7 @@ class Soak:
             row = struct_pb2.Struct()
             row.update({"id": str(i), "kind": "soak", "score": i % 100})
             rows.append(row)
-        return self.pb.StreamRequest(chunk=self.pb.StreamChunk(sequence=sequence, rows=rows))
+        return self.pb.BatchStreamRequest(chunk=self.pb.StreamChunk(sequence=sequence, rows=rows))
 
 
 async def start_server(dsn: str, log_path: Path) -> tuple[asyncio.subprocess.Process, str]:

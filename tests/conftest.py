@@ -31,6 +31,13 @@ HERE = Path(__file__).parent
 TEST_TABLES = ["order_items", "orders", "customers", "products", "all_types", "events",
                '"Odd ""Name"""', "readonly_things", "no_key"]
 
+# The operation outcomes by short name (the proto's values carry the enum's prefix).
+SUCCEEDED = batch_pb2.OUTCOME_SUCCEEDED
+FAILED = batch_pb2.OUTCOME_FAILED
+ROLLED_BACK = batch_pb2.OUTCOME_ROLLED_BACK
+NOT_RUN = batch_pb2.OUTCOME_NOT_RUN
+SKIPPED = batch_pb2.OUTCOME_SKIPPED
+
 
 def embedded_server() -> Any:
     """A throwaway embedded PostgreSQL (in a folder its unprivileged user can reach). Only

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncpg
 import grpc
 
-from batchd.v1 import batch_pb2
-from tests.conftest import batch, count, fails, rows
-
-Outcome = batch_pb2.Outcome
+from tests.conftest import FAILED, NOT_RUN, ROLLED_BACK, SUCCEEDED, batch, count, fails, rows
 
 
 def customer(op_id: str, email: str, name: str = "Ada") -> dict:
@@ -29,7 +26,7 @@ async def test_parent_and_children_in_one_batch_with_references(stub, db: asyncp
              "unit_price": "19.99"}], "returning": ["order_id", "unit_price"]}},
     ]))
     assert response.committed
-    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 3
+    assert [r.outcome for r in response.results] == [SUCCEEDED] * 3
     order = rows(response.results[1])[0]
     assert order["customer_id"] == rows(response.results[0])[0]["id"]
     assert order["version"] == 1
@@ -44,7 +41,7 @@ async def test_bulk_update_by_filter_reports_each_row(stub, db):
                      "('c', 'c@y')")
     response = await stub.BatchExecute(batch([
         {"id": "rename", "update": {"table": "customers",
-                                    "filters": [{"column": "email", "op": "LIKE",
+                                    "filters": [{"column": "email", "op": "OPERATOR_LIKE",
                                                  "value": "%@x"}],
                                     "set": {"name": "renamed"}, "returning": ["id", "name"]}},
     ]))
@@ -81,8 +78,8 @@ async def test_atomic_batch_rolls_back_on_unique_violation(stub, db):
     assert failure.error_info["constraint"] == "customers_email_key"
     assert failure.error_info["table"] == "customers"
     assert failure.error_info["operation_id"] == "second"
-    assert failure.outcomes() == {"first": Outcome.ROLLED_BACK, "order": Outcome.ROLLED_BACK,
-                                  "second": Outcome.FAILED, "third": Outcome.NOT_RUN}
+    assert failure.outcomes() == {"first": ROLLED_BACK, "order": ROLLED_BACK,
+                                  "second": FAILED, "third": NOT_RUN}
     assert not failure.response.committed
     # Rolled-back operations never show ids that no longer exist.
     for result in failure.response.results:
@@ -111,8 +108,8 @@ async def test_invalid_operations_are_all_reported_before_anything_runs(stub, db
                                   "columns": ["nope"]}},
     ]))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert failure.outcomes() == {"ok": Outcome.NOT_RUN, "bad_type": Outcome.FAILED,
-                                  "bad_col": Outcome.FAILED}
+    assert failure.outcomes() == {"ok": NOT_RUN, "bad_type": FAILED,
+                                  "bad_col": FAILED}
     assert failure.violations == [("operations[1].insert.rows[0].price",
                                    "expected a decimal string or number, got bool "
                                    "(column price, numeric(12,2))")]
@@ -128,7 +125,7 @@ async def test_validate_only_reports_results_and_commits_nothing(stub, db):
                                "rows": [{"customer_id": {"$ref": "c.id"}}]}},
     ], validate_only=True))
     assert not response.committed
-    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 2
+    assert [r.outcome for r in response.results] == [SUCCEEDED] * 2
     assert rows(response.results[1])[0]["id"]
     assert await count(db, "customers") == 0
     assert await count(db, "orders") == 0
@@ -226,12 +223,13 @@ async def test_unexpected_handler_exception_is_internal_without_leaking(stub, db
 async def test_reference_to_a_missing_row_fails_the_referring_operation(stub, db):
     failure = await fails(stub, batch([
         {"id": "none", "query": {"table": "customers",
-                                 "filters": [{"column": "email", "op": "EQ", "value": "no@x"}]}},
+                                 "filters": [{"column": "email", "op": "OPERATOR_EQ",
+                                              "value": "no@x"}]}},
         {"id": "o", "insert": {"table": "orders",
                                "rows": [{"customer_id": {"$ref": "none.id"}}]}},
     ]))
     assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert failure.outcomes() == {"none": Outcome.ROLLED_BACK, "o": Outcome.FAILED}
+    assert failure.outcomes() == {"none": ROLLED_BACK, "o": FAILED}
     assert "returned 0 row(s)" in failure.message
 
 

@@ -36,10 +36,19 @@ from batchd.app import App
 from batchd.auth import Principal, hash_token
 from batchd.config import Settings, TokenSettings
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import BatchFailure, batch, count, fails, make_settings
+from tests.conftest import (
+    FAILED,
+    NOT_RUN,
+    SKIPPED,
+    SUCCEEDED,
+    BatchFailure,
+    batch,
+    count,
+    fails,
+    make_settings,
+)
 from tests.test_stream import COMMIT, header, open_stream, ops_chunk, rows_chunk, send
 
-Outcome = batch_pb2.Outcome
 DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 
 READER, CLERK, CALLER, ADMIN = "reader-secret", "clerk-secret", "caller-secret", "admin-secret"
@@ -194,14 +203,14 @@ async def test_read_scope_allows_query_and_get(stub, db):
         {"id": "q", "query": {"table": "customers"}},
         {"id": "g", "get": {"table": "public.products", "key": {"id": 1}}},
     ]), metadata=bearer(READER))
-    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 2
+    assert [r.outcome for r in response.results] == [SUCCEEDED] * 2
     assert response.results[0].rows_affected == 1
 
 
 async def test_atomic_batch_with_a_denied_operation_is_refused_before_anything_runs(stub, db):
     failure = await fails_with(stub, batch([customer("c", "c@x"), PRODUCT]), CLERK)
     assert failure.code == grpc.StatusCode.PERMISSION_DENIED
-    assert failure.outcomes() == {"c": Outcome.NOT_RUN, "product": Outcome.FAILED}
+    assert failure.outcomes() == {"c": NOT_RUN, "product": FAILED}
     assert failure.error_info["operation_id"] == "product"
     assert failure.error_info["principal"] == "clerk"
     assert failure.error_info["scope"] == "write:public.products"
@@ -216,9 +225,9 @@ async def test_independent_batch_fails_only_the_denied_operation(stub, db):
          {"id": "after", "depends_on": ["product"], "query": {"table": "products"}}],
         mode="MODE_INDEPENDENT"), metadata=bearer(CLERK))
     c, product, after = response.results
-    assert c.outcome == Outcome.SUCCEEDED
-    assert (product.outcome, product.status.code) == (Outcome.FAILED, DENIED)
-    assert after.outcome == Outcome.SKIPPED
+    assert c.outcome == SUCCEEDED
+    assert (product.outcome, product.status.code) == (FAILED, DENIED)
+    assert after.outcome == SKIPPED
     assert await count(db, "customers") == 1
     assert await count(db, "products") == 2
 
@@ -312,10 +321,10 @@ async def test_stream_ingest_needs_write_scope_on_its_table(stub, db):
 async def test_operations_feed_checks_every_operation(stub, db):
     call, _ = await open_stream(stub, header(mode="MODE_INDEPENDENT"), metadata=bearer(CLERK))
     denied = (await send(call, ops_chunk(1, [customer("c", "c@x"), PRODUCT]))).ack
-    assert [r.outcome for r in denied.results] == [Outcome.NOT_RUN, Outcome.FAILED]
+    assert [r.outcome for r in denied.results] == [NOT_RUN, FAILED]
     assert denied.results[1].status.code == DENIED
     allowed = (await send(call, ops_chunk(2, [customer("c", "c@x")]))).ack
-    assert allowed.results[0].outcome == Outcome.SUCCEEDED
+    assert allowed.results[0].outcome == SUCCEEDED
     await call.done_writing()
     assert (await call.read()).summary.committed
     assert await count(db, "customers") == 1
@@ -458,7 +467,7 @@ async def test_tls_server_serves_clients_that_trust_its_ca(schema, certs):
             stub = batch_pb2_grpc.BatchServiceStub(ch)
             response = await stub.BatchExecute(batch([{"id": "q", "query": {
                 "table": "products"}}]), timeout=SHORT)
-            assert response.results[0].outcome == Outcome.SUCCEEDED
+            assert response.results[0].outcome == SUCCEEDED
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as plain:
             err = await rpc_error(batch_pb2_grpc.BatchServiceStub(plain).GetSchema(
                 batch_pb2.GetSchemaRequest(), timeout=SHORT))
@@ -524,7 +533,7 @@ async def test_mtls_with_tokens_a_presented_token_takes_precedence(schema, certs
         assert failure.error_info["principal"] == "svc-orders"
         response = await stub.BatchExecute(batch([{"id": "q", "query": {
             "table": "products"}}]), metadata=bearer(READER), timeout=SHORT)
-        assert response.results[0].outcome == Outcome.SUCCEEDED
+        assert response.results[0].outcome == SUCCEEDED
         err = await rpc_error(stub.BatchExecute(batch([{"id": "q", "query": {
             "table": "products"}}]), metadata=bearer("wrong"), timeout=SHORT))
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -81,7 +81,7 @@ async def test_exec_yaml_file_sends_exact_values_and_prints_json(app, db, tmp_pa
     assert code == 0, err
     response = json.loads(out)
     assert response["committed"] is True
-    assert [r["outcome"] for r in response["results"]] == ["SUCCEEDED"] * 3
+    assert [r["outcome"] for r in response["results"]] == ["OUTCOME_SUCCEEDED"] * 3
     # A YAML integer beyond 2**53 and a YAML date reach PostgreSQL exactly.
     assert response["results"][2]["rows"] == [{"i8": "9223372036854775807",
                                                "day": "2024-02-29"}]
@@ -125,7 +125,7 @@ async def test_exec_json_of_a_failed_batch_carries_the_error_and_results(app, tm
         "field": "operations[0].insert.rows[0].price",
         "description": "expected a decimal string or number, got bool "
                        "(column price, numeric(12,2))"}]
-    assert response["results"][0]["outcome"] == "FAILED"
+    assert response["results"][0]["outcome"] == "OUTCOME_FAILED"
     assert "batchd exec: INVALID_ARGUMENT" in err
     assert "operations[0].insert.rows[0].price: expected a decimal string" in err
 

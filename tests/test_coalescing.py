@@ -9,8 +9,8 @@ from __future__ import annotations
 import grpc
 
 from batchd.app import App
-from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import batch, fails, make_settings, rows
+from batchd.v1 import batch_pb2_grpc
+from tests.conftest import FAILED, NOT_RUN, ROLLED_BACK, batch, fails, make_settings, rows
 
 
 def customer(i: int, **extra) -> dict:
@@ -76,7 +76,7 @@ async def test_a_failing_coalesced_run_names_the_operation_that_failed(stub, db)
     assert failure.error_info["operation_id"] == "c6"
     outcomes = failure.outcomes()
     assert [outcomes[f"c{i}"] for i in range(10)] == (
-        [batch_pb2.ROLLED_BACK] * 6 + [batch_pb2.FAILED] + [batch_pb2.NOT_RUN] * 3)
+        [ROLLED_BACK] * 6 + [FAILED] + [NOT_RUN] * 3)
     assert await db.fetchval("SELECT count(*) FROM customers") == 0
 
 

@@ -87,8 +87,8 @@ async def test_exact_values_work_as_keys_filters_and_references(stub, db):
         {"id": "w", "insert": {"table": "all_types", "rows": [{"id": big, "num": "0.3"}],
                                "returning": ["id", "num"]}},
         {"id": "q", "query": {"table": "all_types", "filters": [
-            {"column": "id", "op": "EQ", "value": {"$ref": "w.id"}},
-            {"column": "num", "op": "EQ", "value": "0.3"}], "columns": ["id"]}},
+            {"column": "id", "op": "OPERATOR_EQ", "value": {"$ref": "w.id"}},
+            {"column": "num", "op": "OPERATOR_EQ", "value": "0.3"}], "columns": ["id"]}},
     ]))
     assert rows(response.results[1]) == [{"id": big}]
 

@@ -300,7 +300,7 @@ def a_key(draw: st.DrawFn, level: Level, table: str) -> dict[str, Any]:
                       wild_mappings(table, level.ids, max_size=3))
 
 
-PATTERNS = (batch_pb2.Filter.LIKE, batch_pb2.Filter.ILIKE)
+PATTERNS = (batch_pb2.Filter.OPERATOR_LIKE, batch_pb2.Filter.OPERATOR_ILIKE)
 
 
 def some_filters(draw: st.DrawFn, level: Level, table: str, min_size: int = 0,
@@ -312,11 +312,11 @@ def a_filter(draw: st.DrawFn, level: Level, table: str) -> batch_pb2.Filter:
     column = column_for(draw, level, table)
     tame_ops = list(range(1, 9)) + (list(PATTERNS) if column in TEXT_COLUMNS else [])
     op = level.pick(draw, st.sampled_from(tame_ops), maybe_enum(range(11)))
-    if op == batch_pb2.Filter.IN:
+    if op == batch_pb2.Filter.OPERATOR_IN:
         value: Any = level.pick(draw, st.lists(TYPED.get(column, scalars), min_size=1,
                                                max_size=4),
                                 json_values(level.ids))
-    elif op == batch_pb2.Filter.IS_NULL:
+    elif op == batch_pb2.Filter.OPERATOR_IS_NULL:
         value = level.pick(draw, st.booleans(), json_values(level.ids))
     elif op in PATTERNS:
         value = level.pick(draw, st.sampled_from(["%", "a%", "%@%", "_", "\\%", "", "A%"]),
@@ -340,7 +340,7 @@ def a_where(draw: st.DrawFn, level: Level, table: str, depth: int = 1,
     deeper = level.pick(draw, st.just(depth < 3), st.just(depth < 10))
     for _ in range(children):
         if children > 3:
-            group.filters.append(batch_pb2.Filter(column="id", op=batch_pb2.Filter.EQ,
+            group.filters.append(batch_pb2.Filter(column="id", op=batch_pb2.Filter.OPERATOR_EQ,
                                                   value=to_value(1)))
         elif deeper and draw(st.integers(0, 2)) == 0:
             group.groups.append(a_where(draw, level, table, depth + 1))
@@ -568,7 +568,7 @@ def csv_body(draw: st.DrawFn, level: Level, names: list[str], length: int) -> by
 
 
 @st.composite
-def stream_requests(draw: st.DrawFn) -> list[batch_pb2.StreamRequest]:
+def stream_requests(draw: st.DrawFn) -> list[batch_pb2.BatchStreamRequest]:
     level = Level(draw(levels), ids=list(OP_IDS[:3]))
     table = level.pick(draw, st.sampled_from([*TABLES, ""]), st.one_of(st.just(""),
                                                                        name_in(TABLES)))
@@ -590,9 +590,9 @@ def stream_requests(draw: st.DrawFn) -> list[batch_pb2.StreamRequest]:
         header.csv.delimiter = draw(option)
         header.csv.null = draw(option)
         header.csv.quote = draw(option)
-    messages: list[batch_pb2.StreamRequest] = []
+    messages: list[batch_pb2.BatchStreamRequest] = []
     if level.name == "tame" or draw(st.integers(0, 9)) > 0:
-        messages.append(batch_pb2.StreamRequest(header=header))
+        messages.append(batch_pb2.BatchStreamRequest(header=header))
     encoding = header.encoding
     for sequence in range(1, draw(st.integers(0, 4)) + 1):
         chunk = batch_pb2.StreamChunk(sequence=level.pick(
@@ -617,8 +617,8 @@ def stream_requests(draw: st.DrawFn) -> list[batch_pb2.StreamRequest]:
             for i in range(min(length, len(level.ids))):
                 level.index = i
                 chunk.operations.append(draw(operations(level)))
-        messages.append(batch_pb2.StreamRequest(chunk=chunk))
-    commit = batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit())
+        messages.append(batch_pb2.BatchStreamRequest(chunk=chunk))
+    commit = batch_pb2.BatchStreamRequest(commit=batch_pb2.StreamCommit())
     if level.name == "tame":
         if draw(st.integers(0, 3)) > 0:
             messages.append(commit)
@@ -627,7 +627,7 @@ def stream_requests(draw: st.DrawFn) -> list[batch_pb2.StreamRequest]:
             messages.insert(draw(st.integers(0, len(messages))), commit)
         if draw(st.integers(0, 9)) == 0:  # a second header, somewhere
             messages.insert(draw(st.integers(0, len(messages))),
-                            batch_pb2.StreamRequest(header=header))
+                            batch_pb2.BatchStreamRequest(header=header))
     event(f"level {level.name}")
     return messages
 
@@ -755,7 +755,7 @@ def check_replay(target: Target, request: batch_pb2.BatchExecuteRequest,
                                          f"{shown(again)} vs {shown(first)}"]
 
 
-def stream(target: Target, messages: list[batch_pb2.StreamRequest]) -> None:
+def stream(target: Target, messages: list[batch_pb2.BatchStreamRequest]) -> None:
     request_id = target.request_id()
     problems: list[str] = []
     try:
@@ -827,21 +827,22 @@ def test_a_stream_whose_first_row_names_no_columns_is_not_an_internal_error(targ
     # defaults or refuse the stream with INVALID_ARGUMENT; never INTERNAL.
     stream(target, [
         json_format.ParseDict({"header": {"table": "no_key", "mode": mode}},
-                              batch_pb2.StreamRequest()),
+                              batch_pb2.BatchStreamRequest()),
         json_format.ParseDict({"chunk": {"sequence": 1, "rows": [{}]}},
-                              batch_pb2.StreamRequest()),
-        batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit()),
+                              batch_pb2.BatchStreamRequest()),
+        batch_pb2.BatchStreamRequest(commit=batch_pb2.StreamCommit()),
     ])
 
 
 
-def csv_stream(mode: str, options: dict[str, str], body: bytes) -> list[batch_pb2.StreamRequest]:
+def csv_stream(mode: str, options: dict[str, str],
+               body: bytes) -> list[batch_pb2.BatchStreamRequest]:
     return [
         json_format.ParseDict({"header": {"table": "events", "columns": ["id", "kind"],
                                           "mode": mode, "encoding": "ENCODING_CSV",
-                                          "csv": options}}, batch_pb2.StreamRequest()),
-        batch_pb2.StreamRequest(chunk=batch_pb2.StreamChunk(sequence=1, csv=body)),
-        batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit()),
+                                          "csv": options}}, batch_pb2.BatchStreamRequest()),
+        batch_pb2.BatchStreamRequest(chunk=batch_pb2.StreamChunk(sequence=1, csv=body)),
+        batch_pb2.BatchStreamRequest(commit=batch_pb2.StreamCommit()),
     ]
 
 
@@ -864,12 +865,12 @@ def test_a_columnar_timestamp_out_of_range_is_rejected_not_an_internal_error(tar
     stream(target, [
         json_format.ParseDict({"header": {"table": "all_types", "columns": ["id", "at"],
                                           "mode": mode, "encoding": "ENCODING_COLUMNAR"}},
-                              batch_pb2.StreamRequest()),
-        batch_pb2.StreamRequest(chunk=batch_pb2.StreamChunk(sequence=1, columnar=batch_pb2.
+                              batch_pb2.BatchStreamRequest()),
+        batch_pb2.BatchStreamRequest(chunk=batch_pb2.StreamChunk(sequence=1, columnar=batch_pb2.
                                 ColumnarRows(columns=[
                                     batch_pb2.ColumnValues(int64s=batch_pb2.Int64Array(
                                         values=[1])),
                                     batch_pb2.ColumnValues(timestamp_micros=batch_pb2.Int64Array(
                                         values=[-(2**63)]))]))),
-        batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit()),
+        batch_pb2.BatchStreamRequest(commit=batch_pb2.StreamCommit()),
     ])

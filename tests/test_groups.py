@@ -16,9 +16,18 @@ from google.protobuf import json_format
 from batchd.errors import from_rpc_status
 from batchd.v1 import batch_pb2
 from tests import handlers
-from tests.conftest import batch, count, fails, rows
+from tests.conftest import (
+    FAILED,
+    NOT_RUN,
+    ROLLED_BACK,
+    SKIPPED,
+    SUCCEEDED,
+    batch,
+    count,
+    fails,
+    rows,
+)
 
-Outcome = batch_pb2.Outcome
 INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
 CODE = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -92,7 +101,7 @@ async def test_fifty_orders_with_their_items_each_commit_or_roll_back_whole(stub
     good = [g for g in range(50) if g not in CHECK_BROKEN | UNIQUE_BROKEN]
     assert len(good) == 39
     for g in good:
-        assert outcomes(response, *group_ids(g)) == [Outcome.SUCCEEDED] * 5
+        assert outcomes(response, *group_ids(g)) == [SUCCEEDED] * 5
         order_id = int(rows(results[f"o{g}"])[0]["id"])
         # The 4 items, coalesced into one statement as in an atomic batch (one command id).
         assert await db.fetchval("SELECT count(*) FROM order_items WHERE order_id = $1",
@@ -101,14 +110,14 @@ async def test_fifty_orders_with_their_items_each_commit_or_roll_back_whole(stub
                                  "WHERE order_id = $1", order_id) == 1
     for g in CHECK_BROKEN:
         assert outcomes(response, *group_ids(g)) == [
-            Outcome.ROLLED_BACK, Outcome.ROLLED_BACK, Outcome.ROLLED_BACK, Outcome.FAILED,
-            Outcome.NOT_RUN]
+            ROLLED_BACK, ROLLED_BACK, ROLLED_BACK, FAILED,
+            NOT_RUN]
         failed = results[f"o{g}i2"]
         assert code(failed) == grpc.StatusCode.INVALID_ARGUMENT
         assert from_rpc_status(failed.status).error_info["sqlstate"] == "23514"
         assert failed.status.message.startswith(f'operation "o{g}i2": ')
     for g in UNIQUE_BROKEN:
-        assert outcomes(response, *group_ids(g)) == [Outcome.ROLLED_BACK] * 4 + [Outcome.FAILED]
+        assert outcomes(response, *group_ids(g)) == [ROLLED_BACK] * 4 + [FAILED]
         failed = results[f"o{g}i3"]
         assert code(failed) == grpc.StatusCode.ALREADY_EXISTS
         assert from_rpc_status(failed.status).error_info["constraint"] == "order_items_pkey"
@@ -162,7 +171,7 @@ async def test_groups_run_concurrently(stub, db):
     finally:
         await db.execute("SELECT pg_advisory_unlock($1)", key)
     response = await call
-    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 8
+    assert [r.outcome for r in response.results] == [SUCCEEDED] * 8
 
 
 async def test_references_across_groups_order_them_wherever_they_are_listed(stub, db):
@@ -177,7 +186,7 @@ async def test_references_across_groups_order_them_wherever_they_are_listed(stub
         {"id": "check", "group": "who", "get": {"table": "customers",
                                                  "key": {"id": {"$ref": "cust.id"}}}},
     ], **INDEPENDENT))
-    assert all(r.outcome == Outcome.SUCCEEDED for r in response.results), response
+    assert all(r.outcome == SUCCEEDED for r in response.results), response
     customer_id = int(rows(by_id(response)["cust"])[0]["id"])
     assert {r["customer_id"] for r in await db.fetch("SELECT customer_id FROM orders")} == {
         customer_id}
@@ -202,9 +211,9 @@ async def test_a_failed_group_skips_the_groups_and_operations_that_depend_on_it(
     assert response.committed
     results = by_id(response)
     assert outcomes(response, *group_ids("bad")) == [
-        Outcome.ROLLED_BACK, Outcome.ROLLED_BACK, Outcome.FAILED, Outcome.NOT_RUN,
-        Outcome.NOT_RUN]
-    assert outcomes(response, "after", "after2", "uses", "lone") == [Outcome.SKIPPED] * 4
+        ROLLED_BACK, ROLLED_BACK, FAILED, NOT_RUN,
+        NOT_RUN]
+    assert outcomes(response, "after", "after2", "uses", "lone") == [SKIPPED] * 4
     for op_id, failed_dep, group in [("after", "obadi1", "later"),
                                      ("after2", "obadi1", "later"), ("uses", "obad", "other")]:
         status = results[op_id].status
@@ -216,7 +225,7 @@ async def test_a_failed_group_skips_the_groups_and_operations_that_depend_on_it(
         assert error.error_info["operation_id"] == op_id
     assert results["lone"].status.message == \
         'operation "lone": not run: operation "after2" did not succeed'
-    assert outcomes(response, *group_ids("fine")) == [Outcome.SUCCEEDED] * 5
+    assert outcomes(response, *group_ids("fine")) == [SUCCEEDED] * 5
     assert await count(db, "orders") == 1 and await count(db, "order_items") == 4
 
 
@@ -228,7 +237,7 @@ async def test_an_invalid_operation_refuses_its_group_before_it_runs(stub, db):
                                                                    "email": "f@x"}]}},
     ], **INDEPENDENT))
     assert outcomes(response, "og", "ogi0", "ogi1", "fine") == [
-        Outcome.NOT_RUN, Outcome.FAILED, Outcome.NOT_RUN, Outcome.SUCCEEDED]
+        NOT_RUN, FAILED, NOT_RUN, SUCCEEDED]
     results = by_id(response)
     assert code(results["ogi0"]) == grpc.StatusCode.INVALID_ARGUMENT
     assert results["og"].status.message == 'not run: operation "ogi0" failed'
@@ -244,7 +253,7 @@ async def test_a_serialization_failure_reruns_the_group_whole(stub, db):
                                                    "args": {"key": key, "times": 2}}},
         item("r", 1),
     ], **INDEPENDENT))
-    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 4
+    assert [r.outcome for r in response.results] == [SUCCEEDED] * 4
     assert handlers.serialization_failures[key] == 2
     # Only the third run left rows behind: one order, its two items.
     assert await count(db, "orders") == 1 and await count(db, "order_items") == 2
@@ -265,7 +274,7 @@ async def test_a_group_that_keeps_failing_to_serialize_is_aborted_and_a_lone_one
                                 "args": {"key": lone_key, "times": 1}}},
     ], **INDEPENDENT))
     assert outcomes(response, "or", "conflict", "lone") == [
-        Outcome.ROLLED_BACK, Outcome.FAILED, Outcome.FAILED]
+        ROLLED_BACK, FAILED, FAILED]
     results = by_id(response)
     assert code(results["conflict"]) == grpc.StatusCode.ABORTED
     assert from_rpc_status(results["conflict"].status).error_info["sqlstate"] == "40001"
@@ -300,7 +309,7 @@ async def test_a_failing_commit_fails_every_operation_of_the_group(stub, db):
                          "DROP FUNCTION refuse_at_commit()")
     results = by_id(response)
     assert outcomes(response, "c", "e", "after", "lone", "after_lone") == [
-        Outcome.FAILED, Outcome.FAILED, Outcome.SKIPPED, Outcome.FAILED, Outcome.SKIPPED]
+        FAILED, FAILED, SKIPPED, FAILED, SKIPPED]
     for op_id in ("c", "e", "lone"):
         assert code(results[op_id]) == grpc.StatusCode.INVALID_ARGUMENT
         assert results[op_id].status.message == f'operation "{op_id}": refused at commit'
@@ -320,11 +329,11 @@ async def test_validate_only_reports_groups_as_for_real_and_commits_nothing(stub
     ]
     dry = await stub.BatchExecute(batch(ops, validate_only=True, **INDEPENDENT))
     assert not dry.committed
-    expected = {**dict.fromkeys(group_ids("ok"), Outcome.SUCCEEDED),
-                "obad": Outcome.ROLLED_BACK, "obadi0": Outcome.ROLLED_BACK,
-                "obadi1": Outcome.ROLLED_BACK, "obadi2": Outcome.FAILED,
-                "obadi3": Outcome.NOT_RUN, "uses_ok": Outcome.SUCCEEDED,
-                "uses_bad": Outcome.SKIPPED}
+    expected = {**dict.fromkeys(group_ids("ok"), SUCCEEDED),
+                "obad": ROLLED_BACK, "obadi0": ROLLED_BACK,
+                "obadi1": ROLLED_BACK, "obadi2": FAILED,
+                "obadi3": NOT_RUN, "uses_ok": SUCCEEDED,
+                "uses_bad": SKIPPED}
     assert {r.id: r.outcome for r in dry.results} == expected
     # The dependent group saw the order its dependency wrote (under the same transaction).
     assert rows(by_id(dry)["uses_ok"])[0]["id"] == rows(by_id(dry)["ook"])[0]["id"]
@@ -339,8 +348,8 @@ async def test_a_request_id_replays_the_groups_answer_without_running_again(stub
     request = batch([*order_with_items("a"), *order_with_items("b", {0: {"quantity": 0}})],
                     request_id=f"test:{uuid.uuid4()}", **INDEPENDENT)
     first = await stub.BatchExecute(request)
-    assert outcomes(first, *group_ids("a")) == [Outcome.SUCCEEDED] * 5
-    assert outcomes(first, "ob", "obi0") == [Outcome.ROLLED_BACK, Outcome.FAILED]
+    assert outcomes(first, *group_ids("a")) == [SUCCEEDED] * 5
+    assert outcomes(first, "ob", "obi0") == [ROLLED_BACK, FAILED]
     again = await stub.BatchExecute(request)
     assert again.replayed and list(again.results) == list(first.results)
     assert await count(db, "orders") == 1 and await count(db, "order_items") == 4
@@ -374,12 +383,12 @@ async def test_a_cycle_between_groups_is_refused_before_anything_runs(stub, db):
 async def test_groups_are_refused_in_an_operations_feed(stub, db):
     # A feed's chunk is run as an atomic batch: a group there means nothing, so it is refused.
     call = stub.BatchStream()
-    await call.write(batch_pb2.StreamRequest(header=batch_pb2.StreamHeader()))
+    await call.write(batch_pb2.BatchStreamRequest(header=batch_pb2.StreamHeader()))
     assert (await call.read()).WhichOneof("kind") == "opened"
     chunk = json_format.ParseDict({"sequence": 1, "operations": [
         {"id": "c", "group": "g", "insert": {"table": "customers", "rows": [
             {"name": "c", "email": "c@x"}]}}]}, batch_pb2.StreamChunk())
-    await call.write(batch_pb2.StreamRequest(chunk=chunk))
+    await call.write(batch_pb2.BatchStreamRequest(chunk=chunk))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call.read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

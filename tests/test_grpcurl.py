@@ -77,7 +77,7 @@ async def test_failing_batch_prints_a_readable_error_with_details(app, db):
     assert code != 0
     assert "Code: NotFound" in out
     assert 'operation "bad": no row with that key' in out
-    assert "batchd.v1.BatchExecuteResponse" in out and '"outcome":"FAILED"' in out
+    assert "batchd.v1.BatchExecuteResponse" in out and '"outcome":"OUTCOME_FAILED"' in out
 
 
 async def test_groups_from_json_as_in_the_readme(app, db):
@@ -104,8 +104,9 @@ async def test_groups_from_json_as_in_the_readme(app, db):
     response = json.loads(out)
     assert response["committed"] is True
     assert {r["id"]: r["outcome"] for r in response["results"]} == {
-        "o1": "SUCCEEDED", "o1-stock": "SUCCEEDED", "o1-item": "SUCCEEDED",
-        "o2": "ROLLED_BACK", "o2-stock": "FAILED", "o2-item": "NOT_RUN", "o2-paid": "SKIPPED"}
+        "o1": "OUTCOME_SUCCEEDED", "o1-stock": "OUTCOME_SUCCEEDED", "o1-item": "OUTCOME_SUCCEEDED",
+        "o2": "OUTCOME_ROLLED_BACK", "o2-stock": "OUTCOME_FAILED", "o2-item": "OUTCOME_NOT_RUN",
+        "o2-paid": "OUTCOME_SKIPPED"}
     assert await db.fetchval("SELECT count(*) FROM orders") == 1
     assert await db.fetchval("SELECT stock FROM products WHERE id = 2") == 250
 

@@ -41,7 +41,7 @@ async def test_injection_in_column_names_is_an_unknown_column(stub, db, column):
     await db.execute("INSERT INTO customers (id, name, email) VALUES (1, 'a', 'a@x')")
     for op in (
         {"insert": {"table": "customers", "rows": [{column: "x", "email": "e@x"}]}},
-        {"query": {"table": "customers", "filters": [{"column": column, "op": "EQ",
+        {"query": {"table": "customers", "filters": [{"column": column, "op": "OPERATOR_EQ",
                                                       "value": "a"}]}},
         {"query": {"table": "customers", "order_by": [{"column": column}]}},
         {"update": {"table": "customers", "key": {"id": 1}, "set": {column: "x"}}},
@@ -82,7 +82,7 @@ async def test_names_postgres_would_truncate_or_refuse_are_rejected(stub, db, na
     # A 70-character name whose first 63 characters are an existing table would, if passed to
     # PostgreSQL, be silently truncated onto that table.
     for op in ({"query": {"table": name}},
-               {"query": {"table": "customers", "filters": [{"column": name, "op": "EQ",
+               {"query": {"table": "customers", "filters": [{"column": name, "op": "OPERATOR_EQ",
                                                              "value": 1}]}}):
         failure = await fails(stub, batch([{"id": "x", **op}]))
         assert failure.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -25,9 +25,18 @@ from batchd.batch.idempotency import fingerprint
 from batchd.config import TokenSettings
 from batchd.errors import BatchdError, InvalidArgument, from_rpc_status, to_rpc_status
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import BatchFailure, batch, count, fails, make_settings, rows
+from tests.conftest import (
+    FAILED,
+    ROLLED_BACK,
+    SUCCEEDED,
+    BatchFailure,
+    batch,
+    count,
+    fails,
+    make_settings,
+    rows,
+)
 
-Outcome = batch_pb2.Outcome
 INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
 BATCHD = Path(sys.executable).parent / "batchd"
 ROOT = Path(__file__).parent.parent
@@ -162,7 +171,7 @@ async def test_independent_batch_is_stored_once_all_operations_finished(stub, db
         await db.execute("SELECT pg_advisory_unlock($1)", key)
     original = await first
     outcomes = sorted(r.outcome for r in original.results)
-    assert outcomes == [Outcome.SUCCEEDED, Outcome.SUCCEEDED, Outcome.FAILED]
+    assert outcomes == [SUCCEEDED, SUCCEEDED, FAILED]
     # Stored whatever the operations' outcomes: the one that failed is not retried either.
     retried = await stub.BatchExecute(request)
     assert retried.replayed and without_replayed(retried) == original
@@ -184,7 +193,7 @@ async def test_final_atomic_failure_is_stored_and_replayed(stub, db):
         failure.code, failure.message, failure.error_info)
     assert again.response.replayed
     assert without_replayed(again.response) == failure.response
-    assert again.outcomes() == {"ok": Outcome.ROLLED_BACK, "dup": Outcome.FAILED}
+    assert again.outcomes() == {"ok": ROLLED_BACK, "dup": FAILED}
     assert await count(db, "customers") == 0
     row = await stored(db, rid)
     assert row["status"] is not None and row["response"] is None

@@ -6,10 +6,8 @@ import asyncio
 
 import grpc
 
-from batchd.v1 import batch_pb2
-from tests.conftest import batch, count, fails, rows
+from tests.conftest import FAILED, SKIPPED, SUCCEEDED, batch, count, fails, rows
 
-Outcome = batch_pb2.Outcome
 INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
 
 
@@ -24,9 +22,9 @@ async def test_one_missing_row_fails_only_that_operation(stub, db):
     ], **INDEPENDENT))
     assert response.committed
     outcomes = [(r.id, r.outcome, r.status.code) for r in response.results]
-    assert outcomes == [("u1", Outcome.SUCCEEDED, 0),
-                        ("missing", Outcome.FAILED, grpc.StatusCode.NOT_FOUND.value[0]),
-                        ("u2", Outcome.SUCCEEDED, 0)]
+    assert outcomes == [("u1", SUCCEEDED, 0),
+                        ("missing", FAILED, grpc.StatusCode.NOT_FOUND.value[0]),
+                        ("u2", SUCCEEDED, 0)]
     assert 'operation "missing"' in response.results[1].status.message
     names = [r["name"] for r in await db.fetch("SELECT name FROM customers ORDER BY id")]
     assert names == ["A", "B"]
@@ -43,12 +41,12 @@ async def test_dependents_of_a_failed_operation_are_skipped(stub, db):
                                                                    "email": "free@x"}]}},
     ], **INDEPENDENT))
     by_id = {r.id: r for r in response.results}
-    assert by_id["c"].outcome == Outcome.FAILED
+    assert by_id["c"].outcome == FAILED
     assert by_id["c"].status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
-    assert by_id["o"].outcome == Outcome.SKIPPED and '"c" did not succeed' in \
+    assert by_id["o"].outcome == SKIPPED and '"c" did not succeed' in \
         by_id["o"].status.message
-    assert by_id["after"].outcome == Outcome.SKIPPED
-    assert by_id["free"].outcome == Outcome.SUCCEEDED
+    assert by_id["after"].outcome == SKIPPED
+    assert by_id["free"].outcome == SUCCEEDED
     assert await count(db, "customers") == 2
 
 
@@ -62,7 +60,7 @@ async def test_references_order_operations_even_when_listed_first(stub, db):
         {"id": "cust", "insert": {"table": "customers", "rows": [{"name": "n",
                                                                    "email": "n@x"}]}},
     ], **INDEPENDENT))
-    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 3
+    assert [r.outcome for r in response.results] == [SUCCEEDED] * 3
     assert await count(db, "order_items") == 1
 
 
@@ -93,7 +91,7 @@ async def test_operations_run_concurrently(stub, db):
     finally:
         await db.execute("SELECT pg_advisory_unlock($1)", key)
     response = await call
-    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 4
+    assert [r.outcome for r in response.results] == [SUCCEEDED] * 4
 
 
 async def test_dependency_cycle_is_invalid_before_anything_runs(stub, db):
@@ -128,7 +126,7 @@ async def test_an_invalid_operation_fails_alone(stub, db):
         {"id": "good", "insert": {"table": "customers", "rows": [{"name": "g",
                                                                    "email": "g@x"}]}},
     ], **INDEPENDENT))
-    assert [r.outcome for r in response.results] == [Outcome.FAILED, Outcome.SUCCEEDED]
+    assert [r.outcome for r in response.results] == [FAILED, SUCCEEDED]
     assert response.results[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert await count(db, "customers") == 1
 
@@ -141,6 +139,6 @@ async def test_independent_validate_only_sees_dependents_and_commits_nothing(stu
                                                                   "email": "d@x"}]}},
     ], validate_only=True, **INDEPENDENT))
     assert not response.committed
-    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED, Outcome.SUCCEEDED,
-                                                     Outcome.FAILED]
+    assert [r.outcome for r in response.results] == [SUCCEEDED, SUCCEEDED,
+                                                     FAILED]
     assert await count(db, "customers") == 0 and await count(db, "orders") == 0

@@ -62,7 +62,7 @@ async def test_unparsable_stream_message_ends_the_stream_with_invalid_argument(c
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call.read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "not a valid batchd.v1.StreamRequest" in caught.value.details()
+    assert "not a valid batchd.v1.BatchStreamRequest" in caught.value.details()
     assert await db.fetchval("SELECT count(*) FROM events") == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

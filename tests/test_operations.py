@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from batchd.v1 import batch_pb2
-from tests.conftest import batch, count, fails, rows
+from tests.conftest import FAILED, SUCCEEDED, batch, count, fails, rows
 
 
 async def one(stub, op: dict, **fields) -> batch_pb2.OperationResult:
@@ -109,7 +109,7 @@ async def test_get_missing_row_is_not_found(stub):
     failure = await fails(stub, batch([{"id": "g", "get": {"table": "customers",
                                                             "key": {"id": 404}}}]))
     assert failure.code == grpc.StatusCode.NOT_FOUND
-    assert failure.response.results[0].outcome == batch_pb2.FAILED
+    assert failure.response.results[0].outcome == FAILED
 
 
 async def test_get_needs_the_whole_key_and_nothing_else(stub):
@@ -136,7 +136,7 @@ async def seed_events(db) -> None:
 async def test_query_text_filters(stub, db, op, value, expected):
     await seed_events(db)
     result = await one(stub, {"query": {"table": "events", "filters": [
-        {"column": "kind", "op": op, "value": value}], "columns": ["id"]}})
+        {"column": "kind", "op": f"OPERATOR_{op}", "value": value}], "columns": ["id"]}})
     assert [int(r["id"]) for r in rows(result)] == expected
 
 
@@ -147,15 +147,15 @@ async def test_query_text_filters(stub, db, op, value, expected):
 async def test_query_comparison_and_null_filters(stub, db, op, value, expected):
     await seed_events(db)
     result = await one(stub, {"query": {"table": "events", "filters": [
-        {"column": "score", "op": op, "value": value}], "columns": ["id"]}})
+        {"column": "score", "op": f"OPERATOR_{op}", "value": value}], "columns": ["id"]}})
     assert [int(r["id"]) for r in rows(result)] == expected
 
 
 async def test_query_filters_are_and_combined(stub, db):
     await seed_events(db)
     result = await one(stub, {"query": {"table": "events", "filters": [
-        {"column": "kind", "op": "EQ", "value": "click"},
-        {"column": "score", "op": "GE", "value": 2}], "columns": ["id"]}})
+        {"column": "kind", "op": "OPERATOR_EQ", "value": "click"},
+        {"column": "score", "op": "OPERATOR_GE", "value": 2}], "columns": ["id"]}})
     assert [r["id"] for r in rows(result)] == ["1"]
 
 
@@ -184,7 +184,7 @@ async def test_page_token_of_another_query_is_rejected(stub, db):
     first = await one(stub, {"query": {"table": "events", "limit": 2}})
     failure = await fails(stub, batch([{"id": "q", "query": {
         "table": "events", "limit": 2, "page_token": first.next_page_token,
-        "filters": [{"column": "kind", "op": "EQ", "value": "buy"}]}}]))
+        "filters": [{"column": "kind", "op": "OPERATOR_EQ", "value": "buy"}]}}]))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "different query" in failure.message
     garbage = await fails(stub, batch([{"id": "q", "query": {"table": "events",
@@ -233,8 +233,8 @@ async def test_update_missing_row_by_key_is_not_found(stub):
 
 async def test_update_by_filter_matching_nothing_succeeds_with_zero_rows(stub):
     result = await one(stub, {"update": {"table": "customers", "filters": [
-        {"column": "name", "op": "EQ", "value": "nobody"}], "set": {"name": "x"}}})
-    assert result.outcome == batch_pb2.SUCCEEDED and result.rows_affected == 0
+        {"column": "name", "op": "OPERATOR_EQ", "value": "nobody"}], "set": {"name": "x"}}})
+    assert result.outcome == SUCCEEDED and result.rows_affected == 0
 
 
 async def test_update_needs_key_or_filters_and_may_not_set_the_version(stub):
@@ -277,7 +277,7 @@ async def test_delete_on_soft_delete_table_marks_the_row_and_hides_it(stub, db):
 async def test_delete_by_filter(stub, db):
     await seed_customers(db, 5)
     result = await one(stub, {"delete": {"table": "customers", "filters": [
-        {"column": "id", "op": "IN", "value": [1, "2", 3]}]}})
+        {"column": "id", "op": "OPERATOR_IN", "value": [1, "2", 3]}]}})
     assert result.rows_affected == 3
     assert await count(db, "customers") == 2
 

@@ -11,7 +11,7 @@ import pytest
 
 from batchd.kinds.conditions import MAX_DEPTH, MAX_NODES
 from batchd.v1 import batch_pb2
-from tests.conftest import batch, fails, rows
+from tests.conftest import SUCCEEDED, batch, fails, rows
 
 EVENTS = [(1, "click", 5), (2, "View", None), (3, "CLICK", 1), (4, "buy", 9), (5, "view", 5),
           (6, "Click", None), (7, "buy", 2), (8, "BUY", 7)]
@@ -27,7 +27,8 @@ async def one(stub, op: dict, **fields) -> batch_pb2.OperationResult:
 
 
 def f(column: str, op: str, value: Any = None) -> dict[str, Any]:
-    return {"column": column, "op": op} | ({} if value is None else {"value": value})
+    """A filter; ``op`` by its short name (EQ for OPERATOR_EQ)."""
+    return {"column": column, "op": f"OPERATOR_{op}"} | ({} if value is None else {"value": value})
 
 
 def group(logic: str | None, *filters: dict[str, Any],
@@ -206,7 +207,7 @@ async def test_a_reference_inside_a_nested_group_orders_the_operations(stub, db,
     operations = [made, found] if mode == "MODE_ATOMIC" else [found, made]
     response = await stub.BatchExecute(batch(operations, mode=mode))
     [result] = [r for r in response.results if r.id == "found"]
-    assert result.outcome == batch_pb2.SUCCEEDED
+    assert result.outcome == SUCCEEDED
     assert [r["id"] for r in rows(result)] == ["4", "7", "100"] and result.total_count == 3
 
 

@@ -15,9 +15,9 @@ from google.protobuf import json_format
 
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import make_settings, no_open_transaction
+from tests.conftest import FAILED, ROLLED_BACK, SUCCEEDED, make_settings, no_open_transaction
 
-Req = batch_pb2.StreamRequest
+Req = batch_pb2.BatchStreamRequest
 
 
 def header(**fields: Any) -> Req:
@@ -44,7 +44,7 @@ async def open_stream(stub, first: Req, **kwargs: Any):
     return call, opened.opened
 
 
-async def send(call, request: Req) -> batch_pb2.StreamResponse:
+async def send(call, request: Req) -> batch_pb2.BatchStreamResponse:
     await call.write(request)
     return await call.read()
 
@@ -398,7 +398,7 @@ async def test_operations_feed_runs_in_the_stream_transaction(stub, db):
         {"id": "c", "insert": {"table": "customers", "rows": [{"name": "f", "email": "f@x"}]}},
         {"id": "o", "insert": {"table": "orders", "rows": [{"customer_id": {"$ref": "c.id"}}]}},
     ]))).ack
-    assert [r.outcome for r in ack.results] == [batch_pb2.SUCCEEDED] * 2
+    assert [r.outcome for r in ack.results] == [SUCCEEDED] * 2
     assert await db.fetchval("SELECT count(*) FROM orders") == 0
     assert (await send(call, COMMIT)).summary.committed
     assert await db.fetchval("SELECT count(*) FROM orders") == 1
@@ -411,9 +411,9 @@ async def test_independent_operations_feed_reports_a_failed_chunk_and_goes_on(st
         {"id": "dup", "insert": {"table": "customers", "rows": [{"name": "b",
                                                                   "email": "a@x"}]}},
     ]))).ack
-    assert [r.outcome for r in failed.results] == [batch_pb2.ROLLED_BACK, batch_pb2.FAILED]
+    assert [r.outcome for r in failed.results] == [ROLLED_BACK, FAILED]
     ok = (await send(call, ops_chunk(2, [
         {"id": "c", "insert": {"table": "customers", "rows": [{"name": "c", "email": "c@x"}]}},
     ]))).ack
-    assert ok.results[0].outcome == batch_pb2.SUCCEEDED
+    assert ok.results[0].outcome == SUCCEEDED
     assert await db.fetchval("SELECT count(*) FROM customers") == 1

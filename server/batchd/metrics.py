@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from batchd.names import outcome_name
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Metrics:
         """Count every operation of ``request`` by kind, with its outcome from ``response``
         (the answer, or the one packed in a failed atomic batch's details), or ``outcome``
         when there is none. Returns how many operations had each outcome."""
-        outcomes = {r.id: batch_pb2.Outcome.Name(r.outcome) for r in response.results} \
+        outcomes = {r.id: outcome_name(r.outcome) for r in response.results} \
             if response is not None else {}
         tally: Tally[str] = Tally()
         for operation in request.operations:

@@ -89,7 +89,8 @@ def test_builder_request_matches_the_grpcurl_json():
                                                     "conflictColumns": ["email"]}}},
             {"id": "q", "dependsOn": ["op1"], "query": {
                 "table": "orders",
-                "filters": [{"column": "customer_id", "op": "EQ", "value": {"$ref": "op1.id"}}],
+                "filters": [{"column": "customer_id", "op": "OPERATOR_EQ",
+                             "value": {"$ref": "op1.id"}}],
                 "orderBy": [{"column": "total", "descending": True}, {"column": "id"}],
                 "limit": 5}},
         ],
@@ -206,26 +207,26 @@ def request_json(b: Batch, **options: object) -> dict:
     ("eq", "EQ"), ("=", "EQ"), ("==", "EQ"), ("EQ", "EQ"), ("ne", "NE"), ("!=", "NE"),
     ("<>", "NE"), ("lt", "LT"), ("<", "LT"), ("le", "LE"), ("<=", "LE"), ("gt", "GT"),
     (">", "GT"), ("ge", "GE"), (">=", "GE"), ("in", "IN"), ("is_null", "IS_NULL"),
-    ("Like", "LIKE"), ("ilike", "ILIKE"),
+    ("Like", "LIKE"), ("ilike", "ILIKE"), ("OPERATOR_GE", "GE"), ("operator_in", "IN"),
 ])
 def test_filter_operators_by_name_or_symbol(op: str, name: str) -> None:
     b = Batch()
     b.query("orders", [("status", op, "x")])
     assert request_json(b)["operations"][0]["query"]["filters"] == \
-        [{"column": "status", "op": name, "value": "x"}]
+        [{"column": "status", "op": f"OPERATOR_{name}", "value": "x"}]
 
 
 def test_a_filter_mapping_means_equality_on_each_column() -> None:
     b = Batch()
     b.delete("orders", filters={"status": "old", "customer_id": 2**60})
     assert request_json(b)["operations"][0]["delete"]["filters"] == [
-        {"column": "status", "op": "EQ", "value": "old"},
-        {"column": "customer_id", "op": "EQ", "value": "1152921504606846976"}]
+        {"column": "status", "op": "OPERATOR_EQ", "value": "old"},
+        {"column": "customer_id", "op": "OPERATOR_EQ", "value": "1152921504606846976"}]
 
 
 def test_filter_messages_pass_through_and_malformed_filters_are_refused() -> None:
     b = Batch()
-    given = batch_pb2.Filter(column="note", op=batch_pb2.Filter.IS_NULL)
+    given = batch_pb2.Filter(column="note", op=batch_pb2.Filter.OPERATOR_IS_NULL)
     b.query("order_items", [given])
     assert list(b.operations[0].query.filters) == [given]
     with pytest.raises(TypeError, match=r"\(column, op, value\)"):
@@ -239,11 +240,12 @@ def test_where_groups_nest_filters_and_groups_and_count_reaches_the_request() ->
         ("score", ">=", 5), not_(("kind", "=", "view")))), count=True)
     assert request_json(b)["operations"][0]["query"] == {
         "table": "events", "count": True, "where": {
-            "logic": "LOGIC_OR", "filters": [{"column": "kind", "op": "ILIKE", "value": "b%"}],
+            "logic": "LOGIC_OR",
+            "filters": [{"column": "kind", "op": "OPERATOR_ILIKE", "value": "b%"}],
             "groups": [{"logic": "LOGIC_AND",
-                        "filters": [{"column": "score", "op": "GE", "value": 5}],
+                        "filters": [{"column": "score", "op": "OPERATOR_GE", "value": 5}],
                         "groups": [{"logic": "LOGIC_NOT", "filters": [
-                            {"column": "kind", "op": "EQ", "value": "view"}]}]}]}}
+                            {"column": "kind", "op": "OPERATOR_EQ", "value": "view"}]}]}]}}
 
 
 def test_update_and_delete_by_where_and_never_by_key_and_where() -> None:

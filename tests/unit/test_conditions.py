@@ -39,8 +39,10 @@ def invalid(tbl: str = "orders", **fields: Any) -> tuple[str, str]:
     return violation.field, violation.description
 
 
-def f(column: str, op: str, value: Any = None) -> dict[str, Any]:
-    return {"column": column, "op": op} | ({} if value is None else {"value": value})
+def f(column: str, op: str | None, value: Any = None) -> dict[str, Any]:
+    """A filter; ``op`` by its short name (EQ for OPERATOR_EQ), or None for none."""
+    return ({"column": column} | ({} if op is None else {"op": f"OPERATOR_{op}"})
+            | ({} if value is None else {"value": value}))
 
 
 def group(logic: str | None = None, *filters: dict[str, Any],

@@ -103,56 +103,60 @@ def test_a_key_reference_is_resolved_when_the_statement_is_built() -> None:
 @pytest.mark.parametrize(("op", "sql"), [("EQ", "="), ("NE", "<>"), ("LT", "<"), ("LE", "<="),
                                          ("GT", ">"), ("GE", ">=")])
 def test_comparisons_bind_the_value_cast_to_the_column_type(op: str, sql: str) -> None:
-    assert where_filters("orders", {"column": "total", "op": op, "value": "10.50"}) == \
+    assert where_filters("orders",
+                         {"column": "total", "op": f"OPERATOR_{op}", "value": "10.50"}) == \
         (f'"total" {sql} $1::numeric', [Decimal("10.50")])
 
 
 def test_the_cast_drops_type_modifiers_so_nothing_is_silently_truncated() -> None:
-    assert where_filters("orders", {"column": "status", "op": "EQ", "value": "paid"}) == \
+    assert where_filters("orders", {"column": "status", "op": "OPERATOR_EQ", "value": "paid"}) == \
         ('"status" = $1::character varying', ["paid"])
 
 
 @pytest.mark.parametrize(("op", "sql"), [("EQ", '"status" IS NULL'),
                                          ("NE", '"status" IS NOT NULL')])
 def test_eq_and_ne_null_mean_is_null_and_is_not_null(op: str, sql: str) -> None:
-    assert where_filters("orders", {"column": "status", "op": op, "value": None}) == (sql, [])
-    assert where_filters("orders", {"column": "status", "op": op}) == (sql, [])
+    assert where_filters("orders",
+                         {"column": "status", "op": f"OPERATOR_{op}", "value": None}) == (sql, [])
+    assert where_filters("orders", {"column": "status", "op": f"OPERATOR_{op}"}) == (sql, [])
 
 
 @pytest.mark.parametrize("op", ["LT", "LE", "GT", "GE"])
 def test_an_order_comparison_with_null_is_invalid(op: str) -> None:
-    assert invalid("orders", {"column": "total", "op": op}) == \
-        (f"{PATH}[0].value", "a value is required (use IS_NULL for nulls)")
+    assert invalid("orders", {"column": "total", "op": f"OPERATOR_{op}"}) == \
+        (f"{PATH}[0].value", "a value is required (use OPERATOR_IS_NULL for nulls)")
 
 
 @pytest.mark.parametrize(("value", "sql"), [({}, '"note" IS NULL'),
                                             ({"value": True}, '"note" IS NULL'),
                                             ({"value": False}, '"note" IS NOT NULL')])
 def test_is_null_takes_an_optional_bool(value: dict[str, Any], sql: str) -> None:
-    assert where_filters("order_items", {"column": "note", "op": "IS_NULL", **value}) == (sql, [])
+    assert where_filters("order_items",
+                         {"column": "note", "op": "OPERATOR_IS_NULL", **value}) == (sql, [])
 
 
 def test_is_null_with_anything_but_a_bool_is_invalid() -> None:
-    assert invalid("order_items", {"column": "note", "op": "IS_NULL", "value": "yes"}) == \
-        (f"{PATH}[0].value", "IS_NULL takes true or false")
+    assert invalid("order_items", {"column": "note", "op": "OPERATOR_IS_NULL", "value": "yes"}) == \
+        (f"{PATH}[0].value", "OPERATOR_IS_NULL takes true or false")
 
 
 def test_in_is_any_of_an_array_of_the_column_type() -> None:
-    assert where_filters("orders", {"column": "customer_id", "op": "IN",
+    assert where_filters("orders", {"column": "customer_id", "op": "OPERATOR_IN",
                                     "value": [1, "1152921504606846976", None]}) == \
         ('"customer_id" = ANY($1::bigint[])', [[1, 2**60, None]])
 
 
 def test_in_with_an_element_that_does_not_fit_is_invalid() -> None:
-    field, description = invalid("orders", {"column": "customer_id", "op": "IN",
+    field, description = invalid("orders", {"column": "customer_id", "op": "OPERATOR_IN",
                                             "value": [1, "x"]})
     assert field == f"{PATH}[0].value" and "customer_id" in description
 
 
 @pytest.mark.parametrize(("spec", "field", "description"), [
-    ({"column": "customer_id", "op": "IN", "value": 1}, "value", "IN takes a list of values"),
-    ({"column": "tags", "op": "IN", "value": [["a"]]}, "op",
-     "IN is not supported on array columns"),
+    ({"column": "customer_id", "op": "OPERATOR_IN", "value": 1}, "value",
+     "OPERATOR_IN takes a list of values"),
+    ({"column": "tags", "op": "OPERATOR_IN", "value": [["a"]]}, "op",
+     "OPERATOR_IN is not supported on array columns"),
 ], ids=["not a list", "array column"])
 def test_in_needs_a_list_and_a_scalar_column(spec: dict[str, Any], field: str,
                                              description: str) -> None:
@@ -162,7 +166,8 @@ def test_in_needs_a_list_and_a_scalar_column(spec: dict[str, Any], field: str,
 
 @pytest.mark.parametrize("op", ["LIKE", "ILIKE"])
 def test_like_and_ilike_bind_a_text_pattern(op: str) -> None:
-    assert where_filters("customers", {"column": "email", "op": op, "value": "%@x"}) == \
+    assert where_filters("customers",
+                         {"column": "email", "op": f"OPERATOR_{op}", "value": "%@x"}) == \
         (f'"email" {op} $1::text', ["%@x"])
 
 
@@ -175,31 +180,32 @@ def test_like_and_ilike_bind_a_text_pattern(op: str) -> None:
 ], ids=["numeric column", "array column", "number pattern", "no pattern"])
 def test_like_and_ilike_need_a_text_column_and_a_string(op: str, tbl: str, spec: dict[str, Any],
                                                         field: str, description: str) -> None:
-    assert invalid(tbl, spec | {"op": op}) == (f"{PATH}[0].{field}", f"{op} {description}")
+    assert invalid(tbl, spec | {"op": f"OPERATOR_{op}"}) == \
+        (f"{PATH}[0].{field}", f"{op} {description}")
 
 
 def test_a_filter_needs_an_operator() -> None:
-    field, description = invalid("orders", {"column": "id", "op": "EQ", "value": 1},
+    field, description = invalid("orders", {"column": "id", "op": "OPERATOR_EQ", "value": 1},
                                  {"column": "id", "value": 1})
     assert field == f"{PATH}[1].op" and description.startswith("an operator is required")
 
 
 @pytest.mark.parametrize("column", ["nope", "Status", "status "])
 def test_a_filter_column_must_be_exactly_a_column_of_the_table(column: str) -> None:
-    assert invalid("orders", {"column": column, "op": "EQ", "value": 1}) == \
+    assert invalid("orders", {"column": column, "op": "OPERATOR_EQ", "value": 1}) == \
         (f"{PATH}[0].column", f'table "public.orders" has no column "{column}"')
 
 
 def test_a_filter_value_that_does_not_fit_names_the_filter() -> None:
-    field, description = invalid("orders", {"column": "id", "op": "GT", "value": 1},
-                                 {"column": "total", "op": "LT", "value": "ten"})
+    field, description = invalid("orders", {"column": "id", "op": "OPERATOR_GT", "value": 1},
+                                 {"column": "total", "op": "OPERATOR_LT", "value": "ten"})
     assert field == f"{PATH}[1].value" and "total, numeric(12,2)" in description
 
 
 def test_conditions_are_anded_and_each_binds_its_own_parameter() -> None:
-    assert where_filters("orders", {"column": "status", "op": "EQ", "value": "new"},
-                         {"column": "total", "op": "GE", "value": 5},
-                         {"column": "customer_id", "op": "IS_NULL", "value": False}) == \
+    assert where_filters("orders", {"column": "status", "op": "OPERATOR_EQ", "value": "new"},
+                         {"column": "total", "op": "OPERATOR_GE", "value": 5},
+                         {"column": "customer_id", "op": "OPERATOR_IS_NULL", "value": False}) == \
         ('"status" = $1::character varying AND "total" >= $2::numeric AND '
          '"customer_id" IS NOT NULL', ["new", Decimal(5)])
 
@@ -207,8 +213,8 @@ def test_conditions_are_anded_and_each_binds_its_own_parameter() -> None:
 def test_a_selection_hides_soft_deleted_rows() -> None:
     customers = shop_table("customers")
     deleted_at = customers.columns["deleted_at"]
-    conditions = plan_filters(customers, filters({"column": "name", "op": "EQ", "value": "A"}),
-                              PATH, [])
+    conditions = plan_filters(
+        customers, filters({"column": "name", "op": "OPERATOR_EQ", "value": "A"}), PATH, [])
     assert where(Selection(conditions, soft_delete=deleted_at)) == \
         ('"name" = $1::text AND "deleted_at" IS NULL', ["A"])
     assert where(Selection([], soft_delete=deleted_at)) == ('"deleted_at" IS NULL', [])
@@ -218,8 +224,8 @@ def test_a_selection_hides_soft_deleted_rows() -> None:
 def test_identifiers_are_quoted_from_the_catalog_and_values_are_only_parameters() -> None:
     odd = shop_table('Odd "Name"')
     hostile = "x'; DROP TABLE customers; --"
-    conditions = plan_filters(odd, filters({"column": 'we"ird', "op": "EQ", "value": hostile}),
-                              PATH, [])
+    conditions = plan_filters(
+        odd, filters({"column": 'we"ird', "op": "OPERATOR_EQ", "value": hostile}), PATH, [])
     sql, values = where(Selection(conditions))
     assert sql == '"we""ird" = $1::text' and values == [hostile]
     assert odd.sql == '"public"."Odd ""Name"""'
@@ -228,8 +234,9 @@ def test_identifiers_are_quoted_from_the_catalog_and_values_are_only_parameters(
 def test_filter_references_are_collected_and_resolved_at_run_time() -> None:
     refs: list[Ref] = []
     conditions = plan_filters(shop_table("orders"), filters(
-        {"column": "customer_id", "op": "IN", "value": [{"$ref": "a.id"}, {"$ref": "a.1.id"}]},
-        {"column": "status", "op": "EQ", "value": {"$ref": "b.status"}}), PATH, refs)
+        {"column": "customer_id", "op": "OPERATOR_IN",
+         "value": [{"$ref": "a.id"}, {"$ref": "a.1.id"}]},
+        {"column": "status", "op": "OPERATOR_EQ", "value": {"$ref": "b.status"}}), PATH, refs)
     assert refs == [Ref("a", 0, "id"), Ref("a", 1, "id"), Ref("b", 0, "status")]
     results = Results()
     results.record("a", [{"id": 4}, {"id": "5"}])
@@ -270,26 +277,26 @@ def q(**fields: Any) -> batch_pb2.QueryOperation:
 
 
 def test_a_query_fingerprint_ignores_limit_token_and_columns() -> None:
-    base = q(filters=[{"column": "status", "op": "EQ", "value": "new"}], orderBy=[
+    base = q(filters=[{"column": "status", "op": "OPERATOR_EQ", "value": "new"}], orderBy=[
         {"column": "total"}])
-    same = q(filters=[{"column": "status", "op": "EQ", "value": "new"}], orderBy=[
+    same = q(filters=[{"column": "status", "op": "OPERATOR_EQ", "value": "new"}], orderBy=[
         {"column": "total"}], limit=7, pageToken="abc", columns=["id"])
     assert fingerprint(base) == fingerprint(same)
     assert re.fullmatch(r"[0-9a-f]{16}", fingerprint(base))
 
 
 @pytest.mark.parametrize("other", [
-    {"filters": [{"column": "status", "op": "EQ", "value": "old"}], "orderBy": [
+    {"filters": [{"column": "status", "op": "OPERATOR_EQ", "value": "old"}], "orderBy": [
         {"column": "total"}]},
-    {"filters": [{"column": "status", "op": "EQ", "value": "new"}], "orderBy": [
+    {"filters": [{"column": "status", "op": "OPERATOR_EQ", "value": "new"}], "orderBy": [
         {"column": "total", "descending": True}]},
-    {"filters": [{"column": "status", "op": "EQ", "value": "new"}], "orderBy": [
+    {"filters": [{"column": "status", "op": "OPERATOR_EQ", "value": "new"}], "orderBy": [
         {"column": "total"}], "includeDeleted": True},
-    {"table": "customers", "filters": [{"column": "status", "op": "EQ", "value": "new"}],
+    {"table": "customers", "filters": [{"column": "status", "op": "OPERATOR_EQ", "value": "new"}],
      "orderBy": [{"column": "total"}]},
 ], ids=["filter value", "direction", "include_deleted", "table"])
 def test_a_query_fingerprint_changes_with_what_the_query_selects(other: dict[str, Any]) -> None:
-    base = q(filters=[{"column": "status", "op": "EQ", "value": "new"}], orderBy=[
+    base = q(filters=[{"column": "status", "op": "OPERATOR_EQ", "value": "new"}], orderBy=[
         {"column": "total"}])
     assert fingerprint(base) != fingerprint(q(**other))
 

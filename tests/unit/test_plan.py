@@ -209,7 +209,7 @@ def test_the_version_column_cannot_be_set() -> None:
 def test_expected_version_needs_a_version_column_and_a_key() -> None:
     p = plan([update("a", "order_items", {"qty": 1}, key={"order_id": 1, "line": 1},
                      expectedVersion="1"),
-              update("b", "orders", {"status": "x"}, filters=[{"column": "id", "op": "EQ",
+              update("b", "orders", {"status": "x"}, filters=[{"column": "id", "op": "OPERATOR_EQ",
                                                                "value": 1}],
                      expectedVersion="1"),
               update("c", "orders", {"status": "x"}, key={"id": 1}, expectedVersion="1")])
@@ -219,8 +219,8 @@ def test_expected_version_needs_a_version_column_and_a_key() -> None:
 
 
 @pytest.mark.parametrize("selection", [
-    {}, {"key": {"id": 1}, "filters": [{"column": "id", "op": "EQ", "value": 1}]},
-    {"key": {"id": 1}, "where": {"filters": [{"column": "id", "op": "EQ", "value": 1}]}},
+    {}, {"key": {"id": 1}, "filters": [{"column": "id", "op": "OPERATOR_EQ", "value": 1}]},
+    {"key": {"id": 1}, "where": {"filters": [{"column": "id", "op": "OPERATOR_EQ", "value": 1}]}},
     {"where": {}}, {"where": {"logic": "LOGIC_AND"}},
 ], ids=["neither", "both", "key and where", "empty where", "empty and where"])
 def test_update_and_delete_need_exactly_one_of_key_and_filters(selection: dict) -> None:
@@ -231,9 +231,10 @@ def test_update_and_delete_need_exactly_one_of_key_and_filters(selection: dict) 
 
 
 def test_update_and_delete_by_where_alone_or_beside_filters() -> None:
-    where = {"logic": "LOGIC_OR", "filters": [{"column": "status", "op": "EQ", "value": "a"},
-                                              {"column": "status", "op": "ILIKE", "value": "b%"}]}
-    eq_one = [{"column": "id", "op": "EQ", "value": 1}]
+    where = {"logic": "LOGIC_OR",
+             "filters": [{"column": "status", "op": "OPERATOR_EQ", "value": "a"},
+                         {"column": "status", "op": "OPERATOR_ILIKE", "value": "b%"}]}
+    eq_one = [{"column": "id", "op": "OPERATOR_EQ", "value": 1}]
     p = plan([update("u", "orders", {"status": "x"}, where=where),
               delete("d", "orders", where=where, filters=eq_one)])
     assert not p.invalid
@@ -243,7 +244,8 @@ def test_update_and_delete_by_where_alone_or_beside_filters() -> None:
 
 def test_a_bad_where_of_an_update_or_delete_names_its_field() -> None:
     bad = {"groups": [{"logic": "LOGIC_NOT", "filters": [
-        {"column": "status", "op": "EQ", "value": "a"}, {"column": "id", "op": "EQ", "value": 1}]}]}
+        {"column": "status", "op": "OPERATOR_EQ", "value": "a"},
+        {"column": "id", "op": "OPERATOR_EQ", "value": 1}]}]}
     p = plan([update("u", "orders", {"status": "x"}, where=bad), delete("d", "orders", where=bad)])
     for op_id, index, kind in (("u", 0, "update"), ("d", 1, "delete")):
         [violation] = step(p, op_id).error.violations
@@ -320,16 +322,17 @@ def test_a_reference_makes_the_referring_operation_depend_on_its_target() -> Non
 
 @pytest.mark.parametrize("operation", [
     get("x", "orders", {"id": ref("c.id")}),
-    query("x", "orders", filters=[{"column": "customer_id", "op": "IN",
+    query("x", "orders", filters=[{"column": "customer_id", "op": "OPERATOR_IN",
                                    "value": [1, ref("c.2.id")]}]),
     update("x", "orders", {"customer_id": ref("c.id")}, key={"id": 1}),
-    delete("x", "orders", filters=[{"column": "customer_id", "op": "EQ", "value": ref("c.id")}]),
+    delete("x", "orders",
+           filters=[{"column": "customer_id", "op": "OPERATOR_EQ", "value": ref("c.id")}]),
     call("x", nested={"ids": [ref("c.id")]}),
     insert("x", "events", {"payload": {"who": ref("c.id")}}),
     query("x", "orders", where={"logic": "LOGIC_OR", "groups": [{"logic": "LOGIC_NOT", "filters": [
-        {"column": "customer_id", "op": "EQ", "value": ref("c.id")}]}]}),
+        {"column": "customer_id", "op": "OPERATOR_EQ", "value": ref("c.id")}]}]}),
     update("x", "orders", {"status": "x"}, where={"groups": [{"groups": [{"filters": [
-        {"column": "customer_id", "op": "IN", "value": [ref("c.0.id")]}]}]}]}),
+        {"column": "customer_id", "op": "OPERATOR_IN", "value": [ref("c.0.id")]}]}]}]}),
 ], ids=["get key", "query filter", "update set", "delete filter", "call args", "jsonb",
         "query where", "update where"])
 def test_references_count_wherever_values_go(operation: dict) -> None:
@@ -649,9 +652,9 @@ def test_an_upsert_sets_the_inserted_columns_and_increments_the_version() -> Non
 
 @pytest.mark.parametrize(("on_conflict", "field", "description"), [
     ({"conflictColumns": ["email"]}, "operations[0].insert.on_conflict",
-     "conflict_columns and update_columns need action DO_NOTHING or UPDATE"),
+     "conflict_columns and update_columns need action ACTION_DO_NOTHING or ACTION_UPDATE"),
     ({"action": "ACTION_DO_NOTHING", "updateColumns": ["name"]},
-     "operations[0].insert.on_conflict.update_columns", "needs action UPDATE"),
+     "operations[0].insert.on_conflict.update_columns", "needs action ACTION_UPDATE"),
     ({"action": "ACTION_UPDATE", "updateColumns": ["tags"]},
      "operations[0].insert.on_conflict.update_columns[0]",
      '"tags" is not among the inserted columns'),

@@ -154,7 +154,7 @@ class IndependentRun:
         if unit.group:
             message += f' (group "{unit.group}" depends on it)'
         for s in unit.steps:
-            self.settled[s.id] = (Outcome.SKIPPED,
+            self.settled[s.id] = (Outcome.OUTCOME_SKIPPED,
                                   to_rpc_status(Skipped(message, operation_id=s.id)))
 
     def _fail(self, unit: Unit, ran: dict[str, Output], failed: Step | None,
@@ -163,7 +163,7 @@ class IndependentRun:
         if failed is None:  # the transaction itself failed: so did each operation in it
             for s in unit.steps:
                 error.operation_id = s.id
-                self.settled[s.id] = (Outcome.FAILED, to_rpc_status(error))
+                self.settled[s.id] = (Outcome.OUTCOME_FAILED, to_rpc_status(error))
             return
         errors = {s.id: s.error for s in invalid or () if s.error is not None}
         errors[failed.id] = error

@@ -77,7 +77,7 @@ def _succeeded(steps: Sequence[Step], outputs: dict[str, Output], committed: boo
                attempts: int) -> batch_pb2.BatchExecuteResponse:
     response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=attempts)
     for s in steps:
-        add_result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
+        add_result(response, s, Outcome.OUTCOME_SUCCEEDED, OK_STATUS, outputs[s.id])
     return response
 
 
@@ -86,7 +86,7 @@ def _independent(plan: BatchPlan, outputs: dict[str, Output], settled: dict[str,
     response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=1)
     for s in plan.steps:
         if s.id in outputs:
-            add_result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
+            add_result(response, s, Outcome.OUTCOME_SUCCEEDED, OK_STATUS, outputs[s.id])
         else:
             add_result(response, s, *settled[s.id])
     return response
@@ -102,11 +102,11 @@ def failed_unit(steps: Sequence[Step], ran: Container[str], errors: Mapping[str,
     settled: dict[str, Settled] = {}
     for s in steps:
         if s.id in errors:
-            settled[s.id] = (Outcome.FAILED, to_rpc_status(errors[s.id]))
+            settled[s.id] = (Outcome.OUTCOME_FAILED, to_rpc_status(errors[s.id]))
         elif s.id in ran:
-            settled[s.id] = (Outcome.ROLLED_BACK, not_committed(f"rolled back: {cause}"))
+            settled[s.id] = (Outcome.OUTCOME_ROLLED_BACK, not_committed(f"rolled back: {cause}"))
         else:
-            settled[s.id] = (Outcome.NOT_RUN, not_committed(f"not run: {cause}"))
+            settled[s.id] = (Outcome.OUTCOME_NOT_RUN, not_committed(f"not run: {cause}"))
     return settled
 
 

@@ -170,12 +170,12 @@ def _filters(filters: Iterable[FilterSpec] | Mapping[str, Any] | None) -> list[b
         if not (isinstance(spec, tuple) and len(spec) == 3):
             raise TypeError(f"a filter is (column, op, value), got {spec!r}")
         column, op, value = spec
-        name = _OPERATORS.get(str(op).lower())
+        name = _OPERATORS.get(str(op).lower().removeprefix("operator_"))
         if name is None:
             raise ValueError(f"unknown filter operator {op!r}; use one of "
                              f"{', '.join(sorted(k for k in _OPERATORS if k.isalpha()))} "
                              "or =, !=, <, <=, >, >=")
-        out.append(batch_pb2.Filter(column=column, op=name,
+        out.append(batch_pb2.Filter(column=column, op=f"OPERATOR_{name}",
                                     value=to_value(value)))
     return out
 
@@ -228,12 +228,12 @@ def _on_conflict(spec: OnConflictSpec | None,
         spec, update_columns = spec
         if isinstance(update_columns, str):
             raise TypeError('on_conflict=("update", [columns]) takes a list of columns')
-    action = {None: "ACTION_ERROR", "error": "ACTION_ERROR", "do_nothing": "ACTION_DO_NOTHING",
-              "update": "ACTION_UPDATE"}.get(spec)
+    action = {None: "ACTION_UNSPECIFIED", "error": "ACTION_ERROR",
+              "do_nothing": "ACTION_DO_NOTHING", "update": "ACTION_UPDATE"}.get(spec)
     if action is None or (update_columns and action != "ACTION_UPDATE"):
         raise ValueError(f"on_conflict must be 'error', 'do_nothing', 'update' or "
                          f"('update', [columns]), got {spec!r}")
-    if action == "ACTION_ERROR" and not conflict_columns:
+    if action in ("ACTION_UNSPECIFIED", "ACTION_ERROR") and not conflict_columns:
         return None
     return batch_pb2.OnConflict(action=action,
                                 conflict_columns=conflict_columns,

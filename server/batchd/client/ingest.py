@@ -58,7 +58,7 @@ __all__ = ["AckHook", "AckedChunk", "IngestOptions", "IngestResult", "RejectedRo
 
 _BAD_ROWS = {"reject_row": batch_pb2.BAD_ROWS_REJECT_ROW,
              "reject_chunk": batch_pb2.BAD_ROWS_REJECT_CHUNK}
-_COMMIT = batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit())
+_COMMIT = batch_pb2.BatchStreamRequest(commit=batch_pb2.StreamCommit())
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class IngestOptions(TypedDict, total=False):
 @dataclass(slots=True)
 class _Sent:
     sequence: int
-    request: batch_pb2.StreamRequest
+    request: batch_pb2.BatchStreamRequest
     rows: int
 
 
@@ -202,7 +202,7 @@ class _Ingest:
                  policy: RetryPolicy, on_retry: RetryHook | None, on_ack: AckHook | None,
                  max_in_flight: int) -> None:
         self.stub = stub
-        self.header = batch_pb2.StreamRequest(header=head)
+        self.header = batch_pb2.BatchStreamRequest(header=head)
         self.atomic = head.mode != batch_pb2.MODE_INDEPENDENT
         self.source = source
         self.result = result
@@ -327,7 +327,8 @@ class _Ingest:
                 self.result.skipped_chunks += 1
                 continue
             chunk.content.sequence = self.sequence
-            return _Sent(self.sequence, batch_pb2.StreamRequest(chunk=chunk.content), chunk.rows)
+            return _Sent(self.sequence, batch_pb2.BatchStreamRequest(chunk=chunk.content),
+                         chunk.rows)
 
     async def _read(self, call: Any) -> None:
         while True:

@@ -202,7 +202,7 @@ class _Run:
         # error from Core" instead of the server's status (grpc/grpc#36066).
         self.opened = asyncio.Event()
 
-    async def requests(self, f: BinaryIO | None) -> AsyncIterator[batch_pb2.StreamRequest]:
+    async def requests(self, f: BinaryIO | None) -> AsyncIterator[batch_pb2.BatchStreamRequest]:
         """The stream's messages. A problem with the file ends the stream (an atomic one
         without its commit, so nothing is written) and is reported afterwards: raised in here,
         gRPC would turn it into an anonymous cancellation."""
@@ -214,7 +214,7 @@ class _Run:
             chunker = csv_chunks(f, self.state.chunk_rows, (args.quote or '"').encode())
         else:
             chunker = jsonl_chunks(f, self.state.chunk_rows)
-        yield batch_pb2.StreamRequest(header=self.header)
+        yield batch_pb2.BatchStreamRequest(header=self.header)
         await self.opened.wait()
         sequence = self.state.sequence
         try:
@@ -222,7 +222,7 @@ class _Run:
                 sequence += 1
                 if f is None:
                     table, data = cast(tuple[Any, bytes], records)
-                    request = batch_pb2.StreamRequest(chunk=batch_pb2.StreamChunk(
+                    request = batch_pb2.BatchStreamRequest(chunk=batch_pb2.StreamChunk(
                         sequence=sequence, arrow=data))
                     chunk = Chunk(sequence, request, end, table.num_rows, [], table)
                 else:
@@ -239,7 +239,7 @@ class _Run:
             self.problems.append(exc)
             return
         if self.atomic:
-            yield batch_pb2.StreamRequest(commit=batch_pb2.StreamCommit())
+            yield batch_pb2.BatchStreamRequest(commit=batch_pb2.StreamCommit())
 
     async def stream(self, f: BinaryIO | None, rejects: IO[str]) -> None:
         connection = connect.from_arguments(self.args)

@@ -1,5 +1,5 @@
 """``batchd ingest``'s files: cut into chunks of whole records (CSV, JSON Lines) or rows
-(Parquet, Arrow/Feather), each chunk a StreamRequest.
+(Parquet, Arrow/Feather), each chunk a BatchStreamRequest.
 
 CSV is cut by quote parity (a quoted field may span lines), without parsing fields: PostgreSQL's
 COPY parses them. JSON Lines become rows. Parquet and Arrow are read with pyarrow, a record batch
@@ -29,7 +29,7 @@ class UsageError(Exception):
 @dataclass
 class Chunk:
     sequence: int
-    request: batch_pb2.StreamRequest
+    request: batch_pb2.BatchStreamRequest
     end_offset: int
     rows: int
     records: list[bytes]  # the raw records, to write rejected ones to the rejects file
@@ -68,7 +68,7 @@ def jsonl_chunks(f: BinaryIO, chunk_rows: int) -> Iterator[tuple[list[bytes], in
 
 
 def to_request(records: list[bytes], sequence: int, fmt: str,
-               first_row: int) -> batch_pb2.StreamRequest:
+               first_row: int) -> batch_pb2.BatchStreamRequest:
     chunk = batch_pb2.StreamChunk(sequence=sequence)
     if fmt == "csv":
         chunk.csv = b"".join(records)
@@ -83,7 +83,7 @@ def to_request(records: list[bytes], sequence: int, fmt: str,
             row = struct_pb2.Struct()
             row.update(value)
             chunk.rows.append(row)
-    return batch_pb2.StreamRequest(chunk=chunk)
+    return batch_pb2.BatchStreamRequest(chunk=chunk)
 
 
 ARROW_FORMATS = ("parquet", "arrow")

@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 
 from batchd.client.builder import OpRef
 from batchd.errors import BatchdRpcError, FieldViolation, from_rpc_status
+from batchd.names import outcome_name
 from batchd.v1 import batch_pb2
 
 
@@ -27,10 +28,11 @@ from batchd.v1 import batch_pb2
 class OperationOutcome:
     """What happened to one operation.
 
-    ``outcome`` is the name of the proto ``Outcome``: ``"SUCCEEDED"``, ``"FAILED"``,
-    ``"ROLLED_BACK"``, ``"NOT_RUN"`` or ``"SKIPPED"``. ``code`` is a ``grpc.StatusCode``
-    (``OK`` when it succeeded); ``reason``, ``error_info`` (the ErrorInfo metadata: sqlstate,
-    constraint, table, ...) and ``field_violations`` come from its status details.
+    ``outcome`` is the name of the proto ``Outcome`` without its prefix (``OUTCOME_``):
+    ``"SUCCEEDED"``, ``"FAILED"``, ``"ROLLED_BACK"``, ``"NOT_RUN"`` or ``"SKIPPED"``.
+    ``code`` is a ``grpc.StatusCode`` (``OK`` when it succeeded); ``reason``, ``error_info``
+    (the ErrorInfo metadata: sqlstate, constraint, table, ...) and ``field_violations`` come
+    from its status details.
     """
 
     id: str
@@ -57,7 +59,7 @@ class OperationOutcome:
     @classmethod
     def from_proto(cls, result: batch_pb2.OperationResult) -> OperationOutcome:
         details = from_rpc_status(result.status)
-        return cls(id=result.id, outcome=batch_pb2.Outcome.Name(result.outcome),
+        return cls(id=result.id, outcome=outcome_name(result.outcome),
                    code=details.code, message=result.status.message,
                    rows=[json_format.MessageToDict(row) for row in result.rows],
                    rows_affected=result.rows_affected, next_page_token=result.next_page_token,

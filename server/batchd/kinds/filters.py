@@ -31,9 +31,9 @@ from batchd.values import (
 )
 
 Op = batch_pb2.Filter.Operator
-_COMPARISONS: dict[int, str] = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">",
-                                Op.GE: ">="}
-_PATTERNS: dict[int, str] = {Op.LIKE: "LIKE", Op.ILIKE: "ILIKE"}
+_COMPARISONS: dict[int, str] = {Op.OPERATOR_EQ: "=", Op.OPERATOR_NE: "<>", Op.OPERATOR_LT: "<",
+                                Op.OPERATOR_LE: "<=", Op.OPERATOR_GT: ">", Op.OPERATOR_GE: ">="}
+_PATTERNS: dict[int, str] = {Op.OPERATOR_LIKE: "LIKE", Op.OPERATOR_ILIKE: "ILIKE"}
 
 
 class Clause(Protocol):
@@ -50,16 +50,16 @@ class Condition:
 
     def sql(self, params: SqlParams, results: Results) -> str:
         c = self.column
-        if self.op == Op.IS_NULL:
+        if self.op == Op.OPERATOR_IS_NULL:
             return f"{c.sql} IS NULL" if self.value else f"{c.sql} IS NOT NULL"
         value = results.finalize(self.value)
-        if self.op == Op.IN:
+        if self.op == Op.OPERATOR_IN:
             return f"{c.sql} = ANY({params.add(value, c.cast_sql + '[]')})"
         if self.op in _PATTERNS:
             return f"{c.sql} {_PATTERNS[self.op]} {params.add(value, 'text')}"
-        if value is None and self.op in (Op.EQ, Op.NE):
+        if value is None and self.op in (Op.OPERATOR_EQ, Op.OPERATOR_NE):
             # "= NULL" is never true in SQL; a caller asking for eq null means IS NULL.
-            return f"{c.sql} IS {'' if self.op == Op.EQ else 'NOT '}NULL"
+            return f"{c.sql} IS {'' if self.op == Op.OPERATOR_EQ else 'NOT '}NULL"
         return f"{c.sql} {_COMPARISONS[self.op]} {params.add(value, c.cast_sql)}"
 
 
@@ -96,8 +96,8 @@ def plan_key(table: Table, key: struct_pb2.Struct, path: str,
         if value is None:
             raise InvalidArgument.field(f"{path}.{name}", "a primary key value cannot be null")
         column = table.columns[name]
-        conditions.append(Condition(column, Op.EQ, prepare(value, column, f"{path}.{name}",
-                                                            refs)))
+        conditions.append(Condition(column, Op.OPERATOR_EQ,
+                                    prepare(value, column, f"{path}.{name}", refs)))
     return conditions
 
 
@@ -109,21 +109,23 @@ def plan_filters(table: Table, filters: Sequence[batch_pb2.Filter], path: str,
 def plan_filter(table: Table, f: batch_pb2.Filter, fpath: str, refs: list[Ref]) -> Condition:
     """One filter, validated against the catalog; ``fpath`` names it in errors."""
     column = table.column(f.column, f"{fpath}.column")
-    if f.op not in (*_COMPARISONS, Op.IN, Op.IS_NULL, *_PATTERNS):
-        raise InvalidArgument.field(f"{fpath}.op", "an operator is required (EQ, NE, LT, LE, "
-                                                   "GT, GE, IN, IS_NULL, LIKE, ILIKE)")
+    if f.op not in (*_COMPARISONS, Op.OPERATOR_IN, Op.OPERATOR_IS_NULL, *_PATTERNS):
+        raise InvalidArgument.field(f"{fpath}.op", "an operator is required (OPERATOR_EQ, "
+                                                   "_NE, _LT, _LE, _GT, _GE, _IN, _IS_NULL, _LIKE, "
+                                                   "_ILIKE)")
     value = from_proto(f.value) if f.HasField("value") else None
-    if f.op == Op.IS_NULL:
+    if f.op == Op.OPERATOR_IS_NULL:
         if value is None:
             value = True
         if not isinstance(value, bool):
-            raise InvalidArgument.field(f"{fpath}.value", "IS_NULL takes true or false")
+            raise InvalidArgument.field(f"{fpath}.value", "OPERATOR_IS_NULL takes true or false")
         return Condition(column, f.op, value)
-    if f.op == Op.IN:
+    if f.op == Op.OPERATOR_IN:
         if column.is_array:
-            raise InvalidArgument.field(f"{fpath}.op", "IN is not supported on array columns")
+            raise InvalidArgument.field(f"{fpath}.op",
+                                        "OPERATOR_IN is not supported on array columns")
         if not isinstance(value, list):
-            raise InvalidArgument.field(f"{fpath}.value", "IN takes a list of values")
+            raise InvalidArgument.field(f"{fpath}.value", "OPERATOR_IN takes a list of values")
         column_for_value = replace(column, is_array=True)
     elif f.op in _PATTERNS:
         name = _PATTERNS[f.op]
@@ -133,9 +135,9 @@ def plan_filter(table: Table, f: batch_pb2.Filter, fpath: str, refs: list[Ref]) 
             raise InvalidArgument.field(f"{fpath}.value", f"{name} takes a pattern string")
         column_for_value = column
     else:
-        if value is None and f.op not in (Op.EQ, Op.NE):
-            raise InvalidArgument.field(f"{fpath}.value", "a value is required (use IS_NULL "
-                                                          "for nulls)")
+        if value is None and f.op not in (Op.OPERATOR_EQ, Op.OPERATOR_NE):
+            raise InvalidArgument.field(f"{fpath}.value",
+                                        "a value is required (use OPERATOR_IS_NULL for nulls)")
         column_for_value = column
     return Condition(column, f.op, prepare(value, column_for_value, f"{fpath}.value", refs))
 

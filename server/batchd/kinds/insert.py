@@ -262,17 +262,17 @@ def _conflict_sql(table: Table, message: batch_pb2.InsertOperation, columns: lis
                   path: str) -> str:
     oc = message.on_conflict
     cpath = f"{path}.on_conflict"
-    if oc.action == Action.ACTION_ERROR:
+    if oc.action in (Action.ACTION_UNSPECIFIED, Action.ACTION_ERROR):
         if oc.conflict_columns or oc.update_columns:
             raise InvalidArgument.field(cpath, "conflict_columns and update_columns need action "
-                                               "DO_NOTHING or UPDATE")
+                                               "ACTION_DO_NOTHING or ACTION_UPDATE")
         return ""
     target = columns_list(table, oc.conflict_columns, f"{cpath}.conflict_columns",
                           lambda: key_columns(table))
     target_sql = f" ON CONFLICT ({select_list(target)})"
     if oc.action == Action.ACTION_DO_NOTHING:
         if oc.update_columns:
-            raise InvalidArgument.field(f"{cpath}.update_columns", "needs action UPDATE")
+            raise InvalidArgument.field(f"{cpath}.update_columns", "needs action ACTION_UPDATE")
         return f"{target_sql} DO NOTHING"
     if oc.action != Action.ACTION_UPDATE:
         raise InvalidArgument.field(f"{cpath}.action", "unknown action")

@@ -161,15 +161,15 @@ class StreamSeen(_Seen):
     def __enter__(self) -> StreamSeen:
         return super().__enter__()  # type: ignore[no-any-return]
 
-    async def requests(self, requests: AsyncIterator[batch_pb2.StreamRequest],
-                       ) -> AsyncIterator[batch_pb2.StreamRequest]:
+    async def requests(self, requests: AsyncIterator[batch_pb2.BatchStreamRequest],
+                       ) -> AsyncIterator[batch_pb2.BatchStreamRequest]:
         """The same requests; notes the header on the way past."""
         async for request in requests:
             if self.header is None and request.WhichOneof("kind") == "header":
                 self.header = request.header
             yield request
 
-    def sent(self, response: batch_pb2.StreamResponse) -> batch_pb2.StreamResponse:
+    def sent(self, response: batch_pb2.BatchStreamResponse) -> batch_pb2.BatchStreamResponse:
         kind = response.WhichOneof("kind")
         if kind == "opened":
             self.stream_id = response.opened.stream_id

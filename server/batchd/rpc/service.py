@@ -90,9 +90,9 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
         raise AssertionError("abort_with_status returned")  # pragma: no cover
 
-    async def BatchStream(self, request_iterator: AsyncIterator[batch_pb2.StreamRequest],
+    async def BatchStream(self, request_iterator: AsyncIterator[batch_pb2.BatchStreamRequest],
                           context: grpc.aio.ServicerContext,
-                          ) -> AsyncIterator[batch_pb2.StreamResponse]:
+                          ) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
         request_id = request_id_of(context)
 
         async def admitted() -> None:

@@ -99,8 +99,8 @@ class _Tally:
     next_row: int = 0
     rejected_rows: list[batch_pb2.RejectedRow] = field(default_factory=list)
 
-    def summary(self, committed: bool) -> batch_pb2.StreamResponse:
-        return batch_pb2.StreamResponse(summary=batch_pb2.StreamSummary(
+    def summary(self, committed: bool) -> batch_pb2.BatchStreamResponse:
+        return batch_pb2.BatchStreamResponse(summary=batch_pb2.StreamSummary(
             chunks=self.chunks, rows_written=self.rows_written, rows_rejected=self.rows_rejected,
             committed=committed, last_committed_sequence=self.last_sequence))
 
@@ -132,9 +132,9 @@ class StreamSession:
         self.principal = principal  # whose scopes bound an operations feed (None: auth off)
         self.role = principal.role if principal is not None else None
 
-    async def run(self, requests: AsyncIterator[batch_pb2.StreamRequest],
+    async def run(self, requests: AsyncIterator[batch_pb2.BatchStreamRequest],
                   admitted: Callable[[], Awaitable[None]],
-                  ) -> AsyncIterator[batch_pb2.StreamResponse]:
+                  ) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
         """The stream's responses. It takes an admission slot (and then a connection) only
         once a valid header has arrived, and calls ``admitted`` then (the servicer sends its
         response headers: a stream refused before is refused before any header)."""
@@ -144,7 +144,7 @@ class StreamSession:
             async for response in self._run(header, requests):
                 yield response
 
-    async def _header(self, requests: AsyncIterator[batch_pb2.StreamRequest],
+    async def _header(self, requests: AsyncIterator[batch_pb2.BatchStreamRequest],
                       ) -> batch_pb2.StreamHeader:
         """The header, within ``stream_header_seconds``, checked against the caller's scopes
         before anything else (a denied caller learns nothing of the table)."""
@@ -167,8 +167,8 @@ class StreamSession:
         return header
 
     async def _run(self, header: batch_pb2.StreamHeader,
-                   requests: AsyncIterator[batch_pb2.StreamRequest],
-                   ) -> AsyncIterator[batch_pb2.StreamResponse]:
+                   requests: AsyncIterator[batch_pb2.BatchStreamRequest],
+                   ) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
         if header.mode not in (batch_pb2.MODE_UNSPECIFIED, batch_pb2.MODE_ATOMIC,
                                batch_pb2.MODE_INDEPENDENT):
             raise InvalidArgument.field("header.mode", f"unknown mode {header.mode}")
@@ -200,7 +200,7 @@ class StreamSession:
 
     # --- reading ahead ------------------------------------------------------------------------
 
-    async def _read(self, requests: AsyncIterator[batch_pb2.StreamRequest],
+    async def _read(self, requests: AsyncIterator[batch_pb2.BatchStreamRequest],
                     header: batch_pb2.StreamHeader, target: Target | None,
                     queue: _Bounded) -> None:
         """Decode chunks ahead of the writer; the queue's bound is the backpressure."""
@@ -244,8 +244,8 @@ class StreamSession:
     # --- ATOMIC -------------------------------------------------------------------------------
 
     async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: _Bounded,
-                      tally: _Tally) -> AsyncIterator[batch_pb2.StreamResponse]:
-        yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
+                      tally: _Tally) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
+        yield batch_pb2.BatchStreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
         tx = conn.transaction()
         await tx.start()
         committed = False
@@ -278,7 +278,7 @@ class StreamSession:
                                       metadata={"row_index": str(first.index),
                                                 "sequence": str(ack.sequence)})
                 tally.last_sequence = ack.sequence
-                yield batch_pb2.StreamResponse(ack=ack)
+                yield batch_pb2.BatchStreamResponse(ack=ack)
         finally:
             if not committed and not conn.is_closed():
                 try:
@@ -290,10 +290,10 @@ class StreamSession:
 
     async def _independent(self, conn: asyncpg.Connection, header: batch_pb2.StreamHeader,
                            stream_id: str, queue: _Bounded, tally: _Tally,
-                           ) -> AsyncIterator[batch_pb2.StreamResponse]:
+                           ) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
         position = await ledger.open_stream(conn, stream_id, header.table or "(operations)")
         tally.last_sequence, tally.next_row = position.last_sequence, position.next_row
-        yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(
+        yield batch_pb2.BatchStreamResponse(opened=batch_pb2.StreamOpened(
             stream_id=stream_id, last_committed_sequence=position.last_sequence,
             next_row_index=position.next_row))
         reject_chunk = header.bad_rows == batch_pb2.BAD_ROWS_REJECT_CHUNK
@@ -308,7 +308,7 @@ class StreamSession:
             sequence = chunk.message.sequence
             if 0 < sequence <= tally.last_sequence:
                 ack = await ledger.committed_ack(conn, stream_id, sequence)
-                yield batch_pb2.StreamResponse(ack=ack)
+                yield batch_pb2.BatchStreamResponse(ack=ack)
                 continue
             ledger.check_sequence(sequence, tally.last_sequence + 1)
             try:
@@ -326,7 +326,7 @@ class StreamSession:
             except _Undo:
                 ack = await ledger.committed_ack(conn, stream_id, sequence)
             tally.last_sequence = sequence
-            yield batch_pb2.StreamResponse(ack=ack)
+            yield batch_pb2.BatchStreamResponse(ack=ack)
 
     # --- one chunk ----------------------------------------------------------------------------
 
