@@ -172,7 +172,8 @@ class Soak:
                 {"id": "after_dup", "depends_on": ["dup"],
                  "get": {"table": "products", "key": {"id": "1"}}}]}))
             if response is not None:
-                got = {r.id: self.pb.Outcome.Name(r.outcome).removeprefix("OUTCOME_") for r in response.results}
+                got = {r.id: self.pb.Outcome.Name(r.outcome).removeprefix("OUTCOME_")
+                       for r in response.results}
                 codes = {r.id: r.status.code for r in response.results}
                 for op, outcome in got.items():
                     self.outcomes[f"{op} {outcome}"] += 1

@@ -218,6 +218,10 @@ async def prepare_database(pg: Postgres, user: str, password: str, database: str
     try:
         await admin.execute(f"CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'")
         await admin.execute(f'CREATE DATABASE "{database}" OWNER "{user}"')
+        # The tenant roles of tests/fleet/test_roles.py (roles are cluster-wide, and making
+        # them needs a privilege the replicas' login role does not have).
+        await admin.execute("CREATE ROLE tenant_a; CREATE ROLE tenant_b; "
+                            f'GRANT tenant_a, tenant_b TO "{user}" WITH ADMIN OPTION')
     finally:
         await admin.close()
     dsn = pg.dsn(user, password, database)
