@@ -359,37 +359,48 @@ async def run_interleaved(spec: Spec, contenders: list[Contender], runs: int, ds
 
 
 async def memory(dsn: str, args: argparse.Namespace) -> list[str]:
-    """batchd's peak RSS for a COLUMNAR stream of --rows and ~--memory-rows narrow rows."""
+    """batchd's peak RSS for a stream of --rows and of ~--memory-rows narrow rows, in every
+    encoding: the same chunks sent again and again with new sequence numbers, each stream to a
+    freshly started server (peak RSS is a high-water mark)."""
     from batchd.v1 import batch_pb2
 
     spec = SPECS["narrow"]
-    serialized = stream_requests(spec, "COLUMNAR", spec.make(args.rows), args.chunk)
-    chunks = [batch_pb2.BatchStreamRequest.FromString(b) for b in serialized[1:-1]]
+    rows = spec.make(args.rows)
+    csv = csv_chunks(spec, rows, args.chunk)
+    table = arrow_table(spec, rows)
+    arrow = arrow_ipc_chunks(table, args.chunk)
+    lines = ["", "| encoding (narrow) | rows | batchd peak RSS | rows/s | RSS ratio, longer / "
+                 "shorter (target <= 1.2x) |", "| --- | ---: | ---: | ---: | ---: |"]
+    for encoding in ENCODINGS:
+        serialized = stream_requests(spec, encoding, rows, args.chunk, csv=csv, arrow=arrow)
+        chunks = [batch_pb2.BatchStreamRequest.FromString(b) for b in serialized[1:-1]]
 
-    def requests(repeat: int) -> Iterable[bytes]:
-        yield serialized[0]
-        seq = 0
-        for _ in range(repeat):
-            for request in chunks:
-                seq += 1
-                request.chunk.sequence = seq
-                yield request.SerializeToString()
-        yield serialized[-1]
+        def requests(repeat: int, chunks: list[Any] = chunks,
+                     serialized: list[bytes] = serialized) -> Iterable[bytes]:
+            yield serialized[0]
+            seq = 0
+            for _ in range(repeat):
+                for request in chunks:
+                    seq += 1
+                    request.chunk.sequence = seq
+                    yield request.SerializeToString()
+            yield serialized[-1]
 
-    lines = ["", "| stream (columnar, narrow) | batchd peak RSS | rows/s |",
-             "| ---: | ---: | ---: |"]
-    peaks = []
-    for repeat in (1, max(1, args.memory_rows // args.rows)):
-        await sql(dsn, f"TRUNCATE {spec.name}")
-        server, target = await start_server(dsn)
-        try:
-            total = repeat * args.rows
-            seconds = await stream(target, requests(repeat), total)
-            peaks.append(peak_rss_mib(server.pid))
-            lines.append(f"| {total:,} rows | {peaks[-1]:.0f} MiB | {total / seconds:,.0f} |")
-        finally:
-            await stop_server(server)
-    lines.append(f"\nPeak RSS ratio, longer / shorter stream: {peaks[1] / peaks[0]:.2f}x")
+        peaks = []
+        for repeat in (1, max(1, args.memory_rows // args.rows)):
+            await sql(dsn, f"TRUNCATE {spec.name}")
+            server, target = await start_server(dsn)
+            try:
+                total = repeat * args.rows
+                seconds = await stream(target, requests(repeat), total)
+                peaks.append(peak_rss_mib(server.pid))
+            finally:
+                await stop_server(server)
+            ratio = f"{peaks[1] / peaks[0]:.2f}x" if len(peaks) == 2 else ""
+            lines.append(f"| {encoding} | {total:,} | {peaks[-1]:.0f} MiB | "
+                         f"{total / seconds:,.0f} | {ratio} |")
+            print(f"  memory: {encoding} {total:,} rows: peak RSS {peaks[-1]:.0f} MiB",
+                  flush=True)
     return lines
 
 
