@@ -342,13 +342,17 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-@pytest.fixture(scope="module")
-async def secured(schema: str) -> AsyncIterator[batch_pb2_grpc.BatchServiceStub]:
-    conn = await asyncpg.connect(schema)
+async def run_sql(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(ROLES_SQL)
+        await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def secured(schema: str) -> AsyncIterator[batch_pb2_grpc.BatchServiceStub]:
+    await run_sql(schema, ROLES_SQL)
     tokens = [TokenSettings(sha256=hash_token(token), principal=token, scopes=scopes,
                             role=role) for token, scopes, role in (
         (ADD_ONLY, ["call:public.fn_add"], None),
@@ -364,6 +368,8 @@ async def secured(schema: str) -> AsyncIterator[batch_pb2_grpc.BatchServiceStub]
             yield batch_pb2_grpc.BatchServiceStub(channel)
     finally:
         await app.stop(grace=1)
+        await run_sql(schema, "DROP FUNCTION fn_my_notes(), fn_guarded(integer); "
+                              "DROP TABLE fn_notes")
 
 
 async def secured_fails(stub: batch_pb2_grpc.BatchServiceStub, token: str,

@@ -9,8 +9,8 @@ long name, possibly onto another, existing table.
 Tables without a primary key are exposed for insert (and stream ingest) only: keys address
 rows for get/update/delete and make query pages stable.
 
-Functions (``expose_functions``, none by default: a function is code, and runs with whatever
-it was written to do) are exposed when a call can be written for them from a request alone:
+Functions (``expose_functions``, none by default: a function is code, and does whatever it
+was written to do) are exposed when a call can be written for them from a request alone:
 plain functions (not aggregates, window functions or procedures) whose input arguments all have
 names (a request names every argument) and concrete types (an argument is coerced by its type;
 ``anyelement`` names none), no VARIADIC, and whose result has known columns (no bare
@@ -207,8 +207,8 @@ ORDER BY n.nspname, p.proname, p.oid
 
 
 class Catalog:
-    """Exposed tables and functions by name; ``table()`` and ``functions()`` are the only ways
-    a request reaches one."""
+    """Exposed tables and functions by name; ``table()`` and ``functions_named()`` are the only
+    ways a request reaches one."""
 
     def __init__(self, tables: Mapping[str, Table], default_schema: str,
                  suggest: bool = True,
@@ -217,8 +217,8 @@ class Catalog:
         # By qualified name; several for an overloaded name.
         self.functions = dict(functions or {})
         self.default_schema = default_schema
-        # Name close tables in errors: only when authentication is off, since a caller's
-        # scopes may not cover the table it would be told about.
+        # Name close tables and functions in errors: only when authentication is off, since a
+        # caller's scopes may not cover the one it would be told about.
         self.suggest = suggest
 
     def table(self, name: str, field_path: str) -> Table:
