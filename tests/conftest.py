@@ -96,6 +96,7 @@ def make_settings(dsn: str, **overrides: Any) -> Settings:
         handler_modules=["tests.handlers"], pool_min_size=1, pool_max_size=8,
         metrics_port=0,  # no /metrics endpoint unless a test asks for one
         tables={"public.readonly_things": TableSettings(operations=["get", "query"])},
+        expose_functions=["public.fn_*"],  # tests/schema.sql's, see tests/test_functions.py
     )
     values.update(overrides)
     return Settings(**values)

@@ -54,3 +54,35 @@ CREATE TABLE arrow_extra (
     flags    boolean[],
     mood     mood_kind
 );
+-- SQL functions (tests/test_functions.py). The test server exposes public.fn_* only.
+-- A scalar function with a default.
+CREATE FUNCTION fn_add(a integer, b integer DEFAULT 10) RETURNS integer
+    LANGUAGE sql IMMUTABLE AS 'SELECT a + b';
+-- A set-returning function (RETURNS TABLE), with a default.
+CREATE FUNCTION fn_series(n integer, prefix text DEFAULT 'row')
+    RETURNS TABLE (i integer, label text)
+    LANGUAGE sql AS $$ SELECT g, prefix || '-' || g FROM generate_series(1, n) AS g $$;
+-- Overloads with the same argument names: no call can tell them apart.
+CREATE FUNCTION fn_points(a integer, b integer) RETURNS integer LANGUAGE sql AS 'SELECT a + b';
+CREATE FUNCTION fn_points(a numeric, b numeric) RETURNS numeric LANGUAGE sql AS 'SELECT a + b';
+-- Overloads told apart by their argument names.
+CREATE FUNCTION fn_area(side numeric) RETURNS numeric LANGUAGE sql AS 'SELECT side * side';
+CREATE FUNCTION fn_area(width numeric, height numeric) RETURNS numeric
+    LANGUAGE sql AS 'SELECT width * height';
+-- Exact values in and out: numeric, bigint beyond 2^53, jsonb.
+CREATE FUNCTION fn_exact(amount numeric, big bigint, doc jsonb)
+    RETURNS TABLE (doubled numeric, next_big bigint, doc_back jsonb, amount_type text)
+    LANGUAGE sql AS $$ SELECT amount * 2, big + 1, doc, pg_typeof(amount)::text $$;
+-- A void function that writes.
+CREATE FUNCTION fn_log_event(id bigint, kind text, score integer DEFAULT NULL) RETURNS void
+    LANGUAGE sql AS 'INSERT INTO events (id, kind, score) VALUES (id, kind, score)';
+-- A function returning a table's rows (a composite type): its columns are the table's.
+CREATE FUNCTION fn_products_under(max_price numeric) RETURNS SETOF products
+    LANGUAGE sql STABLE AS 'SELECT * FROM products WHERE price < max_price ORDER BY id';
+-- Not matched by the pattern.
+CREATE FUNCTION secret_double(x integer) RETURNS integer LANGUAGE sql AS 'SELECT 2 * x';
+-- Matched, but not callable from a request: skipped.
+CREATE FUNCTION fn_variadic(VARIADIC xs integer[]) RETURNS integer
+    LANGUAGE sql AS 'SELECT cardinality(xs)';
+CREATE FUNCTION fn_polymorphic(x anyelement) RETURNS text LANGUAGE sql AS 'SELECT x::text';
+CREATE FUNCTION fn_records() RETURNS SETOF record LANGUAGE sql AS 'SELECT 1, 2';

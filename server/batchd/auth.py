@@ -22,16 +22,20 @@ Authorization (scopes), per operation, before anything runs:
     read:<schema.table pattern>   get, query
     write:<schema.table pattern>  insert, update, delete; BatchStream ingest into the table
     call:<handler pattern>        call operations of custom handlers with a matching name
+    call:<schema.function pattern>  call operations of exposed SQL functions
 
 Patterns are ``fnmatch`` patterns, case-sensitive like PostgreSQL identifiers, on the
-qualified table name (``read:public.*``, ``write:public.orders``, ``read:*``) or the handler
-name (``call:reserve_*``). ``write`` does not imply ``read``. A ``call`` runs whatever SQL its
-handler runs: granting ``call:X`` trusts handler X. The check uses the table name as written in
-the request, qualified with ``default_schema``, so an operation outside the caller's scopes is
-PERMISSION_DENIED whether or not the table exists (scopes never reveal the catalog).
+qualified table name (``read:public.*``, ``write:public.orders``, ``read:*``), the handler
+name (``call:reserve_*``) or the qualified function name (``call:api.*``). A handler's name
+has no dot and a function's always has one (it is qualified before matching), so
+``call:api.*`` covers no handler; ``call:*`` covers both. ``write`` does not imply ``read``. A
+``call`` runs whatever SQL its handler or function runs: granting ``call:X`` trusts X. The
+check uses the table or function name as written in the request, qualified with
+``default_schema``, so an operation outside the caller's scopes is PERMISSION_DENIED whether or
+not the table or function exists (scopes never reveal the catalog).
 ``plan_batch`` records the denial on the operation's step: an ATOMIC batch is refused before
 anything runs, an INDEPENDENT one fails just that operation. GetSchema lists only the tables,
-operation kinds and handlers the caller's scopes cover.
+operation kinds, handlers and functions the caller's scopes cover.
 
 The principal reaches the servicer through ``current_principal``, set by the interceptor
 *inside* the wrapped method handler, i.e. in the RPC's own execution (grpc.aio documents that
@@ -55,6 +59,7 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
+from batchd.catalog import qualified
 from batchd.config import Settings
 from batchd.errors import BatchdError, PermissionDenied, Unauthenticated, to_rpc_status
 from batchd.kinds.base import Kind
@@ -79,7 +84,8 @@ class Principal:
 
     def allows(self, access: str, target: str) -> bool:
         """Whether a scope grants ``access`` ("read", "write", "call") on ``target``
-        ("schema.table" or a handler name). ``admin`` and ``*`` grant everything."""
+        ("schema.table", a handler name, or "schema.function"). ``admin`` and ``*`` grant
+        everything."""
         for scope in self.scopes:
             if scope in ("admin", "*"):
                 return True
@@ -94,12 +100,6 @@ class Principal:
         return self.allows(access_of(kind), target)
 
 
-def qualified(table: str, default_schema: str) -> str:
-    """The name scopes are matched against: as the catalog resolves it ("t" is in the default
-    schema, "s.t" is taken as written)."""
-    return table if "." in table else f"{default_schema}.{table}"
-
-
 def hash_token(token: str) -> str:
     """What ``tokens[].sha256`` holds: the hex SHA-256 of the token's UTF-8 bytes."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -111,12 +111,7 @@ def authorize_operation(principal: Principal, kind: Kind, message: Any,
                         default_schema: str) -> PermissionDenied | None:
     """The denial of one operation (``message``, of ``kind``), or None if the principal's
     scopes cover it."""
-    if kind.on_table:
-        target = qualified(kind.target(message), default_schema)
-        what = f'table "{target}"'
-    else:
-        target = kind.target(message)
-        what = f'handler "{target}"'
+    target, what = kind.scope_target(message, default_schema)
     if principal.allows(kind.access, target):
         return None
     needed = f"{kind.access}:{target}" if kind.access != "admin" else "admin"

@@ -1,4 +1,5 @@
-"""The exposed tables, read from PostgreSQL's catalog: the only source of identifiers in SQL.
+"""The exposed tables and functions, read from PostgreSQL's catalog: the only source of
+identifiers in SQL.
 
 Client strings are never pasted into SQL. A table or column name from a request is looked up
 here by exact match, and the SQL uses the catalog's own name, quoted. Names longer than 63
@@ -7,6 +8,13 @@ long name, possibly onto another, existing table.
 
 Tables without a primary key are exposed for insert (and stream ingest) only: keys address
 rows for get/update/delete and make query pages stable.
+
+Functions (``expose_functions``, none by default: a function is code, and does whatever it
+was written to do) are exposed when a call can be written for them from a request alone:
+plain functions (not aggregates, window functions or procedures) whose input arguments all have
+names (a request names every argument) and concrete types (an argument is coerced by its type;
+``anyelement`` names none), no VARIADIC, and whose result has known columns (no bare
+``record``, no pseudo-types but ``void``). Others are skipped, and the debug log says why.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import fnmatch
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -26,11 +35,18 @@ log = logging.getLogger(__name__)
 
 MAX_IDENTIFIER_BYTES = 63
 INTERNAL_SCHEMA = "batchd"  # where batchd keeps its own tables; never exposed
+_T = TypeVar("_T")
 
 
 def quote_ident(name: str) -> str:
     """Quote a catalog name for SQL (only ever called on names read from the catalog)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(name: str, default_schema: str) -> str:
+    """A table's or function's name as the catalog resolves it: "t" is in the default schema,
+    "s.t" is taken as written. (What scopes are matched against.)"""
+    return name if "." in name else f"{default_schema}.{name}"
 
 
 def check_identifier(name: str, field_path: str) -> None:
@@ -93,6 +109,44 @@ class Table:
                 field_path, f'operation "{kind}" is not allowed on table "{self.qualified_name}"')
 
 
+@dataclass(frozen=True, slots=True)
+class Function:
+    """An exposed SQL function; each overload of a name is a Function of its own."""
+
+    schema: str
+    name: str
+    # Its input arguments (IN and INOUT), in order; ``has_default``: the call may omit it.
+    arguments: tuple[Column, ...]
+    # format_type() of the return type, with "SETOF " for a set-returning one.
+    returns: str
+    returns_set: bool
+    # The columns of ``SELECT * FROM fn(...)``: its OUT / INOUT / TABLE arguments, the columns
+    # of the composite type it returns, or one column named after the function for a scalar.
+    # Empty: it returns void.
+    result_columns: tuple[Column, ...]
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def sql(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+    @property
+    def signature(self) -> str:
+        """``add_points(a integer, b integer)``: how errors name one overload."""
+        return f"{self.name}({', '.join(f'{a.name} {a.type_sql}' for a in self.arguments)})"
+
+    def accepts(self, names: Iterable[str]) -> bool:
+        """Whether a call naming exactly ``names`` fits: each is an argument, and every
+        argument without a default is among them."""
+        given = set(names)
+        known = {a.name for a in self.arguments}
+        return given <= known and all(a.has_default or a.name in given
+                                      for a in self.arguments)
+
+
 # Coercion kinds by PostgreSQL type name; anything else is passed through as given.
 _KINDS = {
     "int2": "int2", "int4": "int4", "int8": "int8", "numeric": "numeric",
@@ -104,7 +158,8 @@ _KINDS = {
 }
 
 _TYPES_SQL = """
-SELECT oid, typname, typtype::text, typbasetype, typelem, typcategory::text FROM pg_type
+SELECT oid, typname, typtype::text, typbasetype, typelem, typcategory::text, typrelid
+FROM pg_type
 """
 _TABLES_SQL = """
 SELECT c.oid, n.nspname AS schema, c.relname AS name
@@ -129,68 +184,82 @@ JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
 WHERE con.contype = 'p' AND con.conrelid = ANY($1::oid[])
 GROUP BY con.conrelid
 """
+# Plain functions, with every argument (IN, OUT, INOUT, TABLE, VARIADIC) in order: types
+# (proallargtypes when there are OUT arguments, else proargtypes), modes (none: all IN) and
+# names ('' for an unnamed one). pronargdefaults counts the input arguments, from the last,
+# that have defaults.
+_FUNCTIONS_SQL = """
+SELECT p.oid, n.nspname AS schema, p.proname AS name, p.proretset AS returns_set,
+       p.prorettype, format_type(p.prorettype, NULL) AS returns, p.pronargdefaults,
+       ARRAY(SELECT a.t FROM unnest(coalesce(p.proallargtypes, p.proargtypes::oid[]))
+             WITH ORDINALITY AS a(t, i) ORDER BY a.i) AS arg_types,
+       ARRAY(SELECT format_type(a.t, NULL) FROM unnest(coalesce(p.proallargtypes,
+                                                                p.proargtypes::oid[]))
+             WITH ORDINALITY AS a(t, i) ORDER BY a.i) AS arg_types_sql,
+       coalesce(p.proargmodes::text[], '{}') AS arg_modes,
+       coalesce(p.proargnames, '{}') AS arg_names
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE p.prokind = 'f'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1)
+  AND n.nspname NOT LIKE 'pg\\_%'
+ORDER BY n.nspname, p.proname, p.oid
+"""
 
 
 class Catalog:
-    """Exposed tables by name; ``table()`` is the only way a request reaches one."""
+    """Exposed tables and functions by name; ``table()`` and ``functions_named()`` are the only
+    ways a request reaches one."""
 
     def __init__(self, tables: Mapping[str, Table], default_schema: str,
-                 suggest: bool = True) -> None:
+                 suggest: bool = True,
+                 functions: Mapping[str, tuple[Function, ...]] | None = None) -> None:
         self.tables = dict(tables)
+        # By qualified name; several for an overloaded name.
+        self.functions = dict(functions or {})
         self.default_schema = default_schema
-        # Name close tables in errors: only when authentication is off, since a caller's
-        # scopes may not cover the table it would be told about.
+        # Name close tables and functions in errors: only when authentication is off, since a
+        # caller's scopes may not cover the one it would be told about.
         self.suggest = suggest
 
     def table(self, name: str, field_path: str) -> Table:
         """Resolve "table" (in the default schema) or "schema.table", exactly."""
+        return self._lookup("table", self.tables, name, field_path)
+
+    def functions_named(self, name: str, field_path: str) -> tuple[Function, ...]:
+        """The exposed functions (overloads) called "name" (in the default schema) or
+        "schema.name", exactly; at least one, else INVALID_ARGUMENT."""
+        return self._lookup("function", self.functions, name, field_path)
+
+    def _lookup(self, what: str, known: Mapping[str, _T], name: str, field_path: str) -> _T:
         check_identifier(name, field_path)
         if "." in name:
             schema, _, bare = name.partition(".")
             check_identifier(schema, field_path)
             check_identifier(bare, field_path)
-            table = self.tables.get(name)
+            found = known.get(name)
         else:
-            table = self.tables.get(f"{self.default_schema}.{name}")
-        if table is None:
+            found = known.get(f"{self.default_schema}.{name}")
+        if found is None:
             hint = ""
             if self.suggest:
-                short = {q.removeprefix(f"{self.default_schema}."): q for q in self.tables}
+                short = {q.removeprefix(f"{self.default_schema}."): q for q in known}
                 hint = did_you_mean(name, short)
-            error = InvalidArgument.field(field_path, f'unknown or not exposed table "{name}"')
+            error = InvalidArgument.field(field_path, f'unknown or not exposed {what} "{name}"')
             error.message += hint
             raise error
-        return table
+        return found
 
     @classmethod
     async def load(cls, conn: asyncpg.Connection, settings: Settings,
                    kinds: Mapping[str, bool]) -> Catalog:
-        """The exposed tables. ``kinds``: the operation kinds addressed at tables, each with
-        whether it works without a primary key (``batchd.kinds.registry.TABLE_KINDS``)."""
-        types = {r["oid"]: r for r in await conn.fetch(_TYPES_SQL)}
-
-        def kind_of(oid: int) -> tuple[str, bool]:
-            t = types[oid]
-            while t["typtype"] == "d":  # domain: coerce as its base type
-                t = types[t["typbasetype"]]
-            if t["typcategory"] == "A" and t["typelem"]:
-                return kind_of(t["typelem"])[0], True
-            if t["typtype"] == "e":
-                return "text", False
-            return _KINDS.get(t["typname"], "other"), False
-
+        """The exposed tables and functions. ``kinds``: the operation kinds addressed at
+        tables, each with whether it works without a primary key
+        (``batchd.kinds.registry.TABLE_KINDS``)."""
+        types = _Types(await conn.fetch(_TYPES_SQL))
         candidates = [r for r in await conn.fetch(_TABLES_SQL, INTERNAL_SCHEMA)
                       if _exposed(f"{r['schema']}.{r['name']}", settings.expose)]
         oids = [r["oid"] for r in candidates]
-        columns: dict[int, dict[str, Column]] = {oid: {} for oid in oids}
-        for r in await conn.fetch(_COLUMNS_SQL, oids):
-            kind, is_array = kind_of(r["atttypid"])
-            columns[r["attrelid"]][r["attname"]] = Column(
-                name=r["attname"], sql=quote_ident(r["attname"]), type_sql=r["type_sql"],
-                cast_sql=r["cast_sql"],
-                kind=kind, is_array=is_array, nullable=not r["attnotnull"],
-                has_default=r["atthasdef"] or r["identity"] or r["generated"],
-                generated=r["generated"])
+        columns = await _columns_of(conn, oids, types)
         keys = {r["conrelid"]: tuple(r["columns"]) for r in await conn.fetch(_PRIMARY_KEYS_SQL,
                                                                               oids)}
         tables: dict[str, Table] = {}
@@ -203,8 +272,119 @@ class Catalog:
                                                           if key or keyless)),
                                settings, kinds)
             tables[qualified] = table
-        log.info("catalog: %d tables exposed", len(tables))
-        return cls(tables, settings.default_schema, suggest=not settings.auth_enabled)
+        functions = (await _load_functions(conn, settings.expose_functions, types)
+                     if settings.expose_functions else {})
+        log.info("catalog: %d tables, %d functions exposed", len(tables),
+                 sum(len(f) for f in functions.values()))
+        return cls(tables, settings.default_schema, suggest=not settings.auth_enabled,
+                   functions=functions)
+
+
+class _Types:
+    """pg_type by oid, and what batchd makes of each type."""
+
+    def __init__(self, rows: Iterable[asyncpg.Record]) -> None:
+        self.rows = {r["oid"]: r for r in rows}
+
+    def kind_of(self, oid: int) -> tuple[str, bool]:
+        """The coercion kind of values of the type (batchd.values), and whether it is an
+        array (the kind is then its elements')."""
+        t = self.rows[oid]
+        while t["typtype"] == "d":  # domain: coerce as its base type
+            t = self.rows[t["typbasetype"]]
+        if t["typcategory"] == "A" and t["typelem"]:
+            return self.kind_of(t["typelem"])[0], True
+        if t["typtype"] == "e":
+            return "text", False
+        return _KINDS.get(t["typname"], "other"), False
+
+    def column(self, name: str, oid: int, type_sql: str, *, has_default: bool = False,
+               ) -> Column:
+        """A function's argument or result column (no type modifier: PostgreSQL keeps none
+        for them, so the type as shown is the cast too)."""
+        kind, is_array = self.kind_of(oid)
+        return Column(name=name, sql=quote_ident(name), type_sql=type_sql, cast_sql=type_sql,
+                      kind=kind, is_array=is_array, nullable=True, has_default=has_default,
+                      generated=False)
+
+
+async def _columns_of(conn: asyncpg.Connection, relations: list[int],
+                      types: _Types) -> dict[int, dict[str, Column]]:
+    """The columns of tables (or composite types), by relation oid, in order."""
+    columns: dict[int, dict[str, Column]] = {oid: {} for oid in relations}
+    for r in await conn.fetch(_COLUMNS_SQL, relations):
+        kind, is_array = types.kind_of(r["atttypid"])
+        columns[r["attrelid"]][r["attname"]] = Column(
+            name=r["attname"], sql=quote_ident(r["attname"]), type_sql=r["type_sql"],
+            cast_sql=r["cast_sql"],
+            kind=kind, is_array=is_array, nullable=not r["attnotnull"],
+            has_default=r["atthasdef"] or r["identity"] or r["generated"],
+            generated=r["generated"])
+    return columns
+
+
+async def _load_functions(conn: asyncpg.Connection, patterns: list[str],
+                          types: _Types) -> dict[str, tuple[Function, ...]]:
+    """The functions ``patterns`` expose that a request can call (see the module's
+    docstring), by qualified name."""
+    rows = [r for r in await conn.fetch(_FUNCTIONS_SQL, INTERNAL_SCHEMA)
+            if _exposed(f"{r['schema']}.{r['name']}", patterns)]
+    composites = {r["prorettype"]: types.rows[r["prorettype"]]["typrelid"] for r in rows
+                  if types.rows[r["prorettype"]]["typtype"] == "c"}
+    columns = await _columns_of(conn, list(set(composites.values())), types)
+    found: dict[str, list[Function]] = {}
+    for r in rows:
+        qualified = f"{r['schema']}.{r['name']}"
+        try:
+            function = _function(r, types, columns.get(composites.get(r["prorettype"], 0)))
+        except _Unfit as why:
+            log.debug("function %s (oid %d) is not exposed: %s", qualified, r["oid"], why)
+            continue
+        found.setdefault(qualified, []).append(function)
+    return {name: tuple(overloads) for name, overloads in found.items()}
+
+
+class _Unfit(Exception):
+    """Why a function matched by expose_functions cannot be called from a request."""
+
+
+def _function(r: asyncpg.Record, types: _Types,
+              composite: dict[str, Column] | None) -> Function:
+    """The ``Function`` of a _FUNCTIONS_SQL row, or ``_Unfit``."""
+    count = len(r["arg_types"])
+    modes = list(r["arg_modes"]) or ["i"] * count
+    names = list(r["arg_names"]) or [""] * count
+    inputs: list[tuple[str, int, str]] = []
+    outputs: list[Column] = []
+    for name, oid, type_sql, mode in zip(names, r["arg_types"], r["arg_types_sql"], modes,
+                                         strict=True):
+        if mode == "v":
+            raise _Unfit(f"VARIADIC argument {name or '(unnamed)'}")
+        if not name:
+            raise _Unfit("an argument without a name")
+        if mode in ("i", "b"):
+            if types.rows[oid]["typtype"] == "p":
+                raise _Unfit(f"argument {name} has the pseudo-type {type_sql}")
+            inputs.append((name, oid, type_sql))
+        if mode in ("o", "b", "t"):
+            outputs.append(types.column(name, oid, type_sql))
+    first_default = len(inputs) - r["pronargdefaults"]
+    arguments = tuple(types.column(name, oid, type_sql, has_default=i >= first_default)
+                      for i, (name, oid, type_sql) in enumerate(inputs))
+    returned = types.rows[r["prorettype"]]
+    if outputs:
+        result = tuple(outputs)
+    elif r["returns"] == "void":
+        result = ()
+    elif composite is not None:
+        result = tuple(composite.values())
+    elif returned["typtype"] == "p":
+        raise _Unfit(f"it returns {r['returns']}, whose columns are not known")
+    else:  # a scalar: SELECT * FROM fn() names its one column after the function
+        result = (types.column(r["name"], r["prorettype"], r["returns"]),)
+    return Function(schema=r["schema"], name=r["name"], arguments=arguments,
+                    returns=("SETOF " if r["returns_set"] else "") + r["returns"],
+                    returns_set=r["returns_set"], result_columns=result)
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

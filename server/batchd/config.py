@@ -31,7 +31,8 @@ class TableSettings(BaseModel):
     operations: list[str] | None = None
 
 
-# admin | * | read:<schema.table pattern> | write:<schema.table pattern> | call:<handler pattern>
+# admin | * | read:<schema.table pattern> | write:<schema.table pattern>
+#   | call:<handler pattern> | call:<schema.function pattern>
 _SCOPE = re.compile(r"admin|\*|(read|write):(\*|[^.]+\..+)|call:.+")
 
 
@@ -39,8 +40,8 @@ def check_scope(scope: str) -> str:
     """Return ``scope`` if it follows the grammar (see batchd.auth), else raise ValueError."""
     if not _SCOPE.fullmatch(scope):
         raise ValueError(f"bad scope {scope!r}: expected admin, *, read:SCHEMA.TABLE, "
-                         "write:SCHEMA.TABLE (fnmatch patterns, e.g. read:public.*) or "
-                         "call:HANDLER")
+                         "write:SCHEMA.TABLE (fnmatch patterns, e.g. read:public.*), "
+                         "call:HANDLER or call:SCHEMA.FUNCTION")
     return scope
 
 
@@ -121,6 +122,9 @@ class Settings(BaseSettings):
     # --- what is exposed
     # Patterns "schema.table", "schema.*"; only matching tables can be used.
     expose: list[str] = Field(default_factory=lambda: ["public.*"])
+    # Patterns "schema.function", "schema.*" of the SQL functions a "call" may name. None by
+    # default: a function is code, and nothing runs unless the operator says so.
+    expose_functions: list[str] = Field(default_factory=list)
     default_schema: str = "public"
     tables: dict[str, TableSettings] = Field(default_factory=dict)
     # Catalog reloads (batchd.reload): the DSN batchd LISTENs on for NOTIFY batchd, 'reload'

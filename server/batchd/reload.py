@@ -1,9 +1,9 @@
 """The catalog, live: reloaded after DDL without a restart.
 
-``CatalogReload.reload`` reads the catalog again and makes it the one new calls plan with
-(``PlanContext.catalog``); calls already planned finish on the catalog they planned with (their
-plans hold its tables), and a stream keeps the catalog it started with. GetSchema shows the new
-one at once. What triggers a reload:
+``CatalogReload.reload`` reads the catalog again (tables and functions) and makes it the one
+new calls plan with (``PlanContext.catalog``); calls already planned finish on the catalog they
+planned with (their plans hold its tables and functions), and a stream keeps the catalog it
+started with. GetSchema shows the new one at once. What triggers a reload:
 
 - ``NOTIFY batchd, 'reload'`` from any session of the database: every batchd listening on it
   reloads. batchd listens on a connection of its own (``notify_dsn``, default the DSN); behind
@@ -71,7 +71,8 @@ class CatalogReload(Background):
             catalog = await Catalog.load(conn, self.settings, kinds.TABLE_KINDS)
         self.plan_ctx.catalog = catalog
         self.reloads += 1
-        log.info("catalog reloaded: %d tables exposed", len(catalog.tables))
+        log.info("catalog reloaded: %d tables, %d functions exposed", len(catalog.tables),
+                 sum(len(f) for f in catalog.functions.values()))
 
     async def _loop(self) -> None:
         listener = self._listener

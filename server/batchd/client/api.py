@@ -59,9 +59,11 @@ from batchd.client.builder import Batch, OpRef, all_of, any_of, not_
 from batchd.client.ingest import AckedChunk, IngestOptions, IngestResult, RejectedRow, Source
 from batchd.client.ingest import ingest as run_ingest
 from batchd.client.results import (
+    ArgumentSchema,
     AtomicBatchError,
     BatchResult,
     ColumnSchema,
+    FunctionSchema,
     OperationOutcome,
     Schema,
     TableSchema,
@@ -71,10 +73,11 @@ from batchd.client.retry import RetryEvent, RetryHook, RetryPolicy
 from batchd.errors import BatchdError, BatchdRpcError, FieldViolation
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
-__all__ = ["AckedChunk", "AsyncClient", "AtomicBatchError", "Batch", "BatchResult",
-           "BatchdError", "BatchdRpcError", "Client", "ColumnSchema", "FieldViolation",
-           "IngestResult", "OpRef", "OperationOutcome", "RejectedRow", "RetryEvent",
-           "RetryPolicy", "Schema", "TableSchema", "all_of", "any_of", "not_", "rpc_error"]
+__all__ = ["AckedChunk", "ArgumentSchema", "AsyncClient", "AtomicBatchError", "Batch",
+           "BatchResult", "BatchdError", "BatchdRpcError", "Client", "ColumnSchema",
+           "FieldViolation", "FunctionSchema", "IngestResult", "OpRef", "OperationOutcome",
+           "RejectedRow", "RetryEvent", "RetryPolicy", "Schema", "TableSchema", "all_of",
+           "any_of", "not_", "rpc_error"]
 
 Metadata = Sequence[tuple[str, str]] | Mapping[str, str]
 #: A call's ``timeout``: seconds, None (no deadline), or ``...`` (the client's default).
@@ -190,7 +193,7 @@ class AsyncClient:
     async def schema(self, *,
                      timeout: Timeout = ...,  # noqa: ASYNC109 (the gRPC deadline)
                      ) -> Schema:
-        """The exposed tables and registered handlers."""
+        """The exposed tables and SQL functions, and the registered handlers."""
         settings = self._settings
 
         async def send(remaining: float | None) -> batch_pb2.GetSchemaResponse:

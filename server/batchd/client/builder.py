@@ -377,6 +377,14 @@ class Batch:
         op = batch_pb2.CallOperation(handler=handler, args=to_struct(args or {}))
         return self._add("call", op, id, depends_on)
 
+    def function(self, name: str, args: Mapping[str, Any] | None = None, *,
+                 id: str | None = None, depends_on: Iterable[OpRef | str] = ()) -> OpRef:
+        """Calls the SQL function ``name`` ("fn" in the default schema, or "schema.fn") the
+        server exposes, with ``args`` by name; the server coerces each by its argument's
+        type. Its rows are the function's (a scalar's one column is named after it)."""
+        op = batch_pb2.CallOperation(function=name, args=to_struct(args or {}))
+        return self._add("call", op, id, depends_on)
+
     def to_request(self, *, mode: str | int = "atomic", validate_only: bool = False,
                    isolation: str | int | None = None, read_only: bool = False,
                    request_id: str | None = None) -> batch_pb2.BatchExecuteRequest:

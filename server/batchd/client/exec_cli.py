@@ -265,7 +265,8 @@ def run_schema(args: argparse.Namespace) -> int:
 
 
 def schema_text(schema: Schema) -> str:
-    """Each table (key, version and soft-delete columns, operations, columns), then handlers."""
+    """Each table (key, version and soft-delete columns, operations, columns), each SQL
+    function (signature, what it returns), then handlers."""
     blocks = []
     for table in schema.tables:
         lines = [
@@ -279,6 +280,16 @@ def schema_text(schema: Schema) -> str:
         columns += [(c.name, c.type, "yes" if c.nullable else "no",
                      "yes" if c.has_default else "no") for c in table.columns]
         lines += [f"  {line}" for line in _align(columns)]
+        blocks.append("\n".join(lines))
+    for function in schema.functions:
+        columns_text = ", ".join(f"{c.name} {c.type}" for c in function.result_columns)
+        defaults = [a.name for a in function.arguments if a.has_default]
+        lines = [f"function {function.signature}",
+                 f"  returns:      {function.returns}"
+                 + (f" ({columns_text})" if columns_text and function.returns != "void"
+                    else "")]
+        if defaults:
+            lines.append(f"  defaults:     {', '.join(defaults)}")
         blocks.append("\n".join(lines))
     blocks.append(f"handlers: {', '.join(schema.handlers) or '(none)'}")
     return "\n\n".join(blocks)

@@ -142,12 +142,38 @@ class TableSchema:
 
 
 @dataclass(frozen=True)
+class ArgumentSchema:
+    """An input argument of an exposed SQL function."""
+
+    name: str
+    type: str
+    has_default: bool
+
+
+@dataclass(frozen=True)
+class FunctionSchema:
+    """An exposed SQL function (overloads are several of the same ``name``)."""
+
+    name: str
+    arguments: list[ArgumentSchema]
+    returns: str
+    returns_set: bool
+    result_columns: list[ColumnSchema]
+
+    @property
+    def signature(self) -> str:
+        """``public.add(a integer, b integer)``."""
+        return f"{self.name}({', '.join(f'{a.name} {a.type}' for a in self.arguments)})"
+
+
+@dataclass(frozen=True)
 class Schema:
     """What callers may use: ``GetSchemaResponse``, typed."""
 
     tables: list[TableSchema]
     handlers: list[str]
     response: batch_pb2.GetSchemaResponse = field(repr=False, compare=False)
+    functions: list[FunctionSchema] = field(default_factory=list)
 
     @classmethod
     def from_proto(cls, response: batch_pb2.GetSchemaResponse) -> Schema:
@@ -157,7 +183,15 @@ class Schema:
             primary_key=list(t.primary_key), version_column=t.version_column or None,
             soft_delete_column=t.soft_delete_column or None, operations=list(t.operations),
         ) for t in response.tables]
-        return cls(tables=tables, handlers=list(response.handlers), response=response)
+        functions = [FunctionSchema(
+            name=f.name,
+            arguments=[ArgumentSchema(a.name, a.type, a.has_default) for a in f.arguments],
+            returns=f.returns, returns_set=f.returns_set,
+            result_columns=[ColumnSchema(c.name, c.type, c.nullable, c.has_default)
+                            for c in f.result_columns],
+        ) for f in response.functions]
+        return cls(tables=tables, handlers=list(response.handlers), response=response,
+                   functions=functions)
 
     def table(self, name: str) -> TableSchema:
         """By full name (``"public.orders"``) or, when unambiguous, by table name alone."""

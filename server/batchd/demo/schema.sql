@@ -34,3 +34,11 @@ INSERT INTO products (sku, name, price, stock) VALUES
     ('MS-01', 'Mouse', 19.99, 250),
     ('MN-27', 'Monitor 27"', 289.00, 20)
 ON CONFLICT (sku) DO NOTHING;
+-- A SQL function a "call" can name once expose_functions lists it (none are by default), e.g.
+-- BATCHD_EXPOSE_FUNCTIONS='["public.restock_list"]': the products with fewer than `below`
+-- units in stock, the emptiest first, and how many units each lacks.
+CREATE OR REPLACE FUNCTION restock_list(below integer DEFAULT 100)
+    RETURNS TABLE (product_id bigint, sku text, stock integer, missing integer)
+    LANGUAGE sql STABLE
+    AS $$ SELECT p.id, p.sku, p.stock, below - p.stock FROM products AS p
+          WHERE p.stock < below ORDER BY p.stock, p.id $$;

@@ -4,6 +4,7 @@ server and the Python client alike.
     BatchdError              code + reason + message, field violations, ErrorInfo metadata
      ├── InvalidArgument      INVALID_ARGUMENT: the request is malformed; BadRequest violations
      ├── NotFound             NOT_FOUND: a keyed row does not exist
+     ├── OutOfRange           OUT_OF_RANGE: a result beyond a server limit (a function's rows)
      ├── VersionConflict      ABORTED: optimistic locking, the row's version is not the expected
      ├── RequestInProgress    ABORTED: another call with the same request id is running
      ├── FailedPrecondition   FAILED_PRECONDITION: the system is not in the state the request needs
@@ -132,6 +133,14 @@ class NotFound(BatchdError):
     reason = "NOT_FOUND"
 
 
+class OutOfRange(BatchdError):
+    """A result larger than a server limit allows (a SQL function's rows past max_page_size):
+    the caller must ask for less, so the same request fails the same way again."""
+
+    code = _S.OUT_OF_RANGE
+    reason = "TOO_MANY_ROWS"
+
+
 class VersionConflict(BatchdError):
     code = _S.ABORTED
     reason = "VERSION_CONFLICT"
@@ -229,10 +238,11 @@ __all__ = [
     "BY_CLASS", "BY_SQLSTATE", "DOMAIN", "FINAL_CODES", "OK_STATUS", "REASONS", "BatchdError",
     "BatchdRpcError", "DatabaseError", "DeadlineExceeded", "DependencyFailed",
     "FailedPrecondition", "FieldViolation", "Internal", "InvalidArgument", "NotFound",
-    "Overloaded", "PermissionDenied", "Reason", "RequestIdReused", "RequestInProgress",
-    "SequenceOutOfOrder", "Skipped", "Unauthenticated", "Unavailable", "VersionConflict",
-    "cancelled_code", "code_of", "from_cut_stream", "from_database", "from_rpc_status",
-    "is_final", "markdown_table", "not_committed", "retry_later", "to_rpc_status", "translate",
+    "OutOfRange", "Overloaded", "PermissionDenied", "Reason", "RequestIdReused",
+    "RequestInProgress", "SequenceOutOfOrder", "Skipped", "Unauthenticated", "Unavailable",
+    "VersionConflict", "cancelled_code", "code_of", "from_cut_stream", "from_database",
+    "from_rpc_status", "is_final", "markdown_table", "not_committed", "retry_later",
+    "to_rpc_status", "translate",
 ]
 from batchd.errors.database import BY_CLASS, BY_SQLSTATE, DatabaseError, from_database  # noqa: E402
 from batchd.errors.reasons import REASONS, Reason, markdown_table  # noqa: E402

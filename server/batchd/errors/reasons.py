@@ -26,6 +26,8 @@ REASONS: tuple[Reason, ...] = (
            "column type"),
     Reason("NOT_FOUND", _S.NOT_FOUND, "`get`, keyed `update`/`delete` of a row that does not "
            "exist"),
+    Reason("TOO_MANY_ROWS", _S.OUT_OF_RANGE, "a `call` of a SQL function returned more rows "
+           "than `max_page_size`"),
     Reason("VERSION_CONFLICT", _S.ABORTED, "optimistic locking: the row's version is not "
            "`expected_version`"),
     Reason("REQUEST_IN_PROGRESS", _S.ABORTED, "a call with the same `request_id` is still "

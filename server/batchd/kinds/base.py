@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from google.protobuf import struct_pb2
 
-from batchd.catalog import Catalog, Column, Table
+from batchd.catalog import Catalog, Column, Table, qualified
 from batchd.config import Settings
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results
@@ -88,12 +88,14 @@ class Kind:
 
     name: str = ""
     access: str = "admin"  # the scope verb it needs (batchd.auth): read, write or call
-    on_table: bool = True  # addressed at a catalog table (field "table"); else a handler
+    on_table: bool = True  # addressed at a catalog table (field "table"); else a call
     keyless: bool = False  # allowed on a table without a primary key
 
-    def target(self, message: Any) -> str:
-        """The name scopes are matched against: the table as written, or the handler."""
-        return str(message.table)
+    def scope_target(self, message: Any, default_schema: str) -> tuple[str, str]:
+        """What scopes are matched against (the table as written, qualified with
+        ``default_schema``), and how a denial names it."""
+        target = qualified(str(message.table), default_schema)
+        return target, f'table "{target}"'
 
     def table(self, message: Any, path: str, ctx: PlanContext) -> Table:
         """The catalog table ``message`` names, if this kind is allowed on it (else

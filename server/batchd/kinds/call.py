@@ -32,7 +32,12 @@ A handler whose second parameter is not a model gets the plain dict.
 
 It signals expected failures by raising a ``batchd.errors.BatchdError``;
 database errors are mapped like any other operation's. Modules holding handlers are named in
-the ``handler_modules`` setting and imported at start-up.
+the ``handler_modules`` setting and imported at start-up. A handler's name has no dot: a
+dotted name is a SQL function's ("schema.function"), and scopes (``call:PATTERN``) must not
+confuse the two.
+
+A call names a handler or, instead, a SQL function the operator exposed
+(``CallOperation.function``): that is batchd.kinds.function, with no Python at all.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from batchd.catalog import qualified
 from batchd.errors import FieldViolation, InvalidArgument
+from batchd.kinds import function
 from batchd.kinds.base import Kind, Output, PlanContext, Planned, RunContext
 from batchd.kinds.params import find_refs
 from batchd.v1 import batch_pb2
@@ -84,6 +91,9 @@ def handler(name: str) -> Callable[[F], F]:
     """Register an async function as the custom handler ``name``."""
     if not name or len(name) > 128:
         raise ValueError("a handler name must have 1 to 128 characters")
+    if "." in name:
+        raise ValueError(f"handler name {name!r} has a dot, which names SQL functions "
+                         "(schema.function)")
 
     def register(func: F) -> F:
         if name in _registry and _registry[name].func is not func:
@@ -126,11 +136,20 @@ class CallKind(Kind):
     access = "call"
     on_table = False
 
-    def target(self, message: batch_pb2.CallOperation) -> str:
-        return message.handler
+    def scope_target(self, message: batch_pb2.CallOperation,
+                     default_schema: str) -> tuple[str, str]:
+        if message.function:
+            target = qualified(message.function, default_schema)
+            return target, f'function "{target}"'
+        return message.handler, f'handler "{message.handler}"'
 
     def plan(self, message: batch_pb2.CallOperation, path: str, ctx: PlanContext,
              refs: list[Ref]) -> Planned:
+        if bool(message.handler) == bool(message.function):
+            raise InvalidArgument.field(path, "exactly one of handler and function must be set")
+        if message.function:
+            spec, columns = function.plan(message, path, ctx, refs)
+            return Planned(self.name, spec, columns)
         found = _registry.get(message.handler)
         if found is None:
             raise InvalidArgument.field(f"{path}.handler",
@@ -142,7 +161,9 @@ class CallKind(Kind):
             found.validate(plain_json(args), f"{path}.args")
         return Planned(self.name, CallSpec(message.handler, found, args, f"{path}.args"), None)
 
-    async def run(self, spec: CallSpec, ctx: RunContext) -> Output:
+    async def run(self, spec: CallSpec | function.FunctionSpec, ctx: RunContext) -> Output:
+        if isinstance(spec, function.FunctionSpec):
+            return await function.run(spec, ctx)
         args = plain_json(ctx.results.resolve(spec.args, f"call {spec.name} args"))
         result = await spec.handler.func(ctx, spec.handler.validate(args, spec.path))
         if result is None:

@@ -24,6 +24,7 @@ class Deferred:
     raw: Any
     column: Column
     path: str
+    what: str = "column"  # what the column stands for, in errors ("argument" of a function)
 
 
 def find_refs(value: Any) -> list[Ref]:
@@ -36,17 +37,19 @@ def find_refs(value: Any) -> list[Ref]:
     return []
 
 
-def prepare(value: Any, column: Column, path: str, refs: list[Ref]) -> Any:
+def prepare(value: Any, column: Column, path: str, refs: list[Ref], what: str = "column",
+            ) -> Any:
     """Coerce now, or defer when the value contains references (added to ``refs``: the
-    planner orders the operations by them and checks that each points at something)."""
+    planner orders the operations by them and checks that each points at something).
+    ``what`` the column is, in errors: a table's "column", or a function's "argument"."""
     found = find_refs(value)
     if found:
         refs.extend(found)
-        return Deferred(value, column, path)
+        return Deferred(value, column, path, what)
     try:
         return coerce(value, column)
     except CoercionError as exc:
-        raise InvalidArgument.field(path, f"{exc} (column {column.name}, {column.type_sql})") \
+        raise InvalidArgument.field(path, f"{exc} ({what} {column.name}, {column.type_sql})") \
             from None
 
 
@@ -99,7 +102,8 @@ class Results(Mapping[str, Sequence[Mapping[str, Any]]]):
             return coerce(resolved, value.column)
         except CoercionError as exc:
             raise InvalidArgument.field(
-                value.path, f"{exc} (column {value.column.name}, {value.column.type_sql})") \
+                value.path,
+                f"{exc} ({value.what} {value.column.name}, {value.column.type_sql})") \
                 from None
 
     def finalize_all(self, values: list[Any]) -> list[Any]:

@@ -121,8 +121,8 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
 
 def describe(catalog: Catalog, principal: Principal | None = None,
              ) -> batch_pb2.GetSchemaResponse:
-    """The schema, limited to the tables, operation kinds and handlers ``principal``'s scopes
-    cover (None: authentication is off, everything)."""
+    """The schema, limited to the tables, operation kinds, handlers and functions
+    ``principal``'s scopes cover (None: authentication is off, everything)."""
 
     def allowed(kind: str, target: str) -> bool:
         return principal is None or principal.allows(kinds.access_of(kind), target)
@@ -139,5 +139,17 @@ def describe(catalog: Catalog, principal: Principal | None = None,
             operations=sorted(k for k in t.operations if allowed(k, t.qualified_name)))
         for t in sorted(catalog.tables.values(), key=lambda t: t.qualified_name)
         if any(allowed(k, t.qualified_name) for k in t.operations)]
+    functions = [
+        batch_pb2.FunctionInfo(
+            name=f.qualified_name,
+            arguments=[batch_pb2.FunctionArgument(name=a.name, type=a.type_sql,
+                                                  has_default=a.has_default)
+                       for a in f.arguments],
+            returns=f.returns, returns_set=f.returns_set,
+            result_columns=[batch_pb2.ColumnInfo(name=c.name, type=c.type_sql, nullable=True)
+                            for c in f.result_columns])
+        for name, overloads in sorted(catalog.functions.items()) if allowed("call", name)
+        for f in overloads]
     return batch_pb2.GetSchemaResponse(
-        tables=tables, handlers=sorted(h for h in registered() if allowed("call", h)))
+        tables=tables, handlers=sorted(h for h in registered() if allowed("call", h)),
+        functions=functions)
