@@ -23,12 +23,21 @@ from batchd.auth import hash_token
 from batchd.client import AsyncClient, Batch
 from batchd.config import TokenSettings
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import BatchFailure, batch, count, fails, make_settings, rows
+from tests.conftest import (
+    FAILED,
+    ROLLED_BACK,
+    SUCCEEDED,
+    BatchFailure,
+    batch,
+    count,
+    fails,
+    make_settings,
+    rows,
+)
 from tests.test_client_cli import batchd as batchd_cli
 from tests.test_client_cli import target as cli_target
 from tests.test_grpcurl import grpcurl, readme_example
 
-Outcome = batch_pb2.Outcome
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -74,7 +83,7 @@ async def test_a_function_returning_table_rows_renders_them_by_the_columns_types
 
 async def test_a_void_function_writes_and_returns_no_rows(stub, db):
     result = await one(stub, call("fn_log_event", id="7", kind="logged"))
-    assert result.outcome == Outcome.SUCCEEDED
+    assert result.outcome == SUCCEEDED
     assert rows(result) == [] and result.rows_affected == 0
     assert await db.fetchval("SELECT kind FROM events WHERE id = 7") == "logged"
 
@@ -173,7 +182,7 @@ async def test_references_into_and_out_of_function_calls(stub, db, mode):
             {"id": {"$ref": "series.2.i"}, "kind": {"$ref": "series.2.label"}}],
             "returning": ["id", "kind"]}},
     ], mode=mode))
-    assert [r.outcome for r in response.results] == [Outcome.SUCCEEDED] * 3
+    assert [r.outcome for r in response.results] == [SUCCEEDED] * 3
     assert len(rows(response.results[1])) == 3
     assert rows(response.results[2]) == [{"id": "3", "kind": "kind-3"}]
     assert await db.fetchval("SELECT kind FROM events WHERE id = 3") == "kind-3"
@@ -195,7 +204,7 @@ async def test_an_atomic_batch_rolls_back_a_functions_writes_when_a_later_operat
         {"id": "ghost", "get": {"table": "customers", "key": {"id": "404"}}},
     ]))
     assert failure.code == grpc.StatusCode.NOT_FOUND
-    assert failure.outcomes() == {"log": Outcome.ROLLED_BACK, "ghost": Outcome.FAILED}
+    assert failure.outcomes() == {"log": ROLLED_BACK, "ghost": FAILED}
     assert await count(db, "events") == 0
 
 
@@ -206,7 +215,7 @@ async def test_independent_calls_and_groups_commit_or_roll_back_on_their_own(stu
         {**call("fn_log_event", "g2", id="1", kind="duplicate"), "group": "g"},
     ], mode="MODE_INDEPENDENT"))
     assert [r.outcome for r in response.results] == [
-        Outcome.SUCCEEDED, Outcome.ROLLED_BACK, Outcome.FAILED]
+        SUCCEEDED, ROLLED_BACK, FAILED]
     assert response.results[2].status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
     assert await db.fetchval("SELECT array_agg(kind) FROM events") == ["alone"]
 
