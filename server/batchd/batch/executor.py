@@ -115,7 +115,8 @@ class Executor:
                     async with transaction(conn, self.settings, isolation=plan.isolation,
                                            readonly=plan.read_only and claim is None,
                                            deadline=plan.deadline,
-                                           role=plan.role if claim is None else None):
+                                           role=plan.role if claim is None else None,
+                                           then_release=True):
                         if claim is not None:
                             answer = await begin(conn, claim,
                                                  self.settings.idempotency_ttl_seconds)

@@ -82,7 +82,7 @@ class IndependentRun:
             try:
                 async with transaction(conn, settings, isolation=plan.isolation,
                                        readonly=plan.read_only, deadline=plan.deadline,
-                                       role=plan.role):
+                                       role=plan.role, then_release=True):
                     for unit in unit_order(plan.units):
                         if not self._held_back(unit):
                             await self._try_unit(unit, conn)
@@ -129,7 +129,7 @@ class IndependentRun:
         try:
             async with self.limit, connection(self.pool, plan.deadline) as conn, transaction(
                     conn, settings, isolation=plan.isolation, readonly=plan.read_only,
-                    deadline=plan.deadline, role=plan.role):
+                    deadline=plan.deadline, role=plan.role, then_release=True):
                 await self.runner.run_in_order(unit.steps, conn, self.results, ran,
                                                self.request_id)
         except StepFailed:

@@ -1,0 +1,105 @@
+"""What a batch costs on the wire, counted by a proxy that reads the protocol (tests/pgwire.py),
+and that the session a call leaves behind is reset all the same.
+
+An atomic batch is one round trip to begin (BEGIN with its SET LOCAL limits), one per
+statement (coalesced inserts share one), and one to commit, whose message also carries the
+pool's reset: giving the connection back costs none. The pool holds one connection here, so
+every call finds the statements it prepared before.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from batchd.app import App
+from batchd.v1 import batch_pb2, batch_pb2_grpc
+from tests.conftest import batch, fails, make_settings
+from tests.pgwire import Spent, WireCounter
+
+
+@pytest.fixture
+async def counted(schema: str,
+                  ) -> AsyncIterator[tuple[WireCounter, batch_pb2_grpc.BatchServiceStub]]:
+    """batchd (in process, a pool of one connection) reaching PostgreSQL through a counter."""
+    with tempfile.TemporaryDirectory(prefix="batchd-wire-") as workdir:  # a short socket path
+        proxy, through = await WireCounter.for_dsn(schema, Path(workdir))
+        app = await App.start(make_settings(through, pool_min_size=1, pool_max_size=1))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        try:
+            yield proxy, batch_pb2_grpc.BatchServiceStub(channel)
+        finally:
+            await channel.close()
+            await app.stop(grace=1)
+            await proxy.close()
+
+
+def order(tag: str, **fields: object) -> batch_pb2.BatchExecuteRequest:
+    """A customer, an order for it, two items and a read of the order: 4 statements (the
+    items share one)."""
+    return batch([
+        {"id": "c", "insert": {"table": "customers",
+                               "rows": [{"name": tag, "email": f"{tag}@example.com"}]}},
+        {"id": "o", "insert": {"table": "orders",
+                               "rows": [{"customer_id": {"$ref": "c.id"}, "total": "5.00"}]}},
+        {"id": "i1", "insert": {"table": "order_items", "rows": [
+            {"order_id": {"$ref": "o.id"}, "product_id": 1, "quantity": 1, "unit_price": "2"}]}},
+        {"id": "i2", "insert": {"table": "order_items", "rows": [
+            {"order_id": {"$ref": "o.id"}, "product_id": 2, "quantity": 1, "unit_price": "3"}]}},
+        {"id": "g", "get": {"table": "orders", "key": {"id": {"$ref": "o.id"}}}},
+    ], **fields)
+
+
+async def spent(proxy: WireCounter, stub: batch_pb2_grpc.BatchServiceStub,
+                request: batch_pb2.BatchExecuteRequest) -> Spent:
+    before = proxy.snapshot()
+    response = await stub.BatchExecute(request)
+    assert response.committed
+    return proxy.snapshot() - before
+
+
+async def test_atomic_batch_is_begin_one_round_trip_per_statement_and_commit(counted):
+    proxy, stub = counted
+    await stub.BatchExecute(order("warm"))  # prepares the statements on the one connection
+    cost = await spent(proxy, stub, order("counted"))
+    assert cost.round_trips == 1 + 4 + 1
+    assert cost.messages["Q"] == 2  # BEGIN and its limits; COMMIT and the pool's reset
+    assert cost.messages["S"] == 4 and cost.messages["P"] == 0  # statements prepared before
+
+
+async def test_one_operation_batch_is_three_round_trips_in_either_mode(counted):
+    proxy, stub = counted
+    for mode in ("MODE_ATOMIC", "MODE_INDEPENDENT"):
+        one = [{"id": "p", "get": {"table": "products", "key": {"id": 1}}}]
+        await stub.BatchExecute(batch(one, mode=mode))
+        cost = await spent(proxy, stub, batch(one, mode=mode))
+        assert (mode, cost.round_trips, cost.messages["Q"]) == (mode, 3, 2)
+
+
+async def test_session_state_a_call_leaves_is_reset_before_the_connection_serves_again(
+        counted, db):
+    """The reset that rides on COMMIT (or ROLLBACK) is the pool's whole reset: a session
+    advisory lock is released and a session setting is gone, whether the batch committed or
+    rolled back, before the answer comes back."""
+    _, stub = counted
+    key = 7301
+
+    async def held() -> int:
+        return int(await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = "
+                                     "'advisory' AND objid = $1", key))
+
+    leave = {"id": "l", "call": {"handler": "leave_session_state", "args": {"key": key}}}
+    await stub.BatchExecute(batch([leave]))
+    assert await held() == 0
+    seen = await stub.BatchExecute(batch([{"id": "s", "call": {"handler": "session_state"}}]))
+    state = dict(seen.results[0].rows[0])
+    assert state["setting"] in (None, "") and state["locks"] == 0
+
+    missing = {"id": "g", "get": {"table": "products", "key": {"id": 999}}}
+    failure = await fails(stub, batch([leave, missing]))  # rolled back: the lock outlives it
+    assert failure.code == grpc.StatusCode.NOT_FOUND
+    assert await held() == 0
