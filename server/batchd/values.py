@@ -311,9 +311,28 @@ def coerce(value: Any, column: Column) -> Any:
         if not isinstance(value, list):
             raise _expect(f"a list (column type {column.type_sql})", value)
         return _coerce_array(value, scalar)
-    if isinstance(value, list | dict) and column.kind != "json":
+    if isinstance(value, _CONTAINERS) and column.kind != "json":
         raise _expect(f"a scalar (column type {column.type_sql})", value)
     return scalar(value)
+
+
+_CONTAINERS = (list, dict)
+
+
+def coercer(column: Column) -> Callable[[Any], Any]:
+    """``coerce`` for ``column``, worked out once: the function to call on each value (for
+    the many values of one column of a bulk insert)."""
+    if column.is_array or column.kind == "json":
+        return lambda value: coerce(value, column)
+    scalar = _COERCERS[column.kind]
+
+    def coerce_scalar(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, _CONTAINERS):
+            raise _expect(f"a scalar (column type {column.type_sql})", value)
+        return scalar(value)
+    return coerce_scalar
 
 
 def _coerce_array(values: list[Any], scalar: Callable[[Any], Any]) -> list[Any]:
@@ -387,6 +406,25 @@ def renderer_for(column: Column) -> Renderer:
             return None
         return [render_array(v) if isinstance(v, list) else scalar(v) for v in value]
     return render_array
+
+
+def write_value(slot: struct_pb2.Value, value: Any) -> None:
+    """Set ``slot`` to a rendered value: what ``Struct.update`` does for each of its values,
+    written straight into the Value a result row holds (no dict, no Struct to copy)."""
+    if value is None:
+        slot.null_value = struct_pb2.NULL_VALUE
+    elif value is True or value is False:
+        slot.bool_value = value
+    elif isinstance(value, str):
+        slot.string_value = value
+    elif isinstance(value, int | float):
+        slot.number_value = value
+    elif isinstance(value, dict):
+        slot.struct_value.update(value)
+    elif isinstance(value, list | tuple):
+        slot.list_value.extend(value)
+    else:
+        raise ValueError(f"cannot render a {type(value).__name__} into a Struct")
 
 
 def render_row(record: Any, renderers: list[tuple[str, Renderer]]) -> struct_pb2.Struct:

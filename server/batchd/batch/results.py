@@ -36,13 +36,10 @@ def add_result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: An
     if status.code:  # an unset status reads as OK: no copy per successful operation
         result.status.CopyFrom(status)
     if output is not None:
-        rendered = output.rendered()
-        # In slices: one extend is one C call holding the GIL, and a large one (on a worker
-        # thread, see _built) would keep the event loop waiting for all of it.
-        for start in range(0, len(rendered), 1000):
-            result.rows.extend(rendered[start:start + 1000])
+        output.write_rows(result.rows)
         result.rows_affected = output.rows_affected
-        result.next_page_token = output.next_page_token
+        if output.next_page_token:
+            result.next_page_token = output.next_page_token
         if output.total_count is not None:
             result.total_count = output.total_count
 
