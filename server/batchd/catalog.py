@@ -141,9 +141,16 @@ class Catalog:
         # Name close tables in errors: only when authentication is off, since a caller's
         # scopes may not cover the table it would be told about.
         self.suggest = suggest
+        # Names ``table`` resolved before, as written: every operation names its table, and
+        # most name the same few. Only names that resolved (bounded by the tables' count,
+        # two spellings each), so an error is always worked out and worded afresh.
+        self._resolved: dict[str, Table] = {}
 
     def table(self, name: str, field_path: str) -> Table:
         """Resolve "table" (in the default schema) or "schema.table", exactly."""
+        found = self._resolved.get(name)
+        if found is not None:
+            return found
         check_identifier(name, field_path)
         if "." in name:
             schema, _, bare = name.partition(".")
@@ -160,6 +167,7 @@ class Catalog:
             error = InvalidArgument.field(field_path, f'unknown or not exposed table "{name}"')
             error.message += hint
             raise error
+        self._resolved[name] = table
         return table
 
     @classmethod

@@ -54,11 +54,22 @@ class CoercionError(ValueError):
 
 def parse_ref(text: str) -> Ref:
     """``op.column`` or ``op.N.column``; raises CoercionError when malformed."""
+    ref = _refs.get(text)
+    if ref is not None:
+        return ref
     m = _REF_RE.fullmatch(text)
     if m:
-        return Ref(m.group(1), int(m.group(2) or 0), m.group(3))
+        if len(_refs) >= 4096:
+            _refs.clear()
+        ref = _refs[text] = Ref(m.group(1), int(m.group(2) or 0), m.group(3))
+        return ref
     raise CoercionError(f'reference "{text}" must be "operation.column" or '
                         '"operation.row.column"')
+
+
+# References parsed before, by their text (a Ref is immutable, so one can be shared): the
+# same few ("order.id") come back in every batch of one form.
+_refs: dict[str, Ref] = {}
 
 
 def from_proto(value: struct_pb2.Value) -> Any:

@@ -23,6 +23,7 @@ from batchd.kinds.base import Output
 from batchd.v1 import batch_pb2
 
 Outcome = batch_pb2.Outcome
+SUCCEEDED = Outcome.SUCCEEDED  # the enum's attribute lookup is Python code: once, not per result
 _T = TypeVar("_T")
 # The outcome and status of an operation that did not succeed.
 Settled = tuple[int, status_pb2.Status]
@@ -33,7 +34,7 @@ def add_result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: An
     """Append a step's result to ``response``, built in place (a result built apart and then
     passed in would be copied, once per operation)."""
     result = response.results.add(id=step.id, outcome=outcome)
-    if status.code:  # an unset status reads as OK: no copy per successful operation
+    if status is not OK_STATUS and status.code:  # unset reads as OK: no copy when it is
         result.status.CopyFrom(status)
     if output is not None:
         output.write_rows(result.rows)
@@ -74,7 +75,7 @@ def _succeeded(steps: Sequence[Step], outputs: dict[str, Output], committed: boo
                attempts: int) -> batch_pb2.BatchExecuteResponse:
     response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=attempts)
     for s in steps:
-        add_result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
+        add_result(response, s, SUCCEEDED, OK_STATUS, outputs[s.id])
     return response
 
 
@@ -83,7 +84,7 @@ def _independent(plan: BatchPlan, outputs: dict[str, Output], settled: dict[str,
     response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=1)
     for s in plan.steps:
         if s.id in outputs:
-            add_result(response, s, Outcome.SUCCEEDED, OK_STATUS, outputs[s.id])
+            add_result(response, s, SUCCEEDED, OK_STATUS, outputs[s.id])
         else:
             add_result(response, s, *settled[s.id])
     return response

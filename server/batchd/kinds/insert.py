@@ -259,7 +259,7 @@ class InsertKind(Kind):
                 else spec.rows for spec in specs]
         parts = await _insert_together(ctx.connection, specs[0].shape, rows)
         render = specs[0].shape.renderers
-        return [Output(records, render, rows_affected=len(records)) for records in parts]
+        return [Output(records, render, len(records)) for records in parts]
 
 
 # Rows per statement of a large insert: asyncpg encodes a statement's parameters on the event
