@@ -22,11 +22,13 @@ import logging
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterable
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from batchd.v1 import batch_pb2
@@ -77,6 +79,19 @@ class Metrics:
                                "progress.", ["rpc"], registry=self.registry)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        # Labelled children by (metric, label values), as ``child`` hands them out.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, kept: prometheus_client validates and locks on every
+        ``labels`` call, which costs more than the increment it is for, several times per
+        call. For bounded label values (methods, codes, kinds, outcomes, RPC names); and
+        prometheus_client keeps every child it made anyway."""
+        key = (id(metric), values)  # the metrics live as long as this object
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def watch_pool(self, pool: asyncpg.Pool) -> None:
         self.registry.register(PoolCollector(pool))
@@ -96,7 +111,7 @@ class Metrics:
             for operation in request.operations)
         tally: Tally[str] = Tally()
         for (kind, result), count in pairs.items():
-            self.operations.labels(kind, result).inc(count)
+            self.child(self.operations, kind, result).inc(count)
             tally[result] += count
         return dict(tally)
 

@@ -84,12 +84,14 @@ class _Seen:
     def __enter__(self) -> Any:
         self.started = time.perf_counter()
         self.principal = principal_name()  # set by authentication before the handler ran
-        self.observer.metrics.in_flight.labels(self.rpc).inc()
+        metrics = self.observer.metrics
+        metrics.child(metrics.in_flight, self.rpc).inc()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.observer.metrics.in_flight.labels(self.rpc).dec()
+        metrics = self.observer.metrics
+        metrics.child(metrics.in_flight, self.rpc).dec()
         if self.error is not None:
             code = self.error.code.name
         elif exc is not None:  # cancelled, expired, or the response stream closed early
