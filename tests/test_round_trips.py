@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 
@@ -26,6 +27,15 @@ from tests.pgwire import Spent, WireCounter
 async def counted(schema: str,
                   ) -> AsyncIterator[tuple[WireCounter, batch_pb2_grpc.BatchServiceStub]]:
     """batchd (in process, a pool of one connection) reaching PostgreSQL through a counter."""
+    # A table whose unique key is checked at COMMIT: a COMMIT that fails (in its catalog,
+    # read when the server starts).
+    conn = await asyncpg.connect(schema)
+    try:
+        await conn.execute("DROP TABLE IF EXISTS checked_at_commit; CREATE TABLE "
+                           "checked_at_commit (id int PRIMARY KEY, code text NOT NULL, "
+                           "UNIQUE (code) DEFERRABLE INITIALLY DEFERRED)")
+    finally:
+        await conn.close()
     with tempfile.TemporaryDirectory(prefix="batchd-wire-") as workdir:  # a short socket path
         proxy, through = await WireCounter.for_dsn(schema, Path(workdir))
         app = await App.start(make_settings(through, pool_min_size=1, pool_max_size=1))
@@ -36,6 +46,11 @@ async def counted(schema: str,
             await channel.close()
             await app.stop(grace=1)
             await proxy.close()
+            conn = await asyncpg.connect(schema)
+            try:
+                await conn.execute("DROP TABLE checked_at_commit")
+            finally:
+                await conn.close()
 
 
 def order(tag: str, **fields: object) -> batch_pb2.BatchExecuteRequest:
@@ -103,3 +118,27 @@ async def test_session_state_a_call_leaves_is_reset_before_the_connection_serves
     failure = await fails(stub, batch([leave, missing]))  # rolled back: the lock outlives it
     assert failure.code == grpc.StatusCode.NOT_FOUND
     assert await held() == 0
+
+
+async def test_a_failed_commit_leaves_the_reset_to_the_pool(counted, db):
+    """A COMMIT that fails runs nothing after it in its message: the connection is reset when
+    it goes back to the pool instead, one round trip more, and the session is clean all the
+    same."""
+    proxy, stub = counted
+    key = 7302
+    request = batch([
+        {"id": "l", "call": {"handler": "leave_session_state", "args": {"key": key}}},
+        {"id": "a", "insert": {"table": "checked_at_commit", "rows": [{"id": 1, "code": "x"}]}},
+        {"id": "b", "insert": {"table": "checked_at_commit", "rows": [{"id": 2, "code": "x"}]}},
+    ])
+    await fails(stub, request)  # warm: the statements are prepared
+    before = proxy.snapshot()
+    failure = await fails(stub, request)
+    cost = proxy.snapshot() - before
+    assert failure.error_info.get("operation_id") is None  # the COMMIT failed, no operation
+    # BEGIN, the handler's two statements (the one without parameters a simple query), the
+    # two inserts as one, COMMIT, and the reset on release.
+    assert (cost.round_trips, cost.messages["Q"]) == (1 + 2 + 1 + 1 + 1, 4)
+    assert int(await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND objid = $1", key)) == 0
+    assert await db.fetchval("SELECT count(*) FROM checked_at_commit") == 0
