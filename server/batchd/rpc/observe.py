@@ -38,6 +38,7 @@ from batchd.v1 import batch_pb2
 log = logging.getLogger("batchd.service")
 SERVICE = "/" + batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name + "/"
 ANONYMOUS = "anonymous"
+_MODE_NAMES = {number: name for name, number in batch_pb2.Mode.items()}
 
 
 def principal_name() -> str:
@@ -99,6 +100,8 @@ class _Seen:
         else:
             code = "OK"
         fields = self.finish(code)
+        if not log.isEnabledFor(logging.INFO):  # counted; the line's fields are not built
+            return
         log.info("%s %s", self.rpc, code, extra={
             "request_id": self.request_id, "principal": self.principal,
             "method": SERVICE + self.rpc,
@@ -146,7 +149,7 @@ class BatchSeen(_Seen):
         else:
             outcomes = count(self.request, None, CANCELLED)
         mode = self.request.mode or batch_pb2.MODE_ATOMIC
-        return {"mode": batch_pb2.Mode.Name(mode) if mode in batch_pb2.Mode.values() else mode,
+        return {"mode": _MODE_NAMES.get(mode, mode),
                 "operations": len(self.request.operations), "outcomes": outcomes}
 
 
