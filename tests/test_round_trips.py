@@ -142,3 +142,27 @@ async def test_a_failed_commit_leaves_the_reset_to_the_pool(counted, db):
     assert int(await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                                  "AND objid = $1", key)) == 0
     assert await db.fetchval("SELECT count(*) FROM checked_at_commit") == 0
+
+
+async def test_a_group_shares_one_insert_without_a_savepoint_and_a_failure_names_its_operation(
+        counted, db):
+    """INDEPENDENT: a group's consecutive inserts are one statement with no savepoint around
+    it (BEGIN, the statement, COMMIT); when it fails, the group runs again apart and the
+    failure is the operation's own."""
+    proxy, stub = counted
+
+    def group(tag: str, emails: list[str]) -> batch_pb2.BatchExecuteRequest:
+        return batch([{"id": f"{tag}{i}", "group": "g", "insert": {"table": "customers", "rows": [
+            {"name": tag, "email": email}]}} for i, email in enumerate(emails)],
+            mode="MODE_INDEPENDENT")
+
+    await stub.BatchExecute(group("w", ["w0@x", "w1@x", "w2@x"]))
+    cost = await spent(proxy, stub, group("c", ["c0@x", "c1@x", "c2@x"]))
+    assert (cost.round_trips, cost.messages["Q"]) == (3, 2)
+
+    response = await stub.BatchExecute(group("f", ["f0@x", "c1@x", "f2@x"]))  # c1@x is taken
+    assert not response.committed
+    assert [r.outcome for r in response.results] == [
+        batch_pb2.ROLLED_BACK, batch_pb2.FAILED, batch_pb2.NOT_RUN]
+    assert response.results[1].status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+    assert await db.fetchval("SELECT count(*) FROM customers WHERE name = 'f'") == 0
