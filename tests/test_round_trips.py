@@ -166,3 +166,19 @@ async def test_a_group_shares_one_insert_without_a_savepoint_and_a_failure_names
         batch_pb2.ROLLED_BACK, batch_pb2.FAILED, batch_pb2.NOT_RUN]
     assert response.results[1].status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
     assert await db.fetchval("SELECT count(*) FROM customers WHERE name = 'f'") == 0
+
+
+async def test_a_batch_with_a_request_id_adds_one_round_trip_to_claim_and_one_to_store(
+        counted):
+    """The lock and the claim row in one statement, the operations with no savepoint around
+    them, the answer stored, COMMIT; a retry's replay reads the stored answer."""
+    proxy, stub = counted
+    for _ in range(2):  # run, then replayed: every statement prepared
+        await stub.BatchExecute(order("warm", request_id="warm-1"))
+    cost = await spent(proxy, stub, order("claimed", request_id="claimed-1"))
+    assert (cost.round_trips, cost.messages["Q"]) == (1 + 1 + 4 + 1 + 1, 2)
+    before = proxy.snapshot()
+    replayed = await stub.BatchExecute(order("claimed", request_id="claimed-1"))
+    assert replayed.replayed
+    cost = proxy.snapshot() - before
+    assert (cost.round_trips, cost.messages["Q"]) == (1 + 1 + 1 + 1, 2)
