@@ -372,10 +372,20 @@ async def round_trips(dsn: str, units: int) -> dict[str, Any]:
 
     async def call(request: Any) -> None:
         reply = await stub.BatchExecute(request, timeout=TIMEOUT)
-        assert reply.committed
+        assert reply.committed and not reply.replayed
+
+    ids = iter(range(10**9))
+
+    def with_id(request: Any) -> Any:
+        """The request with a new request id (the SDK gives every call one)."""
+        copy = type(request)()
+        copy.CopyFrom(request)
+        copy.request_id = f"roundtrips-{os.getpid()}-{next(ids)}"
+        return copy
 
     contenders: dict[str, tuple[Callable[[], Awaitable[Any]], int]] = {
         "batch": (lambda: call(batch), units),
+        "batch-id": (lambda: call(with_id(batch)), units),
         "single": (lambda: call(single), units),
         "raw": (lambda: raw_order(pool), units),
         "coalesce": (lambda: call(many), max(3, units // 20)),
@@ -402,6 +412,7 @@ async def round_trips(dsn: str, units: int) -> dict[str, Any]:
 
 ROUND_TRIP_LABELS = {
     "batch": "BatchExecute, 10-operation atomic batch",
+    "batch-id": "BatchExecute, 10-operation atomic batch with a request id",
     "single": "BatchExecute, one one-row insert",
     "raw": "raw asyncpg, same 10 ops in one transaction",
     "coalesce": f"BatchExecute, {COALESCE_ROWS:,} one-row insert operations",
