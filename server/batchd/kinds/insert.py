@@ -48,7 +48,7 @@ class _Shape:
     conflict_sql: str
     returning: list[Column]
     output_columns: frozenset[str]
-    coercers: list[Callable[[Any], Any]]
+    coercion: list[tuple[Column, Callable[[Any], Any]]]  # each column, with its ``coercer``
     renderers: list[tuple[str, Renderer]]
     one_row_sql: str  # INSERT ... VALUES of one row
     unnest_sql: str  # INSERT ... SELECT * FROM unnest(...) of any number
@@ -76,7 +76,7 @@ class _Shape:
                          or any(c.is_array for c in columns))
         return cls(
             table, columns, conflict_sql, returning, frozenset(c.name for c in returning),
-            [coercer(c) for c in columns], renderers(returning),
+            [(c, coercer(c)) for c in columns], renderers(returning),
             _values_sql(table, columns, 1, conflict_sql + returning_sql) if columns else "",
             f"{into} SELECT * FROM unnest({casts}){conflict_sql}{returning_sql}",
             f"{into} SELECT {names} FROM unnest({casts}) WITH ORDINALITY AS u({names}, n) "
@@ -115,6 +115,7 @@ class InsertSpec:
 # A value that may hold references (then it is prepared with its full path); any other is a
 # scalar, coerced at once.
 _MAY_REFER = (Ref, list, dict)
+
 
 
 class InsertKind(Kind):
@@ -163,20 +164,16 @@ class InsertKind(Kind):
             raise InvalidArgument.field(
                 f"{path}.rows", f"{count} rows exceed the limit of "
                                 f"{ctx.settings.max_rows_per_batch}")
-        first = struct_from_proto(structs[0])
+        rows_in = iter(structs)  # each element read once: reading one makes its wrapper
+        first = struct_from_proto(next(rows_in))
         shape = self._shape(message, tuple(first), path, ctx)
-        columns = list(zip(shape.columns, shape.coercers, strict=True))
+        coercion = shape.coercion
         rows: list[list[Any]] = []
         has_deferred = False
-        for r, struct in enumerate(structs):
-            values = first if r == 0 else struct_from_proto(struct)
-            if r and values.keys() != first.keys():
-                raise InvalidArgument.field(
-                    f"{path}.rows[{r}]", f"names columns {sorted(values)}, but rows[0] names "
-                                         f"{sorted(first)}; all rows of an insert must name the "
-                                         "same columns")
+        values, r = first, 0
+        while True:
             row = []
-            for c, to_column in columns:
+            for c, to_column in coercion:
                 value = values[c.name]
                 if isinstance(value, _MAY_REFER):  # may hold references: the full path
                     value = prepare(value, c, f"{path}.rows[{r}].{c.name}", refs)
@@ -188,6 +185,15 @@ class InsertKind(Kind):
                         prepare(value, c, f"{path}.rows[{r}].{c.name}", refs)  # raises: path
                 row.append(value)
             rows.append(row)
+            struct = next(rows_in, None)
+            if struct is None:
+                break
+            values, r = struct_from_proto(struct), r + 1
+            if values.keys() != first.keys():
+                raise InvalidArgument.field(
+                    f"{path}.rows[{r}]", f"names columns {sorted(values)}, but rows[0] names "
+                                         f"{sorted(first)}; all rows of an insert must name the "
+                                         "same columns")
         return Planned(self.name, InsertSpec(shape, rows, has_deferred), shape.output_columns)
 
     async def run(self, spec: InsertSpec, ctx: RunContext) -> Output:
