@@ -43,6 +43,7 @@ REFUSED = "NOT_RUN"
 # A batch whose caller went away (or whose deadline passed) before it answered.
 CANCELLED = "CANCELLED"
 _OUTCOME_NAMES = {number: name for name, number in batch_pb2.Outcome.items()}
+SUCCEEDED = _OUTCOME_NAMES[batch_pb2.SUCCEEDED]
 
 
 class PoolCollector(Collector):
@@ -102,6 +103,15 @@ class Metrics:
         """Count every operation of ``request`` by kind, with its outcome from ``response``
         (the answer, or the one packed in a failed atomic batch's details), or ``outcome``
         when there is none. Returns how many operations had each outcome."""
+        if (response is not None and response.committed
+                and request.mode != batch_pb2.MODE_INDEPENDENT):
+            # A committed atomic batch: all or nothing, so every operation SUCCEEDED (no need
+            # to read each result).
+            kinds: Tally[str] = Tally(operation.WhichOneof("kind") or "unspecified"
+                                      for operation in request.operations)
+            for kind, count in kinds.items():
+                self.child(self.operations, kind, SUCCEEDED).inc(count)
+            return {SUCCEEDED: len(request.operations)} if request.operations else {}
         outcomes = {r.id: _OUTCOME_NAMES[r.outcome] for r in response.results} \
             if response is not None else {}
         # Tallied first, then one increment per (kind, outcome): looking a labelled child up
