@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""BatchExecute benchmark: 10-operation atomic batches against unary calls and a FastAPI peer.
+"""BatchExecute benchmark: 10-operation atomic batches against unary calls, raw asyncpg and a
+FastAPI peer.
 
     .venv/bin/python scripts/bench_execute.py [--seconds 10] [--runs 3] [--callers 1,64]
                                               [--channels 4] [--coalesce-runs 7] [--dsn DSN]
-                                              [--markdown-out FILE]
+                                              [--round-trip-units 100] [--markdown-out FILE]
 
 One PostgreSQL (embedded by default; with --dsn the bench_customers, bench_orders and
 bench_items tables are dropped and re-made), created before batchd starts (it reads its
@@ -19,6 +20,11 @@ a short untimed warm-up:
 - one-row insert RPCs: a BatchExecute holding one insert of one row;
 - the FastAPI peer's POST /orders doing the same work in one transaction (httpx, one
   keep-alive connection per caller);
+- raw asyncpg: the same 10 operations in one transaction, written by hand in this process
+  with an asyncpg pool of batchd's size (16): the customer and the order inserted RETURNING
+  id, the 6 items in one ``fetchmany`` (asyncpg pipelines it: one round trip, their ids
+  returned), the update by key RETURNING id, the get by key. What batchd adds to the
+  database work is everything but this (and the client's share of this process's CPU);
 - baselines at one caller: the gRPC health check (an empty unary call) and the peer's
   GET /healthz.
 
@@ -26,10 +32,15 @@ Runs are interleaved (every workload once, then again) and each figure is the me
 with min-max; latency is per batch (per 10 calls for the unary form, per POST for the peer).
 Coalescing: one atomic batch of 1,000 one-row insert operations against one insert operation
 carrying the same 1,000 rows (same table and columns), --coalesce-runs each, interleaved, one
-caller. gRPC callers are spread over --channels channels, each its own HTTP/2 connection
-(a local subchannel pool), so that one connection is not the bottleneck; requests are built
-before timing (the unary form patches the ids into per-caller templates). The client, batchd,
-the peer and PostgreSQL share the machine: the client's own CPU time is part of every figure.
+caller. Round trips (``roundtrips``): a second batchd server, and a second asyncpg pool,
+reach PostgreSQL through a counting proxy (tests/pgwire.py); one caller runs each unit
+--round-trip-units times after a warm-up, and the proxy counts the client's protocol messages
+by type and its round trips (the times it sent after PostgreSQL had answered), per unit. The
+proxy is on no other measurement's path. gRPC callers are spread over --channels channels,
+each its own HTTP/2 connection (a local subchannel pool), so that one connection is not the
+bottleneck; requests are built before timing (the unary form patches the ids into per-caller
+templates). The client, batchd, the peer and PostgreSQL share the machine: the client's own
+CPU time is part of every figure.
 """
 
 from __future__ import annotations
@@ -39,12 +50,17 @@ import asyncio
 import json
 import os
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from bench_common import (
+    ROOT,
     CpuMeter,
     postgres_line,
     postmaster_of,
@@ -272,6 +288,34 @@ def peer_workloads(clients: list[Any]) -> dict[str, tuple[Callable[[int], Any], 
     return {"peer": (make_orders, 10), "peer-health": (make_healthz, 1)}
 
 
+RAW_POOL_SIZE = 16  # batchd's pool_max_size
+RAW_CUSTOMER = "INSERT INTO bench_customers (name, email) VALUES ($1, $2) RETURNING id"
+RAW_ORDER = "INSERT INTO bench_orders (customer_id, total) VALUES ($1, $2) RETURNING id"
+RAW_ITEM = ("INSERT INTO bench_items (order_id, sku, qty, price) VALUES ($1, $2, $3, $4) "
+            "RETURNING id")
+RAW_UPDATE = ("UPDATE bench_orders SET status = $1, version = version + 1 WHERE id = $2 "
+              "RETURNING id")
+RAW_GET = "SELECT id, customer_id, status, total, version FROM bench_orders WHERE id = $1"
+
+
+async def raw_order(pool: Any) -> int:
+    """The 10 operations in one transaction, by hand with asyncpg."""
+    total = Decimal(TOTAL)
+    async with pool.acquire() as conn, conn.transaction():
+        customer = await conn.fetchval(RAW_CUSTOMER, CUSTOMER["name"], CUSTOMER["email"])
+        order = await conn.fetchval(RAW_ORDER, customer, total)
+        items = await conn.fetchmany(RAW_ITEM, [(order, i["sku"], i["qty"], Decimal(i["price"]))
+                                                for i in ITEMS])
+        await conn.fetchval(RAW_UPDATE, STATUS, order)
+        row = await conn.fetchrow(RAW_GET, order)
+    assert len(items) == len(ITEMS) and row is not None and row["status"] == STATUS
+    return 10
+
+
+def raw_workloads(pool: Any) -> dict[str, tuple[Callable[[int], Any], int]]:
+    return {"raw": (lambda i: lambda: raw_order(pool), 10)}
+
+
 LABELS = {
     "health": "gRPC health check (empty unary call)",
     "peer-health": "FastAPI peer GET /healthz (empty request)",
@@ -279,6 +323,7 @@ LABELS = {
     "unary": "10 unary BatchExecute calls (same 10 ops, not atomic)",
     "single": "BatchExecute, one one-row insert",
     "peer": "FastAPI peer POST /orders (same 10 ops, one transaction)",
+    "raw": "raw asyncpg, same 10 ops in one transaction (pool of 16)",
 }
 
 
@@ -305,12 +350,97 @@ def fmt(values: list[float], spec: str) -> str:
             f"({ordered[0]:{spec}}-{ordered[-1]:{spec}})")
 
 
-ALL_WORKLOADS = ("health", "peer-health", "batch", "unary", "single", "peer", "coalesce")
+async def round_trips(dsn: str, units: int) -> dict[str, Any]:
+    """Per unit of each workload, through a counting proxy: round trips and the client's
+    protocol messages by type (tests/pgwire.py). A batchd server and an asyncpg pool of their
+    own go through the proxy; one caller, ``units`` units after a warm-up of as many (every
+    pooled connection has prepared its statements by then)."""
+    sys.path.insert(0, str(ROOT))
+    from batchd.v1 import batch_pb2_grpc
+    from tests.pgwire import Spent, WireCounter
+
+    workdir = Path(tempfile.mkdtemp(prefix="batchd-wire-"))
+    proxy, through = await WireCounter.for_dsn(dsn, workdir)
+    server, target = await start_server(through)
+    import asyncpg
+
+    pool = await asyncpg.create_pool(through, min_size=2, max_size=RAW_POOL_SIZE)
+    channel = channels_for(target, 1)[0]
+    stub = batch_pb2_grpc.BatchServiceStub(channel)
+    batch, single = order_batch(), one_row_insert()
+    many, _ = coalesce_requests()
+
+    async def call(request: Any) -> None:
+        reply = await stub.BatchExecute(request, timeout=TIMEOUT)
+        assert reply.committed and not reply.replayed
+
+    ids = iter(range(10**9))
+
+    def with_id(request: Any) -> Any:
+        """The request with a new request id (the SDK gives every call one)."""
+        copy = type(request)()
+        copy.CopyFrom(request)
+        copy.request_id = f"roundtrips-{os.getpid()}-{next(ids)}"
+        return copy
+
+    contenders: dict[str, tuple[Callable[[], Awaitable[Any]], int]] = {
+        "batch": (lambda: call(batch), units),
+        "batch-id": (lambda: call(with_id(batch)), units),
+        "single": (lambda: call(single), units),
+        "raw": (lambda: raw_order(pool), units),
+        "coalesce": (lambda: call(many), max(3, units // 20)),
+    }
+    found: dict[str, Spent] = {}
+    try:
+        for name, (unit, count) in contenders.items():
+            for _ in range(count):  # warm-up: connections opened, statements prepared
+                await unit()
+            await asyncio.sleep(0.2)  # connections handed back (a reset may follow a reply)
+            before = proxy.snapshot()
+            for _ in range(count):
+                await unit()
+            await asyncio.sleep(0.2)
+            spent = proxy.snapshot() - before
+            found[name] = (spent, count)
+    finally:
+        await channel.close()
+        await pool.close()
+        await stop_server(server)
+        await proxy.close()
+    return found
+
+
+ROUND_TRIP_LABELS = {
+    "batch": "BatchExecute, 10-operation atomic batch",
+    "batch-id": "BatchExecute, 10-operation atomic batch with a request id",
+    "single": "BatchExecute, one one-row insert",
+    "raw": "raw asyncpg, same 10 ops in one transaction",
+    "coalesce": f"BatchExecute, {COALESCE_ROWS:,} one-row insert operations",
+}
+
+
+def round_trip_lines(found: dict[str, Any]) -> list[str]:
+    kinds = "QPBDES"
+    lines = ["", "Round trips per unit (one caller, through a counting proxy; messages the client "
+             "sent, by type: Q simple query, P parse, B bind, D describe, E execute, S sync):",
+             "", "| workload | round trips | " + " | ".join(kinds) + " | other |",
+             "| --- | ---: |" + " ---: |" * (len(kinds) + 1)]
+    for name, (spent, count) in found.items():
+        other = sum(n for k, n in spent.messages.items() if k not in kinds)
+        lines.append(f"| {ROUND_TRIP_LABELS[name]} | {spent.round_trips / count:.2f} | "
+                     + " | ".join(f"{spent.messages[k] / count:.2f}" for k in kinds)
+                     + f" | {other / count:.2f} |")
+    return lines
+
+
+ALL_WORKLOADS = ("health", "peer-health", "batch", "unary", "single", "peer", "raw", "coalesce",
+                 "roundtrips")
 
 
 def report(settings: str, setup: str,
            samples: dict[tuple[str, int], list[Sample]],
-           times: dict[str, list[float]] | None, counts: dict[str, int]) -> list[str]:
+           times: dict[str, list[float]] | None, counts: dict[str, int],
+           trips: dict[str, Any] | None = None) -> list[str]:
     callers = sorted({n for _, n in samples if n > 1} | {1})
     top = max(n for _, n in samples) if samples else 1
 
@@ -344,6 +474,15 @@ def report(settings: str, setup: str,
             f"at {top} callers | {ratio:.1f}x ({med('batch', top, 'ops_s'):,.0f} / "
             f"{med('single', top, 'ops_s'):,.0f}; per run {per_run[0]:.1f}-{per_run[-1]:.1f}x)"
             f" | {'yes' if ratio >= 8 else 'no'} |")
+    if has("batch", top) and has("raw", top):
+        ratio = med("batch", top, "batches_s") / med("raw", top, "batches_s")
+        per_run = sorted(b.batches_s / r.batches_s for b, r in zip(
+            samples["batch", top], samples["raw", top], strict=True))
+        targets.append(
+            f"| 10-operation batches at {top} callers: batches/s >= 0.6x raw asyncpg running "
+            f"the same transaction | {ratio:.2f}x ({med('batch', top, 'batches_s'):,.0f} / "
+            f"{med('raw', top, 'batches_s'):,.0f}; per run {per_run[0]:.2f}-{per_run[-1]:.2f}x)"
+            f" | {'yes' if ratio >= 0.6 else 'no'} |")
     if times:
         many, one = statistics.median(times["many"]), statistics.median(times["one"])
         lines += ["", f"Coalescing: {COALESCE_ROWS:,} rows into bench_customers (name, email), "
@@ -363,6 +502,8 @@ def report(settings: str, setup: str,
 
     comparisons = []
     for label, other, field in (
+            ("10-op batch / raw asyncpg transaction, batches/s", "raw", "batches_s"),
+            ("raw asyncpg p50 / 10-op batch p50", "raw", "p50_ms"),
             ("10-op batch / FastAPI peer /orders, batches/s", "peer", "batches_s"),
             ("FastAPI peer /orders p50 / 10-op batch p50", "peer", "p50_ms"),
             ("10-op batch / 10 unary calls, operations/s", "unary", "ops_s"),
@@ -370,11 +511,13 @@ def report(settings: str, setup: str,
         if all(has("batch", n) and has(other, n) for n in callers):
             ratios = [(med(other, n, field) / med("batch", n, field) if field == "p50_ms" else
                        med("batch", n, field) / med(other, n, field)) for n in callers]
-            comparisons.append(f"| {label} | " + " | ".join(f"{r:.1f}x" for r in ratios) + " |")
+            comparisons.append(f"| {label} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
     if comparisons:
         lines += ["", "| comparison (same run) | "
                   + " | ".join(f"{n} caller{'s' if n > 1 else ''}" for n in callers) + " |",
                   "| --- |" + " ---: |" * len(callers), *comparisons]
+    if trips:
+        lines += round_trip_lines(trips)
     notes = []
     if has("health", 1):
         notes.append(f"Empty unary call (gRPC health check) p50: "
@@ -394,6 +537,8 @@ async def main() -> None:
     parser.add_argument("--channels", type=int, default=4,
                         help="gRPC channels (connections) the callers are spread over")
     parser.add_argument("--coalesce-runs", type=int, default=7)
+    parser.add_argument("--round-trip-units", type=int, default=100,
+                        help="units of each workload counted through the proxy (roundtrips)")
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
                         help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}")
     parser.add_argument("--dsn")
@@ -425,18 +570,20 @@ async def main() -> None:
     print(f"{settings}; seconds={args.seconds:g} runs={args.runs} callers={callers} "
           f"channels={args.channels} coalesce-runs={args.coalesce_runs}", flush=True)
 
+    import asyncpg
     import httpx
 
+    raw_pool = await asyncpg.create_pool(dsn, min_size=2, max_size=RAW_POOL_SIZE)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     http = [httpx.AsyncClient(base_url=peer_url, limits=limits, timeout=TIMEOUT)
             for _ in range(top)]
     channels = channels_for(target, args.channels)
-    workloads = {**grpc_workloads(channels), **peer_workloads(http)}
+    workloads = {**grpc_workloads(channels), **peer_workloads(http), **raw_workloads(raw_pool)}
     plan = [(name, 1) for name in ("health", "peer-health") if name in chosen]
-    plan += [(name, n) for name in ("batch", "unary", "single", "peer") if name in chosen
+    plan += [(name, n) for name in ("batch", "unary", "single", "peer", "raw") if name in chosen
              for n in callers]
     samples: dict[tuple[str, int], list[Sample]] = {key: [] for key in plan}
-    times = None
+    times = trips = None
     try:
         for run in range(args.runs):
             for name, n in plan:
@@ -453,9 +600,12 @@ async def main() -> None:
 
             times = await coalesce(dsn, batch_pb2_grpc.BatchServiceStub(channels[0]),
                                    args.coalesce_runs)
+        if "roundtrips" in chosen:
+            trips = await round_trips(dsn, args.round_trip_units)
         counts = {table: await sql(dsn, f"SELECT count(*) FROM {table}")
                   for table in ("bench_customers", "bench_orders", "bench_items")}
     finally:
+        await raw_pool.close()
         for client in http:
             await client.aclose()
         for channel in channels:
@@ -469,11 +619,13 @@ async def main() -> None:
         f"{args.channels} channels (one HTTP/2 connection each), requests built before timing.",
         f"Peer: scripts/peer_app.py under uvicorn ({peer_info}; one process; SQLAlchemy pool",
         "of 16, as batchd's), called with httpx, one client and keep-alive connection per",
-        "caller, JSON bodies built before timing. Latency is per batch (per 10 calls for the",
-        "unary form, per POST for the peer); operations/s counts the 10 operations of a",
+        "caller, JSON bodies built before timing. Raw asyncpg: in this process, a pool of",
+        f"{RAW_POOL_SIZE}, the items in one pipelined fetchmany. Latency is per batch (per 10",
+        "calls for the unary form, per POST for the peer); operations/s counts the 10",
+        "operations of a",
         "batch. CPU: cores used during the timed window by each process (client: this",
         "script, which runs every caller)."])
-    lines = report(settings, setup, samples, times, counts)
+    lines = report(settings, setup, samples, times, counts, trips)
     print("\n" + "\n".join(lines))
     write_markdown(args.markdown_out, "\n".join(lines))
     if embedded is not None:

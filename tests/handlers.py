@@ -81,3 +81,22 @@ async def session_settings(ctx: HandlerContext, args: dict[str, Any]) -> dict[st
     names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
              "application_name")
     return {n: await ctx.connection.fetchval(f"SHOW {n}") for n in names}
+
+
+@handler("leave_session_state")
+async def leave_session_state(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Change the session beyond the transaction: a session advisory lock (kept even when the
+    transaction rolls back) and a setting set for the session, not SET LOCAL."""
+    await ctx.connection.execute("SELECT pg_advisory_lock($1)", int(args["key"]))
+    await ctx.connection.execute("SELECT set_config('batchd_test.left', 'left', false)")
+    return {"done": True}
+
+
+@handler("session_state")
+async def session_state(ctx: HandlerContext, args: dict[str, Any]) -> dict[str, Any]:
+    """What ``leave_session_state`` left on this connection, as this transaction sees it."""
+    return {"setting": await ctx.connection.fetchval(
+                "SELECT current_setting('batchd_test.left', true)"),
+            "locks": await ctx.connection.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid()")}

@@ -220,10 +220,19 @@ class Catalog:
         # Name close tables and functions in errors: only when authentication is off, since a
         # caller's scopes may not cover the one it would be told about.
         self.suggest = suggest
+        # Names ``table`` resolved before, as written: every operation names its table, and
+        # most name the same few. Only names that resolved (bounded by the tables' count,
+        # two spellings each), so an error is always worked out and worded afresh.
+        self._resolved: dict[str, Table] = {}
 
     def table(self, name: str, field_path: str) -> Table:
         """Resolve "table" (in the default schema) or "schema.table", exactly."""
-        return self._lookup("table", self.tables, name, field_path)
+        found = self._resolved.get(name)
+        if found is not None:
+            return found
+        table = self._lookup("table", self.tables, name, field_path)
+        self._resolved[name] = table
+        return table
 
     def functions_named(self, name: str, field_path: str) -> tuple[Function, ...]:
         """The exposed functions (overloads) called "name" (in the default schema) or

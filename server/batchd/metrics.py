@@ -22,11 +22,13 @@ import logging
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterable
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from batchd.names import outcome_name
@@ -41,6 +43,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 REFUSED = "NOT_RUN"
 # A batch whose caller went away (or whose deadline passed) before it answered.
 CANCELLED = "CANCELLED"
+_OUTCOME_NAMES = {number: outcome_name(number) for number in batch_pb2.Outcome.values()}
+SUCCEEDED = _OUTCOME_NAMES[batch_pb2.OUTCOME_SUCCEEDED]
 
 
 class PoolCollector(Collector):
@@ -77,6 +81,19 @@ class Metrics:
                                "progress.", ["rpc"], registry=self.registry)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        # Labelled children by (metric, label values), as ``child`` hands them out.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, kept: prometheus_client validates and locks on every
+        ``labels`` call, which costs more than the increment it is for, several times per
+        call. For bounded label values (methods, codes, kinds, outcomes, RPC names); and
+        prometheus_client keeps every child it made anyway."""
+        key = (id(metric), values)  # the metrics live as long as this object
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def watch_pool(self, pool: asyncpg.Pool) -> None:
         self.registry.register(PoolCollector(pool))
@@ -87,14 +104,26 @@ class Metrics:
         """Count every operation of ``request`` by kind, with its outcome from ``response``
         (the answer, or the one packed in a failed atomic batch's details), or ``outcome``
         when there is none. Returns how many operations had each outcome."""
-        outcomes = {r.id: outcome_name(r.outcome) for r in response.results} \
+        if (response is not None and response.committed
+                and request.mode != batch_pb2.MODE_INDEPENDENT):
+            # A committed atomic batch: all or nothing, so every operation SUCCEEDED (no need
+            # to read each result).
+            kinds: Tally[str] = Tally(operation.WhichOneof("kind") or "unspecified"
+                                      for operation in request.operations)
+            for kind, count in kinds.items():
+                self.child(self.operations, kind, SUCCEEDED).inc(count)
+            return {SUCCEEDED: len(request.operations)} if request.operations else {}
+        outcomes = {r.id: _OUTCOME_NAMES[r.outcome] for r in response.results} \
             if response is not None else {}
+        # Tallied first, then one increment per (kind, outcome): looking a labelled child up
+        # costs more than counting, and a batch's operations share a few of them.
+        pairs: Tally[tuple[str, str]] = Tally(
+            (operation.WhichOneof("kind") or "unspecified", outcomes.get(operation.id, outcome))
+            for operation in request.operations)
         tally: Tally[str] = Tally()
-        for operation in request.operations:
-            kind = operation.WhichOneof("kind") or "unspecified"
-            result = outcomes.get(operation.id, outcome)
-            self.operations.labels(kind, result).inc()
-            tally[result] += 1
+        for (kind, result), count in pairs.items():
+            self.child(self.operations, kind, result).inc(count)
+            tally[result] += count
         return dict(tally)
 
     # --- the scrape endpoint ------------------------------------------------------------------

@@ -54,11 +54,22 @@ class CoercionError(ValueError):
 
 def parse_ref(text: str) -> Ref:
     """``op.column`` or ``op.N.column``; raises CoercionError when malformed."""
+    ref = _refs.get(text)
+    if ref is not None:
+        return ref
     m = _REF_RE.fullmatch(text)
     if m:
-        return Ref(m.group(1), int(m.group(2) or 0), m.group(3))
+        if len(_refs) >= 4096:
+            _refs.clear()
+        ref = _refs[text] = Ref(m.group(1), int(m.group(2) or 0), m.group(3))
+        return ref
     raise CoercionError(f'reference "{text}" must be "operation.column" or '
                         '"operation.row.column"')
+
+
+# References parsed before, by their text (a Ref is immutable, so one can be shared): the
+# same few ("order.id") come back in every batch of one form.
+_refs: dict[str, Ref] = {}
 
 
 def from_proto(value: struct_pb2.Value) -> Any:
@@ -94,7 +105,22 @@ def _plain(value: struct_pb2.Value) -> Any:
 
 
 def struct_from_proto(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return {k: from_proto(v) for k, v in struct.fields.items()}
+    """``from_proto`` of each value of a Struct (a row, a key), scalars inline: it runs for
+    every row of every insert."""
+    fields = struct.fields
+    out: dict[str, Any] = {}
+    for k in fields:  # by key: the map's items() is a pure-Python view, slower
+        value = fields[k]
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            out[k] = value.string_value
+        elif kind == "number_value":
+            out[k] = value.number_value
+        elif kind == "bool_value":
+            out[k] = value.bool_value
+        else:
+            out[k] = from_proto(value)
+    return out
 
 
 def plain_json(value: Any) -> Any:
@@ -311,9 +337,28 @@ def coerce(value: Any, column: Column) -> Any:
         if not isinstance(value, list):
             raise _expect(f"a list (column type {column.type_sql})", value)
         return _coerce_array(value, scalar)
-    if isinstance(value, list | dict) and column.kind != "json":
+    if isinstance(value, _CONTAINERS) and column.kind != "json":
         raise _expect(f"a scalar (column type {column.type_sql})", value)
     return scalar(value)
+
+
+_CONTAINERS = (list, dict)
+
+
+def coercer(column: Column) -> Callable[[Any], Any]:
+    """``coerce`` for ``column``, worked out once: the function to call on each value (for
+    the many values of one column of a bulk insert)."""
+    if column.is_array or column.kind == "json":
+        return lambda value: coerce(value, column)
+    scalar = _COERCERS[column.kind]
+
+    def coerce_scalar(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, _CONTAINERS):
+            raise _expect(f"a scalar (column type {column.type_sql})", value)
+        return scalar(value)
+    return coerce_scalar
 
 
 def _coerce_array(values: list[Any], scalar: Callable[[Any], Any]) -> list[Any]:
@@ -387,6 +432,25 @@ def renderer_for(column: Column) -> Renderer:
             return None
         return [render_array(v) if isinstance(v, list) else scalar(v) for v in value]
     return render_array
+
+
+def write_value(slot: struct_pb2.Value, value: Any) -> None:
+    """Set ``slot`` to a rendered value: what ``Struct.update`` does for each of its values,
+    written straight into the Value a result row holds (no dict, no Struct to copy)."""
+    if value is None:
+        slot.null_value = struct_pb2.NULL_VALUE
+    elif value is True or value is False:
+        slot.bool_value = value
+    elif isinstance(value, str):
+        slot.string_value = value
+    elif isinstance(value, int | float):
+        slot.number_value = value
+    elif isinstance(value, dict):
+        slot.struct_value.update(value)
+    elif isinstance(value, list | tuple):
+        slot.list_value.extend(value)
+    else:
+        raise ValueError(f"cannot render a {type(value).__name__} into a Struct")
 
 
 def render_row(record: Any, renderers: list[tuple[str, Renderer]]) -> struct_pb2.Struct:

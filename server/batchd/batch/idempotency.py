@@ -23,9 +23,12 @@ executor reruns the batch, which then finds the answer. Two different ids whose 
 share a lock: one of them is told to retry, nothing worse.
 
 ATOMIC: the transaction is the batch's own, so the operations and the answer commit together,
-or neither does. The operations run under a savepoint: a final failure rolls back to it and is
-stored, and that commits. A READ ONLY batch runs read-only under that savepoint, which is rolled
-back before the answer is written (its operations wrote nothing).
+or neither does. A final failure rolls it back, and is stored under the id claimed again in a
+transaction of its own (if another call took the id in between, that call's answer is the
+answer). A READ ONLY batch, or one run as a role, runs under a savepoint instead: read-only, or
+as the role, until it is rolled back (its operations wrote nothing) or released and the role
+set back, before the answer is written; a final failure rolls back to it and is stored, and
+that commits.
 
 INDEPENDENT: the operations have transactions of their own, so the claim lives in a guard
 transaction on a connection of its own, kept open while they run and committed with the
@@ -137,25 +140,33 @@ def fingerprint(request: batch_pb2.BatchExecuteRequest) -> bytes:
 
 
 
+# Steps 1 and 2 in one statement (one round trip): the lock, then, only if it was taken, the
+# claim row. A row with neither answer nor failure cannot have committed; it is taken over all
+# the same. ``held``: the lock was taken; ``claimed``: the row is this call's.
+CLAIM_SQL = """
+WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS held),
+claimed AS (
+    INSERT INTO batchd.requests AS r (request_id, fingerprint, principal, expires_at)
+    SELECT $2, $3, $4, now() + make_interval(secs => $5) FROM lock WHERE held
+    ON CONFLICT (request_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
+        principal = EXCLUDED.principal, response = NULL, status = NULL, created_at = now(),
+        expires_at = EXCLUDED.expires_at
+    WHERE r.expires_at <= now() OR (r.response IS NULL AND r.status IS NULL)
+    RETURNING true)
+SELECT (SELECT held FROM lock) AS held, EXISTS (SELECT FROM claimed) AS claimed
+"""
+
+
 async def begin(conn: asyncpg.Connection, claim: Claim,
                 ttl_seconds: float) -> Answer | None:
     """Inside a transaction: claim the id (None: run the batch, then ``store`` its answer
     before committing), or the answer to give without running anything: the stored one,
     REQUEST_IN_PROGRESS or REQUEST_ID_REUSED."""
-    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
-                               LOCK_CLASS, claim.request_id):
+    held, claimed = await conn.fetchrow(CLAIM_SQL, LOCK_CLASS, claim.request_id,
+                                        claim.fingerprint, claim.principal, float(ttl_seconds))
+    if not held:
         return RequestInProgress(f'a call with request id "{claim.request_id}" is still '
                                  "running; retry later to get its answer")
-    # A row with neither answer nor failure cannot have committed; taken over all the same.
-    claimed = await conn.fetchval(
-        "INSERT INTO batchd.requests AS r (request_id, fingerprint, principal, expires_at) "
-        "VALUES ($1, $2, $3, now() + make_interval(secs => $4)) "
-        "ON CONFLICT (request_id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
-        "principal = EXCLUDED.principal, response = NULL, status = NULL, created_at = now(), "
-        "expires_at = EXCLUDED.expires_at "
-        "WHERE r.expires_at <= now() OR (r.response IS NULL AND r.status IS NULL) "
-        "RETURNING true", claim.request_id, claim.fingerprint, claim.principal,
-        float(ttl_seconds))
     if claimed:
         return None
     row = await conn.fetchrow("SELECT fingerprint, principal, response, status "

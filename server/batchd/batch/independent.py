@@ -6,14 +6,15 @@ group. Each runs on a pooled connection in a transaction of its own, at most
 has succeeded; when one did not, every operation of the unit is SKIPPED, naming it.
 
 A unit is all or nothing, like an atomic batch: its operations run in request order
-(coalesced where they can share a statement), and when one fails the transaction rolls back
-and the unit reports as a failed atomic batch does (``results.failed_unit``): that operation
-FAILED, the earlier ones ROLLED_BACK (no rows: those rows no longer exist), the later ones
-NOT_RUN. A unit with invalid operations is refused before it runs (they are FAILED, the others
-NOT_RUN). When the transaction itself fails (no connection, BEGIN, COMMIT), every operation of
-the unit is FAILED with that error. A group that meets a serialization failure or deadlock is
-run again whole, up to ``atomic_retries`` more times; an operation outside any group is not
-(its ABORTED is the client's to retry).
+(coalesced where they can share a statement, without a savepoint: when such a statement
+fails, the unit runs again with its operations apart, to learn which one failed), and when
+one fails the transaction rolls back and the unit reports as a failed atomic batch does
+(``results.failed_unit``): that operation FAILED, the earlier ones ROLLED_BACK (no rows: those
+rows no longer exist), the later ones NOT_RUN. A unit with invalid operations is refused
+before it runs (they are FAILED, the others NOT_RUN). When the transaction itself fails (no
+connection, BEGIN, COMMIT), every operation of the unit is FAILED with that error. A group
+that meets a serialization failure or deadlock is run again whole, up to ``atomic_retries``
+more times; an operation outside any group is not (its ABORTED is the client's to retry).
 
 ``committed`` is true when any unit committed. validate_only (``dry_run``): the units one by
 one in dependency order inside one transaction that is rolled back, each under a savepoint, so
@@ -27,6 +28,7 @@ import logging
 
 import asyncpg
 
+from batchd.batch import coalesce
 from batchd.batch import results as answers
 from batchd.batch.plan import BatchPlan, Step, Unit, unit_order
 from batchd.batch.results import Settled
@@ -82,7 +84,7 @@ class IndependentRun:
             try:
                 async with transaction(conn, settings, isolation=plan.isolation,
                                        readonly=plan.read_only, deadline=plan.deadline,
-                                       role=plan.role):
+                                       role=plan.role, then_release=True):
                     for unit in unit_order(plan.units):
                         if not self._held_back(unit):
                             await self._try_unit(unit, conn)
@@ -108,11 +110,18 @@ class IndependentRun:
         """``unit`` in a transaction of its own; a group again after a serialization failure
         or deadlock, while ``atomic_retries`` allows."""
         attempt = 0
+        together = True  # runs of inserts share a statement without a savepoint (coalesce)
         while True:
             attempt += 1
             ran: dict[str, Output] = {}
             try:
-                await self._commit_unit(unit, ran)
+                await self._commit_unit(unit, ran, together)
+            except coalesce.RunAgainApart:
+                # Rolled back: the same attempt again, each operation under its savepoint
+                # where they share a statement, so that a failure names its operation.
+                attempt -= 1
+                together = False
+                continue
             except StepFailed as failed:
                 if unit.group and self.runner.may_retry(failed.error, attempt):
                     log.info('request %s: %s in group "%s", retrying the group (attempt %d)',
@@ -124,15 +133,15 @@ class IndependentRun:
             self.outputs.update(ran)
             return
 
-    async def _commit_unit(self, unit: Unit, ran: dict[str, Output]) -> None:
+    async def _commit_unit(self, unit: Unit, ran: dict[str, Output], together: bool) -> None:
         plan, settings = self.plan, self.runner.settings
         try:
             async with self.limit, connection(self.pool, plan.deadline) as conn, transaction(
                     conn, settings, isolation=plan.isolation, readonly=plan.read_only,
-                    deadline=plan.deadline, role=plan.role):
+                    deadline=plan.deadline, role=plan.role, then_release=True):
                 await self.runner.run_in_order(unit.steps, conn, self.results, ran,
-                                               self.request_id)
-        except StepFailed:
+                                               self.request_id, protect=not together)
+        except (StepFailed, coalesce.RunAgainApart):
             raise
         except Exception as exc:  # acquire / BEGIN / COMMIT
             raise StepFailed(None, translate(exc, self.request_id)) from exc

@@ -89,15 +89,24 @@ _ISOLATION = {
 # Values past which a request is planned on a worker thread: coercing a 100,000-row insert
 # takes seconds of CPU, and on the event loop it would stall every other call (health too).
 OFF_LOOP_VALUES = 20_000
+# The fewest bytes a value, an operation or a row takes in a serialized request (a field's tag
+# and length): a request smaller than N * MIN_BYTES cannot hold N of them, whatever it holds,
+# and need not be counted.
+MIN_BYTES = 2
 
 
 async def plan_request(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext,
                        principal: Principal | None) -> BatchPlan:
     """``plan_batch``, on a worker thread when the request is large. (The thread holds the
     GIL while it works, but hands it to the event loop every few milliseconds.)"""
-    values = sum(len(op.insert.rows) * max(1, len(op.insert.rows[0].fields))
-                 for op in request.operations if op.HasField("insert") and op.insert.rows)
-    if values + len(request.operations) < OFF_LOOP_VALUES:
+    if request.ByteSize() < OFF_LOOP_VALUES * MIN_BYTES:  # too small to hold that many
+        return plan_batch(request, ctx, principal)
+    values = len(request.operations)
+    for op in request.operations:
+        rows = op.insert.rows  # empty for another kind (reading a oneof member sets nothing)
+        if rows:
+            values += len(rows) * max(1, len(rows[0].fields))
+    if values < OFF_LOOP_VALUES:
         return plan_batch(request, ctx, principal)
     return await offload.run(plan_batch, request, ctx, principal)
 
@@ -137,7 +146,8 @@ def _check_request(request: batch_pb2.BatchExecuteRequest, ctx: PlanContext) -> 
     if len(ops) > limits.max_operations:
         raise InvalidArgument.field(
             "operations", f"{len(ops)} operations exceed the limit of {limits.max_operations}")
-    total_rows = sum(len(op.insert.rows) for op in ops if op.HasField("insert"))
+    total_rows = 0 if request.ByteSize() <= limits.max_rows_per_batch * MIN_BYTES else \
+        sum(len(op.insert.rows) for op in ops)  # 0 for other kinds
     if total_rows > limits.max_rows_per_batch:
         raise InvalidArgument.field("operations", f"{total_rows} rows to insert exceed the limit "
                                                   f"of {limits.max_rows_per_batch} per batch")
@@ -225,6 +235,9 @@ def _dependencies(step: Step, op: batch_pb2.Operation, refs: list[Ref], steps: l
 
 def _check_target(target: str, step: Step, steps: list[Step], index_of: dict[str, int],
                   atomic: bool, path: str, op_id: str, ref: Ref | None = None) -> None:
+    at = index_of.get(target)
+    if at is not None and at < step.index:  # an earlier operation: always fine
+        return
     what = f"reference {ref.operation}.{ref.column}" if ref else f'dependency "{target}"'
     if target not in index_of:
         raise InvalidArgument.field(path, f'{what}: no operation "{target}" in this batch',

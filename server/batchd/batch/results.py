@@ -23,6 +23,8 @@ from batchd.kinds.base import Output
 from batchd.v1 import batch_pb2
 
 Outcome = batch_pb2.Outcome
+# The enum's attribute lookup is Python code: once, not per result.
+SUCCEEDED = Outcome.OUTCOME_SUCCEEDED
 _T = TypeVar("_T")
 # The outcome and status of an operation that did not succeed.
 Settled = tuple[int, status_pb2.Status]
@@ -33,16 +35,13 @@ def add_result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: An
     """Append a step's result to ``response``, built in place (a result built apart and then
     passed in would be copied, once per operation)."""
     result = response.results.add(id=step.id, outcome=outcome)
-    if status.code:  # an unset status reads as OK: no copy per successful operation
+    if status is not OK_STATUS and status.code:  # unset reads as OK: no copy when it is
         result.status.CopyFrom(status)
     if output is not None:
-        rendered = output.rendered()
-        # In slices: one extend is one C call holding the GIL, and a large one (on a worker
-        # thread, see _built) would keep the event loop waiting for all of it.
-        for start in range(0, len(rendered), 1000):
-            result.rows.extend(rendered[start:start + 1000])
+        output.write_rows(result.rows)
         result.rows_affected = output.rows_affected
-        result.next_page_token = output.next_page_token
+        if output.next_page_token:
+            result.next_page_token = output.next_page_token
         if output.total_count is not None:
             result.total_count = output.total_count
 
@@ -77,7 +76,7 @@ def _succeeded(steps: Sequence[Step], outputs: dict[str, Output], committed: boo
                attempts: int) -> batch_pb2.BatchExecuteResponse:
     response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=attempts)
     for s in steps:
-        add_result(response, s, Outcome.OUTCOME_SUCCEEDED, OK_STATUS, outputs[s.id])
+        add_result(response, s, SUCCEEDED, OK_STATUS, outputs[s.id])
     return response
 
 
@@ -86,7 +85,7 @@ def _independent(plan: BatchPlan, outputs: dict[str, Output], settled: dict[str,
     response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=1)
     for s in plan.steps:
         if s.id in outputs:
-            add_result(response, s, Outcome.OUTCOME_SUCCEEDED, OK_STATUS, outputs[s.id])
+            add_result(response, s, SUCCEEDED, OK_STATUS, outputs[s.id])
         else:
             add_result(response, s, *settled[s.id])
     return response

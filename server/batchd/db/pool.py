@@ -11,6 +11,12 @@ a pooler or not, and a vanished client never holds locks for long. A call's dead
 Behind a pooler in transaction mode prepared statements do not survive their transaction, so
 asyncpg's statement cache is turned off (``pooler = "transaction"``, or found out by
 ``detect_pooler`` when ``pooler = "auto"``).
+
+A connection handed back to the pool is reset (asyncpg's reset query: advisory locks released,
+cursors closed, UNLISTEN, RESET ALL), so that nothing one call left in the session reaches the
+next, a custom handler's ``SET`` for one. A transaction whose connection goes straight back
+(``transaction(..., then_release=True)``) sends that query in the same message as its COMMIT
+or ROLLBACK, and the release then skips it: the same reset, one round trip fewer per call.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -75,6 +82,7 @@ async def create_pool(dsn: str, settings: Settings) -> tuple[asyncpg.Pool, str]:
         timeout=settings.connect_timeout_seconds,
         command_timeout=command_timeout,
         init=_init_connection,
+        reset=_reset,
         server_settings={"application_name": "batchd"},
     )
     assert pool is not None
@@ -137,14 +145,32 @@ async def set_limits(conn: asyncpg.Connection, settings: Settings,
     await conn.execute(_limits_sql(limits(settings, deadline, idle_ms)))
 
 
-class _BeginWithLimits:
-    """The connection as asyncpg's Transaction.start sees it, whose BEGIN carries the
-    transaction's SET LOCAL statements in the same simple-query message: one round trip where
-    BEGIN and then the limits would take two. Everything else goes to the connection."""
+# Connections whose session was reset at the end of their last transaction (``transaction``,
+# ``then_release``) and that ran nothing since: the pool's reset has nothing left to do.
+_reset_already: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 
-    def __init__(self, conn: asyncpg.Connection, sql: str) -> None:
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset of a connection handed back (asyncpg has rolled back any open
+    transaction): asyncpg's reset query, unless the last COMMIT or ROLLBACK carried it."""
+    if conn in _reset_already:
+        _reset_already.discard(conn)
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
+
+
+class _Piggyback:
+    """The connection as asyncpg's Transaction sees it: its BEGIN carries the transaction's SET
+    LOCAL statements in the same simple-query message (one round trip where BEGIN and then the
+    limits would take two), and, with ``reset``, its COMMIT or ROLLBACK carries the pool's reset
+    query (marked done: ``_reset``). Everything else goes to the connection."""
+
+    def __init__(self, conn: asyncpg.Connection, begin_sql: str, reset: bool) -> None:
         object.__setattr__(self, "_conn", conn)
-        object.__setattr__(self, "_sql", sql)
+        object.__setattr__(self, "_begin_sql", begin_sql)
+        object.__setattr__(self, "_reset", reset)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
@@ -153,9 +179,14 @@ class _BeginWithLimits:
         setattr(self._conn, name, value)
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+        ends = self._reset and query in ("COMMIT;", "ROLLBACK;")
         if query.startswith("BEGIN") and not args:
-            query += self._sql
+            query += self._begin_sql
+        elif ends:
+            query += " " + self._conn.get_reset_query()
         result: str = await self._conn.execute(query, *args, **kwargs)
+        if ends:  # only once all of it ran: a failed COMMIT leaves the reset to the pool
+            _reset_already.add(self._conn)
         return result
 
 
@@ -181,17 +212,19 @@ async def check_roles(pool: asyncpg.Pool, roles: set[str]) -> None:
 @asynccontextmanager
 async def transaction(conn: asyncpg.Connection, settings: Settings, *,
                       isolation: str | None = None, readonly: bool = False,
-                      deadline: float | None = None,
-                      role: str | None = None) -> AsyncIterator[None]:
+                      deadline: float | None = None, role: str | None = None,
+                      then_release: bool = False) -> AsyncIterator[None]:
     """A transaction of batchd: asyncpg's (so savepoints nest in it as usual), begun together
     with its limits (``limits``) and the role its work runs as, in one round trip. Commits when
-    the block ends, rolls back when it raises."""
+    the block ends, rolls back when it raises. ``then_release``: nothing runs on the
+    connection after this transaction before it goes back to the pool, so the COMMIT or
+    ROLLBACK carries the pool's reset (see the module's docstring)."""
     sql = _limits_sql(limits(settings, deadline)) + (role_sql(role) if role else "")
     tx = conn.transaction(isolation=isolation, readonly=readonly)
     real = tx._connection  # the pool's proxy hands the transaction the real connection
-    tx._connection = _BeginWithLimits(real, sql)  # only for its start (see the class)
+    _reset_already.discard(real)
+    tx._connection = _Piggyback(real, sql, then_release)  # for BEGIN, COMMIT and ROLLBACK
     async with tx:
-        tx._connection = real
         yield
 
 

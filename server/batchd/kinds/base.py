@@ -14,12 +14,13 @@ from typing import Any
 
 import asyncpg
 from google.protobuf import struct_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from batchd.catalog import Catalog, Column, Table, qualified
 from batchd.config import Settings
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results
-from batchd.values import Ref, Renderer, render_any, renderer_for
+from batchd.values import Ref, Renderer, render_any, renderer_for, write_value
 
 
 @dataclass(slots=True)
@@ -42,16 +43,19 @@ class Output:
     next_page_token: str = ""
     total_count: int | None = None  # a query's count, when asked for
 
-    def rendered(self) -> list[struct_pb2.Struct]:
-        out = []
+    def write_rows(self, into: RepeatedCompositeFieldContainer[struct_pb2.Struct]) -> None:
+        """Append the rows, rendered, to ``into`` (a result's rows): each Struct built in
+        place, where one built apart would be copied in."""
+        if self.renderers is None:
+            for row in self.rows:
+                fields = into.add().fields
+                for k, v in row.items():
+                    write_value(fields[str(k)], render_any(v))
+            return
         for row in self.rows:
-            s = struct_pb2.Struct()
-            if self.renderers is None:
-                s.update({str(k): render_any(v) for k, v in row.items()})
-            else:
-                s.update({name: render(row[name]) for name, render in self.renderers})
-            out.append(s)
-        return out
+            fields = into.add().fields
+            for name, render in self.renderers:
+                write_value(fields[name], render(row[name]))
 
 
 @dataclass(slots=True)

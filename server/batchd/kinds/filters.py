@@ -82,12 +82,13 @@ def plan_key(table: Table, key: struct_pb2.Struct, path: str,
              refs: list[Ref]) -> list[Condition]:
     """Conditions for a full primary key; every key column, nothing else."""
     values = struct_from_proto(key)
-    missing = [name for name in table.primary_key if name not in values]
-    if missing:
-        raise InvalidArgument.field(path, f"missing primary key column(s) {missing} of table "
-                                          f'"{table.qualified_name}"')
-    extra = sorted(set(values) - set(table.primary_key))
-    if extra:
+    if len(values) != len(table.primary_key) or any(name not in values
+                                                    for name in table.primary_key):
+        missing = [name for name in table.primary_key if name not in values]
+        if missing:
+            raise InvalidArgument.field(path, f"missing primary key column(s) {missing} of "
+                                              f'table "{table.qualified_name}"')
+        extra = sorted(set(values) - set(table.primary_key))
         raise InvalidArgument.field(path, f"{extra} not in the primary key "
                                           f"{list(table.primary_key)}")
     conditions = []

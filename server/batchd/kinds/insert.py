@@ -8,6 +8,7 @@ would flatten them), so tables with those use a multi-row VALUES list instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,36 +29,93 @@ from batchd.kinds.base import (
 )
 from batchd.kinds.params import Deferred, prepare
 from batchd.v1 import batch_pb2
-from batchd.values import CoercionError, Ref, coerce, struct_from_proto
+from batchd.values import CoercionError, Ref, Renderer, coercer, struct_from_proto
 
 Action = batch_pb2.OnConflict.Action
 MAX_PARAMETERS = 32767  # PostgreSQL's limit of bind parameters per statement
 
 
-@dataclass(slots=True)
-class InsertSpec:
-    table: Table
-    columns: list[Column]
-    rows: list[list[Any]]  # prepared values, in column order
-    conflict_sql: str
-    returning: list[Column]
-    has_deferred: bool
-
-    @property
-    def returning_sql(self) -> str:
-        return f" RETURNING {select_list(self.returning)}" if self.returning else ""
-
-
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    """Everything about an insert but its values: the same for every operation of a bulk
-    batch, so it is worked out once (see InsertKind.plan)."""
+    """Everything about an insert but its values: its table, columns, conflict clause and
+    RETURNING, and what follows from them (the coercion of each column, the statements, the
+    renderers of the rows it returns, whether it coalesces). The same for every operation of a
+    bulk batch and for every batch of one form, so it is worked out once (``InsertKind``
+    keeps them by their key)."""
 
     table: Table
     columns: list[Column]
     conflict_sql: str
     returning: list[Column]
     output_columns: frozenset[str]
+    coercion: list[tuple[Column, Callable[[Any], Any]]]  # each column, with its ``coercer``
+    renderers: list[tuple[str, Renderer]]
+    one_row_sql: str  # INSERT ... VALUES of one row
+    unnest_sql: str  # INSERT ... SELECT * FROM unnest(...) of any number
+    together_sql: str  # unnest WITH ORDINALITY, rows back in input order (coalescing)
+    coalesce_key: tuple[Any, ...] | None
+
+    @property
+    def returning_sql(self) -> str:
+        return f" RETURNING {select_list(self.returning)}" if self.returning else ""
+
+    @classmethod
+    def of(cls, table: Table, columns: list[Column], conflict_sql: str,
+           returning: list[Column]) -> _Shape:
+        returning_sql = f" RETURNING {select_list(returning)}" if returning else ""
+        casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(columns))
+        into = f"INSERT INTO {table.sql} ({select_list(columns)})"
+        names = ", ".join(f"c{i}" for i in range(len(columns)))
+        # Inserts with equal keys can share one statement with the same meaning as several:
+        # same table, columns and RETURNING. Only plain inserts (conflict = error): with DO
+        # NOTHING, skipped rows vanish from RETURNING and the rows could not be given back to
+        # their operations; with DO UPDATE, one statement may not touch a row twice where two
+        # statements may. Array columns take the VALUES path, and inserts without columns or
+        # RETURNING have nothing to share.
+        coalesces = not (conflict_sql or not columns or not returning
+                         or any(c.is_array for c in columns))
+        return cls(
+            table, columns, conflict_sql, returning, frozenset(c.name for c in returning),
+            [(c, coercer(c)) for c in columns], renderers(returning),
+            _values_sql(table, columns, 1, conflict_sql + returning_sql) if columns else "",
+            f"{into} SELECT * FROM unnest({casts}){conflict_sql}{returning_sql}",
+            f"{into} SELECT {names} FROM unnest({casts}) WITH ORDINALITY AS u({names}, n) "
+            f"ORDER BY n{returning_sql}",
+            (id(table), tuple(c.name for c in columns), tuple(c.name for c in returning))
+            if coalesces else None)
+
+
+@dataclass(slots=True)
+class InsertSpec:
+    shape: _Shape
+    rows: list[list[Any]]  # prepared values, in column order
+    has_deferred: bool
+
+    @property
+    def table(self) -> Table:
+        return self.shape.table
+
+    @property
+    def columns(self) -> list[Column]:
+        return self.shape.columns
+
+    @property
+    def conflict_sql(self) -> str:
+        return self.shape.conflict_sql
+
+    @property
+    def returning(self) -> list[Column]:
+        return self.shape.returning
+
+    @property
+    def returning_sql(self) -> str:
+        return self.shape.returning_sql
+
+
+# A value that may hold references (then it is prepared with its full path); any other is a
+# scalar, coerced at once.
+_MAY_REFER = (Ref, list, dict)
+
 
 
 class InsertKind(Kind):
@@ -70,11 +128,15 @@ class InsertKind(Kind):
         # the server's life, so an entry never goes stale; the bound keeps hostile variety cheap.
         self._shapes: dict[tuple[Any, ...], _Shape] = {}
 
-    def _shape(self, message: batch_pb2.InsertOperation, names: list[str], path: str,
+    def _shape(self, message: batch_pb2.InsertOperation, names: tuple[str, ...], path: str,
                ctx: PlanContext) -> _Shape:
-        oc = message.on_conflict
-        key = (ctx.catalog, message.table, tuple(names), tuple(message.returning), oc.action,
-               tuple(oc.conflict_columns), tuple(oc.update_columns))
+        if message.HasField("on_conflict"):
+            oc = message.on_conflict
+            conflict: tuple[Any, ...] = (oc.action, tuple(oc.conflict_columns),
+                                         tuple(oc.update_columns))
+        else:
+            conflict = ()
+        key = (ctx.catalog, message.table, names, tuple(message.returning), conflict)
         shape = self._shapes.get(key)
         if shape is None:
             table = self.table(message, path, ctx)
@@ -85,8 +147,8 @@ class InsertKind(Kind):
                                                 "is a generated column and cannot be written")
             returning = columns_list(table, message.returning, f"{path}.returning",
                                      lambda: key_columns(table))
-            shape = _Shape(table, columns, _conflict_sql(table, message, columns, path),
-                           returning, frozenset(c.name for c in returning))
+            shape = _Shape.of(table, columns, _conflict_sql(table, message, columns, path),
+                              returning)
             if len(self._shapes) >= 4096:
                 self._shapes.clear()
             self._shapes[key] = shape
@@ -94,71 +156,80 @@ class InsertKind(Kind):
 
     def plan(self, message: batch_pb2.InsertOperation, path: str, ctx: PlanContext,
              refs: list[Ref]) -> Planned:
-        if not message.rows:
+        structs = message.rows
+        count = len(structs)
+        if not count:
             raise InvalidArgument.field(f"{path}.rows", "at least one row is required")
-        if len(message.rows) > ctx.settings.max_rows_per_batch:
+        if count > ctx.settings.max_rows_per_batch:
             raise InvalidArgument.field(
-                f"{path}.rows", f"{len(message.rows)} rows exceed the limit of "
+                f"{path}.rows", f"{count} rows exceed the limit of "
                                 f"{ctx.settings.max_rows_per_batch}")
-        first = struct_from_proto(message.rows[0])
-        shape = self._shape(message, list(first), path, ctx)
-        columns = shape.columns
+        rows_in = iter(structs)  # each element read once: reading one makes its wrapper
+        first = struct_from_proto(next(rows_in))
+        shape = self._shape(message, tuple(first), path, ctx)
+        coercion = shape.coercion
         rows: list[list[Any]] = []
         has_deferred = False
-        for r, struct in enumerate(message.rows):
-            values = first if r == 0 else struct_from_proto(struct)
-            if r and values.keys() != first.keys():
-                raise InvalidArgument.field(
-                    f"{path}.rows[{r}]", f"names columns {sorted(values)}, but rows[0] names "
-                                         f"{sorted(first)}; all rows of an insert must name the "
-                                         "same columns")
+        values, r = first, 0
+        while True:
             row = []
-            for c in columns:
+            for c, to_column in coercion:
                 value = values[c.name]
-                if isinstance(value, Ref | list | dict):  # may hold references: the full path
+                if isinstance(value, _MAY_REFER):  # may hold references: the full path
                     value = prepare(value, c, f"{path}.rows[{r}].{c.name}", refs)
                     has_deferred = has_deferred or type(value) is Deferred
                 else:  # a scalar: coerce at once, and name the field only if it is wrong
                     try:
-                        value = coerce(value, c)
+                        value = to_column(value)
                     except CoercionError:
                         prepare(value, c, f"{path}.rows[{r}].{c.name}", refs)  # raises: path
                 row.append(value)
             rows.append(row)
-        spec = InsertSpec(shape.table, columns, rows, shape.conflict_sql, shape.returning,
-                          has_deferred)
-        return Planned(self.name, spec, shape.output_columns)
+            struct = next(rows_in, None)
+            if struct is None:
+                break
+            values, r = struct_from_proto(struct), r + 1
+            if values.keys() != first.keys():
+                raise InvalidArgument.field(
+                    f"{path}.rows[{r}]", f"names columns {sorted(values)}, but rows[0] names "
+                                         f"{sorted(first)}; all rows of an insert must name the "
+                                         "same columns")
+        return Planned(self.name, InsertSpec(shape, rows, has_deferred), shape.output_columns)
 
     async def run(self, spec: InsertSpec, ctx: RunContext) -> Output:
+        shape = spec.shape
         rows = ([ctx.results.finalize_all(row) for row in spec.rows] if spec.has_deferred
                 else spec.rows)
         conn = ctx.connection
-        if not spec.returning:  # a table without a primary key, nothing asked back
+        if not shape.returning:  # a table without a primary key, nothing asked back
             return Output([], [], rows_affected=await self._execute(spec, rows, conn))
-        if not spec.columns:
+        if not shape.columns:
             records = []
             for _ in rows:
                 records.extend(await conn.fetch(
-                    f"INSERT INTO {spec.table.sql} DEFAULT VALUES{spec.conflict_sql}"
-                    f"{spec.returning_sql}"))
-            affected = len(records) if spec.returning else len(rows)
-        elif any(c.is_array for c in spec.columns) or len(rows) == 1:
+                    f"INSERT INTO {shape.table.sql} DEFAULT VALUES{shape.conflict_sql}"
+                    f"{shape.returning_sql}"))
+            affected = len(records) if shape.returning else len(rows)
+        elif len(rows) == 1:
+            records = await conn.fetch(shape.one_row_sql, *rows[0])
+            affected = len(records)
+        elif any(c.is_array for c in shape.columns):
             records = []
-            per_statement = max(1, MAX_PARAMETERS // len(spec.columns))
+            per_statement = max(1, MAX_PARAMETERS // len(shape.columns))
             for start in range(0, len(rows), per_statement):
                 chunk = rows[start:start + per_statement]
-                records.extend(await conn.fetch(_values_sql(spec, len(chunk)),
+                records.extend(await conn.fetch(_values_sql(spec.table, spec.columns, len(chunk),
+                                                            spec.conflict_sql
+                                                            + spec.returning_sql),
                                                 *[v for row in chunk for v in row]))
             affected = len(records)
         else:
-            casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
-            sql = (f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
-                   f"SELECT * FROM unnest({casts}){spec.conflict_sql}{spec.returning_sql}")
             records = []
             for part in _statement_parts(spec, rows):
-                records.extend(await conn.fetch(sql, *[list(c) for c in zip(*part, strict=True)]))
+                records.extend(await conn.fetch(shape.unnest_sql,
+                                                *[list(c) for c in zip(*part, strict=True)]))
             affected = len(records)
-        return Output(records, renderers(spec.returning), rows_affected=affected)
+        return Output(records, shape.renderers, rows_affected=affected)
 
     async def _execute(self, spec: InsertSpec, rows: list[list[Any]],
                        conn: asyncpg.Connection) -> int:
@@ -173,8 +244,9 @@ class InsertKind(Kind):
             per_statement = max(1, MAX_PARAMETERS // len(spec.columns))
             for start in range(0, len(rows), per_statement):
                 chunk = rows[start:start + per_statement]
-                total += _count(await conn.execute(_values_sql(spec, len(chunk)),
-                                                   *[v for row in chunk for v in row]))
+                total += _count(await conn.execute(
+                    _values_sql(spec.table, spec.columns, len(chunk), spec.conflict_sql),
+                    *[v for row in chunk for v in row]))
             return total
         casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
         sql = (f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
@@ -185,26 +257,15 @@ class InsertKind(Kind):
     # --- coalescing (the Kind hook) --------------------------------------------------------
 
     def coalesce_key(self, spec: InsertSpec) -> tuple[Any, ...] | None:
-        """Inserts with equal keys can share one statement with the same meaning as several:
-        same table, columns and RETURNING.
-
-        Only plain inserts (conflict = error): with DO NOTHING, skipped rows vanish from
-        RETURNING and the rows could not be given back to their operations; with DO UPDATE, one
-        statement may not touch a row twice where two statements may. Array columns take the
-        VALUES path, and inserts without columns or RETURNING have nothing to share.
-        """
-        if (spec.conflict_sql or not spec.columns or not spec.returning
-                or any(c.is_array for c in spec.columns)):
-            return None
-        return (id(spec.table), tuple(c.name for c in spec.columns),
-                tuple(c.name for c in spec.returning))
+        """Inserts with equal keys can share one statement (see ``_Shape.of``)."""
+        return spec.shape.coalesce_key
 
     async def run_together(self, specs: list[InsertSpec], ctx: RunContext) -> list[Output]:
         rows = [[ctx.results.finalize_all(r) for r in spec.rows] if spec.has_deferred
                 else spec.rows for spec in specs]
-        parts = await _insert_together(ctx.connection, specs, rows)
-        render = renderers(specs[0].returning)
-        return [Output(records, render, rows_affected=len(records)) for records in parts]
+        parts = await _insert_together(ctx.connection, specs[0].shape, rows)
+        render = specs[0].shape.renderers
+        return [Output(records, render, len(records)) for records in parts]
 
 
 # Rows per statement of a large insert: asyncpg encodes a statement's parameters on the event
@@ -226,20 +287,13 @@ def _count(tag: str) -> int:
     return int(tag.rsplit(" ", 1)[-1])
 
 
-async def _insert_together(conn: asyncpg.Connection, specs: list[InsertSpec],
+async def _insert_together(conn: asyncpg.Connection, shape: _Shape,
                            rows: list[list[list[Any]]]) -> list[list[Any]]:
     """One INSERT for the rows of several coalescible inserts; the RETURNING rows, split back
     per insert. The source is ordered by its ordinality, so rows come back in input order."""
-    spec = specs[0]
     flat = [row for part in rows for row in part]
-    arrays = [list(col) for col in zip(*flat, strict=True)]
-    width = len(spec.columns)
-    casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
-    names = ", ".join(f"c{i}" for i in range(width))
-    records = await conn.fetch(
-        f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
-        f"SELECT {names} FROM unnest({casts}) WITH ORDINALITY AS u({names}, n) ORDER BY n"
-        f"{spec.returning_sql}", *arrays)
+    records = await conn.fetch(shape.together_sql, *[list(col) for col in zip(*flat,
+                                                                               strict=True)])
     if len(records) != len(flat):
         raise RuntimeError(f"coalesced insert returned {len(records)} rows for {len(flat)}")
     out, start = [], 0
@@ -249,13 +303,13 @@ async def _insert_together(conn: asyncpg.Connection, specs: list[InsertSpec],
     return out
 
 
-def _values_sql(spec: InsertSpec, count: int) -> str:
-    width = len(spec.columns)
+def _values_sql(table: Table, columns: list[Column], count: int, tail: str) -> str:
+    """INSERT ... VALUES of ``count`` rows, then ``tail`` (conflict clause, RETURNING)."""
+    width = len(columns)
     groups = ", ".join(
-        "(" + ", ".join(f"${r * width + i + 1}::{c.cast_sql}" for i, c in enumerate(spec.columns))
+        "(" + ", ".join(f"${r * width + i + 1}::{c.cast_sql}" for i, c in enumerate(columns))
         + ")" for r in range(count))
-    return (f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) VALUES {groups}"
-            f"{spec.conflict_sql}{spec.returning_sql}")
+    return f"INSERT INTO {table.sql} ({select_list(columns)}) VALUES {groups}{tail}"
 
 
 def _conflict_sql(table: Table, message: batch_pb2.InsertOperation, columns: list[Column],

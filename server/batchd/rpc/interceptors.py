@@ -56,6 +56,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # The wrapped handler of each method, by the handler it wraps: made once, not per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: _Continuation,
                                 handler_call_details: grpc.HandlerCallDetails,
@@ -64,13 +66,19 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method: str = handler_call_details.method
-        return _wrap(handler, lambda context, started, error: self._record(
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _wrap(handler, lambda context, started, error: self._record(
             method, context, started, error))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _record(self, method: str, context: grpc.aio.ServicerContext, started: float,
                 error: BaseException | None) -> None:
-        self.metrics.rpcs.labels(method, final_code(context, error)).inc()
-        self.metrics.rpc_duration.labels(method).observe(time.perf_counter() - started)
+        metrics = self.metrics
+        metrics.child(metrics.rpcs, method, final_code(context, error)).inc()
+        metrics.child(metrics.rpc_duration, method).observe(time.perf_counter() - started)
 
 
 _Done = Callable[[grpc.aio.ServicerContext, float, BaseException | None], None]

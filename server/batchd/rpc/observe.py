@@ -38,6 +38,7 @@ from batchd.v1 import batch_pb2
 log = logging.getLogger("batchd.service")
 SERVICE = "/" + batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name + "/"
 ANONYMOUS = "anonymous"
+_MODE_NAMES = {number: name for name, number in batch_pb2.Mode.items()}
 
 
 def principal_name() -> str:
@@ -84,12 +85,14 @@ class _Seen:
     def __enter__(self) -> Any:
         self.started = time.perf_counter()
         self.principal = principal_name()  # set by authentication before the handler ran
-        self.observer.metrics.in_flight.labels(self.rpc).inc()
+        metrics = self.observer.metrics
+        metrics.child(metrics.in_flight, self.rpc).inc()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.observer.metrics.in_flight.labels(self.rpc).dec()
+        metrics = self.observer.metrics
+        metrics.child(metrics.in_flight, self.rpc).dec()
         if self.error is not None:
             code = self.error.code.name
         elif exc is not None:  # cancelled, expired, or the response stream closed early
@@ -97,6 +100,8 @@ class _Seen:
         else:
             code = "OK"
         fields = self.finish(code)
+        if not log.isEnabledFor(logging.INFO):  # counted; the line's fields are not built
+            return
         log.info("%s %s", self.rpc, code, extra={
             "request_id": self.request_id, "principal": self.principal,
             "method": SERVICE + self.rpc,
@@ -144,7 +149,7 @@ class BatchSeen(_Seen):
         else:
             outcomes = count(self.request, None, CANCELLED)
         mode = self.request.mode or batch_pb2.MODE_ATOMIC
-        return {"mode": batch_pb2.Mode.Name(mode) if mode in batch_pb2.Mode.values() else mode,
+        return {"mode": _MODE_NAMES.get(mode, mode),
                 "operations": len(self.request.operations), "outcomes": outcomes}
 
 
