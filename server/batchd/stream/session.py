@@ -267,8 +267,9 @@ class StreamSession:
                     raise item
                 chunk, target = item
                 ledger.check_sequence(chunk.message.sequence, tally.last_sequence + 1)
-                async with conn.transaction():  # a savepoint, so bad rows can be isolated
-                    ack = await self._apply(conn, chunk, target, tally, atomic=True)
+                # No savepoint of its own: a chunk that fails fails the stream, and ``write``
+                # isolates bad rows under savepoints of its own.
+                ack = await self._apply(conn, chunk, target, tally, atomic=True)
                 if ack.rejected:
                     first = ack.rejected[0]
                     raise BatchdError(f"row {first.index} (chunk {ack.sequence}, row "
@@ -349,13 +350,16 @@ class StreamSession:
                 ack.results.extend(failed.results)
             return ack
         assert target is not None
-        try:
-            async with conn.transaction():
-                row_count, written, rejected = await write(conn, chunk.decoded, target)
-                if rejected and reject_chunk:
-                    raise _Undo
-        except _Undo:
-            written = 0
+        if reject_chunk:
+            try:  # a savepoint, rolled back if a row is bad: the chunk's ledger row stays
+                async with conn.transaction():
+                    row_count, written, rejected = await write(conn, chunk.decoded, target)
+                    if rejected:
+                        raise _Undo
+            except _Undo:
+                written = 0
+        else:  # ``write`` leaves the transaction usable, whatever it rejects
+            row_count, written, rejected = await write(conn, chunk.decoded, target)
         first_row = tally.next_row
         ack.rows_written = written
         for index, error in rejected:
