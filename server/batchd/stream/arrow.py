@@ -156,15 +156,6 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
     rows: Rows = decoded.arrow
     if not len(rows):
         return decoded.row_count, 0, rejected
-    table = target.table
-
-    async def copy_data(data: bytes) -> int:
-        async def source() -> Any:
-            yield data
-        status = await conn.copy_to_table(table.name, schema_name=table.schema,
-                                          columns=target.names, source=source(),
-                                          format="binary")
-        return int(str(status).rsplit(" ", 1)[-1])
 
     async def copy(units: Sequence[Any]) -> int:
         assert isinstance(units, Rows)
@@ -172,14 +163,32 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
             data = units.plan.encode(units.table)
         except Exception as exc:
             raise ValueError(str(exc)) from None
-        return await copy_data(data)
+        return await _copy_binary(conn, target, data)
 
     if decoded.binary is not None:
-        try:
-            async with conn.transaction():
-                return decoded.row_count, await copy_data(decoded.binary), rejected
-        except asyncpg.PostgresError:
-            pass
+        written = await copy_whole(conn, decoded, target)
+        if written is not None:
+            return decoded.row_count, written, rejected
     indexes = decoded.indexes or list(range(len(rows)))
     written, refused = await write_isolating(conn, copy, rows, indexes)
     return decoded.row_count, written, sorted(rejected + refused, key=lambda r: r[0])
+
+
+async def copy_whole(conn: asyncpg.Connection, decoded: Decoded, target: Target) -> int | None:
+    """COPY a decoded chunk's binary data under a savepoint: the rows written, or None if
+    PostgreSQL refused it (nothing of it is left)."""
+    assert decoded.binary is not None
+    try:
+        async with conn.transaction():
+            return await _copy_binary(conn, target, decoded.binary)
+    except asyncpg.PostgresError:
+        return None
+
+
+async def _copy_binary(conn: asyncpg.Connection, target: Target, data: bytes) -> int:
+    async def source() -> Any:
+        yield data
+    table = target.table
+    status = await conn.copy_to_table(table.name, schema_name=table.schema,
+                                      columns=target.names, source=source(), format="binary")
+    return int(str(status).rsplit(" ", 1)[-1])

@@ -43,6 +43,8 @@ class Target:
     readers: list[tuple[str, Reader]] = field(init=False)
     # ENCODING_ARROW: the batchd.stream.arrow.ArrowTarget (the plan of the chunks' schema).
     arrow: Any = field(init=False, default=None)
+    # ROWS, COLUMNAR: the batchd.stream.arrow_rows.Fast (the fast path's plans), once used.
+    fast: Any = field(init=False, default=None)
     # Positions of numeric columns: their strings go to the driver unparsed (it parses them
     # exactly as coercion would), and are checked one by one only if a COPY's encoding fails.
     lazy: list[int] = field(init=False)
@@ -183,8 +185,11 @@ class Decoded:
     indexes: list[int] = field(default_factory=list)  # chunk index of each record
     csv: bytes = b""
     rejected: list[tuple[int, BatchdError]] = field(default_factory=list)
-    arrow: Any = None  # ENCODING_ARROW: the rows (batchd.stream.arrow.Rows)
+    arrow: Any = None  # ENCODING_ARROW, fast path: the rows (batchd.stream.arrow.Rows)
     binary: bytes | None = None  # ENCODING_ARROW: their COPY data (None: found while writing)
+    # ROWS, COLUMNAR on the fast path (batchd.stream.arrow_rows): the chunk, decoded again
+    # value by value if PostgreSQL refuses its COPY.
+    retry: batch_pb2.StreamChunk | None = None
 
 
 def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
@@ -200,9 +205,31 @@ def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
     if target.encoding == batch_pb2.ENCODING_COLUMNAR:
         if chunk.rows or chunk.csv:
             raise InvalidArgument.field("chunk", "a COLUMNAR stream's chunks carry columnar")
-        return _decode_columnar(chunk, target)
-    if chunk.HasField("columnar") or chunk.csv:
+    elif chunk.HasField("columnar") or chunk.csv:
         raise InvalidArgument.field("chunk", "a ROWS stream's chunks carry rows")
+    return _decode_fast(chunk, target) or decode_per_value(chunk, target)
+
+
+def _decode_fast(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded | None:
+    """A ROWS or COLUMNAR chunk through Arrow and pgpq, if every value allows it (see
+    batchd.stream.arrow_rows); None: decode it value by value."""
+    from batchd.stream import arrow_rows
+    if target.fast is None:
+        target.fast = arrow_rows.Fast(target.columns)
+    if target.encoding == batch_pb2.ENCODING_COLUMNAR:
+        made = arrow_rows.columnar(chunk, target.fast)
+    else:
+        made = arrow_rows.rows(chunk, target.fast) if chunk.rows else None
+    if made is None:
+        return None
+    rows, data = made
+    return Decoded(chunk.sequence, len(rows), arrow=rows, binary=data, retry=chunk)
+
+
+def decode_per_value(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
+    """A ROWS or COLUMNAR chunk as records, value by value: each bad row rejected, with why."""
+    if target.encoding == batch_pb2.ENCODING_COLUMNAR:
+        return _decode_columnar(chunk, target)
     return _decode_rows(chunk, target)
 
 
@@ -328,6 +355,12 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
     if target.encoding == batch_pb2.ENCODING_ARROW:
         from batchd.stream import arrow
         return await arrow.write(conn, decoded, target)
+    if decoded.retry is not None:  # the fast path: its COPY whole, else value by value
+        from batchd.stream import arrow
+        written = await arrow.copy_whole(conn, decoded, target)
+        if written is not None:
+            return decoded.row_count, written, []
+        decoded = decode_per_value(decoded.retry, target)
     rejected = list(decoded.rejected)
     if target.encoding == batch_pb2.ENCODING_CSV:
         copy = csv_copier(conn, target)
