@@ -201,7 +201,6 @@ _READ = {"text": "string_value", "numeric": "string_value", "uuid": "string_valu
          "date": "string_value", "timestamptz": "string_value", "timestamp": "string_value",
          "int2": "number_value", "int4": "number_value", "int8": "number_value",
          "float": "number_value", "bool": "bool_value"}
-_DEFAULT = {"string_value": "", "number_value": 0.0, "bool_value": False}
 
 
 def rows(chunk: batch_pb2.StreamChunk, fast: Fast) -> tuple[Rows, bytes] | None:
@@ -211,37 +210,42 @@ def rows(chunk: batch_pb2.StreamChunk, fast: Fast) -> tuple[Rows, bytes] | None:
     for fields in structs:
         if len(fields) != width:
             return None
-    out = []
     try:
-        for column in fast.columns:
-            values = [fields.get(column.name) for fields in structs]
-            out.append(_rows_array(values, column))
+        out = [_rows_array(structs, column) for column in fast.columns]
     except (_Slow, AttributeError, ValueError):  # AttributeError: a row without this column;
         return None  # ValueError: a malformed {"$ref": ...} (the per-value path says so)
     return _encode(out, fast)
 
 
-def _rows_array(values: list[Any], column: Column) -> pa.Array:
+def _rows_array(structs: list[Any], column: Column) -> pa.Array:
+    """One column of the rows (``structs``: their ``fields`` maps)."""
+    name = column.name
     if column.is_array:
         if column.kind != "text" or column.cast_sql != "text[]":
             raise _Slow
-        return pa.array([_strings(value) for value in values], pa.list_(pa.string()))
+        return pa.array([_strings(fields.get(name)) for fields in structs],
+                        pa.list_(pa.string()))
     if column.kind == "json":  # the text the connection's json codec would send
-        documents = [_document(value) for value in values]
+        documents = [_document(fields.get(name)) for fields in structs]
         return pa.array([None if document is None else _json_text(document)
                          for document in documents], pa.string())
     attribute = _READ.get(column.kind)
     if attribute is None:
         raise _Slow
-    if attribute == "number_value" and column.kind != "float" and values and \
-            values[0].WhichOneof("kind") == "string_value":
+    if attribute == "number_value" and column.kind != "float" and structs and \
+            structs[0].get(name).WhichOneof("kind") == "string_value":
         attribute = "string_value"  # integers as strings (exact beyond 2^53)
-    read = [getattr(value, attribute) for value in values]
-    default = _DEFAULT[attribute]
+    # Read straight from each row's Value (keeping the Values costs more than reading twice).
+    if attribute == "string_value":
+        read: list[Any] = [fields.get(name).string_value for fields in structs]
+    elif attribute == "number_value":
+        read = [fields.get(name).number_value for fields in structs]
+    else:
+        read = [fields.get(name).bool_value for fields in structs]
     nulls: list[int] = []
     for i, v in enumerate(read):
-        if v == default:  # also what every other kind of Value reads as: which is it?
-            kind = values[i].WhichOneof("kind")
+        if not v:  # "", 0.0, False: also what every other kind of Value reads as
+            kind = structs[i][name].WhichOneof("kind")
             if kind == "null_value":
                 nulls.append(i)
             elif kind != attribute:
