@@ -18,10 +18,10 @@ encodings); when PostgreSQL refuses a row, ``batchd.stream.copy.write_isolating`
 chunk by the line PostgreSQL names, else in halves, re-encoding the slices, so that only the
 refused rows are rejected.
 
-Decoding runs on the event loop, in the stream's reader task, like the other encodings: a
-10,000-row chunk of a dozen columns takes a few milliseconds. A thread would not shorten the
-loop's waits (measured: the longest stays a few milliseconds), since pgpq holds the GIL while
-it encodes and a thread running Python gets the GIL back only every switch interval (5 ms).
+Decoding runs on a worker thread, in the stream's reader task, like the other encodings
+(``batchd.stream.session``). pgpq holds the GIL while it encodes, so the event loop may wait
+for it, but only that long (a 10,000-row chunk of a dozen columns takes a few milliseconds);
+on the loop itself, every chunk's decoding delayed the writer's next round trip to PostgreSQL.
 """
 
 from __future__ import annotations

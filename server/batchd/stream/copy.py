@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 from google.protobuf import struct_pb2
 
+from batchd import offload
 from batchd.catalog import Catalog, Column, Table
 from batchd.errors import BatchdError, InvalidArgument, from_database
 from batchd.stream import columnar
@@ -360,7 +361,7 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
         written = await arrow.copy_whole(conn, decoded, target)
         if written is not None:
             return decoded.row_count, written, []
-        decoded = decode_per_value(decoded.retry, target)
+        decoded = await offload.run(decode_per_value, decoded.retry, target)
     rejected = list(decoded.rejected)
     if target.encoding == batch_pb2.ENCODING_CSV:
         copy = csv_copier(conn, target)
