@@ -19,11 +19,10 @@ round trip to PostgreSQL (SAVEPOINT, COPY) behind it, and PostgreSQL waited.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,14 +75,6 @@ class _Bounded:
         except TimeoutError:
             raise DeadlineExceeded(f"the stream was open longer than max_stream_seconds "
                                    f"({self.seconds:g} s)", reason="STREAM_TOO_LONG") from None
-
-
-_SENDING = 4
-
-
-@dataclass(slots=True)
-class _Failed:
-    error: Exception
 
 
 class _Undo(Exception):
@@ -196,38 +187,19 @@ class StreamSession:
         queue = _Bounded(asyncio.Queue(maxsize=max(1, self.settings.stream_read_ahead)),
                          self.settings.max_stream_seconds)
         reader = asyncio.create_task(self._read(requests, header, target, queue))
-        # The writer goes on with the next chunk while gRPC sends an ack (a send waits for the
-        # transport): up to _SENDING responses ahead of the wire, then it waits too.
-        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=_SENDING)
-        writer = asyncio.create_task(self._write(atomic, header, stream_id, queue, out))
-        try:
-            while (response := await out.get()) is not _END:
-                if isinstance(response, _Failed):
-                    raise response.error
-                yield response
-        finally:
-            writer.cancel()  # a cancelled call: ATOMIC rolls back in the writer's ``finally``
-            reader.cancel()
-            await asyncio.gather(writer, reader, return_exceptions=True)
-
-    async def _write(self, atomic: bool, header: batch_pb2.StreamHeader, stream_id: str,
-                     queue: _Bounded, out: asyncio.Queue[Any]) -> None:
-        """The writer: the chunks into PostgreSQL, its responses into ``out``, then _END (or
-        _Failed: the error that ends the call, after the responses before it)."""
         tally = _Tally()
         try:
             async with connection(self.pool) as conn:
                 if atomic:
-                    responses = self._atomic(conn, stream_id, queue, tally)
+                    async for response in self._atomic(conn, stream_id, queue, tally):
+                        yield response
                 else:
-                    responses = self._independent(conn, header, stream_id, queue, tally)
-                async with contextlib.aclosing(responses):  # its ``finally`` before release
-                    async for response in responses:
-                        await out.put(response)
-        except Exception as exc:
-            await out.put(_Failed(exc))
-        else:
-            await out.put(_END)
+                    async for response in self._independent(conn, header, stream_id, queue,
+                                                            tally):
+                        yield response
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     # --- reading ahead ------------------------------------------------------------------------
 
@@ -275,7 +247,7 @@ class StreamSession:
     # --- ATOMIC -------------------------------------------------------------------------------
 
     async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: _Bounded,
-                      tally: _Tally) -> AsyncGenerator[batch_pb2.StreamResponse, None]:
+                      tally: _Tally) -> AsyncIterator[batch_pb2.StreamResponse]:
         yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
         tx = conn.transaction()
         await tx.start()
@@ -322,7 +294,7 @@ class StreamSession:
 
     async def _independent(self, conn: asyncpg.Connection, header: batch_pb2.StreamHeader,
                            stream_id: str, queue: _Bounded, tally: _Tally,
-                           ) -> AsyncGenerator[batch_pb2.StreamResponse, None]:
+                           ) -> AsyncIterator[batch_pb2.StreamResponse]:
         position = await ledger.open_stream(conn, stream_id, header.table or "(operations)")
         tally.last_sequence, tally.next_row = position.last_sequence, position.next_row
         yield batch_pb2.StreamResponse(opened=batch_pb2.StreamOpened(
