@@ -36,7 +36,7 @@ import pyarrow as pa
 from batchd.catalog import Column
 from batchd.errors import BatchdError, InvalidArgument
 from batchd.stream.arrow_types import Plan, plan
-from batchd.stream.copy import Decoded, Target, write_isolating
+from batchd.stream.copy import Decoded, Target, copy_binary, write_isolating
 from batchd.v1 import batch_pb2
 
 
@@ -163,7 +163,7 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
             data = units.plan.encode(units.table)
         except Exception as exc:
             raise ValueError(str(exc)) from None
-        return await _copy_binary(conn, target, data)
+        return await copy_binary(conn, target, data)
 
     if decoded.binary is not None:
         written = await copy_whole(conn, decoded, target)
@@ -180,15 +180,6 @@ async def copy_whole(conn: asyncpg.Connection, decoded: Decoded, target: Target)
     assert decoded.binary is not None
     try:
         async with conn.transaction():
-            return await _copy_binary(conn, target, decoded.binary)
+            return await copy_binary(conn, target, decoded.binary)
     except asyncpg.PostgresError:
         return None
-
-
-async def _copy_binary(conn: asyncpg.Connection, target: Target, data: bytes) -> int:
-    async def source() -> Any:
-        yield data
-    table = target.table
-    status = await conn.copy_to_table(table.name, schema_name=table.schema,
-                                      columns=target.names, source=source(), format="binary")
-    return int(str(status).rsplit(" ", 1)[-1])
