@@ -112,10 +112,10 @@ async def test_a_refused_joined_copy_names_the_bad_row_as_chunk_by_chunk(stub, d
 
 def test_csv_chunks_join_only_when_each_newline_ends_a_record():
     options = batch_pb2.CsvOptions()
-    assert copy._whole_records(b"1,a,2\n2,b,3\n", options) == 2
-    assert copy._whole_records(b"1,a,2\n2,b,3", options) is None  # no final newline
-    assert copy._whole_records(b'1,"a\nb",2\n', options) is None  # a quoted newline
-    assert copy._whole_records(b"1,a,2\r\n", options) is None
-    assert copy._whole_records(b"1,a,2\n\\.\n", options) is None  # end-of-data marker
-    assert copy._whole_records(b"1,'a',2\n", batch_pb2.CsvOptions(quote="'")) is None
-    assert copy._whole_records(b'1,a"b,2\n', batch_pb2.CsvOptions(quote="'")) == 1
+    assert copy.whole_records(b"1,a,2\n2,b,3\n", options) == 2
+    assert copy.whole_records(b"1,a,2\n2,b,3", options) is None  # no final newline
+    assert copy.whole_records(b'1,"a\nb",2\n', options) is None  # a quoted newline
+    assert copy.whole_records(b"1,a,2\r\n", options) is None
+    assert copy.whole_records(b"1,a,2\n\\.\n", options) is None  # end-of-data marker
+    assert copy.whole_records(b"1,'a',2\n", batch_pb2.CsvOptions(quote="'")) is None
+    assert copy.whole_records(b'1,a"b,2\n', batch_pb2.CsvOptions(quote="'")) == 1

@@ -1,10 +1,13 @@
 """Ingest chunks: decoding each encoding into what COPY takes, and writing it.
 
-ROWS and COLUMNAR chunks become Python records for asyncpg's binary COPY. Values are coerced
-by column type while decoding, so a bad value rejects its row with a reason naming the column
-before anything reaches PostgreSQL (COLUMNAR: ``batchd.stream.columnar``). CSV chunks go to COPY as
-the bytes they arrived as. ARROW chunks are read, checked and encoded to binary COPY by
-``batchd.stream.arrow`` (imported on first use: pyarrow is loaded only by servers that see one).
+ROWS and COLUMNAR chunks go through Arrow and pgpq when the whole chunk allows it
+(``batchd.stream.arrow_rows``: one array per column, no Python per value); else, and whenever
+PostgreSQL refuses such a chunk's COPY, they become Python records for asyncpg's binary COPY,
+value by value. Values are coerced by column type while decoding, so a bad value rejects its
+row with a reason naming the column before anything reaches PostgreSQL (COLUMNAR:
+``batchd.stream.columnar``). CSV chunks go to COPY as the bytes they arrived as. ARROW chunks
+are read, checked and encoded to binary COPY by ``batchd.stream.arrow``. (Both Arrow modules
+are imported on first use: pyarrow is loaded only by servers that see such a chunk.)
 
 ``write`` COPYs a chunk under a savepoint. If PostgreSQL refuses a row (constraint, bad CSV
 field), the chunk is split to find the refused rows: PostgreSQL's error names the line, so the
@@ -206,7 +209,7 @@ def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
         if chunk.rows or chunk.HasField("columnar"):
             raise InvalidArgument.field("chunk", "a CSV stream's chunks carry csv bytes")
         return Decoded(chunk.sequence, -1, csv=chunk.csv,
-                       csv_records=_whole_records(chunk.csv, target.csv))
+                       csv_records=whole_records(chunk.csv, target.csv))
     if target.encoding == batch_pb2.ENCODING_COLUMNAR:
         if chunk.rows or chunk.csv:
             raise InvalidArgument.field("chunk", "a COLUMNAR stream's chunks carry columnar")
@@ -283,6 +286,16 @@ def _decode_columnar(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
         out.records = list(zip(*lists, strict=True))
         out.indexes = list(range(count))
     return out
+
+
+def whole_records(data: bytes, options: batch_pb2.CsvOptions) -> int | None:
+    """The records of a CSV chunk if, in one COPY with the next chunks', it gives exactly the
+    rows it gives alone: it ends with a newline and holds no quote character, carriage return or
+    end-of-data marker, so that each newline ends a record. Else None."""
+    quote = (options.quote or '"').encode()
+    if not data.endswith(b"\n") or quote in data or b"\r" in data or b"\\." in data:
+        return None
+    return data.count(b"\n")
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -442,73 +455,3 @@ def _one_line_each(units: Sequence[Any]) -> bool:
     without embedded newlines map line numbers to records."""
     return not units or not isinstance(units[0], bytes) or \
         all(u.count(b"\n") <= 1 for u in units)
-
-
-# --- chunks written together (ATOMIC) --------------------------------------------------------
-
-# Binary COPY data as pgpq writes it: the signature, no flags, no header extension; the trailer.
-_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-_BINARY_TRAILER = b"\xff\xff"
-
-
-class _Miscounted(Exception):
-    pass
-
-
-def _whole_records(data: bytes, options: batch_pb2.CsvOptions) -> int | None:
-    """The records of a CSV chunk if, in one COPY with the next chunks', it gives exactly the
-    rows it gives alone: it ends with a newline and holds no quote character, carriage return or
-    end-of-data marker, so that each newline ends a record. Else None."""
-    quote = (options.quote or '"').encode()
-    if not data.endswith(b"\n") or quote in data or b"\r" in data or b"\\." in data:
-        return None
-    return data.count(b"\n")
-
-
-def joinable(decoded: Decoded | None, target: Target) -> bool:
-    """Whether a decoded chunk's COPY data can share a COPY with the next chunks' and give
-    exactly the rows it gives alone: binary data made here (whole tuples), or CSV text of whole
-    records (``_whole_records``), nothing rejected while decoding."""
-    if decoded is None or decoded.rejected:
-        return False
-    if target.encoding == batch_pb2.ENCODING_CSV:
-        return decoded.csv_records is not None
-    binary = decoded.binary
-    return binary is not None and binary.startswith(_BINARY_HEADER) and \
-        binary.endswith(_BINARY_TRAILER) and (decoded.retry is not None
-                                              or target.encoding == batch_pb2.ENCODING_ARROW)
-
-
-async def write_joined(conn: asyncpg.Connection, chunks: list[Decoded], target: Target,
-                       ) -> list[int] | None:
-    """COPY several ``joinable`` chunks as one, under a savepoint: the rows of each, or None if
-    PostgreSQL refused them (nothing of them is left: write them one by one, to know which row
-    it was)."""
-    pieces: list[bytes | memoryview]
-    if target.encoding == batch_pb2.ENCODING_CSV:
-        counts = [chunk.csv_records or 0 for chunk in chunks]
-        pieces = [chunk.csv for chunk in chunks]
-        form = "csv"
-    else:  # one header, every chunk's tuples, one trailer
-        counts = [chunk.row_count for chunk in chunks]
-        pieces = [_BINARY_HEADER, *(memoryview(chunk.binary)[len(_BINARY_HEADER):-2]
-                                    for chunk in chunks if chunk.binary is not None),
-                  _BINARY_TRAILER]
-        form = "binary"
-
-    async def source() -> AsyncIterator[bytes | memoryview]:
-        for piece in pieces:
-            yield piece
-    table, options = target.table, target.csv
-    try:
-        async with conn.transaction():
-            status = await conn.copy_to_table(
-                table.name, schema_name=table.schema, columns=target.names, source=source(),
-                format=form, **({"delimiter": options.delimiter or None,
-                                 "null": options.null or None, "quote": options.quote or None}
-                                if form == "csv" else {}))
-            if int(str(status).rsplit(" ", 1)[-1]) != sum(counts):
-                raise _Miscounted  # never, by joinable's rules; if so, one by one
-    except (asyncpg.PostgresError, _Miscounted):
-        return None
-    return counts
