@@ -388,7 +388,7 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
         written = await arrow.copy_whole(conn, decoded, target)
         if written is not None:
             return decoded.row_count, written, []
-        decoded = await offload.run(decode_per_value, decoded.retry, target)
+        decoded = await offload.run_pipelined(decode_per_value, decoded.retry, target)
     rejected = list(decoded.rejected)
     if target.encoding == batch_pb2.ENCODING_CSV:
         copy = csv_copier(conn, target)

@@ -12,8 +12,8 @@ ack is sent only after COMMIT returned, so every acked chunk is durable.
 A reader task decodes up to ``stream_read_ahead`` chunks ahead of the writer, so decoding
 overlaps the COPY of the previous chunk, and stops reading when that queue is full: gRPC then
 stops granting the client flow-control credit, and memory stays bounded. It decodes on a worker
-thread (``batchd.offload``): on the event loop, each chunk's decoding held the writer's next
-round trip to PostgreSQL (SAVEPOINT, COPY) behind it, and PostgreSQL waited.
+thread (``batchd.offload.run_pipelined``): on the event loop, each chunk's decoding held the
+writer's next round trip to PostgreSQL (SAVEPOINT, COPY) behind it, and PostgreSQL waited.
 """
 
 from __future__ import annotations
@@ -260,7 +260,8 @@ class StreamSession:
                     try:
                         if target is None:
                             target = resolve_target(header, self.catalog, request.chunk)
-                        item.decoded = await offload.run(decode, request.chunk, target)
+                        item.decoded = await offload.run_pipelined(decode, request.chunk,
+                                                                    target)
                     except Exception as exc:  # a bug too fails the stream (INTERNAL), not
                         item.error = translate(exc, self.request_id)  # ends it as if done
                 await queue.put((item, target))
