@@ -189,11 +189,12 @@ class Decoded:
     indexes: list[int] = field(default_factory=list)  # chunk index of each record
     csv: bytes = b""
     # ENCODING_CSV: its records, if each ends within the chunk so that it can share a COPY
-    # with the next chunks (``joinable``); else None.
+    # with the next chunks (``batchd.stream.joined``); else None.
     csv_records: int | None = None
     rejected: list[tuple[int, BatchdError]] = field(default_factory=list)
     arrow: Any = None  # ENCODING_ARROW, fast path: the rows (batchd.stream.arrow.Rows)
-    binary: bytes | None = None  # ENCODING_ARROW: their COPY data (None: found while writing)
+    # ENCODING_ARROW, fast path: their COPY data (ARROW's None: found while writing)
+    binary: bytes | None = None
     # ROWS, COLUMNAR on the fast path (batchd.stream.arrow_rows): the chunk, decoded again
     # value by value if PostgreSQL refuses its COPY.
     retry: batch_pb2.StreamChunk | None = None

@@ -336,7 +336,7 @@ class StreamSession:
     async def _joined(self, first: _Chunk, target: Target | None, queue: _Bounded,
                       ) -> tuple[list[_Chunk], Any]:
         """``first`` and the chunks after it already decoded and waiting that can go into the
-        same COPY (``copy.joinable``; at most ``stream_read_ahead`` more): fewer, longer COPYs
+        same COPY (``joined.joinable``; at most ``stream_read_ahead`` more): fewer, longer COPYs
         keep PostgreSQL busy when the writer is behind. Also the item taken that cannot join
         (None: none)."""
         chunks = [first]
