@@ -73,7 +73,10 @@ COLUMNAR_VALUES: dict[str, tuple[tuple[str, Any], list[tuple[str, Any]]]] = {
              ("strings", None), ("bytes", b"\x00" * 16)]),
     "tags": (("strings", '["a"]'), [("strings", v) for v in
                                     ["[]", "null", '["a", null]', "[1]", "[1.50]", '[["a"]]',
-                                     '"ab"', "{}", "not json", None]]),
+                                     '"ab"', "{}", "not json", None, '[ "x" ,\n"y" ]',
+                                     '["a,b", ""]', '["]"]', '["a\\"b"]', '["\\u00e9"]',
+                                     ' ["a"]', '["a"] ', '["a"]]', '["a" "b"]', '["a",]',
+                                     '["\t"]', "[ ]"]]),
     "docb": (("strings", '{"a": 1}'), [("strings", v) for v in
                                        ['{"x": 1.00000000000000000001}', "NaN", "", "[1",
                                         '"\\u0000"', None]]),
