@@ -115,7 +115,40 @@ def test_csv_chunks_join_only_when_each_newline_ends_a_record():
     assert copy.whole_records(b"1,a,2\n2,b,3\n", options) == 2
     assert copy.whole_records(b"1,a,2\n2,b,3", options) is None  # no final newline
     assert copy.whole_records(b'1,"a\nb",2\n', options) is None  # a quoted newline
-    assert copy.whole_records(b"1,a,2\r\n", options) is None
-    assert copy.whole_records(b"1,a,2\n\\.\n", options) is None  # end-of-data marker
     assert copy.whole_records(b"1,'a',2\n", batch_pb2.CsvOptions(quote="'")) is None
     assert copy.whole_records(b'1,a"b,2\n', batch_pb2.CsvOptions(quote="'")) == 1
+
+
+ODD_CSV = {
+    "carriage returns": b"200,k,1\r\n201,k,2\r\n",
+    "bare carriage returns": b"200,k,1\r201,k,2\r\n",
+    "end-of-data marker": b"200,k,1\n\\.\n201,k,2\n",
+    "empty line": b"200,k,1\n\n201,k,2\n",
+}
+
+
+@pytest.mark.parametrize("odd", list(ODD_CSV))
+async def test_csv_that_postgresql_reads_otherwise_joined_is_written_as_alone(
+        stub, db, joined, monkeypatch, odd):
+    chunks = [csv_chunk(1, range(0, 100)), Req(chunk=batch_pb2.StreamChunk(
+        sequence=2, csv=ODD_CSV[odd])), csv_chunk(3, range(300, 400))]
+
+    async def outcome() -> tuple[Any, ...]:
+        call, _ = await open_stream(stub, header(table="events",
+                                                 columns=["id", "kind", "score"],
+                                                 encoding="ENCODING_CSV"))
+        for chunk in chunks:
+            await call.write(chunk)
+        await call.write(COMMIT)
+        acks, end = await acks_until_end(call)
+        await no_open_transaction(db)
+        stored = [tuple(r) for r in await db.fetch("SELECT * FROM events ORDER BY id")]
+        await db.execute("DELETE FROM events")
+        ending = end.committed if isinstance(end, batch_pb2.StreamSummary) else \
+            (end.code(), end.details())
+        return [(a.sequence, a.rows_written) for a in acks], ending, stored
+
+    together = await outcome()
+    assert joined and max(joined) > 1
+    monkeypatch.setattr(session, "joinable", lambda decoded, target: False)
+    assert together == await outcome()

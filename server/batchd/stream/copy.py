@@ -291,10 +291,13 @@ def _decode_columnar(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
 
 def whole_records(data: bytes, options: batch_pb2.CsvOptions) -> int | None:
     """The records of a CSV chunk if, in one COPY with the next chunks', it gives exactly the
-    rows it gives alone: it ends with a newline and holds no quote character, carriage return or
-    end-of-data marker, so that each newline ends a record. Else None."""
+    rows it gives alone: it ends with a newline and holds no quote character, so that no record
+    spans two chunks and each newline ends one. Else None. (What else could make PostgreSQL
+    read the joined data otherwise: a carriage return, "\\." on a line of its own: it refuses
+    it, or counts other rows than these newlines, and the chunks are written one by one; see
+    ``batchd.stream.joined``.)"""
     quote = (options.quote or '"').encode()
-    if not data.endswith(b"\n") or quote in data or b"\r" in data or b"\\." in data:
+    if not data.endswith(b"\n") or quote in data:
         return None
     return data.count(b"\n")
 

@@ -70,7 +70,9 @@ async def write_joined(conn: asyncpg.Connection, chunks: list[Decoded], target: 
                                  "null": options.null or None, "quote": options.quote or None}
                                 if form == "csv" else {}))
             if int(str(status).rsplit(" ", 1)[-1]) != sum(counts):
-                raise _Miscounted  # never, by joinable's rules; if so, one by one
+                # CSV that PostgreSQL read otherwise than one record a newline (a carriage
+                # return as line end, an end-of-data marker): undone, written one by one.
+                raise _Miscounted
     except (asyncpg.PostgresError, _Miscounted):
         return None
     return counts
