@@ -18,10 +18,10 @@ encodings); when PostgreSQL refuses a row, ``batchd.stream.copy.write_isolating`
 chunk by the line PostgreSQL names, else in halves, re-encoding the slices, so that only the
 refused rows are rejected.
 
-Decoding runs on the event loop, in the stream's reader task, like the other encodings: a
-10,000-row chunk of a dozen columns takes a few milliseconds. A thread would not shorten the
-loop's waits (measured: the longest stays a few milliseconds), since pgpq holds the GIL while
-it encodes and a thread running Python gets the GIL back only every switch interval (5 ms).
+Decoding runs on a worker thread, in the stream's reader task, like the other encodings
+(``batchd.stream.session``). pgpq holds the GIL while it encodes, so the event loop may wait
+for it, but only that long (a 10,000-row chunk of a dozen columns takes a few milliseconds);
+on the loop itself, every chunk's decoding delayed the writer's next round trip to PostgreSQL.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import pyarrow as pa
 from batchd.catalog import Column
 from batchd.errors import BatchdError, InvalidArgument
 from batchd.stream.arrow_types import Plan, plan
-from batchd.stream.copy import Decoded, Target, write_isolating
+from batchd.stream.copy import Decoded, Target, copy_binary, write_isolating
 from batchd.v1 import batch_pb2
 
 
@@ -156,15 +156,6 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
     rows: Rows = decoded.arrow
     if not len(rows):
         return decoded.row_count, 0, rejected
-    table = target.table
-
-    async def copy_data(data: bytes) -> int:
-        async def source() -> Any:
-            yield data
-        status = await conn.copy_to_table(table.name, schema_name=table.schema,
-                                          columns=target.names, source=source(),
-                                          format="binary")
-        return int(str(status).rsplit(" ", 1)[-1])
 
     async def copy(units: Sequence[Any]) -> int:
         assert isinstance(units, Rows)
@@ -172,14 +163,23 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
             data = units.plan.encode(units.table)
         except Exception as exc:
             raise ValueError(str(exc)) from None
-        return await copy_data(data)
+        return await copy_binary(conn, target, data)
 
     if decoded.binary is not None:
-        try:
-            async with conn.transaction():
-                return decoded.row_count, await copy_data(decoded.binary), rejected
-        except asyncpg.PostgresError:
-            pass
+        written = await copy_whole(conn, decoded, target)
+        if written is not None:
+            return decoded.row_count, written, rejected
     indexes = decoded.indexes or list(range(len(rows)))
     written, refused = await write_isolating(conn, copy, rows, indexes)
     return decoded.row_count, written, sorted(rejected + refused, key=lambda r: r[0])
+
+
+async def copy_whole(conn: asyncpg.Connection, decoded: Decoded, target: Target) -> int | None:
+    """COPY a decoded chunk's binary data under a savepoint: the rows written, or None if
+    PostgreSQL refused it (nothing of it is left)."""
+    assert decoded.binary is not None
+    try:
+        async with conn.transaction():
+            return await copy_binary(conn, target, decoded.binary)
+    except asyncpg.PostgresError:
+        return None

@@ -1,10 +1,13 @@
 """Ingest chunks: decoding each encoding into what COPY takes, and writing it.
 
-ROWS and COLUMNAR chunks become Python records for asyncpg's binary COPY. Values are coerced
-by column type while decoding, so a bad value rejects its row with a reason naming the column
-before anything reaches PostgreSQL (COLUMNAR: ``batchd.stream.columnar``). CSV chunks go to COPY as
-the bytes they arrived as. ARROW chunks are read, checked and encoded to binary COPY by
-``batchd.stream.arrow`` (imported on first use: pyarrow is loaded only by servers that see one).
+ROWS and COLUMNAR chunks go through Arrow and pgpq when the whole chunk allows it
+(``batchd.stream.arrow_rows``: one array per column, no Python per value); else, and whenever
+PostgreSQL refuses such a chunk's COPY, they become Python records for asyncpg's binary COPY,
+value by value. Values are coerced by column type while decoding, so a bad value rejects its
+row with a reason naming the column before anything reaches PostgreSQL (COLUMNAR:
+``batchd.stream.columnar``). CSV chunks go to COPY as the bytes they arrived as. ARROW chunks
+are read, checked and encoded to binary COPY by ``batchd.stream.arrow``. (Both Arrow modules
+are imported on first use: pyarrow is loaded only by servers that see such a chunk.)
 
 ``write`` COPYs a chunk under a savepoint. If PostgreSQL refuses a row (constraint, bad CSV
 field), the chunk is split to find the refused rows: PostgreSQL's error names the line, so the
@@ -25,6 +28,7 @@ from typing import Any
 import asyncpg
 from google.protobuf import struct_pb2
 
+from batchd import offload
 from batchd.catalog import Catalog, Column, Table
 from batchd.errors import BatchdError, InvalidArgument, from_database
 from batchd.stream import columnar
@@ -43,6 +47,8 @@ class Target:
     readers: list[tuple[str, Reader]] = field(init=False)
     # ENCODING_ARROW: the batchd.stream.arrow.ArrowTarget (the plan of the chunks' schema).
     arrow: Any = field(init=False, default=None)
+    # ROWS, COLUMNAR: the batchd.stream.arrow_rows.Fast (the fast path's plans), once used.
+    fast: Any = field(init=False, default=None)
     # Positions of numeric columns: their strings go to the driver unparsed (it parses them
     # exactly as coercion would), and are checked one by one only if a COPY's encoding fails.
     lazy: list[int] = field(init=False)
@@ -182,9 +188,16 @@ class Decoded:
     records: list[tuple[Any, ...]] = field(default_factory=list)
     indexes: list[int] = field(default_factory=list)  # chunk index of each record
     csv: bytes = b""
+    # ENCODING_CSV: its records, if each ends within the chunk so that it can share a COPY
+    # with the next chunks (``batchd.stream.joined``); else None.
+    csv_records: int | None = None
     rejected: list[tuple[int, BatchdError]] = field(default_factory=list)
-    arrow: Any = None  # ENCODING_ARROW: the rows (batchd.stream.arrow.Rows)
-    binary: bytes | None = None  # ENCODING_ARROW: their COPY data (None: found while writing)
+    arrow: Any = None  # ENCODING_ARROW, fast path: the rows (batchd.stream.arrow.Rows)
+    # ENCODING_ARROW, fast path: their COPY data (ARROW's None: found while writing)
+    binary: bytes | None = None
+    # ROWS, COLUMNAR on the fast path (batchd.stream.arrow_rows): the chunk, decoded again
+    # value by value if PostgreSQL refuses its COPY.
+    retry: batch_pb2.StreamChunk | None = None
 
 
 def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
@@ -196,13 +209,36 @@ def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
     if target.encoding == batch_pb2.ENCODING_CSV:
         if chunk.rows or chunk.HasField("columnar"):
             raise InvalidArgument.field("chunk", "a CSV stream's chunks carry csv bytes")
-        return Decoded(chunk.sequence, -1, csv=chunk.csv)
+        return Decoded(chunk.sequence, -1, csv=chunk.csv,
+                       csv_records=whole_records(chunk.csv, target.csv))
     if target.encoding == batch_pb2.ENCODING_COLUMNAR:
         if chunk.rows or chunk.csv:
             raise InvalidArgument.field("chunk", "a COLUMNAR stream's chunks carry columnar")
-        return _decode_columnar(chunk, target)
-    if chunk.HasField("columnar") or chunk.csv:
+    elif chunk.HasField("columnar") or chunk.csv:
         raise InvalidArgument.field("chunk", "a ROWS stream's chunks carry rows")
+    return _decode_fast(chunk, target) or decode_per_value(chunk, target)
+
+
+def _decode_fast(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded | None:
+    """A ROWS or COLUMNAR chunk through Arrow and pgpq, if every value allows it (see
+    batchd.stream.arrow_rows); None: decode it value by value."""
+    from batchd.stream import arrow_rows
+    if target.fast is None:
+        target.fast = arrow_rows.Fast(target.columns)
+    if target.encoding == batch_pb2.ENCODING_COLUMNAR:
+        made = arrow_rows.columnar(chunk, target.fast)
+    else:
+        made = arrow_rows.rows(chunk, target.fast) if chunk.rows else None
+    if made is None:
+        return None
+    rows, data = made
+    return Decoded(chunk.sequence, len(rows), arrow=rows, binary=data, retry=chunk)
+
+
+def decode_per_value(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
+    """A ROWS or COLUMNAR chunk as records, value by value: each bad row rejected, with why."""
+    if target.encoding == batch_pb2.ENCODING_COLUMNAR:
+        return _decode_columnar(chunk, target)
     return _decode_rows(chunk, target)
 
 
@@ -253,6 +289,19 @@ def _decode_columnar(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
     return out
 
 
+def whole_records(data: bytes, options: batch_pb2.CsvOptions) -> int | None:
+    """The records of a CSV chunk if, in one COPY with the next chunks', it gives exactly the
+    rows it gives alone: it ends with a newline and holds no quote character, so that no record
+    spans two chunks and each newline ends one. Else None. (What else could make PostgreSQL
+    read the joined data otherwise: a carriage return, "\\." on a line of its own: it refuses
+    it, or counts other rows than these newlines, and the chunks are written one by one; see
+    ``batchd.stream.joined``.)"""
+    quote = (options.quote or '"').encode()
+    if not data.endswith(b"\n") or quote in data:
+        return None
+    return data.count(b"\n")
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 Copy = Callable[[Sequence[Any]], Awaitable[int]]
@@ -264,6 +313,16 @@ def records_copier(conn: asyncpg.Connection, target: Target) -> Copy:
                                          columns=target.names, records=records)
         return len(records)
     return copy
+
+
+async def copy_binary(conn: asyncpg.Connection, target: Target, data: bytes) -> int:
+    """COPY binary data (header, tuples, trailer) into the target; returns the rows written."""
+    async def source() -> AsyncIterator[bytes]:
+        yield data
+    table = target.table
+    status = await conn.copy_to_table(table.name, schema_name=table.schema,
+                                      columns=target.names, source=source(), format="binary")
+    return int(str(status).rsplit(" ", 1)[-1])
 
 
 def csv_copier(conn: asyncpg.Connection, target: Target) -> Copy:
@@ -328,6 +387,12 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
     if target.encoding == batch_pb2.ENCODING_ARROW:
         from batchd.stream import arrow
         return await arrow.write(conn, decoded, target)
+    if decoded.retry is not None:  # the fast path: its COPY whole, else value by value
+        from batchd.stream import arrow
+        written = await arrow.copy_whole(conn, decoded, target)
+        if written is not None:
+            return decoded.row_count, written, []
+        decoded = await offload.run_pipelined(decode_per_value, decoded.retry, target)
     rejected = list(decoded.rejected)
     if target.encoding == batch_pb2.ENCODING_CSV:
         copy = csv_copier(conn, target)

@@ -11,7 +11,9 @@ ack is sent only after COMMIT returned, so every acked chunk is durable.
 
 A reader task decodes up to ``stream_read_ahead`` chunks ahead of the writer, so decoding
 overlaps the COPY of the previous chunk, and stops reading when that queue is full: gRPC then
-stops granting the client flow-control credit, and memory stays bounded.
+stops granting the client flow-control credit, and memory stays bounded. It decodes on a worker
+thread (``batchd.offload.run_pipelined``): on the event loop, each chunk's decoding held the
+writer's next round trip to PostgreSQL (SAVEPOINT, COPY) behind it, and PostgreSQL waited.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import asyncpg
 
+from batchd import offload
 from batchd.auth import Principal, authorize_ingest
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
@@ -44,6 +47,7 @@ from batchd.kinds.base import PlanContext
 from batchd.rpc.admission import Admission
 from batchd.stream import ledger
 from batchd.stream.copy import Decoded, Target, decode, known_at_header, resolve_target, write
+from batchd.stream.joined import joinable, write_joined
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
@@ -63,9 +67,20 @@ class _Bounded:
     async def put(self, item: Any) -> None:
         await self.queue.put(item)
 
+    def ready(self) -> Any:
+        """The next item if one is waiting (else None), without waiting."""
+        if self.ends is not None and asyncio.get_running_loop().time() >= self.ends:
+            return None  # ``get`` says the stream is over
+        try:
+            return self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
     async def get(self) -> Any:
         if self.ends is None:
             return await self.queue.get()
+        if not self.queue.empty() and asyncio.get_running_loop().time() < self.ends:
+            return self.queue.get_nowait()
         try:
             return await asyncio.wait_for(self.queue.get(),
                                           self.ends - asyncio.get_running_loop().time())
@@ -98,6 +113,21 @@ class _Tally:
     last_sequence: int = 0
     next_row: int = 0
     rejected_rows: list[batch_pb2.RejectedRow] = field(default_factory=list)
+
+    def count(self, ack: batch_pb2.ChunkAck, chunk: _Chunk, row_count: int, written: int,
+              rejected: list[tuple[int, BatchdError]]) -> None:
+        """A written chunk: into its ack (rejected rows by stream-wide index) and the tally."""
+        ack.rows_written = written
+        for index, error in rejected:
+            ack.rejected.append(batch_pb2.RejectedRow(index=self.next_row + index,
+                                                      chunk_index=index,
+                                                      status=to_rpc_status(error)))
+        if chunk.decoded is not None:
+            chunk.decoded.row_count = row_count
+        self.next_row += row_count
+        self.chunks += 1
+        self.rows_written += written
+        self.rows_rejected += row_count - written
 
     def summary(self, committed: bool) -> batch_pb2.BatchStreamResponse:
         return batch_pb2.BatchStreamResponse(summary=batch_pb2.StreamSummary(
@@ -230,7 +260,8 @@ class StreamSession:
                     try:
                         if target is None:
                             target = resolve_target(header, self.catalog, request.chunk)
-                        item.decoded = decode(request.chunk, target)
+                        item.decoded = await offload.run_pipelined(decode, request.chunk,
+                                                                    target)
                     except Exception as exc:  # a bug too fails the stream (INTERNAL), not
                         item.error = translate(exc, self.request_id)  # ends it as if done
                 await queue.put((item, target))
@@ -253,8 +284,10 @@ class StreamSession:
             await set_limits(conn, self.settings)
             if self.role:  # every chunk runs as the principal's role
                 await conn.execute(role_sql(self.role))
+            pending: Any = None  # an item taken from the queue that could not join a COPY
             while True:
-                item = await queue.get()
+                item, pending = (pending, None) if pending is not None else \
+                    (await queue.get(), None)
                 if isinstance(item, _Commit):
                     await tx.commit()
                     committed = True
@@ -267,24 +300,61 @@ class StreamSession:
                     raise item
                 chunk, target = item
                 ledger.check_sequence(chunk.message.sequence, tally.last_sequence + 1)
-                async with conn.transaction():  # a savepoint, so bad rows can be isolated
+                chunks, pending = await self._joined(chunk, target, queue)
+                if len(chunks) > 1:
+                    assert target is not None
+                    counts = await write_joined(conn, [c.decoded for c in chunks
+                                                       if c.decoded is not None], target)
+                    if counts is not None:
+                        for joined, count in zip(chunks, counts, strict=True):
+                            ack = batch_pb2.ChunkAck(sequence=joined.message.sequence)
+                            tally.count(ack, joined, count, count, [])
+                            tally.last_sequence = ack.sequence
+                            yield batch_pb2.BatchStreamResponse(ack=ack)
+                        continue
+                for chunk in chunks:  # one COPY each: a refused row is found, and named
+                    # No savepoint of its own: a chunk that fails fails the stream, and
+                    # ``write`` isolates bad rows under savepoints of its own.
                     ack = await self._apply(conn, chunk, target, tally, atomic=True)
-                if ack.rejected:
-                    first = ack.rejected[0]
-                    raise BatchdError(f"row {first.index} (chunk {ack.sequence}, row "
-                                      f"{first.chunk_index}): {first.status.message}; nothing "
-                                      "of the stream was committed",
-                                      code=code_of(first.status.code), reason="BAD_ROW",
-                                      metadata={"row_index": str(first.index),
-                                                "sequence": str(ack.sequence)})
-                tally.last_sequence = ack.sequence
-                yield batch_pb2.BatchStreamResponse(ack=ack)
+                    if ack.rejected:
+                        first = ack.rejected[0]
+                        raise BatchdError(f"row {first.index} (chunk {ack.sequence}, row "
+                                          f"{first.chunk_index}): {first.status.message}; "
+                                          "nothing of the stream was committed",
+                                          code=code_of(first.status.code), reason="BAD_ROW",
+                                          metadata={"row_index": str(first.index),
+                                                    "sequence": str(ack.sequence)})
+                    tally.last_sequence = ack.sequence
+                    yield batch_pb2.BatchStreamResponse(ack=ack)
         finally:
             if not committed and not conn.is_closed():
                 try:
                     await tx.rollback()
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     pass  # the connection is gone, and its transaction with it
+
+    async def _joined(self, first: _Chunk, target: Target | None, queue: _Bounded,
+                      ) -> tuple[list[_Chunk], Any]:
+        """``first`` and the chunks after it already decoded and waiting that can go into the
+        same COPY (``joined.joinable``; at most ``stream_read_ahead`` more): fewer, longer COPYs
+        keep PostgreSQL busy when the writer is behind. Also the item taken that cannot join
+        (None: none)."""
+        chunks = [first]
+        if target is None or first.error is not None or not joinable(first.decoded, target):
+            return chunks, None
+        while len(chunks) <= self.settings.stream_read_ahead:
+            item = queue.ready()
+            if item is None:
+                await asyncio.sleep(0)  # a decoded chunk the reader is about to put
+                item = queue.ready()
+                if item is None:
+                    break
+            if not (isinstance(item, tuple) and item[1] is target and item[0].error is None
+                    and item[0].message.sequence == chunks[-1].message.sequence + 1
+                    and joinable(item[0].decoded, target)):
+                return chunks, item
+            chunks.append(item[0])
+        return chunks, None
 
     # --- INDEPENDENT --------------------------------------------------------------------------
 
@@ -349,23 +419,17 @@ class StreamSession:
                 ack.results.extend(failed.results)
             return ack
         assert target is not None
-        try:
-            async with conn.transaction():
-                row_count, written, rejected = await write(conn, chunk.decoded, target)
-                if rejected and reject_chunk:
-                    raise _Undo
-        except _Undo:
-            written = 0
-        first_row = tally.next_row
-        ack.rows_written = written
-        for index, error in rejected:
-            ack.rejected.append(batch_pb2.RejectedRow(index=first_row + index, chunk_index=index,
-                                                      status=to_rpc_status(error)))
-        chunk.decoded.row_count = row_count
-        tally.next_row += row_count
-        tally.chunks += 1
-        tally.rows_written += written
-        tally.rows_rejected += row_count - written
+        if reject_chunk:
+            try:  # a savepoint, rolled back if a row is bad: the chunk's ledger row stays
+                async with conn.transaction():
+                    row_count, written, rejected = await write(conn, chunk.decoded, target)
+                    if rejected:
+                        raise _Undo
+            except _Undo:
+                written = 0
+        else:  # ``write`` leaves the transaction usable, whatever it rejects
+            row_count, written, rejected = await write(conn, chunk.decoded, target)
+        tally.count(ack, chunk, row_count, written, rejected)
         return ack
 
     async def _operations(self, conn: asyncpg.Connection, message: batch_pb2.StreamChunk,
