@@ -14,7 +14,7 @@ row; values that cannot be exact (out of range, nanoseconds, a malformed uuid) r
 row while decoding, like COLUMNAR's, with the column named.
 
 Writing: the chunk's COPY data is made while decoding (ahead of the writer, like the other
-encodings); when PostgreSQL refuses a row, ``batchd.stream.copy.write_isolating`` splits the
+encodings); when PostgreSQL refuses a row, ``batchd.stream.write.write_isolating`` splits the
 chunk by the line PostgreSQL names, else in halves, re-encoding the slices, so that only the
 refused rows are rejected.
 
@@ -36,7 +36,8 @@ import pyarrow as pa
 from batchd.catalog import Column
 from batchd.errors import BatchdError, InvalidArgument
 from batchd.stream.arrow_types import Plan, plan
-from batchd.stream.copy import Decoded, Target, copy_binary, write_isolating
+from batchd.stream.copy import Decoded, Target
+from batchd.stream.write import copy_binary, write_isolating
 from batchd.v1 import batch_pb2
 
 

@@ -16,7 +16,7 @@ numeric column, a string for an integer), a string the strict parsers here do no
 numeric with more decimals than the column's scale, "infinity", a date before year 1), an
 unconstrained numeric column (its values keep their own scales, which one Arrow type cannot),
 a column type the Arrow encoder does not take. What only PostgreSQL checks (constraints, JSON
-syntax) is found by the COPY: ``batchd.stream.copy.write`` then decodes the chunk again value
+syntax) is found by the COPY: ``batchd.stream.write.write`` then decodes the chunk again value
 by value and writes it as the per-value path does, so the rows rejected and their reasons are
 the same whichever path a chunk took.
 """

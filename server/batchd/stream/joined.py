@@ -6,7 +6,7 @@ waiting in the queue along with the one it has (``batchd.stream.session``) and w
 one COPY, under one savepoint, if each one's data gives exactly the rows it gives alone
 (``joinable``). Each chunk still gets its own ack, sent once the COPY has returned. If
 PostgreSQL refuses the COPY, nothing of it is left and the chunks are written one by one, as
-any chunk is (``batchd.stream.copy.write``), so that the refused row is found and named.
+any chunk is (``batchd.stream.write.write``), so that the refused row is found and named.
 """
 
 from __future__ import annotations

@@ -46,8 +46,9 @@ from batchd.errors import (
 from batchd.kinds.base import PlanContext
 from batchd.rpc.admission import Admission
 from batchd.stream import ledger
-from batchd.stream.copy import Decoded, Target, decode, known_at_header, resolve_target, write
+from batchd.stream.copy import Decoded, Target, decode, known_at_header, resolve_target
 from batchd.stream.joined import joinable, write_joined
+from batchd.stream.write import write
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
