@@ -207,8 +207,11 @@ class Executor:
                              request_id: str) -> Answer:
         """Claim the request id again and store ``error``, the final failure of a run that was
         rolled back (``_StoreApart``); the answer to give: ``error``, or what the claim finds
-        if another call took the id meanwhile. If storing fails, ``error`` all the same:
-        only a retry loses (it runs again)."""
+        if another call took the id meanwhile. Between the rollback and this claim a duplicate
+        may have claimed the id: while it runs, the claim's REQUEST_IN_PROGRESS (ABORTED) is
+        the answer, so that the client retries and gets the one stored answer, never a failure
+        that was not stored beside another that was. Likewise if storing fails: that error
+        (retryable), not the unstored failure."""
         claim = plan.claim
         assert claim is not None
         try:
@@ -218,9 +221,10 @@ class Executor:
                 if answer is not None:
                     return answer
                 await store(conn, claim, error)
-        except Exception:
-            log.warning("request %s: its failure could not be stored; a retry will run the "
-                        "batch again", request_id, exc_info=True)
+        except Exception as exc:
+            log.info("request %s: its final failure was not stored (%s); answering with that",
+                     request_id, exc)
+            return translate(exc, request_id)
         return error
 
     async def run_on(self, conn: asyncpg.Connection, plan: BatchPlan,
