@@ -24,7 +24,8 @@ lost. Calling ``ingest`` again later
 with the same ``stream_id``, the same source and ``chunk_rows`` goes on where an earlier call
 stopped: the chunks the server has are read from the source and skipped (``skipped_chunks``).
 
-ATOMIC: one transaction, committed by the StreamCommit sent after the last chunk; no resume:
+ATOMIC: one transaction, committed by the StreamCommit sent once every chunk is acknowledged
+(so ``on_ack`` always runs before the commit); no resume:
 a failure after StreamOpened means nothing was committed, and is raised. Refusals before it
 (admission, a server restarting) are retried like any call.
 
@@ -311,6 +312,12 @@ class _Ingest:
                 self.pending[sent.sequence] = sent
                 await call.write(sent.request)
             if self.atomic:
+                # After every ack (and its on_ack): the server commits as soon as it reads
+                # this, and acks it has written may still be on their way (it writes chunks
+                # waiting together and acks them at once); on_ack is promised the
+                # transaction uncommitted. One round trip at the end of the stream.
+                async with self.space:
+                    await self.space.wait_for(lambda: not self.pending)
                 await call.write(_COMMIT)
             await call.done_writing()
         except (grpc.RpcError, asyncio.InvalidStateError):
