@@ -128,6 +128,7 @@ class Executor:
                                            readonly=plan.read_only and claim is None,
                                            deadline=plan.deadline,
                                            role=plan.role if claim is None else None,
+                                           roles_inside=plan.role is not None,
                                            then_release=True):
                         if claim is not None:
                             answer = await begin(conn, claim,

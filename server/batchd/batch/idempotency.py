@@ -101,7 +101,8 @@ Answer = batch_pb2.BatchExecuteResponse | BatchdError
 
 
 async def ensure_schema(pool: asyncpg.Pool) -> None:
-    await run_ddl(pool, SCHEMA_SQL)
+    await run_ddl(pool, SCHEMA_SQL, "SELECT to_regclass('batchd.requests') IS NOT NULL",
+                  "batchd's request id table (batchd.requests)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+from asyncpg.transaction import Transaction
 
 from batchd import pgtypes
 from batchd.catalog import quote_ident
@@ -164,12 +165,15 @@ async def _reset(conn: asyncpg.Connection) -> None:
 class _Piggyback:
     """The connection as asyncpg's Transaction sees it: its BEGIN carries the transaction's SET
     LOCAL statements in the same simple-query message (one round trip where BEGIN and then the
-    limits would take two), and, with ``reset``, its COMMIT or ROLLBACK carries the pool's reset
-    query (marked done: ``_reset``). Everything else goes to the connection."""
+    limits would take two); its COMMIT or ROLLBACK carries ``end_sql`` (``DISCARD PLANS``
+    after work as a role), and with ``reset``, the pool's reset query (marked done:
+    ``_reset``). Everything else goes to the connection."""
 
-    def __init__(self, conn: asyncpg.Connection, begin_sql: str, reset: bool) -> None:
+    def __init__(self, conn: asyncpg.Connection, begin_sql: str, end_sql: str,
+                 reset: bool) -> None:
         object.__setattr__(self, "_conn", conn)
         object.__setattr__(self, "_begin_sql", begin_sql)
+        object.__setattr__(self, "_end_sql", end_sql)
         object.__setattr__(self, "_reset", reset)
 
     def __getattr__(self, name: str) -> Any:
@@ -179,21 +183,40 @@ class _Piggyback:
         setattr(self._conn, name, value)
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
-        ends = self._reset and query in ("COMMIT;", "ROLLBACK;")
+        ends = query in ("COMMIT;", "ROLLBACK;")
         if query.startswith("BEGIN") and not args:
             query += self._begin_sql
         elif ends:
-            query += " " + self._conn.get_reset_query()
+            query += self._end_sql
+            if self._reset:
+                query += " " + self._conn.get_reset_query()
         result: str = await self._conn.execute(query, *args, **kwargs)
-        if ends:  # only once all of it ran: a failed COMMIT leaves the reset to the pool
-            _reset_already.add(self._conn)
+        if ends and self._reset:  # only once all of it ran: a failed COMMIT leaves the reset
+            _reset_already.add(self._conn)  # to the pool
         return result
 
 
 def role_sql(role: str | None) -> str:
     """``SET LOCAL ROLE`` for a configured role (checked at start-up: ``check_roles``), or
-    back to batchd's own login role (None)."""
-    return f" SET LOCAL ROLE {quote_ident(role)};" if role else " SET LOCAL ROLE NONE;"
+    back to batchd's own login role (None); either way with ``DISCARD PLANS``.
+
+    Nothing planned under one role is run under another. PostgreSQL caches plans per session
+    (backend), not per role: asyncpg's prepared statements (keyed by SQL text), the bodies of
+    SQL functions (PostgreSQL 18) and of PL/pgSQL functions. A cached plan is not always
+    checked again for the role that runs it: the planner inlines a plain SQL function once it
+    has checked EXECUTE *for the role that plans*, so a plan made for batchd's login role would
+    let a tenant without EXECUTE call the function (in a call, a column default, a view, a
+    policy, a function's body). ``plan_cache_mode = force_custom_plan`` is not enough (a
+    statement without parameters, and a function body, keep their generic plan), nor is a
+    cache keyed by role (a plan made for a role outlives a REVOKE of one of its memberships).
+    So every change of role in a transaction discards the session's plans, and so does the
+    end of a transaction that ran as a role (``transaction``, ``roles_inside``): statements
+    are planned again, for the role that runs them, at the cost of some planning in
+    PostgreSQL and no round trip (it rides the message that changes the role). Through a
+    pooler the backend is another client's after COMMIT: the discard is in the same message.
+    Row-level security alone would need none of this: PostgreSQL replans per role for it."""
+    role_part = f" SET LOCAL ROLE {quote_ident(role)};" if role else " SET LOCAL ROLE NONE;"
+    return role_part + " DISCARD PLANS;"
 
 
 async def check_roles(pool: asyncpg.Pool, roles: set[str]) -> None:
@@ -209,22 +232,35 @@ async def check_roles(pool: asyncpg.Pool, roles: set[str]) -> None:
                          f"of (GRANT role TO login_role): {sorted(r['r'] for r in missing)}")
 
 
+def begin(conn: asyncpg.Connection, settings: Settings, *,
+          isolation: str | None = None, readonly: bool = False,
+          deadline: float | None = None, role: str | None = None, roles_inside: bool = False,
+          then_release: bool = False) -> Transaction:
+    """A transaction of batchd, not yet started: asyncpg's (so savepoints nest in it as
+    usual), begun together with its limits (``limits``) and the role its work runs as, in one
+    round trip. ``roles_inside``: its work changes role itself (``role_sql``), so that its end
+    discards the plans made under a role too. ``then_release``: nothing runs on the connection
+    after this transaction before it goes back to the pool, so the COMMIT or ROLLBACK carries
+    the pool's reset (see the module's docstring)."""
+    sql = _limits_sql(limits(settings, deadline)) + (role_sql(role) if role else "")
+    end_sql = " DISCARD PLANS;" if role or roles_inside else ""
+    tx = conn.transaction(isolation=isolation, readonly=readonly)
+    real = tx._connection  # the pool's proxy hands the transaction the real connection
+    _reset_already.discard(real)
+    tx._connection = _Piggyback(real, sql, end_sql, then_release)  # BEGIN, COMMIT, ROLLBACK
+    return tx
+
+
 @asynccontextmanager
 async def transaction(conn: asyncpg.Connection, settings: Settings, *,
                       isolation: str | None = None, readonly: bool = False,
                       deadline: float | None = None, role: str | None = None,
+                      roles_inside: bool = False,
                       then_release: bool = False) -> AsyncIterator[None]:
-    """A transaction of batchd: asyncpg's (so savepoints nest in it as usual), begun together
-    with its limits (``limits``) and the role its work runs as, in one round trip. Commits when
-    the block ends, rolls back when it raises. ``then_release``: nothing runs on the
-    connection after this transaction before it goes back to the pool, so the COMMIT or
-    ROLLBACK carries the pool's reset (see the module's docstring)."""
-    sql = _limits_sql(limits(settings, deadline)) + (role_sql(role) if role else "")
-    tx = conn.transaction(isolation=isolation, readonly=readonly)
-    real = tx._connection  # the pool's proxy hands the transaction the real connection
-    _reset_already.discard(real)
-    tx._connection = _Piggyback(real, sql, then_release)  # for BEGIN, COMMIT and ROLLBACK
-    async with tx:
+    """``begin``'s transaction for the block: commits when it ends, rolls back when it
+    raises."""
+    async with begin(conn, settings, isolation=isolation, readonly=readonly, deadline=deadline,
+                     role=role, roles_inside=roles_inside, then_release=then_release):
         yield
 
 
@@ -257,12 +293,29 @@ async def connection(pool: asyncpg.Pool,
 DDL_LOCK = 0x62617463  # "batc": serializes batchd's own DDL across processes and replicas
 
 
-async def run_ddl(pool: asyncpg.Pool, sql: str) -> None:
+async def run_ddl(pool: asyncpg.Pool, sql: str, present: str | None = None,
+                  what: str = "") -> None:
     """Run idempotent DDL (CREATE ... IF NOT EXISTS) under an advisory lock: two processes
-    creating the same table at once would otherwise collide in the catalog."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
-        await conn.execute(sql)
+    creating the same table at once would otherwise collide in the catalog.
+
+    ``present``: a query that is true when everything ``sql`` makes is already there; then
+    nothing runs. A hardened deployment has an owner make batchd's tables once and lets
+    batchd's login role only use them: even ``CREATE ... IF NOT EXISTS`` needs the privilege
+    to create. If it is missing and may not be made, start-up stops naming ``what``."""
+    async with pool.acquire() as conn:
+        if present is not None and await conn.fetchval(present):
+            return
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
+                await conn.execute(sql)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            user = await conn.fetchval("SELECT current_user")
+            raise ValueError(
+                f"{what or 'batchd schema objects'} are missing or out of date, and batchd's "
+                f'login role "{user}" may not create them ({exc}): start batchd once as a '
+                "role that may, or have an owner run the SQL in the README's "
+                '"Security" section') from None
 
 
 async def apply_demo_schema(pool: asyncpg.Pool) -> None:

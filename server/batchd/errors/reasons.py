@@ -36,6 +36,8 @@ REASONS: tuple[Reason, ...] = (
            "its commit message; a stream id opened for another table"),
     Reason("REQUEST_ID_REUSED", _S.FAILED_PRECONDITION, "a `request_id` already used for a "
            "different request"),
+    Reason("STREAM_ID_TAKEN", _S.FAILED_PRECONDITION, "a stream id another principal "
+           "opened: use another one"),
     Reason("SEQUENCE_OUT_OF_ORDER", _S.FAILED_PRECONDITION, "a stream chunk whose sequence "
            "is not the next one"),
     Reason("DEPENDENCY_FAILED", _S.FAILED_PRECONDITION, "a referenced row is missing at run "
@@ -50,6 +52,9 @@ REASONS: tuple[Reason, ...] = (
     Reason("UNKNOWN_TOKEN", _S.UNAUTHENTICATED, "a bearer token that is not configured"),
     Reason("PERMISSION_DENIED", _S.PERMISSION_DENIED, "an operation (or stream) outside the "
            "caller's scopes"),
+    Reason("INSUFFICIENT_PRIVILEGE", _S.PERMISSION_DENIED, "the database role may not do it "
+           "(PostgreSQL's 42501; a stream: checked before its first chunk, naming the table, "
+           "the privilege and the role)"),
     Reason("DEADLINE_EXCEEDED", _S.DEADLINE_EXCEEDED, "the deadline passed before the batch "
            "started"),
     Reason("STREAM_TOO_LONG", _S.DEADLINE_EXCEEDED, "a stream open longer than "

@@ -39,11 +39,21 @@ CREATE TABLE IF NOT EXISTS batchd.stream_chunks (
 -- The chunk's ChunkAck as first sent (rows written, rejected rows and why, operation results):
 -- a re-sent chunk gets it again, so a resumed client's totals and rejects match the table.
 ALTER TABLE batchd.stream_chunks ADD COLUMN IF NOT EXISTS ack bytea;
+-- Who opened the stream (NULL: authentication off): only they may resume it.
+ALTER TABLE batchd.streams ADD COLUMN IF NOT EXISTS principal text;
+"""
+# Whether INTERNAL_SCHEMA_SQL has nothing left to do.
+_PRESENT_SQL = """
+SELECT count(*) = 2 FROM pg_attribute
+WHERE (attrelid, attname) IN ((to_regclass('batchd.stream_chunks'), 'ack'),
+                              (to_regclass('batchd.streams'), 'principal'))
+  AND NOT attisdropped
 """
 
 
 async def ensure_internal_schema(pool: asyncpg.Pool) -> None:
-    await run_ddl(pool, INTERNAL_SCHEMA_SQL)
+    await run_ddl(pool, INTERNAL_SCHEMA_SQL, _PRESENT_SQL,
+                  "batchd's stream ledger tables (batchd.streams, batchd.stream_chunks)")
 
 
 @dataclass(slots=True)
@@ -54,15 +64,22 @@ class Position:
     next_row: int
 
 
-async def open_stream(conn: asyncpg.Connection, stream_id: str, target: str) -> Position:
-    """Register the stream (or find it again) and tell where it stands."""
-    await conn.execute("INSERT INTO batchd.streams (stream_id, target) VALUES ($1, $2) "
-                       "ON CONFLICT (stream_id) DO NOTHING", stream_id, target)
-    known = await conn.fetchval("SELECT target FROM batchd.streams WHERE stream_id = $1",
-                                stream_id)
-    if known != target:
-        raise FailedPrecondition(f'stream "{stream_id}" was opened for "{known}", not '
-                                 f'"{target}"; use another stream id')
+async def open_stream(conn: asyncpg.Connection, stream_id: str, target: str,
+                      principal: str | None) -> Position:
+    """Register the stream (or find it again) and tell where it stands. A stream is its
+    principal's: another one resuming it would be told of its chunks (and their rejected
+    rows), and its chunks would be taken as already written."""
+    await conn.execute("INSERT INTO batchd.streams (stream_id, target, principal) "
+                       "VALUES ($1, $2, $3) ON CONFLICT (stream_id) DO NOTHING",
+                       stream_id, target, principal)
+    known = await conn.fetchrow("SELECT target, principal FROM batchd.streams "
+                                "WHERE stream_id = $1", stream_id)
+    if known["principal"] != principal:
+        raise FailedPrecondition(f'stream id "{stream_id}" is taken by another principal; '
+                                 "use another stream id", reason="STREAM_ID_TAKEN")
+    if known["target"] != target:
+        raise FailedPrecondition(f'stream "{stream_id}" was opened for "{known["target"]}", '
+                                 f'not "{target}"; use another stream id')
     last = await conn.fetchrow(
         "SELECT sequence, first_row + row_count AS next_row FROM batchd.stream_chunks "
         "WHERE stream_id = $1 ORDER BY sequence DESC LIMIT 1", stream_id)
