@@ -47,16 +47,26 @@ def joined(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The writer starts late (its chunks wait, decoded, in the queue); the size of each
     joined COPY is recorded."""
     sizes: list[int] = []
-    set_limits, write_joined = session.set_limits, session.write_joined
+    begin, write_joined = session.begin, session.write_joined
 
-    async def late(*args: Any) -> None:
-        await asyncio.sleep(0.3)
-        await set_limits(*args)
+    class Late:
+        def __init__(self, tx: Any) -> None:
+            self.tx = tx
+
+        async def start(self) -> None:
+            await asyncio.sleep(0.3)
+            await self.tx.start()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.tx, name)
+
+    def late(*args: Any, **kwargs: Any) -> Any:
+        return Late(begin(*args, **kwargs))
 
     async def spy(conn: Any, chunks: list[copy.Decoded], target: copy.Target) -> Any:
         sizes.append(len(chunks))
         return await write_joined(conn, chunks, target)
-    monkeypatch.setattr(session, "set_limits", late)
+    monkeypatch.setattr(session, "begin", late)
     monkeypatch.setattr(session, "write_joined", spy)
     return sizes
 

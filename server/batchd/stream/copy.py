@@ -41,6 +41,8 @@ class Target:
     # Positions of numeric columns: their strings go to the driver unparsed (it parses them
     # exactly as coercion would), and are checked one by one only if a COPY's encoding fails.
     lazy: list[int] = field(init=False)
+    # Rows go in through a staging table (row-level security: batchd.stream.access).
+    staged: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.readers = [(c.name, _reader(c)) for c in self.columns]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from batchd.stream.copy import Decoded, Target
+from batchd.stream.write import destination, moved
 from batchd.v1 import batch_pb2
 
 # Binary COPY data as pgpq writes it: the signature, no flags, no header extension; the trailer.
@@ -61,15 +62,16 @@ async def write_joined(conn: asyncpg.Connection, chunks: list[Decoded], target: 
     async def source() -> AsyncIterator[bytes | memoryview]:
         for piece in pieces:
             yield piece
-    table, options = target.table, target.csv
+    (name, schema), options = destination(target), target.csv
     try:
         async with conn.transaction():
             status = await conn.copy_to_table(
-                table.name, schema_name=table.schema, columns=target.names, source=source(),
+                name, schema_name=schema, columns=target.names, source=source(),
                 format=form, **({"delimiter": options.delimiter or None,
                                  "null": options.null or None, "quote": options.quote or None}
                                 if form == "csv" else {}))
-            if int(str(status).rsplit(" ", 1)[-1]) != sum(counts):
+            written = await moved(conn, target, int(str(status).rsplit(" ", 1)[-1]))
+            if written != sum(counts):
                 # CSV that PostgreSQL read otherwise than one record a newline (a carriage
                 # return as line end, an end-of-data marker): undone, written one by one.
                 raise _Miscounted

@@ -33,7 +33,7 @@ from batchd.auth import Principal, authorize_ingest
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
 from batchd.config import Settings
-from batchd.db.pool import connection, role_sql, set_limits, transaction
+from batchd.db.pool import begin, connection, role_sql, transaction
 from batchd.errors import (
     BatchdError,
     DeadlineExceeded,
@@ -45,10 +45,10 @@ from batchd.errors import (
 )
 from batchd.kinds.base import PlanContext
 from batchd.rpc.admission import Admission
-from batchd.stream import ledger
+from batchd.stream import access, ledger
 from batchd.stream.copy import Decoded, Target, decode, known_at_header, resolve_target
 from batchd.stream.joined import joinable, write_joined
-from batchd.stream.write import write
+from batchd.stream.write import ChunkRefused, write
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ class StreamSession:
         self.request_id = request_id
         self.principal = principal  # whose scopes bound an operations feed (None: auth off)
         self.role = principal.role if principal is not None else None
+        self._entered: Target | None = None  # the target checked by ``_enter``
 
     async def run(self, requests: AsyncIterator[batch_pb2.BatchStreamRequest],
                   admitted: Callable[[], Awaitable[None]],
@@ -278,13 +279,10 @@ class StreamSession:
     async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: _Bounded,
                       tally: _Tally) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
         yield batch_pb2.BatchStreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
-        tx = conn.transaction()
+        tx = begin(conn, self.settings, role=self.role)  # every chunk runs as the role
         await tx.start()
         committed = False
         try:
-            await set_limits(conn, self.settings)
-            if self.role:  # every chunk runs as the principal's role
-                await conn.execute(role_sql(self.role))
             pending: Any = None  # an item taken from the queue that could not join a COPY
             while True:
                 item, pending = (pending, None) if pending is not None else \
@@ -301,6 +299,10 @@ class StreamSession:
                     raise item
                 chunk, target = item
                 ledger.check_sequence(chunk.message.sequence, tally.last_sequence + 1)
+                if target is not None and target is not self._entered:
+                    await self._enter(conn, target)
+                    if target.staged:  # for the rest of the stream's transaction
+                        await conn.execute(access.create_stage_sql(target))
                 chunks, pending = await self._joined(chunk, target, queue)
                 if len(chunks) > 1:
                     assert target is not None
@@ -362,7 +364,8 @@ class StreamSession:
     async def _independent(self, conn: asyncpg.Connection, header: batch_pb2.StreamHeader,
                            stream_id: str, queue: _Bounded, tally: _Tally,
                            ) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
-        position = await ledger.open_stream(conn, stream_id, header.table or "(operations)")
+        position = await ledger.open_stream(conn, stream_id, header.table or "(operations)",
+                                            self.principal.name if self.principal else None)
         tally.last_sequence, tally.next_row = position.last_sequence, position.next_row
         yield batch_pb2.BatchStreamResponse(opened=batch_pb2.StreamOpened(
             stream_id=stream_id, last_committed_sequence=position.last_sequence,
@@ -383,11 +386,16 @@ class StreamSession:
                 continue
             ledger.check_sequence(sequence, tally.last_sequence + 1)
             try:
-                async with transaction(conn, self.settings):
+                async with transaction(conn, self.settings, roles_inside=bool(self.role)):
                     if not await ledger.claim_chunk(conn, stream_id, sequence, tally.next_row, 0):
                         raise _Undo  # committed meanwhile (another connection or replica)
                     if self.role:  # the rows as the principal's role; the ledger as batchd
                         await conn.execute(role_sql(self.role))
+                    if target is not None:
+                        if target is not self._entered:
+                            await self._enter(conn, target)
+                        if target.staged:  # dropped at this chunk's commit
+                            await conn.execute(access.create_stage_sql(target))
                     ack = await self._apply(conn, chunk, target, tally,
                                             atomic=False, reject_chunk=reject_chunk)
                     if self.role:
@@ -398,6 +406,13 @@ class StreamSession:
                 ack = await ledger.committed_ack(conn, stream_id, sequence)
             tally.last_sequence = sequence
             yield batch_pb2.BatchStreamResponse(ack=ack)
+
+    async def _enter(self, conn: asyncpg.Connection, target: Target) -> None:
+        """Before the stream's first chunk is written, as its role: whether the role may
+        insert its rows (else the stream is refused, nothing of it written), and whether they
+        go through a staging table (row-level security): batchd.stream.access."""
+        target.staged = (await access.check(conn, target)).staged
+        self._entered = target
 
     # --- one chunk ----------------------------------------------------------------------------
 
@@ -423,15 +438,33 @@ class StreamSession:
         if reject_chunk:
             try:  # a savepoint, rolled back if a row is bad: the chunk's ledger row stays
                 async with conn.transaction():
-                    row_count, written, rejected = await write(conn, chunk.decoded, target)
+                    row_count, written, rejected = await self._write(conn, chunk, target,
+                                                                     atomic)
                     if rejected:
                         raise _Undo
             except _Undo:
                 written = 0
         else:  # ``write`` leaves the transaction usable, whatever it rejects
-            row_count, written, rejected = await write(conn, chunk.decoded, target)
+            row_count, written, rejected = await self._write(conn, chunk, target, atomic)
         tally.count(ack, chunk, row_count, written, rejected)
         return ack
+
+    async def _write(self, conn: asyncpg.Connection, chunk: _Chunk, target: Target,
+                     atomic: bool) -> tuple[int, int, list[tuple[int, BatchdError]]]:
+        """``write``, with a chunk PostgreSQL refused whole (no row's fault: a privilege
+        revoked meanwhile, a timeout, a column dropped) ending the stream with that error."""
+        assert chunk.decoded is not None
+        try:
+            return await write(conn, chunk.decoded, target)
+        except ChunkRefused as refused:
+            error = refused.error
+            sequence = chunk.message.sequence
+            error.message = (f"chunk {sequence} was not written: {error.message}; "
+                             + ("nothing of the stream was committed" if atomic else
+                                "the chunks acknowledged before it are committed"))
+            error.metadata.setdefault("table", target.table.qualified_name)
+            error.metadata["sequence"] = str(sequence)
+            raise error from None
 
     async def _operations(self, conn: asyncpg.Connection, message: batch_pb2.StreamChunk,
                           ) -> list[batch_pb2.OperationResult]:

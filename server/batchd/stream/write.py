@@ -18,6 +18,7 @@ import asyncpg
 
 from batchd import offload
 from batchd.errors import BatchdError, InvalidArgument, from_database
+from batchd.stream import access
 from batchd.stream.copy import Decoded, Target, decode_per_value
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, coerce
@@ -27,11 +28,35 @@ _COPY_LINE = re.compile(r"COPY [^,]+, line (\d+)")
 Copy = Callable[[Sequence[Any]], Awaitable[int]]
 
 
+def destination(target: Target) -> tuple[str, str]:
+    """Where COPY writes a target's rows: (table, schema). Its table, or for a staged one
+    (row-level security, batchd.stream.access) its staging table, then ``moved``."""
+    if target.staged:
+        return access.STAGE, "pg_temp"
+    return target.table.name, target.table.schema
+
+
+async def moved(conn: asyncpg.Connection, target: Target, copied: int) -> int:
+    """After a COPY of ``copied`` rows to ``destination``: the rows written into the table.
+    A staged target's rows are moved from the staging table (its policies apply then)."""
+    if not target.staged:
+        return copied
+    status = await conn.execute(access.move_sql(target))
+    await conn.execute(f"TRUNCATE pg_temp.{access.STAGE}")
+    return _count(status)
+
+
+def _count(status: str) -> int:
+    return int(str(status).rsplit(" ", 1)[-1])
+
+
 def records_copier(conn: asyncpg.Connection, target: Target) -> Copy:
+    name, schema = destination(target)
+
     async def copy(records: Sequence[Any]) -> int:
-        await conn.copy_records_to_table(target.table.name, schema_name=target.table.schema,
-                                         columns=target.names, records=records)
-        return len(records)
+        await conn.copy_records_to_table(name, schema_name=schema, columns=target.names,
+                                         records=records)
+        return await moved(conn, target, len(records))
     return copy
 
 
@@ -39,14 +64,15 @@ async def copy_binary(conn: asyncpg.Connection, target: Target, data: bytes) -> 
     """COPY binary data (header, tuples, trailer) into the target; returns the rows written."""
     async def source() -> AsyncIterator[bytes]:
         yield data
-    table = target.table
-    status = await conn.copy_to_table(table.name, schema_name=table.schema,
-                                      columns=target.names, source=source(), format="binary")
-    return int(str(status).rsplit(" ", 1)[-1])
+    name, schema = destination(target)
+    status = await conn.copy_to_table(name, schema_name=schema, columns=target.names,
+                                      source=source(), format="binary")
+    return await moved(conn, target, _count(status))
 
 
 def csv_copier(conn: asyncpg.Connection, target: Target) -> Copy:
     options = target.csv
+    name, schema = destination(target)
 
     async def copy(units: Sequence[Any]) -> int:
         data = b"".join(units)
@@ -54,10 +80,10 @@ def csv_copier(conn: asyncpg.Connection, target: Target) -> Copy:
         async def source() -> AsyncIterator[bytes]:
             yield data
         status = await conn.copy_to_table(
-            target.table.name, schema_name=target.table.schema, columns=target.names,
+            name, schema_name=schema, columns=target.names,
             source=source(), format="csv", delimiter=options.delimiter or None,
             null=options.null or None, quote=options.quote or None)
-        return int(str(status).rsplit(" ", 1)[-1])
+        return await moved(conn, target, _count(status))
     return copy
 
 
@@ -152,6 +178,8 @@ async def write_isolating(conn: asyncpg.Connection, copy: Copy, units: Sequence[
             return await copy(units), []
     except asyncpg.PostgresError as exc:
         error: BatchdError = from_database(exc) or BatchdError(str(exc))
+        if not about_a_row(exc):
+            raise ChunkRefused(error) from exc
         line = _line_of(exc)
     except (ArithmeticError, ValueError, TypeError) as exc:  # the driver could not encode one
         error = InvalidArgument(f"value cannot be encoded for its column: {exc}")
@@ -167,6 +195,38 @@ async def write_isolating(conn: asyncpg.Connection, copy: Copy, units: Sequence[
     left = await write_isolating(conn, copy, units[:mid], indexes[:mid])
     right = await write_isolating(conn, copy, units[mid:], indexes[mid:])
     return left[0] + right[0], left[1] + right[1]
+
+
+class ChunkRefused(Exception):
+    """PostgreSQL refused a chunk for a reason that is no row's fault: the chunk is not
+    written, and the stream ends with ``error`` (the caller's transaction rolls back, its
+    ledger row with it, so that the chunk re-sent later is written)."""
+
+    def __init__(self, error: BatchdError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+# SQLSTATE classes of refusals that are no row's fault (every row would get the same one):
+# connection, feature not supported (0A), invalid transaction state, authorization, catalog
+# and schema names, transaction rollback (serialization, deadlock: the stream is retried),
+# access rules (42: privileges, a column or table gone), insufficient resources, object not in
+# prerequisite state (lock_timeout), operator intervention (statement_timeout, shutdown),
+# system and internal errors. The rest (data exceptions, constraints, a trigger's RAISE, a
+# row too big, ...) are a row's own.
+_NOT_A_ROW = frozenset({"08", "0A", "0L", "0P", "25", "28", "2D", "3B", "3D", "3F", "40", "42",
+                        "53", "55", "57", "58", "F0", "HV", "XX"})
+
+
+def about_a_row(exc: asyncpg.PostgresError) -> bool:
+    """Whether PostgreSQL refused a row of the COPY, rather than the whole of it. Privileges
+    are the whole's, except a row-level-security policy refusing a row (SQLSTATE 42501 too):
+    told apart by PostgreSQL's message, so that a server whose messages are in another
+    language refuses such a chunk whole (honestly, if less finely), never writes it as empty."""
+    state = exc.sqlstate or ""
+    if state == "42501":
+        return "row-level security" in (exc.message or "")
+    return state[:2] not in _NOT_A_ROW
 
 
 def _line_of(exc: asyncpg.PostgresError) -> int | None:

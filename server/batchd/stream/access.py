@@ -1,0 +1,87 @@
+"""What a stream's role may do with its table, asked of PostgreSQL before the first chunk is
+written, and the way in for a table under row-level security.
+
+A role that may not INSERT into the table (or into one of the stream's columns) is refused at
+once, PERMISSION_DENIED naming the table, the privilege and the role: a missing privilege is
+not a bad row. Written row by row it would reject every row, and an INDEPENDENT chunk would be
+recorded as committed with nothing written, so that the same chunk re-sent after the GRANT
+would be taken for a duplicate and never written.
+
+PostgreSQL refuses COPY FROM into a table whose row-level security applies to the role
+(``row_security_active``). Such a table's chunks are COPYed into a temporary staging table of
+the same columns (the session's own, dropped at commit) and moved into the table by ``INSERT
+... SELECT``, which applies the policies (and triggers, defaults) row by row as the role: the
+same decoding, acks, ledger and bad-row isolation as COPY (a row a policy refuses is found by
+halving, as any row refused without a line number). A policy's WITH CHECK refusing a row is
+that row's fault, and rejected as such. The staging table needs the TEMPORARY privilege on the
+database, which PostgreSQL gives to PUBLIC unless an administrator revoked it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from batchd.catalog import quote_ident
+from batchd.errors import PermissionDenied
+from batchd.stream.copy import Target
+
+STAGE = "batchd_stage"  # the staging table, in the session's pg_temp schema
+
+_ACCESS_SQL = """
+SELECT row_security_active(c.oid) AS rls, current_user AS role,
+       current_database() AS database,
+       has_table_privilege(c.oid, 'INSERT') AS table_insert,
+       ARRAY(SELECT a FROM unnest($2::text[]) AS a
+             WHERE NOT has_column_privilege(c.oid, a, 'INSERT')) AS denied,
+       has_database_privilege(current_database(), 'TEMPORARY') AS temporary
+FROM pg_class c WHERE c.oid = $1::regclass
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What the check found: whether rows go through the staging table."""
+
+    staged: bool
+
+
+async def check(conn: asyncpg.Connection, target: Target) -> Access:
+    """As the role the stream runs as (inside its transaction): refuse a stream whose rows the
+    role may not insert (PermissionDenied), else say how they go in."""
+    table = target.table
+    row = await conn.fetchrow(_ACCESS_SQL, table.sql, target.names)
+    role = row["role"]
+    if row["denied"]:
+        denied = list(row["denied"])
+        where = (f'table "{table.qualified_name}"' if row["table_insert"] is False
+                 and denied == target.names else
+                 f'column{"s" if len(denied) > 1 else ""} {", ".join(denied)} of table '
+                 f'"{table.qualified_name}"')
+        raise PermissionDenied(
+            f'role "{role}" may not INSERT into {where}: the stream was refused and nothing of '
+            f"it written (GRANT INSERT ON {table.sql} TO {quote_ident(role)})",
+            reason="INSUFFICIENT_PRIVILEGE",
+            metadata={"table": table.qualified_name, "privilege": "INSERT", "role": role,
+                      "columns": ",".join(denied)})
+    if row["rls"] and not row["temporary"]:
+        raise PermissionDenied(
+            f'table "{table.qualified_name}" has row-level security for role "{role}": its '
+            "rows are staged in a temporary table, and the role may not create one (GRANT "
+            f"TEMPORARY ON DATABASE {quote_ident(row['database'])} TO {quote_ident(role)})",
+            reason="INSUFFICIENT_PRIVILEGE",
+            metadata={"table": table.qualified_name, "privilege": "TEMPORARY", "role": role})
+    return Access(staged=bool(row["rls"]))
+
+
+def create_stage_sql(target: Target) -> str:
+    """The staging table of a staged target, for the rest of the transaction."""
+    columns = ", ".join(f"{c.sql} {c.type_sql}" for c in target.columns)
+    return f"CREATE TEMPORARY TABLE {STAGE} ({columns}) ON COMMIT DROP;"
+
+
+def move_sql(target: Target) -> str:
+    """The staged rows into the table, as the role: its policies, triggers and defaults."""
+    names = ", ".join(c.sql for c in target.columns)
+    return f"INSERT INTO {target.table.sql} ({names}) SELECT {names} FROM pg_temp.{STAGE}"
