@@ -31,6 +31,8 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support import roles
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BATCHD = Path(sys.executable).parent / "batchd"
@@ -250,6 +252,9 @@ async def start_pgbouncer(workdir: Path, pg: Postgres, database: str,
         ("pgbouncer", "auth_file"): str(workdir / "userlist.txt"),
     }))
     shutil.copyfile(userlist, workdir / "userlist.txt")
+    # And the login role that owns nothing (tests/support/roles.py), for the security tests.
+    with (workdir / "userlist.txt").open("a") as extra:
+        extra.write(f'\n"{roles.LOGIN}" "{roles.PASSWORD}"\n')
     for path in (workdir, ini, workdir / "userlist.txt"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     argv = [binary, str(ini)]
