@@ -13,6 +13,9 @@ started with. GetSchema shows the new one at once. What triggers a reload:
 - Optional: ``reload_trigger = true`` installs an event trigger (``batchd.notify_reload``, at
   start-up, which needs a superuser) that sends that NOTIFY after every DDL command.
 
+A reload also replaces the pool's connections, so that no statement prepared on the old schema
+is used again (``reload``).
+
 A failed reload (the database away) keeps the catalog as it was and is logged; the next
 trigger tries again.
 """
@@ -70,6 +73,12 @@ class CatalogReload(Background):
         async with self.pool.acquire() as conn:
             catalog = await Catalog.load(conn, self.settings, kinds.TABLE_KINDS)
         self.plan_ctx.catalog = catalog
+        # No statement prepared on the old schema is left behind (PostgREST empties its pool
+        # on a reload too): a column whose type changed would fail a cached statement with
+        # "cached plan must not change result type". Idle connections are replaced at their
+        # next acquire, busy ones when released; asyncpg's type caches go with them. A stale
+        # statement met anyway (DDL not yet reloaded) reruns its transaction: DatabaseError.
+        await self.pool.expire_connections()
         self.reloads += 1
         log.info("catalog reloaded: %d tables, %d functions exposed", len(catalog.tables),
                  sum(len(f) for f in catalog.functions.values()))

@@ -34,7 +34,7 @@ from batchd.batch.plan import BatchPlan, Step, Unit, unit_order
 from batchd.batch.results import Settled
 from batchd.batch.steps import StepFailed, StepRunner, retry_delay
 from batchd.db.pool import connection, transaction
-from batchd.errors import BatchdError, Skipped, to_rpc_status, translate
+from batchd.errors import BatchdError, DatabaseError, Skipped, to_rpc_status, translate
 from batchd.kinds.base import Output
 from batchd.kinds.params import Results
 from batchd.v1 import batch_pb2
@@ -123,7 +123,10 @@ class IndependentRun:
                 together = False
                 continue
             except StepFailed as failed:
-                if unit.group and self.runner.may_retry(failed.error, attempt):
+                # A group is rerun whole; any unit whose cached statement was stale (its
+                # transaction rolled back: nothing of it stays) is rerun too.
+                stale = isinstance(failed.error, DatabaseError) and failed.error.stale_plan
+                if (unit.group or stale) and self.runner.may_retry(failed.error, attempt):
                     log.info('request %s: %s in group "%s", retrying the group (attempt %d)',
                              self.request_id, failed.error.reason, unit.group, attempt + 1)
                     await asyncio.sleep(retry_delay(attempt))

@@ -24,8 +24,19 @@ class DatabaseError(BatchdError):
 
     @property
     def retryable_whole(self) -> bool:
-        """Serialization failure or deadlock: nothing was committed, so a rerun is safe."""
-        return self.sqlstate in ("40001", "40P01")
+        """Serialization failure or deadlock, or a stale cached statement: nothing was
+        committed, so a rerun is safe."""
+        return self.sqlstate in ("40001", "40P01") or self.stale_plan
+
+    @property
+    def stale_plan(self) -> bool:
+        """A prepared statement made before the schema changed (a column's type: "cached plan
+        must not change result type"), or a type asyncpg had cached: the driver has dropped
+        its caches, and the transaction, rerun, prepares afresh. Never the caller's fault."""
+        return self.reason in _STALE
+
+
+_STALE = ("INVALID_CACHED_STATEMENT", "OUTDATED_SCHEMA_CACHE")
 
 
 # Exact SQLSTATEs first, then their two-character class. Comments say why when not obvious.
@@ -79,6 +90,13 @@ def from_database(exc: BaseException) -> BatchdError | None:
         return Unavailable(f"database unavailable: {exc}")
     if driver and type(exc) is asyncpg.exceptions.DataError:
         return InvalidArgument(f"invalid value: {exc}", reason="INVALID_VALUE")
+    if isinstance(exc, asyncpg.exceptions.InvalidCachedStatementError |
+                  asyncpg.exceptions.OutdatedSchemaCacheError):
+        # Retried whole by the executor (DatabaseError.stale_plan); seen by a client only
+        # when every retry met one: ABORTED, retry.
+        return DatabaseError(f"the schema changed under a cached statement: {exc}; retry",
+                             sqlstate=getattr(exc, "sqlstate", None) or "0A000",
+                             code=_S.ABORTED, reason=_reason(exc), metadata={})
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = exc.sqlstate or ""
         code = BY_SQLSTATE.get(sqlstate) or BY_CLASS.get(sqlstate[:2], _S.UNKNOWN)
