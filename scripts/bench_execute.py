@@ -213,23 +213,59 @@ async def measure(callers: int, seconds: float, make: Callable[[int], Callable[[
                   cpu)
 
 
-def channels_for(target: str, count: int) -> list[Any]:
+# --role: batchd gets two bearer tokens, one without a role (every workload's) and one mapped
+# to ROLE (the "batch-role" workload's), so that the 10-operation batch is measured both ways.
+ROLE = "bench_role"
+TOKENS = {"admin": ("bench-admin-token", None), "role": ("bench-role-token", ROLE)}
+ROLE_SQL = f"""
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN CREATE ROLE {ROLE}; END IF;
+END $$;
+GRANT SELECT, INSERT, UPDATE ON bench_customers, bench_orders, bench_items TO {ROLE};
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {ROLE}
+"""
+
+
+def tokens_json() -> str:
+    import hashlib
+
+    return json.dumps([{"sha256": hashlib.sha256(token.encode()).hexdigest(), "principal": name,
+                        "role": role, "scopes": ["admin"]}
+                       for name, (token, role) in TOKENS.items()])
+
+
+def _bearer(token: str) -> Any:
+    import grpc
+
+    class Bearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                        request: Any) -> Any:
+            metadata = (*(details.metadata or ()), ("authorization", f"Bearer {token}"))
+            return await continuation(details._replace(metadata=metadata), request)
+    return Bearer()
+
+
+def channels_for(target: str, count: int, token: str | None = None) -> list[Any]:
     import grpc
 
     # A local subchannel pool: channels with the same target do not share a connection.
     options = [("grpc.use_local_subchannel_pool", 1),
                ("grpc.max_send_message_length", 64 << 20),
                ("grpc.max_receive_message_length", 64 << 20)]
-    return [grpc.aio.insecure_channel(target, options=options) for _ in range(count)]
+    interceptors = [_bearer(token)] if token else None
+    return [grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+            for _ in range(count)]
 
 
-def grpc_workloads(channels: list[Any]) -> dict[str, tuple[Callable[[int], Any], int]]:
+def grpc_workloads(channels: list[Any], role_channels: list[Any] | None = None,
+                   ) -> dict[str, tuple[Callable[[int], Any], int]]:
     """name -> (make(caller) -> unit, operations per unit)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from batchd.v1 import batch_pb2_grpc
 
     stubs = [batch_pb2_grpc.BatchServiceStub(ch) for ch in channels]
+    role_stubs = [batch_pb2_grpc.BatchServiceStub(ch) for ch in role_channels or channels]
     health = [health_pb2_grpc.HealthStub(ch) for ch in channels]
     batch, single = order_batch(), one_row_insert()
     check = health_pb2.HealthCheckRequest(service="batchd.v1.BatchService")
@@ -237,9 +273,9 @@ def grpc_workloads(channels: list[Any]) -> dict[str, tuple[Callable[[int], Any],
     def stub(i: int) -> Any:
         return stubs[i % len(stubs)]
 
-    def make_batch(i: int) -> Callable[[], Awaitable[int]]:
+    def make_batch(i: int, stubs: list[Any] = stubs) -> Callable[[], Awaitable[int]]:
         async def unit() -> int:
-            reply = await stub(i).BatchExecute(batch, timeout=TIMEOUT)
+            reply = await stubs[i % len(stubs)].BatchExecute(batch, timeout=TIMEOUT)
             assert reply.committed and len(reply.results) == 10
             return 10
         return unit
@@ -258,6 +294,7 @@ def grpc_workloads(channels: list[Any]) -> dict[str, tuple[Callable[[int], Any],
         return unit
 
     return {"batch": (make_batch, 10),
+            "batch-role": (lambda i: make_batch(i, role_stubs), 10),
             "unary": (lambda i: UnarySequence(stub(i)), 10),
             "single": (make_single, 1),
             "health": (make_health, 1)}
@@ -320,6 +357,7 @@ LABELS = {
     "health": "gRPC health check (empty unary call)",
     "peer-health": "FastAPI peer GET /healthz (empty request)",
     "batch": "BatchExecute, 10-operation atomic batch",
+    "batch-role": "BatchExecute, 10-operation atomic batch as a database role (--role)",
     "unary": "10 unary BatchExecute calls (same 10 ops, not atomic)",
     "single": "BatchExecute, one one-row insert",
     "peer": "FastAPI peer POST /orders (same 10 ops, one transaction)",
@@ -433,8 +471,8 @@ def round_trip_lines(found: dict[str, Any]) -> list[str]:
     return lines
 
 
-ALL_WORKLOADS = ("health", "peer-health", "batch", "unary", "single", "peer", "raw", "coalesce",
-                 "roundtrips")
+ALL_WORKLOADS = ("health", "peer-health", "batch", "batch-role", "unary", "single", "peer", "raw",
+                 "coalesce", "roundtrips")
 
 
 def report(settings: str, setup: str,
@@ -507,7 +545,9 @@ def report(settings: str, setup: str,
             ("10-op batch / FastAPI peer /orders, batches/s", "peer", "batches_s"),
             ("FastAPI peer /orders p50 / 10-op batch p50", "peer", "p50_ms"),
             ("10-op batch / 10 unary calls, operations/s", "unary", "ops_s"),
-            ("10-op batch / one-row insert RPCs, operations/s", "single", "ops_s")):
+            ("10-op batch / one-row insert RPCs, operations/s", "single", "ops_s"),
+            ("10-op batch / the same as a database role, batches/s", "batch-role",
+             "batches_s")):
         if all(has("batch", n) and has(other, n) for n in callers):
             ratios = [(med(other, n, field) / med("batch", n, field) if field == "p50_ms" else
                        med("batch", n, field) / med(other, n, field)) for n in callers]
@@ -541,6 +581,9 @@ async def main() -> None:
                         help="units of each workload counted through the proxy (roundtrips)")
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
                         help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}")
+    parser.add_argument("--role", action="store_true",
+                        help="every call with a bearer token; adds the batch-role workload (the "
+                             "10-operation batch as a database role)")
     parser.add_argument("--dsn")
     parser.add_argument("--workers", type=int, default=1,
                         help="batchd server processes sharing the port (serve --workers)")
@@ -557,6 +600,11 @@ async def main() -> None:
     # and batchd reads its catalog at start-up.
     dsn, embedded = start_postgres(args.dsn)
     await sql(dsn, TABLES_SQL)
+    if args.role:  # every call with a token: one without a role, one with (batch-role)
+        await sql(dsn, ROLE_SQL)
+        os.environ["BATCHD_TOKENS"] = tokens_json()
+    else:
+        chosen = [name for name in chosen if name != "batch-role"]
     settings = await postgres_line(dsn, embedded)
     server, target = await start_server(dsn, args.workers)
     try:
@@ -577,11 +625,14 @@ async def main() -> None:
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     http = [httpx.AsyncClient(base_url=peer_url, limits=limits, timeout=TIMEOUT)
             for _ in range(top)]
-    channels = channels_for(target, args.channels)
-    workloads = {**grpc_workloads(channels), **peer_workloads(http), **raw_workloads(raw_pool)}
+    channels = channels_for(target, args.channels,
+                            TOKENS["admin"][0] if args.role else None)
+    role_channels = channels_for(target, args.channels, TOKENS["role"][0]) if args.role else []
+    workloads = {**grpc_workloads(channels, role_channels), **peer_workloads(http),
+                 **raw_workloads(raw_pool)}
     plan = [(name, 1) for name in ("health", "peer-health") if name in chosen]
-    plan += [(name, n) for name in ("batch", "unary", "single", "peer", "raw") if name in chosen
-             for n in callers]
+    plan += [(name, n) for name in ("batch", "batch-role", "unary", "single", "peer", "raw")
+             if name in chosen for n in callers]
     samples: dict[tuple[str, int], list[Sample]] = {key: [] for key in plan}
     times = trips = None
     try:
@@ -608,7 +659,7 @@ async def main() -> None:
         await raw_pool.close()
         for client in http:
             await client.aclose()
-        for channel in channels:
+        for channel in channels + role_channels:
             await channel.close()
         await stop_server(server)
         await stop_server(peer)

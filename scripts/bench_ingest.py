@@ -182,9 +182,10 @@ class StreamFailed(Exception):
     pass
 
 
-async def stream(target: str, requests: Iterable[bytes], total: int) -> float:
-    """Send serialized requests as one BatchStream; seconds until the summary. Raises
-    StreamFailed with the status, or if a row was not written."""
+async def stream(target: str, requests: Iterable[bytes], total: int,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> float:
+    """Send serialized requests as one BatchStream (with call ``metadata``); seconds until the
+    summary. Raises StreamFailed with the status, or if a row was not written."""
     import grpc
 
     from batchd.v1 import batch_pb2
@@ -196,7 +197,7 @@ async def stream(target: str, requests: Iterable[bytes], total: int) -> float:
                                        request_serializer=None,  # already bytes
                                        response_deserializer=batch_pb2.BatchStreamResponse.FromString)
         started = time.perf_counter()
-        call = method(timeout=TIMEOUT)
+        call = method(timeout=TIMEOUT, metadata=metadata or None)
 
         async def send() -> None:
             for request in requests:
