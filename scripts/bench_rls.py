@@ -82,7 +82,7 @@ async def main() -> None:
         metadata = (("authorization", f"Bearer {TOKEN}"),)
         lines = [settings + ".", "", f"{args.rows:,} rows, chunks of {args.chunk:,} in one "
                  f"atomic stream, {args.runs} interleaved runs; rows/s median (min-max).", "",
-                 "| table | encoding | plain COPY | under RLS (staged) | staged ÷ plain |",
+                 "| table | encoding | plain COPY | under RLS (staged) | staged / plain |",
                  "|---|---|---|---|---|"]
         try:
             for key in keys:
@@ -120,7 +120,7 @@ async def main() -> None:
                     shown = {w: f"{statistics.median(r):,.0f} ({r[0]:,.0f}-{r[-1]:,.0f})"
                              for w, r in rates.items()}
                     lines.append(f"| {key} | {encoding} | {shown['plain']} | {shown['staged']} | "
-                                 f"{statistics.median(ratios):.2f}× ({ratios[0]:.2f}-"
+                                 f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-"
                                  f"{ratios[-1]:.2f}) |")
         finally:
             await stop_server(server)
