@@ -447,8 +447,12 @@ def write_value(slot: struct_pb2.Value, value: Any) -> None:
         slot.number_value = value
     elif isinstance(value, dict):
         slot.struct_value.update(value)
+        if not value:  # update() of nothing leaves the oneof unset, which reads as null
+            slot.struct_value.SetInParent()
     elif isinstance(value, list | tuple):
         slot.list_value.extend(value)
+        if not value:
+            slot.list_value.SetInParent()
     else:
         raise ValueError(f"cannot render a {type(value).__name__} into a Struct")
 
