@@ -3,7 +3,8 @@
 A google.protobuf.Value holds doubles, so on the way in every value is coerced by the type of
 the column it is for (``coerce``), and exact types travel as strings: a bigint beyond 2^53 or a
 numeric is never allowed to pass through a float. On the way out (``renderer_for``) the same
-types are written as strings. The table of accepted and returned forms is in batch.proto.
+types are written as strings. The tables of accepted and returned forms are in batch.proto,
+in the comments of Operation and ResultColumn.
 
 ``from_proto`` also recognises references ({"$ref": "op.column"}), which stay ``Ref`` objects
 until the executor resolves them from an earlier operation's result.
