@@ -43,7 +43,7 @@ from batchd.client.api import (
     OperationOutcome,
     Schema,
 )
-from batchd.client.builder import MAX_SAFE_INTEGER, mode_name
+from batchd.client.builder import MAX_SAFE_INTEGER, _duration, mode_name
 from batchd.v1 import batch_pb2
 
 COMMANDS = ("exec", "schema")
@@ -250,9 +250,11 @@ def _jsonable(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
+    if isinstance(value, dt.timedelta):
+        return _duration(value)
     if value is None or isinstance(value, str | int | float | list | dict):
         return value
-    return str(value)  # Decimal, UUID, timedelta, an IP address: their own text
+    return str(value)  # Decimal, UUID, an IP address: their own text
 
 
 def _align(rows: Sequence[Sequence[str]]) -> list[str]:
