@@ -131,12 +131,22 @@ async def test_sql_function_results_are_decoded_by_their_result_columns(client):
                 "fn_exact")
 
 
-async def test_custom_handler_rows_have_no_column_types_and_stay_as_sent(client):
+async def test_custom_handler_values_come_back_as_the_python_values_it_returned(client):
     b = Batch()
-    echoed = b.call("echo", {"n": 7, "big": str(2**62), "when": "2024-01-01"})
+    # A handler without a model gets the arguments as JSON has them (a bigint as a string).
+    echoed = b.call("echo", {"n": 7, "big": 2**62, "x": 1.5, "when": "2024-01-01",
+                             "doc": {"k": [1, 2]}})
+    timed = b.call("sleep", {"seconds": 0})  # returns clock_timestamp() twice: datetimes
     result = await client.execute(b)
-    assert result[echoed].columns == {}
-    assert result[echoed].row == {"n": 7, "big": str(2**62), "when": "2024-01-01"}
+    assert result[echoed].columns == {"n": "bigint", "big": "text", "x": "double precision",
+                                      "when": "text", "doc": "jsonb"}
+    assert_same(result[echoed].row, {"n": 7, "big": str(2**62), "x": 1.5, "when": "2024-01-01",
+                                     "doc": {"k": [1, 2]}}, "echo")
+    assert result[timed].columns == {"started": "timestamp with time zone",
+                                     "ended": "timestamp with time zone"}
+    row = result[timed].row
+    assert isinstance(row["started"], dt.datetime) and row["started"].tzinfo == dt.UTC
+    assert row["started"] <= row["ended"]
 
 
 @pytest.mark.parametrize(("type_sql", "wire", "expected"), [

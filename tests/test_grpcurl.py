@@ -64,7 +64,7 @@ async def test_describe_shows_how_values_and_references_are_written(app):
     code, out = await grpcurl(app, "describe", "batchd.v1.OperationResult")
     assert code == 0, out
     assert "repeated .batchd.v1.ResultColumn columns = 8;" in out
-    assert "Absent for a custom handler's rows" in out
+    assert "A custom handler's rows are Python values" in out
 
 
 async def test_health_check_is_serving(app):

@@ -399,6 +399,31 @@ def render_any(value: Any) -> Any:
     return str(value)
 
 
+# The PostgreSQL type whose encoding ``render_any`` gives a Python value of this class: what
+# a custom handler's result announces for a column of such values (OperationResult.columns).
+_RENDERED_AS: dict[type, str] = {
+    bool: "boolean", int: "bigint", float: "double precision", Decimal: "numeric",
+    str: "text", uuid.UUID: "uuid", dt.date: "date", dt.timedelta: "interval",
+    Interval: "interval", bytes: "bytea", bytearray: "bytea", dict: "jsonb", list: "jsonb",
+    tuple: "jsonb",
+}
+
+
+def rendered_type(value: Any) -> str | None:
+    """The type a client decodes ``render_any(value)`` by, from the value's Python class
+    (None: no such type; the client leaves the value as it is)."""
+    cls = type(value)
+    if cls is dt.datetime:
+        return "timestamp without time zone" if value.tzinfo is None else \
+            "timestamp with time zone"
+    if cls is dt.time:
+        return "time without time zone" if value.tzinfo is None else "time with time zone"
+    found = _RENDERED_AS.get(cls)
+    if found is None and isinstance(value, uuid.UUID):  # asyncpg's UUID is a subclass
+        return "uuid"
+    return found
+
+
 def _render_float(value: float) -> Any:
     if math.isnan(value):
         return "NaN"

@@ -1,8 +1,11 @@
 """OperationResult.columns: what a result announces of its columns' types, built once per
-list of columns (pure: no database)."""
+list of columns, or for a handler from its Python values (pure: no database)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+from decimal import Decimal
 from typing import Any
 
 from batchd.catalog import _Types
@@ -53,7 +56,7 @@ def test_a_rendering_is_built_once_per_list_of_columns() -> None:
         ("id", "bigint"), ("total", "numeric(12,2)")]
 
 
-def test_rows_of_known_columns_carry_them_and_a_handlers_rows_do_not() -> None:
+def test_rows_of_known_columns_carry_them_even_without_rows() -> None:
     response = batch_pb2.BatchExecuteResponse()
     known = response.results.add(id="known")
     Output([{"id": 1}], rendering([col("id", "int8", "bigint")])).write_rows(known)
@@ -62,6 +65,16 @@ def test_rows_of_known_columns_carry_them_and_a_handlers_rows_do_not() -> None:
     empty = response.results.add(id="empty")
     Output([], rendering([col("id", "int8", "bigint")])).write_rows(empty)
     assert len(empty.columns) == 1 and not empty.rows
-    handler = response.results.add(id="handler")
-    Output([{"n": 1}], None).write_rows(handler)
-    assert not handler.columns and handler.rows[0].fields["n"].number_value == 1
+
+
+def test_a_handlers_columns_are_the_types_its_python_values_render_as() -> None:
+    result = batch_pb2.OperationResult()
+    rows = [{"n": 1, "price": Decimal("9.90"), "at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+             "mixed": 1, "gone": None, "uid": uuid.UUID(int=1), "span": dt.timedelta(1)},
+            {"n": None, "price": Decimal("1"), "at": None, "mixed": "one", "gone": None,
+             "uid": uuid.UUID(int=2), "span": dt.timedelta(2)}]
+    Output(rows, None).write_rows(result)
+    assert [(c.name, c.type) for c in result.columns] == [
+        ("n", "bigint"), ("price", "numeric"), ("at", "timestamp with time zone"),
+        ("uid", "uuid"), ("span", "interval")]  # "mixed": two classes; "gone": all NULL
+    assert result.rows[1].fields["mixed"].string_value == "one"

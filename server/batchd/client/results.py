@@ -2,11 +2,11 @@
 
 Rows are plain dicts of Python values, each decoded by its column's PostgreSQL type
 (``batchd.client.values``) into what asyncpg would return for it: int, Decimal, datetime,
-UUID, bytes, ... (a custom handler's rows, whose types the server does not know, as the wire
-has them). ``to_dict()`` gives the response as grpcurl prints it. Errors are those of
-``batchd.errors`` (one tree, one code map, shared with the server); ``rpc_error`` is the one
-translation of a ``grpc.RpcError``, adding ``AtomicBatchError`` when the status carries every
-operation's outcome.
+UUID, bytes, ... (a custom handler's by the types its Python values render as; a value of a
+column the result does not list, as the wire has it). ``to_dict()`` gives the response as
+grpcurl prints it. Errors are those of ``batchd.errors`` (one tree, one code map, shared with
+the server); ``rpc_error`` is the one translation of a ``grpc.RpcError``, adding
+``AtomicBatchError`` when the status carries every operation's outcome.
 """
 
 from __future__ import annotations

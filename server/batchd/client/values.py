@@ -25,8 +25,8 @@ Where asyncpg gives up exactness, so does this, to return the same value: an int
 a year as 365 days and a month as 30; ``infinity`` dates and timestamps are asyncpg's
 stand-ins (``date.max``, ``datetime.max``, ...). JSON numbers crossed the wire as doubles: the
 integral ones come back as ints. Types not listed (text, enums, money, ranges, ...) and
-values this cannot read (a timestamp beyond year 9999) are left as they are; so are the rows
-of custom handlers, whose results carry no column types.
+values this cannot read (a timestamp beyond year 9999) are left as they are; so are values of
+columns a result does not list (a custom handler's column of mixed Python types).
 """
 
 from __future__ import annotations

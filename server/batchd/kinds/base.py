@@ -19,7 +19,14 @@ from batchd.config import Settings
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results
 from batchd.v1 import batch_pb2
-from batchd.values import Ref, Renderer, render_any, renderer_for, write_value
+from batchd.values import (
+    Ref,
+    Renderer,
+    render_any,
+    rendered_type,
+    renderer_for,
+    write_value,
+)
 
 
 @dataclass(slots=True)
@@ -74,7 +81,7 @@ class Output:
     """What an operation produced. ``rows`` keep native values, for references."""
 
     rows: Sequence[Mapping[str, Any]]
-    rendering: Rendering | None = None  # None: columns unknown, render by Python type
+    rendering: Rendering | None = None  # None: render by Python type (custom handlers)
     rows_affected: int = 0
     next_page_token: str = ""
     total_count: int | None = None  # a query's count, when asked for
@@ -84,10 +91,22 @@ class Output:
         built in place, where one built apart would be copied in."""
         rows = into.rows
         if self.rendering is None:
+            # Rows of Python values (a custom handler's): each column announces the type its
+            # values' class renders as, when all of them (NULLs aside) have one.
+            types: dict[str, str | None] = {}
             for row in self.rows:
                 fields = rows.add().fields
                 for k, v in row.items():
-                    write_value(fields[str(k)], render_any(v))
+                    name = str(k)
+                    write_value(fields[name], render_any(v))
+                    if v is not None:
+                        found = rendered_type(v)
+                        if types.setdefault(name, found) != found:
+                            types[name] = None
+            columns = into.columns
+            for name, type_sql in types.items():
+                if type_sql is not None:
+                    columns.add(name=name, type=type_sql)
             return
         into.MergeFrom(self.rendering.columns)
         renderers = self.rendering.renderers
