@@ -89,6 +89,35 @@ async def test_exec_yaml_file_sends_exact_values_and_prints_json(app, db, tmp_pa
     assert await db.fetchval("SELECT stock FROM products WHERE id = 1") == 98
 
 
+TYPED_ROW = {"operations": [
+    {"id": "typed", "insert": {"table": "all_types", "returning": ["num", "at"], "rows": [{
+        "id": 8, "num": "49.90", "at": "2024-02-29T23:59:59.5+05:30", "uid":
+        "6f1e4b1c-9a3b-4c8e-8f2e-0d9b1a7c5e33", "blob": "aGk=", "span": "P1DT2H",
+        "ids": ["9007199254740993"]}]}},
+    {"id": "more", "get": {"table": "all_types", "key": {"id": 8},
+                           "columns": ["blob", "span", "ids"]}},
+    {"id": "uid", "get": {"table": "all_types", "key": {"id": 8}, "columns": ["uid"]}},
+]}
+
+
+async def test_exec_table_shows_decoded_values_as_text_and_json_keeps_the_wire_forms(app,
+                                                                                     tmp_path):
+    """The table renders the client's Python values back (Decimal, datetime, UUID, bytes,
+    timedelta); --json prints the wire's JSON as grpcurl would, with the columns' types."""
+    path = write(tmp_path, "typed.json", TYPED_ROW)
+    code, out, err = await batchd("exec", path, "--json", "--validate-only", *target(app))
+    assert code == 0, err
+    result = json.loads(out)["results"][0]
+    assert result["rows"][0]["num"] == "49.90"
+    code, out, err = await batchd("exec", path, *target(app))
+    assert code == 0, err
+    lines = table_lines(out)
+    assert lines["typed"][4:] == ["at=2024-02-29T18:29:59.500000+00:00", "num=49.90"]
+    assert lines["more"][4:] == ['blob="aGk="', "ids=[9007199254740993]", "span=P1DT7200S"]
+    assert lines["uid"][4:] == ["uid=6f1e4b1c-9a3b-4c8e-8f2e-0d9b1a7c5e33"]
+    assert {"name": "num", "type": "numeric"} in result["columns"]
+
+
 async def test_exec_reads_standard_input_and_flags_override_the_file(app, db):
     code, out, err = await batchd("exec", "-", "--validate-only", "--mode", "independent",
                                   *target(app), stdin=json.dumps(ORDER_JSON))

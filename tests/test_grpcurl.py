@@ -48,6 +48,25 @@ async def test_describe_shows_the_documented_contract(app):
     assert "expected_version" in out and "Optimistic locking" in out
 
 
+async def test_describe_shows_how_values_and_references_are_written(app):
+    """The value table and the $ref syntax live in message comments, which reflection serves
+    (a file-level comment it does not)."""
+    code, out = await grpcurl(app, "describe", "batchd.v1.Operation")
+    assert code == 0, out
+    assert '{"$ref": "OP.COLUMN"}' in out and '{"$ref": "OP.N.COLUMN"}' in out
+    assert '{"$literal": {"$ref": "..."}}' in out
+    assert "bigint                      string, or number if |n| <= 2^53" in out
+    code, out = await grpcurl(app, "describe", "batchd.v1.ResultColumn")
+    assert code == 0, out
+    assert "bigint                        string of digits (exact)" in out
+    assert "timestamp with time zone      RFC 3339 in UTC" in out
+    assert "anything else (money, ranges" in out and "leave it as it is" in out
+    code, out = await grpcurl(app, "describe", "batchd.v1.OperationResult")
+    assert code == 0, out
+    assert "repeated .batchd.v1.ResultColumn columns = 8;" in out
+    assert "A custom handler's rows are Python values" in out
+
+
 async def test_health_check_is_serving(app):
     code, out = await grpcurl(app, "grpc.health.v1.Health/Check")
     assert code == 0, out

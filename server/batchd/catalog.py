@@ -72,6 +72,14 @@ class Column:
     nullable: bool
     has_default: bool
     generated: bool  # GENERATED ALWAYS AS (...) STORED: never written by clients
+    # The type its values are encoded by, as results announce it (ResultColumn.type): a
+    # domain's base type (format_type() with the domain's modifier; "[]" for an array of
+    # domains); empty: ``type_sql`` itself.
+    value_type: str = ""
+
+    @property
+    def result_type(self) -> str:
+        return self.value_type or self.type_sql
 
 
 @dataclass(slots=True)
@@ -158,7 +166,8 @@ _KINDS = {
 }
 
 _TYPES_SQL = """
-SELECT oid, typname, typtype::text, typbasetype, typelem, typcategory::text, typrelid
+SELECT oid, typname, typtype::text, typbasetype, typelem, typcategory::text, typrelid,
+       CASE WHEN typtype = 'd' THEN format_type(typbasetype, typtypmod) END AS base_sql
 FROM pg_type
 """
 _TABLES_SQL = """
@@ -307,6 +316,21 @@ class _Types:
             return "text", False
         return _KINDS.get(t["typname"], "other"), False
 
+    def value_type(self, oid: int) -> str:
+        """A domain's base type (of an array of domains: its elements' base type, "[]"), as
+        format_type() prints it; "" for any other type."""
+        t = self.rows[oid]
+        if t["typtype"] == "d":
+            base = t["base_sql"]
+            while self.rows[t["typbasetype"]]["typtype"] == "d":  # a domain over a domain
+                t = self.rows[t["typbasetype"]]
+                base = t["base_sql"]
+            return str(base)
+        if t["typcategory"] == "A" and t["typelem"] and \
+                self.rows[t["typelem"]]["typtype"] == "d":
+            return self.value_type(t["typelem"]) + "[]"
+        return ""
+
     def column(self, name: str, oid: int, type_sql: str, *, has_default: bool = False,
                ) -> Column:
         """A function's argument or result column (no type modifier: PostgreSQL keeps none
@@ -314,7 +338,7 @@ class _Types:
         kind, is_array = self.kind_of(oid)
         return Column(name=name, sql=quote_ident(name), type_sql=type_sql, cast_sql=type_sql,
                       kind=kind, is_array=is_array, nullable=True, has_default=has_default,
-                      generated=False)
+                      generated=False, value_type=self.value_type(oid))
 
 
 async def _columns_of(conn: asyncpg.Connection, relations: list[int],
@@ -328,7 +352,7 @@ async def _columns_of(conn: asyncpg.Connection, relations: list[int],
             cast_sql=r["cast_sql"],
             kind=kind, is_array=is_array, nullable=not r["attnotnull"],
             has_default=r["atthasdef"] or r["identity"] or r["generated"],
-            generated=r["generated"])
+            generated=r["generated"], value_type=types.value_type(r["atttypid"]))
     return columns
 
 

@@ -3,7 +3,8 @@
 A google.protobuf.Value holds doubles, so on the way in every value is coerced by the type of
 the column it is for (``coerce``), and exact types travel as strings: a bigint beyond 2^53 or a
 numeric is never allowed to pass through a float. On the way out (``renderer_for``) the same
-types are written as strings. The table of accepted and returned forms is in batch.proto.
+types are written as strings. The tables of accepted and returned forms are in batch.proto,
+in the comments of Operation and ResultColumn.
 
 ``from_proto`` also recognises references ({"$ref": "op.column"}), which stay ``Ref`` objects
 until the executor resolves them from an earlier operation's result.
@@ -398,6 +399,31 @@ def render_any(value: Any) -> Any:
     return str(value)
 
 
+# The PostgreSQL type whose encoding ``render_any`` gives a Python value of this class: what
+# a custom handler's result announces for a column of such values (OperationResult.columns).
+_RENDERED_AS: dict[type, str] = {
+    bool: "boolean", int: "bigint", float: "double precision", Decimal: "numeric",
+    str: "text", uuid.UUID: "uuid", dt.date: "date", dt.timedelta: "interval",
+    Interval: "interval", bytes: "bytea", bytearray: "bytea", dict: "jsonb", list: "jsonb",
+    tuple: "jsonb",
+}
+
+
+def rendered_type(value: Any) -> str | None:
+    """The type a client decodes ``render_any(value)`` by, from the value's Python class
+    (None: no such type; the client leaves the value as it is)."""
+    cls = type(value)
+    if cls is dt.datetime:
+        return "timestamp without time zone" if value.tzinfo is None else \
+            "timestamp with time zone"
+    if cls is dt.time:
+        return "time without time zone" if value.tzinfo is None else "time with time zone"
+    found = _RENDERED_AS.get(cls)
+    if found is None and isinstance(value, uuid.UUID):  # asyncpg's UUID is a subclass
+        return "uuid"
+    return found
+
+
 def _render_float(value: float) -> Any:
     if math.isnan(value):
         return "NaN"
@@ -447,8 +473,12 @@ def write_value(slot: struct_pb2.Value, value: Any) -> None:
         slot.number_value = value
     elif isinstance(value, dict):
         slot.struct_value.update(value)
+        if not value:  # update() of nothing leaves the oneof unset, which reads as null
+            slot.struct_value.SetInParent()
     elif isinstance(value, list | tuple):
         slot.list_value.extend(value)
+        if not value:
+            slot.list_value.SetInParent()
     else:
         raise ValueError(f"cannot render a {type(value).__name__} into a Struct")
 

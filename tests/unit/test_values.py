@@ -37,6 +37,7 @@ from batchd.values import (
     render_row,
     renderer_for,
     struct_from_proto,
+    write_value,
 )
 
 UTC = dt.UTC
@@ -595,6 +596,14 @@ def test_render_row_builds_a_struct_by_column_name() -> None:
     assert isinstance(row, struct_pb2.Struct)
     assert json_format.MessageToDict(row) == {"id": str(2**60), "price": "9.90", "n": 3.0,
                                               "gone": None}
+
+
+def test_an_empty_json_object_or_list_is_written_as_itself_not_as_null() -> None:
+    row = struct_pb2.Struct()
+    for name, value in {"obj": {}, "list": [], "nested": {"a": {}, "b": [[], {}]}}.items():
+        write_value(row.fields[name], value)
+    assert json_format.MessageToDict(row) == {"obj": {}, "list": [],
+                                              "nested": {"a": {}, "b": [[], {}]}}
 
 
 # --- render_any ------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def add_result(response: batch_pb2.BatchExecuteResponse, step: Step, outcome: An
     if status is not OK_STATUS and status.code:  # unset reads as OK: no copy when it is
         result.status.CopyFrom(status)
     if output is not None:
-        output.write_rows(result.rows)
+        output.write_rows(result)
         result.rows_affected = output.rows_affected
         if output.next_page_token:
             result.next_page_token = output.next_page_token

@@ -11,8 +11,8 @@
 
 Every method returns an ``OpRef``: its ``.id`` names the operation in results and errors, and
 ``.ref("column")`` / ``.ref("column", row=2)`` is the ``{"$ref": ...}`` value that stands for
-that column of the operation's returned row (see "Reference values" in ``batch.proto``). Ids are
-``op1``, ``op2``, ... unless given.
+that column of the operation's returned row (see the comment of ``Operation`` in
+``batch.proto``). Ids are ``op1``, ``op2``, ... unless given.
 
 Python values become ``google.protobuf.Value`` by the rules of ``to_value`` (exact types travel
 as strings, as the server expects). Filters are ``(column, op, value)`` tuples with the

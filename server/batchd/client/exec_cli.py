@@ -10,8 +10,11 @@ text is not JSON. Integers beyond ±(2**53-1) and YAML dates are sent as strings
 server expects exact values (a JSON double would silently round them). ``--mode`` and
 ``--validate-only`` override the file.
 
-``exec`` prints a table (id, outcome, code, rows affected, first row or message), or with
-``--json`` the response as grpcurl would. Exit status: 0 when the RPC succeeded and every
+``exec`` prints a table (id, outcome, code, rows affected, first row or message: the client's
+decoded values written back as text, ISO 8601 and base64 included), or with ``--json`` the
+response as grpcurl would: the wire's JSON (bigint and numeric as strings, each result's
+``columns`` with their types), not Python values rendered back, so that what a script reads
+is the contract itself, the same from every client. Exit status: 0 when the RPC succeeded and every
 operation SUCCEEDED; 1 when the batch failed or any operation did not succeed (the error and
 the outcome table go to standard error; ``--json`` still prints the JSON, with an ``"error"``
 member when the RPC failed); 2 for usage errors such as an unreadable or invalid FILE.
@@ -40,7 +43,7 @@ from batchd.client.api import (
     OperationOutcome,
     Schema,
 )
-from batchd.client.builder import MAX_SAFE_INTEGER, mode_name
+from batchd.client.builder import MAX_SAFE_INTEGER, _duration, mode_name
 from batchd.v1 import batch_pb2
 
 COMMANDS = ("exec", "schema")
@@ -231,11 +234,27 @@ def _detail(outcome: OperationOutcome) -> str:
 
 
 def _scalar(value: Any) -> str:
+    """A decoded value (int, Decimal, datetime, UUID, bytes, ...) as the table shows it: as
+    text, in the forms the server takes them back (ISO 8601, base64)."""
+    value = _jsonable(value)
     if isinstance(value, str) and value and not any(c.isspace() or c == "=" for c in value):
         return value
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_jsonable)
+
+
+def _jsonable(value: Any) -> Any:
+    """A Python value of a decoded row as JSON can show it (``json.dumps``' ``default``)."""
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dt.timedelta):
+        return _duration(value)
+    if value is None or isinstance(value, str | int | float | list | dict):
+        return value
+    return str(value)  # Decimal, UUID, an IP address: their own text
 
 
 def _align(rows: Sequence[Sequence[str]]) -> list[str]:

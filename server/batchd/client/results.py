@@ -1,10 +1,12 @@
 """What the clients return: typed results, the schema, and the error of a failed atomic batch.
 
-Rows are plain dicts as ``json_format.MessageToDict`` makes them, so values keep the server's
-exact mapping: bigint and numeric columns come back as strings. Errors are those of
-``batchd.errors`` (one tree, one code map, shared with the server); ``rpc_error`` is the one
-translation of a ``grpc.RpcError``, adding ``AtomicBatchError`` when the status carries every
-operation's outcome.
+Rows are plain dicts of Python values, each decoded by its column's PostgreSQL type
+(``batchd.client.values``) into what asyncpg would return for it: int, Decimal, datetime,
+UUID, bytes, ... (a custom handler's by the types its Python values render as; a value of a
+column the result does not list, as the wire has it). ``to_dict()`` gives the response as
+grpcurl prints it. Errors are those of ``batchd.errors`` (one tree, one code map, shared with
+the server); ``rpc_error`` is the one translation of a ``grpc.RpcError``, adding
+``AtomicBatchError`` when the status carries every operation's outcome.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from batchd.client.builder import OpRef
+from batchd.client.values import decode_rows
 from batchd.errors import BatchdRpcError, FieldViolation, from_rpc_status
 from batchd.names import outcome_name
 from batchd.v1 import batch_pb2
@@ -32,7 +35,9 @@ class OperationOutcome:
     ``"SUCCEEDED"``, ``"FAILED"``, ``"ROLLED_BACK"``, ``"NOT_RUN"`` or ``"SKIPPED"``.
     ``code`` is a ``grpc.StatusCode`` (``OK`` when it succeeded); ``reason``, ``error_info``
     (the ErrorInfo metadata: sqlstate, constraint, table, ...) and ``field_violations`` come
-    from its status details.
+    from its status details. ``rows`` hold Python values decoded by ``columns`` (name ->
+    PostgreSQL type, in order; empty when the server does not know them: then the values are
+    as the wire has them).
     """
 
     id: str
@@ -46,6 +51,7 @@ class OperationOutcome:
     reason: str = ""
     error_info: dict[str, str] = field(default_factory=dict)
     field_violations: list[FieldViolation] = field(default_factory=list)
+    columns: dict[str, str] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
@@ -59,9 +65,10 @@ class OperationOutcome:
     @classmethod
     def from_proto(cls, result: batch_pb2.OperationResult) -> OperationOutcome:
         details = from_rpc_status(result.status)
+        columns = {c.name: c.type for c in result.columns}
         return cls(id=result.id, outcome=outcome_name(result.outcome),
                    code=details.code, message=result.status.message,
-                   rows=[json_format.MessageToDict(row) for row in result.rows],
+                   rows=decode_rows(result.rows, columns), columns=columns,
                    rows_affected=result.rows_affected, next_page_token=result.next_page_token,
                    total_count=result.total_count if result.HasField("total_count") else None,
                    reason=details.reason, error_info=details.error_info,
@@ -111,7 +118,8 @@ class BatchResult:
         return {outcome.id: outcome.outcome for outcome in self.results}
 
     def to_dict(self) -> dict[str, Any]:
-        """The response as grpcurl would print it (JSON names, exact values)."""
+        """The response as grpcurl would print it: JSON names, and values in the wire's
+        forms (bigint and numeric as strings, ...), not decoded."""
         return json_format.MessageToDict(self.response)
 
 

@@ -13,14 +13,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from google.protobuf import struct_pb2
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from batchd.catalog import Catalog, Column, Table, qualified
 from batchd.config import Settings
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results
-from batchd.values import Ref, Renderer, render_any, renderer_for, write_value
+from batchd.v1 import batch_pb2
+from batchd.values import (
+    Ref,
+    Renderer,
+    render_any,
+    rendered_type,
+    renderer_for,
+    write_value,
+)
 
 
 @dataclass(slots=True)
@@ -33,28 +39,80 @@ class Planned:
     output_columns: frozenset[str] | None
 
 
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """How rows of known columns go on the wire: each column's renderer, and the columns with
+    their types as a result announces them (``OperationResult.columns``), built once per list
+    of columns (``rendering``) and merged into every result that has them."""
+
+    renderers: list[tuple[str, Renderer]]
+    # An OperationResult holding only ``columns``: merging it copies them in one call.
+    columns: batch_pb2.OperationResult
+
+
+def _rendering(columns: Sequence[Column]) -> Rendering:
+    template = batch_pb2.OperationResult()
+    for c in columns:
+        template.columns.add(name=c.name, type=c.result_type)
+    return Rendering([(c.name, renderer_for(c)) for c in columns], template)
+
+
+# Renderings by their columns (Column is immutable and compares by value, so a catalog
+# reload's equal column finds the same one); bounded, like every cache keyed by requests.
+_renderings: dict[tuple[Column, ...], Rendering] = {}
+
+
+def rendering(columns: Sequence[Column]) -> Rendering:
+    """The ``Rendering`` of result rows with these columns, made once."""
+    key = tuple(columns)
+    found = _renderings.get(key)
+    if found is None:
+        if len(_renderings) >= 4096:
+            _renderings.clear()
+        found = _renderings[key] = _rendering(columns)
+    return found
+
+
+NO_ROWS = _rendering(())  # an operation that returns no rows (a void function)
+
+
 @dataclass(slots=True)
 class Output:
     """What an operation produced. ``rows`` keep native values, for references."""
 
     rows: Sequence[Mapping[str, Any]]
-    renderers: list[tuple[str, Renderer]] | None = None  # None: render by Python type
+    rendering: Rendering | None = None  # None: render by Python type (custom handlers)
     rows_affected: int = 0
     next_page_token: str = ""
     total_count: int | None = None  # a query's count, when asked for
 
-    def write_rows(self, into: RepeatedCompositeFieldContainer[struct_pb2.Struct]) -> None:
-        """Append the rows, rendered, to ``into`` (a result's rows): each Struct built in
-        place, where one built apart would be copied in."""
-        if self.renderers is None:
+    def write_rows(self, into: batch_pb2.OperationResult) -> None:
+        """Add the rows, rendered, and their columns (when known) to ``into``: each Struct
+        built in place, where one built apart would be copied in."""
+        rows = into.rows
+        if self.rendering is None:
+            # Rows of Python values (a custom handler's): each column announces the type its
+            # values' class renders as, when all of them (NULLs aside) have one.
+            types: dict[str, str | None] = {}
             for row in self.rows:
-                fields = into.add().fields
+                fields = rows.add().fields
                 for k, v in row.items():
-                    write_value(fields[str(k)], render_any(v))
+                    name = str(k)
+                    write_value(fields[name], render_any(v))
+                    if v is not None:
+                        found = rendered_type(v)
+                        if types.setdefault(name, found) != found:
+                            types[name] = None
+            columns = into.columns
+            for name, type_sql in types.items():
+                if type_sql is not None:
+                    columns.add(name=name, type=type_sql)
             return
+        into.MergeFrom(self.rendering.columns)
+        renderers = self.rendering.renderers
         for row in self.rows:
-            fields = into.add().fields
-            for name, render in self.renderers:
+            fields = rows.add().fields
+            for name, render in renderers:
                 write_value(fields[name], render(row[name]))
 
 
@@ -141,10 +199,6 @@ def columns_list(table: Table, names: Sequence[str], path: str,
 
 def key_columns(table: Table) -> list[Column]:
     return [table.columns[name] for name in table.primary_key]
-
-
-def renderers(columns: Sequence[Column]) -> list[tuple[str, Renderer]]:
-    return [(c.name, renderer_for(c)) for c in columns]
 
 
 def select_list(columns: Sequence[Column]) -> str:

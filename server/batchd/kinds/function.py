@@ -32,7 +32,7 @@ from typing import Any
 
 from batchd.catalog import Function, did_you_mean
 from batchd.errors import FieldViolation, InvalidArgument, OutOfRange
-from batchd.kinds.base import Output, PlanContext, RunContext, renderers, select_list
+from batchd.kinds.base import NO_ROWS, Output, PlanContext, RunContext, rendering, select_list
 from batchd.kinds.params import SqlParams, prepare
 from batchd.v1 import batch_pb2
 from batchd.values import Ref, struct_from_proto
@@ -111,7 +111,7 @@ async def run(spec: FunctionSpec, ctx: RunContext) -> Output:
     call = f"{function.sql}({named})"
     if not function.result_columns:  # void: nothing to fetch
         await ctx.connection.execute(f"SELECT FROM {call}", *params.values)
-        return Output([], [], rows_affected=0)
+        return Output([], NO_ROWS, rows_affected=0)
     # The columns by name, not *: a function replaced since the catalog was read fails here
     # (undefined column) rather than rendering what the catalog does not describe.
     records = await ctx.connection.fetch(
@@ -121,4 +121,4 @@ async def run(spec: FunctionSpec, ctx: RunContext) -> Output:
         raise OutOfRange(f"function {function.qualified_name} returned more than "
                          f"{spec.limit} rows (max_page_size)",
                          metadata={"limit": str(spec.limit)})
-    return Output(records, renderers(function.result_columns), rows_affected=len(records))
+    return Output(records, rendering(function.result_columns), rows_affected=len(records))

@@ -17,19 +17,21 @@ import asyncpg
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument
 from batchd.kinds.base import (
+    NO_ROWS,
     Kind,
     Output,
     PlanContext,
     Planned,
+    Rendering,
     RunContext,
     columns_list,
     key_columns,
-    renderers,
+    rendering,
     select_list,
 )
 from batchd.kinds.params import Deferred, prepare
 from batchd.v1 import batch_pb2
-from batchd.values import CoercionError, Ref, Renderer, coercer, struct_from_proto
+from batchd.values import CoercionError, Ref, coercer, struct_from_proto
 
 Action = batch_pb2.OnConflict.Action
 MAX_PARAMETERS = 32767  # PostgreSQL's limit of bind parameters per statement
@@ -39,7 +41,7 @@ MAX_PARAMETERS = 32767  # PostgreSQL's limit of bind parameters per statement
 class _Shape:
     """Everything about an insert but its values: its table, columns, conflict clause and
     RETURNING, and what follows from them (the coercion of each column, the statements, the
-    renderers of the rows it returns, whether it coalesces). The same for every operation of a
+    rendering of the rows it returns, whether it coalesces). The same for every operation of a
     bulk batch and for every batch of one form, so it is worked out once (``InsertKind``
     keeps them by their key)."""
 
@@ -49,7 +51,7 @@ class _Shape:
     returning: list[Column]
     output_columns: frozenset[str]
     coercion: list[tuple[Column, Callable[[Any], Any]]]  # each column, with its ``coercer``
-    renderers: list[tuple[str, Renderer]]
+    rendering: Rendering
     one_row_sql: str  # INSERT ... VALUES of one row
     unnest_sql: str  # INSERT ... SELECT * FROM unnest(...) of any number
     together_sql: str  # unnest WITH ORDINALITY, rows back in input order (coalescing)
@@ -76,7 +78,7 @@ class _Shape:
                          or any(c.is_array for c in columns))
         return cls(
             table, columns, conflict_sql, returning, frozenset(c.name for c in returning),
-            [(c, coercer(c)) for c in columns], renderers(returning),
+            [(c, coercer(c)) for c in columns], rendering(returning),
             _values_sql(table, columns, 1, conflict_sql + returning_sql) if columns else "",
             f"{into} SELECT * FROM unnest({casts}){conflict_sql}{returning_sql}",
             f"{into} SELECT {names} FROM unnest({casts}) WITH ORDINALITY AS u({names}, n) "
@@ -202,7 +204,7 @@ class InsertKind(Kind):
                 else spec.rows)
         conn = ctx.connection
         if not shape.returning:  # a table without a primary key, nothing asked back
-            return Output([], [], rows_affected=await self._execute(spec, rows, conn))
+            return Output([], NO_ROWS, rows_affected=await self._execute(spec, rows, conn))
         if not shape.columns:
             records = []
             for _ in rows:
@@ -229,7 +231,7 @@ class InsertKind(Kind):
                 records.extend(await conn.fetch(shape.unnest_sql,
                                                 *[list(c) for c in zip(*part, strict=True)]))
             affected = len(records)
-        return Output(records, shape.renderers, rows_affected=affected)
+        return Output(records, shape.rendering, rows_affected=affected)
 
     async def _execute(self, spec: InsertSpec, rows: list[list[Any]],
                        conn: asyncpg.Connection) -> int:
@@ -264,7 +266,7 @@ class InsertKind(Kind):
         rows = [[ctx.results.finalize_all(r) for r in spec.rows] if spec.has_deferred
                 else spec.rows for spec in specs]
         parts = await _insert_together(ctx.connection, specs[0].shape, rows)
-        render = specs[0].shape.renderers
+        render = specs[0].shape.rendering
         return [Output(records, render, len(records)) for records in parts]
 
 

@@ -13,9 +13,10 @@ from batchd.kinds.base import (
     Output,
     PlanContext,
     Planned,
+    Rendering,
     RunContext,
     columns_list,
-    renderers,
+    rendering,
 )
 from batchd.kinds.conditions import plan_selection
 from batchd.kinds.filters import (
@@ -46,6 +47,7 @@ class GetSpec:
     table: Table
     selection: Selection
     columns: list[Column]
+    rendering: Rendering
 
 
 class GetKind(Kind):
@@ -59,7 +61,7 @@ class GetKind(Kind):
                               soft_delete=_visible(table, message.include_deleted))
         columns = columns_list(table, message.columns, f"{path}.columns",
                                lambda: list(table.columns.values()))
-        return Planned(self.name, GetSpec(table, selection, columns),
+        return Planned(self.name, GetSpec(table, selection, columns, rendering(columns)),
                        frozenset(c.name for c in columns))
 
     async def run(self, spec: GetSpec, ctx: RunContext) -> Output:
@@ -70,7 +72,7 @@ class GetKind(Kind):
             f"SELECT {cols} FROM {spec.table.sql} WHERE {where}", *params.values)
         if not records:
             raise NotFound(f'no row with that key in table "{spec.table.qualified_name}"')
-        return Output(records, renderers(spec.columns), rows_affected=1)
+        return Output(records, spec.rendering, rows_affected=1)
 
 
 @dataclass(slots=True)
@@ -82,6 +84,7 @@ class QuerySpec:
     limit: int
     after: list[Any] | None
     fingerprint: str
+    rendering: Rendering
     count_as: str | None = None  # with count: the count's column name, not one of the table
 
 
@@ -105,7 +108,8 @@ class QueryKind(Kind):
         after = (decode_token(message.page_token, keys, shape, f"{path}.page_token")
                  if message.page_token else None)
         count_as = _unused_name(table, "total_count") if message.count else None
-        spec = QuerySpec(table, selection, columns, keys, limit, after, shape, count_as)
+        spec = QuerySpec(table, selection, columns, keys, limit, after, shape, rendering(columns),
+                         count_as)
         return Planned(self.name, spec, frozenset(c.name for c in columns))
 
     async def run(self, spec: QuerySpec, ctx: RunContext) -> Output:
@@ -128,7 +132,7 @@ class QueryKind(Kind):
         if len(records) > spec.limit:
             records = records[:spec.limit]
             token = encode_token(spec.keys, records[-1], spec.fingerprint)
-        return Output(records, renderers(spec.columns), rows_affected=len(records),
+        return Output(records, spec.rendering, rows_affected=len(records),
                       next_page_token=token, total_count=total)
 
 

@@ -22,7 +22,7 @@ from batchd.kinds.base import (
     RunContext,
     columns_list,
     key_columns,
-    renderers,
+    rendering,
     select_list,
 )
 from batchd.kinds.conditions import has_where, plan_selection
@@ -135,7 +135,7 @@ async def _write(spec: WriteSpec, ctx: RunContext) -> Output:
     records = await ctx.connection.fetch(sql, *params.values)
     if not records and spec.selection.by_key:
         await _explain_missing(spec, ctx, version)
-    return Output(records, renderers(spec.returning), rows_affected=len(records))
+    return Output(records, rendering(spec.returning), rows_affected=len(records))
 
 
 async def _explain_missing(spec: WriteSpec, ctx: RunContext, version: Column | None) -> None:
