@@ -161,12 +161,12 @@ class Authenticator:
                               "<token>'", reason="MISSING_TOKEN")
 
     def _token(self, values: list[Any]) -> Principal:
-        scheme, _, token = str(values[0]).partition(" ")
-        token = token.strip()
-        if len(values) > 1 or scheme.lower() != "bearer" or not token:
+        # Exactly two words: "Bearer <token> extra" is malformed, not an unknown token.
+        words = str(values[0]).split()
+        if len(values) > 1 or len(words) != 2 or words[0].lower() != "bearer":
             raise Unauthenticated("malformed authorization metadata: expected exactly one "
                                   "'authorization: Bearer <token>'", reason="MALFORMED_TOKEN")
-        digest = hash_token(token)
+        digest = hash_token(words[1])
         found = None
         for configured, principal in self._tokens:  # no early exit: the same work for all
             if hmac.compare_digest(configured, digest):
