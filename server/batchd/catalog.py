@@ -252,6 +252,12 @@ class Catalog:
         check_identifier(name, field_path)
         if "." in name:
             schema, _, bare = name.partition(".")
+            if not schema or not bare:  # ".x", "../x", "x.": say so, not "must not be empty"
+                empty = "before" if not schema else "after"
+                raise InvalidArgument.field(
+                    field_path, f'"{name}" is not a {what} name: the part {empty} its first "." '
+                                f'is empty; write "name" (in schema "{self.default_schema}") '
+                                'or "schema.name"')
             check_identifier(schema, field_path)
             check_identifier(bare, field_path)
             found = known.get(name)
