@@ -18,7 +18,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from batchd.app import App
-from batchd.auth import hash_token
+from batchd.auth import REFUSED_MOST_SECONDS, hash_token
 from batchd.config import TokenSettings
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import make_settings
@@ -117,3 +117,18 @@ async def reflection(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str],
 async def test_every_refused_call_is_unauthenticated_for_a_grpc_aio_client(channel, call,
                                                                            at_once):
     assert await codes_of(channel, call, at_once) == {"UNAUTHENTICATED": CALLS}
+
+
+async def test_a_refused_client_that_never_stops_writing_is_cut_off(channel):
+    """The server reads a refused stream for REFUSED_MOST_SECONDS at most: a caller without
+    credentials cannot hold a call open by writing on (such a writer may then see grpc.aio's
+    INTERNAL: the one case left to grpc/grpc#36066)."""
+    call = batch_pb2_grpc.BatchServiceStub(channel).BatchStream()
+    async with asyncio.timeout(REFUSED_MOST_SECONDS + 10):
+        try:
+            await call.write(STREAM_HEADER)
+            while True:
+                await call.write(STREAM_CHUNK)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass
+        assert await call.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL)
