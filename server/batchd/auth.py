@@ -231,7 +231,9 @@ async def let_the_client_finish(requests: AsyncIterator[Any]) -> None:
     RST_STREAM, and a grpc.aio (Python) client whose write is in flight at that moment reports
     INTERNAL "Internal error from Core" instead of the status it received (grpc/grpc#36066;
     about half of the refusals of a client writing three messages). Once the client has stopped
-    writing, every client sees the real status. Unary requests need none of this: grpc reads
+    writing, every client sees the real status; reading only its first message (as grpc's
+    asyncio auth example does, answering every method with a unary handler) still left about
+    one refusal in seven to INTERNAL. Unary requests need none of this: grpc reads
     them, and the client's half-close with them, before any handler runs. The bounds keep a
     caller without credentials from holding the call open by writing on and on."""
     loop = asyncio.get_running_loop()
