@@ -143,6 +143,7 @@ async def test_missing_token_is_unauthenticated_for_unary_bidi_and_schema(stub):
     ("Basic dXNlcjpwYXNz", "MALFORMED_TOKEN"),
     ("Bearer", "MALFORMED_TOKEN"),
     (f"{READER}", "MALFORMED_TOKEN"),
+    (f"Bearer {READER} extra", "MALFORMED_TOKEN"),
 ])
 async def test_wrong_or_malformed_token_is_unauthenticated(stub, value, reason):
     metadata = (("authorization", value),)

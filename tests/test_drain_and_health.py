@@ -133,6 +133,24 @@ async def test_drain_keeps_serving_for_the_delay_then_refuses_before_any_header(
         ["during-delay@x", "in-flight@x"]
 
 
+async def health_list(channel: grpc.aio.Channel) -> dict[str, int]:
+    reply = await health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest())
+    return {name: entry.status for name, entry in reply.statuses.items()}
+
+
+async def test_health_list_answers_every_entry_as_check_does_until_the_drain(schema):
+    app = await App.start(make_settings(schema, drain_delay_seconds=60))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        assert await health_list(channel) == {"": SERVING, SERVICE_NAME: SERVING}
+        stopping = asyncio.ensure_future(app.stop(grace=1))
+        try:
+            await until_health(channel, "", NOT_SERVING)
+            assert await health_list(channel) == {"": NOT_SERVING, SERVICE_NAME: NOT_SERVING}
+        finally:
+            app.drain_released.set()
+            await stopping
+
+
 @pytest.mark.timeout(90)
 async def test_health_of_the_service_follows_the_database_and_the_process_stays_serving(schema):
     with tempfile.TemporaryDirectory(prefix="batchd-proxy-") as workdir:

@@ -254,12 +254,47 @@ async def test_a_serialization_failure_reruns_the_group_whole(stub, db):
         item("r", 1),
     ], **INDEPENDENT))
     assert [r.outcome for r in response.results] == [SUCCEEDED] * 4
+    assert response.attempts == 3
     assert handlers.serialization_failures[key] == 2
     # Only the third run left rows behind: one order, its two items.
     assert await count(db, "orders") == 1 and await count(db, "order_items") == 2
     order_id = int(rows(by_id(response)["or"])[0]["id"])
     assert await db.fetchval("SELECT count(*) FROM order_items WHERE order_id = $1",
                              order_id) == 2
+
+
+async def test_a_group_rerun_after_a_concurrent_update_reports_its_attempts(stub, db, schema):
+    """A real serialization failure, forced: the group takes its REPEATABLE READ snapshot and
+    waits on an advisory lock the test holds; meanwhile another transaction updates the row
+    the group then updates (40001: concurrent update). The rerun finds the lock free."""
+    lock = 616161
+    await db.execute("SELECT pg_advisory_lock($1)", lock)
+    try:
+        running = asyncio.ensure_future(stub.BatchExecute(batch([
+            {"id": "wait", "group": "g", "call": {"handler": "wait_for_lock",
+                                                  "args": {"key": lock}}},
+            {"id": "take", "group": "g", "update": {"table": "products", "key": {"id": 1},
+                                                    "set": {"stock": 90}}},
+            {"id": "lone", "call": {"handler": "echo", "args": {}}},
+        ], isolation="ISOLATION_LEVEL_REPEATABLE_READ", **INDEPENDENT)))
+        for _ in range(400):  # until the group waits on the lock, its snapshot taken
+            if await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND objid = $1 AND NOT granted", lock):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the group never waited on the lock")
+        other = await asyncpg.connect(schema)
+        try:
+            await other.execute("UPDATE products SET stock = 99 WHERE id = 1")  # committed
+        finally:
+            await other.close()
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1)", lock)
+    response = await running
+    assert [r.outcome for r in response.results] == [SUCCEEDED] * 3
+    assert response.attempts == 2  # the group's: the lone operation ran once
+    assert await db.fetchval("SELECT stock FROM products WHERE id = 1") == 90
 
 
 async def test_a_group_that_keeps_failing_to_serialize_is_aborted_and_a_lone_one_not_rerun(
@@ -279,6 +314,7 @@ async def test_a_group_that_keeps_failing_to_serialize_is_aborted_and_a_lone_one
     assert code(results["conflict"]) == grpc.StatusCode.ABORTED
     assert from_rpc_status(results["conflict"].status).error_info["sqlstate"] == "40001"
     assert handlers.serialization_failures[group_key] == 4  # one run and three reruns
+    assert response.attempts == 4
     # Outside a group an operation is not rerun (as before groups): ABORTED, the client's call.
     assert code(results["lone"]) == grpc.StatusCode.ABORTED
     assert handlers.serialization_failures[lone_key] == 1

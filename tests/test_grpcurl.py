@@ -73,6 +73,13 @@ async def test_health_check_is_serving(app):
     assert json.loads(out) == {"status": "SERVING"}
 
 
+async def test_health_list_shows_every_entry(app):
+    code, out = await grpcurl(app, "grpc.health.v1.Health/List")
+    assert code == 0, out
+    assert json.loads(out) == {"statuses": {"": {"status": "SERVING"},
+                                            "batchd.v1.BatchService": {"status": "SERVING"}}}
+
+
 async def test_batch_from_json_with_references(app, db):
     code, out = await grpcurl(app, "batchd.v1.BatchService/BatchExecute", data={
         "operations": [

@@ -34,7 +34,7 @@ from batchd.metrics import Metrics
 from batchd.reload import CatalogReload, install_trigger
 from batchd.rpc import decode, reflection, tracing
 from batchd.rpc.admission import Admission
-from batchd.rpc.health import DatabaseWatch
+from batchd.rpc.health import DatabaseWatch, HealthServicer
 from batchd.rpc.interceptors import MetricsInterceptor
 from batchd.rpc.observe import Observer
 from batchd.rpc.service import BatchService
@@ -98,7 +98,7 @@ class App:
             streams = StreamServices(pool, executor, plan_ctx, settings, admission)
             decode.register(BatchService(executor, plan_ctx, streams, Observer(metrics, plan_ctx),
                                          admission), server)
-            health_servicer = health.aio.HealthServicer()
+            health_servicer = HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable(
                 (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),

@@ -12,7 +12,8 @@ Authentication (``AuthInterceptor``, for unary and streaming RPCs alike):
 - Without a token, on an mTLS connection, the client certificate's subject CN is the principal
   (the TLS layer has already verified the certificate against ``tls_client_ca_file``); its
   scopes are ``client_cert_scopes[CN]`` (none if the CN is not listed).
-- Otherwise the RPC fails with UNAUTHENTICATED: missing, malformed or unknown token.
+- Otherwise the RPC fails with UNAUTHENTICATED: missing, malformed or unknown token (a
+  refused request stream is read until the client stops writing: ``let_the_client_finish``).
 - ``grpc.health.v1.Health/*`` is always open; server reflection is open while
   ``reflection_public`` is true (it shows the published .proto, nothing of the database).
 
@@ -46,6 +47,7 @@ None, which means "authentication is off".
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import hmac
@@ -159,12 +161,12 @@ class Authenticator:
                               "<token>'", reason="MISSING_TOKEN")
 
     def _token(self, values: list[Any]) -> Principal:
-        scheme, _, token = str(values[0]).partition(" ")
-        token = token.strip()
-        if len(values) > 1 or scheme.lower() != "bearer" or not token:
+        # Exactly two words: "Bearer <token> extra" is malformed, not an unknown token.
+        words = str(values[0]).split()
+        if len(values) > 1 or len(words) != 2 or words[0].lower() != "bearer":
             raise Unauthenticated("malformed authorization metadata: expected exactly one "
                                   "'authorization: Bearer <token>'", reason="MALFORMED_TOKEN")
-        digest = hash_token(token)
+        digest = hash_token(words[1])
         found = None
         for configured, principal in self._tokens:  # no early exit: the same work for all
             if hmac.compare_digest(configured, digest):
@@ -198,20 +200,58 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         return _wrap(handler, self._admit)
 
-    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
-        """Authenticate the call and publish its principal, or end the RPC."""
+    async def _admit(self, context: grpc.aio.ServicerContext,
+                     requests: AsyncIterator[Any] | None) -> None:
+        """Authenticate the call and publish its principal, or end the RPC. ``requests``: a
+        request stream's messages (None for a unary request, which grpc has read already)."""
         try:
             principal = self.authenticator.authenticate(context.invocation_metadata() or (),
                                                         context.auth_context() or {})
         except BatchdError as err:
             log.info("refused %s: %s", context.peer(), err.message)
+            if requests is not None:
+                await let_the_client_finish(requests)
             await context.abort_with_status(rpc_status.to_status(to_rpc_status(err)))
             raise AssertionError("abort_with_status returned") from None  # pragma: no cover
         current_principal.set(principal)
 
 
+# How long a refused request stream is read, and for how long at most. See
+# ``let_the_client_finish``.
+REFUSED_QUIET_SECONDS = 0.2
+REFUSED_MOST_SECONDS = 2.0
+
+
+async def let_the_client_finish(requests: AsyncIterator[Any]) -> None:
+    """Read (and drop) what the client of a refused request stream still sends, until it
+    half-closes, pauses for ``REFUSED_QUIET_SECONDS`` (it waits for an answer), or
+    ``REFUSED_MOST_SECONDS`` have passed; then the caller ends the call.
+
+    Why: a server that ends a call before the client half-closes sends its trailers and then
+    RST_STREAM, and a grpc.aio (Python) client whose write is in flight at that moment reports
+    INTERNAL "Internal error from Core" instead of the status it received (grpc/grpc#36066;
+    about half of the refusals of a client writing three messages). Once the client has stopped
+    writing, every client sees the real status; reading only its first message (as grpc's
+    asyncio auth example does, answering every method with a unary handler) still left about
+    one refusal in seven to INTERNAL. Unary requests need none of this: grpc reads
+    them, and the client's half-close with them, before any handler runs. The bounds keep a
+    caller without credentials from holding the call open by writing on and on."""
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + REFUSED_MOST_SECONDS
+    messages = aiter(requests)
+    while (left := ends - loop.time()) > 0:
+        try:
+            async with asyncio.timeout(min(REFUSED_QUIET_SECONDS, left)):
+                await anext(messages)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        except Exception:  # a message that does not decode: nothing more to wait for
+            return
+
+
 def _wrap(handler: grpc.RpcMethodHandler,
-          admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]]) -> grpc.RpcMethodHandler:
+          admit: Callable[[grpc.aio.ServicerContext, AsyncIterator[Any] | None],
+                          Awaitable[None]]) -> grpc.RpcMethodHandler:
     """The same handler, authenticating first; for all four RPC shapes, and for streaming
     responses both as async generators and as coroutines writing to the context.
 
@@ -225,18 +265,19 @@ def _wrap(handler: grpc.RpcMethodHandler,
         behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
     else:
         behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    streamed = bool(handler.request_streaming)
 
     if inspect.isasyncgenfunction(behavior):
         async def stream_responses(request: Any, context: grpc.aio.ServicerContext,
                                    ) -> AsyncIterator[Any]:
-            await admit(context)
+            await admit(context, request if streamed else None)
             async for response in behavior(request, context):
                 yield response
 
         wrapped: Behavior = stream_responses
     else:
         async def respond(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await admit(context)
+            await admit(context, request if streamed else None)
             return await behavior(request, context)
 
         wrapped = respond

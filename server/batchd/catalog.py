@@ -92,6 +92,7 @@ class Table:
     soft_delete_column: str | None = None
     # The operation kinds allowed on it (batchd.kinds.registry.TABLE_KINDS, maybe narrowed).
     operations: frozenset[str] = frozenset()
+    oid: int = 0  # pg_class's (batchd.grants asks PostgreSQL about it by oid)
     sql: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +133,7 @@ class Function:
     # of the composite type it returns, or one column named after the function for a scalar.
     # Empty: it returns void.
     result_columns: tuple[Column, ...]
+    oid: int = 0  # pg_proc's: tells overloads apart (batchd.grants)
 
     @property
     def qualified_name(self) -> str:
@@ -252,6 +254,12 @@ class Catalog:
         check_identifier(name, field_path)
         if "." in name:
             schema, _, bare = name.partition(".")
+            if not schema or not bare:  # ".x", "../x", "x.": say so, not "must not be empty"
+                empty = "before" if not schema else "after"
+                raise InvalidArgument.field(
+                    field_path, f'"{name}" is not a {what} name: the part {empty} its first "." '
+                                f'is empty; write "name" (in schema "{self.default_schema}") '
+                                'or "schema.name"')
             check_identifier(schema, field_path)
             check_identifier(bare, field_path)
             found = known.get(name)
@@ -285,7 +293,7 @@ class Catalog:
             qualified = f"{r['schema']}.{r['name']}"
             key = keys.get(r["oid"], ())
             table = _configure(Table(schema=r["schema"], name=r["name"],
-                                     columns=columns[r["oid"]], primary_key=key,
+                                     columns=columns[r["oid"]], primary_key=key, oid=r["oid"],
                                      operations=frozenset(k for k, keyless in kinds.items()
                                                           if key or keyless)),
                                settings, kinds)
@@ -417,7 +425,7 @@ def _function(r: asyncpg.Record, types: _Types,
         result = (types.column(r["name"], r["prorettype"], r["returns"]),)
     return Function(schema=r["schema"], name=r["name"], arguments=arguments,
                     returns=("SETOF " if r["returns_set"] else "") + r["returns"],
-                    returns_set=r["returns_set"], result_columns=result)
+                    returns_set=r["returns_set"], result_columns=result, oid=r["oid"])
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

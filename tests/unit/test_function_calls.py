@@ -92,10 +92,14 @@ def test_arguments_are_coerced_when_planned_and_deferred_when_they_hold_referenc
     assert step(p, "c").depends_on == ["n"]
 
 
-def test_a_reference_must_name_a_result_column_of_the_function():
-    with pytest.raises(InvalidArgument, match=r"returns only \['id', 'label'\]"):
+def test_a_reference_must_name_a_result_column_of_the_function_which_the_error_names():
+    with pytest.raises(InvalidArgument) as caught:
         plan([call("n", "api.label", n=1), insert("i", "orders", {"total": {"$ref": "n.x"}})],
              ctx=CTX)
+    assert caught.value.violations[0].description == (
+        "reference n.x: operation \"n\" returns only ['id', 'label'] (the result columns of "
+        "function api.label(n bigint))")
+    assert "returning" not in caught.value.message
 
 
 def test_a_call_scope_covers_the_qualified_function_name_only():
@@ -112,3 +116,14 @@ def test_a_call_scope_covers_the_qualified_function_name_only():
 def test_a_handler_name_with_a_dot_is_refused():
     with pytest.raises(ValueError, match="dot"):
         handler("public.area")
+
+
+@pytest.mark.parametrize(("name", "empty"), [("../api.add", "before"), (".add", "before"),
+                                             ("api.", "after")])
+def test_a_function_name_with_an_empty_schema_or_name_says_which_part_is_empty(name, empty):
+    error = error_of(call("c", name))
+    assert isinstance(error, InvalidArgument)
+    assert error.violations[0].field == "operations[0].call.function"
+    assert error.violations[0].description == (
+        f'"{name}" is not a function name: the part {empty} its first "." is empty; write '
+        '"name" (in schema "public") or "schema.name"')

@@ -16,7 +16,8 @@ connection, BEGIN, COMMIT), every operation of the unit is FAILED with that erro
 that meets a serialization failure or deadlock is run again whole, up to ``atomic_retries``
 more times; an operation outside any group is not (its ABORTED is the client's to retry).
 
-``committed`` is true when any unit committed. validate_only (``dry_run``): the units one by
+``committed`` is true when any unit committed; ``attempts`` is the most runs any unit took (1
+when none was rerun). validate_only (``dry_run``): the units one by
 one in dependency order inside one transaction that is rolled back, each under a savepoint, so
 that dependents see the rows they would see for real.
 """
@@ -60,6 +61,7 @@ class IndependentRun:
         self.outputs: dict[str, Output] = {}  # committed (dry run: kept) operations
         self.settled: dict[str, Settled] = {}  # every other operation's outcome and status
         self.limit = asyncio.Semaphore(runner.settings.independent_concurrency)
+        self.attempts = 1  # the most runs of any unit (a group rerun after 40001 / 40P01)
 
     async def run(self) -> batch_pb2.BatchExecuteResponse:
         finished = {s.id: asyncio.Event() for s in self.plan.steps}
@@ -76,7 +78,7 @@ class IndependentRun:
 
         await asyncio.gather(*(run(u) for u in self.plan.units))
         return await answers.independent(self.plan, self.outputs, self.settled,
-                                         committed=bool(self.outputs))
+                                         committed=bool(self.outputs), attempts=self.attempts)
 
     async def dry_run(self) -> batch_pb2.BatchExecuteResponse:
         plan, settings = self.plan, self.runner.settings
@@ -91,7 +93,8 @@ class IndependentRun:
                     raise _Rollback
             except _Rollback:
                 pass
-        return await answers.independent(plan, self.outputs, self.settled, committed=False)
+        return await answers.independent(plan, self.outputs, self.settled, committed=False,
+                                         attempts=1)
 
     def _held_back(self, unit: Unit) -> bool:
         """Whether ``unit`` must not run: SKIPPED (a dependency did not succeed) or refused
@@ -113,6 +116,7 @@ class IndependentRun:
         together = True  # runs of inserts share a statement without a savepoint (coalesce)
         while True:
             attempt += 1
+            self.attempts = max(self.attempts, attempt)
             ran: dict[str, Output] = {}
             try:
                 await self._commit_unit(unit, ran, together)

@@ -27,6 +27,7 @@ from batchd.batch.idempotency import Claim, claim_of
 from batchd.errors import BatchdError, InvalidArgument
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext, Planned
+from batchd.kinds.function import FunctionSpec
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, Ref
 
@@ -227,10 +228,19 @@ def _dependencies(step: Step, op: batch_pb2.Operation, refs: list[Ref], steps: l
                 and ref.column not in target.output_columns:
             raise InvalidArgument.field(
                 path, f'reference {ref.operation}.{ref.column}: operation "{ref.operation}" '
-                      f"returns only {sorted(target.output_columns)} (add the column to its "
-                      "returning / columns)", operation_id=op.id)
+                      f"returns only {sorted(target.output_columns)} ({_advice(target)})",
+                operation_id=op.id)
         wanted.append(ref.operation)
     return list(dict.fromkeys(wanted))
+
+
+def _advice(target: Planned) -> str:
+    """What to do about a reference to a column ``target`` does not return: a table operation
+    returns what it is asked for; a function's result columns are what they are."""
+    if isinstance(target.spec, FunctionSpec):
+        f = target.spec.function
+        return f"the result columns of function {f.schema}.{f.signature}"
+    return "add the column to its returning / columns"
 
 
 def _check_target(target: str, step: Step, steps: list[Step], index_of: dict[str, int],

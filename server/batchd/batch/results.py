@@ -65,11 +65,11 @@ async def succeeded(steps: Sequence[Step], outputs: dict[str, Output], *, commit
 
 
 async def independent(plan: BatchPlan, outputs: dict[str, Output],
-                      settled: dict[str, Settled],
-                      committed: bool) -> batch_pb2.BatchExecuteResponse:
+                      settled: dict[str, Settled], committed: bool,
+                      attempts: int) -> batch_pb2.BatchExecuteResponse:
     """Each operation's own outcome: SUCCEEDED with its output, or as ``settled`` (built off
-    the event loop when large)."""
-    return await _built(outputs, _independent, plan, outputs, settled, committed)
+    the event loop when large). ``attempts``: the most runs any unit took."""
+    return await _built(outputs, _independent, plan, outputs, settled, committed, attempts)
 
 
 def _succeeded(steps: Sequence[Step], outputs: dict[str, Output], committed: bool,
@@ -81,8 +81,8 @@ def _succeeded(steps: Sequence[Step], outputs: dict[str, Output], committed: boo
 
 
 def _independent(plan: BatchPlan, outputs: dict[str, Output], settled: dict[str, Settled],
-                 committed: bool) -> batch_pb2.BatchExecuteResponse:
-    response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=1)
+                 committed: bool, attempts: int) -> batch_pb2.BatchExecuteResponse:
+    response = batch_pb2.BatchExecuteResponse(committed=committed, attempts=attempts)
     for s in plan.steps:
         if s.id in outputs:
             add_result(response, s, SUCCEEDED, OK_STATUS, outputs[s.id])

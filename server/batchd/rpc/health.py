@@ -7,6 +7,9 @@ a connection of its own (a busy pool must not look like a dead database), and th
 NOT_SERVING once no check has succeeded for ``db_unhealthy_after_seconds``, SERVING again at
 the first that does. A readiness probe or a load balancer's check on that entry takes the
 replica out while it cannot work. Draining (``App.stop``) turns both NOT_SERVING for good.
+
+``HealthServicer`` answers all three RPCs of ``grpc.health.v1.Health``: Check, Watch, and List
+(every entry at once), which grpcio-health-checking's servicer leaves UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -23,6 +26,34 @@ from batchd.config import Settings
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpcio-health-checking's asyncio servicer, and List. The entries are kept here too, as
+    ``set`` and ``enter_graceful_shutdown`` leave them (the servicer's own are private)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, int] = {"": SERVING}
+        self._draining = False
+
+    async def set(self, service: str, status: int) -> None:
+        await super().set(service, status)
+        if not self._draining:  # as the servicer: once draining, entries stay NOT_SERVING
+            self._statuses[service] = status
+
+    async def enter_graceful_shutdown(self) -> None:
+        await super().enter_graceful_shutdown()
+        self._draining = True
+        self._statuses = dict.fromkeys(self._statuses, NOT_SERVING)
+
+    async def List(self, request: health_pb2.HealthListRequest,
+                   context: object) -> health_pb2.HealthListResponse:
+        """Every entry and its status (two: "" and batchd.v1.BatchService), as Check would
+        answer each."""
+        return health_pb2.HealthListResponse(statuses={
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._statuses.items()})
 
 
 class DatabaseWatch(Background):

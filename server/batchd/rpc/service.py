@@ -15,7 +15,8 @@ from batchd.auth import Principal, current_principal
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
 from batchd.catalog import Catalog
-from batchd.errors import DeadlineExceeded, InvalidArgument, to_rpc_status, translate
+from batchd.errors import DeadlineExceeded, to_rpc_status, translate
+from batchd.grants import Grants, RoleGrants
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import registered
@@ -57,6 +58,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
         self.streams = streams
         # Log lines and counts of each call (batchd.rpc.observe); its own metrics if none given.
         self.observer = observer or Observer(Metrics(), plan_ctx)
+        self.grants = Grants(executor.pool)  # what each database role may use (GetSchema)
 
     async def BatchExecute(self, raw: decode.Raw,
                            context: grpc.aio.ServicerContext) -> batch_pb2.BatchExecuteResponse:
@@ -112,33 +114,53 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
 
     async def GetSchema(self, raw: decode.Raw,
                         context: grpc.aio.ServicerContext) -> batch_pb2.GetSchemaResponse:
+        principal = current_principal.get()
+        catalog = self.plan_ctx.catalog
         try:
             decode.check(await decode.parse(raw, batch_pb2.GetSchemaRequest))
-        except InvalidArgument as err:
-            await context.abort_with_status(rpc_status.to_status(to_rpc_status(err)))
-        return describe(self.plan_ctx.catalog, current_principal.get())
+            grants = None
+            if principal is not None and principal.role:
+                deadline = deadline_of(context, self.plan_ctx.settings.max_batch_seconds)
+                grants = await self.grants.of(catalog, principal.role, deadline)
+        except Exception as exc:
+            error = translate(exc, request_id_of(context))
+            await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
+            raise AssertionError("abort_with_status returned") from None  # pragma: no cover
+        return describe(catalog, principal, grants)
 
 
 def describe(catalog: Catalog, principal: Principal | None = None,
-             ) -> batch_pb2.GetSchemaResponse:
+             grants: RoleGrants | None = None) -> batch_pb2.GetSchemaResponse:
     """The schema, limited to the tables, operation kinds, handlers and functions
-    ``principal``'s scopes cover (None: authentication is off, everything)."""
+    ``principal``'s scopes cover (None: authentication is off, everything), and, for a
+    principal mapped to a database role, to what ``grants`` say the role may use (its
+    columns, its operations, the functions it may execute: batchd.grants)."""
 
     def allowed(kind: str, target: str) -> bool:
         return principal is None or principal.allows(kinds.access_of(kind), target)
 
-    tables = [
-        batch_pb2.TableInfo(
+    tables = []
+    for t in sorted(catalog.tables.values(), key=lambda t: t.qualified_name):
+        columns, operations = list(t.columns.values()), t.operations
+        if grants is not None:
+            use = grants.tables.get(t.qualified_name)
+            if use is None:
+                continue
+            columns = [c for c in columns if c.name in use.columns]
+            operations = use.operations
+        allowed_operations = sorted(k for k in operations if allowed(k, t.qualified_name))
+        if not allowed_operations:
+            continue
+        shown = {c.name for c in columns}
+        tables.append(batch_pb2.TableInfo(
             name=t.qualified_name,
             columns=[batch_pb2.ColumnInfo(name=c.name, type=c.type_sql, nullable=c.nullable,
                                           has_default=c.has_default)
-                     for c in t.columns.values()],
-            primary_key=list(t.primary_key),
-            version_column=t.version_column or "",
-            soft_delete_column=t.soft_delete_column or "",
-            operations=sorted(k for k in t.operations if allowed(k, t.qualified_name)))
-        for t in sorted(catalog.tables.values(), key=lambda t: t.qualified_name)
-        if any(allowed(k, t.qualified_name) for k in t.operations)]
+                     for c in columns],
+            primary_key=list(t.primary_key) if shown.issuperset(t.primary_key) else [],
+            version_column=t.version_column if t.version_column in shown else "",
+            soft_delete_column=t.soft_delete_column if t.soft_delete_column in shown else "",
+            operations=allowed_operations))
     functions = [
         batch_pb2.FunctionInfo(
             name=f.qualified_name,
@@ -149,7 +171,7 @@ def describe(catalog: Catalog, principal: Principal | None = None,
             result_columns=[batch_pb2.ColumnInfo(name=c.name, type=c.type_sql, nullable=True)
                             for c in f.result_columns])
         for name, overloads in sorted(catalog.functions.items()) if allowed("call", name)
-        for f in overloads]
+        for f in overloads if grants is None or f.oid in grants.functions]
     return batch_pb2.GetSchemaResponse(
         tables=tables, handlers=sorted(h for h in registered() if allowed("call", h)),
         functions=functions)
