@@ -36,6 +36,7 @@ from batchd import pgtypes
 from batchd.catalog import quote_ident
 from batchd.config import Settings
 from batchd.errors import DeadlineExceeded
+from batchd.startup import StartupError
 from batchd.values import dumps_json
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,13 @@ async def check_roles(pool: asyncpg.Pool, roles: set[str]) -> None:
         "SELECT r FROM unnest($1::text[]) AS r WHERE NOT EXISTS (SELECT FROM pg_roles "
         "WHERE rolname = r) OR NOT pg_has_role(current_user, r, 'MEMBER')", sorted(roles))
     if missing:
-        raise ValueError("roles that do not exist or that batchd's login role is not a member "
-                         f"of (GRANT role TO login_role): {sorted(r['r'] for r in missing)}")
+        names = sorted(r["r"] for r in missing)
+        login = await pool.fetchval("SELECT current_user")
+        role = quote_ident(names[0])
+        raise StartupError(
+            f"tokens[].role / client_cert_roles: {', '.join(names)}: no such role, or batchd's "
+            f"login role {login} is not a member of it; in PostgreSQL: CREATE ROLE {role}; "
+            f"GRANT {role} TO {quote_ident(login)}; or fix the role in the settings")
 
 
 @asynccontextmanager
