@@ -19,9 +19,18 @@ exit code and the rejects file always match the table. When the ingest finishes,
 says so: the same command again reports the finished ingest and sends nothing (remove the
 state file to ingest the file again). ATOMIC mode commits everything at the end or nothing.
 
+A failure says what comes next. A passing one (the server unavailable, draining or overloaded,
+a deadline, a cut connection) keeps the state file: the same command resumes. A permanent one
+(the server refused the file, the table or the command: an unknown column, an Arrow type it
+cannot store exactly, a permission) says what to fix; when nothing was written it leaves no
+state file behind, so the corrected file or command starts afresh (the server's refusal comes
+after every acknowledgement it sent, so nothing unacknowledged was written). When chunks were
+written before it, the state file keeps their place, and the same command resumes after them
+once the cause is fixed.
+
 Rejected rows go to FILE.rejects.jsonl (or --rejects) with their row number and reason.
-Exit codes: 0 all rows written; 3 finished, but some rows were rejected; 1 failed (the state
-file is kept for a resume); 2 usage error; 130 interrupted.
+Exit codes: 0 all rows written; 3 finished, but some rows were rejected; 1 failed (see above);
+2 usage error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 import time
 import uuid
@@ -117,13 +127,17 @@ async def ingest(args: argparse.Namespace) -> int:
               + f"; nothing sent. Remove {state_path} to ingest it again.", file=sys.stderr)
         return EXIT_REJECTED if state.rejected else EXIT_OK
     run = _Run(args, path, state, state_path, columns, arrow)
-    with _rejects_file(rejects_path, state) as rejects:
-        if arrow is not None:
-            await run.stream(None, rejects)
-        else:
-            with path.open("rb") as f:
-                f.seek(state.offset)
-                await run.stream(f, rejects)
+    try:
+        with _rejects_file(rejects_path, state) as rejects:
+            if arrow is not None:
+                await run.stream(None, rejects)
+            else:
+                with path.open("rb") as f:
+                    f.seek(state.offset)
+                    await run.stream(f, rejects)
+    except grpc.aio.AioRpcError as exc:
+        run.progress.close()
+        raise _failed(exc, args, path, state, state_path, rejects_path, columns) from None
     run.progress.close()
     state.finished = True
     if not run.atomic:
@@ -134,7 +148,65 @@ async def ingest(args: argparse.Namespace) -> int:
     print(f"{path}: {state.written:,} rows written to {args.table} in {elapsed:.1f}s"
           + (f"; {state.rejected:,} rejected, see {rejects_path}" if state.rejected else ""),
           file=sys.stderr)
+    if not run.atomic:
+        print(f"{state_path} is kept: the same command again sends nothing; to load {path} "
+              f"again, remove it first (rm {shlex.quote(str(state_path))})", file=sys.stderr)
     return EXIT_REJECTED if state.rejected else EXIT_OK
+
+
+class Failed(Exception):
+    """The stream failed; the message says what happened and what to do next."""
+
+
+# Failures that pass: the same command again resumes. Any other code is the server refusing
+# the file, the table or the command, which running it again cannot change.
+_PASSING = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
+
+
+def _failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path, state: State,
+            state_path: Path, rejects_path: Path, columns: list[str]) -> Failed:
+    """What the failure was and what to do next (see the module's docstring)."""
+    code = exc.code()
+    lines = [f"batchd ingest: failed: {code.name}: {exc.details()}"]
+    hint = _delimiter_hint(args, columns) if code == grpc.StatusCode.INVALID_ARGUMENT else None
+    if hint:
+        lines.append(hint)
+    if code in _PASSING:
+        lines.append("nothing was written (ATOMIC); run the same command again"
+                     if args.mode == "atomic" else "run the same command again to resume")
+        return Failed("\n".join(lines))
+    fix = "fix what the error names (in the file, the command or the server's settings)"
+    if args.mode == "atomic":
+        lines.append(f"nothing was written (ATOMIC); {fix}, then run the command again")
+    elif state.sequence == 0:
+        state_path.unlink(missing_ok=True)  # nothing written: the fixed input starts afresh
+        if rejects_path.exists() and rejects_path.stat().st_size == 0:
+            rejects_path.unlink()
+        lines.append(f"nothing was written; {fix}, then run the command again")
+    else:
+        lines.append(
+            f"{state.written:,} rows were written before it (chunks 1 to {state.sequence}); "
+            f"{fix}, then run the same command again to resume after them ({state_path} "
+            f"keeps their place; if {path} itself must change, remove it first: the rows "
+            "already written stay)")
+    return Failed("\n".join(lines))
+
+
+_SEPARATORS = {";": "';'", "\t": "$'\\t'", "|": "'|'", ",": ","}
+
+
+def _delimiter_hint(args: argparse.Namespace, columns: list[str]) -> str | None:
+    """A CSV header read as one column that holds another separator: --delimiter is missing."""
+    if args.format != "csv" or args.columns or len(columns) != 1:
+        return None
+    for separator, shown in _SEPARATORS.items():
+        if separator != args.delimiter and separator in columns[0]:
+            return (f"the header line has no {args.delimiter!r}, but {separator!r} between its "
+                    f"columns: add --delimiter {shown}")
+    return None
 
 
 def _state(path: Path, args: argparse.Namespace, state_path: Path, data_start: int) -> State:
@@ -333,10 +405,8 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"batchd ingest: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except grpc.aio.AioRpcError as exc:
-        print(f"batchd ingest: failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        if args.mode != "atomic":
-            print("run the same command again to resume", file=sys.stderr)
+    except Failed as exc:
+        print(exc, file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("batchd ingest: interrupted; run the same command again to resume",
