@@ -216,8 +216,10 @@ def _state(path: Path, args: argparse.Namespace, state_path: Path, data_start: i
     state = None if atomic else State.load(state_path)
     if state is not None and (state.file != str(path.resolve()) or state.size != stat.st_size
                               or state.mtime_ns != stat.st_mtime_ns or state.table != args.table):
-        raise UsageError(f"{state_path} belongs to another file, table or version of the file; "
-                         "remove it to start over")
+        done = (f"{state.written:,} rows of it were written" if state.sequence
+                else "no chunk of it was acknowledged")
+        raise UsageError(f"{state_path} belongs to another file, table or version of the file "
+                         f"({done}); remove it to start over")
     if state is None:
         state = State(str(path.resolve()), stat.st_size, stat.st_mtime_ns, args.table,
                       args.stream_id or f"ingest-{uuid.uuid4().hex}", args.chunk_rows,
