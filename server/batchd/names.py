@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor
+from google.protobuf.message import Message
 
 from batchd.v1 import batch_pb2
 
@@ -39,10 +40,14 @@ def current_name(enum: EnumDescriptor, old: str) -> str | None:
     return new if old not in enum.values_by_name and new in enum.values_by_name else None
 
 
-def renamed_enum_values(document: Any, message: Descriptor,
-                        path: str = "") -> list[tuple[str, str, str]]:
+def renamed_enum_values(document: Any, message: type[Message]) -> list[tuple[str, str, str]]:
     """Every enum value in ``document`` (the JSON form of a ``message``, as grpcurl and
     ``batchd exec`` take it) spelled as in 0.1.0: (field path, old name, new name)."""
+    descriptor: Descriptor = message.DESCRIPTOR  # type: ignore[assignment]  # upb or python
+    return _renamed(document, descriptor, "")
+
+
+def _renamed(document: Any, message: Descriptor, path: str) -> list[tuple[str, str, str]]:
     found: list[tuple[str, str, str]] = []
     if not isinstance(document, dict):
         return found
@@ -61,7 +66,7 @@ def renamed_enum_values(document: Any, message: Descriptor,
                     found.append((at, item, new))
             elif field.message_type is not None and \
                     field.message_type.full_name.startswith("batchd."):
-                found.extend(renamed_enum_values(item, field.message_type, at))
+                found.extend(_renamed(item, field.message_type, at))
     return found
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from batchd import names
 from batchd.v1 import batch_pb2
 
-REQUEST = batch_pb2.BatchExecuteRequest.DESCRIPTOR
+REQUEST = batch_pb2.BatchExecuteRequest
 
 
 def test_each_renamed_enum_gives_the_name_it_has_since_0_2_0() -> None:

@@ -155,7 +155,7 @@ def load_request(path: str) -> batch_pb2.BatchExecuteRequest:
     try:
         request = json_format.ParseDict(_exact(document), batch_pb2.BatchExecuteRequest())
     except json_format.ParseError as exc:
-        renamed = names.renamed_enum_values(document, batch_pb2.BatchExecuteRequest.DESCRIPTOR)
+        renamed = names.renamed_enum_values(document, batch_pb2.BatchExecuteRequest)
         if renamed:
             raise UsageError(f"{name}: {names.renamed_message(renamed)}") from None
         raise UsageError(f"{name}: not a BatchExecuteRequest: {exc}") from None
