@@ -36,9 +36,10 @@ from google.protobuf import struct_pb2
 
 from batchd.catalog import Column
 from batchd.errors import InvalidArgument
+from batchd.stream import array_literal
 from batchd.stream.arrow import Rows
 from batchd.stream.arrow_types import Plan, plan
-from batchd.stream.columnar import PG_MAX_US, PG_MIN_US, UNIX_TO_PG_EPOCH_US
+from batchd.stream.columnar import PG_MAX_US, PG_MIN_US, UNIX_TO_PG_EPOCH_US, read_array
 from batchd.v1 import batch_pb2
 from batchd.values import MAX_SAFE_INTEGER, from_proto, plain_json, render_any
 
@@ -147,14 +148,16 @@ def _from_strings(array: pa.Array, values: Sequence[Any], mask: np.ndarray[Any, 
     if column.is_array:
         if kind != "text" or column.cast_sql != "text[]":
             raise _Slow
-        # The per-value path's reading of the JSON text (columnar._json_value: json.loads
-        # with these options, which makes such a decoder for each value).
+        # The per-value path's reading of the text (columnar.read_array: JSON text, or
+        # PostgreSQL's array literal when it starts with "{").
         try:
-            read = _JSON_EXACT.decode
-            lists = [None if mask is not None and mask[i] else read(text)
+            json_text, literal = _JSON_EXACT.decode, read_array
+            is_literal = array_literal.is_literal
+            lists = [None if mask is not None and mask[i] else
+                     literal(text, kind) if is_literal(text) else json_text(text)
                      for i, text in enumerate(values)]
         except ValueError:
-            raise _Slow from None  # not JSON: said per value
+            raise _Slow from None  # neither: said per value
         return _lists_of_strings(lists)
     if kind in ("text", "json", "uuid"):  # uuid: arrow_types reads the text, strictly
         return array
