@@ -73,6 +73,18 @@ async def test_an_unknown_key_names_the_file_its_line_and_the_nearest_setting(tm
         in line
 
 
+async def test_an_unknown_key_in_a_token_or_table_is_named_with_the_nearest_one(tmp_path):
+    (tmp_path / "nested.toml").write_text(
+        f'[[tokens]]\nprincipal = "a"\nsha256 = "{TOKEN_HASH}"\nscope = ["admin"]\n')
+    line = await serve(tmp_path, "--config", "nested.toml")
+    assert "nested.toml, line 4: unknown setting 'tokens[0].scope'; did you mean scopes?" \
+        in line
+    (tmp_path / "tables.toml").write_text('[tables."public.orders"]\noperation = ["get"]\n')
+    line = await serve(tmp_path, "--config", "tables.toml")
+    assert "tables.toml, line 2: unknown setting 'tables.public.orders.operation'; did you " \
+           "mean operations?" in line
+
+
 async def test_a_wrong_type_names_the_file_line_key_and_value(tmp_path):
     (tmp_path / "types.toml").write_text('host = "127.0.0.1"\npool_max_size = "fifty"\n')
     line = await serve(tmp_path, "--config", "types.toml")
@@ -132,9 +144,15 @@ async def test_a_port_in_use_is_one_line_found_before_postgresql_is_touched(tmp_
     assert "--port" in line
 
 
-async def test_workers_refuse_a_port_in_use_once(tmp_path, taken_port):
+async def test_workers_refuse_a_port_in_use_or_a_bad_dsn_once(tmp_path, taken_port):
     line = await serve(tmp_path, "--port", str(taken_port), "--workers", "2")
     assert f"cannot listen on 127.0.0.1:{taken_port}: the port is in use" in line
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    line = await serve(tmp_path, "--port", str(port), "--workers", "2",
+                       "--dsn", "postgresql://app:pw@127.0.0.1:1/shop")
+    assert "cannot connect to PostgreSQL at 127.0.0.1:1" in line
 
 
 async def test_an_address_not_of_this_machine_is_named(tmp_path):

@@ -105,7 +105,9 @@ def serve_workers(args: argparse.Namespace) -> int:
         if settings.port == 0:
             raise startup.StartupError("--workers needs a fixed --port (or BATCHD_PORT)")
         startup.check_port(settings.host, settings.port)
-        if settings.dsn is None:
+        if settings.dsn is not None:
+            asyncio.run(startup.check_database(settings.dsn, settings.connect_timeout_seconds))
+        else:
             try:
                 overrides["dsn"], embedded = asyncio.run(start_embedded(settings.data_dir))
             except Exception as exc:
@@ -185,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("BATCHD_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
-        return serve_workers(args) if args.workers > 1 else _run_server(args)
+        try:
+            return serve_workers(args) if args.workers > 1 else _run_server(args)
+        except KeyboardInterrupt:  # before the signal handlers are installed: still starting
+            print("batchd serve: interrupted while starting", file=sys.stderr)
+            return 130
     if args.command == "new-token":
         return new_token(args)
     if args.command == "ingest":

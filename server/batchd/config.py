@@ -34,6 +34,8 @@ from batchd import startup
 class TableSettings(BaseModel):
     """Per-table overrides of the conventions (keyed by "schema.table")."""
 
+    model_config = ConfigDict(extra="forbid")
+
     # None: the convention (a column named "version" / "deleted_at"); "": none.
     version_column: str | None = None
     soft_delete_column: str | None = None
@@ -277,5 +279,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**given)
     except ValidationError as exc:
         raise startup.settings_error(
-            exc.errors(), fields=Settings.model_fields, config_file=path, toml_text=text,
+            exc.errors(), fields=_fields_at, config_file=path, toml_text=text,
             toml_keys=keys, flags=given) from None
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The setting names known at ``loc``: the top level, a token's, a table's."""
+    if loc[:1] == ("tokens",):
+        return list(TokenSettings.model_fields)
+    if loc[:1] == ("tables",) and len(loc) == 2:
+        return list(TableSettings.model_fields)
+    return list(Settings.model_fields) if not loc else []

@@ -64,11 +64,13 @@ def config_file_error(path: Path, exc: BaseException) -> StartupError:
     return StartupError(f"{path}: not valid TOML: {exc}")
 
 
-def settings_error(errors: Sequence[Mapping[str, Any]], *, fields: Iterable[str],
+def settings_error(errors: Sequence[Mapping[str, Any]], *,
+                   fields: Callable[[tuple[Any, ...]], Iterable[str]],
                    config_file: Path | None, toml_text: str | None,
                    toml_keys: Iterable[str], flags: Iterable[str]) -> StartupError:
     """The first of pydantic's validation ``errors``, as one line naming where the value came
-    from (the flag, the BATCHD_* variable, or the file and its line), the key and the value."""
+    from (the flag, the BATCHD_* variable, or the file and its line), the key and the value.
+    ``fields(loc)``: the names known where ``loc`` points (for "did you mean")."""
     first = errors[0]
     loc = tuple(first.get("loc", ()))
     key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
@@ -79,7 +81,8 @@ def settings_error(errors: Sequence[Mapping[str, Any]], *, fields: Iterable[str]
     message = message.removeprefix("Value error, ")
     kind = first.get("type")
     if kind == "extra_forbidden":
-        close = difflib.get_close_matches(top, list(fields), n=1)
+        name = str(loc[-1]) if loc else top
+        close = difflib.get_close_matches(name, list(fields(loc[:-1])), n=1)
         hint = f"did you mean {close[0]}?" if close else "see the configuration table in README"
         line = f"{where}: unknown setting {key!r}; {hint}"
     elif not loc:
@@ -200,6 +203,18 @@ def database_error(exc: BaseException, dsn: str, connect_seconds: float) -> Star
     else:
         why = f"{type(exc).__name__}: {exc}"
     return StartupError(f"cannot connect to PostgreSQL at {where} (dsn {shown}): {why}")
+
+
+async def check_database(dsn: str, connect_seconds: float) -> None:
+    """One connection with ``dsn``, closed at once (``serve --workers``: found once, before
+    every worker would fail on it)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=connect_seconds)
+    except Exception as exc:
+        raise database_error(exc, dsn, connect_seconds) from exc
+    await conn.close()
 
 
 def embedded_error(exc: BaseException, data_dir: Path) -> StartupError:
