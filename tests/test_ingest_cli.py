@@ -133,6 +133,8 @@ async def test_ingest_into_an_unknown_table_fails_clearly(app, tmp_path):
     code, out = await ingest(app, str(data), "--table", "nope")
     assert code == 1
     assert "INVALID_ARGUMENT" in out and "unknown or not exposed table" in out
+    assert "nothing was written; correct --table (batchd schema lists the tables you may " \
+           "use)" in out
 
 
 async def test_rerunning_a_finished_ingest_says_so_and_sends_nothing(app, db, tmp_path):
@@ -159,7 +161,8 @@ async def test_a_refused_header_says_what_to_fix_and_the_fixed_file_then_runs(ap
     code, out = await ingest(app, str(data), "--table", "events")
     assert code == 1, out
     assert 'no column "scores"' in out
-    assert "nothing was written; fix what the error names" in out and "resume" not in out
+    assert f"nothing was written; correct the header line of {data}, then run the command " \
+           "again" in out and "resume" not in out
     assert not (tmp_path / "typo.csv.batchd-ingest.json").exists()
     assert not (tmp_path / "typo.csv.rejects.jsonl").exists()
     data.write_text("id,kind,score\n1,a,1\n2,b,2\n")  # fixed: the same command now runs
@@ -175,6 +178,8 @@ async def test_a_semicolon_separated_csv_is_told_to_add_delimiter(app, db, tmp_p
     assert code == 1, out
     assert 'no column "id;kind;score"' in out
     assert "the header line has no ',', but ';' between its columns: add --delimiter ';'" in out
+    assert "nothing was written; add --delimiter ';', then run the command again" in out
+    assert not (tmp_path / "export.csv.batchd-ingest.json").exists()
     code, out = await ingest(app, str(data), "--table", "events", "--delimiter", ";")
     assert code == 0, out
     assert await db.fetchval("SELECT kind FROM events WHERE id = 1") == "a"
@@ -190,7 +195,8 @@ async def test_a_refused_arrow_type_leaves_no_state_and_the_fixed_file_runs(app,
     feather.write_feather(pa.table({"id": [1], "num": [0.1]}), path)
     code, out = await ingest(app, str(path), "--table", "all_types")
     assert code == 1, out
-    assert 'column "num"' in out and "nothing was written; fix what the error names" in out
+    assert 'column "num"' in out and f"nothing was written; store that column in {path} as " \
+           "the type the message names, or leave it out with --columns" in out
     assert not (tmp_path / "money.arrow.batchd-ingest.json").exists()
     feather.write_feather(pa.table({"id": [1], "num": pa.array([decimal.Decimal("0.1")],
                                                                 pa.decimal128(5, 1))}), path)

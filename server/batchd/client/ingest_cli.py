@@ -171,14 +171,16 @@ def _failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path, sta
     """What the failure was and what to do next (see the module's docstring)."""
     code = exc.code()
     lines = [f"batchd ingest: failed: {code.name}: {exc.details()}"]
-    hint = _delimiter_hint(args, columns) if code == grpc.StatusCode.INVALID_ARGUMENT else None
-    if hint:
-        lines.append(hint)
+    separator = (_other_separator(args, columns) if code == grpc.StatusCode.INVALID_ARGUMENT
+                 else None)
+    if separator:
+        lines.append(f"the header line has no {args.delimiter!r}, but {separator[0]!r} between "
+                     f"its columns: add --delimiter {separator[1]}")
     if code in _PASSING:
         lines.append("nothing was written (ATOMIC); run the same command again"
                      if args.mode == "atomic" else "run the same command again to resume")
         return Failed("\n".join(lines))
-    fix = "fix what the error names (in the file, the command or the server's settings)"
+    fix = f"add --delimiter {separator[1]}" if separator else _what_to_fix(exc, args, path)
     if args.mode == "atomic":
         lines.append(f"nothing was written (ATOMIC); {fix}, then run the command again")
     elif state.sequence == 0:
@@ -195,17 +197,38 @@ def _failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path, sta
     return Failed("\n".join(lines))
 
 
+def _what_to_fix(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path) -> str:
+    """Where the refused thing is, by the field the server names (or the code)."""
+    details, code = exc.details() or "", exc.code()
+    if details.startswith("header.columns"):
+        if args.columns:
+            return "correct --columns"
+        if args.format in ARROW_FORMATS:
+            return f"correct the column's name in {path}, or choose columns with --columns"
+        return f"correct the header line of {path}"
+    if details.startswith("header.arrow_schema"):
+        return (f"store that column in {path} as the type the message names, or leave it out "
+                "with --columns")
+    if details.startswith("header.table"):
+        return "correct --table (batchd schema lists the tables you may use)"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return "give a valid token (--token)"
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return "use a token, or a database role, allowed to write to the table"
+    return "fix what the error names (in the file, the command or the server's settings)"
+
+
 _SEPARATORS = {";": "';'", "\t": "$'\\t'", "|": "'|'", ",": ","}
 
 
-def _delimiter_hint(args: argparse.Namespace, columns: list[str]) -> str | None:
-    """A CSV header read as one column that holds another separator: --delimiter is missing."""
+def _other_separator(args: argparse.Namespace, columns: list[str]) -> tuple[str, str] | None:
+    """A CSV header read as one column that holds another separator (and how to write it for
+    a shell): --delimiter is missing."""
     if args.format != "csv" or args.columns or len(columns) != 1:
         return None
     for separator, shown in _SEPARATORS.items():
         if separator != args.delimiter and separator in columns[0]:
-            return (f"the header line has no {args.delimiter!r}, but {separator!r} between its "
-                    f"columns: add --delimiter {shown}")
+            return separator, shown
     return None
 
 
