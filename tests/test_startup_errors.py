@@ -175,6 +175,14 @@ async def test_a_handler_module_that_cannot_be_imported_is_named(tmp_path, schem
     assert "handler_modules: cannot import 'shop.no_such_handlers'" in line
 
 
+async def test_a_table_setting_that_does_not_fit_the_table_is_named(tmp_path, schema):
+    (tmp_path / "tables.toml").write_text('[tables."public.orders"]\noperations = ["gett"]\n')
+    line = await serve(tmp_path, "--config", "tables.toml", "--dsn", schema,
+                       BATCHD_POOLER="none")
+    assert "tables: public.orders: unknown operation kinds ['gett'] (known: " in line
+    assert "get," in line
+
+
 async def test_a_missing_tls_file_is_named_before_postgresql_is_touched(tmp_path):
     (tmp_path / "tls.toml").write_text('tls_cert_file = "cert.pem"\ntls_key_file = "key.pem"\n')
     line = await serve(tmp_path, "--config", "tls.toml", "--dsn", "postgresql://a@127.0.0.1:1/b")

@@ -102,7 +102,10 @@ class App:
             if settings.reload_trigger:
                 await install_trigger(pool)
             async with pool.acquire() as conn:
-                catalog = await Catalog.load(conn, settings, kinds.TABLE_KINDS)
+                try:
+                    catalog = await Catalog.load(conn, settings, kinds.TABLE_KINDS)
+                except ValueError as exc:  # [tables."..."] that do not fit the table
+                    raise startup.StartupError(f"tables: {exc}") from exc
             plan_ctx = PlanContext(catalog, settings)
             executor = Executor(pool, plan_ctx, settings)
 

@@ -294,6 +294,9 @@ def import_handler_modules(load: Callable[[list[str]], None], modules: list[str]
         except ImportError as exc:
             raise StartupError(f"handler_modules: cannot import {module!r} ({exc}); check the "
                                "name, and that its folder is on PYTHONPATH") from exc
+        except Exception as exc:  # the module's own code failed (a handler defined twice...)
+            raise StartupError(f"handler_modules: importing {module!r} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
 
 
 def unexpected(exc: BaseException) -> StartupError:
