@@ -135,6 +135,15 @@ async def test_a_database_that_does_not_exist_is_named_with_the_fix(tmp_path, ds
     assert 'database "no_such_db" does not exist' in line and "createdb" in line
 
 
+async def test_a_login_role_that_does_not_exist_is_named_with_the_fix(tmp_path, dsn):
+    base, _, query = dsn.partition("?")
+    scheme, _, rest = base.partition("://")
+    nobody = f"{scheme}://nobody_here:pw@{rest.split('@', 1)[-1]}" + (f"?{query}" if query else "")
+    line = await serve(tmp_path, "--dsn", nobody)
+    assert 'role "nobody_here" does not exist' in line and "nobody_here:***@" in line
+    assert "use an existing role" in line
+
+
 async def test_a_port_in_use_is_one_line_found_before_postgresql_is_touched(tmp_path,
                                                                             taken_port):
     # The DSN is unreachable too: the port is checked first, so the port is what is named.
