@@ -216,6 +216,26 @@ async def test_a_passing_failure_keeps_the_state_and_says_to_resume(app, db, tmp
     assert await db.fetchval("SELECT count(*) FROM events") == 10
 
 
+async def test_a_refusal_keeps_the_state_an_earlier_run_left(app, db, tmp_path):
+    # An earlier run that failed in passing may have had chunks written without hearing so:
+    # its state (its stream id) is what finds them, so a later refusal does not remove it.
+    data = tmp_path / "plain.csv"
+    data.write_text("".join(f"{i},k,{i}\n" for i in range(10)))  # no header line
+    state = tmp_path / "plain.csv.batchd-ingest.json"
+    code, out = await ingest_to(f"127.0.0.1:{unused_port()}", str(data), "--table", "events",
+                                "--columns", "id,kind,scor")
+    assert code == 1 and "run the same command again to resume" in out, out
+    stream_id = json.loads(state.read_text())["stream_id"]
+    code, out = await ingest(app, str(data), "--table", "events", "--columns", "id,kind,scor")
+    assert code == 1, out
+    assert "nothing was written by this run; correct --columns, then run the same command " \
+           "again to resume" in out
+    assert json.loads(state.read_text())["stream_id"] == stream_id
+    code, out = await ingest(app, str(data), "--table", "events", "--columns", "id,kind,score")
+    assert code == 0, out
+    assert await db.fetchval("SELECT count(*) FROM events") == 10
+
+
 async def test_a_new_ingest_starts_a_new_rejects_file(app, db, tmp_path):
     data = write_csv(tmp_path / "fresh.csv", 20, bad={3: "3,,1"})
     (tmp_path / "fresh.csv.rejects.jsonl").write_text('{"row": 999, "stale": true}\n')

@@ -8,9 +8,9 @@
 
 Without a DSN (flag or BATCHD_DSN) ``serve`` starts an embedded PostgreSQL with the demo schema.
 A start-up failure (settings, DSN, port, roles...) is one line on standard error naming the
-value and the fix, exit code 2 (batchd.startup). SIGHUP reloads the catalog (batchd.reload). The first SIGTERM or SIGINT drains: health goes
-NOT_SERVING, new calls are refused, in-flight ones get the grace period; a second signal exits
-at once. ``exec`` and ``schema`` are clients
+value and the fix, exit code 2 (batchd.startup). SIGHUP reloads the catalog (batchd.reload).
+The first SIGTERM or SIGINT drains: health goes NOT_SERVING, new calls are refused, in-flight
+ones get the grace period; a second signal exits at once. ``exec`` and ``schema`` are clients
 (``batchd.client.exec_cli``); the server modules are imported only by ``serve``.
 """
 

@@ -24,7 +24,9 @@ a deadline, a cut connection) keeps the state file: the same command resumes. A 
 (the server refused the file, the table or the command: an unknown column, an Arrow type it
 cannot store exactly, a permission) says what to fix; when nothing was written it leaves no
 state file behind, so the corrected file or command starts afresh (the server's refusal comes
-after every acknowledgement it sent, so nothing unacknowledged was written). When chunks were
+after every acknowledgement it sent, so nothing unacknowledged was written). A state file an
+earlier run left is kept even then: a run killed before hearing an acknowledgement may have
+had chunks written, which only its stream id finds again. When chunks were
 written before it, the state file keeps their place, and the same command resumes after them
 once the cause is fixed.
 
@@ -120,6 +122,7 @@ async def ingest(args: argparse.Namespace) -> int:
         columns, data_start = list(arrow.schema.names), 0
     else:
         columns, data_start = read_columns(path, args)
+    fresh = not state_path.exists()
     state = _state(path, args, state_path, data_start)
     if state.finished:
         print(f"{path}: already ingested into {state.table}: {state.written:,} rows written"
@@ -137,7 +140,8 @@ async def ingest(args: argparse.Namespace) -> int:
                     await run.stream(f, rejects)
     except grpc.aio.AioRpcError as exc:
         run.progress.close()
-        raise _failed(exc, args, path, state, state_path, rejects_path, columns) from None
+        raise _failed(exc, args, path, state, state_path, rejects_path, columns,
+                      fresh) from None
     run.progress.close()
     state.finished = True
     if not run.atomic:
@@ -167,8 +171,9 @@ _PASSING = frozenset({
 
 
 def _failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path, state: State,
-            state_path: Path, rejects_path: Path, columns: list[str]) -> Failed:
-    """What the failure was and what to do next (see the module's docstring)."""
+            state_path: Path, rejects_path: Path, columns: list[str], fresh: bool) -> Failed:
+    """What the failure was and what to do next (see the module's docstring). ``fresh``: the
+    state file was made by this run."""
     code = exc.code()
     lines = [f"batchd ingest: failed: {code.name}: {exc.details()}"]
     separator = (_other_separator(args, columns) if code == grpc.StatusCode.INVALID_ARGUMENT
@@ -183,11 +188,17 @@ def _failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path, sta
     fix = f"add --delimiter {separator[1]}" if separator else _what_to_fix(exc, args, path)
     if args.mode == "atomic":
         lines.append(f"nothing was written (ATOMIC); {fix}, then run the command again")
-    elif state.sequence == 0:
+    elif state.sequence == 0 and fresh:
         state_path.unlink(missing_ok=True)  # nothing written: the fixed input starts afresh
         if rejects_path.exists() and rejects_path.stat().st_size == 0:
             rejects_path.unlink()
         lines.append(f"nothing was written; {fix}, then run the command again")
+    elif state.sequence == 0:
+        # The state came from an earlier run, which may have had chunks written without
+        # hearing so: only its stream id finds them (the server's ledger). Kept.
+        lines.append(f"nothing was written by this run; {fix}, then run the same command "
+                     f"again to resume ({state_path} is an earlier run's, which may have sent "
+                     f"chunks; if {path} itself must change, remove it first)")
     else:
         lines.append(
             f"{state.written:,} rows were written before it (chunks 1 to {state.sequence}); "
