@@ -6,10 +6,12 @@ error (never a traceback), nothing started (no server, no embedded database in t
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.support.cli import Finished, batchd, clean_env
@@ -190,6 +192,50 @@ async def test_a_table_setting_that_does_not_fit_the_table_is_named(tmp_path, sc
                        BATCHD_POOLER="none")
     assert "tables: public.orders: unknown operation kinds ['gett'] (known: " in line
     assert "get," in line
+
+
+def as_role(dsn: str, role: str) -> str:
+    base, _, query = dsn.partition("?")
+    scheme, _, rest = base.partition("://")
+    return f"{scheme}://{role}@{rest.split('@', 1)[-1]}" + (f"?{query}" if query else "")
+
+
+@contextlib.asynccontextmanager
+async def login_role(db: asyncpg.Connection, role: str,
+                     *member_of: str) -> AsyncIterator[None]:
+    """A login role that is no superuser, with what a deployment would grant it; dropped
+    afterwards (roles outlive the test database)."""
+    database = await db.fetchval("SELECT quote_ident(current_database())")
+    await db.execute(f"""CREATE ROLE {role} LOGIN;
+      GRANT ALL ON SCHEMA batchd, public TO {role};
+      GRANT ALL ON ALL TABLES IN SCHEMA batchd, public TO {role};
+      GRANT CREATE ON DATABASE {database} TO {role};""")
+    try:
+        for owner in member_of:
+            await db.execute(f"GRANT {owner} TO {role}")
+        yield
+    finally:
+        await db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def test_a_login_role_that_may_not_create_batchds_tables_is_told_how(tmp_path, schema,
+                                                                          db, app):
+    # (app: batchd's own tables exist, made by another role, as on a shared database)
+    async with login_role(db, "startup_plain"):
+        line = await serve(tmp_path, "--dsn", as_role(schema, "startup_plain"),
+                           BATCHD_POOLER="none")
+    assert "batchd's own tables (schema batchd): must be owner of table" in line
+    assert "GRANT owner TO login_role" in line
+
+
+async def test_a_reload_trigger_without_a_superuser_says_how_to_do_without(tmp_path, schema,
+                                                                            db, app):
+    owner = await db.fetchval("SELECT quote_ident(current_user)")
+    async with login_role(db, "startup_member", owner):  # owns batchd's tables, no superuser
+        line = await serve(tmp_path, "--dsn", as_role(schema, "startup_member"),
+                           BATCHD_POOLER="none", BATCHD_RELOAD_TRIGGER="true")
+    assert "reload_trigger = true: permission denied" in line, line
+    assert "set reload_trigger = false" in line
 
 
 async def test_a_missing_tls_file_is_named_before_postgresql_is_touched(tmp_path):

@@ -96,11 +96,23 @@ class App:
                 await apply_demo_schema(pool)
                 modules.append(DEMO_HANDLERS)
             startup.import_handler_modules(load_modules, modules)
-            await ensure_internal_schema(pool)
-            await ensure_schema(pool)  # batchd.requests (request ids)
+            try:
+                await ensure_internal_schema(pool)
+                await ensure_schema(pool)  # batchd.requests (request ids)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise startup.StartupError(
+                    f"batchd's own tables (schema batchd): {exc}; batchd's login role must be "
+                    "able to create them, or own them (or be a member of the role that does: "
+                    "GRANT owner TO login_role)") from exc
             await check_roles(pool, settings.roles)
             if settings.reload_trigger:
-                await install_trigger(pool)
+                try:
+                    await install_trigger(pool)
+                except asyncpg.InsufficientPrivilegeError as exc:
+                    raise startup.StartupError(
+                        f"reload_trigger = true: {exc}; an event trigger needs a superuser: "
+                        "install it once as one, or set reload_trigger = false (NOTIFY batchd, "
+                        "'reload' and SIGHUP still reload)") from exc
             async with pool.acquire() as conn:
                 try:
                     catalog = await Catalog.load(conn, settings, kinds.TABLE_KINDS)

@@ -45,7 +45,9 @@ def _startup_failed(exc: BaseException) -> int:
     if not isinstance(exc, startup.StartupError):
         log.debug("start-up failed", exc_info=exc)
         exc = startup.unexpected(exc)
-    print(f"batchd serve: {exc}", file=sys.stderr, flush=True)
+    # One line, whatever the message holds (PostgreSQL's DETAIL and HINT come on lines of
+    # their own).
+    print("batchd serve: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)
     return startup.EXIT_STARTUP
 
 
