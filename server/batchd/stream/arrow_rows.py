@@ -3,9 +3,10 @@
 Each column's values become one Arrow array, built by pyarrow from the protobuf values and
 converted by pyarrow.compute (decimal strings to decimal128 of the column's precision and
 scale, date strings to date32, RFC 3339 strings and Unix microseconds to timestamps, JSON text
-of text[] columns to lists); ``batchd.stream.arrow_types`` then checks the column types and
-pgpq writes the binary COPY data, as for ENCODING_ARROW. Python runs per column and per chunk,
-not per value (ROWS: one attribute read per value, to get the values out of the Structs).
+or PostgreSQL array literals of text[] columns to lists); ``batchd.stream.arrow_types`` then
+checks the column types and pgpq writes the binary COPY data, as for ENCODING_ARROW. Python
+runs per column and per chunk, not per value (ROWS: one attribute read per value, to get the
+values out of the Structs).
 
 The fast path is a shortcut, never a second set of rules: it takes a chunk only when it can
 tell, for the whole chunk at once, that every value is one the per-value path
