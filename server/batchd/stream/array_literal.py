@@ -21,6 +21,7 @@ boolean's ``t``, bytea's ``\\x0102``, a json element's document) into what that 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Any
@@ -39,13 +40,30 @@ class ArrayLiteralError(ValueError):
 
 def is_literal(text: str) -> bool:
     """Whether ``text`` is meant as an array literal (``{`` or bounds first), not JSON."""
-    start = text.lstrip(_SPACE)[:1]
+    start = text[:1]
+    if start and start in _SPACE:  # rare: no copy of every text for it
+        start = text.lstrip(_SPACE)[:1]
     return start == "{" or (start == "[" and _BOUNDS_START.match(text) is not None)
+
+
+# "NULL" in any case, ASCII only as PostgreSQL's pg_strcasecmp (str.upper would also take
+# characters whose capitals are N, U or L).
+_NULLS = frozenset("".join(c) for c in itertools.product("nN", "uU", "lL", "lL"))
+# The common export: one dimension, nothing quoted or escaped. Split at once.
+_SIMPLE = re.compile(r"[ \t\n\r\v\f]*\{([^{}\"\\]*)\}[ \t\n\r\v\f]*")
 
 
 def parse(text: str) -> list[Any]:
     """The array, as nested lists of element texts and None; ArrayLiteralError saying why
     not (at which character)."""
+    simple = _SIMPLE.fullmatch(text)
+    if simple is not None:
+        inner = simple[1]
+        if not inner.strip(_SPACE):
+            return []
+        items = [item.strip(_SPACE) for item in inner.split(",")]
+        if all(items):  # else an empty element: the full reading says where
+            return [None if item in _NULLS else item for item in items]
     i, bounds = _skip(text, 0), []
     while i < len(text) and text[i] == "[":
         found = _BOUNDS.match(text, i)
@@ -146,7 +164,7 @@ def _unquoted(text: str, i: int) -> tuple[str | None, int]:
             continue
         if c in ",}":
             value = "".join(out[:kept])
-            return (None if not escaped and value.upper() == "NULL" else value), i
+            return (None if not escaped and value in _NULLS else value), i
         if c in '{"':
             raise ArrayLiteralError(f"incorrectly quoted element: unexpected {c!r} at "
                                     f"character {i + 1} (quote the whole element, or escape "
