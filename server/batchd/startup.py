@@ -116,33 +116,41 @@ def _origin(top: str, config_file: Path | None, toml_text: str | None, loc: tupl
 
 def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     """The line of the TOML file that sets ``loc`` (best effort: tomllib keeps no positions):
-    the key's own line after its table header, ``[[tokens]]`` counted for list items."""
-    lines = text.splitlines()
+    a top-level key before any table header; the n-th ``[[tokens]]`` and its key; a
+    ``[tables."schema.table"]`` (or ``[client_cert_roles]``) and its key; else the key of
+    the top-level value (an inline table or array)."""
     if not loc:
         return None
-    start, found = 0, None
-    head = str(loc[0])
-    rest = list(loc[1:])
+    lines = text.splitlines()
+    head, rest = str(loc[0]), list(loc[1:])
+    name = rf'\s*"?{re.escape(head)}"?\s*'
     if rest and isinstance(rest[0], int):  # [[head]] number rest[0]
-        headers = [i for i, t in enumerate(lines)
-                   if re.match(rf"\s*\[\[\s*\"?{re.escape(head)}\"?\s*\]\]", t)]
-        if len(headers) > rest[0]:
-            start = found = headers[rest[0]]
-            rest = rest[1:]
-            head = str(rest[0]) if rest else ""
-    else:
-        headers = [i for i, t in enumerate(lines)
-                   if re.match(rf"\s*\[\s*\"?{re.escape(head)}\"?\s*[.\]]", t)]
-        if headers and rest:
-            start = found = headers[0]
-            head = str(rest[-1])
-    if head:
-        for i in range(start, len(lines)):
-            if i > start and found is not None and re.match(r"\s*\[", lines[i]):
+        starts = [i for i, t in enumerate(lines) if re.match(rf"\s*\[\[{name}\]\]", t)]
+        if len(starts) > rest[0]:
+            return _key_line(lines, starts[rest[0]], rest[1:2])
+    elif rest:  # [head."key"], or [head] holding key
+        key = re.escape(str(rest[0]))
+        starts = [i for i, t in enumerate(lines)
+                  if re.match(rf'\s*\[{name}\.\s*"?{key}"?\s*\]', t)]
+        if starts:
+            return _key_line(lines, starts[0], rest[1:2])
+        starts = [i for i, t in enumerate(lines) if re.match(rf"\s*\[{name}\]", t)]
+        if starts:
+            return _key_line(lines, starts[0], rest[:1])
+    return _key_line(lines, None, [head])
+
+
+def _key_line(lines: list[str], section: int | None, key: list[Any]) -> int | None:
+    """The line of ``key`` in the section whose header is line ``section`` (None: the top
+    level), or of the header when the key is not found (or none is asked for)."""
+    if key:
+        pattern = re.compile(rf'\s*"?{re.escape(str(key[0]))}"?\s*=')
+        for i in range(0 if section is None else section + 1, len(lines)):
+            if re.match(r"\s*\[", lines[i]):
                 break
-            if re.match(rf"\s*\"?{re.escape(head)}\"?\s*=", lines[i]):
+            if pattern.match(lines[i]):
                 return i + 1
-    return None if found is None else found + 1
+    return None if section is None else section + 1
 
 
 def _shown(value: Any) -> str:
