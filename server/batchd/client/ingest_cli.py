@@ -26,9 +26,9 @@ cannot store exactly, a permission) says what to fix; when nothing was written i
 state file behind, so the corrected file or command starts afresh (the server's refusal comes
 after every acknowledgement it sent, so nothing unacknowledged was written). A state file an
 earlier run left is kept even then: a run killed before hearing an acknowledgement may have
-had chunks written, which only its stream id finds again. When chunks were
-written before it, the state file keeps their place, and the same command resumes after them
-once the cause is fixed.
+had chunks written, which only its stream id finds again. When chunks were written before
+the refusal, the state file keeps their place, and the same command resumes after them once
+the cause is fixed.
 
 Rejected rows go to FILE.rejects.jsonl (or --rejects) with their row number and reason.
 Exit codes: 0 all rows written; 3 finished, but some rows were rejected; 1 failed (see above);
