@@ -81,6 +81,11 @@ async def test_an_unknown_key_in_a_token_or_table_is_named_with_the_nearest_one(
     line = await serve(tmp_path, "--config", "nested.toml")
     assert "nested.toml, line 4: unknown setting 'tokens[0].scope'; did you mean scopes?" \
         in line
+    (tmp_path / "late.toml").write_text(
+        f'[[tokens]]\nprincipal = "a"\nsha256 = "{TOKEN_HASH}"\nmax_operations = 5\n')
+    line = await serve(tmp_path, "--config", "late.toml")
+    assert "late.toml, line 4: unknown setting 'tokens[0].max_operations'; max_operations is a " \
+           "top-level setting: move it above the first [table] header" in line
     (tmp_path / "tables.toml").write_text('[tables."public.orders"]\noperation = ["get"]\n')
     line = await serve(tmp_path, "--config", "tables.toml")
     assert "tables.toml, line 2: unknown setting 'tables.public.orders.operation'; did you " \

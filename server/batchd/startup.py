@@ -84,6 +84,9 @@ def settings_error(errors: Sequence[Mapping[str, Any]], *,
         name = str(loc[-1]) if loc else top
         close = difflib.get_close_matches(name, list(fields(loc[:-1])), n=1)
         hint = f"did you mean {close[0]}?" if close else "see the configuration table in README"
+        if len(loc) > 1 and name in fields(()):  # TOML puts keys after [x] inside x
+            hint = (f"{name} is a top-level setting: move it above the first [table] header "
+                    "(in TOML, keys after a header belong to it)")
         line = f"{where}: unknown setting {key!r}; {hint}"
     elif not loc:
         line = f"{where}: {message}"
