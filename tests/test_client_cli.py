@@ -195,6 +195,24 @@ async def test_exec_usage_errors_exit_2_naming_the_file(tmp_path):
         assert message in err, err
 
 
+async def test_exec_names_each_0_1_0_enum_name_with_its_new_name(tmp_path):
+    path = write(tmp_path, "old.yaml", """\
+mode: INDEPENDENT
+operations:
+  - id: q
+    query: {table: products, filters: [{column: sku, op: EQ, value: KB-01}]}
+  - id: i
+    insert: {table: products, rows: [{sku: X}], on_conflict: {action: DO_NOTHING}}
+""")
+    code, out, err = await batchd("exec", path, "--target", "127.0.0.1:1")
+    assert (code, out) == (2, ""), err
+    assert err == (
+        f"batchd exec: {path}: enum names from 0.1.0, renamed in 0.2.0 (see CHANGELOG.md): "
+        'mode "INDEPENDENT" is now "MODE_INDEPENDENT", operations[0].query.filters[0].op "EQ" '
+        'is now "OPERATOR_EQ", operations[1].insert.on_conflict.action "DO_NOTHING" is now '
+        '"ACTION_DO_NOTHING"\n')
+
+
 async def test_exec_unreachable_server_exits_1():
     code, out, err = await batchd("exec", "-", "--target", "127.0.0.1:1",
                                   stdin=json.dumps(ORDER_JSON))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,22 @@ BATCHD = Path(sys.executable).parent / "batchd"
 
 
 async def ingest(app, *args: str) -> tuple[int, str]:
+    return await ingest_to(f"127.0.0.1:{app.port}", *args)
+
+
+async def ingest_to(target: str, *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        str(BATCHD), "ingest", *args, "--target", f"127.0.0.1:{app.port}", "--quiet",
+        str(BATCHD), "ingest", *args, "--target", target, "--quiet",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode()
+
+
+def unused_port() -> int:
+    """A port nobody listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write_csv(path: Path, rows: int, bad: dict[int, str] | None = None) -> Path:
@@ -121,12 +133,18 @@ async def test_ingest_into_an_unknown_table_fails_clearly(app, tmp_path):
     code, out = await ingest(app, str(data), "--table", "nope")
     assert code == 1
     assert "INVALID_ARGUMENT" in out and "unknown or not exposed table" in out
+    assert "nothing was written; correct --table (batchd schema lists the tables you may " \
+           "use)" in out
 
 
 async def test_rerunning_a_finished_ingest_says_so_and_sends_nothing(app, db, tmp_path):
     data = write_csv(tmp_path / "done.csv", 100, bad={7: "7,,1"})
     code, out = await ingest(app, str(data), "--table", "events", "--chunk-rows", "30")
     assert code == 3, out
+    # The finished run says what a rerun does, and how to load the file again.
+    state = tmp_path / "done.csv.batchd-ingest.json"
+    assert f"{state} is kept: the same command again sends nothing; to load {data} again, " \
+           f"remove it first (rm {state})" in out
     rejects = (tmp_path / "done.csv.rejects.jsonl").read_text()
     await db.execute("DELETE FROM events")  # a rerun that sent anything would show here
     code, out = await ingest(app, str(data), "--table", "events", "--chunk-rows", "30")
@@ -134,6 +152,88 @@ async def test_rerunning_a_finished_ingest_says_so_and_sends_nothing(app, db, tm
     assert "already ingested" in out and "99 rows written" in out and "1 rejected" in out
     assert await db.fetchval("SELECT count(*) FROM events") == 0
     assert (tmp_path / "done.csv.rejects.jsonl").read_text() == rejects
+
+
+async def test_a_refused_header_says_what_to_fix_and_the_fixed_file_then_runs(app, db,
+                                                                             tmp_path):
+    data = tmp_path / "typo.csv"
+    data.write_text("id,kind,scores\n1,a,1\n2,b,2\n")
+    code, out = await ingest(app, str(data), "--table", "events")
+    assert code == 1, out
+    assert 'no column "scores"' in out
+    assert f"nothing was written; correct the header line of {data}, then run the command " \
+           "again" in out and "resume" not in out
+    assert not (tmp_path / "typo.csv.batchd-ingest.json").exists()
+    assert not (tmp_path / "typo.csv.rejects.jsonl").exists()
+    data.write_text("id,kind,score\n1,a,1\n2,b,2\n")  # fixed: the same command now runs
+    code, out = await ingest(app, str(data), "--table", "events")
+    assert code == 0, out
+    assert await db.fetchval("SELECT count(*) FROM events") == 2
+
+
+async def test_a_semicolon_separated_csv_is_told_to_add_delimiter(app, db, tmp_path):
+    data = tmp_path / "export.csv"
+    data.write_text("id;kind;score\n1;a;1\n")
+    code, out = await ingest(app, str(data), "--table", "events")
+    assert code == 1, out
+    assert 'no column "id;kind;score"' in out
+    assert "the header line has no ',', but ';' between its columns: add --delimiter ';'" in out
+    assert "nothing was written; add --delimiter ';', then run the command again" in out
+    assert not (tmp_path / "export.csv.batchd-ingest.json").exists()
+    code, out = await ingest(app, str(data), "--table", "events", "--delimiter", ";")
+    assert code == 0, out
+    assert await db.fetchval("SELECT kind FROM events WHERE id = 1") == "a"
+
+
+async def test_a_refused_arrow_type_leaves_no_state_and_the_fixed_file_runs(app, db, tmp_path):
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    path = tmp_path / "money.arrow"
+    feather.write_feather(pa.table({"id": [1], "num": [0.1]}), path)
+    code, out = await ingest(app, str(path), "--table", "all_types")
+    assert code == 1, out
+    assert 'column "num"' in out and f"nothing was written; store that column in {path} as " \
+           "the type the message names, or leave it out with --columns" in out
+    assert not (tmp_path / "money.arrow.batchd-ingest.json").exists()
+    feather.write_feather(pa.table({"id": [1], "num": pa.array([decimal.Decimal("0.1")],
+                                                                pa.decimal128(5, 1))}), path)
+    code, out = await ingest(app, str(path), "--table", "all_types")
+    assert code == 0, out
+    assert await db.fetchval("SELECT num FROM all_types WHERE id = 1") == decimal.Decimal("0.1")
+
+
+async def test_a_passing_failure_keeps_the_state_and_says_to_resume(app, db, tmp_path):
+    data = write_csv(tmp_path / "later.csv", 10)
+    code, out = await ingest_to(f"127.0.0.1:{unused_port()}", str(data), "--table", "events")
+    assert code == 1, out
+    assert "UNAVAILABLE" in out and "run the same command again to resume" in out
+    assert (tmp_path / "later.csv.batchd-ingest.json").exists()
+    code, out = await ingest(app, str(data), "--table", "events")
+    assert code == 0, out
+    assert await db.fetchval("SELECT count(*) FROM events") == 10
+
+
+async def test_a_refusal_keeps_the_state_an_earlier_run_left(app, db, tmp_path):
+    # An earlier run that failed in passing may have had chunks written without hearing so:
+    # its state (its stream id) is what finds them, so a later refusal does not remove it.
+    data = tmp_path / "plain.csv"
+    data.write_text("".join(f"{i},k,{i}\n" for i in range(10)))  # no header line
+    state = tmp_path / "plain.csv.batchd-ingest.json"
+    code, out = await ingest_to(f"127.0.0.1:{unused_port()}", str(data), "--table", "events",
+                                "--columns", "id,kind,scor")
+    assert code == 1 and "run the same command again to resume" in out, out
+    stream_id = json.loads(state.read_text())["stream_id"]
+    code, out = await ingest(app, str(data), "--table", "events", "--columns", "id,kind,scor")
+    assert code == 1, out
+    assert "nothing was written by this run; correct --columns, then run the same command " \
+           "again to resume" in out
+    assert json.loads(state.read_text())["stream_id"] == stream_id
+    code, out = await ingest(app, str(data), "--table", "events", "--columns", "id,kind,score")
+    assert code == 0, out
+    assert await db.fetchval("SELECT count(*) FROM events") == 10
 
 
 async def test_a_new_ingest_starts_a_new_rejects_file(app, db, tmp_path):

@@ -27,6 +27,7 @@ from batchd import logs
 from batchd.app import App
 from batchd.auth import hash_token
 from batchd.config import Settings, TokenSettings
+from batchd.startup import StartupError
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import batch, fails, make_settings
 from tests.test_stream import COMMIT, events, header, open_stream, rows_chunk, send
@@ -315,7 +316,7 @@ async def test_a_taken_metrics_port_fails_the_start_only_when_configured(schema)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(OSError, match="metrics endpoint"):
+        with pytest.raises(StartupError, match="metrics endpoint"):
             await App.start(make_settings(schema, metrics_port=port))
     # The default port (9464) is not the operator's choice: taken, the server starts anyway.
     values = make_settings(schema).model_dump(exclude={"metrics_port"})

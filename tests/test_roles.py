@@ -11,6 +11,7 @@ import pytest
 from batchd.app import App
 from batchd.auth import hash_token
 from batchd.config import TokenSettings
+from batchd.startup import StartupError
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import batch, make_settings, rows
 
@@ -89,5 +90,5 @@ async def test_a_request_id_is_stored_by_batchd_while_the_operations_run_as_the_
 async def test_a_role_batchd_cannot_take_stops_the_start(schema):
     tokens = [TokenSettings(sha256=hash_token(A), principal="a", role="no_such_role_x",
                             scopes=["admin"])]
-    with pytest.raises(ValueError, match="no_such_role_x"):
+    with pytest.raises(StartupError, match="no_such_role_x: no such role"):
         await App.start(make_settings(schema, tokens=tokens))

@@ -76,12 +76,23 @@ COLUMNAR_VALUES: dict[str, tuple[tuple[str, Any], list[tuple[str, Any]]]] = {
                                      '"ab"', "{}", "not json", None, '[ "x" ,\n"y" ]',
                                      '["a,b", ""]', '["]"]', '["a\\"b"]', '["\\u00e9"]',
                                      ' ["a"]', '["a"] ', '["a"]]', '["a" "b"]', '["a",]',
-                                     '["\t"]', "[ ]"]]),
+                                     '["\t"]', "[ ]",
+                                     # PostgreSQL's array literal (batchd.stream.array_literal)
+                                     "{a,b}", '{"a b",NULL}', '{"NULL",null,NuLl}', "{}",
+                                     "{{}}", " {x} ", '{"\\\\",\\"}', "{a\\ }",
+                                     "{{a,b},{c,d}}", "{{a},{b,c}}", "{a,,b}", "{a}x",
+                                     "[1:2]={a,b}", "[0:1]={a,b}", '{"é,ß", "{}"}',
+                                     '{a"b"}', "{1,2.50}", "[2]", "[1:2]"]]),
     "docb": (("strings", '{"a": 1}'), [("strings", v) for v in
                                        ['{"x": 1.00000000000000000001}', "NaN", "", "[1",
                                         '"\\u0000"', None]]),
     "doc": (("strings", '{"a": 1}'), [("strings", '{"a":  1}'), ("strings", "nope")]),
-    "ids": (("strings", "[1, 2]"), [("strings", '["9007199254740993"]')]),
+    "ids": (("strings", "[1, 2]"), [("strings", v) for v in
+                                    ['["9007199254740993"]', "{9007199254740993,NULL}", "{}",
+                                     "{1.5}", "{x}", '{" 7 "}']]),
+    "grid": (("strings", "[[1, 2], [3, 4]]"), [("strings", v) for v in
+                                               ["{{1,2},{3,4}}", "{{1},{2,3}}", "{1,2}",
+                                                "[1:1][1:2]={{1,2}}"]]),
     "label": (("strings", "x"), [("strings", "a\x00b"), ("int64s", 5), ("strings", None)]),
     "flag": (("bools", True), [("bools", None), ("strings", "true")]),
     "blob": (("bytes", b"\x00"), [("strings", "AAE="), ("bytes", None)]),
@@ -164,7 +175,7 @@ async def test_columnar_fast_path_stores_what_the_per_value_path_stores(stub, db
         for i, value in enumerate(tries)]
     taken = spy_on_fast_path(monkeypatch)
     fast = await outcome(stub, db, "ENCODING_COLUMNAR", name, chunks)
-    if name not in ("num", "ids"):  # unconstrained numeric, bigint[]: per value only
+    if name not in ("num", "ids", "grid"):  # unconstrained numeric, int arrays: per value
         assert taken[0], "a chunk of good values takes the fast path"
     monkeypatch.setattr(copy, "_decode_fast", lambda chunk, target: None)
     assert fast == await outcome(stub, db, "ENCODING_COLUMNAR", name, chunks)

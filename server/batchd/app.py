@@ -20,6 +20,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from batchd import startup
 from batchd.auth import AuthInterceptor, server_credentials
 from batchd.batch.executor import Executor
 from batchd.batch.idempotency import Cleanup, ensure_schema
@@ -70,11 +71,23 @@ class App:
         # default 5 ms GIL switch interval the event loop would wait up to that long for every
         # step of every other call meanwhile. 0.5 ms keeps it answering (health checks too).
         sys.setswitchinterval(0.0005)
+        # The address first: a port already taken is found before PostgreSQL is touched.
+        startup.check_port(settings.host, settings.port, reuse_port=settings.reuse_port)
+        try:  # and the TLS files
+            credentials = server_credentials(settings)
+        except OSError as exc:
+            raise startup.tls_file_error(exc, settings) from exc
         embedded = None
         dsn = settings.dsn
         if dsn is None:
-            dsn, embedded = await start_embedded(settings.data_dir)
-        pool, pooler = await create_pool(dsn, settings)
+            try:
+                dsn, embedded = await start_embedded(settings.data_dir)
+            except Exception as exc:
+                raise startup.embedded_error(exc, settings.data_dir) from exc
+        try:
+            pool, pooler = await create_pool(dsn, settings)
+        except Exception as exc:
+            raise startup.database_error(exc, dsn, settings.connect_timeout_seconds) from exc
         metrics = Metrics()
         metrics.watch_pool(pool)
         try:
@@ -82,14 +95,24 @@ class App:
             if settings.wants_demo_schema:
                 await apply_demo_schema(pool)
                 modules.append(DEMO_HANDLERS)
-            load_modules(modules)
+            startup.import_handler_modules(load_modules, modules)
+            # Created if missing; a login role that may not create them is told (run_ddl).
             await ensure_internal_schema(pool)
             await ensure_schema(pool)  # batchd.requests (request ids)
             await check_roles(pool, settings.roles)
             if settings.reload_trigger:
-                await install_trigger(pool)
+                try:
+                    await install_trigger(pool)
+                except asyncpg.InsufficientPrivilegeError as exc:
+                    raise startup.StartupError(
+                        f"reload_trigger = true: {exc}; an event trigger needs a superuser: "
+                        "install it once as one, or set reload_trigger = false (NOTIFY batchd, "
+                        "'reload' and SIGHUP still reload)") from exc
             async with pool.acquire() as conn:
-                catalog = await Catalog.load(conn, settings, kinds.TABLE_KINDS)
+                try:
+                    catalog = await Catalog.load(conn, settings, kinds.TABLE_KINDS)
+                except ValueError as exc:  # [tables."..."] that do not fit the table
+                    raise startup.StartupError(f"tables: {exc}") from exc
             plan_ctx = PlanContext(catalog, settings)
             executor = Executor(pool, plan_ctx, settings)
 
@@ -103,9 +126,13 @@ class App:
             reflection.enable(
                 (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
                 server)
-            port = _listen(server, settings)
-            metrics.serve(settings.metrics_host, settings.metrics_port,
-                          required="metrics_port" in settings.model_fields_set)
+            port = _listen(server, settings, credentials)
+            try:
+                metrics.serve(settings.metrics_host, settings.metrics_port,
+                              required="metrics_port" in settings.model_fields_set)
+            except OSError as exc:
+                raise startup.StartupError(f"{exc}; choose another metrics_port (0: no "
+                                           "endpoint)") from exc
             await server.start()
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -177,12 +204,17 @@ def _grpc_server(settings: Settings, metrics: Metrics) -> grpc.aio.Server:
     ])
 
 
-def _listen(server: grpc.aio.Server, settings: Settings) -> int:
+def _listen(server: grpc.aio.Server, settings: Settings,
+            credentials: grpc.ServerCredentials | None) -> int:
     """Bind the address (TLS / mTLS, or plaintext); the port bound."""
     address = f"{settings.host}:{settings.port}"
-    credentials = server_credentials(settings)
-    port = (server.add_secure_port(address, credentials) if credentials is not None
-            else server.add_insecure_port(address))
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError as exc:  # gRPC says "Failed to bind", not why
+        raise startup.listen_error(exc, settings.host, settings.port,
+                                   settings.reuse_port) from exc
     if port == 0:
-        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+        raise startup.listen_error(OSError("not bound"), settings.host, settings.port,
+                                   settings.reuse_port)
     return int(port)

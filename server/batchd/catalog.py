@@ -460,6 +460,7 @@ def _configure(table: Table, settings: Settings, kinds: Mapping[str, bool]) -> T
     if conf and conf.operations is not None:
         unknown = set(conf.operations) - set(kinds)
         if unknown:
-            raise ValueError(f"{table.qualified_name}: unknown operation kinds {sorted(unknown)}")
+            raise ValueError(f"{table.qualified_name}: unknown operation kinds {sorted(unknown)} "
+                             f"(known: {', '.join(sorted(kinds))})")
         table.operations &= frozenset(conf.operations)
     return table

@@ -7,9 +7,10 @@
     batchd new-token --principal NAME [--scope SCOPE ...]
 
 Without a DSN (flag or BATCHD_DSN) ``serve`` starts an embedded PostgreSQL with the demo schema.
-SIGHUP reloads the catalog (batchd.reload). The first SIGTERM or SIGINT drains: health goes
-NOT_SERVING, new calls are refused, in-flight ones get the grace period; a second signal exits
-at once. ``exec`` and ``schema`` are clients
+A start-up failure (settings, DSN, port, roles...) is one line on standard error naming the
+value and the fix, exit code 2 (batchd.startup). SIGHUP reloads the catalog (batchd.reload).
+The first SIGTERM or SIGINT drains: health goes NOT_SERVING, new calls are refused, in-flight
+ones get the grace period; a second signal exits at once. ``exec`` and ``schema`` are clients
 (``batchd.client.exec_cli``); the server modules are imported only by ``serve``.
 """
 
@@ -32,16 +33,35 @@ from batchd.client import exec_cli, ingest_cli
 log = logging.getLogger("batchd")
 
 
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {"dsn": args.dsn, "host": args.host, "port": args.port, "data_dir": args.data_dir}
+
+
+def _startup_failed(exc: BaseException) -> int:
+    """A start-up failure: one line naming the value and the fix (batchd.startup), exit 2. A
+    failure nobody foresaw is one line too; its traceback is logged at DEBUG."""
+    from batchd import startup
+
+    if not isinstance(exc, startup.StartupError):
+        log.debug("start-up failed", exc_info=exc)
+        exc = startup.unexpected(exc)
+    # One line, whatever the message holds (PostgreSQL's DETAIL and HINT come on lines of
+    # their own).
+    print("batchd serve: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)
+    return startup.EXIT_STARTUP
+
+
 async def serve(args: argparse.Namespace, **overrides: Any) -> int:
     from batchd import logs
     from batchd.app import App
     from batchd.config import load_settings
 
-    settings = load_settings(args.config, **{
-        "dsn": args.dsn, "host": args.host, "port": args.port, "data_dir": args.data_dir,
-        **overrides})
-    logs.configure(settings.log_format)  # the server's log lines: JSON unless on a terminal
-    app = await App.start(settings)
+    try:
+        settings = load_settings(args.config, **{**_flags(args), **overrides})
+        logs.configure(settings.log_format)  # the server's log lines: JSON unless on a terminal
+        app = await App.start(settings)
+    except Exception as exc:
+        return _startup_failed(exc)
     print(f"batchd listening on {settings.host}:{app.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -77,19 +97,27 @@ def serve_workers(args: argparse.Namespace) -> int:
     shared. Signals are forwarded: the first drains every worker, a second kills them."""
     import multiprocessing
 
+    from batchd import startup
     from batchd.config import load_settings
     from batchd.db.embedded import start_embedded
 
-    settings = load_settings(args.config, dsn=args.dsn, host=args.host, port=args.port,
-                             data_dir=args.data_dir)
-    if settings.port == 0:
-        print("batchd serve: --workers needs a fixed --port", file=sys.stderr)
-        return 2
     overrides: dict[str, Any] = {"reuse_port": True}
     embedded = None
-    if settings.dsn is None:
-        overrides["dsn"], embedded = asyncio.run(start_embedded(settings.data_dir))
-        overrides["demo_schema"] = settings.wants_demo_schema
+    try:  # what would fail every worker alike fails here, once
+        settings = load_settings(args.config, **_flags(args))
+        if settings.port == 0:
+            raise startup.StartupError("--workers needs a fixed --port (or BATCHD_PORT)")
+        startup.check_port(settings.host, settings.port)
+        if settings.dsn is not None:
+            asyncio.run(startup.check_database(settings.dsn, settings.connect_timeout_seconds))
+        else:
+            try:
+                overrides["dsn"], embedded = asyncio.run(start_embedded(settings.data_dir))
+            except Exception as exc:
+                raise startup.embedded_error(exc, settings.data_dir) from exc
+            overrides["demo_schema"] = settings.wants_demo_schema
+    except Exception as exc:
+        return _startup_failed(exc)
     spawn = multiprocessing.get_context("spawn")
     # Each worker exports its own metrics, on metrics_port + its index (scrape them all).
     workers = [spawn.Process(target=_run_server, args=(args,), name=f"batchd-worker-{i}",
@@ -118,7 +146,8 @@ def serve_workers(args: argparse.Namespace) -> int:
     for worker in workers:
         worker.join()
     del embedded  # stops the embedded PostgreSQL when this process exits
-    return 0 if all(w.exitcode == 0 for w in workers) else 1
+    codes = {w.exitcode for w in workers}
+    return 0 if codes == {0} else 2 if 2 in codes else 1
 
 
 def new_token(args: argparse.Namespace) -> int:
@@ -161,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("BATCHD_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
-        return serve_workers(args) if args.workers > 1 else _run_server(args)
+        try:
+            return serve_workers(args) if args.workers > 1 else _run_server(args)
+        except KeyboardInterrupt:  # before the signal handlers are installed: still starting
+            print("batchd serve: interrupted while starting", file=sys.stderr)
+            return 130
     if args.command == "new-token":
         return new_token(args)
     if args.command == "ingest":

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,9 +28,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from batchd import startup
+
 
 class TableSettings(BaseModel):
     """Per-table overrides of the conventions (keyed by "schema.table")."""
+
+    model_config = ConfigDict(extra="forbid")
 
     # None: the convention (a column named "version" / "deleted_at"); "": none.
     version_column: str | None = None
@@ -78,7 +90,7 @@ class Settings(BaseSettings):
 
     # --- network
     host: str = "127.0.0.1"
-    port: int = 50051
+    port: int = Field(50051, ge=0, le=65535)
     max_message_bytes: int = 16 * 1024 * 1024
     # Let several processes listen on the same port (SO_REUSEPORT); set by `serve --workers`.
     reuse_port: bool = False
@@ -86,7 +98,7 @@ class Settings(BaseSettings):
     # --- observability (batchd.metrics, batchd.logs, batchd.rpc.tracing)
     # Prometheus /metrics on its own port; 0: no endpoint.
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9464
+    metrics_port: int = Field(9464, ge=0, le=65535)
     # "json": one JSON object per line; "text": for people; "auto": text on a terminal, else JSON.
     log_format: Literal["auto", "json", "text"] = "auto"
     # OpenTelemetry spans for every RPC; needs the extra: pip install 'batchd[otel]'.
@@ -245,7 +257,36 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings; ``overrides`` are flags given on the command line (None = unset)."""
+    """Build the settings; ``overrides`` are flags given on the command line (None = unset).
+
+    Every mistake is a ``StartupError`` of one line (batchd.startup): a settings file that is
+    missing, unreadable or not TOML (its line and column), an unknown key (with the nearest
+    known one), a value of the wrong type (the key, the value, and where it came from: the
+    flag, the BATCHD_* variable, or the file and the key's line)."""
     if config_file is not None:
         os.environ["BATCHD_CONFIG"] = str(config_file)
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    named = os.environ.get("BATCHD_CONFIG")
+    path = Path(named) if named else None
+    text, keys = None, set[str]()
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+            keys = set(tomllib.loads(text))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise startup.config_file_error(path, exc) from None
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise startup.settings_error(
+            exc.errors(), fields=_fields_at, config_file=path, toml_text=text,
+            toml_keys=keys, flags=given) from None
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The setting names known at ``loc``: the top level, a token's, a table's."""
+    if loc[:1] == ("tokens",):
+        return list(TokenSettings.model_fields)
+    if loc[:1] == ("tables",) and len(loc) == 2:
+        return list(TableSettings.model_fields)
+    return list(Settings.model_fields) if not loc else []

@@ -188,6 +188,8 @@ def test_a_filter_needs_an_operator() -> None:
     field, description = invalid("orders", {"column": "id", "op": "OPERATOR_EQ", "value": 1},
                                  {"column": "id", "value": 1})
     assert field == f"{PATH}[1].op" and description.startswith("an operator is required")
+    # An unset operator is what a lenient JSON parser makes of a 0.1.0 name: say the new one.
+    assert 'in JSON, 0.1.0\'s "EQ" is "OPERATOR_EQ" since 0.2.0' in description
 
 
 @pytest.mark.parametrize("column", ["nope", "Status", "status "])

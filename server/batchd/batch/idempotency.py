@@ -101,8 +101,9 @@ Answer = batch_pb2.BatchExecuteResponse | BatchdError
 
 
 async def ensure_schema(pool: asyncpg.Pool) -> None:
-    await run_ddl(pool, SCHEMA_SQL, "SELECT to_regclass('batchd.requests') IS NOT NULL",
-                  "batchd's request id table (batchd.requests)")
+    await run_ddl(pool, SCHEMA_SQL, "SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                  "WHERE n.nspname = 'batchd' AND c.relname = 'requests')",
+                  "batchd's request id table (batchd.requests)", ["batchd.requests"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ FILE (``-``: standard input) is JSON or YAML in the shape of grpcurl's request b
 operations. YAML is read with PyYAML: by the file's extension (``.yaml``/``.yml``), or when the
 text is not JSON. Integers beyond ±(2**53-1) and YAML dates are sent as strings, as the
 server expects exact values (a JSON double would silently round them). ``--mode`` and
-``--validate-only`` override the file.
+``--validate-only`` override the file. Enum values go by their names since 0.2.0
+(``"MODE_INDEPENDENT"``, ``"OPERATOR_EQ"``); a file still using 0.1.0's (``INDEPENDENT``,
+``EQ``) is refused with every such name and its replacement (``batchd.names``).
 
 ``exec`` prints a table (id, outcome, code, rows affected, first row or message: the client's
 decoded values written back as text, ISO 8601 and base64 included), or with ``--json`` the
@@ -34,6 +36,7 @@ from typing import Any, cast
 
 from google.protobuf import json_format
 
+from batchd import names
 from batchd.client import connect
 from batchd.client.api import (
     AtomicBatchError,
@@ -155,6 +158,9 @@ def load_request(path: str) -> batch_pb2.BatchExecuteRequest:
     try:
         request = json_format.ParseDict(_exact(document), batch_pb2.BatchExecuteRequest())
     except json_format.ParseError as exc:
+        renamed = names.renamed_enum_values(document, batch_pb2.BatchExecuteRequest)
+        if renamed:
+            raise UsageError(f"{name}: {names.renamed_message(renamed)}") from None
         raise UsageError(f"{name}: not a BatchExecuteRequest: {exc}") from None
     if not request.operations:
         raise UsageError(f"{name}: no operations")

@@ -19,9 +19,20 @@ exit code and the rejects file always match the table. When the ingest finishes,
 says so: the same command again reports the finished ingest and sends nothing (remove the
 state file to ingest the file again). ATOMIC mode commits everything at the end or nothing.
 
+A failure says what comes next. A passing one (the server unavailable, draining or overloaded,
+a deadline, a cut connection) keeps the state file: the same command resumes. A permanent one
+(the server refused the file, the table or the command: an unknown column, an Arrow type it
+cannot store exactly, a permission) says what to fix; when nothing was written it leaves no
+state file behind, so the corrected file or command starts afresh (the server's refusal comes
+after every acknowledgement it sent, so nothing unacknowledged was written). A state file an
+earlier run left is kept even then: a run killed before hearing an acknowledgement may have
+had chunks written, which only its stream id finds again. When chunks were written before
+the refusal, the state file keeps their place, and the same command resumes after them once
+the cause is fixed.
+
 Rejected rows go to FILE.rejects.jsonl (or --rejects) with their row number and reason.
-Exit codes: 0 all rows written; 3 finished, but some rows were rejected; 1 failed (the state
-file is kept for a resume); 2 usage error; 130 interrupted.
+Exit codes: 0 all rows written; 3 finished, but some rows were rejected; 1 failed (see above);
+2 usage error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 import time
 import uuid
@@ -110,6 +122,7 @@ async def ingest(args: argparse.Namespace) -> int:
         columns, data_start = list(arrow.schema.names), 0
     else:
         columns, data_start = read_columns(path, args)
+    fresh = not state_path.exists()
     state = _state(path, args, state_path, data_start)
     if state.finished:
         print(f"{path}: already ingested into {state.table}: {state.written:,} rows written"
@@ -117,13 +130,18 @@ async def ingest(args: argparse.Namespace) -> int:
               + f"; nothing sent. Remove {state_path} to ingest it again.", file=sys.stderr)
         return EXIT_REJECTED if state.rejected else EXIT_OK
     run = _Run(args, path, state, state_path, columns, arrow)
-    with _rejects_file(rejects_path, state) as rejects:
-        if arrow is not None:
-            await run.stream(None, rejects)
-        else:
-            with path.open("rb") as f:
-                f.seek(state.offset)
-                await run.stream(f, rejects)
+    try:
+        with _rejects_file(rejects_path, state) as rejects:
+            if arrow is not None:
+                await run.stream(None, rejects)
+            else:
+                with path.open("rb") as f:
+                    f.seek(state.offset)
+                    await run.stream(f, rejects)
+    except grpc.aio.AioRpcError as exc:
+        run.progress.close()
+        raise _failed(exc, args, path, state, state_path, rejects_path, columns,
+                      fresh) from None
     run.progress.close()
     state.finished = True
     if not run.atomic:
@@ -134,7 +152,95 @@ async def ingest(args: argparse.Namespace) -> int:
     print(f"{path}: {state.written:,} rows written to {args.table} in {elapsed:.1f}s"
           + (f"; {state.rejected:,} rejected, see {rejects_path}" if state.rejected else ""),
           file=sys.stderr)
+    if not run.atomic:
+        print(f"{state_path} is kept: the same command again sends nothing; to load {path} "
+              f"again, remove it first (rm {shlex.quote(str(state_path))})", file=sys.stderr)
     return EXIT_REJECTED if state.rejected else EXIT_OK
+
+
+class Failed(Exception):
+    """The stream failed; the message says what happened and what to do next."""
+
+
+# Failures that pass: the same command again resumes. Any other code is the server refusing
+# the file, the table or the command, which running it again cannot change.
+_PASSING = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
+
+
+def _failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path, state: State,
+            state_path: Path, rejects_path: Path, columns: list[str], fresh: bool) -> Failed:
+    """What the failure was and what to do next (see the module's docstring). ``fresh``: the
+    state file was made by this run."""
+    code = exc.code()
+    lines = [f"batchd ingest: failed: {code.name}: {exc.details()}"]
+    separator = (_other_separator(args, columns) if code == grpc.StatusCode.INVALID_ARGUMENT
+                 else None)
+    if separator:
+        lines.append(f"the header line has no {args.delimiter!r}, but {separator[0]!r} between "
+                     f"its columns: add --delimiter {separator[1]}")
+    if code in _PASSING:
+        lines.append("nothing was written (ATOMIC); run the same command again"
+                     if args.mode == "atomic" else "run the same command again to resume")
+        return Failed("\n".join(lines))
+    fix = f"add --delimiter {separator[1]}" if separator else _what_to_fix(exc, args, path)
+    if args.mode == "atomic":
+        lines.append(f"nothing was written (ATOMIC); {fix}, then run the command again")
+    elif state.sequence == 0 and fresh:
+        state_path.unlink(missing_ok=True)  # nothing written: the fixed input starts afresh
+        if rejects_path.exists() and rejects_path.stat().st_size == 0:
+            rejects_path.unlink()
+        lines.append(f"nothing was written; {fix}, then run the command again")
+    elif state.sequence == 0:
+        # The state came from an earlier run, which may have had chunks written without
+        # hearing so: only its stream id finds them (the server's ledger). Kept.
+        lines.append(f"nothing was written by this run; {fix}, then run the same command "
+                     f"again to resume ({state_path} is an earlier run's, which may have sent "
+                     f"chunks; if {path} itself must change, remove it first)")
+    else:
+        lines.append(
+            f"{state.written:,} rows were written before it (chunks 1 to {state.sequence}); "
+            f"{fix}, then run the same command again to resume after them ({state_path} "
+            f"keeps their place; if {path} itself must change, remove it first: the rows "
+            "already written stay)")
+    return Failed("\n".join(lines))
+
+
+def _what_to_fix(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path) -> str:
+    """Where the refused thing is, by the field the server names (or the code)."""
+    details, code = exc.details() or "", exc.code()
+    if details.startswith("header.columns"):
+        if args.columns:
+            return "correct --columns"
+        if args.format in ARROW_FORMATS:
+            return f"correct the column's name in {path}, or choose columns with --columns"
+        return f"correct the header line of {path}"
+    if details.startswith("header.arrow_schema"):
+        return (f"store that column in {path} as the type the message names, or leave it out "
+                "with --columns")
+    if details.startswith("header.table"):
+        return "correct --table (batchd schema lists the tables you may use)"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return "give a valid token (--token)"
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return "use a token, or a database role, allowed to write to the table"
+    return "fix what the error names (in the file, the command or the server's settings)"
+
+
+_SEPARATORS = {";": "';'", "\t": "$'\\t'", "|": "'|'", ",": ","}
+
+
+def _other_separator(args: argparse.Namespace, columns: list[str]) -> tuple[str, str] | None:
+    """A CSV header read as one column that holds another separator (and how to write it for
+    a shell): --delimiter is missing."""
+    if args.format != "csv" or args.columns or len(columns) != 1:
+        return None
+    for separator, shown in _SEPARATORS.items():
+        if separator != args.delimiter and separator in columns[0]:
+            return separator, shown
+    return None
 
 
 def _state(path: Path, args: argparse.Namespace, state_path: Path, data_start: int) -> State:
@@ -144,8 +250,10 @@ def _state(path: Path, args: argparse.Namespace, state_path: Path, data_start: i
     state = None if atomic else State.load(state_path)
     if state is not None and (state.file != str(path.resolve()) or state.size != stat.st_size
                               or state.mtime_ns != stat.st_mtime_ns or state.table != args.table):
-        raise UsageError(f"{state_path} belongs to another file, table or version of the file; "
-                         "remove it to start over")
+        done = (f"{state.written:,} rows of it were written" if state.sequence
+                else "no chunk of it was acknowledged")
+        raise UsageError(f"{state_path} belongs to another file, table or version of the file "
+                         f"({done}); remove it to start over")
     if state is None:
         state = State(str(path.resolve()), stat.st_size, stat.st_mtime_ns, args.table,
                       args.stream_id or f"ingest-{uuid.uuid4().hex}", args.chunk_rows,
@@ -333,10 +441,8 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"batchd ingest: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except grpc.aio.AioRpcError as exc:
-        print(f"batchd ingest: failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        if args.mode != "atomic":
-            print("run the same command again to resume", file=sys.stderr)
+    except Failed as exc:
+        print(exc, file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("batchd ingest: interrupted; run the same command again to resume",

@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -37,6 +37,7 @@ from batchd import pgtypes
 from batchd.catalog import quote_ident
 from batchd.config import Settings
 from batchd.errors import DeadlineExceeded
+from batchd.startup import StartupError
 from batchd.values import dumps_json
 
 log = logging.getLogger(__name__)
@@ -228,8 +229,13 @@ async def check_roles(pool: asyncpg.Pool, roles: set[str]) -> None:
         "SELECT r FROM unnest($1::text[]) AS r WHERE NOT EXISTS (SELECT FROM pg_roles "
         "WHERE rolname = r) OR NOT pg_has_role(current_user, r, 'MEMBER')", sorted(roles))
     if missing:
-        raise ValueError("roles that do not exist or that batchd's login role is not a member "
-                         f"of (GRANT role TO login_role): {sorted(r['r'] for r in missing)}")
+        names = sorted(r["r"] for r in missing)
+        login = await pool.fetchval("SELECT current_user")
+        role = quote_ident(names[0])
+        raise StartupError(
+            f"tokens[].role / client_cert_roles: {', '.join(names)}: no such role, or batchd's "
+            f"login role {login} is not a member of it; in PostgreSQL: CREATE ROLE {role}; "
+            f"GRANT {role} TO {quote_ident(login)}; or fix the role in the settings")
 
 
 def begin(conn: asyncpg.Connection, settings: Settings, *,
@@ -294,28 +300,49 @@ DDL_LOCK = 0x62617463  # "batc": serializes batchd's own DDL across processes an
 
 
 async def run_ddl(pool: asyncpg.Pool, sql: str, present: str | None = None,
-                  what: str = "") -> None:
+                  what: str = "", tables: Sequence[str] = ()) -> None:
     """Run idempotent DDL (CREATE ... IF NOT EXISTS) under an advisory lock: two processes
     creating the same table at once would otherwise collide in the catalog.
 
     ``present``: a query that is true when everything ``sql`` makes is already there; then
     nothing runs. A hardened deployment has an owner make batchd's tables once and lets
     batchd's login role only use them: even ``CREATE ... IF NOT EXISTS`` needs the privilege
-    to create. If it is missing and may not be made, start-up stops naming ``what``."""
+    to create. If it is missing and may not be made, start-up stops naming ``what``; so it
+    does if batchd's login role may not use the ``tables`` it finds."""
     async with pool.acquire() as conn:
         if present is not None and await conn.fetchval(present):
+            await _check_use(conn, tables)
             return
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
                 await conn.execute(sql)
         except asyncpg.InsufficientPrivilegeError as exc:
+            if not what:  # the caller says what it was for
+                raise
             user = await conn.fetchval("SELECT current_user")
-            raise ValueError(
-                f"{what or 'batchd schema objects'} are missing or out of date, and batchd's "
+            raise StartupError(
+                f"{what} are missing or out of date, and batchd's "
                 f'login role "{user}" may not create them ({exc}): start batchd once as a '
                 "role that may, or have an owner run the SQL in the README's "
                 '"Security" section') from None
+
+
+async def _check_use(conn: asyncpg.Connection, tables: Sequence[str]) -> None:
+    """batchd's login role may read and write each of batchd's own ``tables`` (made by
+    another role): else start-up stops with the GRANT that fixes it."""
+    denied = await conn.fetchval(  # by oid: a name would need USAGE on the schema to resolve
+        "SELECT array_agg(n.nspname || '.' || c.relname ORDER BY c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname || '.' || c.relname = ANY($1::text[]) AND NOT "
+        "(has_schema_privilege(n.oid, 'USAGE') AND "
+        "has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE'))", list(tables))
+    if denied:
+        user = quote_ident(await conn.fetchval("SELECT current_user"))
+        raise StartupError(
+            f"batchd's login role {user} may not use its own tables {', '.join(denied)}; in "
+            f"PostgreSQL, as their owner: GRANT USAGE ON SCHEMA batchd TO {user}; GRANT "
+            f"SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA batchd TO {user}")
 
 
 async def apply_demo_schema(pool: asyncpg.Pool) -> None:

@@ -111,9 +111,12 @@ def plan_filter(table: Table, f: batch_pb2.Filter, fpath: str, refs: list[Ref]) 
     """One filter, validated against the catalog; ``fpath`` names it in errors."""
     column = table.column(f.column, f"{fpath}.column")
     if f.op not in (*_COMPARISONS, Op.OPERATOR_IN, Op.OPERATOR_IS_NULL, *_PATTERNS):
+        # In JSON, a 0.1.0 name ("EQ") is refused by grpcurl and protobuf's parsers, or
+        # dropped to 0 by lenient ones: then it arrives here, unset.
         raise InvalidArgument.field(f"{fpath}.op", "an operator is required (OPERATOR_EQ, "
                                                    "_NE, _LT, _LE, _GT, _GE, _IN, _IS_NULL, _LIKE, "
-                                                   "_ILIKE)")
+                                                   '_ILIKE); in JSON, 0.1.0\'s "EQ" is '
+                                                   '"OPERATOR_EQ" since 0.2.0 (CHANGELOG.md)')
     value = from_proto(f.value) if f.HasField("value") else None
     if f.op == Op.OPERATOR_IS_NULL:
         if value is None:

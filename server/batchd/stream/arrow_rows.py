@@ -3,9 +3,10 @@
 Each column's values become one Arrow array, built by pyarrow from the protobuf values and
 converted by pyarrow.compute (decimal strings to decimal128 of the column's precision and
 scale, date strings to date32, RFC 3339 strings and Unix microseconds to timestamps, JSON text
-of text[] columns to lists); ``batchd.stream.arrow_types`` then checks the column types and
-pgpq writes the binary COPY data, as for ENCODING_ARROW. Python runs per column and per chunk,
-not per value (ROWS: one attribute read per value, to get the values out of the Structs).
+or PostgreSQL array literals of text[] columns to lists); ``batchd.stream.arrow_types`` then
+checks the column types and pgpq writes the binary COPY data, as for ENCODING_ARROW. Python
+runs per column and per chunk, not per value (ROWS: one attribute read per value, to get the
+values out of the Structs).
 
 The fast path is a shortcut, never a second set of rules: it takes a chunk only when it can
 tell, for the whole chunk at once, that every value is one the per-value path
@@ -36,9 +37,10 @@ from google.protobuf import struct_pb2
 
 from batchd.catalog import Column
 from batchd.errors import InvalidArgument
+from batchd.stream import array_literal
 from batchd.stream.arrow import Rows
 from batchd.stream.arrow_types import Plan, plan
-from batchd.stream.columnar import PG_MAX_US, PG_MIN_US, UNIX_TO_PG_EPOCH_US
+from batchd.stream.columnar import PG_MAX_US, PG_MIN_US, UNIX_TO_PG_EPOCH_US, read_array
 from batchd.v1 import batch_pb2
 from batchd.values import MAX_SAFE_INTEGER, from_proto, plain_json, render_any
 
@@ -147,14 +149,16 @@ def _from_strings(array: pa.Array, values: Sequence[Any], mask: np.ndarray[Any, 
     if column.is_array:
         if kind != "text" or column.cast_sql != "text[]":
             raise _Slow
-        # The per-value path's reading of the JSON text (columnar._json_value: json.loads
-        # with these options, which makes such a decoder for each value).
+        # The per-value path's reading of the text (columnar.read_array: JSON text, or
+        # PostgreSQL's array literal when it starts with "{").
         try:
-            read = _JSON_EXACT.decode
-            lists = [None if mask is not None and mask[i] else read(text)
+            json_text, literal = _JSON_EXACT.decode, read_array
+            is_literal = array_literal.is_literal
+            lists = [None if mask is not None and mask[i] else
+                     literal(text, kind) if is_literal(text) else json_text(text)
                      for i, text in enumerate(values)]
         except ValueError:
-            raise _Slow from None  # not JSON: said per value
+            raise _Slow from None  # neither: said per value
         return _lists_of_strings(lists)
     if kind in ("text", "json", "uuid"):  # uuid: arrow_types reads the text, strictly
         return array

@@ -2,8 +2,9 @@
 
 Arrays whose protobuf type already is the column's (int64 for integers, double for floats,
 bool, bytes, text, microseconds for timestamps) are taken whole, without touching each value
-in Python; numeric strings go to the driver unparsed (checked lazily, see copy.Target); json,
-jsonb and array columns take strings of JSON text. A value that cannot be coerced rejects its
+in Python; numeric strings go to the driver unparsed (checked lazily, see copy.Target); json
+and jsonb columns take strings of JSON text, array columns JSON text or PostgreSQL's array
+literal (``{a,b}``, as a PostgreSQL export writes it). A value that cannot be coerced rejects its
 row, with a reason naming the column.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from batchd.catalog import Column
 from batchd.errors import BatchdError, InvalidArgument
+from batchd.stream import array_literal
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, JsonText, coerce
 
@@ -106,21 +108,39 @@ def _coerce_each(values: list[Any], column: Column, bad: dict[int, BatchdError])
 
 
 def _json_value(text: str | None, i: int, column: Column, bad: dict[int, BatchdError]) -> Any:
-    """A COLUMNAR string for a json, jsonb or array column: the JSON text of its value; a row
-    whose text is not JSON is rejected. A document is kept as the text it came as (JsonText:
-    every digit of its numbers); an array's numbers are read as strings, which coercion turns
-    into the element type exactly (a double would round 9007199254740993)."""
+    """A COLUMNAR string for a json, jsonb or array column: the JSON text of its value, or for
+    an array PostgreSQL's array literal (``{a,b}``: batchd.stream.array_literal); a row whose
+    text is neither is rejected. A document is kept as the text it came as (JsonText: every
+    digit of its numbers); an array's numbers are read as strings, which coercion turns into
+    the element type exactly (a double would round 9007199254740993)."""
     if text is None:
         return None
     try:
         if column.is_array:
-            return json.loads(text, parse_float=str, parse_int=str)
+            return read_array(text, column.kind)
         json.loads(text)
         return JsonText(text)
-    except ValueError as exc:
+    except array_literal.ArrayLiteralError as exc:
         bad.setdefault(i, InvalidArgument.field(f"rows[{i}].{column.name}",
-                                                f"not JSON text: {exc}"))
-        return None
+                                                f"not an array literal: {exc}"))
+    except ValueError as exc:
+        hint = (' (an array is JSON text, ["a","b"], or PostgreSQL\'s literal, {a,b})'
+                if column.is_array else "")
+        bad.setdefault(i, InvalidArgument.field(f"rows[{i}].{column.name}",
+                                                f"not JSON text: {exc}{hint}"))
+    return None
+
+
+_JSON_EXACT = json.JSONDecoder(parse_float=str, parse_int=str)
+
+
+def read_array(text: str, kind: str) -> Any:
+    """An array column's COLUMNAR string: PostgreSQL's literal when it starts with ``{`` (or
+    bounds), else JSON text (numbers as their text); ValueError if it is neither. The one
+    reading of both paths (batchd.stream.arrow_rows takes it for text[] columns)."""
+    if array_literal.is_literal(text):
+        return array_literal.element_texts(array_literal.parse(text), kind)
+    return _JSON_EXACT.decode(text)
 
 
 def _in_range(values: list[Any], kind: str) -> bool:

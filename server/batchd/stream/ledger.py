@@ -43,17 +43,20 @@ ALTER TABLE batchd.stream_chunks ADD COLUMN IF NOT EXISTS ack bytea;
 ALTER TABLE batchd.streams ADD COLUMN IF NOT EXISTS principal text;
 """
 # Whether INTERNAL_SCHEMA_SQL has nothing left to do.
+# (Read from the catalog by name, not through to_regclass: that needs USAGE on the schema,
+# which a login role not yet granted it lacks, and it should be told so: run_ddl.)
 _PRESENT_SQL = """
-SELECT count(*) = 2 FROM pg_attribute
-WHERE (attrelid, attname) IN ((to_regclass('batchd.stream_chunks'), 'ack'),
-                              (to_regclass('batchd.streams'), 'principal'))
-  AND NOT attisdropped
+SELECT count(*) = 2 FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'batchd' AND NOT a.attisdropped
+  AND (c.relname, a.attname) IN (('stream_chunks', 'ack'), ('streams', 'principal'))
 """
 
 
 async def ensure_internal_schema(pool: asyncpg.Pool) -> None:
     await run_ddl(pool, INTERNAL_SCHEMA_SQL, _PRESENT_SQL,
-                  "batchd's stream ledger tables (batchd.streams, batchd.stream_chunks)")
+                  "batchd's stream ledger tables (batchd.streams, batchd.stream_chunks)",
+                  ["batchd.streams", "batchd.stream_chunks"])
 
 
 @dataclass(slots=True)
