@@ -18,6 +18,14 @@ retried) within a minute instead of hanging. batchd accepts pings every 20 s
 settings accepts them only every 5 minutes and answers more frequent ones with GOAWAY
 "too_many_pings", failing the calls in flight: against such a server (a proxy terminating
 HTTP/2 with default settings), pass ``keepalive_seconds=300``.
+
+Why 30 s and not the 5 minutes a default server tolerates: batchd's calls hold things a dead
+connection must not keep waiting on — a stream whose acks resume it, a batch whose deadline
+may be minutes away, a replica that was SIGKILLed or a NAT that dropped the flow without a
+FIN. At 5 minutes such a call hangs until its deadline; at 30 s it fails within a minute and
+is retried or resumed. A ping every 30 s costs nothing next to that, and batchd is configured
+to accept it (tried against ``batchd serve``: a stream idle for 75 s with pings every 30 s
+stays open; pings every 5 s get GOAWAY "too_many_pings").
 """
 
 from __future__ import annotations
