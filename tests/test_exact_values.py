@@ -123,3 +123,17 @@ async def test_database_side_value_errors_are_invalid_argument(stub, db):
         {"id": "w", "insert": {"table": "all_types", "rows": [{"id": 1, "code": "x" * 11}]}}]))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.error_info["sqlstate"] == "22001"  # string_data_right_truncation
+
+
+async def test_jsonb_array_elements_are_documents_of_any_shape(stub, db):
+    """A jsonb[] element that is itself a JSON array is one document, not another dimension
+    (it was refused as a non-homogeneous array)."""
+    docs = [[1, 2], {"a": [3, {"b": None}]}, "s", None, [], 4.5]
+    try:
+        response = await stub.BatchExecute(batch([{"id": "i", "insert": {
+            "table": "arrow_extra", "rows": [{"id": 77, "docs": docs}], "returning": ["docs"]}}]))
+        assert rows(response.results[0]) == [{"docs": docs}]
+        stored = await db.fetchval("SELECT docs::text FROM arrow_extra WHERE id = 77")
+        assert stored == '{"[1, 2]","{\\"a\\": [3, {\\"b\\": null}]}","\\"s\\"",NULL,[],4.5}'
+    finally:
+        await db.execute("DELETE FROM arrow_extra WHERE id = 77")

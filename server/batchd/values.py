@@ -316,6 +316,30 @@ def _to_json(value: Any) -> Any:
     return plain_json(value)
 
 
+class JsonDocument:
+    """A JSON array as one element of a json[] / jsonb[] value: asyncpg reads a list inside an
+    array value as a sub-array (another dimension), so a document that is itself an array
+    travels wrapped, and the json codecs (batchd.db.pool) unwrap it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonDocument) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def _json_element(value: Any) -> Any:
+    """An element of a json[] / jsonb[] value: a JSON document, whatever its shape (json
+    arrays have one dimension here: [[1, 2], {"a": 1}] is two documents, not a 2-D array)."""
+    document = plain_json(value)
+    return JsonDocument(document) if isinstance(document, list) else document
+
+
 def _passthrough(value: Any) -> Any:
     return value
 
@@ -337,6 +361,8 @@ def coerce(value: Any, column: Column) -> Any:
     if column.is_array:
         if not isinstance(value, list):
             raise _expect(f"a list (column type {column.type_sql})", value)
+        if column.kind == "json":
+            return [None if v is None else _json_element(v) for v in value]
         return _coerce_array(value, scalar)
     if isinstance(value, _CONTAINERS) and column.kind != "json":
         raise _expect(f"a scalar (column type {column.type_sql})", value)

@@ -101,9 +101,16 @@ Answer = batch_pb2.BatchExecuteResponse | BatchdError
 
 
 async def ensure_schema(pool: asyncpg.Pool) -> None:
-    await run_ddl(pool, SCHEMA_SQL, "SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                  "WHERE n.nspname = 'batchd' AND c.relname = 'requests')",
-                  "batchd's request id table (batchd.requests)", ["batchd.requests"])
+    await run_ddl(pool, SCHEMA_SQL, _PRESENT_SQL, "batchd's request id table (batchd.requests)",
+                  ["batchd.requests"])
+
+
+# Whether SCHEMA_SQL has nothing left to do (by name in the catalog: to_regclass would need
+# USAGE on the schema, which a login role not yet granted it lacks, and run_ddl says so).
+_PRESENT_SQL = """
+SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'batchd' AND c.relname = 'requests')
+"""
 
 
 @dataclass(frozen=True, slots=True)
