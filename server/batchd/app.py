@@ -76,7 +76,9 @@ class App:
         try:  # and the TLS files
             credentials = server_credentials(settings)
         except OSError as exc:
-            raise startup.tls_file_error(exc, settings) from exc
+            raise startup.tls_file_error(exc, {
+                name: getattr(settings, name)
+                for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file")}) from exc
         embedded = None
         dsn = settings.dsn
         if dsn is None:

@@ -24,11 +24,8 @@ import re
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from batchd.config import Settings
 
 EXIT_STARTUP = 2
 
@@ -287,10 +284,10 @@ def listen_error(exc: BaseException, host: str, port: int,
     return StartupError(f"cannot listen on {host}:{port}: {exc}; check --host and --port")
 
 
-def tls_file_error(exc: OSError, settings: Settings) -> StartupError:
-    """A TLS PEM file could not be read."""
-    setting = next((name for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
-                    if str(getattr(settings, name)) == str(exc.filename)), "a TLS file")
+def tls_file_error(exc: OSError, files: Mapping[str, object]) -> StartupError:
+    """A TLS PEM file could not be read; ``files``: the TLS settings by name."""
+    setting = next((name for name, value in files.items()
+                    if str(value) == str(exc.filename)), "a TLS file")
     return StartupError(f"{setting} = {str(exc.filename)!r}: cannot read it "
                         f"({exc.strerror or exc}); give the path of a PEM file")
 
