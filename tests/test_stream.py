@@ -198,6 +198,29 @@ async def test_independent_bad_rows_are_reported_and_the_rest_written(stub, db):
     assert await count_events(db) == 17
 
 
+@pytest.mark.parametrize("encoding", ["ENCODING_ROWS", "ENCODING_CSV"])
+async def test_a_chunk_whose_every_row_is_refused_rejects_each_row(stub, db, encoding):
+    """Each row refused at its own line: 3,000 rejections, one short COPY each (isolating
+    them recursed once per row, past Python's limit: INTERNAL)."""
+    await db.execute("INSERT INTO events (id, kind) "
+                     "SELECT i, 'old' FROM generate_series(0, 3099) AS i")
+    call, _ = await open_stream(stub, header(table="events", columns=["id", "kind", "score"],
+                                             encoding=encoding, **INDEPENDENT))
+    rows = events(0, 3000) + events(5000, 2)  # the last two are new
+    if encoding == "ENCODING_CSV":
+        data = "".join(f"{r['id']},{r['kind']},{r['score']}\n" for r in rows).encode()
+        chunk = Req(chunk=batch_pb2.StreamChunk(sequence=1, csv=data))
+    else:
+        chunk = rows_chunk(1, rows)
+    ack = (await send(call, chunk)).ack
+    await call.done_writing()
+    assert (await call.read()).summary.rows_written == 2
+    assert ack.rows_written == 2
+    assert [r.chunk_index for r in ack.rejected] == list(range(3000))
+    assert {r.status.code for r in ack.rejected} == {grpc.StatusCode.ALREADY_EXISTS.value[0]}
+    assert await count_events(db) == 3102
+
+
 async def test_independent_reject_chunk_option_writes_nothing_of_a_bad_chunk(stub, db):
     call, _ = await open_stream(stub, header(table="events", bad_rows="BAD_ROWS_REJECT_CHUNK",
                                              **INDEPENDENT))

@@ -168,33 +168,48 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
 
 async def write_isolating(conn: asyncpg.Connection, copy: Copy, units: Sequence[Any],
                           indexes: list[int]) -> tuple[int, list[tuple[int, BatchdError]]]:
-    """COPY ``units`` under a savepoint; if PostgreSQL (or the encoder) refuses one, split
-    them (at the line PostgreSQL names, else in halves) until only the refused are left:
-    returns (rows written, rejected rows by chunk index). Also ENCODING_ARROW's."""
-    if not units:
-        return 0, []
-    try:
-        async with conn.transaction():  # a savepoint: a refused COPY leaves the rest intact
-            return await copy(units), []
-    except asyncpg.PostgresError as exc:
-        error: BatchdError = from_database(exc) or BatchdError(str(exc))
-        if not about_a_row(exc):
-            raise ChunkRefused(error) from exc
-        line = _line_of(exc)
-    except (ArithmeticError, ValueError, TypeError) as exc:  # the driver could not encode one
-        error = InvalidArgument(f"value cannot be encoded for its column: {exc}")
-        line = None
-    if len(units) == 1:
-        return 0, [(indexes[0], error)]
-    if line is not None and 1 <= line <= len(units) and _one_line_each(units):
-        k = line - 1
-        before = await write_isolating(conn, copy, units[:k], indexes[:k])
-        after = await write_isolating(conn, copy, units[k + 1:], indexes[k + 1:])
-        return before[0] + after[0], [*before[1], (indexes[k], error), *after[1]]
-    mid = len(units) // 2
-    left = await write_isolating(conn, copy, units[:mid], indexes[:mid])
-    right = await write_isolating(conn, copy, units[mid:], indexes[mid:])
-    return left[0] + right[0], left[1] + right[1]
+    """COPY ``units`` under savepoints, leaving out the ones PostgreSQL (or the encoder)
+    refuses: returns (rows written, rejected rows by chunk index). Also ENCODING_ARROW's.
+
+    Units are tried in windows from the first not yet written: all of them, at first. A window
+    refused at a line PostgreSQL names is followed by the units before that line (they were
+    fine), then the refused one alone, which is rejected; a window refused without a line, by
+    its first half, down to one unit, which is rejected. After a rejection the next window is
+    ``wide``, which every refusal halves and every success doubles: a few bad rows among good
+    ones cost a few COPYs each, and a chunk of bad rows one short COPY per row, never one of
+    every row left after it, nor a recursion as deep as the chunk."""
+    written, refused = 0, []
+    position, wide = 0, max(1, len(units))
+    window, prefix = wide, False  # prefix: the window is the good units before a refused line
+    while position < len(units):
+        part = units[position:position + window]
+        try:
+            async with conn.transaction():  # a savepoint: a refused COPY leaves the rest intact
+                written += await copy(part)
+            position += len(part)
+            if prefix:  # the refused one comes next, alone
+                window, prefix = 1, False
+            else:
+                wide = window = min(max(1, len(units) - position), wide * 2)
+            continue
+        except asyncpg.PostgresError as exc:
+            error: BatchdError = from_database(exc) or BatchdError(str(exc))
+            if not about_a_row(exc):
+                raise ChunkRefused(error) from exc
+            line = _line_of(exc)
+        except (ArithmeticError, ValueError, TypeError) as exc:  # the driver could not encode
+            error = InvalidArgument(f"value cannot be encoded for its column: {exc}")
+            line = None
+        wide = max(1, wide // 2)
+        if len(part) == 1:
+            refused.append((indexes[position], error))
+            position += 1
+            window = wide
+        elif line is not None and 1 <= line <= len(part) and _one_line_each(part):
+            window, prefix = (line - 1, True) if line > 1 else (1, False)
+        else:
+            window = len(part) // 2
+    return written, refused
 
 
 class ChunkRefused(Exception):
