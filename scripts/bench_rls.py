@@ -144,7 +144,9 @@ async def main() -> None:
                             else None)
                         both = {"plain": requests,
                                 "staged": retarget(requests, f"{spec.name}_rls")}
-                        for reqs in both.values():  # untimed first use
+                        for which, reqs in both.items():  # untimed first use
+                            await sql(dsn, f"TRUNCATE {spec.name}"
+                                           + ("_rls" if which == "staged" else ""))
                             await stream(target, [reqs[0], reqs[1], reqs[-1]],
                                          min(args.rows, args.chunk), metadata)
                         pair = {which: (lambda reqs=reqs: stream(target, reqs, args.rows,
