@@ -581,6 +581,10 @@ async def main() -> None:
                         help="units of each workload counted through the proxy (roundtrips)")
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
                         help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="over a network: every hop (callers to batchd, batchd and raw "
+                             "asyncpg to PostgreSQL) through a proxy adding this delay each "
+                             "way (the FastAPI peer's own HTTP hop gets none: left out then)")
     parser.add_argument("--role", action="store_true",
                         help="every call with a bearer token; adds the batch-role workload (the "
                              "10-operation batch as a database role)")
@@ -600,13 +604,30 @@ async def main() -> None:
     # and batchd reads its catalog at start-up.
     dsn, embedded = start_postgres(args.dsn)
     await sql(dsn, TABLES_SQL)
+    if args.delay_ms:
+        chosen = [name for name in chosen if name not in ("peer", "peer-health")]
     if args.role:  # every call with a token: one without a role, one with (batch-role)
         await sql(dsn, ROLE_SQL)
         os.environ["BATCHD_TOKENS"] = tokens_json()
     else:
         chosen = [name for name in chosen if name != "batch-role"]
     settings = await postgres_line(dsn, embedded)
+    proxies = []
+    if args.delay_ms:
+        # Over a network: batchd and the raw contender reach PostgreSQL through one delaying
+        # proxy, the gRPC callers reach batchd through another (scripts/delay_proxy.py).
+        import delay_proxy
+
+        db_proxy, db_port = await delay_proxy.start(delay_proxy.target_of_dsn(dsn),
+                                                    args.delay_ms)
+        proxies.append(db_proxy)
+        dsn = delay_proxy.dsn_through(dsn, db_port)
+        settings += f"; every hop through a proxy adding {args.delay_ms:g} ms each way"
     server, target = await start_server(dsn, args.workers)
+    if args.delay_ms:
+        grpc_proxy, grpc_port = await delay_proxy.start(target, args.delay_ms)
+        proxies.append(grpc_proxy)
+        target = f"127.0.0.1:{grpc_port}"
     try:
         peer, peer_url, peer_info = await start_peer(dsn)
     except BaseException:
@@ -663,6 +684,8 @@ async def main() -> None:
             await channel.close()
         await stop_server(server)
         await stop_server(peer)
+        for proxy in proxies:
+            await stop_server(proxy)
 
     setup = " ".join([
         f"{args.runs} interleaved run{'s' * (args.runs != 1)} of {args.seconds:g} s per",
