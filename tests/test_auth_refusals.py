@@ -132,3 +132,32 @@ async def test_a_refused_client_that_never_stops_writing_is_cut_off(channel):
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass
         assert await call.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL)
+
+
+BAD_STREAM_ID = batch_pb2.BatchStreamRequest(header=batch_pb2.StreamHeader(
+    table="events", stream_id="not a valid id!"))
+
+
+async def stream_refused_after_its_header(channel: grpc.aio.Channel,
+                                          metadata: tuple[tuple[str, str], ...] | None,
+                                          ) -> grpc.StatusCode:
+    """A stream the service itself refuses once it has read the header (its stream id is
+    malformed), while the client writes its chunks ahead and half-closes."""
+    call = batch_pb2_grpc.BatchServiceStub(channel).BatchStream(
+        metadata=(("authorization", f"Bearer {GOOD}"),))
+    try:
+        for request in (BAD_STREAM_ID, STREAM_CHUNK, STREAM_CHUNK):
+            await call.write(request)
+        await call.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):  # the call has ended
+        pass
+    return await call.code()
+
+
+async def test_a_stream_the_service_refuses_is_seen_with_its_code_by_a_grpc_aio_client(
+        channel):
+    """The same race as a refusal on metadata, for every error a BatchStream ends with while
+    the client may still be writing (a bad header, a refused table, a draining server): the
+    service reads what the client still sends before it answers."""
+    assert await codes_of(channel, stream_refused_after_its_header, 1) == \
+        {"INVALID_ARGUMENT": CALLS}

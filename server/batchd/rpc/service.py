@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_status import rpc_status
 
-from batchd.auth import Principal, current_principal
+from batchd.auth import Principal, current_principal, let_the_client_finish
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
 from batchd.catalog import Catalog
@@ -110,6 +110,9 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
                 return
             except Exception as exc:
                 error = seen.failed(translate(exc, request_id))
+        # A client may still be writing (chunks sent ahead): read what it sends first, or a
+        # grpc.aio client may see INTERNAL instead of this status (auth.let_the_client_finish).
+        await let_the_client_finish(request_iterator)
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
 
     async def GetSchema(self, raw: decode.Raw,
