@@ -4,7 +4,8 @@ a login role that is neither superuser nor owner; tenants are roles of their own
 A prepared statement is shared by every role on a pooled connection. PostgreSQL's planner
 inlines a plain SQL function once it has checked EXECUTE for the role that plans, so a plan
 cached for batchd's login role would let a tenant call a function it has no EXECUTE on: in a
-call, in a column default, inside a view, in a row-level-security policy. Each path is pinned
+call, in a column default, inside a view, in a PL/pgSQL function's body, in a row-level-security
+policy (PostgreSQL replans that one per role itself). Each path is pinned
 here: the login role runs the statement until PostgreSQL caches a generic plan (more than five
 times, on a pool of one connection, so that it is the same connection), then the tenant runs
 the same statement and is refused."""
@@ -31,7 +32,8 @@ OWN, TENANT = "own-secret", "tenant-secret"
 TENANTS = ["boundary_tenant"]
 SETUP = f"""
 DROP TABLE IF EXISTS boundary_items, boundary_stamped, boundary_rows CASCADE;
-DROP FUNCTION IF EXISTS bnd_secret, bnd_stamp, bnd_visible, fn_bnd_double, fn_bnd_view CASCADE;
+DROP FUNCTION IF EXISTS bnd_secret, bnd_stamp, bnd_visible, fn_bnd_double, fn_bnd_view,
+    fn_bnd_plpgsql CASCADE;
 
 -- Plain SQL functions (inlined by the planner) that only batchd's login role may run.
 CREATE FUNCTION bnd_secret(a integer) RETURNS integer LANGUAGE sql AS 'SELECT a * 2';
@@ -62,7 +64,13 @@ CREATE FUNCTION fn_bnd_view() RETURNS SETOF integer LANGUAGE sql STABLE
     AS 'SELECT doubled FROM boundary_doubled ORDER BY id';
 GRANT EXECUTE ON FUNCTION fn_bnd_view() TO {LOGIN}, boundary_tenant;
 
--- 4. A row-level-security policy that calls a guarded function.
+-- 4. A PL/pgSQL function everybody may call whose body calls a guarded one (PL/pgSQL keeps
+--    its expressions' plans for the session).
+CREATE FUNCTION fn_bnd_plpgsql(a integer) RETURNS integer LANGUAGE plpgsql
+    AS 'BEGIN RETURN bnd_secret(a); END';
+GRANT EXECUTE ON FUNCTION fn_bnd_plpgsql(integer) TO {LOGIN}, boundary_tenant;
+
+-- 5. A row-level-security policy that calls a guarded function.
 CREATE TABLE boundary_rows (id integer PRIMARY KEY, owner text);
 INSERT INTO boundary_rows VALUES (1, 'x');
 ALTER TABLE boundary_rows ENABLE ROW LEVEL SECURITY;
@@ -87,7 +95,7 @@ async def stub(schema, db) -> AsyncIterator[batch_pb2_grpc.BatchServiceStub]:
     finally:
         await db.execute("DROP TABLE IF EXISTS boundary_items, boundary_stamped, "
                          "boundary_rows CASCADE; DROP FUNCTION IF EXISTS bnd_secret, bnd_stamp, "
-                         "bnd_visible, fn_bnd_double, fn_bnd_view CASCADE")
+                         "bnd_visible, fn_bnd_double, fn_bnd_view, fn_bnd_plpgsql CASCADE")
         await drop_grants(db, [*TENANTS])
 
 
@@ -96,6 +104,7 @@ PATHS = {
     "column default": {"id": "i", "insert": {"table": "boundary_stamped",
                                              "rows": [{"note": "n"}], "returning": ["stamp"]}},
     "view": {"id": "v", "call": {"function": "fn_bnd_view", "args": {}}},
+    "plpgsql body": {"id": "p", "call": {"function": "fn_bnd_plpgsql", "args": {"a": 2}}},
     "policy": {"id": "q", "query": {"table": "boundary_rows", "columns": ["id"]}},
 }
 
