@@ -440,6 +440,23 @@ def test_channel_options_keepalive_and_service_config():
     assert "grpc.keepalive_time_ms" not in dict(channel_options(keepalive_seconds=None))
 
 
+def test_a_client_balancing_over_several_replicas_checks_their_health_itself():
+    """Several addresses: the client balances itself, with gRPC's client-side health checking
+    (a draining replica leaves the pick: tests/fleet/test_client_balancing.py); one address may
+    be a load balancer's, whose health the client must not judge by one replica behind it."""
+    def checked(**kwargs: Any) -> bool:
+        client = AsyncClient(**kwargs)
+        config = json.loads(dict(client._settings.options)["grpc.service_config"])
+        return config.get("healthCheckConfig") == {"serviceName": "batchd.v1.BatchService"}
+
+    assert checked(targets=["127.0.0.1:1", "127.0.0.1:2"])
+    assert checked(target="ipv4:127.0.0.1:1,127.0.0.1:2")
+    assert not checked(target="127.0.0.1:1")
+    assert not checked(target="dns:///batchd.example:50051")
+    assert checked(target="dns:///batchd-headless.example:50051", client_health_check=True)
+    assert not checked(targets=["127.0.0.1:1", "127.0.0.1:2"], client_health_check=False)
+
+
 def test_the_published_service_config_is_in_the_package():
     text = resources.files("batchd.client").joinpath("service_config.json").read_text()
     config = json.loads(text)

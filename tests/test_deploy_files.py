@@ -332,3 +332,16 @@ def test_k8s_pgbouncer_is_the_template_with_cluster_addresses():
     service = one(documents, "Service", "pgbouncer")
     assert (dsn.hostname, dsn.port) == (service["metadata"]["name"],
                                         service["spec"]["ports"][0]["port"])
+
+
+def test_the_client_balancing_service_config_is_the_published_one_with_health_checking():
+    """For clients that balance over the replicas themselves: the same, plus gRPC's client-side
+    health checking of batchd's entry (behind a load balancer it would take the balancer out:
+    batchd.client.channel.HEALTH_CHECK_CONFIG)."""
+    from batchd.client.channel import service_config
+
+    balancing = json.loads((DEPLOY / "grpc-service-config-client-balancing.json").read_text())
+    assert balancing == service_config(balancing=True)
+    assert balancing["healthCheckConfig"] == {"serviceName": SERVICE}
+    assert {k: v for k, v in balancing.items() if k != "healthCheckConfig"} == \
+        json.loads((DEPLOY / "grpc-service-config.json").read_text())

@@ -91,7 +91,8 @@ class _Settings:
     def __init__(self, target: str | Sequence[str] | None, targets: Sequence[str] | None,
                  metadata: Metadata | None, timeout: float | None, credentials: Any,
                  options: Sequence[tuple[str, Any]], retry_policy: RetryPolicy | None,
-                 on_retry: RetryHook | None, keepalive_seconds: float | None) -> None:
+                 on_retry: RetryHook | None, keepalive_seconds: float | None,
+                 client_health_check: bool | None) -> None:
         if (target is None) == (targets is None):
             raise TypeError("give one of target and targets")
         chosen = target if target is not None else targets
@@ -101,7 +102,9 @@ class _Settings:
         self.metadata = tuple((key, value) for key, value in items)
         self.timeout = timeout
         self.credentials = credentials
-        self.options = channels.channel_options(options, keepalive_seconds)
+        balancing = channels.balances_itself(self.target) if client_health_check is None \
+            else client_health_check
+        self.options = channels.channel_options(options, keepalive_seconds, balancing=balancing)
         self.retry = retry_policy or retry.NO_RETRY
         self.on_retry = on_retry
 
@@ -134,6 +137,10 @@ class AsyncClient:
     each retry's wait. ``credentials``: a ``grpc.ssl_channel_credentials()`` for TLS;
     ``options``: channel options, over the defaults of ``channel_options``;
     ``keepalive_seconds``: see ``batchd.client.channel`` (None: no keepalive pings).
+    ``client_health_check``: gRPC's client-side health checking, so that a draining replica
+    leaves the pick (``batchd.client.channel.HEALTH_CHECK_CONFIG``); None: on for several
+    addresses (the client balances itself), off for one (maybe a load balancer); True for a
+    headless ``dns:///`` name of the replicas.
     """
 
     def __init__(self, target: str | Sequence[str] | None = None, *,
@@ -141,9 +148,10 @@ class AsyncClient:
                  timeout: float | None = DEFAULT_TIMEOUT, credentials: Any = None,
                  options: Sequence[tuple[str, Any]] = (),
                  retry: RetryPolicy | None = retry.DEFAULT, on_retry: RetryHook | None = None,
-                 keepalive_seconds: float | None = channels.KEEPALIVE_SECONDS) -> None:
+                 keepalive_seconds: float | None = channels.KEEPALIVE_SECONDS,
+                 client_health_check: bool | None = None) -> None:
         self._settings = _Settings(target, targets, metadata, timeout, credentials, options,
-                                   retry, on_retry, keepalive_seconds)
+                                   retry, on_retry, keepalive_seconds, client_health_check)
         self._channel = channels.aio_channel(self._settings.target, credentials,
                                              self._settings.options)
         self._stub = batch_pb2_grpc.BatchServiceStub(  # type: ignore[no-untyped-call]
@@ -227,15 +235,17 @@ class Client:
                  timeout: float | None = DEFAULT_TIMEOUT, credentials: Any = None,
                  options: Sequence[tuple[str, Any]] = (),
                  retry: RetryPolicy | None = retry.DEFAULT, on_retry: RetryHook | None = None,
-                 keepalive_seconds: float | None = channels.KEEPALIVE_SECONDS) -> None:
+                 keepalive_seconds: float | None = channels.KEEPALIVE_SECONDS,
+                 client_health_check: bool | None = None) -> None:
         def twin() -> AsyncClient:  # for ingest: the same settings over a grpc.aio channel
             return AsyncClient(target, targets=targets, metadata=metadata, timeout=timeout,
                                credentials=credentials, options=options, retry=retry,
-                               on_retry=on_retry, keepalive_seconds=keepalive_seconds)
+                               on_retry=on_retry, keepalive_seconds=keepalive_seconds,
+                               client_health_check=client_health_check)
 
         self._twin = twin
         self._settings = _Settings(target, targets, metadata, timeout, credentials, options,
-                                   retry, on_retry, keepalive_seconds)
+                                   retry, on_retry, keepalive_seconds, client_health_check)
         self._channel = channels.sync_channel(self._settings.target, credentials,
                                               self._settings.options)
         self._stub = batch_pb2_grpc.BatchServiceStub(  # type: ignore[no-untyped-call]

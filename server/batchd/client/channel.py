@@ -38,7 +38,8 @@ from typing import Any
 
 import grpc
 
-__all__ = ["KEEPALIVE_SECONDS", "channel_options", "resolve_target", "service_config"]
+__all__ = ["KEEPALIVE_SECONDS", "balances_itself", "channel_options", "resolve_target",
+           "service_config"]
 
 SERVICE_CONFIG_FILE = "service_config.json"
 KEEPALIVE_SECONDS = 30.0
@@ -51,18 +52,39 @@ MAX_MESSAGE_BYTES = 64 << 20
 NOT_RETRIED_BY_GRPC = frozenset({"BatchExecute"})
 
 
-def service_config() -> dict[str, Any]:
-    """The published service config (``batchd/client/service_config.json``)."""
+# gRPC's client-side health checking, for clients that balance over the replicas themselves:
+# a replica whose batchd.v1.BatchService entry says NOT_SERVING (draining, or its PostgreSQL
+# away) leaves the round-robin pick before it refuses work, as HAProxy's gRPC check takes it out
+# of its own. Not for a client behind a load balancer (one address: HAProxy, a Kubernetes
+# Service): its health stream would reach one replica through the balancer, and that replica's
+# drain would mark the whole balancer unhealthy (every call failing UNAVAILABLE "backend
+# unhealthy" for a moment: tests/fleet/test_fleet.py saw 44 of ~2,000 calls fail so).
+HEALTH_CHECK_CONFIG = {"serviceName": "batchd.v1.BatchService"}
+
+
+def service_config(*, balancing: bool = False) -> dict[str, Any]:
+    """The published service config (``batchd/client/service_config.json``); ``balancing``:
+    for a client that balances over the replicas itself, with health checking
+    (``HEALTH_CHECK_CONFIG``; deploy/grpc-service-config-client-balancing.json)."""
     text = resources.files("batchd.client").joinpath(SERVICE_CONFIG_FILE).read_text("utf-8")
     config: dict[str, Any] = json.loads(text)
+    if balancing:
+        config["healthCheckConfig"] = dict(HEALTH_CHECK_CONFIG)
     return config
 
 
-def python_service_config() -> dict[str, Any]:
+def balances_itself(target: str) -> bool:
+    """Whether a target names several replicas for the client to balance over (a static
+    ``ipv4:`` / ``ipv6:`` list, what ``resolve_target`` makes of several addresses). A DNS name
+    may be a load balancer's: pass ``client_health_check=True`` for a headless one."""
+    return target.startswith(("ipv4:", "ipv6:")) and "," in target
+
+
+def python_service_config(*, balancing: bool = False) -> dict[str, Any]:
     """The service config the Python clients use: the published one without its timeouts and
     without grpc's retry policy for BatchExecute (``batchd.client.retry`` decides, per request,
     what is safe to send again)."""
-    config = service_config()
+    config = service_config(balancing=balancing)
     methods: list[dict[str, Any]] = []
     for method in config.get("methodConfig", []):
         method.pop("timeout", None)
@@ -119,14 +141,15 @@ def _family(target: str) -> str:
 
 
 def channel_options(options: Sequence[tuple[str, Any]] = (),
-                    keepalive_seconds: float | None = KEEPALIVE_SECONDS,
-                    ) -> list[tuple[str, Any]]:
-    """The clients' channel options: the service config with retries on, keepalive (None:
-    none), 64 MiB messages; any of them overridden by ``options`` (a
-    ``("grpc.service_config", json)`` of your own, ``("grpc.enable_retries", 0)``, ...)."""
+                    keepalive_seconds: float | None = KEEPALIVE_SECONDS, *,
+                    balancing: bool = False) -> list[tuple[str, Any]]:
+    """The clients' channel options: the service config with retries on (and, ``balancing``
+    over the replicas itself, client-side health checking), keepalive (None: none), 64 MiB
+    messages; any of them overridden by ``options`` (a ``("grpc.service_config", json)`` of
+    your own, ``("grpc.enable_retries", 0)``, ...)."""
     chosen: dict[str, Any] = {
         "grpc.enable_retries": 1,
-        "grpc.service_config": json.dumps(python_service_config()),
+        "grpc.service_config": json.dumps(python_service_config(balancing=balancing)),
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     }
     if keepalive_seconds is not None:
