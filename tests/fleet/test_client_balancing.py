@@ -10,15 +10,15 @@ import asyncio
 import collections
 import json
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from batchd.client.channel import service_config
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch
 from tests.fleet.conftest import DRAIN_DELAY_SECONDS, GRACE_SECONDS, REPLICA_ENV
+from tests.fleet.load import BatchLoad
 from tests.fleet.processes import Fleet, Replica, replica, wait_until
 
 pytestmark = pytest.mark.fleet
@@ -49,44 +49,19 @@ async def test_a_draining_replica_is_left_out_by_clients_balancing_on_their_own(
     options = [("grpc.service_config", json.dumps(service_config(balancing=True))),
                ("grpc.enable_retries", 1), ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(4)]
-    stubs = [batch_pb2_grpc.BatchServiceStub(ch) for ch in channels]
+    load = BatchLoad([batch_pb2_grpc.BatchServiceStub(ch) for ch in channels], 32, "balance")
     victim = replicas[0]
-    stop = asyncio.Event()
-    answered, failures = 0, list[str]()
-
-    async def caller(n: int) -> None:
-        nonlocal answered
-        stub = stubs[n % len(stubs)]
-        i = 0
-        while not stop.is_set():
-            i += 1
-            first = (n * 100_000 + i) * 10
-            operations = [{"id": f"e{k}", "insert": {"table": "events", "rows": [
-                {"id": str(first + k), "kind": "balance", "score": k}]}} for k in range(10)]
-            try:
-                response = await stub.BatchExecute(
-                    batch(operations, request_id=f"balance-{n}-{i}"), timeout=30)
-                assert response.committed
-                answered += 1
-            except grpc.aio.AioRpcError as exc:
-                failures.append(f"{exc.code().name}: {exc.details()}")
-
-    def answered_at_least(count: int) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            return answered >= count
-        return check
-
-    tasks = [asyncio.ensure_future(caller(n)) for n in range(32)]
     try:
-        await wait_until(answered_at_least(300), 60, "300 answers before the drain")
+        await wait_until(load.answered_at_least(300), 60, "300 answers before the drain")
         victim.proc.send(signal.SIGTERM)
         code = await victim.proc.wait(DRAIN_DELAY_SECONDS + GRACE_SECONDS + 15)
-        await wait_until(answered_at_least(answered + 300), 60, "300 answers after the drain")
+        await wait_until(load.answered_at_least(load.answered + 300), 60,
+                         "300 answers after the drain")
     finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+        await load.stop()
         for ch in channels:
             await ch.close()
+    answered, failures = load.answered, load.failures
     print(f"\nclient-side balancing, drain of {victim.name}: {len(failures)} failed of "
           f"{answered + len(failures)} calls; exit code {code}")
     assert code == 0

@@ -12,7 +12,6 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -29,6 +28,7 @@ from tests.fleet.conftest import (
     LOCK_TIMEOUT_MS,
     STATEMENT_TIMEOUT_MS,
 )
+from tests.fleet.load import BatchLoad
 from tests.fleet.processes import DEPLOY, Fleet, wait_until
 from tests.test_stream import INDEPENDENT, events, header, open_stream, rows_chunk, send
 
@@ -202,51 +202,25 @@ async def test_draining_one_replica_under_load_fails_no_call(fleet: Fleet,
     arrives with UNAVAILABLE before any header (so the client's retry policy sends it to
     another replica), finishes what it has and exits 0. No caller sees an error."""
     victim = fleet.replicas[1]
-    callers, per_caller = 64, 400
+    callers = 64
     channels = [channel(fleet.address, retries=True) for _ in range(8)]
-    stubs = [batch_pb2_grpc.BatchServiceStub(ch) for ch in channels]
-    stop = asyncio.Event()
-    answered = 0
-    failures: list[str] = []
-
-    async def caller(n: int) -> None:
-        nonlocal answered
-        stub = stubs[n % len(stubs)]
-        for i in range(per_caller):
-            if stop.is_set():
-                return
-            first = (n * per_caller + i) * 10
-            operations = [{"id": f"e{k}", "insert": {"table": "events", "rows": [
-                {"id": str(first + k), "kind": "drain", "score": k}]}} for k in range(10)]
-            try:
-                response = await stub.BatchExecute(
-                    batch(operations, request_id=f"drain-{n}-{i}"), timeout=30)
-                assert response.committed
-                answered += 1
-            except grpc.aio.AioRpcError as exc:
-                failures.append(f"{exc.code().name}: {exc.details()}")
-
-    def answered_at_least(count: int) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            assert not all(t.done() for t in tasks), "the callers ran out of calls"
-            return answered >= count
-        return check
-
-    tasks = [asyncio.ensure_future(caller(n)) for n in range(callers)]
+    load = BatchLoad([batch_pb2_grpc.BatchServiceStub(ch) for ch in channels], callers,
+                     "drain", per_caller=400)
     try:
-        await wait_until(answered_at_least(300), 60, "300 answers before the drain")
+        await wait_until(load.answered_at_least(300), 60, "300 answers before the drain")
         signalled = time.monotonic()
         victim.proc.send(signal.SIGTERM)
         await fleet.haproxy.wait_status({victim.name: "DOWN"}, patience=10)
         taken_out = time.monotonic() - signalled
         down = (await fleet.haproxy.servers())[victim.name]
         code = await victim.proc.wait(DRAIN_DELAY_SECONDS + GRACE_SECONDS + 15)
-        await wait_until(answered_at_least(answered + 300), 60, "300 answers after the drain")
+        await wait_until(load.answered_at_least(load.answered + 300), 60,
+                         "300 answers after the drain")
     finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+        await load.stop()
         for ch in channels:
             await ch.close()
+    answered, failures = load.answered, load.failures
     print(f"\ndrain of {victim.name} under {callers} callers: {len(failures)} failed of "
           f"{answered + len(failures)} calls; taken out after {taken_out:.2f}s on "
           f"{down['check_status']}; exit code {code}")
