@@ -47,7 +47,7 @@ from tests.conftest import (
     fails,
     make_settings,
 )
-from tests.test_stream import COMMIT, header, open_stream, ops_chunk, rows_chunk, send
+from tests.support.streams import COMMIT, header, open_stream, ops_chunk, rows_chunk, send
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 

@@ -16,7 +16,7 @@ from batchd.stream import array_literal
 from batchd.stream.columnar import read_array
 from batchd.v1 import batch_pb2
 from batchd.values import coerce
-from tests.test_stream import Req, header, open_stream, send
+from tests.support.streams import Req, header, open_stream, send
 
 # Each read by PostgreSQL and sent through COLUMNAR into all_types.tags (text[]).
 TEXT_LITERALS = [

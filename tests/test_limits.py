@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import batch, count, make_settings, no_open_transaction
-from tests.test_stream import COMMIT, header, open_stream, rows_chunk, send
+from tests.support.streams import COMMIT, header, open_stream, rows_chunk, send
 
 LOCK = 515151
 

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from batchd.v1 import batch_pb2
-from tests.test_stream import header
+from tests.support.streams import header
 
 
 def nested(depth: int) -> dict:

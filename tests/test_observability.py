@@ -30,7 +30,7 @@ from batchd.config import Settings, TokenSettings
 from batchd.startup import StartupError
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import batch, fails, make_settings
-from tests.test_stream import COMMIT, events, header, open_stream, rows_chunk, send
+from tests.support.streams import COMMIT, events, header, open_stream, rows_chunk, send
 
 EXECUTE = "/batchd.v1.BatchService/BatchExecute"
 STREAM = "/batchd.v1.BatchService/BatchStream"

@@ -6,48 +6,26 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import json_format
 
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import FAILED, ROLLED_BACK, SUCCEEDED, make_settings, no_open_transaction
-
-Req = batch_pb2.BatchStreamRequest
-
-
-def header(**fields: Any) -> Req:
-    return Req(header=json_format.ParseDict(fields, batch_pb2.StreamHeader()))
-
-
-def rows_chunk(sequence: int, rows: list[dict[str, Any]]) -> Req:
-    chunk = json_format.ParseDict({"sequence": sequence, "rows": rows}, batch_pb2.StreamChunk())
-    return Req(chunk=chunk)
-
-
-def events(start: int, count: int, kind: str = "click") -> list[dict[str, Any]]:
-    return [{"id": str(i), "kind": kind, "score": i % 10} for i in range(start, start + count)]
-
-
-COMMIT = Req(commit=batch_pb2.StreamCommit())
-
-
-async def open_stream(stub, first: Req, **kwargs: Any):
-    call = stub.BatchStream(**kwargs)
-    await call.write(first)
-    opened = await call.read()
-    assert opened.WhichOneof("kind") == "opened", opened
-    return call, opened.opened
-
-
-async def send(call, request: Req) -> batch_pb2.BatchStreamResponse:
-    await call.write(request)
-    return await call.read()
-
+from tests.support.streams import (
+    COMMIT,
+    INDEPENDENT,
+    Req,
+    columnar,
+    events,
+    header,
+    open_stream,
+    ops_chunk,
+    rows_chunk,
+    send,
+)
 
 
 async def count_events(db) -> int:
@@ -155,9 +133,6 @@ async def test_unknown_stream_table_is_invalid(stub):
 
 
 # --- INDEPENDENT -----------------------------------------------------------------------------
-
-INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
-
 
 async def test_independent_chunks_are_durable_when_acked(stub, db):
     call, opened = await open_stream(stub, header(table="events", stream_id="durable-1",
@@ -335,12 +310,6 @@ async def test_stream_id_is_bound_to_its_table(stub):
 
 # --- encodings -------------------------------------------------------------------------------
 
-def columnar(sequence: int, **arrays: dict[str, Any]) -> Req:
-    return Req(chunk=json_format.ParseDict(
-        {"sequence": sequence, "columnar": {"columns": list(arrays.values())}},
-        batch_pb2.StreamChunk()))
-
-
 async def test_columnar_encoding_with_typed_arrays_and_nulls(stub, db):
     call, _ = await open_stream(stub, header(
         table="all_types", columns=["id", "i4", "num", "f8", "flag", "label", "at", "uid"],
@@ -409,11 +378,6 @@ async def test_csv_bad_records_are_isolated_in_independent_mode(stub, db):
 
 
 # --- operations feed -------------------------------------------------------------------------
-
-def ops_chunk(sequence: int, operations: list[dict[str, Any]]) -> Req:
-    return Req(chunk=json_format.ParseDict({"sequence": sequence, "operations": operations},
-                                           batch_pb2.StreamChunk()))
-
 
 async def test_operations_feed_runs_in_the_stream_transaction(stub, db):
     call, _ = await open_stream(stub, header())

@@ -7,21 +7,11 @@ import asyncio
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from batchd.app import App
-from batchd.errors import from_rpc_status
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import make_settings
-from tests.test_stream import COMMIT, events, header, open_stream, rows_chunk, send
-
-
-async def ended_with(call) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        while True:
-            await call.read()
-    status = rpc_status.from_call(caught.value)
-    return caught.value.code(), from_rpc_status(status).reason if status else ""
+from tests.support.streams import COMMIT, ended_with, events, header, open_stream, rows_chunk, send
 
 
 @pytest.fixture

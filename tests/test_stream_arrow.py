@@ -15,28 +15,10 @@ import pytest
 
 from batchd.v1 import batch_pb2
 from tests.conftest import no_open_transaction
-from tests.test_stream import COMMIT, Req, open_stream, send
+from tests.support.streams import COMMIT, Req, arrow_chunk, arrow_header, open_stream, send
 
 INDEPENDENT = batch_pb2.MODE_INDEPENDENT
 ARROW = batch_pb2.ENCODING_ARROW
-
-
-def ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
-
-
-def arrow_header(table: str, schema: pa.Schema | None = None, **fields: Any) -> Req:
-    head = batch_pb2.StreamHeader(table=table, encoding=ARROW, **fields)
-    if schema is not None:
-        head.arrow_schema = schema.serialize().to_pybytes()
-    return Req(header=head)
-
-
-def arrow_chunk(sequence: int, table: pa.Table) -> Req:
-    return Req(chunk=batch_pb2.StreamChunk(sequence=sequence, arrow=ipc(table)))
 
 
 BIG = 2**53 + 1

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from batchd.stream import copy
 from batchd.v1 import batch_pb2
-from tests.test_stream import Req, header, open_stream, send
+from tests.support.streams import Req, header, open_stream, send
 
 # column -> (a good value, values to try), each value as ROWS sends it (JSON-like)
 ROWS_VALUES: dict[str, tuple[Any, list[Any]]] = {

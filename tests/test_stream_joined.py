@@ -14,8 +14,7 @@ import pytest
 from batchd.stream import copy, session
 from batchd.v1 import batch_pb2
 from tests.conftest import no_open_transaction
-from tests.test_stream import COMMIT, Req, header, open_stream
-from tests.test_stream_arrow import arrow_chunk
+from tests.support.streams import COMMIT, Req, arrow_chunk, header, open_stream
 
 
 def columnar_chunk(sequence: int, ids: range) -> Req:

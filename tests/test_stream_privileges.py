@@ -22,8 +22,7 @@ from tests.support.roles import (
     server_as_login_role,
     token,
 )
-from tests.test_stream import COMMIT, Req, header, open_stream, rows_chunk, send
-from tests.test_stream_arrow import arrow_chunk
+from tests.support.streams import COMMIT, Req, arrow_chunk, header, open_stream, rows_chunk, send
 
 A, B = "priv-tenant-a", "priv-tenant-b"
 TENANTS = ["priv_a", "priv_b"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.test_stream import header, open_stream, rows_chunk, send
+from tests.support.streams import header, open_stream, rows_chunk, send
 
 
 async def test_a_resent_committed_chunk_is_answered_with_its_original_ack(stub, db):

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 
 from batchd.v1 import batch_pb2
 from tests.conftest import batch, rows
-from tests.test_stream import COMMIT, Req, header, open_stream, send
+from tests.support.streams import COMMIT, Req, header, open_stream, send
 
 # column -> (value as a client sends it in ROWS / BatchExecute, CSV text for COPY, and the
 # COLUMNAR array kind and value)

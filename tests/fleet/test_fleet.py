@@ -30,7 +30,7 @@ from tests.fleet.conftest import (
 )
 from tests.fleet.load import BatchLoad
 from tests.fleet.processes import DEPLOY, Fleet, wait_until
-from tests.test_stream import INDEPENDENT, events, header, open_stream, rows_chunk, send
+from tests.support.streams import INDEPENDENT, events, header, open_stream, rows_chunk, send
 
 pytestmark = pytest.mark.fleet
 

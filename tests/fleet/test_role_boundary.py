@@ -18,7 +18,7 @@ from tests.conftest import batch, rows
 from tests.fleet.conftest import GRACE_SECONDS, REPLICA_ENV
 from tests.fleet.processes import Fleet, Replica, replica
 from tests.support.roles import LOGIN, PASSWORD, bearer, make_login_role
-from tests.test_stream import header, open_stream, rows_chunk, send
+from tests.support.streams import header, open_stream, rows_chunk, send
 
 pytestmark = pytest.mark.fleet
 

@@ -17,8 +17,8 @@ from batchd.v1 import batch_pb2_grpc
 from tests.conftest import batch, rows
 from tests.fleet.conftest import GRACE_SECONDS, REPLICA_ENV
 from tests.fleet.processes import Fleet, Replica, replica
+from tests.support.streams import COMMIT, INDEPENDENT, header, open_stream, rows_chunk, send
 from tests.test_roles import QUERY, SETUP, bearer, note
-from tests.test_stream import COMMIT, INDEPENDENT, header, open_stream, rows_chunk, send
 
 pytestmark = pytest.mark.fleet
 
