@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from batchd import cli
 from batchd.app import App
 from batchd.auth import Principal, hash_token
-from batchd.config import Settings, TokenSettings
+from batchd.config import Settings
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import (
     FAILED,
@@ -48,17 +48,10 @@ from tests.conftest import (
     make_settings,
 )
 from tests.support.streams import COMMIT, header, open_stream, ops_chunk, rows_chunk, send
+from tests.support.tokens import ADMIN, CALLER, CLERK, READER, TOKENS
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 
-READER, CLERK, CALLER, ADMIN = "reader-secret", "clerk-secret", "caller-secret", "admin-secret"
-TOKENS = [
-    TokenSettings(sha256=hash_token(READER), principal="reporting", scopes=["read:public.*"]),
-    TokenSettings(sha256=hash_token(CLERK), principal="clerk",
-                  scopes=["read:public.*", "write:public.customers", "write:public.events"]),
-    TokenSettings(sha256=hash_token(CALLER), principal="stock", scopes=["call:reserve_*"]),
-    TokenSettings(sha256=hash_token(ADMIN), principal="ops", scopes=["admin"]),
-]
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

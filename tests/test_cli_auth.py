@@ -9,7 +9,7 @@ from pathlib import Path
 
 from batchd.app import App
 from tests.conftest import make_settings
-from tests.test_auth import ADMIN, TOKENS
+from tests.support.tokens import ADMIN, TOKENS
 
 BATCHD = Path(sys.executable).parent / "batchd"
 

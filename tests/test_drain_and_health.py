@@ -17,7 +17,7 @@ from batchd.db.pool import detect_pooler, transaction
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import batch, count, fails, make_settings, rows
 from tests.proxy import Proxy
-from tests.test_limits import LOCK, blocked_batch, waiters
+from tests.support.locks import LOCK, blocked_batch, waiters
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

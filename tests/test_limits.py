@@ -13,11 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from batchd.app import App
-from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import batch, count, make_settings, no_open_transaction
+from batchd.v1 import batch_pb2_grpc
+from tests.conftest import count, make_settings, no_open_transaction
+from tests.support.locks import LOCK, blocked_batch, waiters
 from tests.support.streams import COMMIT, header, open_stream, rows_chunk, send
-
-LOCK = 515151
 
 
 @asynccontextmanager
@@ -30,22 +29,6 @@ async def server(schema: str, **settings: object,
     finally:
         await channel.close()
         await app.stop(grace=0)
-
-
-def blocked_batch(email: str) -> batch_pb2.BatchExecuteRequest:
-    return batch([
-        {"id": "c", "insert": {"table": "customers", "rows": [{"name": "b", "email": email}]}},
-        {"id": "wait", "call": {"handler": "wait_for_lock", "args": {"key": LOCK}}},
-    ])
-
-
-async def waiters(db, n: int) -> None:
-    for _ in range(400):
-        if await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                             "AND objid = $1 AND NOT granted", LOCK) >= n:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"fewer than {n} batches waiting")
 
 
 def retry_info(err: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo:

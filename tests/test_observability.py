@@ -30,16 +30,11 @@ from batchd.config import Settings, TokenSettings
 from batchd.startup import StartupError
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import batch, fails, make_settings
+from tests.support.ports import free_port
 from tests.support.streams import COMMIT, events, header, open_stream, rows_chunk, send
 
 EXECUTE = "/batchd.v1.BatchService/BatchExecute"
 STREAM = "/batchd.v1.BatchService/BatchStream"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Scrape:

@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import no_open_transaction
-from tests.test_limits import LOCK, blocked_batch, waiters
-from tests.test_workers import ROOT, free_port
+from tests.support.locks import LOCK, blocked_batch, waiters
+from tests.support.ports import ROOT, free_port
 
 BATCHD = Path(sys.executable).parent / "batchd"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -13,17 +12,9 @@ import grpc
 
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import batch, rows
+from tests.support.ports import ROOT, free_port
 
 BATCHD = Path(sys.executable).parent / "batchd"
-ROOT = Path(__file__).parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_workers_share_the_port_and_drain_on_sigterm(schema):
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},

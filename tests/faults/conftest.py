@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_workers import ROOT, free_port
+from tests.support.ports import ROOT, free_port
 
 BATCHD = Path(sys.executable).parent / "batchd"
 PG_PROCESS = ROOT / "tests" / "pg_process.py"
