@@ -160,3 +160,26 @@ async def test_a_misspelt_table_or_column_is_named_with_a_suggestion(stub):
     failure = await fails(stub, batch([{"id": "c", "insert": {
         "table": "customers", "rows": [{"name": "n", "emial": "e@x"}]}}]))
     assert 'has no column "emial"; did you mean "email"?' in failure.message
+
+
+@pytest.mark.parametrize("column", ["docb", "tags"])
+async def test_json_text_nested_past_any_limit_rejects_its_row_not_internal(stub, db, column):
+    """A COLUMNAR json or array value nested 100,000 deep: that row is rejected, naming the
+    column, the others written (Python's JSON reader recursed past its limit: INTERNAL)."""
+    from tests.support.streams import Req, header, open_stream, send
+
+    deep = "[" * 100_000 + "]" * 100_000
+    call, _ = await open_stream(stub, header(table="all_types", columns=["id", column],
+                                             encoding="ENCODING_COLUMNAR",
+                                             mode="MODE_INDEPENDENT"))
+    chunk = batch_pb2.StreamChunk(sequence=1, columnar=batch_pb2.ColumnarRows(columns=[
+        batch_pb2.ColumnValues(int64s=batch_pb2.Int64Array(values=[901, 902])),
+        batch_pb2.ColumnValues(strings=batch_pb2.StringArray(values=[deep, "[]"]))]))
+    ack = (await send(call, Req(chunk=chunk))).ack
+    await call.done_writing()
+    assert ack.rows_written == 1
+    [rejected] = ack.rejected
+    assert rejected.chunk_index == 0
+    assert rejected.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert column in rejected.status.message and "deep" in rejected.status.message
+    assert await count(db, "all_types") == 1

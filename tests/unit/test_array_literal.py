@@ -44,3 +44,10 @@ def test_element_texts_take_postgresqls_forms_of_booleans_bytea_and_documents() 
     assert element_texts(["\\x00ff", "a\\\\b\\001"], "bytea") == [b"\x00\xff", b"a\\b\x01"]
     assert element_texts(['{"a": 1.50}'], "json") == ['{"a": 1.50}']
     assert element_texts(["1", "x"], "int8") == ["1", "x"]  # read by the column's coercion
+
+
+def test_a_literal_deeper_than_postgresqls_six_dimensions_is_refused_not_recursed():
+    assert parse("{" * 6 + "1" + "}" * 6) == [[[[[["1"]]]]]]
+    for depth in (7, 100_000):
+        with pytest.raises(ArrayLiteralError, match="more than 6 dimensions"):
+            parse("{" * depth + "1" + "}" * depth)

@@ -95,8 +95,14 @@ def _skip(text: str, i: int) -> int:
     return i
 
 
-def _array(text: str, i: int) -> tuple[list[Any], int]:
+MAX_DIMENSIONS = 6  # PostgreSQL's MAXDIM: a deeper literal is refused, never recursed into
+
+
+def _array(text: str, i: int, depth: int = 1) -> tuple[list[Any], int]:
     """The ``{...}`` at ``text[i]``, and the index after its ``}``."""
+    if depth > MAX_DIMENSIONS:
+        raise ArrayLiteralError(f"more than {MAX_DIMENSIONS} dimensions at character {i + 1} "
+                                "(PostgreSQL's limit)")
     items: list[Any] = []
     i += 1
     after_delimiter = False
@@ -111,7 +117,7 @@ def _array(text: str, i: int) -> tuple[list[Any], int]:
             raise ArrayLiteralError(f'unexpected "{c}" at character {i + 1} (an empty '
                                     'element is written "")')
         if c == "{":
-            sub, i = _array(text, i)
+            sub, i = _array(text, i, depth + 1)
             items.append(sub)
         elif c == '"':
             quoted, i = _quoted(text, i)
@@ -259,6 +265,9 @@ def _pg_json(text: str) -> JsonText:
         json.loads(text)
     except ValueError as exc:
         raise ArrayLiteralError(f"element {text[:40]!r} is not JSON text: {exc}") from None
+    except RecursionError:  # Python's JSON reader recurses per level of nesting
+        raise ArrayLiteralError(f"element {text[:40]!r} is JSON nested too deep to read") \
+            from None
     return JsonText(text)
 
 

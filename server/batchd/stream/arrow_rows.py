@@ -157,8 +157,8 @@ def _from_strings(array: pa.Array, values: Sequence[Any], mask: np.ndarray[Any, 
             lists = [None if mask is not None and mask[i] else
                      literal(text, kind) if is_literal(text) else json_text(text)
                      for i, text in enumerate(values)]
-        except ValueError:
-            raise _Slow from None  # neither: said per value
+        except (ValueError, RecursionError):  # neither, or nested past Python's reader:
+            raise _Slow from None  # said per value
         return _lists_of_strings(lists)
     if kind in ("text", "json", "uuid"):  # uuid: arrow_types reads the text, strictly
         return array

@@ -128,6 +128,9 @@ def _json_value(text: str | None, i: int, column: Column, bad: dict[int, BatchdE
                 if column.is_array else "")
         bad.setdefault(i, InvalidArgument.field(f"rows[{i}].{column.name}",
                                                 f"not JSON text: {exc}{hint}"))
+    except RecursionError:  # Python's JSON reader recurses per level of nesting
+        bad.setdefault(i, InvalidArgument.field(f"rows[{i}].{column.name}",
+                                                "JSON text nested too deep to read"))
     return None
 
 
