@@ -47,16 +47,23 @@ where two correct runs may differ, the generator or the comparison says so:
   compared as set or not, never referenced, ordered or filtered by (but IS_NULL).
 - Messages are not compared (their wording is free), nor page tokens (their text is batchd's
   encoding; only whether one is given). ROLLED_BACK and NOT_RUN carry ABORTED.
+- Later pages: a token cannot be referenced inside a batch, so keyset pages get a test of
+  their own: after a drawn batch, a drawn query (small pages, up to three sort columns in
+  either direction, NULLs among them) is read from batchd page by page; the pages, joined,
+  must be the reference's whole ordered result, every page but the last full and with a token,
+  each with the same total_count.
 - Every request is valid: planning errors (INVALID_ARGUMENT before anything runs) are
   tests/test_fuzz.py's subject. A reference carries a value into a column of its kind only
   (integer, text, numeric, timestamptz; in jsonb integer and text), since batchd's coercion of
   other pairs is its own rule, not a database's.
 - Values are compared by their meaning: bigint and numeric decoded from their strings
   (numeric keeping its scale, "1.50"), timestamptz as instants, jsonb numbers integral or not.
-- Custom handlers, SQL functions, request ids and pages after the first are not drawn.
+- Custom handlers, SQL functions and request ids are not drawn.
 
-The default suite runs ``DEFAULT_EXAMPLES`` batches per mode with fixed examples
-(``derandomize``); ``-m fuzz`` (scripts/test-fuzz) runs ``FUZZ_EXAMPLES`` per mode.
+The default suite runs ``DEFAULT_EXAMPLES`` batches per mode and ``PAGED_EXAMPLES`` paged
+queries with fixed examples (``derandomize``), in about 45 s on two shared cores; ``-m fuzz``
+(scripts/test-fuzz) runs ``FUZZ_EXAMPLES`` per mode and 1,000 paged queries, others than the
+default suite's, in about 5 minutes.
 ``BATCHD_DIFF_EXAMPLES=N`` sets both; ``BATCHD_DIFF_RANDOM=1`` draws fresh examples instead of
 the fixed ones. A failure shows the differences and the request as JSON; what the fuzzer found
 is kept below as plain regression tests.
@@ -71,7 +78,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 
 from tests.support.batch_model import Batch, Filter, Insert, Op, Query
-from tests.support.batch_strategies import batches
+from tests.support.batch_strategies import batches, queries
 from tests.support.differential import Harness, describe, differences, harness
 
 _OVERRIDE = int(os.environ.get("BATCHD_DIFF_EXAMPLES", "0"))
@@ -85,6 +92,8 @@ DIFFERENTIAL = settings(max_examples=DEFAULT_EXAMPLES, deadline=None,
                                                HealthCheck.data_too_large,
                                                HealthCheck.filter_too_much])
 LONGER = settings(DIFFERENTIAL, max_examples=FUZZ_EXAMPLES)
+# Queries read page by page (each example a batch, then a call per page).
+PAGED_EXAMPLES = _OVERRIDE or 200
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +126,24 @@ def test_independent_batches_answer_as_the_reference_executor(pair: Harness,
     same_answer(pair, batch)
 
 
+def pages_are_the_reference_order_cut(pair: Harness, batch: Batch, query: Query) -> None:
+    pages, whole = pair.pages(batch, query)
+    event(f"{len(pages)} page(s)")
+    shown = f"query: {query}\npages: {[p.rows for p in pages]}\nreference: {whole.rows}"
+    assert [r for p in pages for r in p.rows] == whole.rows, shown
+    assert all(len(p.rows) == query.limit and p.more for p in pages[:-1]), shown
+    assert len(pages[-1].rows) <= query.limit and not pages[-1].more, shown
+    if query.count:
+        assert {p.total_count for p in pages} == {whole.total_count}, shown
+
+
+@settings(DIFFERENTIAL, max_examples=PAGED_EXAMPLES)
+@given(batch=batches(atomic=True), query=queries())
+def test_a_query_read_page_by_page_is_the_reference_order_cut_in_pages(
+        pair: Harness, batch: Batch, query: Query) -> None:
+    pages_are_the_reference_order_cut(pair, batch, query)
+
+
 @pytest.mark.fuzz
 @pytest.mark.timeout(3600)
 @LONGER
@@ -133,6 +160,15 @@ def test_many_more_atomic_batches_answer_as_the_reference_executor(pair: Harness
 def test_many_more_independent_batches_answer_as_the_reference_executor(pair: Harness,
                                                                         batch: Batch) -> None:
     same_answer(pair, batch)
+
+
+@pytest.mark.fuzz
+@pytest.mark.timeout(3600)
+@settings(LONGER, max_examples=_OVERRIDE or 1000)
+@given(batch=batches(atomic=True), query=queries())
+def test_many_more_queries_read_page_by_page_are_the_reference_order_cut_in_pages(
+        pair: Harness, batch: Batch, query: Query) -> None:
+    pages_are_the_reference_order_cut(pair, batch, query)
 
 
 # --- what the fuzzer found (kept as plain regressions) ----------------------------------------

@@ -199,6 +199,7 @@ class Query:
     columns: list[str] = field(default_factory=list)
     include_deleted: bool = False
     count: bool = False
+    page_token: str = ""  # batchd's, from the page before (the reference reads all at once)
 
 
 @dataclass
@@ -337,7 +338,7 @@ def _kind_wire(k: Kind) -> tuple[str, dict[str, Any]]:
         _selection_wire(k, out)
         out.update(order_by=[{"column": c, "descending": d} for c, d in k.order_by],
                    limit=k.limit, columns=k.columns, include_deleted=k.include_deleted,
-                   count=k.count)
+                   count=k.count, page_token=k.page_token)
         return "query", out
     _selection_wire(k, out)
     if k.expected_version is not None:

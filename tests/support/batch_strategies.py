@@ -76,7 +76,7 @@ NOT_NULL = {("parent", "id"), ("parent", "code"), ("parent", "qty"), ("child", "
 REQUIRED = {"parent": ["code"], "child": ["parent_id", "label"], "doc": ["id", "title"]}
 OPTIONAL = {"parent": ["qty", "price", "note", "id"], "child": ["amount", "at", "id"],
             "doc": ["body", "tags"]}
-SETTABLE = {"parent": ["code", "qty", "price", "note"],
+SETTABLE = {"parent": ["code", "qty", "price", "note", "id"],
             "child": ["parent_id", "label", "amount", "at"], "doc": ["title", "body", "tags"]}
 UNIQUE_TARGETS = {"parent": [[], ["code"]], "child": [[], ["parent_id", "label"]],
                   "doc": [[], ["id"]]}
@@ -244,12 +244,14 @@ class _Drawing:
 
     # --- operations --------------------------------------------------------------------------
 
-    def insert(self, table: str) -> Insert:
+    def insert(self, table: str, like: Insert | None = None) -> Insert:
         draw = self.draw
         earlier = [op.kind for op in self.ops if isinstance(op.kind, Insert)
                    and op.kind.table == table]
-        if earlier and one_in(draw, 3):  # the same shape: may share a statement
-            shape = earlier[-1]
+        if like is None and earlier and one_in(draw, 3):
+            like = earlier[-1]
+        if like is not None:  # the same shape: one after the other, they share a statement
+            shape = like
             names = list(shape.rows[0])
             on_conflict, returning = shape.on_conflict, shape.returning
         else:
@@ -325,10 +327,14 @@ class _Drawing:
 
     def operation(self, op_id: str, unit: str, group: str) -> Op:
         draw = self.draw
-        table = draw(st.sampled_from(["parent", "parent", "child", "child", "doc"]))
-        make = draw(st.sampled_from([self.insert, self.insert, self.insert, self.get,
-                                     self.query, self.update, self.update, self.delete]))
-        kind: Kind = make(table)
+        last = self.ops[-1].kind if self.ops else None
+        if isinstance(last, Insert) and one_in(draw, 3):  # a run of inserts of one shape
+            kind: Kind = self.insert(last.table, like=last)
+        else:
+            table = draw(st.sampled_from(["parent", "parent", "child", "child", "doc"]))
+            make = draw(st.sampled_from([self.insert, self.insert, self.insert, self.get,
+                                         self.query, self.update, self.update, self.delete]))
+            kind = make(table)
         op = Op(op_id, kind, group=group)
         if self.ops and one_in(draw, 7):
             op.depends_on.append(draw(st.sampled_from(self.ops)).id)
@@ -360,6 +366,18 @@ class _Drawing:
             if family in theirs and (op.writes or theirs[family]):
                 op.depends_on.append(self.last_of[other])
                 wait_for(self.last_of[other])
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> Query:
+    """A query to read page by page: small pages, an order on up to three columns (NULLs
+    among their values), filters and where."""
+    drawing = _Drawing(draw, atomic=True)
+    query = drawing.query(draw(st.sampled_from(["parent", "child", "doc"])))
+    query.order_by = [(c, draw(st.booleans())) for c in draw(
+        st.lists(st.sampled_from(sortable(query.table)), max_size=3, unique=True))]
+    query.limit = draw(st.sampled_from([1, 1, 2, 3]))
+    return query
 
 
 @st.composite

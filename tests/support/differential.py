@@ -11,7 +11,7 @@ import json
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 import asyncpg
@@ -29,6 +29,8 @@ from tests.support.batch_model import (
     REFERENCE_SCHEMA,
     RESET,
     Batch,
+    Op,
+    Query,
     canonical,
     to_request,
 )
@@ -68,6 +70,26 @@ class Harness:
         for result in (got, expected):
             unordered(batch, result)
         return got, expected
+
+
+    def pages(self, batch: Batch, query: Query) -> tuple[list[OpResult], OpResult]:
+        """``batch`` run on both copies (so that they hold the same rows), then ``query``
+        read from batchd page by page, each with the token of the page before, until a page
+        has none; and the whole of it from the reference, in one page."""
+        got, expected = self.run(batch)
+        assert not differences(got, expected), differences(got, expected)
+        pages: list[OpResult] = []
+        token = ""
+        while token or not pages:
+            assert len(pages) < 100, "pages without end"
+            page = replace(query, page_token=token)
+            answer = batchd_result(self.stub, Batch([Op("page", page)], run_order=["page"]))
+            assert answer.code == "OK", answer
+            pages.append(answer.results[0])
+            token = answer.tokens[0]
+        whole = replace(query, limit=10_000)
+        reference = self.call(self.reference.run(Batch([Op("all", whole)], run_order=["all"])))
+        return pages, reference.results[0]
 
 
 @contextmanager
@@ -121,8 +143,10 @@ def batchd_result(stub: batch_pb2_grpc.BatchServiceStub, batch: Batch) -> BatchR
         if not response.results:  # refused before any operation: say why
             code = f"{code}: {err.details()}"
     tables = {op.id: op.kind.table for op in batch.ops}
-    return BatchResult(code, response.committed, response.attempts,
-                       [_op_result(r, tables.get(r.id, "")) for r in response.results])
+    result = BatchResult(code, response.committed, response.attempts,
+                         [_op_result(r, tables.get(r.id, "")) for r in response.results])
+    result.tokens = [r.next_page_token for r in response.results]
+    return result
 
 
 def _op_result(r: batch_pb2.OperationResult, table: str) -> OpResult:

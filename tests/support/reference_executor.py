@@ -78,6 +78,7 @@ class BatchResult:
     attempts: int
     results: list[OpResult]
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    tokens: list[str] = field(default_factory=list, compare=False)  # batchd's page tokens
 
 
 class OpError(Exception):
