@@ -77,7 +77,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 
-from tests.support.batch_model import Batch, Filter, Insert, Op, Query
+from tests.support.batch_model import Batch, Filter, Get, Insert, Op, Query, Ref
 from tests.support.batch_strategies import batches, queries
 from tests.support.differential import Harness, describe, differences, harness
 
@@ -169,6 +169,24 @@ def test_many_more_independent_batches_answer_as_the_reference_executor(pair: Ha
 def test_many_more_queries_read_page_by_page_are_the_reference_order_cut_in_pages(
         pair: Harness, batch: Batch, query: Query) -> None:
     pages_are_the_reference_order_cut(pair, batch, query)
+
+
+def test_the_harness_sees_a_value_an_outcome_or_a_row_that_differs(pair: Harness) -> None:
+    """Guards the harness itself: the same answer passes, and a changed value, outcome or
+    table row is reported."""
+    batch = Batch([
+        Op("p", Insert("parent", [{"code": "z", "qty": 2}], returning=["*"])),
+        Op("g", Get("parent", {"id": Ref("p", "id")}, columns=["id", "qty"])),
+    ], run_order=["p", "g"])
+    got, expected = pair.run(batch)
+    assert not differences(got, expected)
+    assert got.results[1].rows == [{"id": 4, "qty": 2}]
+    assert got.results[1].columns == [("id", "integer"), ("qty", "integer")]
+    expected.results[1].rows[0]["qty"] = 3
+    expected.results[0].outcome = "ROLLED_BACK"
+    expected.tables["parent"].pop()
+    found = differences(got, expected)
+    assert [f.split(":")[0] for f in found] == ["p.outcome", "g.rows", "table parent"], found
 
 
 # --- what the fuzzer found (kept as plain regressions) ----------------------------------------

@@ -47,12 +47,14 @@ from tests.support.batch_model import (
 # tables with serial ids are the seed rows' or 99, never one the sequence may hand out in the
 # batch: which one it does is not a promise (see the test module).
 SERIAL_IDS = [1, 1, 2, 2, 3, 3, 99]
+# Instants in several spellings (the first two, and the last, are one instant).
 AT = ["2024-01-01T00:00:00Z", "2024-01-01T01:00:00+01:00", "2024-06-01T10:00:00Z",
-      "2025-02-03T04:05:06.789+05:30"]
+      "2025-02-03T04:05:06.789+05:30", "2024-01-01T00:00:00.5Z", "2023-12-31T16:00:00-08:00"]
 FRESH: dict[tuple[str, str], st.SearchStrategy[Any]] = {
     ("parent", "id"): st.sampled_from(SERIAL_IDS),
     ("parent", "code"): st.sampled_from(["a", *"defghijkmnopqrstuvw"]),
-    ("parent", "qty"): st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, -1]),
+    # Integers also as strings, numeric also as numbers and with more digits than its scale.
+    ("parent", "qty"): st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, "3", "10", -1]),
     ("parent", "price"): st.one_of(
         st.sampled_from([Decimal("0.00"), Decimal("1.50"), Decimal("10.00"),
                                     Decimal("99.99"), Decimal("1.5")]), st.integers(0, 20)),
@@ -61,9 +63,11 @@ FRESH: dict[tuple[str, str], st.SearchStrategy[Any]] = {
     ("child", "parent_id"): st.sampled_from([1, 1, 2, 3, 3, 99]),
     ("child", "label"): st.sampled_from([f"l{i}" for i in range(1, 10)]),
     ("child", "amount"): st.one_of(st.sampled_from([Decimal("0"), Decimal("1.00"),
-                                                    Decimal("2.5")]), st.integers(0, 9)),
+                                                    Decimal("2.5"), Decimal("2.555"),
+                                                    Decimal("-0.005"), 2.5, 0.1]),
+                                   st.integers(0, 9)),
     ("child", "at"): st.sampled_from(AT),
-    ("doc", "id"): st.sampled_from([1, 4, 5, 6, 7, 8, 9]),
+    ("doc", "id"): st.sampled_from([1, 4, 5, 6, 7, 8, 9, "6"]),
     ("doc", "version"): st.integers(1, 4),
     ("doc", "title"): st.sampled_from(["t1", "t2", "t3", "T1"]),
     ("doc", "tags"): st.one_of(st.lists(st.sampled_from(["a", "b", "c"]),
