@@ -10,8 +10,9 @@ shown to keep it.
 
 What is drawn (tests/support/batch_strategies.py, from the description in
 tests/support/batch_model.py): a parent table (serial id, unique code, a check, numeric), a
-child table (bigserial id, foreign key to parent, a unique pair, timestamptz) and a document
-table (client-chosen id, version column, jsonb, text[], soft-delete column); inserts (1-3 rows;
+child table (bigserial id, foreign key to parent, a unique pair, timestamptz), a document
+table (client-chosen id, version column, jsonb, text[], soft-delete column) and a link table
+(a composite primary key, reserved words and capitals for column names); inserts (1-3 rows;
 ON CONFLICT error / do nothing / update, by the key or a unique constraint, with or without
 update columns; RETURNING none, some, ``*``; runs of inserts of one shape, which batchd
 coalesces), gets, queries (filters of every operator, nested AND / OR / NOT where groups,
@@ -30,7 +31,7 @@ where two correct runs may differ, the generator or the comparison says so:
 - INDEPENDENT operations without a dependency between them run concurrently, in no promised
   order. The generator keeps the answer independent of the interleaving: two units (groups, or
   single operations) that may run at once touch different table families ({parent, child},
-  {doc}) or both only read; otherwise it adds a depends_on on the earlier unit's last
+  {doc}, {link}) or both only read; otherwise it adds a depends_on on the earlier unit's last
   operation. The reference runs the units one by one in an order that respects dependencies.
   The request order is shuffled (a group's members keep theirs), so references and depends_on
   point forward too.

@@ -47,11 +47,18 @@ CREATE TABLE {s}.doc (
     tags text[],
     deleted_at timestamptz
 );
+CREATE TABLE {s}.link (
+    "from" integer NOT NULL,
+    "to" text NOT NULL,
+    weight numeric(6,3) CHECK (weight <> 0),
+    "Note" text,
+    PRIMARY KEY ("from", "to")
+);
 """
 
 # The rows every example starts from (ids 1-3 of parent, 1-3 of child: the sequences follow).
 RESET = """
-DELETE FROM {s}.child; DELETE FROM {s}.parent; DELETE FROM {s}.doc;
+DELETE FROM {s}.child; DELETE FROM {s}.parent; DELETE FROM {s}.doc; DELETE FROM {s}.link;
 SELECT setval('{s}.parent_id_seq', 1, false), setval('{s}.child_id_seq', 1, false);
 INSERT INTO {s}.parent (code, qty, price, note) VALUES
     ('a', 1, 1.50, 'x'), ('b', 0, NULL, NULL), ('c', 5, 10.00, 'Xy');
@@ -61,6 +68,8 @@ INSERT INTO {s}.child (parent_id, label, amount, at) VALUES
 INSERT INTO {s}.doc (id, version, title, body, tags, deleted_at) VALUES
     (1, 1, 't1', '{{"k": 1}}', '{{a,b}}', NULL), (2, 3, 't2', NULL, NULL, NULL),
     (3, 1, 't3', '[1, 2]', '{{}}', '2024-01-01T00:00:00Z');
+INSERT INTO {s}.link ("from", "to", weight, "Note") VALUES
+    (1, 'x', 1.5, NULL), (1, 'y', NULL, 'n'), (2, 'x', -0.125, 'N');
 """
 
 # Each table's columns in table order, with their type as format_type() prints it (what
@@ -72,13 +81,18 @@ TABLES: dict[str, dict[str, str]] = {
               "amount": "numeric(10,2)", "at": "timestamp with time zone"},
     "doc": {"id": "integer", "version": "integer", "title": "text", "body": "jsonb",
             "tags": "text[]", "deleted_at": "timestamp with time zone"},
+    # A composite key, names to quote (reserved words, capitals).
+    "link": {"from": "integer", "to": "text", "weight": "numeric(6,3)", "Note": "text"},
 }
+PRIMARY_KEY = {"parent": ["id"], "child": ["id"], "doc": ["id"], "link": ["from", "to"]}
 # The cast of a bound parameter of each type (the reference executor's SQL).
 CASTS = {"integer": "integer", "bigint": "bigint", "text": "text", "numeric(10,2)": "numeric",
+         "numeric(6,3)": "numeric",
          "timestamp with time zone": "timestamptz", "jsonb": "jsonb", "text[]": "text[]"}
 VERSION_COLUMN = {"doc": "version"}
 SOFT_DELETE_COLUMN = {"doc": "deleted_at"}
-FAMILY = {"parent": "pc", "child": "pc", "doc": "d"}  # tables a statement may touch together
+# Tables one statement may touch together (a foreign key).
+FAMILY = {"parent": "pc", "child": "pc", "doc": "d", "link": "l"}
 
 
 def column_type(table: str, column: str) -> str:
@@ -263,7 +277,7 @@ class Op:
         names = k.columns if isinstance(k, Get | Query) else k.returning
         if (isinstance(k, Get | Query) and not names) or names == ["*"]:
             return list(TABLES[k.table])
-        return names or ["id"]
+        return names or PRIMARY_KEY[k.table]
 
 
 def all_filters(filters: list[Filter], where: Where | None) -> list[Filter]:
@@ -383,7 +397,7 @@ def canonical(table: str, column: str, value: Any) -> Any:
     type_ = TABLES[table][column]
     if type_ in ("integer", "bigint"):
         return int(value)
-    if type_ == "numeric(10,2)":
+    if type_.startswith("numeric"):
         return str(Decimal(value))
     if type_ == "timestamp with time zone":
         stamp = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)

@@ -1,5 +1,5 @@
 """Hypothesis strategies for the differential fuzzer: batches of tests/support/batch_model.py
-over its three tables, every one valid as a request (batchd plans it; whatever fails, fails
+over its four tables, every one valid as a request (batchd plans it; whatever fails, fails
 while running), drawn so that failures of every kind happen often: unique, foreign-key, check
 and not-null violations, version conflicts, NOT_FOUND, references to rows that are not there.
 
@@ -9,7 +9,7 @@ text, numeric to numeric, timestamptz to timestamptz), inside jsonb only integer
 
 INDEPENDENT batches are drawn so that their answer does not depend on how their units
 interleave: two units that may run at once (neither depends on the other) touch different
-table families ({parent, child}, {doc}), or only read. The generator adds a ``depends_on``
+table families ({parent, child}, {doc}, {link}), or only read. The generator adds a ``depends_on``
 (on the earlier unit's last operation) where that would not hold. Groups are drawn as
 consecutive operations; the request order is then shuffled (a group's members keep their
 order), so references and depends_on also point forward.
@@ -17,6 +17,7 @@ order), so references and depends_on also point forward.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 from tests.support.batch_model import (
     FAMILY,
+    PRIMARY_KEY,
     SOFT_DELETE_COLUMN,
     TABLES,
     VERSION_COLUMN,
@@ -70,25 +72,41 @@ FRESH: dict[tuple[str, str], st.SearchStrategy[Any]] = {
     ("doc", "id"): st.sampled_from([1, 4, 5, 6, 7, 8, 9, "6"]),
     ("doc", "version"): st.integers(1, 4),
     ("doc", "title"): st.sampled_from(["t1", "t2", "t3", "T1"]),
+    ("link", "from"): st.sampled_from([1, 1, 2, 3, "2"]),
+    ("link", "to"): st.sampled_from(["x", "y", "z", "X"]),
+    ("link", "weight"): st.sampled_from([Decimal("1.5"), Decimal("-0.125"), Decimal("0"),
+                                         Decimal("2.0005"), 3, 0.25]),
+    ("link", "Note"): st.sampled_from(["n", "N", "select", "x y"]),
     ("doc", "tags"): st.one_of(st.lists(st.sampled_from(["a", "b", "c"]),
                                                    max_size=3), st.just(["x", None])),
 }
 NOT_NULL = {("parent", "id"), ("parent", "code"), ("parent", "qty"), ("child", "id"),
             ("child", "parent_id"), ("child", "label"), ("child", "amount"), ("doc", "id"),
-            ("doc", "version"), ("doc", "title")}
+            ("doc", "version"), ("doc", "title"), ("link", "from"), ("link", "to")}
 # What an insert names: always (else a not-null violation, drawn on purpose), and maybe.
-REQUIRED = {"parent": ["code"], "child": ["parent_id", "label"], "doc": ["id", "title"]}
+REQUIRED = {"parent": ["code"], "child": ["parent_id", "label"], "doc": ["id", "title"],
+            "link": ["from", "to"]}
 OPTIONAL = {"parent": ["qty", "price", "note", "id"], "child": ["amount", "at", "id"],
-            "doc": ["body", "tags"]}
+            "doc": ["body", "tags"], "link": ["weight", "Note"]}
 SETTABLE = {"parent": ["code", "qty", "price", "note", "id"],
-            "child": ["parent_id", "label", "amount", "at"], "doc": ["title", "body", "tags"]}
+            "child": ["parent_id", "label", "amount", "at"], "doc": ["title", "body", "tags"],
+            "link": ["weight", "Note", "to"]}
 UNIQUE_TARGETS = {"parent": [[], ["code"]], "child": [[], ["parent_id", "label"]],
-                  "doc": [[], ["id"]]}
+                  "doc": [[], ["id"]], "link": [[], ["from", "to"]]}
 # Which values a reference may carry into a column (by type); None: no references.
 REF_CLASS = {"integer": "int", "bigint": "int", "text": "text", "numeric(10,2)": "num",
+             "numeric(6,3)": "num",
              "timestamp with time zone": "ts"}
 # Documents a filter compares a jsonb column with (the seed's among them).
 DOCUMENTS: list[Any] = [{"k": 1}, [1, 2], [], "s", 3, {"a": {"b": "c"}}, [[1], [2]]]
+# jsonb documents: scalars, lists, objects, nested.
+_LEAVES = st.one_of(st.integers(-3, 3), st.sampled_from(["s", "op0.id", "$ref"]), st.booleans(),
+                    st.just(1.5), st.none())
+TREES = st.recursive(_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=2),
+    st.dictionaries(st.sampled_from(["k", "a", "b"]), inner, max_size=2)), max_leaves=4)
+TOP_DOCUMENTS = st.one_of(st.integers(-3, 3), st.just("s"), st.lists(TREES, max_size=3),
+                          st.dictionaries(st.sampled_from(["k", "a"]), TREES, max_size=2))
 PATTERNS = ["a%", "%y", "l_", "X%", "%", "t_", "_"]
 COMPARISONS = ["EQ", "NE", "LT", "LE", "GT", "GE"]
 
@@ -109,9 +127,35 @@ def sortable(table: str) -> list[str]:
     return [c for c in TABLES[table] if ref_class(table, c) is not None]
 
 
+_INDEXES: dict[int, st.SearchStrategy[int]] = {}
+
+
+def pick(draw: st.DrawFn, options: Sequence[Any]) -> Any:
+    """One of ``options``, as ``st.sampled_from`` would draw it, by a strategy made once per
+    length (building strategies anew for every draw costs more than the draws)."""
+    strategy = _INDEXES.get(len(options))
+    if strategy is None:
+        strategy = _INDEXES[len(options)] = st.sampled_from(range(len(options)))
+    return options[draw(strategy)]
+
+
+def some(draw: st.DrawFn, options: Sequence[Any], min_size: int = 0,
+         max_size: int = 3) -> list[Any]:
+    """Distinct elements of ``options`` (``st.lists(..., unique=True)``), in drawn order."""
+    chosen: list[Any] = []
+    size = pick(draw, range(min_size, min(max_size, len(options)) + 1))
+    for _ in range(8 * size):  # bounded: a replayed draw may repeat one element for ever
+        if len(chosen) == size:
+            break
+        candidate = pick(draw, options)
+        if candidate not in chosen:
+            chosen.append(candidate)
+    return chosen or list(options[:min_size])
+
+
 def one_in(draw: st.DrawFn, n: int) -> bool:
     """True one time in ``n`` (``st.integers`` would favour its bounds far more)."""
-    return bool(draw(st.sampled_from(range(n))) == n - 1)
+    return bool(pick(draw, range(n)) == n - 1)
 
 
 @dataclass
@@ -137,15 +181,15 @@ class _Drawing:
         found = self.targets(klass) if klass else []
         if not found:
             return None
-        op, column = self.draw(st.sampled_from(found))
-        row = self.draw(st.sampled_from([None, None, None, 0, 1, 2]))
+        op, column = pick(self.draw, found)
+        row = pick(self.draw, [None, None, None, 0, 1, 2])
         return Ref(op, column, row)
 
     def value(self, table: str, column: str, *, null: bool = True) -> Any:
         """A value for ``column``: fresh, a reference, or (with ``null``) now and then NULL,
         less often if the column is NOT NULL."""
         draw = self.draw
-        choice = draw(st.sampled_from(range(60)))
+        choice = pick(draw, range(60))
         if choice < (3 if (table, column) == ("parent", "code") else 12):  # a unique column
             found = self.ref(ref_class(table, column))
             if found is not None:
@@ -160,48 +204,42 @@ class _Drawing:
         """A jsonb value: objects, lists, references inside them, $literal, and objects that
         only look like references."""
         draw = self.draw
-        leaf = st.one_of(st.integers(-3, 3), st.sampled_from(["s", "op0.id", "$ref"]),
-                         st.booleans(), st.just(1.5), st.none())
-        tree = st.recursive(leaf, lambda inner: st.one_of(
-            st.lists(inner, max_size=2),
-            st.dictionaries(st.sampled_from(["k", "a", "b"]), inner, max_size=2)), max_leaves=4)
-        documents = st.one_of(st.integers(-3, 3), st.just("s"), st.lists(tree, max_size=3),
-                              st.dictionaries(st.sampled_from(["k", "a"]), tree, max_size=2))
-        kind = draw(st.sampled_from(range(1, 10)))
+        kind = pick(draw, range(1, 10))
         if kind == 1:  # data that would be a reference, passed as data
-            return Literal({"$ref": draw(st.sampled_from(["op0.id", "x.0.y", "nope"]))})
+            return Literal({"$ref": pick(draw, ["op0.id", "x.0.y", "nope"])})
         if kind == 2:  # objects that are not references: another key, or a non-string
-            return draw(st.sampled_from([{"$ref": "op0.id", "n": 1}, {"$ref": 5},
-                                         {"$literal": 1, "b": [2]}]))
+            return pick(draw, [{"$ref": "op0.id", "n": 1}, {"$ref": 5},
+                                         {"$literal": 1, "b": [2]}])
         if kind in (3, 4):  # a reference inside a document
-            found = self.ref(draw(st.sampled_from(["int", "text"])))
+            found = self.ref(pick(draw, ["int", "text"]))
             if found is not None:
-                return {"k": found, "n": draw(tree)}
+                return {"k": found, "n": draw(TREES)}
         if kind == 5:
             return {"a": Literal({"$ref": "op1.id"})}
-        return draw(documents)
+        return draw(TOP_DOCUMENTS)
 
     # --- conditions --------------------------------------------------------------------------
 
     def filter(self, table: str) -> Filter:
         draw = self.draw
-        column = draw(st.sampled_from(list(TABLES[table])))
+        column = pick(draw, list(TABLES[table]))
         type_ = TABLES[table][column]
         if type_ == "jsonb":  # documents compared whole
-            op = draw(st.sampled_from(["EQ", "NE", "IN", "IS_NULL"]))
+            op = pick(draw, ["EQ", "NE", "IN", "IS_NULL"])
             if op == "IS_NULL":
                 return Filter(column, op, draw(st.booleans()))
             if op == "IN":
-                return Filter(column, op, draw(st.lists(st.sampled_from(DOCUMENTS), max_size=3)))
-            return Filter(column, op, draw(st.sampled_from(DOCUMENTS)))
+                return Filter(column, op, [pick(draw, DOCUMENTS)
+                                           for _ in range(pick(draw, range(4)))])
+            return Filter(column, op, pick(draw, DOCUMENTS))
         if ref_class(table, column) is None:
             return Filter(column, "IS_NULL", draw(st.booleans()))
         ops = [*COMPARISONS, "IN", "IS_NULL"] + (["LIKE", "ILIKE"] if type_ == "text" else [])
-        op = draw(st.sampled_from(ops))
+        op = pick(draw, ops)
         if op == "IS_NULL":
             return Filter(column, op, draw(st.booleans()))
         if op in ("LIKE", "ILIKE"):
-            return Filter(column, op, draw(st.sampled_from(PATTERNS)))
+            return Filter(column, op, pick(draw, PATTERNS))
         if op == "IN":
             size = draw(st.integers(0, 3))
             return Filter(column, op, [self.value(table, column, null=False)
@@ -210,7 +248,7 @@ class _Drawing:
 
     def where(self, table: str, depth: int = 1) -> Where:
         draw = self.draw
-        logic = draw(st.sampled_from(["AND", "OR", "NOT"]))
+        logic = pick(draw, ["AND", "OR", "NOT"])
         if logic == "NOT":
             if depth < 3 and draw(st.booleans()):
                 return Where(logic, groups=[self.where(table, depth + 1)])
@@ -233,18 +271,17 @@ class _Drawing:
     def key(self, table: str) -> dict[str, Any]:
         if table == "doc":  # 3 is soft-deleted; 4 and 5 may have been inserted
             found = self.ref("int") if one_in(self.draw, 4) else None
-            return {"id": found or self.draw(st.sampled_from([1, 1, 2, 2, 3, 4, 5]))}
-        return {"id": self.value(table, "id", null=False)}
+            return {"id": found or pick(self.draw, [1, 1, 2, 2, 3, 4, 5])}
+        return {c: self.value(table, c, null=False) for c in PRIMARY_KEY[table]}
 
     def columns(self, table: str, *, star: bool = True) -> list[str]:
         draw = self.draw
-        choice = draw(st.sampled_from(range(4)))
+        choice = pick(draw, range(4))
         if choice == 0:
             return []
         if choice == 1 and star:
             return ["*"]
-        return draw(st.lists(st.sampled_from(list(TABLES[table])), min_size=1, max_size=3,
-                             unique=True))
+        return some(draw, list(TABLES[table]), 1, 3)
 
     # --- operations --------------------------------------------------------------------------
 
@@ -261,9 +298,9 @@ class _Drawing:
         else:
             names = list(REQUIRED[table])
             if one_in(draw, 40):  # a NOT NULL column left out
-                names.remove(draw(st.sampled_from(names)))
+                names.remove(pick(draw, names))
             optional = OPTIONAL[table]
-            extra = draw(st.lists(st.sampled_from(optional), unique=True, max_size=2))
+            extra = some(draw, optional, 0, 2)
             if "id" in extra and not one_in(draw, 4):  # keys from the sequence, mostly
                 extra.remove("id")
             names += extra
@@ -276,19 +313,19 @@ class _Drawing:
 
     def on_conflict(self, table: str, names: list[str]) -> OnConflict | None:
         draw = self.draw
-        action = draw(st.sampled_from([None, None, "ERROR", "NOTHING", "NOTHING", "UPDATE",
-                                       "UPDATE"]))
+        action = pick(draw, [None, None, "ERROR", "NOTHING", "NOTHING", "UPDATE",
+                                       "UPDATE"])
         if action is None:
             return None
         if action == "ERROR":
             return OnConflict("ERROR")
-        target = draw(st.sampled_from(UNIQUE_TARGETS[table]))
+        target = pick(draw, UNIQUE_TARGETS[table])
         if action == "NOTHING":
             return OnConflict("NOTHING", target)
-        rest = [c for c in names if c not in (target or ["id"])]
+        rest = [c for c in names if c not in (target or PRIMARY_KEY[table])]
         updates: list[str] = []
         if not rest or draw(st.booleans()):
-            updates = draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True))
+            updates = some(draw, names, 1, 2)
         return OnConflict("UPDATE", target, updates)
 
     def get(self, table: str) -> Get:
@@ -297,15 +334,14 @@ class _Drawing:
     def query(self, table: str) -> Query:
         draw = self.draw
         filters, where = self.selection(table, required=False)
-        order = draw(st.lists(st.sampled_from(sortable(table)), max_size=2, unique=True))
+        order = some(draw, sortable(table), 0, 2)
         return Query(table, filters, where, [(c, draw(st.booleans())) for c in order],
-                     draw(st.sampled_from([0, 1, 2, 3, 5])), self.columns(table),
+                     pick(draw, [0, 1, 2, 3, 5]), self.columns(table),
                      draw(st.booleans()), draw(st.booleans()))
 
     def update(self, table: str) -> Update:
         draw = self.draw
-        names = draw(st.lists(st.sampled_from(SETTABLE[table]), min_size=1, max_size=2,
-                              unique=True))
+        names = some(draw, SETTABLE[table], 1, 2)
         values = {c: self.value(table, c) for c in names}
         if draw(st.booleans()):
             return Update(table, values, key=self.key(table),
@@ -335,13 +371,13 @@ class _Drawing:
         if isinstance(last, Insert) and one_in(draw, 3):  # a run of inserts of one shape
             kind: Kind = self.insert(last.table, like=last)
         else:
-            table = draw(st.sampled_from(["parent", "parent", "child", "child", "doc"]))
-            make = draw(st.sampled_from([self.insert, self.insert, self.insert, self.get,
-                                         self.query, self.update, self.update, self.delete]))
+            table = pick(draw, ["parent", "parent", "child", "child", "doc", "link"])
+            make = pick(draw, [self.insert, self.insert, self.insert, self.get,
+                                         self.query, self.update, self.update, self.delete])
             kind = make(table)
         op = Op(op_id, kind, group=group)
         if self.ops and one_in(draw, 7):
-            op.depends_on.append(draw(st.sampled_from(self.ops)).id)
+            op.depends_on.append(pick(draw, self.ops).id)
         if not self.atomic:
             self.keep_commuting(op, unit)
         self.ops.append(op)
@@ -377,10 +413,9 @@ def queries(draw: st.DrawFn) -> Query:
     """A query to read page by page: small pages, an order on up to three columns (NULLs
     among their values), filters and where."""
     drawing = _Drawing(draw, atomic=True)
-    query = drawing.query(draw(st.sampled_from(["parent", "child", "doc"])))
-    query.order_by = [(c, draw(st.booleans())) for c in draw(
-        st.lists(st.sampled_from(sortable(query.table)), max_size=3, unique=True))]
-    query.limit = draw(st.sampled_from([1, 1, 2, 3]))
+    query = drawing.query(pick(draw, ["parent", "child", "doc", "link"]))
+    query.order_by = [(c, draw(st.booleans())) for c in some(draw, sortable(query.table))]
+    query.limit = pick(draw, [1, 1, 2, 3])
     return query
 
 
@@ -408,5 +443,5 @@ def batches(draw: st.DrawFn, atomic: bool) -> Batch:
         ops = [queues[op.group or op.id].pop(0) for op in shuffled]
     return Batch(ops, atomic,
                  validate_only=one_in(draw, 10), read_only=one_in(draw, 40),
-                 isolation=draw(st.sampled_from(["", "", "repeatable_read", "serializable"])),
+                 isolation=pick(draw, ["", "", "repeatable_read", "serializable"]),
                  run_order=run_order)

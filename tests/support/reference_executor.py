@@ -27,6 +27,7 @@ import asyncpg
 
 from tests.support.batch_model import (
     CASTS,
+    PRIMARY_KEY,
     REFERENCE_SCHEMA,
     SOFT_DELETE_COLUMN,
     TABLES,
@@ -244,7 +245,8 @@ class ReferenceExecutor:
         """Every table's rows, by primary key, normalised."""
         tables = {}
         for name, columns in TABLES.items():
-            records = await self.conn.fetch(f"SELECT * FROM {self.table(name)} ORDER BY id")
+            records = await self.conn.fetch(f"SELECT * FROM {self.table(name)} ORDER BY "
+                                            f"{self._columns_sql(PRIMARY_KEY[name])}")
             tables[name] = [{c: canonical(name, c, _native(columns[c], r[c])) for c in columns}
                             for r in records]
         return tables
@@ -289,7 +291,7 @@ class ReferenceExecutor:
         oc = k.on_conflict
         if oc is None or oc.action == "ERROR":
             return ""
-        target = oc.conflict_columns or ["id"]
+        target = oc.conflict_columns or PRIMARY_KEY[k.table]
         head = f" ON CONFLICT ({self._columns_sql(target)})"
         if oc.action == "NOTHING":
             return f"{head} DO NOTHING"
@@ -356,7 +358,8 @@ class ReferenceExecutor:
         where = [*self._selection(k, params, outputs),
                  *self._visible(k.table, k.include_deleted)]
         where_sql = " AND ".join(where) or "TRUE"
-        order = [*k.order_by, *((c, False) for c in ["id"] if c not in dict(k.order_by))]
+        order = [*k.order_by,
+                 *((c, False) for c in PRIMARY_KEY[k.table] if c not in dict(k.order_by))]
         limit = k.limit or 100
         rows = await self._fetch(
             f"SELECT {self._columns_sql(op.output_columns())} FROM {self.table(k.table)} "
@@ -442,7 +445,7 @@ def bind(value: Any, type_: str) -> Any:
         return json.dumps(value)
     if type_ in ("integer", "bigint"):
         return int(value)
-    if type_ == "numeric(10,2)":
+    if type_.startswith("numeric"):
         return Decimal(str(value))
     if type_ == "timestamp with time zone" and isinstance(value, str):
         return dt.datetime.fromisoformat(value)
