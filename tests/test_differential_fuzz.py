@@ -1,7 +1,7 @@
 """The differential fuzzer: batches drawn by hypothesis run through batchd (a real server,
 BatchExecute over gRPC) and through a plain reference executor (tests/support/
 reference_executor.py: asyncpg, statement by statement, hand-written SQL, no batchd code), each
-on its own copy of three tables (schemas ``fuzz`` and ``fuzz_ref``, reset before every
+on its own copy of four tables (schemas ``fuzz`` and ``fuzz_ref``, reset before every
 example); then every operation's outcome, status code, reason (batchd's own errors) or SQLSTATE
 and constraint (PostgreSQL's), result columns with their types, rows, rows_affected, whether a
 next page exists, total_count, the RPC's code, committed and attempts, and the final contents of
