@@ -20,10 +20,13 @@ order_by, limit, columns, include_deleted, count), updates and deletes by key (w
 expected_version) or by filters and where; references ``op.column`` and ``op.N.column`` in
 rows, keys, set, filter values, IN lists and inside jsonb documents, ``$literal`` and objects
 that only look like references; depends_on; ATOMIC and INDEPENDENT batches, groups,
-validate_only, read_only and the isolation levels. Failures of every kind are drawn on purpose:
-unique, foreign-key, check and not-null violations, an upsert touching one row twice,
-version conflicts, NOT_FOUND, a reference to a row that is not there, writes in a read-only
-transaction; and so every outcome: FAILED, ROLLED_BACK, NOT_RUN, SKIPPED.
+validate_only, read_only and the isolation levels; a request id on a third of them (a fresh
+one each run: the answer must be the same, and the request sent again must get it back with
+the tables untouched; but validate_only, which is not stored and runs again). Failures of
+every kind are drawn on purpose: unique, foreign-key, check and not-null violations, an upsert
+touching one row twice, version conflicts, NOT_FOUND, a reference to a row that is not there,
+writes in a read-only transaction; and so every outcome: FAILED, ROLLED_BACK, NOT_RUN,
+SKIPPED.
 
 Where batchd's documented semantics are not those of a naive statement-by-statement run, or
 where two correct runs may differ, the generator or the comparison says so:
@@ -59,7 +62,7 @@ where two correct runs may differ, the generator or the comparison says so:
   other pairs is its own rule, not a database's.
 - Values are compared by their meaning: bigint and numeric decoded from their strings
   (numeric keeping its scale, "1.50"), timestamptz as instants, jsonb numbers integral or not.
-- Custom handlers, SQL functions and request ids are not drawn.
+- Custom handlers and SQL functions are not drawn.
 
 The default suite runs ``DEFAULT_EXAMPLES`` batches per mode and ``PAGED_EXAMPLES`` paged
 queries with fixed examples (``derandomize``), in about 45 s on two shared cores; ``-m fuzz``

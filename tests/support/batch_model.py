@@ -302,6 +302,9 @@ class Batch:
     read_only: bool = False
     isolation: str = ""  # "" read_committed repeatable_read serializable
     run_order: list[str] = field(default_factory=list)
+    # Sent with a request id (a fresh one each time it runs): the answer is the same, and the
+    # same request again gets it replayed without running twice.
+    idempotent: bool = False
 
 
 # --- batchd's request ----------------------------------------------------------------------
@@ -364,7 +367,7 @@ def _kind_wire(k: Kind) -> tuple[str, dict[str, Any]]:
     return "delete", out
 
 
-def to_request(batch: Batch) -> batch_pb2.BatchExecuteRequest:
+def to_request(batch: Batch, request_id: str = "") -> batch_pb2.BatchExecuteRequest:
     """The BatchExecute request a client would send for ``batch``."""
     operations = []
     for op in batch.ops:
@@ -378,7 +381,8 @@ def to_request(batch: Batch) -> batch_pb2.BatchExecuteRequest:
     request: dict[str, Any] = {
         "operations": operations,
         "mode": "MODE_ATOMIC" if batch.atomic else "MODE_INDEPENDENT",
-        "validate_only": batch.validate_only, "read_only": batch.read_only}
+        "validate_only": batch.validate_only, "read_only": batch.read_only,
+        "request_id": request_id}
     if batch.isolation:
         request["isolation"] = f"ISOLATION_LEVEL_{batch.isolation.upper()}"
     return json_format.ParseDict(request, batch_pb2.BatchExecuteRequest())

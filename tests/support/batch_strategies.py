@@ -444,4 +444,4 @@ def batches(draw: st.DrawFn, atomic: bool) -> Batch:
     return Batch(ops, atomic,
                  validate_only=one_in(draw, 10), read_only=one_in(draw, 40),
                  isolation=pick(draw, ["", "", "repeatable_read", "serializable"]),
-                 run_order=run_order)
+                 run_order=run_order, idempotent=one_in(draw, 3))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -64,8 +65,17 @@ class Harness:
         """(batchd's answer, the reference's), each with its tables' contents after it."""
         self.examples += 1
         self.reset()
-        got = batchd_result(self.stub, batch)
+        request_id = str(uuid.uuid4()) if batch.idempotent else ""
+        got = batchd_result(self.stub, batch, request_id)
         got.tables = self.call(self.observer.contents())
+        if request_id and not batch.validate_only:  # again: the same answer, nothing ran
+            # twice (validate_only is not stored: it would run again, and draw other ids)
+            again = batchd_result(self.stub, batch, request_id)
+            again.tables = self.call(self.observer.contents())
+            replayed = differences(again, got)
+            assert not replayed, ("the same request under its request id again got another "
+                                  "answer:\n  " + "\n  ".join(replayed)
+                                  + f"\nrequest:\n{describe(batch)}")
         expected = self.call(self.reference.run(batch))
         for result in (got, expected):
             unordered(batch, result)
@@ -129,9 +139,10 @@ def harness(dsn: str) -> Iterator[Harness]:
 
 # --- batchd's answer, normalised ------------------------------------------------------------
 
-def batchd_result(stub: batch_pb2_grpc.BatchServiceStub, batch: Batch) -> BatchResult:
+def batchd_result(stub: batch_pb2_grpc.BatchServiceStub, batch: Batch,
+                  request_id: str = "") -> BatchResult:
     try:
-        response = stub.BatchExecute(to_request(batch), timeout=30)
+        response = stub.BatchExecute(to_request(batch, request_id), timeout=30)
         code = "OK"
     except grpc.RpcError as err:
         code = err.code().name
