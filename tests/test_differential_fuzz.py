@@ -69,9 +69,9 @@ where two correct runs may differ, the generator or the comparison says so:
 - Custom handlers and SQL functions are not drawn.
 
 The default suite runs ``DEFAULT_EXAMPLES`` batches per mode and ``PAGED_EXAMPLES`` paged
-queries with fixed examples (``derandomize``), in about 45 s on two shared cores; ``-m fuzz``
+queries with fixed examples (``derandomize``), in about 50 s on two shared cores; ``-m fuzz``
 (scripts/test-fuzz) runs ``FUZZ_EXAMPLES`` per mode and 1,000 paged queries, others than the
-default suite's, in about 5 minutes.
+default suite's, in about 4 minutes.
 ``BATCHD_DIFF_EXAMPLES=N`` sets both; ``BATCHD_DIFF_RANDOM=1`` draws fresh examples instead of
 the fixed ones. A failure shows the differences and the request as JSON; what the fuzzer found
 is kept below as plain regression tests.

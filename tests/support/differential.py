@@ -52,7 +52,6 @@ class Harness:
         self.stub = batch_pb2_grpc.BatchServiceStub(channel)
         self.reference = ReferenceExecutor(conn, REFERENCE_SCHEMA)
         self.observer = ReferenceExecutor(conn, BATCHD_SCHEMA)  # reads batchd's tables
-        self.examples = 0
 
     def call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
@@ -62,8 +61,8 @@ class Harness:
                                     + RESET.format(s=REFERENCE_SCHEMA)))
 
     def run(self, batch: Batch) -> tuple[BatchResult, BatchResult]:
-        """(batchd's answer, the reference's), each with its tables' contents after it."""
-        self.examples += 1
+        """(batchd's answer, the reference's), each with its tables' contents after it. A
+        batch with a request id is sent to batchd twice: the second answer must be the first."""
         self.reset()
         request_id = str(uuid.uuid4()) if batch.idempotent else ""
         got = batchd_result(self.stub, batch, request_id)
