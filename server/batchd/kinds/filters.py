@@ -23,8 +23,10 @@ from batchd.kinds.params import Results, SqlParams, prepare
 from batchd.v1 import batch_pb2
 from batchd.values import (
     CoercionError,
+    JsonText,
     Ref,
     coerce,
+    dumps_json,
     from_proto,
     renderer_for,
     struct_from_proto,
@@ -54,6 +56,10 @@ class Condition:
             return f"{c.sql} IS NULL" if self.value else f"{c.sql} IS NOT NULL"
         value = results.finalize(self.value)
         if self.op == Op.OPERATOR_IN:
+            if c.kind == "json":  # documents prepared one by one (plan_filter), as text: a
+                # list would be a dimension of the array parameter to asyncpg
+                value = [None if v is None else JsonText(dumps_json(v))
+                         for v in map(results.finalize, value)]
             return f"{c.sql} = ANY({params.add(value, c.cast_sql + '[]')})"
         if self.op in _PATTERNS:
             return f"{c.sql} {_PATTERNS[self.op]} {params.add(value, 'text')}"
@@ -130,6 +136,9 @@ def plan_filter(table: Table, f: batch_pb2.Filter, fpath: str, refs: list[Ref]) 
                                         "OPERATOR_IN is not supported on array columns")
         if not isinstance(value, list):
             raise InvalidArgument.field(f"{fpath}.value", "OPERATOR_IN takes a list of values")
+        if column.kind == "json":  # each element a document, a list too (not a dimension)
+            return Condition(column, f.op, [prepare(v, column, f"{fpath}.value[{i}]", refs)
+                                            for i, v in enumerate(value)])
         column_for_value = replace(column, is_array=True)
     elif f.op in _PATTERNS:
         name = _PATTERNS[f.op]

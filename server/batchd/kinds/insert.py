@@ -31,7 +31,14 @@ from batchd.kinds.base import (
 )
 from batchd.kinds.params import Deferred, prepare
 from batchd.v1 import batch_pb2
-from batchd.values import CoercionError, Ref, coercer, struct_from_proto
+from batchd.values import (
+    CoercionError,
+    JsonText,
+    Ref,
+    coercer,
+    dumps_json,
+    struct_from_proto,
+)
 
 Action = batch_pb2.OnConflict.Action
 MAX_PARAMETERS = 32767  # PostgreSQL's limit of bind parameters per statement
@@ -228,8 +235,7 @@ class InsertKind(Kind):
         else:
             records = []
             for part in _statement_parts(spec, rows):
-                records.extend(await conn.fetch(shape.unnest_sql,
-                                                *[list(c) for c in zip(*part, strict=True)]))
+                records.extend(await conn.fetch(shape.unnest_sql, *_arrays(shape.columns, part)))
             affected = len(records)
         return Output(records, shape.rendering, rows_affected=affected)
 
@@ -253,7 +259,7 @@ class InsertKind(Kind):
         casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
         sql = (f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
                f"SELECT * FROM unnest({casts}){spec.conflict_sql}")
-        return sum([_count(await conn.execute(sql, *[list(c) for c in zip(*part, strict=True)]))
+        return sum([_count(await conn.execute(sql, *_arrays(spec.columns, part)))
                     for part in _statement_parts(spec, rows)])
 
     # --- coalescing (the Kind hook) --------------------------------------------------------
@@ -284,6 +290,16 @@ def _statement_parts(spec: InsertSpec, rows: list[list[Any]]) -> list[list[list[
     return [rows[i:i + ROWS_PER_STATEMENT] for i in range(0, len(rows), ROWS_PER_STATEMENT)]
 
 
+def _arrays(columns: list[Column], rows: list[list[Any]]) -> list[list[Any]]:
+    """The rows as one array per column, the parameters of ``unnest``. A json document goes
+    as its text: asyncpg would take a document that is a list for a dimension of the array."""
+    arrays = [list(values) for values in zip(*rows, strict=True)]
+    for i, column in enumerate(columns):
+        if column.kind == "json":
+            arrays[i] = [None if v is None else JsonText(dumps_json(v)) for v in arrays[i]]
+    return arrays
+
+
 def _count(tag: str) -> int:
     """Rows of a command tag such as "INSERT 0 42"."""
     return int(tag.rsplit(" ", 1)[-1])
@@ -294,8 +310,7 @@ async def _insert_together(conn: asyncpg.Connection, shape: _Shape,
     """One INSERT for the rows of several coalescible inserts; the RETURNING rows, split back
     per insert. The source is ordered by its ordinality, so rows come back in input order."""
     flat = [row for part in rows for row in part]
-    records = await conn.fetch(shape.together_sql, *[list(col) for col in zip(*flat,
-                                                                               strict=True)])
+    records = await conn.fetch(shape.together_sql, *_arrays(shape.columns, flat))
     if len(records) != len(flat):
         raise RuntimeError(f"coalesced insert returned {len(records)} rows for {len(flat)}")
     out, start = [], 0
