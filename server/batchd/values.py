@@ -316,28 +316,13 @@ def _to_json(value: Any) -> Any:
     return plain_json(value)
 
 
-class JsonDocument:
-    """A JSON array as one element of a json[] / jsonb[] value: asyncpg reads a list inside an
-    array value as a sub-array (another dimension), so a document that is itself an array
-    travels wrapped, and the json codecs (batchd.db.pool) unwrap it."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, JsonDocument) and other.value == self.value
-
-    def __hash__(self) -> int:
-        return id(self)
-
-
 def _json_element(value: Any) -> Any:
     """An element of a json[] / jsonb[] value: a JSON document, whatever its shape (json
-    arrays have one dimension here: [[1, 2], {"a": 1}] is two documents, not a 2-D array)."""
+    arrays have one dimension here: [[1, 2], {"a": 1}] is two documents, not a 2-D array). A
+    document that is a list travels as its text (JsonText): asyncpg would read a list inside
+    an array value as another dimension."""
     document = plain_json(value)
-    return JsonDocument(document) if isinstance(document, list) else document
+    return JsonText(dumps_json(document)) if isinstance(document, list) else document
 
 
 def _passthrough(value: Any) -> Any:

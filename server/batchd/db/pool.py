@@ -38,14 +38,12 @@ from batchd.catalog import quote_ident
 from batchd.config import Settings
 from batchd.errors import DeadlineExceeded
 from batchd.startup import StartupError
-from batchd.values import JsonDocument, dumps_json
+from batchd.values import dumps_json
 
 log = logging.getLogger(__name__)
 
 
 def _jsonb_encode(value: object) -> bytes:
-    if isinstance(value, JsonDocument):  # an array element that is itself a JSON array
-        value = value.value
     return b"\x01" + dumps_json(value).encode()  # jsonb's binary form: version 1, then text
 
 
@@ -54,8 +52,6 @@ def _jsonb_decode(data: bytes) -> object:
 
 
 def _json_encode(value: object) -> bytes:
-    if isinstance(value, JsonDocument):
-        value = value.value
     return dumps_json(value).encode()
 
 
