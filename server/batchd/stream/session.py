@@ -9,11 +9,10 @@ or vanished, so ending is never taken as consent), an error, the deadline, serve
 INDEPENDENT: each chunk is its own transaction with its ledger row (see batchd.stream.ledger); the
 ack is sent only after COMMIT returned, so every acked chunk is durable.
 
-A reader task decodes up to ``stream_read_ahead`` chunks ahead of the writer, so decoding
-overlaps the COPY of the previous chunk, and stops reading when that queue is full: gRPC then
-stops granting the client flow-control credit, and memory stays bounded. It decodes on a worker
-thread (``batchd.offload.run_pipelined``): on the event loop, each chunk's decoding held the
-writer's next round trip to PostgreSQL (SAVEPOINT, COPY) behind it, and PostgreSQL waited.
+A reader task (batchd.stream.readahead) decodes up to ``stream_read_ahead`` chunks ahead of
+the writer, so decoding overlaps the COPY of the previous chunk; the writer here takes them
+from its queue in order. Before a table's first chunk is written, the stream's role is checked
+against the table (batchd.stream.access).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from typing import Any
 
 import asyncpg
 
-from batchd import offload
 from batchd.auth import Principal, authorize_ingest
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
@@ -41,69 +39,22 @@ from batchd.errors import (
     InvalidArgument,
     code_of,
     to_rpc_status,
-    translate,
 )
 from batchd.kinds.base import PlanContext
 from batchd.rpc.admission import Admission
 from batchd.stream import access, ledger
-from batchd.stream.copy import Decoded, Target, decode, known_at_header, resolve_target
+from batchd.stream.copy import Target, known_at_header, resolve_target
 from batchd.stream.joined import joinable, write_joined
+from batchd.stream.readahead import END, Chunk, ChunkQueue, Commit, read_ahead
 from batchd.stream.write import ChunkRefused, write
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
 STREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_END = object()
-
-
-class _Bounded:
-    """The chunk queue, read under the stream's maximum duration: a stream open longer fails
-    with DEADLINE_EXCEEDED (ATOMIC: rolled back; INDEPENDENT: acked chunks stay committed)."""
-
-    def __init__(self, queue: asyncio.Queue[Any], seconds: float) -> None:
-        self.queue = queue
-        self.seconds = seconds
-        self.ends = asyncio.get_running_loop().time() + seconds if seconds > 0 else None
-
-    async def put(self, item: Any) -> None:
-        await self.queue.put(item)
-
-    def ready(self) -> Any:
-        """The next item if one is waiting (else None), without waiting."""
-        if self.ends is not None and asyncio.get_running_loop().time() >= self.ends:
-            return None  # ``get`` says the stream is over
-        try:
-            return self.queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
-
-    async def get(self) -> Any:
-        if self.ends is None:
-            return await self.queue.get()
-        if not self.queue.empty() and asyncio.get_running_loop().time() < self.ends:
-            return self.queue.get_nowait()
-        try:
-            return await asyncio.wait_for(self.queue.get(),
-                                          self.ends - asyncio.get_running_loop().time())
-        except TimeoutError:
-            raise DeadlineExceeded(f"the stream was open longer than max_stream_seconds "
-                                   f"({self.seconds:g} s)", reason="STREAM_TOO_LONG") from None
 
 
 class _Undo(Exception):
     """Roll back a chunk's rows but keep its ledger row (BAD_ROWS_REJECT_CHUNK)."""
-
-
-@dataclass(slots=True)
-class _Commit:
-    pass
-
-
-@dataclass(slots=True)
-class _Chunk:
-    message: batch_pb2.StreamChunk
-    decoded: Decoded | None = None
-    error: BatchdError | None = None
 
 
 @dataclass(slots=True)
@@ -115,7 +66,7 @@ class _Tally:
     next_row: int = 0
     rejected_rows: list[batch_pb2.RejectedRow] = field(default_factory=list)
 
-    def count(self, ack: batch_pb2.ChunkAck, chunk: _Chunk, row_count: int, written: int,
+    def count(self, ack: batch_pb2.ChunkAck, chunk: Chunk, row_count: int, written: int,
               rejected: list[tuple[int, BatchdError]]) -> None:
         """A written chunk: into its ack (rejected rows by stream-wide index) and the tally."""
         ack.rows_written = written
@@ -213,9 +164,11 @@ class StreamSession:
         if header.table and known_at_header(header):
             target = resolve_target(header, self.catalog, None)
 
-        queue = _Bounded(asyncio.Queue(maxsize=max(1, self.settings.stream_read_ahead)),
+        queue = ChunkQueue(asyncio.Queue(maxsize=max(1, self.settings.stream_read_ahead)),
                          self.settings.max_stream_seconds)
-        reader = asyncio.create_task(self._read(requests, header, target, queue))
+        reader = asyncio.create_task(read_ahead(requests, header, target, queue, self.catalog,
+                                                self.settings.stream_idle_seconds,
+                                                self.request_id))
         tally = _Tally()
         try:
             async with connection(self.pool) as conn:
@@ -232,51 +185,9 @@ class StreamSession:
 
     # --- reading ahead ------------------------------------------------------------------------
 
-    async def _read(self, requests: AsyncIterator[batch_pb2.BatchStreamRequest],
-                    header: batch_pb2.StreamHeader, target: Target | None,
-                    queue: _Bounded) -> None:
-        """Decode chunks ahead of the writer; the queue's bound is the backpressure."""
-        idle = self.settings.stream_idle_seconds
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(idle):
-                        request = await anext(requests, None)
-                except TimeoutError:
-                    await queue.put(DeadlineExceeded(
-                        f"the client sent nothing for stream_idle_seconds ({idle:g} s)",
-                        reason="STREAM_IDLE"))
-                    return
-                if request is None:
-                    break
-                kind = request.WhichOneof("kind")
-                if kind == "commit":
-                    await queue.put(_Commit())
-                    return
-                if kind != "chunk":
-                    await queue.put(InvalidArgument.field(kind or "message", "only chunks and "
-                                                          "a commit may follow the header"))
-                    return
-                item = _Chunk(request.chunk)
-                if header.table:
-                    try:
-                        if target is None:
-                            target = resolve_target(header, self.catalog, request.chunk)
-                        item.decoded = await offload.run_pipelined(decode, request.chunk,
-                                                                    target)
-                    except Exception as exc:  # a bug too fails the stream (INTERNAL), not
-                        item.error = translate(exc, self.request_id)  # ends it as if done
-                await queue.put((item, target))
-            await queue.put(_END)
-        except BatchdError as exc:  # a malformed message
-            await queue.put(exc)
-        except Exception as exc:  # the transport failed under us: end as if cancelled
-            log.info("stream reader ended: %r", exc)
-            await queue.put(_END)
-
     # --- ATOMIC -------------------------------------------------------------------------------
 
-    async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: _Bounded,
+    async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: ChunkQueue,
                       tally: _Tally) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
         yield batch_pb2.BatchStreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
         tx = begin(conn, self.settings, role=self.role)  # every chunk runs as the role
@@ -287,12 +198,12 @@ class StreamSession:
             while True:
                 item, pending = (pending, None) if pending is not None else \
                     (await queue.get(), None)
-                if isinstance(item, _Commit):
+                if isinstance(item, Commit):
                     await tx.commit()
                     committed = True
                     yield tally.summary(committed=True)
                     return
-                if item is _END:
+                if item is END:
                     raise FailedPrecondition("the stream ended without a commit message; "
                                              "nothing of it was committed")
                 if isinstance(item, BatchdError):
@@ -336,8 +247,8 @@ class StreamSession:
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     pass  # the connection is gone, and its transaction with it
 
-    async def _joined(self, first: _Chunk, target: Target | None, queue: _Bounded,
-                      ) -> tuple[list[_Chunk], Any]:
+    async def _joined(self, first: Chunk, target: Target | None, queue: ChunkQueue,
+                      ) -> tuple[list[Chunk], Any]:
         """``first`` and the chunks after it already decoded and waiting that can go into the
         same COPY (``joined.joinable``; at most ``stream_read_ahead`` more): fewer, longer COPYs
         keep PostgreSQL busy when the writer is behind. Also the item taken that cannot join
@@ -362,7 +273,7 @@ class StreamSession:
     # --- INDEPENDENT --------------------------------------------------------------------------
 
     async def _independent(self, conn: asyncpg.Connection, header: batch_pb2.StreamHeader,
-                           stream_id: str, queue: _Bounded, tally: _Tally,
+                           stream_id: str, queue: ChunkQueue, tally: _Tally,
                            ) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
         position = await ledger.open_stream(conn, stream_id, header.table or "(operations)",
                                             self.principal.name if self.principal else None)
@@ -373,7 +284,7 @@ class StreamSession:
         reject_chunk = header.bad_rows == batch_pb2.BAD_ROWS_REJECT_CHUNK
         while True:
             item = await queue.get()
-            if item is _END or isinstance(item, _Commit):
+            if item is END or isinstance(item, Commit):
                 yield tally.summary(committed=True)
                 return
             if isinstance(item, BatchdError):
@@ -416,7 +327,7 @@ class StreamSession:
 
     # --- one chunk ----------------------------------------------------------------------------
 
-    async def _apply(self, conn: asyncpg.Connection, chunk: _Chunk, target: Target | None,
+    async def _apply(self, conn: asyncpg.Connection, chunk: Chunk, target: Target | None,
                      tally: _Tally, *, atomic: bool,
                      reject_chunk: bool = False) -> batch_pb2.ChunkAck:
         """Write one chunk inside the transaction the caller opened; returns its ack."""
@@ -449,7 +360,7 @@ class StreamSession:
         tally.count(ack, chunk, row_count, written, rejected)
         return ack
 
-    async def _write(self, conn: asyncpg.Connection, chunk: _Chunk, target: Target,
+    async def _write(self, conn: asyncpg.Connection, chunk: Chunk, target: Target,
                      atomic: bool) -> tuple[int, int, list[tuple[int, BatchdError]]]:
         """``write``, with a chunk PostgreSQL refused whole (no row's fault: a privilege
         revoked meanwhile, a timeout, a column dropped) ending the stream with that error."""
@@ -492,6 +403,6 @@ class _FeedFailed(BatchdError):
         self.results = results
 
 
-def _row_count(chunk: _Chunk) -> int:
+def _row_count(chunk: Chunk) -> int:
     return chunk.decoded.row_count if chunk.decoded is not None else 0
 
