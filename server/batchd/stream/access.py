@@ -1,5 +1,5 @@
 """What a stream's role may do with its table, asked of PostgreSQL before the first chunk is
-written, and the way in for a table under row-level security.
+written: whether it may insert its rows, and whether they must go in through a staging table.
 
 A role that may not INSERT into the table (or into one of the stream's columns) is refused at
 once, PERMISSION_DENIED naming the table, the privilege and the role: a missing privilege is
@@ -8,13 +8,9 @@ recorded as committed with nothing written, so that the same chunk re-sent after
 would be taken for a duplicate and never written.
 
 PostgreSQL refuses COPY FROM into a table whose row-level security applies to the role
-(``row_security_active``). Such a table's chunks are COPYed into a temporary staging table of
-the same columns (the session's own, dropped at commit) and moved into the table by ``INSERT
-... SELECT``, which applies the policies (and triggers, defaults) row by row as the role: the
-same decoding, acks, ledger and bad-row isolation as COPY (a row a policy refuses is found by
-halving, as any row refused without a line number). A policy's WITH CHECK refusing a row is
-that row's fault, and rejected as such. The staging table needs the TEMPORARY privilege on the
-database, which PostgreSQL gives to PUBLIC unless an administrator revoked it.
+(``row_security_active``): such a table's chunks go through a staging table
+(batchd.stream.write: ``destination``, ``moved``), which needs the TEMPORARY privilege on the
+database (PostgreSQL gives it to PUBLIC unless an administrator revoked it): checked here too.
 """
 
 from __future__ import annotations
@@ -26,8 +22,6 @@ import asyncpg
 from batchd.catalog import quote_ident
 from batchd.errors import PermissionDenied
 from batchd.stream.copy import Target
-
-STAGE = "batchd_stage"  # the staging table, in the session's pg_temp schema
 
 _ACCESS_SQL = """
 SELECT row_security_active(c.oid) AS rls, current_user AS role,
@@ -73,15 +67,3 @@ async def check(conn: asyncpg.Connection, target: Target) -> Access:
             reason="INSUFFICIENT_PRIVILEGE",
             metadata={"table": table.qualified_name, "privilege": "TEMPORARY", "role": role})
     return Access(staged=bool(row["rls"]))
-
-
-def create_stage_sql(target: Target) -> str:
-    """The staging table of a staged target, for the rest of the transaction."""
-    columns = ", ".join(f"{c.sql} {c.type_sql}" for c in target.columns)
-    return f"CREATE TEMPORARY TABLE {STAGE} ({columns}) ON COMMIT DROP;"
-
-
-def move_sql(target: Target) -> str:
-    """The staged rows into the table, as the role: its policies, triggers and defaults."""
-    names = ", ".join(c.sql for c in target.columns)
-    return f"INSERT INTO {target.table.sql} ({names}) SELECT {names} FROM pg_temp.{STAGE}"

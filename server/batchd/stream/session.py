@@ -46,7 +46,7 @@ from batchd.stream import access, ledger
 from batchd.stream.copy import Target, known_at_header, resolve_target
 from batchd.stream.joined import joinable, write_joined
 from batchd.stream.readahead import END, Chunk, ChunkQueue, Commit, read_ahead
-from batchd.stream.write import ChunkRefused, write
+from batchd.stream.write import ChunkRefused, create_stage_sql, write
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class StreamSession:
                 if target is not None and target is not self._entered:
                     await self._enter(conn, target)
                     if target.staged:  # for the rest of the stream's transaction
-                        await conn.execute(access.create_stage_sql(target))
+                        await conn.execute(create_stage_sql(target))
                 chunks, pending = await self._joined(chunk, target, queue)
                 if len(chunks) > 1:
                     assert target is not None
@@ -306,7 +306,7 @@ class StreamSession:
                         if target is not self._entered:
                             await self._enter(conn, target)
                         if target.staged:  # dropped at this chunk's commit
-                            await conn.execute(access.create_stage_sql(target))
+                            await conn.execute(create_stage_sql(target))
                     ack = await self._apply(conn, chunk, target, tally,
                                             atomic=False, reject_chunk=reject_chunk)
                     if self.role:

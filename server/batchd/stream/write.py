@@ -18,7 +18,6 @@ import asyncpg
 
 from batchd import offload
 from batchd.errors import BatchdError, InvalidArgument, from_database
-from batchd.stream import access
 from batchd.stream.copy import Decoded, Target, decode_per_value
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, coerce
@@ -28,11 +27,36 @@ _COPY_LINE = re.compile(r"COPY [^,]+, line (\d+)")
 Copy = Callable[[Sequence[Any]], Awaitable[int]]
 
 
+# --- staging: tables under row-level security ----------------------------------------------
+#
+# PostgreSQL refuses COPY FROM into a table whose row-level security applies to the role
+# (batchd.stream.access finds out, before the first chunk). Such a table's chunks are COPYed
+# into a temporary staging table of the same columns (the session's own, dropped at commit) and
+# moved into the table by INSERT ... SELECT, which applies the policies (and triggers,
+# defaults) row by row as the role: the same decoding, acks, ledger and bad-row isolation as
+# COPY (a row a policy refuses is found by halving, as any row refused without a line number;
+# a policy's WITH CHECK refusing a row is that row's fault, ``about_a_row``).
+
+STAGE = "batchd_stage"  # the staging table, in the session's pg_temp schema
+
+
+def create_stage_sql(target: Target) -> str:
+    """The staging table of a staged target, for the rest of the transaction."""
+    columns = ", ".join(f"{c.sql} {c.type_sql}" for c in target.columns)
+    return f"CREATE TEMPORARY TABLE {STAGE} ({columns}) ON COMMIT DROP;"
+
+
+def move_sql(target: Target) -> str:
+    """The staged rows into the table, as the role: its policies, triggers and defaults."""
+    names = ", ".join(c.sql for c in target.columns)
+    return f"INSERT INTO {target.table.sql} ({names}) SELECT {names} FROM pg_temp.{STAGE}"
+
+
 def destination(target: Target) -> tuple[str, str]:
     """Where COPY writes a target's rows: (table, schema). Its table, or for a staged one
     (row-level security, batchd.stream.access) its staging table, then ``moved``."""
     if target.staged:
-        return access.STAGE, "pg_temp"
+        return STAGE, "pg_temp"
     return target.table.name, target.table.schema
 
 
@@ -41,8 +65,8 @@ async def moved(conn: asyncpg.Connection, target: Target, copied: int) -> int:
     A staged target's rows are moved from the staging table (its policies apply then)."""
     if not target.staged:
         return copied
-    status = await conn.execute(access.move_sql(target))
-    await conn.execute(f"TRUNCATE pg_temp.{access.STAGE}")
+    status = await conn.execute(move_sql(target))
+    await conn.execute(f"TRUNCATE pg_temp.{STAGE}")
     return _count(status)
 
 
