@@ -34,9 +34,9 @@ from tests.conftest import (
     make_settings,
     rows,
 )
+from tests.support.grpcurl import grpcurl, readme_example
 from tests.test_client_cli import batchd as batchd_cli
 from tests.test_client_cli import target as cli_target
-from tests.test_grpcurl import grpcurl, readme_example
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.test_grpcurl import GRPCURL
+from tests.support.grpcurl import GRPCURL
 
 BATCHD = Path(sys.executable).parent / "batchd"
 
