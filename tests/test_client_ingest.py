@@ -32,8 +32,8 @@ from batchd.client.sources import column_values, csv_records
 from batchd.v1 import batch_pb2_grpc
 from tests.client_proxy import Proxy
 from tests.conftest import count, no_open_transaction
+from tests.support.servers import own_server
 from tests.support.streams import COMMIT, header, open_stream, rows_chunk, send
-from tests.test_client_retries import own_server
 
 
 def events(start: int, n: int) -> list[dict[str, Any]]:

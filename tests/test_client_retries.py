@@ -43,20 +43,12 @@ from batchd.client.channel import (
 from batchd.client.retry import replay_safe, retryable
 from batchd.v1 import batch_pb2
 from tests.client_proxy import Proxy
-from tests.conftest import count, make_settings
+from tests.conftest import count
+from tests.support.servers import own_server
 
 LOCK = 616161
 SCHEMA = "/batchd.v1.BatchService/GetSchema"
 NO_WAIT = RetryPolicy(jitter=lambda cap: 0.0)
-
-
-@asynccontextmanager
-async def own_server(schema: str, **settings: Any) -> AsyncIterator[App]:
-    app = await App.start(make_settings(schema, **settings))
-    try:
-        yield app
-    finally:
-        await app.stop(grace=0)
 
 
 class Lock:

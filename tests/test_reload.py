@@ -13,7 +13,7 @@ import pytest
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import batch, make_settings
-from tests.test_shutdown import serving
+from tests.support.servers import serving
 
 
 async def tables_of(stub: batch_pb2_grpc.BatchServiceStub) -> set[str]:

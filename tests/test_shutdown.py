@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,32 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import no_open_transaction
 from tests.support.locks import LOCK, blocked_batch, waiters
-from tests.support.ports import ROOT, free_port
-
-BATCHD = Path(sys.executable).parent / "batchd"
-
-
-@asynccontextmanager
-async def serving(schema: str, grace: float) -> AsyncIterator[tuple[asyncio.subprocess.Process,
-                                                                     grpc.aio.Channel]]:
-    port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
-           "BATCHD_DSN": schema, "BATCHD_HANDLER_MODULES": '["tests.handlers"]',
-           "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        str(BATCHD), "serve", "--port", str(port), "--grace", str(grace), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    assert proc.stdout is not None
-    while b"listening on" not in await asyncio.wait_for(proc.stdout.readline(), 60):
-        pass
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield proc, channel
-    finally:
-        await channel.close()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+from tests.support.servers import serving
 
 
 async def test_sigterm_drains_and_the_batch_in_flight_commits(schema, db):
