@@ -65,7 +65,8 @@ from batchd.client.ingest_files import (
     read_columns,
     to_request,
 )
-from batchd.errors import code_of
+from batchd.client.results import rpc_error
+from batchd.errors import code_of, is_refusal
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -162,14 +163,6 @@ class Failed(Exception):
     """The stream failed; the message says what happened and what to do next."""
 
 
-# Failures that pass: the same command again resumes. Any other code is the server refusing
-# the file, the table or the command, which running it again cannot change.
-_PASSING = frozenset({
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
-
-
 def _failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path, state: State,
             state_path: Path, rejects_path: Path, columns: list[str], fresh: bool) -> Failed:
     """What the failure was and what to do next (see the module's docstring). ``fresh``: the
@@ -181,7 +174,7 @@ def _failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path, sta
     if separator:
         lines.append(f"the header line has no {args.delimiter!r}, but {separator[0]!r} between "
                      f"its columns: add --delimiter {separator[1]}")
-    if code in _PASSING:
+    if not is_refusal(code):  # it passes: the same command again resumes
         lines.append("nothing was written (ATOMIC); run the same command again"
                      if args.mode == "atomic" else "run the same command again to resume")
         return Failed("\n".join(lines))
@@ -210,17 +203,20 @@ def _failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path, sta
 
 def _what_to_fix(exc: grpc.aio.AioRpcError, args: argparse.Namespace, path: Path) -> str:
     """Where the refused thing is, by the field the server names (or the code)."""
-    details, code = exc.details() or "", exc.code()
-    if details.startswith("header.columns"):
+    error = rpc_error(exc)
+    field = error.field_violations[0].field if error.field_violations else \
+        (exc.details() or "").split(":", 1)[0]
+    code = error.code
+    if field.startswith("header.columns"):
         if args.columns:
             return "correct --columns"
         if args.format in ARROW_FORMATS:
             return f"correct the column's name in {path}, or choose columns with --columns"
         return f"correct the header line of {path}"
-    if details.startswith("header.arrow_schema"):
+    if field.startswith("header.arrow_schema"):
         return (f"store that column in {path} as the type the message names, or leave it out "
                 "with --columns")
-    if details.startswith("header.table"):
+    if field.startswith("header.table"):
         return "correct --table (batchd schema lists the tables you may use)"
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return "give a valid token (--token)"

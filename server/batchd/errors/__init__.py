@@ -281,3 +281,11 @@ FINAL_CODES = frozenset({
 def is_final(error: BatchdError) -> bool:
     """Whether ``error`` is the final answer to its request (stored for a request id)."""
     return error.code in FINAL_CODES
+
+
+def is_refusal(code: grpc.StatusCode) -> bool:
+    """Whether a call that failed with ``code`` was refused for what it asked or who asked:
+    the same call fails the same way until the request, its credentials or the server's
+    settings change. Any other failure passes (unavailable, overloaded, a deadline, a bug):
+    the same call later may succeed (``batchd ingest`` then says to run it again)."""
+    return code in FINAL_CODES or code in (_S.UNAUTHENTICATED, _S.UNIMPLEMENTED)
