@@ -2,7 +2,7 @@
 
 A google.protobuf.Value holds doubles, so on the way in every value is coerced by the type of
 the column it is for (``coerce``), and exact types travel as strings: a bigint beyond 2^53 or a
-numeric is never allowed to pass through a float. On the way out (``renderer_for``) the same
+numeric is never allowed to pass through a float. On the way out (batchd.rendering) the same
 types are written as strings. The tables of accepted and returned forms are in batch.proto,
 in the comments of Operation and ResultColumn.
 
@@ -28,8 +28,8 @@ from google.protobuf import struct_pb2
 
 from batchd.catalog import Column
 from batchd.pgtypes import INFINITIES, Interval, parse_interval
+from batchd.rendering import MAX_SAFE_INTEGER, render_any
 
-MAX_SAFE_INTEGER = 2**53 - 1  # beyond it, a double may already be a rounded neighbour
 _INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
 _INT_RE = re.compile(r"[+-]?[0-9]{1,19}")
 _REF_RE = re.compile(r"([A-Za-z0-9_-]+)\.(?:([0-9]{1,9})\.)?([^.]+)")
@@ -376,128 +376,6 @@ def coercer(column: Column) -> Callable[[Any], Any]:
 def _coerce_array(values: list[Any], scalar: Callable[[Any], Any]) -> list[Any]:
     return [None if v is None else _coerce_array(v, scalar) if isinstance(v, list) else scalar(v)
             for v in values]
-
-
-# --- PostgreSQL -> protobuf ------------------------------------------------------------------
-
-Renderer = Callable[[Any], Any]
-
-
-def render_any(value: Any) -> Any:
-    """Render a value of unknown column type (custom handler results) as JSON-ready Python."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return value if abs(value) <= MAX_SAFE_INTEGER else str(value)
-    if isinstance(value, float):
-        return _render_float(value)
-    if isinstance(value, Decimal):
-        return format(value, "f")  # never exponent notation: 0.00000010, not 1.0E-7
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(dt.UTC).isoformat()
-    if isinstance(value, dt.datetime | dt.date | dt.time | Interval):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return Interval(0, value.days, value.seconds * 1_000_000 + value.microseconds).isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, dict):
-        return {str(k): render_any(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [render_any(v) for v in value]
-    return str(value)
-
-
-# The PostgreSQL type whose encoding ``render_any`` gives a Python value of this class: what
-# a custom handler's result announces for a column of such values (OperationResult.columns).
-_RENDERED_AS: dict[type, str] = {
-    bool: "boolean", int: "bigint", float: "double precision", Decimal: "numeric",
-    str: "text", uuid.UUID: "uuid", dt.date: "date", dt.timedelta: "interval",
-    Interval: "interval", bytes: "bytea", bytearray: "bytea", dict: "jsonb", list: "jsonb",
-    tuple: "jsonb",
-}
-
-
-def rendered_type(value: Any) -> str | None:
-    """The type a client decodes ``render_any(value)`` by, from the value's Python class
-    (None: no such type; the client leaves the value as it is)."""
-    cls = type(value)
-    if cls is dt.datetime:
-        return "timestamp without time zone" if value.tzinfo is None else \
-            "timestamp with time zone"
-    if cls is dt.time:
-        return "time without time zone" if value.tzinfo is None else "time with time zone"
-    found = _RENDERED_AS.get(cls)
-    if found is None and isinstance(value, uuid.UUID):  # asyncpg's UUID is a subclass
-        return "uuid"
-    return found
-
-
-def _render_float(value: float) -> Any:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
-
-
-def _render_str(value: Any) -> Any:
-    return None if value is None else str(value)
-
-
-def _render_json(value: Any) -> Any:
-    return value  # decoded by the connection's json codec; numbers become doubles in Struct
-
-
-def _render_scalar(kind: str) -> Renderer:
-    if kind in ("int8", "uuid"):
-        return _render_str
-    if kind == "json":
-        return _render_json
-    return render_any
-
-
-def renderer_for(column: Column) -> Renderer:
-    scalar = _render_scalar(column.kind)
-    if not column.is_array:
-        return scalar
-
-    def render_array(value: Any) -> Any:
-        if value is None:
-            return None
-        return [render_array(v) if isinstance(v, list) else scalar(v) for v in value]
-    return render_array
-
-
-def write_value(slot: struct_pb2.Value, value: Any) -> None:
-    """Set ``slot`` to a rendered value: what ``Struct.update`` does for each of its values,
-    written straight into the Value a result row holds (no dict, no Struct to copy)."""
-    if value is None:
-        slot.null_value = struct_pb2.NULL_VALUE
-    elif value is True or value is False:
-        slot.bool_value = value
-    elif isinstance(value, str):
-        slot.string_value = value
-    elif isinstance(value, int | float):
-        slot.number_value = value
-    elif isinstance(value, dict):
-        slot.struct_value.update(value)
-        if not value:  # update() of nothing leaves the oneof unset, which reads as null
-            slot.struct_value.SetInParent()
-    elif isinstance(value, list | tuple):
-        slot.list_value.extend(value)
-        if not value:
-            slot.list_value.SetInParent()
-    else:
-        raise ValueError(f"cannot render a {type(value).__name__} into a Struct")
-
-
-def render_row(record: Any, renderers: list[tuple[str, Renderer]]) -> struct_pb2.Struct:
-    row = struct_pb2.Struct()
-    row.update({name: render(record[i]) for i, (name, render) in enumerate(renderers)})
-    return row
 
 
 class JsonText(str):

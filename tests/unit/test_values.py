@@ -24,8 +24,8 @@ from batchd.catalog import Column
 from batchd.errors import DependencyFailed, InvalidArgument
 from batchd.kinds import params
 from batchd.pgtypes import Interval
+from batchd.rendering import MAX_SAFE_INTEGER, render_any, render_row, renderer_for, write_value
 from batchd.values import (
-    MAX_SAFE_INTEGER,
     CoercionError,
     Ref,
     coerce,
@@ -33,11 +33,7 @@ from batchd.values import (
     from_proto,
     parse_ref,
     plain_json,
-    render_any,
-    render_row,
-    renderer_for,
     struct_from_proto,
-    write_value,
 )
 
 UTC = dt.UTC

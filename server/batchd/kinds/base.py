@@ -18,15 +18,9 @@ from batchd.catalog import Catalog, Column, Table, qualified
 from batchd.config import Settings
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results
+from batchd.rendering import Renderer, render_any, rendered_type, renderer_for, write_value
 from batchd.v1 import batch_pb2
-from batchd.values import (
-    Ref,
-    Renderer,
-    render_any,
-    rendered_type,
-    renderer_for,
-    write_value,
-)
+from batchd.values import Ref
 
 
 @dataclass(slots=True)

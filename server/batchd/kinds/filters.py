@@ -20,6 +20,7 @@ from google.protobuf import struct_pb2
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results, SqlParams, prepare
+from batchd.rendering import renderer_for
 from batchd.v1 import batch_pb2
 from batchd.values import (
     CoercionError,
@@ -28,7 +29,6 @@ from batchd.values import (
     coerce,
     dumps_json,
     from_proto,
-    renderer_for,
     struct_from_proto,
 )
 

@@ -37,12 +37,13 @@ from google.protobuf import struct_pb2
 
 from batchd.catalog import Column
 from batchd.errors import InvalidArgument
+from batchd.rendering import MAX_SAFE_INTEGER, render_any
 from batchd.stream import array_literal
 from batchd.stream.arrow import Rows
 from batchd.stream.arrow_types import Plan, plan
 from batchd.stream.columnar import PG_MAX_US, PG_MIN_US, UNIX_TO_PG_EPOCH_US, read_array
 from batchd.v1 import batch_pb2
-from batchd.values import MAX_SAFE_INTEGER, from_proto, plain_json, render_any
+from batchd.values import from_proto, plain_json
 
 __all__ = ["Fast", "columnar", "rows"]
 
