@@ -93,6 +93,12 @@ class Table:
     # The operation kinds allowed on it (batchd.kinds.registry.TABLE_KINDS, maybe narrowed).
     operations: frozenset[str] = frozenset()
     oid: int = 0  # pg_class's (batchd.grants asks PostgreSQL about it by oid)
+    # Nothing runs on a write but the write itself: an ordinary table without triggers of its
+    # own (foreign keys' are PostgreSQL's), row-level security or rules. Its inserts may share
+    # one statement with others' (batchd.batch.chain): nothing could observe that they did.
+    plain: bool = False
+    # Its foreign keys: the table each points at (oid), and its own columns that point.
+    foreign_keys: tuple[tuple[int, tuple[str, ...]], ...] = ()
     sql: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -173,7 +179,10 @@ SELECT oid, typname, typtype::text, typbasetype, typelem, typcategory::text, typ
 FROM pg_type
 """
 _TABLES_SQL = """
-SELECT c.oid, n.nspname AS schema, c.relname AS name
+SELECT c.oid, n.nspname AS schema, c.relname AS name,
+       c.relkind = 'r' AND NOT c.relrowsecurity AND NOT c.relhasrules
+         AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid
+                         AND NOT t.tgisinternal) AS plain
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1)
@@ -187,13 +196,15 @@ FROM pg_attribute a
 WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
-_PRIMARY_KEYS_SQL = """
-SELECT con.conrelid, array_agg(a.attname ORDER BY k.ord) AS columns
+_KEYS_SQL = """
+SELECT con.contype::text, con.conrelid, con.confrelid, array_agg(a.attname ORDER BY k.ord)
+       AS columns
 FROM pg_constraint con
 CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
-WHERE con.contype = 'p' AND con.conrelid = ANY($1::oid[])
-GROUP BY con.conrelid
+WHERE con.contype IN ('p', 'f') AND con.conrelid = ANY($1::oid[])
+GROUP BY con.oid
+ORDER BY con.conname
 """
 # Plain functions, with every argument (IN, OUT, INOUT, TABLE, VARIADIC) in order: types
 # (proallargtypes when there are OUT arguments, else proargtypes), modes (none: all IN) and
@@ -286,14 +297,22 @@ class Catalog:
                       if _exposed(f"{r['schema']}.{r['name']}", settings.expose)]
         oids = [r["oid"] for r in candidates]
         columns = await _columns_of(conn, oids, types)
-        keys = {r["conrelid"]: tuple(r["columns"]) for r in await conn.fetch(_PRIMARY_KEYS_SQL,
-                                                                              oids)}
+        keys: dict[int, tuple[str, ...]] = {}
+        foreign: dict[int, list[tuple[int, tuple[str, ...]]]] = {}
+        for r in await conn.fetch(_KEYS_SQL, oids):
+            if r["contype"] == "p":
+                keys[r["conrelid"]] = tuple(r["columns"])
+            else:
+                foreign.setdefault(r["conrelid"], []).append((r["confrelid"],
+                                                              tuple(r["columns"])))
         tables: dict[str, Table] = {}
         for r in candidates:
             qualified = f"{r['schema']}.{r['name']}"
             key = keys.get(r["oid"], ())
             table = _configure(Table(schema=r["schema"], name=r["name"],
                                      columns=columns[r["oid"]], primary_key=key, oid=r["oid"],
+                                     plain=r["plain"],
+                                     foreign_keys=tuple(foreign.get(r["oid"], ())),
                                      operations=frozenset(k for k, keyless in kinds.items()
                                                           if key or keyless)),
                                settings, kinds)
