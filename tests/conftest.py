@@ -29,7 +29,7 @@ from batchd.v1 import batch_pb2, batch_pb2_grpc
 
 HERE = Path(__file__).parent
 TEST_TABLES = ["order_items", "orders", "customers", "products", "all_types", "events",
-               '"Odd ""Name"""', "readonly_things", "no_key"]
+               '"Odd ""Name"""', "readonly_things", "no_key", "audited"]
 
 # The operation outcomes by short name (the proto's values carry the enum's prefix).
 SUCCEEDED = batch_pb2.OUTCOME_SUCCEEDED

@@ -86,3 +86,13 @@ CREATE FUNCTION fn_variadic(VARIADIC xs integer[]) RETURNS integer
     LANGUAGE sql AS 'SELECT cardinality(xs)';
 CREATE FUNCTION fn_polymorphic(x anyelement) RETURNS text LANGUAGE sql AS 'SELECT x::text';
 CREATE FUNCTION fn_records() RETURNS SETOF record LANGUAGE sql AS 'SELECT 1, 2';
+-- A table with a trigger of its own, which reads another table (tests/test_chains.py): an
+-- insert into it must see what the batch's earlier operations wrote.
+CREATE TABLE audited (id bigint PRIMARY KEY, customers_seen bigint);
+CREATE FUNCTION count_customers() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.customers_seen := (SELECT count(*) FROM customers);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER audited_counts BEFORE INSERT ON audited
+    FOR EACH ROW EXECUTE FUNCTION count_customers();

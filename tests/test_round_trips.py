@@ -2,8 +2,9 @@
 and that the session a call leaves behind is reset all the same.
 
 An atomic batch is one round trip to begin (BEGIN with its SET LOCAL limits), one per
-statement (coalesced inserts share one), and one to commit, whose message also carries the
-pool's reset: giving the connection back costs none. The pool holds one connection here, so
+statement (coalesced inserts share one; inserts that refer to each other are chained into one,
+batchd.batch.chain), and one to commit, whose message also carries the pool's reset: giving the
+connection back costs none. The pool holds one connection here, so
 every call finds the statements it prepared before.
 """
 
@@ -54,8 +55,8 @@ async def counted(schema: str,
 
 
 def order(tag: str, **fields: object) -> batch_pb2.BatchExecuteRequest:
-    """A customer, an order for it, two items and a read of the order: 4 statements (the
-    items share one)."""
+    """A customer, an order for it, two items and a read of the order: 2 statements (the
+    inserts are one chain, the read another)."""
     return batch([
         {"id": "c", "insert": {"table": "customers",
                                "rows": [{"name": tag, "email": f"{tag}@example.com"}]}},
@@ -81,9 +82,34 @@ async def test_atomic_batch_is_begin_one_round_trip_per_statement_and_commit(cou
     proxy, stub = counted
     await stub.BatchExecute(order("warm"))  # prepares the statements on the one connection
     cost = await spent(proxy, stub, order("counted"))
-    assert cost.round_trips == 1 + 4 + 1
+    assert cost.round_trips == 1 + 2 + 1
     assert cost.messages["Q"] == 2  # BEGIN and its limits; COMMIT and the pool's reset
-    assert cost.messages["S"] == 4 and cost.messages["P"] == 0  # statements prepared before
+    assert cost.messages["S"] == 2 and cost.messages["P"] == 0  # statements prepared before
+
+
+async def test_a_chain_of_inserts_is_one_round_trip_however_long(counted):
+    """Customers, each with an order and items referring to it: 3 to 30 operations, one
+    statement, BEGIN and COMMIT around it."""
+    proxy, stub = counted
+
+    def orders(tag: str, n: int) -> batch_pb2.BatchExecuteRequest:
+        ops: list[dict] = []
+        for k in range(n):
+            ops += [
+                {"id": f"c{k}", "insert": {"table": "customers", "rows": [
+                    {"name": tag, "email": f"{tag}{k}@example.com"}]}},
+                {"id": f"o{k}", "insert": {"table": "orders", "rows": [
+                    {"customer_id": {"$ref": f"c{k}.id"}, "total": "5.00"}]}},
+                {"id": f"i{k}", "insert": {"table": "order_items", "rows": [
+                    {"order_id": {"$ref": f"o{k}.id"}, "product_id": 1, "quantity": 1,
+                     "unit_price": "2"}]}},
+            ]
+        return batch(ops)
+
+    for n in (1, 10):
+        await stub.BatchExecute(orders(f"warm{n}", n))
+        cost = await spent(proxy, stub, orders(f"counted{n}", n))
+        assert (n, cost.round_trips, cost.messages["S"]) == (n, 3, 1), cost
 
 
 async def test_one_operation_batch_is_three_round_trips_in_either_mode(counted):
@@ -138,7 +164,7 @@ async def test_a_failed_commit_leaves_the_reset_to_the_pool(counted, db):
     assert failure.error_info.get("operation_id") is None  # the COMMIT failed, no operation
     # BEGIN, the handler's two statements (the one without parameters a simple query), the
     # two inserts as one, COMMIT, and the reset on release.
-    assert (cost.round_trips, cost.messages["Q"]) == (1 + 2 + 1 + 1 + 1, 4)
+    assert (cost.round_trips, cost.messages["Q"]) == (1 + 2 + 1 + 1 + 1, 4), cost
     assert int(await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                                  "AND objid = $1", key)) == 0
     assert await db.fetchval("SELECT count(*) FROM checked_at_commit") == 0
@@ -176,7 +202,7 @@ async def test_a_batch_with_a_request_id_adds_one_round_trip_to_claim_and_one_to
     for _ in range(2):  # run, then replayed: every statement prepared
         await stub.BatchExecute(order("warm", request_id="warm-1"))
     cost = await spent(proxy, stub, order("claimed", request_id="claimed-1"))
-    assert (cost.round_trips, cost.messages["Q"]) == (1 + 1 + 4 + 1 + 1, 2)
+    assert (cost.round_trips, cost.messages["Q"]) == (1 + 1 + 2 + 1 + 1, 2)
     before = proxy.snapshot()
     replayed = await stub.BatchExecute(order("claimed", request_id="claimed-1"))
     assert replayed.replayed

@@ -311,6 +311,21 @@ class _Drawing:
         rows = [{c: self.value(table, c) for c in names} for _ in range(draw(st.integers(1, 3)))]
         return Insert(table, rows, on_conflict, returning)
 
+    def chained(self) -> Insert:
+        """An insert a chain can hold (batchd.batch.chain): plain, one row, a parent; or a
+        child whose parent is the row an earlier one-row parent insert returned."""
+        draw = self.draw
+        parents = [op.id for op in self.ops if isinstance(op.kind, Insert)
+                   and op.kind.table == "parent" and len(op.kind.rows) == 1
+                   and op.kind.on_conflict is None
+                   and op.kind.returning in ([], ["*"], ["id", "code"])]
+        if parents and not one_in(draw, 3):
+            row = {"parent_id": Ref(pick(draw, parents), "id"),
+                   "label": draw(FRESH[("child", "label")])}
+            return Insert("child", [row], None, self.columns("child"))
+        row = {"code": draw(FRESH[("parent", "code")]), "qty": draw(FRESH[("parent", "qty")])}
+        return Insert("parent", [row], None, pick(draw, [[], ["*"], ["id", "code"]]))
+
     def on_conflict(self, table: str, names: list[str]) -> OnConflict | None:
         draw = self.draw
         action = pick(draw, [None, None, "ERROR", "NOTHING", "NOTHING", "UPDATE",
@@ -370,6 +385,8 @@ class _Drawing:
         last = self.ops[-1].kind if self.ops else None
         if isinstance(last, Insert) and one_in(draw, 3):  # a run of inserts of one shape
             kind: Kind = self.insert(last.table, like=last)
+        elif one_in(draw, 3):  # inserts that refer to each other, as a chain holds them
+            kind = self.chained()
         else:
             table = pick(draw, ["parent", "parent", "child", "child", "doc", "link"])
             make = pick(draw, [self.insert, self.insert, self.insert, self.get,

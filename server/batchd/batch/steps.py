@@ -1,6 +1,7 @@
 """Running planned steps on a connection, inside the transaction (or savepoint) the caller
 holds: one step, or several in request order, consecutive ones coalesced where one statement
-can run them (batchd.batch.coalesce). A failure raises ``StepFailed`` naming its step. Both
+can run them (batchd.batch.coalesce), and consecutive inserts that refer to each other chained
+into one statement (batchd.batch.chain). A failure raises ``StepFailed`` naming its step. Both
 modes use it: an atomic batch runs all its steps so, an INDEPENDENT batch each unit's
 (batchd.batch.independent).
 """
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from batchd.batch import coalesce
+from batchd.batch import chain, coalesce
 from batchd.batch.plan import Step
 from batchd.config import Settings
 from batchd.errors import BatchdError, DatabaseError, translate
@@ -40,9 +41,14 @@ class StepRunner:
                            request_id: str, *, protect: bool = True) -> None:
         """Every step in order, each output into ``outputs`` as it completes; runs that can
         share a statement (batchd.batch.coalesce) as one, under a savepoint if ``protect``
-        (else a failure of such a run raises ``coalesce.RunAgainApart``)."""
-        for group in coalesce.runs(steps):
-            if len(group) == 1:
+        (else a failure of such a run raises ``coalesce.RunAgainApart``). Without ``protect``,
+        inserts that refer to each other are chained into one statement too
+        (batchd.batch.chain); with it (a batch run again to name what failed), they are not."""
+        groups = coalesce.runs(steps)
+        for group in groups if protect else chain.runs(groups):
+            if isinstance(group, chain.Chain):
+                await self._run_chain(group, conn, results, outputs, request_id)
+            elif len(group) == 1:
                 outputs[group[0].id] = await self.run_step(group[0], conn, results, request_id)
             else:
                 ctx = RunContext(conn, group[0].id, results, self.plan_ctx.catalog,
@@ -51,6 +57,20 @@ class StepRunner:
                     group, ctx, outputs,
                     lambda step: self.run_step(step, conn, results, request_id),
                     protect=protect)
+
+    async def _run_chain(self, run: chain.Chain, conn: asyncpg.Connection, results: Results,
+                         outputs: dict[str, Output], request_id: str) -> None:
+        try:
+            found = await chain.run(run, conn, results)
+        except Exception as exc:
+            if _names_an_operation(exc):
+                raise coalesce.RunAgainApart from exc
+            first = run.parts[0].steps[0]
+            raise StepFailed(first, translate(exc, request_id).for_operation(first.id)) from exc
+        for step in run.steps:
+            output = found[step.id]
+            results.record(step.id, output.rows)
+            outputs[step.id] = output
 
     async def run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
                        request_id: str) -> Output:
@@ -69,6 +89,23 @@ class StepRunner:
         up to ``atomic_retries`` more times."""
         return (isinstance(error, DatabaseError) and error.retryable_whole
                 and attempt <= self.settings.atomic_retries)
+
+
+# SQLSTATE classes of errors that are not about what a statement holds: a transaction
+# rollback (serialization failure, deadlock), operator intervention (a timeout, a shutdown),
+# insufficient resources, a lost connection, system errors.
+_NOT_AN_OPERATIONS = ("40", "57", "53", "08", "58", "XX")
+
+
+def _names_an_operation(exc: BaseException) -> bool:
+    """Whether a failed chain must run again apart to learn which operation ``exc`` is
+    about: a value or constraint, a privilege, a reference; not a failure of the transaction
+    or the server."""
+    if isinstance(exc, BatchdError | asyncpg.exceptions.DataError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "XX")[:2] not in _NOT_AN_OPERATIONS
+    return False
 
 
 def retry_delay(attempt: int) -> float:

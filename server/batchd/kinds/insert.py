@@ -235,7 +235,8 @@ class InsertKind(Kind):
         else:
             records = []
             for part in _statement_parts(spec, rows):
-                records.extend(await conn.fetch(shape.unnest_sql, *_arrays(shape.columns, part)))
+                records.extend(await conn.fetch(shape.unnest_sql,
+                                                *column_values(shape.columns, part)))
             affected = len(records)
         return Output(records, shape.rendering, rows_affected=affected)
 
@@ -259,7 +260,7 @@ class InsertKind(Kind):
         casts = ", ".join(f"${i + 1}::{c.cast_sql}[]" for i, c in enumerate(spec.columns))
         sql = (f"INSERT INTO {spec.table.sql} ({select_list(spec.columns)}) "
                f"SELECT * FROM unnest({casts}){spec.conflict_sql}")
-        return sum([_count(await conn.execute(sql, *_arrays(spec.columns, part)))
+        return sum([_count(await conn.execute(sql, *column_values(spec.columns, part)))
                     for part in _statement_parts(spec, rows)])
 
     # --- coalescing (the Kind hook) --------------------------------------------------------
@@ -290,7 +291,7 @@ def _statement_parts(spec: InsertSpec, rows: list[list[Any]]) -> list[list[list[
     return [rows[i:i + ROWS_PER_STATEMENT] for i in range(0, len(rows), ROWS_PER_STATEMENT)]
 
 
-def _arrays(columns: list[Column], rows: list[list[Any]]) -> list[list[Any]]:
+def column_values(columns: list[Column], rows: list[list[Any]]) -> list[list[Any]]:
     """The rows as one array per column, the parameters of ``unnest``. A json document goes
     as its text: asyncpg would take a document that is a list for a dimension of the array."""
     arrays = [list(values) for values in zip(*rows, strict=True)]
@@ -310,7 +311,7 @@ async def _insert_together(conn: asyncpg.Connection, shape: _Shape,
     """One INSERT for the rows of several coalescible inserts; the RETURNING rows, split back
     per insert. The source is ordered by its ordinality, so rows come back in input order."""
     flat = [row for part in rows for row in part]
-    records = await conn.fetch(shape.together_sql, *_arrays(shape.columns, flat))
+    records = await conn.fetch(shape.together_sql, *column_values(shape.columns, flat))
     if len(records) != len(flat):
         raise RuntimeError(f"coalesced insert returned {len(records)} rows for {len(flat)}")
     out, start = [], 0
