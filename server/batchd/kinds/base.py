@@ -18,7 +18,8 @@ from batchd.catalog import Catalog, Column, Table, qualified
 from batchd.config import Settings
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results
-from batchd.rendering import Renderer, render_any, rendered_type, renderer_for, write_value
+from batchd.pgtext import render_any
+from batchd.rendering import Renderer, rendered_type, renderer_for, write_value
 from batchd.v1 import batch_pb2
 from batchd.values import Ref
 
