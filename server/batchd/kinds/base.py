@@ -144,7 +144,7 @@ class Kind:
     """
 
     name: str = ""
-    access: str = "admin"  # the scope verb it needs (batchd.auth): read, write or call
+    access: str = "admin"  # the scope verb it needs (batchd.principals): read, write or call
     on_table: bool = True  # addressed at a catalog table (field "table"); else a call
     keyless: bool = False  # allowed on a table without a primary key
 

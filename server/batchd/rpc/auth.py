@@ -1,4 +1,4 @@
-"""Who is calling, and what they may do: bearer tokens, client certificates, scopes.
+"""Authentication at the edge: who is calling, from bearer tokens and client certificates.
 
 Authentication is **off** when no ``tokens`` and no ``tls_client_ca_file`` are configured (the
 zero-config demo stays open); everything below applies only when it is on.
@@ -9,63 +9,41 @@ Authentication (``AuthInterceptor``, for unary and streaming RPCs alike):
   time (``hmac.compare_digest``), with every configured ``tokens[].sha256``; plaintext tokens
   are never configured or stored. A presented token is always checked: a bad one is refused
   even when the connection also carries a client certificate.
-- Without a token, on an mTLS connection, the client certificate's subject CN is the principal
-  (the TLS layer has already verified the certificate against ``tls_client_ca_file``); its
-  scopes are ``client_cert_scopes[CN]`` (none if the CN is not listed).
+- Without a token, on an mTLS connection (batchd.rpc.tls), the client certificate's subject CN
+  is the principal (the TLS layer has already verified the certificate against
+  ``tls_client_ca_file``); its scopes are ``client_cert_scopes[CN]`` (none if the CN is not
+  listed).
 - Otherwise the RPC fails with UNAUTHENTICATED: missing, malformed or unknown token (a
   refused request stream is read until the client stops writing: ``let_the_client_finish``).
 - ``grpc.health.v1.Health/*`` is always open; server reflection is open while
   ``reflection_public`` is true (it shows the published .proto, nothing of the database).
 
-Authorization (scopes), per operation, before anything runs:
-
-    admin | *                     everything
-    read:<schema.table pattern>   get, query
-    write:<schema.table pattern>  insert, update, delete; BatchStream ingest into the table
-    call:<handler pattern>        call operations of custom handlers with a matching name
-    call:<schema.function pattern>  call operations of exposed SQL functions
-
-Patterns are ``fnmatch`` patterns, case-sensitive like PostgreSQL identifiers, on the
-qualified table name (``read:public.*``, ``write:public.orders``, ``read:*``), the handler
-name (``call:reserve_*``) or the qualified function name (``call:api.*``). A handler's name
-has no dot and a function's always has one (it is qualified before matching), so
-``call:api.*`` covers no handler; ``call:*`` covers both. ``write`` does not imply ``read``. A
-``call`` runs whatever SQL its handler or function runs: granting ``call:X`` trusts X. The
-check uses the table or function name as written in the request, qualified with
-``default_schema``, so an operation outside the caller's scopes is PERMISSION_DENIED whether or
-not the table or function exists (scopes never reveal the catalog).
-``plan_batch`` records the denial on the operation's step: an ATOMIC batch is refused before
-anything runs, an INDEPENDENT one fails just that operation. GetSchema lists only the tables,
-operation kinds, handlers and functions the caller's scopes cover.
+What a principal may do (scopes) is the domain's: batchd.principals.
 
 The principal reaches the servicer through ``current_principal``, set by the interceptor
 *inside* the wrapped method handler, i.e. in the RPC's own execution (grpc.aio documents that
 interceptors and handlers share a per-RPC context, but the client certificate is only visible
-through the handler's ``context.auth_context()`` anyway). Code that runs outside an RPC sees
-None, which means "authentication is off".
+through the handler's ``context.auth_context()`` anyway). The servicer hands it on to the
+planner and the stream session as a plain value; code that runs outside an RPC sees None,
+which means "authentication is off".
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import hashlib
 import hmac
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
-from batchd.catalog import qualified
 from batchd.config import Settings
-from batchd.errors import BatchdError, PermissionDenied, Unauthenticated, to_rpc_status
-from batchd.kinds.base import Kind
-from batchd.kinds.registry import access_of
+from batchd.errors import BatchdError, Unauthenticated, to_rpc_status
+from batchd.principals import Principal, hash_token
 
 log = logging.getLogger(__name__)
 
@@ -74,68 +52,6 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."  # v1alpha and v1
 current_principal: ContextVar[Principal | None] = ContextVar("batchd_principal", default=None)
 
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller: a token's ``principal`` or a client certificate's CN."""
-
-    name: str
-    scopes: tuple[str, ...]
-    via: str  # "token" or "certificate"
-    role: str | None = None  # the database role its work runs as (None: batchd's own)
-
-    def allows(self, access: str, target: str) -> bool:
-        """Whether a scope grants ``access`` ("read", "write", "call") on ``target``
-        ("schema.table", a handler name, or "schema.function"). ``admin`` and ``*`` grant
-        everything."""
-        for scope in self.scopes:
-            if scope in ("admin", "*"):
-                return True
-            verb, _, pattern = scope.partition(":")
-            if verb == access and fnmatch.fnmatchcase(target, pattern):
-                return True
-        return False
-
-    def may(self, kind: str, target: str) -> bool:
-        """Whether operation ``kind`` (insert, get, ...) is allowed on ``target``; kinds this
-        module does not know need ``admin``."""
-        return self.allows(access_of(kind), target)
-
-
-def hash_token(token: str) -> str:
-    """What ``tokens[].sha256`` holds: the hex SHA-256 of the token's UTF-8 bytes."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-# --- authorization ---------------------------------------------------------------------------
-
-def authorize_operation(principal: Principal, kind: Kind, message: Any,
-                        default_schema: str) -> PermissionDenied | None:
-    """The denial of one operation (``message``, of ``kind``), or None if the principal's
-    scopes cover it."""
-    target, what = kind.scope_target(message, default_schema)
-    if principal.allows(kind.access, target):
-        return None
-    needed = f"{kind.access}:{target}" if kind.access != "admin" else "admin"
-    return PermissionDenied(f'principal "{principal.name}" may not {kind.name} on {what} '
-                            f"(needs scope {needed})",
-                            metadata={"principal": principal.name, "scope": needed})
-
-
-def authorize_ingest(principal: Principal, table: str,
-                     default_schema: str) -> PermissionDenied | None:
-    """BatchStream: an ingest stream needs ``write`` on its table, checked on the header
-    before anything else of it (an operations feed is checked per operation by
-    ``plan_batch``). The denial, or None."""
-    target = qualified(table, default_schema)
-    if principal.allows("write", target):
-        return None
-    return PermissionDenied(f'principal "{principal.name}" may not ingest into table '
-                            f'"{target}" (needs scope write:{target})',
-                            metadata={"principal": principal.name, "scope": f"write:{target}"})
-
-
-# --- authentication --------------------------------------------------------------------------
 
 class Authenticator:
     """Credentials → ``Principal``, or ``Unauthenticated`` saying what was wrong."""
@@ -283,17 +199,3 @@ def _wrap(handler: grpc.RpcMethodHandler,
         wrapped = respond
     return make(wrapped, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-
-
-# --- TLS -------------------------------------------------------------------------------------
-
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS credentials from the PEM files, or None for plaintext. With ``tls_client_ca_file``
-    the server requires a client certificate signed by that CA (mTLS)."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    client_ca = (settings.tls_client_ca_file.read_bytes()
-                 if settings.tls_client_ca_file is not None else None)
-    return grpc.ssl_server_credentials(
-        ((settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes()),),
-        root_certificates=client_ca, require_client_auth=client_ca is not None)

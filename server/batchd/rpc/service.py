@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_status import rpc_status
 
-from batchd.auth import Principal, current_principal, let_the_client_finish
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
 from batchd.catalog import Catalog
@@ -21,8 +20,10 @@ from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import registered
 from batchd.metrics import Metrics
+from batchd.principals import Principal
 from batchd.rpc import decode
 from batchd.rpc.admission import Admission
+from batchd.rpc.auth import current_principal, let_the_client_finish
 from batchd.rpc.observe import Observer
 from batchd.stream.session import StreamServices, StreamSession
 from batchd.v1 import batch_pb2, batch_pb2_grpc
@@ -111,7 +112,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
             except Exception as exc:
                 error = seen.failed(translate(exc, request_id))
         # A client may still be writing (chunks sent ahead): read what it sends first, or a
-        # grpc.aio client may see INTERNAL instead of this status (auth.let_the_client_finish).
+        # grpc.aio client may see INTERNAL instead of this status (rpc.auth.let_the_client_finish).
         await let_the_client_finish(request_iterator)
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
 

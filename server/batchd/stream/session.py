@@ -27,7 +27,6 @@ from typing import Any
 
 import asyncpg
 
-from batchd.auth import Principal, authorize_ingest
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
 from batchd.config import Settings
@@ -41,6 +40,7 @@ from batchd.errors import (
     to_rpc_status,
 )
 from batchd.kinds.base import PlanContext
+from batchd.principals import Principal, authorize_ingest
 from batchd.rpc.admission import Admission
 from batchd.stream import access, ledger
 from batchd.stream.copy import Target, known_at_header, resolve_target
