@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -44,6 +44,7 @@ from grpc_status import rpc_status
 from batchd.config import Settings
 from batchd.errors import BatchdError, Unauthenticated, to_rpc_status
 from batchd.principals import Principal, hash_token
+from batchd.rpc import shapes
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,6 @@ class Authenticator:
         return found
 
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates every RPC but health (and reflection, if public) before its handler
     runs, and sets ``current_principal`` for the handler. Only installed when
@@ -114,12 +112,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or method.startswith(HEALTH_PREFIX) or (
                 self.reflection_public and method.startswith(REFLECTION_PREFIX)):
             return handler
-        return _wrap(handler, self._admit)
+        return shapes.wrap(handler, self._admitted)
 
-    async def _admit(self, context: grpc.aio.ServicerContext,
-                     requests: AsyncIterator[Any] | None) -> None:
-        """Authenticate the call and publish its principal, or end the RPC. ``requests``: a
-        request stream's messages (None for a unary request, which grpc has read already)."""
+    @asynccontextmanager
+    async def _admitted(self, context: grpc.aio.ServicerContext,
+                        requests: AsyncIterator[Any] | None) -> AsyncIterator[None]:
+        """Around one call: authenticate it and publish its principal before its behaviour
+        runs, or end the RPC. ``requests``: a request stream's messages (None for a unary
+        request, which grpc has read already).
+
+        ``current_principal`` is set, never reset: the RPC's context ends with the RPC, and an
+        async generator may be finalized from another context, where a reset would fail."""
         try:
             principal = self.authenticator.authenticate(context.invocation_metadata() or (),
                                                         context.auth_context() or {})
@@ -130,6 +133,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort_with_status(rpc_status.to_status(to_rpc_status(err)))
             raise AssertionError("abort_with_status returned") from None  # pragma: no cover
         current_principal.set(principal)
+        yield
 
 
 # How long a refused request stream is read, and for how long at most. See
@@ -163,39 +167,3 @@ async def let_the_client_finish(requests: AsyncIterator[Any]) -> None:
             return
         except Exception:  # a message that does not decode: nothing more to wait for
             return
-
-
-def _wrap(handler: grpc.RpcMethodHandler,
-          admit: Callable[[grpc.aio.ServicerContext, AsyncIterator[Any] | None],
-                          Awaitable[None]]) -> grpc.RpcMethodHandler:
-    """The same handler, authenticating first; for all four RPC shapes, and for streaming
-    responses both as async generators and as coroutines writing to the context.
-
-    ``current_principal`` is set, never reset: the RPC's context ends with the RPC, and an
-    async generator may be finalized from another context, where a reset would fail."""
-    if handler.request_streaming and handler.response_streaming:
-        behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    streamed = bool(handler.request_streaming)
-
-    if inspect.isasyncgenfunction(behavior):
-        async def stream_responses(request: Any, context: grpc.aio.ServicerContext,
-                                   ) -> AsyncIterator[Any]:
-            await admit(context, request if streamed else None)
-            async for response in behavior(request, context):
-                yield response
-
-        wrapped: Behavior = stream_responses
-    else:
-        async def respond(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await admit(context, request if streamed else None)
-            return await behavior(request, context)
-
-        wrapped = respond
-    return make(wrapped, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
