@@ -65,32 +65,33 @@ GRPC_PACKAGES = ("grpc", "grpc_status", "grpc_health", "grpc_reflection")
 GENERATED = "batchd.v1"  # made by scripts/generate, not read here
 
 
-def _package_dir() -> Path:
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _package_dirs() -> list[Path]:
+    """Where the package's modules lie (more than one folder if it is ever split into
+    distributions sharing the ``batchd`` name)."""
     spec = importlib.util.find_spec("batchd")
     assert spec is not None and spec.submodule_search_locations
-    return Path(next(iter(spec.submodule_search_locations)))
+    return [Path(location) for location in spec.submodule_search_locations]
 
 
 def _modules() -> dict[str, Path]:
     """Every module of the package by its dotted name (a package by its ``__init__``)."""
-    root = _package_dir()
     found = {}
-    for path in sorted(root.rglob("*.py")):
-        parts = ("batchd", *path.relative_to(root).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        name = ".".join(parts)
-        if name == GENERATED or name.startswith(GENERATED + "."):
-            continue
-        found[name] = path
+    for root in _package_dirs():
+        for path in sorted(root.rglob("*.py")):
+            parts = ("batchd", *path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            name = ".".join(parts)
+            if not _within(name, GENERATED):
+                found[name] = path
     return found
 
 
 MODULES = _modules()
-
-
-def _within(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
 
 
 def _layer_of(name: str) -> int | None:
@@ -141,6 +142,7 @@ def _arrows() -> Iterator[tuple[str, str, int]]:
 
 
 def test_every_module_has_a_layer() -> None:
+    assert {"batchd.app", "batchd.rpc.service", "batchd.db.pool"} <= MODULES.keys()  # found
     homeless = sorted(name for name in MODULES if _layer_of(name) is None)
     assert not homeless, f"modules in no layer (add them to LAYERS): {homeless}"
 
