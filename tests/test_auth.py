@@ -33,8 +33,8 @@ from pydantic import ValidationError
 
 from batchd import cli
 from batchd.app import App
-from batchd.auth import Principal, hash_token
 from batchd.config import Settings
+from batchd.principals import Principal, hash_token
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import (
     FAILED,

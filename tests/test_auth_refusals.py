@@ -1,7 +1,7 @@
 """Every client of a call refused on its metadata sees UNAUTHENTICATED, whatever the RPC's
 shape: grpc.aio (Python) clients that were still writing a request stream when the refusal
 came once saw INTERNAL "Internal error from Core" instead, for about half of such calls
-(grpc/grpc#36066; ``batchd.auth.let_the_client_finish`` says why, and what the server does).
+(grpc/grpc#36066; ``batchd.rpc.auth.let_the_client_finish`` says why, and what the server does).
 
 Each test makes 200 refused calls on one channel, a bad token and no token alternating; one
 after the other where the race is (calls made together leave the server slower to answer, and
@@ -18,8 +18,9 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from batchd.app import App
-from batchd.auth import REFUSED_MOST_SECONDS, hash_token
 from batchd.config import TokenSettings
+from batchd.principals import hash_token
+from batchd.rpc.auth import REFUSED_MOST_SECONDS
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import make_settings
 

@@ -19,9 +19,9 @@ import grpc
 import pytest
 
 from batchd.app import App
-from batchd.auth import hash_token
 from batchd.client import AsyncClient, Batch
 from batchd.config import TokenSettings
+from batchd.principals import hash_token
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import (
     FAILED,

@@ -20,10 +20,10 @@ import grpc
 import pytest
 
 from batchd.app import App
-from batchd.auth import hash_token
 from batchd.batch.idempotency import fingerprint
 from batchd.config import TokenSettings
 from batchd.errors import BatchdError, InvalidArgument, from_rpc_status, to_rpc_status
+from batchd.principals import hash_token
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import (
     FAILED,

@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batchd import logs
 from batchd.app import App
-from batchd.auth import hash_token
 from batchd.config import Settings, TokenSettings
+from batchd.principals import hash_token
 from batchd.startup import StartupError
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import batch, fails, make_settings

@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from batchd.app import App
-from batchd.auth import hash_token
 from batchd.config import TokenSettings
+from batchd.principals import hash_token
 from batchd.startup import StartupError
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import batch, make_settings, rows

@@ -21,7 +21,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from batchd import startup
-from batchd.auth import AuthInterceptor, server_credentials
 from batchd.batch.executor import Executor
 from batchd.batch.idempotency import Cleanup, ensure_schema
 from batchd.catalog import Catalog
@@ -35,10 +34,12 @@ from batchd.metrics import Metrics
 from batchd.reload import CatalogReload, install_trigger
 from batchd.rpc import decode, reflection, tracing
 from batchd.rpc.admission import Admission
+from batchd.rpc.auth import AuthInterceptor
 from batchd.rpc.health import DatabaseWatch, HealthServicer
 from batchd.rpc.interceptors import MetricsInterceptor
 from batchd.rpc.observe import Observer
 from batchd.rpc.service import BatchService
+from batchd.rpc.tls import server_credentials
 from batchd.stream.ledger import ensure_internal_schema
 from batchd.stream.session import StreamServices
 from batchd.v1 import batch_pb2

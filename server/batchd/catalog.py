@@ -30,17 +30,13 @@ import asyncpg
 
 from batchd.config import Settings
 from batchd.errors import InvalidArgument
+from batchd.pgtext import quote_ident
 
 log = logging.getLogger(__name__)
 
 MAX_IDENTIFIER_BYTES = 63
 INTERNAL_SCHEMA = "batchd"  # where batchd keeps its own tables; never exposed
 _T = TypeVar("_T")
-
-
-def quote_ident(name: str) -> str:
-    """Quote a catalog name for SQL (only ever called on names read from the catalog)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def qualified(name: str, default_schema: str) -> str:

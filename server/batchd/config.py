@@ -49,7 +49,7 @@ _SCOPE = re.compile(r"admin|\*|(read|write):(\*|[^.]+\..+)|call:.+")
 
 
 def check_scope(scope: str) -> str:
-    """Return ``scope`` if it follows the grammar (see batchd.auth), else raise ValueError."""
+    """Return ``scope`` if it follows the grammar (see batchd.principals), else raise ValueError."""
     if not _SCOPE.fullmatch(scope):
         raise ValueError(f"bad scope {scope!r}: expected admin, *, read:SCHEMA.TABLE, "
                          "write:SCHEMA.TABLE (fnmatch patterns, e.g. read:public.*), "
@@ -190,7 +190,8 @@ class Settings(BaseSettings):
     # deployment files under deploy/ set it.
     drain_delay_seconds: float = Field(0.0, ge=0)
 
-    # --- security (batchd.auth). No tokens and no client CA: authentication is off.
+    # --- security (batchd.rpc.auth, batchd.principals). No tokens and no client CA:
+    # authentication is off.
     tokens: list[TokenSettings] = Field(default_factory=list)
     # Reflection without credentials (it shows the published .proto, nothing of the database).
     reflection_public: bool = True

@@ -3,16 +3,15 @@ the column's real type (batchd.values has the other direction).
 
 asyncpg gives Python values; a google.protobuf.Value holds doubles. So exact types travel as
 strings (``renderer_for``: a bigint, a numeric, a uuid), ±infinity and NaN as their names, and
-a custom handler's values of unknown column type by their Python class (``render_any``, and
-``rendered_type``: the type a client decodes them by). The table of returned forms is in
-batch.proto, in the comment of ResultColumn.
+a custom handler's values of unknown column type by their Python class (``render_any``, which
+batchd.pgtext holds for the pool's json codec too, and ``rendered_type``: the type a client
+decodes them by). The table of returned forms is in batch.proto, in the comment of
+ResultColumn.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import math
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -21,38 +20,10 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from batchd.catalog import Column
+from batchd.pgtext import render_any
 from batchd.pgtypes import Interval
 
-MAX_SAFE_INTEGER = 2**53 - 1  # beyond it, a double may already be a rounded neighbour
-
 Renderer = Callable[[Any], Any]
-
-
-def render_any(value: Any) -> Any:
-    """Render a value of unknown column type (custom handler results) as JSON-ready Python."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return value if abs(value) <= MAX_SAFE_INTEGER else str(value)
-    if isinstance(value, float):
-        return _render_float(value)
-    if isinstance(value, Decimal):
-        return format(value, "f")  # never exponent notation: 0.00000010, not 1.0E-7
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(dt.UTC).isoformat()
-    if isinstance(value, dt.datetime | dt.date | dt.time | Interval):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return Interval(0, value.days, value.seconds * 1_000_000 + value.microseconds).isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, dict):
-        return {str(k): render_any(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [render_any(v) for v in value]
-    return str(value)
 
 
 # The PostgreSQL type whose encoding ``render_any`` gives a Python value of this class: what
@@ -78,14 +49,6 @@ def rendered_type(value: Any) -> str | None:
     if found is None and isinstance(value, uuid.UUID):  # asyncpg's UUID is a subclass
         return "uuid"
     return found
-
-
-def _render_float(value: float) -> Any:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
 
 
 def _render_str(value: Any) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import json
 import math
 import re
 import uuid
@@ -27,8 +26,8 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from batchd.catalog import Column
+from batchd.pgtext import MAX_SAFE_INTEGER, JsonText, dumps_json
 from batchd.pgtypes import INFINITIES, Interval, parse_interval
-from batchd.rendering import MAX_SAFE_INTEGER, render_any
 
 _INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
 _INT_RE = re.compile(r"[+-]?[0-9]{1,19}")
@@ -377,14 +376,3 @@ def _coerce_array(values: list[Any], scalar: Callable[[Any], Any]) -> list[Any]:
     return [None if v is None else _coerce_array(v, scalar) if isinstance(v, list) else scalar(v)
             for v in values]
 
-
-class JsonText(str):
-    """A JSON document already as text (checked): written to a json/jsonb column as it is, so
-    that numbers beyond a double's precision keep every digit."""
-
-
-def dumps_json(value: Any) -> str:
-    """Encoder of the connections' json/jsonb codec."""
-    if isinstance(value, JsonText):
-        return str(value)
-    return json.dumps(value, default=render_any, ensure_ascii=False, separators=(",", ":"))

@@ -12,7 +12,7 @@ import asyncpg
 import grpc
 import pytest
 
-from batchd.auth import hash_token
+from batchd.principals import hash_token
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import batch, rows
 from tests.fleet.conftest import GRACE_SECONDS, REPLICA_ENV

@@ -15,9 +15,9 @@ import asyncpg
 import grpc
 
 from batchd.app import App
-from batchd.auth import hash_token
 from batchd.batch.idempotency import SCHEMA_SQL as REQUESTS_SQL
 from batchd.config import TokenSettings
+from batchd.principals import hash_token
 from batchd.stream.ledger import INTERNAL_SCHEMA_SQL
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import make_settings

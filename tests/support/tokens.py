@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from batchd.auth import hash_token
 from batchd.config import TokenSettings
+from batchd.principals import hash_token
 
 READER, CLERK, CALLER, ADMIN = "reader-secret", "clerk-secret", "caller-secret", "admin-secret"
 TOKENS = [

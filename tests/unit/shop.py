@@ -20,12 +20,13 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from batchd.auth import Principal
 from batchd.batch.plan import BatchPlan, Step, plan_batch
-from batchd.catalog import Catalog, Column, Table, quote_ident
+from batchd.catalog import Catalog, Column, Table
 from batchd.config import Settings
 from batchd.kinds.base import PlanContext
 from batchd.kinds.registry import TABLE_KINDS
+from batchd.pgtext import quote_ident
+from batchd.principals import Principal
 from batchd.v1 import batch_pb2
 from tests import handlers  # noqa: F401 - registers the handlers
 

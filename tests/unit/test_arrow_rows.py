@@ -11,8 +11,9 @@ from google.protobuf import struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batchd.pgtext import dumps_json
 from batchd.stream import arrow_rows
-from batchd.values import dumps_json, from_proto, plain_json
+from batchd.values import from_proto, plain_json
 
 numbers = st.one_of(st.integers(-(2**60), 2**60).map(float),
                     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(

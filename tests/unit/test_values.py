@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 from batchd.catalog import Column
 from batchd.errors import DependencyFailed, InvalidArgument
 from batchd.kinds import params
+from batchd.pgtext import MAX_SAFE_INTEGER, dumps_json, render_any
 from batchd.pgtypes import Interval
-from batchd.rendering import MAX_SAFE_INTEGER, render_any, render_row, renderer_for, write_value
+from batchd.rendering import render_row, renderer_for, write_value
 from batchd.values import (
     CoercionError,
     Ref,
     coerce,
-    dumps_json,
     from_proto,
     parse_ref,
     plain_json,

@@ -7,7 +7,7 @@ inside a group, a cycle between groups) raise InvalidArgument for the whole requ
 *operation* is kept as a step carrying its error: the atomic executor refuses the batch naming
 every invalid operation, the independent one fails just those operations (a group with one is
 refused whole) and skips their dependents. An operation outside the caller's scopes is such a
-step too, with PermissionDenied (see batchd.auth); it is checked before the operation is
+step too, with PermissionDenied (see batchd.principals); it is checked before the operation is
 planned, so a denied caller learns nothing about the table or handler.
 
 INDEPENDENT plans are cut into units (``BatchPlan.units``), what runs in one transaction: the
@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from batchd import offload
-from batchd.auth import Principal, authorize_operation
 from batchd.batch.idempotency import Claim, claim_of
 from batchd.errors import BatchdError, InvalidArgument
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext, Planned
 from batchd.kinds.function import FunctionSpec
+from batchd.principals import Principal, authorize_operation
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, Ref
 

@@ -34,11 +34,10 @@ import asyncpg
 from asyncpg.transaction import Transaction
 
 from batchd import pgtypes
-from batchd.catalog import quote_ident
 from batchd.config import Settings
 from batchd.errors import DeadlineExceeded
+from batchd.pgtext import dumps_json, quote_ident
 from batchd.startup import StartupError
-from batchd.values import dumps_json
 
 log = logging.getLogger(__name__)
 

@@ -185,14 +185,14 @@ class Skipped(DependencyFailed):
 
 
 class Unauthenticated(BatchdError):
-    """No valid credentials; raised by batchd.auth before any handler runs."""
+    """No valid credentials; raised by batchd.rpc.auth before any handler runs."""
 
     code = _S.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
 
 
 class PermissionDenied(BatchdError):
-    """An authenticated caller whose scopes do not cover an operation (see batchd.auth)."""
+    """An authenticated caller whose scopes do not cover an operation (see batchd.principals)."""
 
     code = _S.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"

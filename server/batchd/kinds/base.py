@@ -18,7 +18,8 @@ from batchd.catalog import Catalog, Column, Table, qualified
 from batchd.config import Settings
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results
-from batchd.rendering import Renderer, render_any, rendered_type, renderer_for, write_value
+from batchd.pgtext import render_any
+from batchd.rendering import Renderer, rendered_type, renderer_for, write_value
 from batchd.v1 import batch_pb2
 from batchd.values import Ref
 
@@ -143,7 +144,7 @@ class Kind:
     """
 
     name: str = ""
-    access: str = "admin"  # the scope verb it needs (batchd.auth): read, write or call
+    access: str = "admin"  # the scope verb it needs (batchd.principals): read, write or call
     on_table: bool = True  # addressed at a catalog table (field "table"); else a call
     keyless: bool = False  # allowed on a table without a primary key
 

@@ -20,14 +20,13 @@ from google.protobuf import struct_pb2
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument
 from batchd.kinds.params import Results, SqlParams, prepare
+from batchd.pgtext import JsonText, dumps_json
 from batchd.rendering import renderer_for
 from batchd.v1 import batch_pb2
 from batchd.values import (
     CoercionError,
-    JsonText,
     Ref,
     coerce,
-    dumps_json,
     from_proto,
     struct_from_proto,
 )

@@ -30,13 +30,12 @@ from batchd.kinds.base import (
     select_list,
 )
 from batchd.kinds.params import Deferred, prepare
+from batchd.pgtext import JsonText, dumps_json
 from batchd.v1 import batch_pb2
 from batchd.values import (
     CoercionError,
-    JsonText,
     Ref,
     coercer,
-    dumps_json,
     struct_from_proto,
 )
 

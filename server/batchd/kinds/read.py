@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from batchd.catalog import Column, Table, quote_ident
+from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument, NotFound
 from batchd.kinds.base import (
     Kind,
@@ -30,6 +30,7 @@ from batchd.kinds.filters import (
     sort_keys,
 )
 from batchd.kinds.params import SqlParams
+from batchd.pgtext import quote_ident
 from batchd.v1 import batch_pb2
 from batchd.values import Ref
 

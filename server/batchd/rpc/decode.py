@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 
 from batchd import offload
 from batchd.errors import InvalidArgument
+from batchd.rpc import shapes
 from batchd.v1 import batch_pb2
 
 SERVICE = batch_pb2.DESCRIPTOR.services_by_name["BatchService"]
@@ -93,17 +94,13 @@ def register(servicer: Any, server: grpc.aio.Server) -> None:
     for method in SERVICE.methods:
         request_class = getattr(batch_pb2, method.input_type.name)
         response_class = getattr(batch_pb2, method.output_type.name)
-        make = {(False, False): grpc.unary_unary_rpc_method_handler,
-                (False, True): grpc.unary_stream_rpc_method_handler,
-                (True, False): grpc.stream_unary_rpc_method_handler,
-                (True, True): grpc.stream_stream_rpc_method_handler,
-                }[method.client_streaming, method.server_streaming]
         # Unary requests stay bytes until the handler parses them (``parse``); a stream's
         # messages are chunk-sized and parsed as they come.
         deserializer = _decoder(request_class) if method.client_streaming else Raw
-        handlers[method.name] = make(getattr(servicer, method.name),
-                                     request_deserializer=deserializer,
-                                     response_serializer=response_class.SerializeToString)
+        handlers[method.name] = shapes.method_handler(
+            getattr(servicer, method.name), request_streaming=method.client_streaming,
+            response_streaming=method.server_streaming, request_deserializer=deserializer,
+            response_serializer=response_class.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name,
                                                                           handlers),))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)

@@ -1,8 +1,8 @@
 """Server interceptors. ``MetricsInterceptor`` counts every RPC by method and final status.
 
 grpc.aio interceptors only see the call before the handler runs, so the interceptor wraps the
-handler's behaviour (all four shapes: unary or streaming requests and responses) and reads the
-final status when it ends:
+handler's behaviour (``batchd.rpc.shapes.wrap``, for all four shapes) and reads the final
+status when it ends:
 
 - returned normally: ``context.code()`` if the handler set one, else OK;
 - aborted (``context.abort`` / ``abort_with_status`` raise ``AbortError``): ``context.code()``,
@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from contextlib import asynccontextmanager
 
 import grpc
 
 from batchd.errors import cancelled_code
 from batchd.metrics import Metrics
+from batchd.rpc import shapes
 
 _Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
@@ -69,73 +70,24 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        wrapped = _wrap(handler, lambda context, started, error: self._record(
-            method, context, started, error))
+        wrapped = shapes.wrap(handler, lambda context, _requests: self._observed(method, context))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+    @asynccontextmanager
+    async def _observed(self, method: str,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Around one call: counts it, with the code it ends with, and times it."""
+        started = time.perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            self._record(method, context, started, exc)
+            raise
+        self._record(method, context, started, None)
 
     def _record(self, method: str, context: grpc.aio.ServicerContext, started: float,
                 error: BaseException | None) -> None:
         metrics = self.metrics
         metrics.child(metrics.rpcs, method, final_code(context, error)).inc()
         metrics.child(metrics.rpc_duration, method).observe(time.perf_counter() - started)
-
-
-_Done = Callable[[grpc.aio.ServicerContext, float, BaseException | None], None]
-
-
-def _wrap(handler: grpc.RpcMethodHandler, done: _Done) -> grpc.RpcMethodHandler:
-    """The same handler, calling ``done(context, started, error)`` once when the call ends."""
-    kwargs = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, done), **kwargs)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, done), **kwargs)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, done),
-                                                    **kwargs)
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, done),
-                                                     **kwargs)
-    return handler  # pragma: no cover - grpc has no fifth shape
-
-
-def _unary(behavior: Callable[..., Any], done: _Done) -> Callable[..., Awaitable[Any]]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        try:
-            result = behavior(request, context)
-            if isinstance(result, Awaitable):
-                result = await result
-        except BaseException as exc:
-            done(context, started, exc)
-            raise
-        done(context, started, None)
-        return result
-
-    return wrapper
-
-
-def _streaming(behavior: Callable[..., Any], done: _Done) -> Callable[..., AsyncIterator[Any]]:
-    """Response streams: the handler is an async generator, or a coroutine that writes with
-    ``context.write`` (then this generator yields nothing; grpc accepts both shapes)."""
-
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        try:
-            result = behavior(request, context)
-            if isinstance(result, AsyncIterator):
-                async for response in result:
-                    yield response
-            elif isinstance(result, Awaitable):
-                await result
-            else:  # a synchronous iterator
-                for response in result:
-                    yield response
-        except BaseException as exc:
-            done(context, started, exc)
-            raise
-        done(context, started, None)
-
-    return wrapper

@@ -28,10 +28,10 @@ from typing import Any
 
 import grpc
 
-from batchd import auth
 from batchd.errors import BatchdError
 from batchd.kinds.base import PlanContext
 from batchd.metrics import CANCELLED, Metrics
+from batchd.rpc.auth import current_principal
 from batchd.rpc.interceptors import final_code
 from batchd.v1 import batch_pb2
 
@@ -43,7 +43,7 @@ _MODE_NAMES = {number: name for name, number in batch_pb2.Mode.items()}
 
 def principal_name() -> str:
     """The authenticated caller of the current RPC, or ``anonymous``."""
-    principal = auth.current_principal.get()
+    principal = current_principal.get()
     return principal.name if principal is not None else ANONYMOUS
 
 

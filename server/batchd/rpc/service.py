@@ -11,18 +11,16 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_status import rpc_status
 
-from batchd.auth import Principal, current_principal, let_the_client_finish
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
-from batchd.catalog import Catalog
+from batchd.describe import describe
 from batchd.errors import DeadlineExceeded, to_rpc_status, translate
-from batchd.grants import Grants, RoleGrants
-from batchd.kinds import registry as kinds
+from batchd.grants import Grants
 from batchd.kinds.base import PlanContext
-from batchd.kinds.call import registered
 from batchd.metrics import Metrics
 from batchd.rpc import decode
 from batchd.rpc.admission import Admission
+from batchd.rpc.auth import current_principal, let_the_client_finish
 from batchd.rpc.observe import Observer
 from batchd.stream.session import StreamServices, StreamSession
 from batchd.v1 import batch_pb2, batch_pb2_grpc
@@ -111,7 +109,7 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
             except Exception as exc:
                 error = seen.failed(translate(exc, request_id))
         # A client may still be writing (chunks sent ahead): read what it sends first, or a
-        # grpc.aio client may see INTERNAL instead of this status (auth.let_the_client_finish).
+        # grpc.aio client may see INTERNAL instead of this status (rpc.auth.let_the_client_finish).
         await let_the_client_finish(request_iterator)
         await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
 
@@ -131,50 +129,3 @@ class BatchService(batch_pb2_grpc.BatchServiceServicer):
             raise AssertionError("abort_with_status returned") from None  # pragma: no cover
         return describe(catalog, principal, grants)
 
-
-def describe(catalog: Catalog, principal: Principal | None = None,
-             grants: RoleGrants | None = None) -> batch_pb2.GetSchemaResponse:
-    """The schema, limited to the tables, operation kinds, handlers and functions
-    ``principal``'s scopes cover (None: authentication is off, everything), and, for a
-    principal mapped to a database role, to what ``grants`` say the role may use (its
-    columns, its operations, the functions it may execute: batchd.grants)."""
-
-    def allowed(kind: str, target: str) -> bool:
-        return principal is None or principal.allows(kinds.access_of(kind), target)
-
-    tables = []
-    for t in sorted(catalog.tables.values(), key=lambda t: t.qualified_name):
-        columns, operations = list(t.columns.values()), t.operations
-        if grants is not None:
-            use = grants.tables.get(t.qualified_name)
-            if use is None:
-                continue
-            columns = [c for c in columns if c.name in use.columns]
-            operations = use.operations
-        allowed_operations = sorted(k for k in operations if allowed(k, t.qualified_name))
-        if not allowed_operations:
-            continue
-        shown = {c.name for c in columns}
-        tables.append(batch_pb2.TableInfo(
-            name=t.qualified_name,
-            columns=[batch_pb2.ColumnInfo(name=c.name, type=c.type_sql, nullable=c.nullable,
-                                          has_default=c.has_default)
-                     for c in columns],
-            primary_key=list(t.primary_key) if shown.issuperset(t.primary_key) else [],
-            version_column=t.version_column if t.version_column in shown else "",
-            soft_delete_column=t.soft_delete_column if t.soft_delete_column in shown else "",
-            operations=allowed_operations))
-    functions = [
-        batch_pb2.FunctionInfo(
-            name=f.qualified_name,
-            arguments=[batch_pb2.FunctionArgument(name=a.name, type=a.type_sql,
-                                                  has_default=a.has_default)
-                       for a in f.arguments],
-            returns=f.returns, returns_set=f.returns_set,
-            result_columns=[batch_pb2.ColumnInfo(name=c.name, type=c.type_sql, nullable=True)
-                            for c in f.result_columns])
-        for name, overloads in sorted(catalog.functions.items()) if allowed("call", name)
-        for f in overloads if grants is None or f.oid in grants.functions]
-    return batch_pb2.GetSchemaResponse(
-        tables=tables, handlers=sorted(h for h in registered() if allowed("call", h)),
-        functions=functions)

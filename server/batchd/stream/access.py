@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from batchd.catalog import quote_ident
 from batchd.errors import PermissionDenied
+from batchd.pgtext import quote_ident
 from batchd.stream.copy import Target
 
 _ACCESS_SQL = """

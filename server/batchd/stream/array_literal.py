@@ -26,7 +26,7 @@ import json
 import re
 from typing import Any
 
-from batchd.values import JsonText
+from batchd.pgtext import JsonText
 
 _SPACE = " \t\n\r\v\f"  # PostgreSQL's scanner_isspace
 _BOUNDS = re.compile(r"\[\s*([-+]?\d+)\s*(?::\s*([-+]?\d+)\s*)?\]")

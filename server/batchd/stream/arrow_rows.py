@@ -37,7 +37,7 @@ from google.protobuf import struct_pb2
 
 from batchd.catalog import Column
 from batchd.errors import InvalidArgument
-from batchd.rendering import MAX_SAFE_INTEGER, render_any
+from batchd.pgtext import MAX_SAFE_INTEGER, render_any
 from batchd.stream import array_literal
 from batchd.stream.arrow import Rows
 from batchd.stream.arrow_types import Plan, plan
@@ -315,7 +315,7 @@ def _document(value: struct_pb2.Value) -> Any:
     return None
 
 
-# values.dumps_json for a document of plain JSON values, without json.dumps making an encoder
+# pgtext.dumps_json for a document of plain JSON values, without json.dumps making an encoder
 # for each value.
 _json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
                               default=render_any).encode

@@ -15,9 +15,10 @@ from typing import Any
 
 from batchd.catalog import Column
 from batchd.errors import BatchdError, InvalidArgument
+from batchd.pgtext import JsonText
 from batchd.stream import array_literal
 from batchd.v1 import batch_pb2
-from batchd.values import CoercionError, JsonText, coerce
+from batchd.values import CoercionError, coerce
 
 # PostgreSQL's epoch in Unix microseconds; its timestamp range in microseconds from
 # 2000-01-01 (4713-11-24 BC .. 294276 AD).

@@ -22,7 +22,7 @@ from google.protobuf import struct_pb2
 
 from batchd.catalog import Catalog, Column, Table
 from batchd.errors import BatchdError, InvalidArgument
-from batchd.rendering import MAX_SAFE_INTEGER
+from batchd.pgtext import MAX_SAFE_INTEGER
 from batchd.stream import columnar
 from batchd.v1 import batch_pb2
 from batchd.values import CoercionError, coerce, from_proto

@@ -22,12 +22,12 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
-from batchd.auth import Principal, authorize_ingest
 from batchd.batch.executor import Executor
 from batchd.batch.plan import plan_request
 from batchd.config import Settings
@@ -41,7 +41,7 @@ from batchd.errors import (
     to_rpc_status,
 )
 from batchd.kinds.base import PlanContext
-from batchd.rpc.admission import Admission
+from batchd.principals import Principal, authorize_ingest
 from batchd.stream import access, ledger
 from batchd.stream.copy import Target, known_at_header, resolve_target
 from batchd.stream.joined import joinable, write_joined
@@ -87,6 +87,15 @@ class _Tally:
             committed=committed, last_committed_sequence=self.last_sequence))
 
 
+class Gate(Protocol):
+    """Whether new work may start now: the server's admission (batchd.rpc.admission), which
+    knows its limits and whether it drains. ``admit("stream")`` holds a slot for as long as
+    its block runs, or refuses the stream with a retryable error (RESOURCE_EXHAUSTED when
+    every slot is taken, UNAVAILABLE while the server drains)."""
+
+    def admit(self, kind: str) -> AbstractContextManager[None]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StreamServices:
     """What every stream session uses, made once by the app."""
@@ -95,7 +104,7 @@ class StreamServices:
     executor: Executor
     plan_ctx: PlanContext
     settings: Settings
-    admission: Admission
+    admission: Gate
 
 
 class StreamSession:
