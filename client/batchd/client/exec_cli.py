@@ -49,7 +49,7 @@ from batchd.client.api import (
 from batchd.client.builder import MAX_SAFE_INTEGER, _duration, mode_name
 from batchd.v1 import batch_pb2
 
-COMMANDS = ("exec", "schema")
+COMMANDS: tuple[str, ...] = ("exec", "schema")
 DEFAULT_TARGET = "127.0.0.1:50051"
 _DETAIL_WIDTH = 80
 

@@ -51,8 +51,8 @@ from batchd.client.builder import mode_name
 from batchd.client.results import rpc_error
 from batchd.client.retry import RetryEvent, RetryHook, RetryPolicy
 from batchd.client.sources import Opened, Source, open_source
-from batchd.errors import BatchdRpcError, from_cut_stream, from_rpc_status
 from batchd.v1 import batch_pb2, batch_pb2_grpc
+from batchd.vocabulary import BatchdRpcError, from_cut_stream, from_rpc_status
 
 __all__ = ["AckHook", "AckedChunk", "IngestOptions", "IngestResult", "RejectedRow", "Source",
            "ingest"]

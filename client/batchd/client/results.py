@@ -4,7 +4,7 @@ Rows are plain dicts of Python values, each decoded by its column's PostgreSQL t
 (``batchd.client.values``) into what asyncpg would return for it: int, Decimal, datetime,
 UUID, bytes, ... (a custom handler's by the types its Python values render as; a value of a
 column the result does not list, as the wire has it). ``to_dict()`` gives the response as
-grpcurl prints it. Errors are those of ``batchd.errors`` (one tree, one code map, shared with
+grpcurl prints it. Errors are those of ``batchd.vocabulary`` (one tree, one code map, shared with
 the server); ``rpc_error`` is the one translation of a ``grpc.RpcError``, adding
 ``AtomicBatchError`` when the status carries every operation's outcome.
 """
@@ -22,9 +22,9 @@ from grpc_status import rpc_status
 
 from batchd.client.builder import OpRef
 from batchd.client.values import decode_rows
-from batchd.errors import BatchdRpcError, FieldViolation, from_rpc_status
 from batchd.names import outcome_name
 from batchd.v1 import batch_pb2
+from batchd.vocabulary import BatchdRpcError, FieldViolation, from_rpc_status
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ import grpc
 from google.rpc import error_details_pb2
 
 from batchd.client.results import rpc_error
-from batchd.errors import BatchdRpcError
 from batchd.v1 import batch_pb2
+from batchd.vocabulary import BatchdRpcError
 
 __all__ = ["RetryEvent", "RetryHook", "RetryPolicy", "full_jitter", "replay_safe", "retryable"]
 

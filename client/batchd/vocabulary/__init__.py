@@ -1,5 +1,7 @@
-"""Errors: the one place that decides every status code and every ErrorInfo reason, for the
-server and the Python client alike.
+"""The error vocabulary batchd's server and its clients share: the error tree, the codes, the
+reasons, and ``google.rpc.Status`` both ways. Part of the ``batchd-client`` distribution, with
+the generated contract (``batchd.v1``), so that a client needs no server to speak it; the server
+imports it from here (``batchd.errors`` re-exports it beside the database's mapping).
 
     BatchdError              code + reason + message, field violations, ErrorInfo metadata
      ├── InvalidArgument      INVALID_ARGUMENT: the request is malformed; BadRequest violations
@@ -17,25 +19,22 @@ server and the Python client alike.
      ├── DeadlineExceeded     DEADLINE_EXCEEDED: the caller's deadline, a stream's maximum duration
      ├── Unavailable          UNAVAILABLE: the database is unreachable, or this server is draining
      ├── Overloaded           RESOURCE_EXHAUSTED with RetryInfo: too much work at once
-     ├── DatabaseError        PostgreSQL refused: code by SQLSTATE; carries constraint, table, ...
+     ├── DatabaseError        (batchd.errors, server) PostgreSQL refused: code by SQLSTATE
      ├── Internal             INTERNAL: a bug in batchd; a request id, no internals
      └── BatchdRpcError       the client's view: a ``google.rpc.Status`` the server sent, rebuilt
           └── AtomicBatchError   (batchd.client) with every operation's outcome
 
-One function turns foreign exceptions into these (``translate``: ours as they are, asyncpg's
-through ``from_database``, most specific SQLSTATE first, then its class; anything else is a bug,
-logged, and INTERNAL for the caller). One function turns them into a ``google.rpc.Status`` with
-details (``to_rpc_status``), and one turns a status back (``from_rpc_status``: a stored answer
-replayed, or what a client received). ``REASONS`` lists every reason batchd itself sends, with
-its code; the README's error table is ``markdown_table()`` (tests/unit/test_errors.py).
-
-The package: the tree and ``translate`` here; ``database`` (SQLSTATE → code and reason),
-``status`` (google.rpc.Status both ways), ``reasons`` (the table). Import from ``batchd.errors``.
+One function turns them into a ``google.rpc.Status`` with details (``to_rpc_status``), and one
+turns a status back (``from_rpc_status``: a stored answer replayed, or what a client received).
+``reasons`` names every reason batchd itself sends, as constants and in ``REASONS`` with its
+code (the README's error table is ``markdown_table()``); ``sqlstates`` is the one map of
+PostgreSQL's SQLSTATEs to codes; ``FINAL_CODES`` / ``is_refusal`` say which failures are the
+answer and which may pass. Nothing here imports asyncpg or any server module: the server's
+translation of foreign exceptions (``translate``, ``from_database``) is ``batchd.errors``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import NamedTuple, TypeVar
 
@@ -44,8 +43,9 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
+from batchd.vocabulary import reasons as _r
+
 DOMAIN = "batchd"
-log = logging.getLogger(__name__)
 _S = grpc.StatusCode
 _M = TypeVar("_M", bound=Message)
 
@@ -119,7 +119,7 @@ class BatchdError(Exception):
 
 class InvalidArgument(BatchdError):
     code = _S.INVALID_ARGUMENT
-    reason = "INVALID_ARGUMENT"
+    reason = _r.INVALID_ARGUMENT
 
     @classmethod
     def field(cls, field: str, description: str, **kwargs: object) -> InvalidArgument:
@@ -130,7 +130,7 @@ class InvalidArgument(BatchdError):
 
 class NotFound(BatchdError):
     code = _S.NOT_FOUND
-    reason = "NOT_FOUND"
+    reason = _r.NOT_FOUND
 
 
 class OutOfRange(BatchdError):
@@ -138,12 +138,12 @@ class OutOfRange(BatchdError):
     the caller must ask for less, so the same request fails the same way again."""
 
     code = _S.OUT_OF_RANGE
-    reason = "TOO_MANY_ROWS"
+    reason = _r.TOO_MANY_ROWS
 
 
 class VersionConflict(BatchdError):
     code = _S.ABORTED
-    reason = "VERSION_CONFLICT"
+    reason = _r.VERSION_CONFLICT
 
 
 class RequestInProgress(BatchdError):
@@ -151,24 +151,24 @@ class RequestInProgress(BatchdError):
     answer (see batchd.batch.idempotency)."""
 
     code = _S.ABORTED
-    reason = "REQUEST_IN_PROGRESS"
+    reason = _r.REQUEST_IN_PROGRESS
 
 
 class FailedPrecondition(BatchdError):
     code = _S.FAILED_PRECONDITION
-    reason = "FAILED_PRECONDITION"
+    reason = _r.FAILED_PRECONDITION
 
 
 class RequestIdReused(FailedPrecondition):
     """The request id was already used for a different request."""
 
-    reason = "REQUEST_ID_REUSED"
+    reason = _r.REQUEST_ID_REUSED
 
 
 class SequenceOutOfOrder(FailedPrecondition):
     """A stream chunk whose sequence is not the next one (see batchd.stream.ledger)."""
 
-    reason = "SEQUENCE_OUT_OF_ORDER"
+    reason = _r.SEQUENCE_OUT_OF_ORDER
 
     def __init__(self, sequence: int, expected: int) -> None:
         super().__init__(f"chunk sequence {sequence} is out of order; expected {expected}",
@@ -177,49 +177,49 @@ class SequenceOutOfOrder(FailedPrecondition):
 
 class DependencyFailed(BatchdError):
     code = _S.FAILED_PRECONDITION
-    reason = "DEPENDENCY_FAILED"
+    reason = _r.DEPENDENCY_FAILED
 
 
 class Skipped(DependencyFailed):
-    reason = "DEPENDENCY_NOT_SUCCEEDED"
+    reason = _r.DEPENDENCY_NOT_SUCCEEDED
 
 
 class Unauthenticated(BatchdError):
     """No valid credentials; raised by batchd.auth before any handler runs."""
 
     code = _S.UNAUTHENTICATED
-    reason = "UNAUTHENTICATED"
+    reason = _r.UNAUTHENTICATED
 
 
 class PermissionDenied(BatchdError):
     """An authenticated caller whose scopes do not cover an operation (see batchd.auth)."""
 
     code = _S.PERMISSION_DENIED
-    reason = "PERMISSION_DENIED"
+    reason = _r.PERMISSION_DENIED
 
 
 class DeadlineExceeded(BatchdError):
     code = _S.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
+    reason = _r.DEADLINE_EXCEEDED
 
 
 class Unavailable(BatchdError):
     """Retryable as it is, here or on another replica: nothing of the call was committed."""
 
     code = _S.UNAVAILABLE
-    reason = "DATABASE_UNAVAILABLE"
+    reason = _r.DATABASE_UNAVAILABLE
 
 
 class Overloaded(BatchdError):
     code = _S.RESOURCE_EXHAUSTED
-    reason = "TOO_MANY_CONCURRENT"
+    reason = _r.TOO_MANY_CONCURRENT
 
 
 class Internal(BatchdError):
     """The caller's view of a bug: no internals, a request id to find it in the log."""
 
     code = _S.INTERNAL
-    reason = "INTERNAL"
+    reason = _r.INTERNAL
 
     def __init__(self, request_id: str) -> None:
         super().__init__(f"internal error; see the server log for request id {request_id}",
@@ -231,43 +231,6 @@ def retry_later(error: BatchdError, seconds: int) -> BatchdError:
     error.extra_details.append(error_details_pb2.RetryInfo(
         retry_delay=duration_pb2.Duration(seconds=seconds)))
     return error
-
-
-# The rest of the package, re-exported: ``from batchd.errors import ...`` is the one import.
-__all__ = [
-    "BY_CLASS", "BY_SQLSTATE", "DOMAIN", "FINAL_CODES", "OK_STATUS", "REASONS", "BatchdError",
-    "BatchdRpcError", "DatabaseError", "DeadlineExceeded", "DependencyFailed",
-    "FailedPrecondition", "FieldViolation", "Internal", "InvalidArgument", "NotFound",
-    "OutOfRange", "Overloaded", "PermissionDenied", "Reason", "RequestIdReused",
-    "RequestInProgress", "SequenceOutOfOrder", "Skipped", "Unauthenticated", "Unavailable",
-    "VersionConflict", "cancelled_code", "code_of", "from_cut_stream", "from_database",
-    "from_rpc_status", "is_final", "markdown_table", "not_committed", "retry_later",
-    "to_rpc_status", "translate",
-]
-from batchd.errors.database import BY_CLASS, BY_SQLSTATE, DatabaseError, from_database  # noqa: E402
-from batchd.errors.reasons import REASONS, Reason, markdown_table  # noqa: E402
-from batchd.errors.status import (  # noqa: E402
-    OK_STATUS,
-    BatchdRpcError,
-    cancelled_code,
-    code_of,
-    from_cut_stream,
-    from_rpc_status,
-    not_committed,
-    to_rpc_status,
-)
-
-
-def translate(exc: BaseException, request_id: str) -> BatchdError:
-    """Any exception as the error its caller sees: ours as they are, the database's mapped,
-    anything else a bug (logged with its traceback; INTERNAL with the request id)."""
-    if isinstance(exc, BatchdError):
-        return exc
-    mapped = from_database(exc)
-    if mapped is not None:
-        return mapped
-    log.error("unexpected error in request %s", request_id, exc_info=exc)
-    return Internal(request_id)
 
 
 # The codes of a failed atomic batch that are its final answer: the same request would fail
@@ -289,3 +252,28 @@ def is_refusal(code: grpc.StatusCode) -> bool:
     settings change. Any other failure passes (unavailable, overloaded, a deadline, a bug):
     the same call later may succeed (``batchd ingest`` then says to run it again)."""
     return code in FINAL_CODES or code in (_S.UNAUTHENTICATED, _S.UNIMPLEMENTED)
+
+
+# The rest of the package, re-exported: ``from batchd.vocabulary import ...`` is the one import.
+__all__ = [
+    "BY_CLASS", "BY_SQLSTATE", "DOMAIN", "FINAL_CODES", "OK_STATUS", "REASONS", "BatchdError",
+    "BatchdRpcError", "DeadlineExceeded", "DependencyFailed", "FailedPrecondition",
+    "FieldViolation", "Internal", "InvalidArgument", "NotFound", "OutOfRange", "Overloaded",
+    "PermissionDenied", "Reason", "RequestIdReused", "RequestInProgress", "SequenceOutOfOrder",
+    "Skipped", "Unauthenticated", "Unavailable", "VersionConflict", "cancelled_code", "code_of",
+    "from_cut_stream", "from_rpc_status", "is_final", "is_refusal", "markdown_table",
+    "not_committed", "reasons", "retry_later", "to_rpc_status",
+]
+from batchd.vocabulary import reasons  # noqa: E402
+from batchd.vocabulary.reasons import REASONS, Reason, markdown_table  # noqa: E402
+from batchd.vocabulary.sqlstates import BY_CLASS, BY_SQLSTATE  # noqa: E402
+from batchd.vocabulary.status import (  # noqa: E402
+    OK_STATUS,
+    BatchdRpcError,
+    cancelled_code,
+    code_of,
+    from_cut_stream,
+    from_rpc_status,
+    not_committed,
+    to_rpc_status,
+)

@@ -11,7 +11,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from batchd.errors import DOMAIN, BatchdError, FieldViolation
+from batchd.vocabulary import DOMAIN, BatchdError, FieldViolation
 
 _S = grpc.StatusCode
 
