@@ -25,7 +25,8 @@ imports it from here (``batchd.errors`` re-exports it beside the database's mapp
           └── AtomicBatchError   (batchd.client) with every operation's outcome
 
 One function turns them into a ``google.rpc.Status`` with details (``to_rpc_status``), and one
-turns a status back (``from_rpc_status``: a stored answer replayed, or what a client received).
+turns a status back (``from_rpc_status``: a stored answer replayed, or what a client received;
+``from_rpc_error`` for a failed call as grpc raises it).
 ``reasons`` names every reason batchd itself sends, as constants and in ``REASONS`` with its
 code (the README's error table is ``markdown_table()``); ``sqlstates`` is the one map of
 PostgreSQL's SQLSTATEs to codes; ``FINAL_CODES`` / ``is_refusal`` say which failures are the
@@ -260,9 +261,10 @@ __all__ = [
     "BatchdRpcError", "DeadlineExceeded", "DependencyFailed", "FailedPrecondition",
     "FieldViolation", "Internal", "InvalidArgument", "NotFound", "OutOfRange", "Overloaded",
     "PermissionDenied", "Reason", "RequestIdReused", "RequestInProgress", "SequenceOutOfOrder",
-    "Skipped", "Unauthenticated", "Unavailable", "VersionConflict", "cancelled_code", "code_of",
-    "from_cut_stream", "from_rpc_status", "is_final", "is_refusal", "markdown_table",
-    "not_committed", "reasons", "retry_later", "to_rpc_status",
+    "Skipped", "Unauthenticated", "Unavailable", "VersionConflict", "broken_contract",
+    "cancelled_code", "code_of", "from_cut_stream", "from_rpc_error", "from_rpc_status",
+    "is_final", "is_refusal", "markdown_table", "not_committed", "reasons", "retry_later",
+    "to_rpc_status",
 ]
 from batchd.vocabulary import reasons  # noqa: E402
 from batchd.vocabulary.reasons import REASONS, Reason, markdown_table  # noqa: E402
@@ -270,9 +272,11 @@ from batchd.vocabulary.sqlstates import BY_CLASS, BY_SQLSTATE  # noqa: E402
 from batchd.vocabulary.status import (  # noqa: E402
     OK_STATUS,
     BatchdRpcError,
+    broken_contract,
     cancelled_code,
     code_of,
     from_cut_stream,
+    from_rpc_error,
     from_rpc_status,
     not_committed,
     to_rpc_status,

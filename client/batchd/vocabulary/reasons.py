@@ -43,6 +43,7 @@ DRAINING = "DRAINING"
 TOO_MANY_CONCURRENT = "TOO_MANY_CONCURRENT"
 BAD_ROW = "BAD_ROW"
 INTERNAL = "INTERNAL"
+UNEXPECTED_RESPONSE = "UNEXPECTED_RESPONSE"
 
 
 class Reason(NamedTuple):
@@ -51,9 +52,10 @@ class Reason(NamedTuple):
     when: str
 
 
-# Every ErrorInfo reason batchd sends, besides DatabaseError's, which are named after
-# asyncpg's exception class for the SQLSTATE (UNIQUE_VIOLATION, FOREIGN_KEY_VIOLATION, ...)
-# and coded by BY_SQLSTATE / BY_CLASS. Custom handlers may send reasons of their own.
+# Every ErrorInfo reason batchd sends (and the one its Python client raises itself), besides
+# DatabaseError's, which are named after asyncpg's exception class for the SQLSTATE
+# (UNIQUE_VIOLATION, FOREIGN_KEY_VIOLATION, ...) and coded by BY_SQLSTATE / BY_CLASS. Custom
+# handlers may send reasons of their own.
 REASONS: tuple[Reason, ...] = (
     Reason(INVALID_ARGUMENT, _S.INVALID_ARGUMENT, "malformed request: unknown table or "
            "column, wrong value type, bad operation id, unknown reference, cycle, limits"),
@@ -107,6 +109,9 @@ REASONS: tuple[Reason, ...] = (
            "the row's own: INVALID_ARGUMENT, ALREADY_EXISTS, ...)"),
     Reason(INTERNAL, _S.INTERNAL, "a bug in batchd: no internals in the message, a "
            "`request_id` to find the traceback in the log"),
+    Reason(UNEXPECTED_RESPONSE, _S.INTERNAL, "raised by the Python client, not sent: a response "
+           "that breaks the contract (a stream not opened by `StreamOpened`, or ended without "
+           "its summary)"),
 )
 
 
