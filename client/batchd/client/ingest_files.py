@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from google.protobuf import struct_pb2
 
-from batchd.client.sources import FILE_FORMATS
+from batchd.client.chunks import FILE_FORMATS
 from batchd.v1 import batch_pb2
 
 

@@ -33,10 +33,10 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from batchd.client.builder import to_struct, to_value
+from batchd.client.chunks import Chunk, Opened, is_arrow_file
 from batchd.v1 import batch_pb2
 
 __all__ = ["Chunk", "Source", "csv_records", "open_source"]
@@ -46,32 +46,11 @@ Source = Rows | Mapping[str, Sequence[Any]] | str | os.PathLike[str] | bytes | B
 
 ENCODINGS = {"rows": batch_pb2.ENCODING_ROWS, "columnar": batch_pb2.ENCODING_COLUMNAR,
              "csv": batch_pb2.ENCODING_CSV, "arrow": batch_pb2.ENCODING_ARROW}
-#: File name suffixes read as Arrow data (batchd.client.arrow_source), and their format.
-FILE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
-                ".ipc": "arrow", ".arrows": "arrow"}
 _ARROW_OBJECTS = {("pyarrow", "Table"), ("pyarrow", "RecordBatch"),
                   ("pyarrow", "RecordBatchReader"), ("pandas", "DataFrame"),
                   ("polars", "DataFrame")}
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INT64 = (-(2**63), 2**63 - 1)
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """A chunk's content (its sequence is set when it is sent) and how many rows it holds."""
-
-    content: batch_pb2.StreamChunk
-    rows: int
-
-
-@dataclass
-class Opened:
-    """A source ready to stream: the header's encoding and columns, and its chunks."""
-
-    encoding: int
-    columns: list[str]
-    chunks: AsyncIterator[Chunk]
-    arrow_schema: bytes = b""  # ENCODING_ARROW: the header's schema
 
 
 def csv_records(f: BinaryIO, quote: bytes = b'"') -> Iterator[bytes]:
@@ -133,12 +112,6 @@ def is_arrow(source: object) -> bool:
     module and class: pandas and polars are never imported here)."""
     kind = type(source)
     return (kind.__module__.split(".")[0], kind.__name__) in _ARROW_OBJECTS
-
-
-def is_arrow_file(source: object) -> bool:
-    """A path whose suffix is a Parquet or Arrow file's (``FILE_FORMATS``)."""
-    return isinstance(source, str | os.PathLike) and \
-        os.path.splitext(os.fspath(source))[1].lower() in FILE_FORMATS
 
 
 def _expect(encoding: str | None, wanted: str, what: str) -> None:
