@@ -3,6 +3,9 @@ the server's dependencies, and its version is the server's (issue 18)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.support.distributions import (
@@ -91,3 +94,12 @@ def test_pip_install_of_the_client_alone_pulls_none_of_the_servers_dependencies(
     assert CLIENT_REQUIRES <= install
     assert not install & SERVER_DISTRIBUTIONS
     assert not install & {"pyarrow", "pydantic", "batchd"}
+
+
+def test_arrow_ingest_without_pyarrow_names_the_arrow_extra():
+    code = ("import sys; sys.modules['pyarrow'] = None\n"
+            "from batchd.client.chunks import arrow_source\n"
+            "try:\n    arrow_source()\nexcept ImportError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert "pip install 'batchd-client[arrow]'" in done.stdout

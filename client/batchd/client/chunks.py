@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import ModuleType
 
 from batchd.v1 import batch_pb2
 
-__all__ = ["FILE_FORMATS", "Chunk", "Opened", "is_arrow_file"]
+__all__ = ["ARROW_EXTRA", "FILE_FORMATS", "Chunk", "Opened", "arrow_source", "is_arrow_file"]
 
 #: File name suffixes read as Arrow data (batchd.client.arrow_source), and their format.
 FILE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
@@ -44,3 +45,18 @@ def is_arrow_file(source: object) -> bool:
     """A path whose suffix is a Parquet or Arrow file's (``FILE_FORMATS``)."""
     return isinstance(source, str | os.PathLike) and \
         os.path.splitext(os.fspath(source))[1].lower() in FILE_FORMATS
+
+
+ARROW_EXTRA = "pip install 'batchd-client[arrow]'"
+
+
+def arrow_source() -> ModuleType:
+    """``batchd.client.arrow_source``, imported now: pyarrow is the ``arrow`` extra of
+    batchd-client, so without it this says which install brings it instead of naming a module."""
+    try:
+        from batchd.client import arrow_source as module
+    except ModuleNotFoundError as exc:
+        if exc.name != "pyarrow":
+            raise
+        raise ImportError(f"Arrow and Parquet data need pyarrow: {ARROW_EXTRA}") from exc
+    return module

@@ -175,7 +175,7 @@ def _parse_yaml(name: str, text: str, json_error: Exception | None = None) -> An
         if json_error is not None:
             raise UsageError(f"{name}: invalid JSON: {json_error}") from None
         raise UsageError(f"{name}: reading YAML needs the cli extra: pip install "
-                         "'batchd[cli]'") from None
+                         "'batchd-client[cli]'") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -455,5 +455,6 @@ def _progress_bar() -> Any:
     try:
         from tqdm import tqdm
     except ImportError:
-        raise UsageError("batchd ingest needs the cli extra: pip install 'batchd[cli]'") from None
+        raise UsageError("batchd ingest needs the cli extra: "
+                         "pip install 'batchd-client[cli]'") from None
     return tqdm

@@ -36,7 +36,7 @@ from collections.abc import (
 from typing import Any, BinaryIO, cast
 
 from batchd.client.builder import to_struct, to_value
-from batchd.client.chunks import Chunk, Opened, is_arrow_file
+from batchd.client.chunks import Chunk, Opened, arrow_source, is_arrow_file
 from batchd.v1 import batch_pb2
 
 __all__ = ["Chunk", "Source", "csv_records", "open_source"]
@@ -84,9 +84,9 @@ async def open_source(source: Source, *, encoding: str | None,
         _expect(encoding, "arrow", "Arrow data (a table, a DataFrame, a Parquet or Arrow file)")
         if header is not None:
             raise ValueError("header= is for CSV sources")
-        from batchd.client import arrow_source  # pyarrow is imported only for Arrow sources
-
-        return arrow_source.open_arrow(source, columns, chunk_rows)
+        # pyarrow (the arrow extra) is imported only for Arrow sources.
+        opened: Opened = arrow_source().open_arrow(source, columns, chunk_rows)
+        return opened
     if encoding == "arrow":
         raise ValueError("encoding 'arrow' needs a pyarrow table or reader, a pandas or polars "
                          "DataFrame, or a Parquet or Arrow file")
