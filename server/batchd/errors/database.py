@@ -10,7 +10,13 @@ import re
 import asyncpg
 import grpc
 
-from batchd.vocabulary import BatchdError, DeadlineExceeded, InvalidArgument, Unavailable
+from batchd.vocabulary import (
+    BatchdError,
+    DeadlineExceeded,
+    InvalidArgument,
+    Unavailable,
+    reasons,
+)
 from batchd.vocabulary.sqlstates import BY_CLASS, BY_SQLSTATE
 
 log = logging.getLogger("batchd.errors")
@@ -60,7 +66,7 @@ def from_database(exc: BaseException) -> BatchdError | None:
     if driver and isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError):
         return Unavailable(f"database unavailable: {exc}")
     if driver and type(exc) is asyncpg.exceptions.DataError:
-        return InvalidArgument(f"invalid value: {exc}", reason="INVALID_VALUE")
+        return InvalidArgument(f"invalid value: {exc}", reason=reasons.INVALID_VALUE)
     if isinstance(exc, asyncpg.exceptions.InvalidCachedStatementError |
                   asyncpg.exceptions.OutdatedSchemaCacheError):
         # Retried whole by the executor (DatabaseError.stale_plan); seen by a client only
@@ -82,7 +88,7 @@ def from_database(exc: BaseException) -> BatchdError | None:
         return DatabaseError(message, sqlstate=sqlstate, code=code, reason=_reason(exc),
                              metadata=metadata)
     if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
-        return DeadlineExceeded("database did not answer in time", reason="DATABASE_TIMEOUT")
+        return DeadlineExceeded("database did not answer in time", reason=reasons.DATABASE_TIMEOUT)
     if isinstance(exc, ConnectionError | OSError | asyncpg.exceptions.InterfaceError):
         return Unavailable(f"database unavailable: {exc}")
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
