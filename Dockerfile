@@ -5,12 +5,14 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml hatch_build.py README.md ./
+COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY scripts/generate ./scripts/generate
+COPY client ./client
 COPY server ./server
-# The build hook generates the protobuf code; every dependency is built into /wheels.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Two distributions: batchd-client (its build hook generates the protobuf code) and the server,
+# which requires it; every dependency is built into /wheels.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./client .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 batchd

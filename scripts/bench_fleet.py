@@ -23,9 +23,10 @@ reaped backends included), the client processes, every other process (this scrip
 threads, whatever else runs: a shared machine shows here); and the whole machine's busy time
 from /proc/stat, against its core count. Figures are medians of the runs with min-max; the 3-vs-1
 ratio is taken within this run. --markdown-out writes the tables (scripts/bench puts them into
-BENCHMARKS.md). The replicas and clients run a copy of server/batchd taken at the start (the
-report names its commit, and a digest of any uncommitted change), so that edits to the tree
-during the run reach none of them. Every process started is stopped on exit, on failure too.
+BENCHMARKS.md). The replicas and clients run a copy of server/batchd and client/batchd taken at
+the start (the report names its commit, and a digest of any uncommitted change), so that edits
+to the tree during the run reach none of them. Every process started is stopped on exit, on
+failure too.
 """
 
 from __future__ import annotations
@@ -406,7 +407,7 @@ def tool_version(argv: Sequence[str]) -> str:
 
 
 def source_version() -> str:
-    """The commit the replicas' code is at, and whether server/ differs from it."""
+    """The commit the replicas' code is at, and whether server/ or client/ differs from it."""
     def git(*argv: str) -> str:
         try:
             out = subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True,
@@ -418,18 +419,21 @@ def source_version() -> str:
     commit = git("rev-parse", "--short", "HEAD")
     if not commit:
         return "batchd (not a git checkout)"
-    changed = git("diff", "HEAD", "--", "server")
+    changed = git("diff", "HEAD", "--", "server", "client")
     digest = hashlib.sha1(changed.encode()).hexdigest()[:8]
-    return f"batchd at {commit}" + (f" with uncommitted changes in server/ (diff {digest})"
+    return f"batchd at {commit}" + (f" with uncommitted changes in server/ or client/ "
+                                     f"(diff {digest})"
                                      if changed else "")
 
 
 def freeze_package(workdir: Path) -> Path:
-    """A copy of server/batchd (generated code included) under ``workdir``: the folder to put
-    first on PYTHONPATH, ahead of the editable install's server/."""
+    """A copy of server/batchd and client/batchd (generated code included) in one folder under
+    ``workdir``, as one site-packages holds both distributions: the folder to put first on
+    PYTHONPATH, ahead of the editable installs' server/ and client/."""
     src = workdir / "src"
-    shutil.copytree(ROOT / "server" / "batchd", src / "batchd",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("server", "client"):
+        shutil.copytree(ROOT / part / "batchd", src / "batchd", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     return src
 
 

@@ -19,6 +19,13 @@ from collections import Counter
 
 # (part, pattern on a frame), tried innermost frame first.
 PARTS: list[tuple[str, re.Pattern[str]]] = [
+    # Without --native, C code is charged to the Python frame that runs it: the event loop's
+    # own frame is uvloop and grpc.aio's completion queue (socket I/O, HTTP/2, callbacks); a
+    # thread's bare run() is gRPC core's poller thread.
+    ("gRPC core's poller thread", re.compile(r"^Thread\.run \(threading")),
+    ("event loop: uvloop and grpc.aio's I/O and callbacks (C)",
+     re.compile(r"^Runner\.run \(asyncio")),
+    ("gRPC call setup (send_initial_metadata)", re.compile(r"batchd/rpc/service\.py:75\)")),
     ("driver (asyncpg)", re.compile(r"asyncpg/")),
     ("protobuf", re.compile(r"google/protobuf|_message|upb")),
     ("planning (plan, kinds' plan, values)", re.compile(
@@ -53,6 +60,8 @@ def main() -> None:
                 idle += n
                 continue
             for frame in reversed(frames):
+                if frame is not frames[-1] and frame.startswith(("Runner.run", "Thread.run")):
+                    continue  # only as the innermost frame
                 part = next((name for name, p in PARTS if p.search(frame)), None)
                 if part is not None:
                     parts[part] += n

@@ -1,17 +1,19 @@
-"""The ``batchd`` command.
+"""The server's commands of ``batchd``: ``serve`` and ``new-token``.
 
     batchd serve [--dsn DSN] [--host H] [--port P] [--data-dir DIR] [--config FILE] [--workers N]
-    batchd exec FILE [--target HOST:PORT] [--json] [--mode atomic|independent] [--validate-only]
-    batchd schema [--target HOST:PORT] [--json]
-    batchd ingest FILE --table T [--target HOST:PORT] [--format csv|jsonl] [--mode ...]
     batchd new-token --principal NAME [--scope SCOPE ...]
+
+The ``batchd`` command itself is the client's (``batchd.client.cli``, in ``batchd-client``, with
+``exec``, ``schema`` and ``ingest``); this module joins it through the entry-point group
+``batchd.commands`` (pyproject.toml), so that the server's commands appear when the server is
+installed and a client-only install still has ``batchd exec``.
 
 Without a DSN (flag or BATCHD_DSN) ``serve`` starts an embedded PostgreSQL with the demo schema.
 A start-up failure (settings, DSN, port, roles...) is one line on standard error naming the
 value and the fix, exit code 2 (batchd.startup). SIGHUP reloads the catalog (batchd.reload).
 The first SIGTERM or SIGINT drains: health goes NOT_SERVING, new calls are refused, in-flight
-ones get the grace period; a second signal exits at once. ``exec`` and ``schema`` are clients
-(``batchd.client.exec_cli``); the server modules are imported only by ``serve``.
+ones get the grace period; a second signal exits at once. The server modules are imported only
+by ``serve``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
-
-from batchd.client import exec_cli, ingest_cli
 
 log = logging.getLogger("batchd")
 
@@ -167,9 +167,11 @@ def new_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="batchd", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+COMMANDS: tuple[str, ...] = ("serve", "new-token")
+
+
+def add_commands(commands: Any) -> None:
+    """Adds ``serve`` and ``new-token`` to the ``batchd`` subcommands."""
     p = commands.add_parser("serve", help="run the gRPC server")
     p.add_argument("--dsn", help="PostgreSQL DSN (default: embedded PostgreSQL)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -184,24 +186,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scope", dest="scopes", action="append", default=[],
                    help="admin, read:SCHEMA.TABLE, write:SCHEMA.TABLE, call:HANDLER "
                         "(fnmatch patterns; repeatable)")
-    exec_cli.add_commands(commands)
-    ingest_cli.add_parser(commands)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("BATCHD_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         try:
             return serve_workers(args) if args.workers > 1 else _run_server(args)
         except KeyboardInterrupt:  # before the signal handlers are installed: still starting
             print("batchd serve: interrupted while starting", file=sys.stderr)
             return 130
-    if args.command == "new-token":
-        return new_token(args)
-    if args.command == "ingest":
-        return ingest_cli.run(args)
-    if args.command in exec_cli.COMMANDS:
-        return exec_cli.run(args)
-    return 2
+    return new_token(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``batchd`` (``python -m batchd``): the client's command, which finds these through the
+    entry point."""
+    from batchd.client import cli
+
+    return cli.main(argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from batchd import errors
+from batchd import vocabulary
 from batchd.errors import (
     BY_CLASS,
     BY_SQLSTATE,
@@ -82,8 +82,8 @@ def test_markdown_table_lists_every_reason_and_every_mapped_sqlstate() -> None:
 # SQLSTATE), and a status received from elsewhere.
 NOT_OWN_REASON = {BatchdError, DatabaseError, BatchdRpcError}
 ERROR_CLASSES = sorted(
-    (c for _, c in inspect.getmembers(errors, inspect.isclass)
-     if issubclass(c, BatchdError) and c.__module__ == errors.__name__
+    (c for _, c in inspect.getmembers(vocabulary, inspect.isclass)
+     if issubclass(c, BatchdError) and c.__module__ == vocabulary.__name__
      and c not in NOT_OWN_REASON),
     key=lambda c: c.__name__)
 
@@ -339,7 +339,7 @@ def test_sequence_out_of_order_says_which_sequence_is_expected() -> None:
 
 
 def test_retry_later_adds_retry_info_found_by_detail() -> None:
-    err = retry_later(errors.Overloaded("busy"), 3)
+    err = retry_later(vocabulary.Overloaded("busy"), 3)
     info = err.detail(error_details_pb2.RetryInfo)
     assert info is not None and info.retry_delay.seconds == 3
     assert err.detail(error_details_pb2.DebugInfo) is None
@@ -378,7 +378,7 @@ def test_to_rpc_status_without_violations_has_no_bad_request() -> None:
 
 
 def test_to_rpc_status_packs_extra_details_after_error_info() -> None:
-    status = to_rpc_status(retry_later(errors.Overloaded("busy"), 2))
+    status = to_rpc_status(retry_later(vocabulary.Overloaded("busy"), 2))
     assert [d.TypeName() for d in status.details] == ["google.rpc.ErrorInfo",
                                                       "google.rpc.RetryInfo"]
 

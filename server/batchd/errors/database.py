@@ -1,5 +1,6 @@
-"""PostgreSQL's refusals as batchd errors: the code of each SQLSTATE (exact ones first, then
-their class), the reason named after asyncpg's exception, and the driver's own exceptions."""
+"""PostgreSQL's refusals as batchd errors: the code of each SQLSTATE (by the shared map,
+``batchd.vocabulary.sqlstates``), the reason named after asyncpg's exception, and the driver's
+own exceptions. The server's alone: the only module of the errors that imports asyncpg."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import re
 import asyncpg
 import grpc
 
-from batchd.errors import BatchdError, DeadlineExceeded, InvalidArgument, Unavailable
+from batchd.vocabulary import (
+    BatchdError,
+    DeadlineExceeded,
+    InvalidArgument,
+    Unavailable,
+    reasons,
+)
+from batchd.vocabulary.sqlstates import BY_CLASS, BY_SQLSTATE
 
 log = logging.getLogger("batchd.errors")
 _S = grpc.StatusCode
@@ -39,37 +47,6 @@ class DatabaseError(BatchdError):
 _STALE = ("INVALID_CACHED_STATEMENT", "OUTDATED_SCHEMA_CACHE")
 
 
-# Exact SQLSTATEs first, then their two-character class. Comments say why when not obvious.
-BY_SQLSTATE: dict[str, grpc.StatusCode] = {
-    "23505": _S.ALREADY_EXISTS,  # unique_violation
-    "23503": _S.FAILED_PRECONDITION,  # foreign_key_violation: the referenced row is missing
-    "23502": _S.INVALID_ARGUMENT,  # not_null_violation
-    "23514": _S.INVALID_ARGUMENT,  # check_violation
-    "23P01": _S.FAILED_PRECONDITION,  # exclusion_violation
-    "40001": _S.ABORTED,  # serialization_failure: retry the transaction
-    "40P01": _S.ABORTED,  # deadlock_detected: retry the transaction
-    "55P03": _S.ABORTED,  # lock_not_available (lock_timeout): retryable contention
-    "57014": _S.DEADLINE_EXCEEDED,  # query_canceled (statement_timeout)
-    "25006": _S.FAILED_PRECONDITION,  # read_only_sql_transaction
-    "42501": _S.PERMISSION_DENIED,  # insufficient_privilege
-    "P0001": _S.FAILED_PRECONDITION,  # raise_exception: a trigger's business rule
-    "57P01": _S.UNAVAILABLE,  # admin_shutdown
-    "57P02": _S.UNAVAILABLE,  # crash_shutdown
-    "57P03": _S.UNAVAILABLE,  # cannot_connect_now
-}
-BY_CLASS: dict[str, grpc.StatusCode] = {
-    "08": _S.UNAVAILABLE,  # connection exception
-    "21": _S.INVALID_ARGUMENT,  # cardinality violation: e.g. an upsert naming one key twice
-    "22": _S.INVALID_ARGUMENT,  # data exception
-    "23": _S.FAILED_PRECONDITION,  # other integrity constraint violations
-    "40": _S.ABORTED,  # transaction rollback
-    "42": _S.INVALID_ARGUMENT,  # syntax error or access rule violation
-    "53": _S.RESOURCE_EXHAUSTED,  # insufficient resources
-    "54": _S.INVALID_ARGUMENT,  # program limit exceeded (e.g. a too-large value)
-    "0A": _S.INVALID_ARGUMENT,  # feature not supported
-}
-
-
 def _reason(exc: BaseException) -> str:
     """``UniqueViolationError`` -> ``UNIQUE_VIOLATION``; ``ReadOnlySQLTransactionError`` ->
     ``READ_ONLY_SQL_TRANSACTION`` (a run of capitals is one word)."""
@@ -89,7 +66,7 @@ def from_database(exc: BaseException) -> BatchdError | None:
     if driver and isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError):
         return Unavailable(f"database unavailable: {exc}")
     if driver and type(exc) is asyncpg.exceptions.DataError:
-        return InvalidArgument(f"invalid value: {exc}", reason="INVALID_VALUE")
+        return InvalidArgument(f"invalid value: {exc}", reason=reasons.INVALID_VALUE)
     if isinstance(exc, asyncpg.exceptions.InvalidCachedStatementError |
                   asyncpg.exceptions.OutdatedSchemaCacheError):
         # Retried whole by the executor (DatabaseError.stale_plan); seen by a client only
@@ -111,7 +88,7 @@ def from_database(exc: BaseException) -> BatchdError | None:
         return DatabaseError(message, sqlstate=sqlstate, code=code, reason=_reason(exc),
                              metadata=metadata)
     if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
-        return DeadlineExceeded("database did not answer in time", reason="DATABASE_TIMEOUT")
+        return DeadlineExceeded("database did not answer in time", reason=reasons.DATABASE_TIMEOUT)
     if isinstance(exc, ConnectionError | OSError | asyncpg.exceptions.InterfaceError):
         return Unavailable(f"database unavailable: {exc}")
     if isinstance(exc, asyncpg.exceptions.InternalClientError):

@@ -49,7 +49,7 @@ from batchd.client.api import (
 from batchd.client.builder import MAX_SAFE_INTEGER, _duration, mode_name
 from batchd.v1 import batch_pb2
 
-COMMANDS = ("exec", "schema")
+COMMANDS: tuple[str, ...] = ("exec", "schema")
 DEFAULT_TARGET = "127.0.0.1:50051"
 _DETAIL_WIDTH = 80
 
@@ -175,7 +175,7 @@ def _parse_yaml(name: str, text: str, json_error: Exception | None = None) -> An
         if json_error is not None:
             raise UsageError(f"{name}: invalid JSON: {json_error}") from None
         raise UsageError(f"{name}: reading YAML needs the cli extra: pip install "
-                         "'batchd[cli]'") from None
+                         "'batchd-client[cli]'") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import grpc
@@ -66,6 +65,10 @@ def service_config(*, balancing: bool = False) -> dict[str, Any]:
     """The published service config (``batchd/client/service_config.json``); ``balancing``:
     for a client that balances over the replicas itself, with health checking
     (``HEALTH_CHECK_CONFIG``; deploy/grpc-service-config-client-balancing.json)."""
+    # Imported here: importlib.resources brings pathlib, tempfile and zipfile, ~10 ms that
+    # ``import batchd.client`` need not pay before a channel is opened.
+    from importlib import resources
+
     text = resources.files("batchd.client").joinpath(SERVICE_CONFIG_FILE).read_text("utf-8")
     config: dict[str, Any] = json.loads(text)
     if balancing:

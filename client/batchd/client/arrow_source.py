@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchd.client.sources import FILE_FORMATS, Chunk, Opened, is_arrow_file
+from batchd.client.chunks import FILE_FORMATS, Chunk, Opened, is_arrow_file
 from batchd.v1 import batch_pb2
 
 __all__ = ["ArrowSource", "arrow_file", "fitting", "ipc_stream", "open_arrow", "rechunk",

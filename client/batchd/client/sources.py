@@ -33,10 +33,11 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, BinaryIO, cast
 
 from batchd.client.builder import to_struct, to_value
+from batchd.client.chunks import ARROW_EXTRA, Chunk, Opened, is_arrow_file
 from batchd.v1 import batch_pb2
 
 __all__ = ["Chunk", "Source", "csv_records", "open_source"]
@@ -46,32 +47,11 @@ Source = Rows | Mapping[str, Sequence[Any]] | str | os.PathLike[str] | bytes | B
 
 ENCODINGS = {"rows": batch_pb2.ENCODING_ROWS, "columnar": batch_pb2.ENCODING_COLUMNAR,
              "csv": batch_pb2.ENCODING_CSV, "arrow": batch_pb2.ENCODING_ARROW}
-#: File name suffixes read as Arrow data (batchd.client.arrow_source), and their format.
-FILE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
-                ".ipc": "arrow", ".arrows": "arrow"}
 _ARROW_OBJECTS = {("pyarrow", "Table"), ("pyarrow", "RecordBatch"),
                   ("pyarrow", "RecordBatchReader"), ("pandas", "DataFrame"),
                   ("polars", "DataFrame")}
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INT64 = (-(2**63), 2**63 - 1)
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """A chunk's content (its sequence is set when it is sent) and how many rows it holds."""
-
-    content: batch_pb2.StreamChunk
-    rows: int
-
-
-@dataclass
-class Opened:
-    """A source ready to stream: the header's encoding and columns, and its chunks."""
-
-    encoding: int
-    columns: list[str]
-    chunks: AsyncIterator[Chunk]
-    arrow_schema: bytes = b""  # ENCODING_ARROW: the header's schema
 
 
 def csv_records(f: BinaryIO, quote: bytes = b'"') -> Iterator[bytes]:
@@ -105,9 +85,9 @@ async def open_source(source: Source, *, encoding: str | None,
         _expect(encoding, "arrow", "Arrow data (a table, a DataFrame, a Parquet or Arrow file)")
         if header is not None:
             raise ValueError("header= is for CSV sources")
-        from batchd.client import arrow_source  # pyarrow is imported only for Arrow sources
-
-        return arrow_source.open_arrow(source, columns, chunk_rows)
+        # pyarrow (the arrow extra) is imported only for Arrow sources.
+        opened: Opened = arrow_source().open_arrow(source, columns, chunk_rows)
+        return opened
     if encoding == "arrow":
         raise ValueError("encoding 'arrow' needs a pyarrow table or reader, a pandas or polars "
                          "DataFrame, or a Parquet or Arrow file")
@@ -133,12 +113,6 @@ def is_arrow(source: object) -> bool:
     module and class: pandas and polars are never imported here)."""
     kind = type(source)
     return (kind.__module__.split(".")[0], kind.__name__) in _ARROW_OBJECTS
-
-
-def is_arrow_file(source: object) -> bool:
-    """A path whose suffix is a Parquet or Arrow file's (``FILE_FORMATS``)."""
-    return isinstance(source, str | os.PathLike) and \
-        os.path.splitext(os.fspath(source))[1].lower() in FILE_FORMATS
 
 
 def _expect(encoding: str | None, wanted: str, what: str) -> None:
@@ -329,3 +303,15 @@ def _text(value: Any) -> str:
     if converted.WhichOneof("kind") in ("number_value", "bool_value"):
         return str(value).lower() if isinstance(value, bool) else str(value)
     raise TypeError(f"{type(value).__name__} values cannot travel in COLUMNAR; use rows")
+
+
+def arrow_source() -> ModuleType:
+    """``batchd.client.arrow_source``, imported now: pyarrow is the ``arrow`` extra of
+    batchd-client, so without it this says which install brings it instead of naming a module."""
+    try:
+        from batchd.client import arrow_source as module
+    except ModuleNotFoundError as exc:
+        if exc.name != "pyarrow":
+            raise
+        raise ImportError(f"Arrow and Parquet data need pyarrow: {ARROW_EXTRA}") from exc
+    return module

@@ -18,7 +18,8 @@ from typing import Any, BinaryIO
 
 from google.protobuf import struct_pb2
 
-from batchd.client.sources import FILE_FORMATS
+from batchd.client.chunks import FILE_FORMATS
+from batchd.client.sources import arrow_source
 from batchd.v1 import batch_pb2
 
 
@@ -99,12 +100,14 @@ def file_format(path: Path) -> str:
 
 def open_arrow(path: Path, args: argparse.Namespace) -> Any:
     """The Parquet or Arrow file as a batchd.client.arrow_source.ArrowSource."""
-    from batchd.client import arrow_source
-
     try:
-        source = arrow_source.arrow_file(path, args.chunk_rows, args.format)
+        arrow = arrow_source()
+    except ImportError as exc:
+        raise UsageError(f"batchd ingest {path}: {exc}") from None
+    try:
+        source = arrow.arrow_file(path, args.chunk_rows, args.format)
         columns = [c.strip() for c in (args.columns or "").split(",") if c.strip()]
-        return arrow_source.select(source, columns)
+        return arrow.select(source, columns)
     except (ValueError, OSError) as exc:  # pyarrow's errors are both
         raise UsageError(f"{path}: cannot be read as {args.format}: {exc}") from None
 

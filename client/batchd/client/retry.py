@@ -38,8 +38,8 @@ import grpc
 from google.rpc import error_details_pb2
 
 from batchd.client.results import rpc_error
-from batchd.errors import BatchdRpcError
 from batchd.v1 import batch_pb2
+from batchd.vocabulary import BatchdRpcError, reasons
 
 __all__ = ["RetryEvent", "RetryHook", "RetryPolicy", "full_jitter", "replay_safe", "retryable"]
 
@@ -97,11 +97,11 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 def retryable(error: BatchdRpcError, *, replay_safe: bool) -> bool:
     """Whether sending the same request again is right after ``error`` (see the module doc)."""
     if error.code == _S.RESOURCE_EXHAUSTED:
-        return error.reason == "TOO_MANY_CONCURRENT"
+        return error.reason == reasons.TOO_MANY_CONCURRENT
     if error.code == _S.ABORTED:
-        return error.reason == "REQUEST_IN_PROGRESS"
+        return error.reason == reasons.REQUEST_IN_PROGRESS
     if error.code == _S.UNAVAILABLE:
-        return error.reason == "DRAINING" or replay_safe
+        return error.reason == reasons.DRAINING or replay_safe
     return False
 
 

@@ -48,11 +48,12 @@ import grpc
 
 from batchd.client import retry
 from batchd.client.builder import mode_name
+from batchd.client.chunks import Opened
 from batchd.client.results import rpc_error
 from batchd.client.retry import RetryEvent, RetryHook, RetryPolicy
-from batchd.client.sources import Opened, Source, open_source
-from batchd.errors import BatchdRpcError, from_cut_stream, from_rpc_status
+from batchd.client.sources import Source, open_source
 from batchd.v1 import batch_pb2, batch_pb2_grpc
+from batchd.vocabulary import BatchdRpcError, broken_contract, from_cut_stream, from_rpc_status
 
 __all__ = ["AckHook", "AckedChunk", "IngestOptions", "IngestResult", "RejectedRow", "Source",
            "ingest"]
@@ -271,8 +272,7 @@ class _Ingest:
                 pass  # the call has ended already: read() raises its status
             response = await call.read()
             if response is grpc.aio.EOF or response.WhichOneof("kind") != "opened":
-                raise BatchdRpcError(grpc.StatusCode.INTERNAL,
-                                     f"the server answered the header with {response!r}")
+                raise broken_contract(f"the server answered the header with {response!r}")
             self.opened = True
             self._resume_at(response.opened)
             reader = asyncio.create_task(self._read(call))
@@ -341,8 +341,7 @@ class _Ingest:
         while True:
             response = await call.read()
             if response is grpc.aio.EOF:
-                raise BatchdRpcError(grpc.StatusCode.INTERNAL,
-                                     "the stream ended without a summary")
+                raise broken_contract("the stream ended without a summary")
             kind = response.WhichOneof("kind")
             if kind == "ack":
                 await self._acked(response.ack)

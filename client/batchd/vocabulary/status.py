@@ -1,6 +1,6 @@
 """``google.rpc.Status`` both ways: what the caller sees of an error (``to_rpc_status``), and
 the error a status stands for (``from_rpc_status``: a stored answer replayed, or what a client
-received)."""
+received; ``from_rpc_error``: a failed gRPC call, the clients' one translation of one)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from batchd.errors import DOMAIN, BatchdError, FieldViolation
+from batchd.vocabulary import DOMAIN, BatchdError, FieldViolation
+from batchd.vocabulary import reasons as _r
 
 _S = grpc.StatusCode
 
@@ -86,6 +88,30 @@ def from_rpc_status(status: status_pb2.Status) -> BatchdRpcError:
         else:
             error.extra_details.append(packed)
     return error
+
+
+def from_rpc_error(exc: grpc.RpcError) -> BatchdRpcError:
+    """The error a failed gRPC call (sync or aio) stands for: its ``google.rpc.Status`` when the
+    server sent one (rich details: reason, violations, RetryInfo, ...), else the call's own code
+    and message (a status gRPC itself made: a connection refused, a deadline passed). grpc_status
+    refuses a status whose code or message contradicts the call's; then the call's are kept."""
+    try:
+        status = rpc_status.from_call(exc) if hasattr(exc, "trailing_metadata") else None
+    except ValueError:  # details that contradict the call's code or message: ignore them
+        status = None
+    if status is None:
+        # An RpcError that is no call has no code: gRPC's own word for that is UNKNOWN.
+        code = exc.code() if hasattr(exc, "code") else _S.UNKNOWN
+        message = exc.details() if hasattr(exc, "details") else str(exc)
+        status = status_pb2.Status(code=code.value[0], message=message or "")
+    return from_rpc_status(status)
+
+
+def broken_contract(message: str) -> BatchdRpcError:
+    """A response that breaks the contract (a stream answered with something else than
+    ``StreamOpened``, or ended without its summary): a bug in the server or in a proxy between,
+    not the caller's, and not worth a retry. INTERNAL, reason ``UNEXPECTED_RESPONSE``."""
+    return BatchdRpcError(_S.INTERNAL, message, reason=_r.UNEXPECTED_RESPONSE)
 
 
 OK_STATUS = status_pb2.Status(code=0, message="")

@@ -66,8 +66,8 @@ from batchd.client.ingest_files import (
     to_request,
 )
 from batchd.client.results import rpc_error
-from batchd.errors import code_of, is_refusal
 from batchd.v1 import batch_pb2, batch_pb2_grpc
+from batchd.vocabulary import code_of, is_refusal
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -408,7 +408,11 @@ def _record(chunk: Chunk, index: int) -> Any:
     return None
 
 
-def add_parser(commands: Any) -> None:
+COMMANDS: tuple[str, ...] = ("ingest",)
+
+
+def add_commands(commands: Any) -> None:
+    """Adds ``ingest`` to the ``batchd`` subcommands."""
     p = commands.add_parser("ingest", help="stream a CSV, JSON Lines, Parquet or Arrow file "
                                            "into a table",
                             description=__doc__.split("\n\n")[0])
@@ -451,5 +455,6 @@ def _progress_bar() -> Any:
     try:
         from tqdm import tqdm
     except ImportError:
-        raise UsageError("batchd ingest needs the cli extra: pip install 'batchd[cli]'") from None
+        raise UsageError("batchd ingest needs the cli extra: "
+                         "pip install 'batchd-client[cli]'") from None
     return tqdm

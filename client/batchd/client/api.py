@@ -30,7 +30,7 @@ Results (``batchd.client.results``): ``execute`` returns a ``BatchResult`` (``co
 ``attempts``, ``replayed``, one ``OperationOutcome`` per operation, indexable by id, ``OpRef``
 or position).
 
-Errors are the one tree of ``batchd.errors``, shared with the server; ``rpc_error`` translates
+Errors are the one tree of ``batchd.vocabulary``, shared with the server; ``rpc_error`` translates
 any ``grpc.RpcError``::
 
     BatchdError
@@ -70,8 +70,8 @@ from batchd.client.results import (
     rpc_error,
 )
 from batchd.client.retry import RetryEvent, RetryHook, RetryPolicy
-from batchd.errors import BatchdError, BatchdRpcError, FieldViolation
 from batchd.v1 import batch_pb2, batch_pb2_grpc
+from batchd.vocabulary import BatchdError, BatchdRpcError, FieldViolation
 
 __all__ = ["AckedChunk", "ArgumentSchema", "AsyncClient", "AtomicBatchError", "Batch",
            "BatchResult", "BatchdError", "BatchdRpcError", "Client", "ColumnSchema",

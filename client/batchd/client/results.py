@@ -4,8 +4,8 @@ Rows are plain dicts of Python values, each decoded by its column's PostgreSQL t
 (``batchd.client.values``) into what asyncpg would return for it: int, Decimal, datetime,
 UUID, bytes, ... (a custom handler's by the types its Python values render as; a value of a
 column the result does not list, as the wire has it). ``to_dict()`` gives the response as
-grpcurl prints it. Errors are those of ``batchd.errors`` (one tree, one code map, shared with
-the server); ``rpc_error`` is the one translation of a ``grpc.RpcError``, adding
+grpcurl prints it. Errors are those of ``batchd.vocabulary`` (one tree, one code map, shared with
+the server), which translates a ``grpc.RpcError`` (``from_rpc_error``); ``rpc_error`` adds only
 ``AtomicBatchError`` when the status carries every operation's outcome.
 """
 
@@ -17,14 +17,12 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import status_pb2
-from grpc_status import rpc_status
 
 from batchd.client.builder import OpRef
 from batchd.client.values import decode_rows
-from batchd.errors import BatchdRpcError, FieldViolation, from_rpc_status
 from batchd.names import outcome_name
 from batchd.v1 import batch_pb2
+from batchd.vocabulary import BatchdRpcError, FieldViolation, from_rpc_error, from_rpc_status
 
 
 @dataclass(frozen=True)
@@ -226,15 +224,9 @@ class AtomicBatchError(BatchdRpcError):
 
 
 def rpc_error(exc: grpc.RpcError) -> BatchdRpcError:
-    """The one translation of a gRPC error (sync or aio) into this client's errors."""
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    message = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
-    try:
-        status = rpc_status.from_call(exc) if hasattr(exc, "trailing_metadata") else None
-    except ValueError:  # details that contradict the call's code or message: ignore them
-        status = None
-    error = from_rpc_status(status or status_pb2.Status(message=message))
-    error.code, error.message = code, message  # the call's own: gRPC may have set them
+    """A gRPC error (sync or aio) as this client's error: the vocabulary's translation
+    (``from_rpc_error``), as an ``AtomicBatchError`` when its details carry the response."""
+    error = from_rpc_error(exc)
     response = error.detail(batch_pb2.BatchExecuteResponse)
     if response is not None:
         return AtomicBatchError(error, BatchResult.from_proto(response))
