@@ -111,3 +111,16 @@ async def test_references_a_chain_cannot_hold_are_resolved_between_statements(st
     assert order["customer_id"] == rows(response.results[0])[1]["id"]
     assert order["version"] == 1 and rows(response.results[2]) == [{"id": "1"}]
     assert len(await command_ids(db, "customers", "orders", "all_types")) == 3
+
+
+async def test_a_large_insert_is_not_chained_and_keeps_its_statements(stub, db):
+    """An insert of more rows than one statement takes (ROWS_PER_STATEMENT) is cut into
+    statements of its own, chain or not: encoding its parameters at once would stall the
+    event loop."""
+    response = await stub.BatchExecute(batch([
+        {"id": "c", "insert": {"table": "customers", "rows": [{"name": "big", "email": "b@x"}]}},
+        {"id": "o", "insert": {"table": "orders", "rows": [
+            {"customer_id": {"$ref": "c.id"}, "total": str(i)} for i in range(1001)]}},
+    ]))
+    assert response.results[1].rows_affected == 1001
+    assert len(await command_ids(db, "customers", "orders")) == 3  # c | 1,000 rows | 1 row

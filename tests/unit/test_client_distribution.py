@@ -98,7 +98,7 @@ def test_pip_install_of_the_client_alone_pulls_none_of_the_servers_dependencies(
 
 def test_arrow_ingest_without_pyarrow_names_the_arrow_extra():
     code = ("import sys; sys.modules['pyarrow'] = None\n"
-            "from batchd.client.chunks import arrow_source\n"
+            "from batchd.client.sources import arrow_source\n"
             "try:\n    arrow_source()\nexcept ImportError as exc:\n    print(exc)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)

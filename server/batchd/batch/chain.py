@@ -27,7 +27,9 @@ another:
   by statement, the earlier rows' keys are checked before those rows exist), unless that
   part's key columns all take references to parts before it (rows that exist either way).
 - Plain inserts: no ON CONFLICT (a conflict would drop rows from RETURNING, or update a row
-  another part inserted), RETURNING something, no array columns (they take VALUES, not unnest).
+  another part inserted), RETURNING something, no array columns (they take VALUES, not unnest),
+  at most ``ROWS_PER_STATEMENT`` rows a part (a larger insert is cut into statements of that
+  many, so that encoding its parameters never stalls the event loop for long).
 - A reference to a part must be a whole value (``{"$ref": "o.id"}``), to an operation that
   inserts exactly one row alone in its part, of a column of the referring column's very type
   (no coercion in between). A reference to anything that ran before the chain is an ordinary
@@ -49,7 +51,7 @@ import asyncpg
 from batchd.batch.plan import Step
 from batchd.catalog import Column
 from batchd.kinds.base import Output, select_list
-from batchd.kinds.insert import InsertSpec, column_values
+from batchd.kinds.insert import ROWS_PER_STATEMENT, InsertSpec, column_values
 from batchd.kinds.params import Deferred, Results, find_refs
 from batchd.values import Ref
 
@@ -122,7 +124,8 @@ def _chainable(group: list[Step]) -> list[InsertSpec] | None:
         specs.append(planned.spec)
     shape = specs[0].shape
     if (shape.conflict_sql or not shape.columns or not shape.returning
-            or not shape.table.plain or any(c.is_array for c in shape.columns)):
+            or not shape.table.plain or any(c.is_array for c in shape.columns)
+            or sum(len(spec.rows) for spec in specs) > ROWS_PER_STATEMENT):
         return None
     return specs
 
