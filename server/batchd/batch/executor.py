@@ -26,7 +26,6 @@ an ATOMIC batch's own transaction (``_run_claimed``; a final failure in one of i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncpg
@@ -36,7 +35,7 @@ from batchd.batch import results as answers
 from batchd.batch.idempotency import Answer, Claim, Guards, begin, store
 from batchd.batch.independent import IndependentRun
 from batchd.batch.plan import BatchPlan
-from batchd.batch.steps import StepFailed, StepRunner, retry_delay
+from batchd.batch.steps import StepFailed, StepRunner, attempts
 from batchd.config import Settings
 from batchd.db.pool import connection, role_sql, transaction
 from batchd.errors import BatchdError, is_final, translate
@@ -85,33 +84,25 @@ class Executor:
     async def _atomic(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
         if plan.invalid:
             raise answers.refused(plan)
-        attempt = 0
-        together = True  # runs of inserts share a statement without a savepoint (coalesce)
-        while True:
-            attempt += 1
-            outputs: dict[str, Output] = {}
+        outputs: dict[str, Output] = {}  # the operations of the attempt that ran last
+
+        async def once(attempt: int, together: bool) -> Answer:
+            outputs.clear()
             try:
-                answer = await self._atomic_once(plan, outputs, request_id, attempt, together)
-            except coalesce.RunAgainApart:
-                # Rolled back: the same attempt again, each operation under its savepoint
-                # where they share a statement, so that a failure names its operation.
-                attempt -= 1
-                together = False
-                continue
+                return await self._atomic_once(plan, outputs, request_id, attempt, together)
             except _StoreApart as final:
-                answer = await self._store_failure(plan, final.error, request_id)
-            except StepFailed as failed:
-                err = failed.error
-                if self.runner.may_retry(err, attempt):
-                    log.info("request %s: %s, retrying the batch (attempt %d)", request_id,
-                             err.reason, attempt + 1)
-                    await asyncio.sleep(retry_delay(attempt))
-                    continue
-                raise answers.atomic_failure(plan, outputs, failed.step, err, attempts=attempt) \
-                    from None
-            if isinstance(answer, BatchdError):
-                raise answer
-            return answer
+                return await self._store_failure(plan, final.error, request_id)
+
+        try:
+            answer = await attempts(
+                once, lambda failed: self.runner.may_retry(failed.error, failed.attempt),
+                "the batch", request_id)
+        except StepFailed as failed:
+            raise answers.atomic_failure(plan, outputs, failed.step, failed.error,
+                                         attempts=failed.attempt) from None
+        if isinstance(answer, BatchdError):
+            raise answer
+        return answer
 
     async def _atomic_once(self, plan: BatchPlan, outputs: dict[str, Output], request_id: str,
                            attempt: int, together: bool) -> Answer:

@@ -25,7 +25,6 @@ that dependents see the rows they would see for real.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import asyncpg
 
@@ -33,14 +32,13 @@ from batchd.batch import coalesce
 from batchd.batch import results as answers
 from batchd.batch.plan import BatchPlan, Step, Unit, unit_order
 from batchd.batch.results import Settled
-from batchd.batch.steps import StepFailed, StepRunner, retry_delay
+from batchd.batch.steps import StepFailed, StepRunner, attempts
 from batchd.db.pool import connection, transaction
 from batchd.errors import BatchdError, DatabaseError, Skipped, to_rpc_status, translate
 from batchd.kinds.base import Output
 from batchd.kinds.params import Results
 from batchd.v1 import batch_pb2
 
-log = logging.getLogger(__name__)
 Outcome = batch_pb2.Outcome
 
 
@@ -111,34 +109,27 @@ class IndependentRun:
 
     async def _run_unit(self, unit: Unit) -> None:
         """``unit`` in a transaction of its own; a group again after a serialization failure
-        or deadlock, while ``atomic_retries`` allows."""
-        attempt = 0
-        together = True  # runs of inserts share a statement without a savepoint (coalesce)
-        while True:
-            attempt += 1
+        or deadlock, while ``atomic_retries`` allows; any unit whose cached statement was
+        stale (its transaction rolled back: nothing of it stays) too."""
+        ran: dict[str, Output] = {}  # the operations of the attempt that ran last
+
+        async def once(attempt: int, together: bool) -> None:
+            ran.clear()
             self.attempts = max(self.attempts, attempt)
-            ran: dict[str, Output] = {}
-            try:
-                await self._commit_unit(unit, ran, together)
-            except coalesce.RunAgainApart:
-                # Rolled back: the same attempt again, each operation under its savepoint
-                # where they share a statement, so that a failure names its operation.
-                attempt -= 1
-                together = False
-                continue
-            except StepFailed as failed:
-                # A group is rerun whole; any unit whose cached statement was stale (its
-                # transaction rolled back: nothing of it stays) is rerun too.
-                stale = isinstance(failed.error, DatabaseError) and failed.error.stale_plan
-                if (unit.group or stale) and self.runner.may_retry(failed.error, attempt):
-                    log.info('request %s: %s in group "%s", retrying the group (attempt %d)',
-                             self.request_id, failed.error.reason, unit.group, attempt + 1)
-                    await asyncio.sleep(retry_delay(attempt))
-                    continue
-                self._fail(unit, ran, failed.step, failed.error)
-                return
-            self.outputs.update(ran)
+            await self._commit_unit(unit, ran, together)
+
+        def may_retry(failed: StepFailed) -> bool:
+            stale = isinstance(failed.error, DatabaseError) and failed.error.stale_plan
+            return bool(unit.group or stale) and self.runner.may_retry(failed.error,
+                                                                      failed.attempt)
+
+        what = f'group "{unit.group}"' if unit.group else "the operation"
+        try:
+            await attempts(once, may_retry, what, self.request_id)
+        except StepFailed as failed:
+            self._fail(unit, ran, failed.step, failed.error)
             return
+        self.outputs.update(ran)
 
     async def _commit_unit(self, unit: Unit, ran: dict[str, Output], together: bool) -> None:
         plan, settings = self.plan, self.runner.settings

@@ -8,8 +8,11 @@ modes use it: an atomic batch runs all its steps so, an INDEPENDENT batch each u
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import asyncpg
 
@@ -21,14 +24,44 @@ from batchd.kinds import registry as kinds
 from batchd.kinds.base import Output, PlanContext, RunContext
 from batchd.kinds.params import Results
 
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
 
 class StepFailed(Exception):
     """An operation failed (``step``), or the transaction around them did (``step`` None:
-    acquiring a connection, BEGIN or COMMIT)."""
+    acquiring a connection, BEGIN or COMMIT). ``attempt``: the run it failed in (set by
+    ``attempts``)."""
 
     def __init__(self, step: Step | None, error: BatchdError) -> None:
         self.step = step
         self.error = error
+        self.attempt = 1
+
+
+async def attempts(run: Callable[[int, bool], Awaitable[_T]],
+                   may_retry: Callable[[StepFailed], bool], what: str, request_id: str) -> _T:
+    """``run(attempt, together)`` until it returns, for a transaction that may be run again
+    whole (an atomic batch, an INDEPENDENT unit): when a statement that operations shared
+    failed (``coalesce.RunAgainApart``: rolled back), the same attempt again with ``together``
+    False, its operations apart, to learn which one failed; when it raised a ``StepFailed``
+    that ``may_retry`` allows (a serialization failure, a deadlock: nothing committed), the
+    next attempt after a jittered delay. Any other ``StepFailed`` is raised, its ``attempt``
+    set."""
+    attempt, together = 1, True
+    while True:
+        try:
+            return await run(attempt, together)
+        except coalesce.RunAgainApart:
+            together = False
+        except StepFailed as failed:
+            failed.attempt = attempt
+            if not may_retry(failed):
+                raise
+            log.info("request %s: %s, retrying %s (attempt %d)", request_id,
+                     failed.error.reason, what, attempt + 1)
+            await asyncio.sleep(retry_delay(attempt))
+            attempt += 1
 
 
 class StepRunner:
