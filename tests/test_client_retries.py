@@ -432,10 +432,11 @@ def test_channel_options_keepalive_and_service_config():
     assert "grpc.keepalive_time_ms" not in dict(channel_options(keepalive_seconds=None))
 
 
-def test_a_client_balancing_over_several_replicas_checks_their_health_itself():
+async def test_a_client_balancing_over_several_replicas_checks_their_health_itself():
     """Several addresses: the client balances itself, with gRPC's client-side health checking
     (a draining replica leaves the pick: tests/fleet/test_client_balancing.py); one address may
-    be a load balancer's, whose health the client must not judge by one replica behind it."""
+    be a load balancer's, whose health the client must not judge by one replica behind it.
+    (A coroutine: an AsyncClient's channel belongs to the running event loop.)"""
     def checked(**kwargs: Any) -> bool:
         client = AsyncClient(**kwargs)
         config = json.loads(dict(client._settings.options)["grpc.service_config"])

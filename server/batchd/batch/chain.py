@@ -35,6 +35,10 @@ another:
   (no coercion in between). A reference to anything that ran before the chain is an ordinary
   bound value.
 
+A batch's first chain can also carry its request id's claim (``Guard``, the CTEs of
+batchd.batch.idempotency): its parts insert only behind a claimed id, and the claim costs no
+round trip of its own.
+
 A failed chain names no operation: its transaction is aborted, and the batch runs again with
 its operations apart (``coalesce.RunAgainApart``), as a failed coalesced insert does. Errors
 that are not about an operation (a serialization failure, a timeout, a lost connection) are
@@ -70,6 +74,18 @@ class Part:
     steps: list[Step]
     specs: list[InsertSpec]
     sources: tuple[Source, ...]  # per column of the insert
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """What a chain's parts run behind: CTEs leading the statement (their parameters $1 to
+    $len(args)), the one of them without whose rows no part inserts anything, and boolean
+    expressions over them, read back (``run`` returns them)."""
+
+    ctes: str
+    args: list[Any]
+    gate: str
+    flags: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -187,10 +203,11 @@ def _source(value: Any, column: Column, parts: list[Part],
     return at, returned
 
 
-async def run(chain: Chain, conn: asyncpg.Connection, results: Results) -> dict[str, Output]:
-    """Run ``chain`` as one statement; each operation's output, by id. (Its rows are recorded
-    by the caller.)"""
-    params: list[Any] = []
+async def run(chain: Chain, conn: asyncpg.Connection, results: Results,
+              guard: Guard | None = None) -> tuple[dict[str, Output], tuple[Any, ...]]:
+    """Run ``chain`` as one statement: each operation's output, by id (its rows are recorded
+    by the caller), and the values of ``guard``'s flags (none without one)."""
+    params: list[Any] = list(guard.args) if guard is not None else []
     for part in chain.parts:
         given = [row for spec in part.specs for row in spec.rows]
         bound = [c for c, s in zip(part.specs[0].shape.columns, part.sources, strict=True)
@@ -201,12 +218,19 @@ async def run(chain: Chain, conn: asyncpg.Connection, results: Results) -> dict[
         at = [i for i, s in enumerate(part.sources) if s is None]
         values = [[results.finalize(row[i]) for i in at] for row in given]
         params.extend(column_values(bound, values))
-    sql, slots = statement(chain)
+    sql, slots = statement(chain, guard)
     records = await conn.fetch(sql, *params)
     by_part: list[list[asyncpg.Record]] = [[] for _ in chain.parts]
+    flags: tuple[Any, ...] = ()
     for record in records:
-        by_part[record[0]].append(record)
+        if record[0] < 0:
+            flags = tuple(record[len(record) - len(guard.flags):]) if guard else ()
+        else:
+            by_part[record[0]].append(record)
     outputs: dict[str, Output] = {}
+    if not all(flags):  # the guard kept the parts from inserting anything
+        return {step.id: Output([], part.specs[0].shape.rendering)
+                for part in chain.parts for step in part.steps}, flags
     for part, found, at in zip(chain.parts, by_part, slots, strict=True):
         shape = part.specs[0].shape
         names = list(zip([c.name for c in shape.returning], at, strict=True))
@@ -218,7 +242,7 @@ async def run(chain: Chain, conn: asyncpg.Connection, results: Results) -> dict[
             outputs[step.id] = Output(mine, shape.rendering, rows_affected=len(mine))
         if start != len(rows):
             raise RuntimeError(f"a chained insert returned {len(rows)} rows for {start}")
-    return outputs
+    return outputs, flags
 
 
 # Statements by the chain's form (tables, columns, sources, RETURNING), with where each
@@ -227,24 +251,27 @@ async def run(chain: Chain, conn: asyncpg.Connection, results: Results) -> dict[
 _statements: dict[tuple[Any, ...], tuple[str, list[list[int]]]] = {}
 
 
-def statement(chain: Chain) -> tuple[str, list[list[int]]]:
+def statement(chain: Chain, guard: Guard | None = None) -> tuple[str, list[list[int]]]:
     """The chain's statement, and for each part the result's positions of its returned
     columns."""
-    key = tuple((p.specs[0].shape.table.sql,
-                 tuple((c.sql, c.cast_sql) for c in p.specs[0].shape.columns),
-                 tuple(None if s is None else (s[0], s[1].sql) for s in p.sources),
-                 tuple((c.sql, c.cast_sql) for c in p.specs[0].shape.returning))
-                for p in chain.parts)
+    key = (tuple((p.specs[0].shape.table.sql,
+                  tuple((c.sql, c.cast_sql) for c in p.specs[0].shape.columns),
+                  tuple(None if s is None else (s[0], s[1].sql) for s in p.sources),
+                  tuple((c.sql, c.cast_sql) for c in p.specs[0].shape.returning))
+                 for p in chain.parts),
+           None if guard is None else (guard.ctes, guard.gate, guard.flags))
     found = _statements.get(key)
     if found is None:
         if len(_statements) >= 1024:
             _statements.clear()
-        found = _statements[key] = _compile(chain)
+        found = _statements[key] = _compile(chain, guard)
     return found
 
 
-def _compile(chain: Chain) -> tuple[str, list[list[int]]]:
-    ctes, n = [], 0
+def _compile(chain: Chain, guard: Guard | None) -> tuple[str, list[list[int]]]:
+    ctes = [guard.ctes] if guard is not None else []
+    n = len(guard.args) if guard is not None else 0
+    behind = f" WHERE EXISTS (SELECT FROM {guard.gate})" if guard is not None else ""
     for i, part in enumerate(chain.parts):
         shape = part.specs[0].shape
         names, arrays, exprs = [], [], []
@@ -262,7 +289,7 @@ def _compile(chain: Chain) -> tuple[str, list[list[int]]]:
             n += 1
             rows = f"generate_series(1, ${n}::int8) AS u(n)"
         ctes.append(f"s{i} AS (INSERT INTO {shape.table.sql} ({select_list(shape.columns)}) "
-                    f"SELECT {', '.join(exprs)} FROM {rows} ORDER BY u.n "
+                    f"SELECT {', '.join(exprs)} FROM {rows}{behind} ORDER BY u.n "
                     f"RETURNING {select_list(shape.returning)})")
     # The result's columns after the part's number: a slot per type, as many of one type as
     # one part returns, shared by the parts (the others' NULL), so that a chain of orders and
@@ -280,11 +307,16 @@ def _compile(chain: Chain) -> tuple[str, list[list[int]]]:
                 slots.append(column.cast_sql)
                 mine.append(len(slots) - 1)
         positions.append(mine)
+    # With a guard, a row of its own (part -1) carries its flags, in columns of their own.
+    no_flags = ["NULL::boolean" for _ in guard.flags] if guard is not None else []
     selects = []
+    if guard is not None:
+        flag_row = [f"NULL::{t}" for t in slots] + list(guard.flags)
+        selects.append(f"SELECT -1, {', '.join(flag_row)}")
     for i, (part, mine) in enumerate(zip(chain.parts, positions, strict=True)):
         values = [f"NULL::{t}" for t in slots]
         for column, k in zip(part.specs[0].shape.returning, mine, strict=True):
             values[k] = f"s{i}.{column.sql}"
-        selects.append(f"SELECT {i}, {', '.join(values)} FROM s{i}")
+        selects.append(f"SELECT {i}, {', '.join(values + no_flags)} FROM s{i}")
     return (f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}",
             [[k + 1 for k in mine] for mine in positions])

@@ -151,9 +151,10 @@ def fingerprint(request: batch_pb2.BatchExecuteRequest) -> bytes:
 
 # Steps 1 and 2 in one statement (one round trip): the lock, then, only if it was taken, the
 # claim row. A row with neither answer nor failure cannot have committed; it is taken over all
-# the same. ``held``: the lock was taken; ``claimed``: the row is this call's.
-CLAIM_SQL = """
-WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS held),
+# the same. ``held``: the lock was taken; ``claimed``: the row is this call's. As CTEs, so that
+# a batch's first statement can lead with them (batchd.batch.chain.Guard: its parts insert only
+# behind a claimed row), parameters $1-$5 (``claim_args``).
+CLAIM_CTES = """lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS held),
 claimed AS (
     INSERT INTO batchd.requests AS r (request_id, fingerprint, principal, expires_at)
     SELECT $2, $3, $4, now() + make_interval(secs => $5) FROM lock WHERE held
@@ -161,9 +162,14 @@ claimed AS (
         principal = EXCLUDED.principal, response = NULL, status = NULL, created_at = now(),
         expires_at = EXCLUDED.expires_at
     WHERE r.expires_at <= now() OR (r.response IS NULL AND r.status IS NULL)
-    RETURNING true)
-SELECT (SELECT held FROM lock) AS held, EXISTS (SELECT FROM claimed) AS claimed
-"""
+    RETURNING true)"""
+CLAIM_FLAGS = ("(SELECT held FROM lock)", "EXISTS (SELECT FROM claimed)")
+CLAIM_SQL = f"WITH {CLAIM_CTES}\nSELECT {', '.join(CLAIM_FLAGS)}"
+
+
+def claim_args(claim: Claim, ttl_seconds: float) -> list[object]:
+    """The parameters of CLAIM_CTES."""
+    return [LOCK_CLASS, claim.request_id, claim.fingerprint, claim.principal, float(ttl_seconds)]
 
 
 async def begin(conn: asyncpg.Connection, claim: Claim,
@@ -171,8 +177,13 @@ async def begin(conn: asyncpg.Connection, claim: Claim,
     """Inside a transaction: claim the id (None: run the batch, then ``store`` its answer
     before committing), or the answer to give without running anything: the stored one,
     REQUEST_IN_PROGRESS or REQUEST_ID_REUSED."""
-    held, claimed = await conn.fetchrow(CLAIM_SQL, LOCK_CLASS, claim.request_id,
-                                        claim.fingerprint, claim.principal, float(ttl_seconds))
+    held, claimed = await conn.fetchrow(CLAIM_SQL, *claim_args(claim, ttl_seconds))
+    return await claimed_answer(conn, claim, held, claimed)
+
+
+async def claimed_answer(conn: asyncpg.Connection, claim: Claim, held: bool,
+                         claimed: bool) -> Answer | None:
+    """What a claim found (CLAIM_FLAGS): None if the id is this call's, else the answer."""
     if not held:
         return RequestInProgress(f'a call with request id "{claim.request_id}" is still '
                                  "running; retry later to get its answer")

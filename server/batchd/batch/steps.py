@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -71,16 +71,27 @@ class StepRunner:
 
     async def run_in_order(self, steps: Sequence[Step], conn: asyncpg.Connection,
                            results: Results, outputs: dict[str, Output],
-                           request_id: str, *, protect: bool = True) -> None:
+                           request_id: str, *, protect: bool = True,
+                           guard: chain.Guard | None = None) -> tuple[Any, ...]:
         """Every step in order, each output into ``outputs`` as it completes; runs that can
         share a statement (batchd.batch.coalesce) as one, under a savepoint if ``protect``
         (else a failure of such a run raises ``coalesce.RunAgainApart``). Without ``protect``,
         inserts that refer to each other are chained into one statement too
-        (batchd.batch.chain); with it (a batch run again to name what failed), they are not."""
+        (batchd.batch.chain); with it (a batch run again to name what failed), they are not.
+
+        ``guard``: the steps lead with a chain (``leads_with_chain``), which runs behind it;
+        its flags are returned, and when one of them is false (the chain inserted nothing)
+        nothing after it runs."""
         groups = coalesce.runs(steps)
-        for group in groups if protect else chain.runs(groups):
+        flags: tuple[Any, ...] = ()
+        for i, group in enumerate(groups if protect else chain.runs(groups)):
             if isinstance(group, chain.Chain):
-                await self._run_chain(group, conn, results, outputs, request_id)
+                flags = await self._run_chain(group, conn, results, outputs, request_id,
+                                              guard if i == 0 else None) or flags
+                if guard is not None and not all(flags):
+                    return flags
+            elif guard is not None and i == 0:
+                raise ValueError("a guard needs steps that lead with a chain")
             elif len(group) == 1:
                 outputs[group[0].id] = await self.run_step(group[0], conn, results, request_id)
             else:
@@ -90,11 +101,20 @@ class StepRunner:
                     group, ctx, outputs,
                     lambda step: self.run_step(step, conn, results, request_id),
                     protect=protect)
+        return flags
+
+    @staticmethod
+    def leads_with_chain(steps: Sequence[Step]) -> bool:
+        """Whether ``steps``, run without ``protect``, start with a chain (which can carry a
+        guard)."""
+        first = next(iter(chain.runs(coalesce.runs(steps))), None)
+        return isinstance(first, chain.Chain)
 
     async def _run_chain(self, run: chain.Chain, conn: asyncpg.Connection, results: Results,
-                         outputs: dict[str, Output], request_id: str) -> None:
+                         outputs: dict[str, Output], request_id: str,
+                         guard: chain.Guard | None) -> tuple[Any, ...]:
         try:
-            found = await chain.run(run, conn, results)
+            found, flags = await chain.run(run, conn, results, guard)
         except Exception as exc:
             if _names_an_operation(exc):
                 raise coalesce.RunAgainApart from exc
@@ -104,6 +124,7 @@ class StepRunner:
             output = found[step.id]
             results.record(step.id, output.rows)
             outputs[step.id] = output
+        return flags
 
     async def run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
                        request_id: str) -> Output:
