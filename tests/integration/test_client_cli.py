@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from tests.support.cli import target
+
 BATCHD = Path(sys.executable).parent / "batchd"
 
 ORDER_JSON = {"operations": [
@@ -44,10 +46,6 @@ async def batchd(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(
         proc.communicate(stdin.encode() if stdin is not None else None), 60)
     return proc.returncode or 0, out.decode(), err.decode()
-
-
-def target(app) -> list[str]:
-    return ["--target", f"127.0.0.1:{app.port}"]
 
 
 def write(tmp_path: Path, name: str, content: object) -> str:

@@ -1,7 +1,8 @@
 """batchd.client ingest (BatchStream) against the real server: every source and encoding,
 rejected rows, atomic commit, and resume after a lost connection with every row written once.
 
-Connections are cut by an in-process proxy (tests/proxy.py) at a point the test chooses (from
+Connections are cut by an in-process proxy (tests/support/proxy.py) at a point the test chooses
+(from
 ``on_ack``, which runs before the chunk's window slot is freed), so what the server has
 committed when the cut comes is known exactly.
 """
@@ -30,8 +31,8 @@ from batchd.client import (
 )
 from batchd.client.sources import column_values, csv_records
 from batchd.v1 import batch_pb2_grpc
-from tests.client_proxy import Proxy
 from tests.conftest import count, no_open_transaction
+from tests.support.client_proxy import Proxy
 from tests.support.servers import own_server
 from tests.support.streams import COMMIT, header, open_stream, rows_chunk, send
 

@@ -17,8 +17,8 @@ import pytest
 
 from batchd.client import AckedChunk, AsyncClient, BatchdRpcError, Client
 from batchd.client.arrow_source import fitting, ipc_stream, rechunk
-from tests.client_proxy import Proxy
 from tests.conftest import count
+from tests.support.client_proxy import Proxy
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 never past the deadline), several targets, keepalive and the published service config.
 
 Every retry is made to happen deterministically: a batch is held on an advisory lock the test
-owns, a connection is cut by an in-process proxy (tests/proxy.py) or the server is told to
+owns, a connection is cut by an in-process proxy (tests/support/proxy.py) or the server is told to
 drain, and the client's ``on_retry`` hook (called before each wait) is where the test lets
 things go on.
 """
@@ -42,8 +42,8 @@ from batchd.client.channel import (
 )
 from batchd.client.retry import replay_safe, retryable
 from batchd.v1 import batch_pb2
-from tests.client_proxy import Proxy
 from tests.conftest import count
+from tests.support.client_proxy import Proxy
 from tests.support.servers import own_server
 
 LOCK = 616161

@@ -24,7 +24,7 @@ from batchd.client.values import decoder_for
 
 JSON_COLUMNS = {"doc", "docb"}
 
-# Every column of all_types (tests/schema.sql), as a Python program would write them.
+# Every column of all_types (tests/support/schema.sql), as a Python program would write them.
 TYPICAL = {
     "id": 1, "i2": -32768, "i4": 2**31 - 1, "i8": 2**62 + 1,
     "num": Decimal("12345678901234567890.123456789012345678"), "money": Decimal("49.90"),
@@ -100,7 +100,7 @@ async def test_every_all_types_column_comes_back_as_asyncpg_gives_it(client, db,
         assert_same(outcome.row, expected, outcome.id)
 
 
-# Column types all_types lacks, in the tables of tests/test_stream_arrow.py (not emptied
+# Column types all_types lacks, in the tables of tests/integration/test_stream_arrow.py (not emptied
 # between tests: the row is deleted before and after).
 MORE_TYPES = [
     ("arrow_extra", {"id": 9001, "docs": [{"a": 1}, None, {"b": [2.5, 3]}],

@@ -14,10 +14,9 @@ import pytest
 import yaml
 
 from batchd.config import Settings
+from tests.support.compose import NOT_SETTINGS, environment
 
-ROOT = Path(__file__).parent.parent
-# Variables batchd reads that are not settings (see cli.py, config.py, healthcheck.py).
-NOT_SETTINGS = {"BATCHD_CONFIG", "BATCHD_LOG_LEVEL"}
+ROOT = Path(__file__).parents[2]
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -66,14 +65,6 @@ async def test_healthcheck_command_fails_when_nothing_listens(unused_tcp_port):
 
 def compose() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "compose.yaml").read_text())
-
-
-def environment(service: dict[str, Any]) -> dict[str, str]:
-    """A service's environment, written as a mapping or as a list of NAME=value."""
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {name: str(value) for name, value in env.items()}
 
 
 def published(service: dict[str, Any]) -> dict[int, int]:

@@ -14,7 +14,7 @@ import pytest
 
 from batchd.v1 import batch_pb2
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 BUF = Path(sys.executable).parent / "buf"
 RELEASES = sorted((ROOT / "protos" / "releases").glob("*.binpb"),
                   key=lambda p: tuple(int(n) for n in p.stem.split(".")))

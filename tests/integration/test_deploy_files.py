@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2
 
 from batchd.config import Settings
 from tests.fleet.processes import read_userlist, render_ini
-from tests.test_container import NOT_SETTINGS, environment
+from tests.support.compose import NOT_SETTINGS, environment
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
 SERVICE = "batchd.v1.BatchService"
 # Settings the fleet relies on that come with the server's drain and pooler work; until they

@@ -2,7 +2,7 @@
 named arguments coerced by their own types, overloads told apart by argument names, results
 as rows, scopes call:SCHEMA.FUNCTION, EXECUTE grants and row-level security through roles.
 
-The functions are tests/schema.sql's ``fn_*`` (the test server exposes ``public.fn_*``); the
+The functions are tests/support/schema.sql's ``fn_*`` (the test server exposes ``public.fn_*``); the
 secured server of this module adds roles, a row-level-security table and a guarded function.
 """
 
@@ -34,9 +34,8 @@ from tests.conftest import (
     make_settings,
     rows,
 )
+from tests.support import cli
 from tests.support.grpcurl import grpcurl, readme_example
-from tests.test_client_cli import batchd as batchd_cli
-from tests.test_client_cli import target as cli_target
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -306,8 +305,9 @@ async def test_the_python_client_calls_functions_and_lists_them(app):
 
 
 async def test_schema_text_shows_each_functions_signature_and_result(app):
-    code, out, err = await batchd_cli("schema", *cli_target(app))
-    assert code == 0, err
+    done = await cli.batchd("schema", *cli.target(app))
+    assert done.code == 0, done.stderr
+    out = done.stdout
     block = out.split("function public.fn_series(n integer, prefix text)\n")[1]
     assert block.split("\n\n")[0].splitlines() == [
         "  returns:      SETOF record (i integer, label text)",

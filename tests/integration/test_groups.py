@@ -15,7 +15,6 @@ from google.protobuf import json_format
 
 from batchd.errors import from_rpc_status
 from batchd.v1 import batch_pb2
-from tests import handlers
 from tests.conftest import (
     FAILED,
     NOT_RUN,
@@ -27,6 +26,7 @@ from tests.conftest import (
     fails,
     rows,
 )
+from tests.support import handlers
 
 INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
 CODE = {c.value[0]: c for c in grpc.StatusCode}

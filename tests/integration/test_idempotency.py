@@ -39,7 +39,7 @@ from tests.conftest import (
 
 INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
 BATCHD = Path(sys.executable).parent / "batchd"
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def new_id() -> str:
@@ -321,7 +321,7 @@ async def server_process(schema: str, log: Path) -> AsyncIterator[str]:
     """A real `batchd serve` on a free port; yields its address."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
            "BATCHD_DSN": schema,
-           "BATCHD_HANDLER_MODULES": '["tests.handlers", "batchd.demo.handlers"]',
+           "BATCHD_HANDLER_MODULES": '["tests.support.handlers", "batchd.demo.handlers"]',
            "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.proxy import Proxy
+from tests.support.cli import write_csv
+from tests.support.proxy import Proxy
 
 BATCHD = Path(sys.executable).parent / "batchd"
 
@@ -32,14 +33,6 @@ def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def write_csv(path: Path, rows: int, bad: dict[int, str] | None = None) -> Path:
-    lines = ["id,kind,score"]
-    for i in range(rows):
-        lines.append((bad or {}).get(i, f'{i},"kind, {i % 3}",{i % 100}'))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 async def test_ingest_csv_writes_every_row_and_cleans_up(app, db, tmp_path):

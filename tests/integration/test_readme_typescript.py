@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 NEEDED = ("@grpc/grpc-js", "@grpc/proto-loader", "protobufjs", ".bin/tsx")
 
 

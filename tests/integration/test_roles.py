@@ -14,27 +14,10 @@ from batchd.principals import hash_token
 from batchd.startup import StartupError
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import batch, make_settings, rows
+from tests.support.roles import bearer
+from tests.support.tenants import QUERY, SETUP, note
 
 A, B = "tenant-a-secret", "tenant-b-secret"
-SETUP = """
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenant_a') THEN CREATE ROLE tenant_a; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenant_b') THEN CREATE ROLE tenant_b; END IF;
-END $$;
-GRANT tenant_a, tenant_b TO current_user;
-DROP TABLE IF EXISTS tenant_notes;
-CREATE TABLE tenant_notes (id bigserial PRIMARY KEY,
-                           tenant text NOT NULL DEFAULT current_user, note text);
-ALTER TABLE tenant_notes ENABLE ROW LEVEL SECURITY;
-CREATE POLICY own_rows ON tenant_notes USING (tenant = current_user)
-    WITH CHECK (tenant = current_user);
-GRANT SELECT, INSERT, UPDATE, DELETE ON tenant_notes TO tenant_a, tenant_b;
-GRANT USAGE ON SEQUENCE tenant_notes_id_seq TO tenant_a, tenant_b;
-"""
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
 
 
 @pytest.fixture
@@ -52,12 +35,6 @@ async def stub(schema, db) -> AsyncIterator[batch_pb2_grpc.BatchServiceStub]:
         await db.execute("DROP TABLE IF EXISTS tenant_notes")
 
 
-def note(text: str, **extra: str) -> dict:
-    return {"id": "n", "insert": {"table": "tenant_notes", "rows": [{"note": text, **extra}],
-                                  "returning": ["tenant"]}}
-
-
-QUERY = {"id": "q", "query": {"table": "tenant_notes", "columns": ["tenant", "note"]}}
 
 
 @pytest.mark.parametrize("mode", ["MODE_ATOMIC", "MODE_INDEPENDENT"])

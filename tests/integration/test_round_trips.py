@@ -1,4 +1,5 @@
-"""What a batch costs on the wire, counted by a proxy that reads the protocol (tests/pgwire.py),
+"""What a batch costs on the wire, counted by a proxy that reads the protocol
+(tests/support/pgwire.py),
 and that the session a call leaves behind is reset all the same.
 
 An atomic batch is one round trip to begin (BEGIN with its SET LOCAL limits), one per
@@ -21,7 +22,7 @@ import pytest
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import batch, fails, make_settings
-from tests.pgwire import Spent, WireCounter
+from tests.support.pgwire import Spent, WireCounter
 
 
 @pytest.fixture

@@ -239,7 +239,7 @@ async def test_resume_after_a_cut_connection_has_no_duplicates_and_no_gaps(stub,
 
 async def pg_process(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).parent / "pg_process.py"), *args,
+        sys.executable, str(Path(__file__).parents[1] / "support" / "pg_process.py"), *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
 
 

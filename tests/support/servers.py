@@ -37,7 +37,7 @@ async def serving(schema: str, grace: float) -> AsyncIterator[tuple[asyncio.subp
     afterwards if it is still running."""
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
-           "BATCHD_DSN": schema, "BATCHD_HANDLER_MODULES": '["tests.handlers"]',
+           "BATCHD_DSN": schema, "BATCHD_HANDLER_MODULES": '["tests.support.handlers"]',
            "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
         str(BATCHD), "serve", "--port", str(port), "--grace", str(grace), env=env,

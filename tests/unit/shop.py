@@ -9,7 +9,7 @@
     public.Odd "Name"   id integer PK; we"ird text (identifiers that need quoting)
     billing.invoices    id bigint PK; amount numeric
 
-Custom handlers are the suite's own (tests/handlers.py, which the test server loads too):
+Custom handlers are the suite's own (tests/support/handlers.py, which the test server loads too):
 ``echo`` returns its arguments.
 """
 
@@ -28,7 +28,7 @@ from batchd.kinds.registry import TABLE_KINDS
 from batchd.pgtext import quote_ident
 from batchd.principals import Principal
 from batchd.v1 import batch_pb2
-from tests import handlers  # noqa: F401 - registers the handlers
+from tests.support import handlers  # noqa: F401 - registers the handlers
 
 
 def col(name: str, kind: str, type_sql: str | None = None, *, is_array: bool = False,
