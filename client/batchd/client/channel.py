@@ -47,7 +47,8 @@ MAX_MESSAGE_BYTES = 64 << 20
 # grpc re-sends a call that failed UNAVAILABLE before response headers arrived. That includes a
 # BatchExecute that ran and committed, when its response headers were lost with the connection
 # (tests/integration/test_client_retries.py shows it): safe only for a request that is replayed,
-# not run again, which grpc cannot tell. The Python client leaves BatchExecute to batchd.client.retry.
+# not run again, which grpc cannot tell. The Python client leaves BatchExecute to
+# batchd.client.retry.
 NOT_RETRIED_BY_GRPC = frozenset({"BatchExecute"})
 
 
