@@ -63,7 +63,9 @@ class Column:
     # The type without modifiers, for casting parameters: an explicit cast to varchar(10)
     # would silently truncate, where assignment to the column raises an error.
     cast_sql: str
-    kind: str  # coercion kind of the value (element kind for arrays), see batchd.values
+    # The value family its values are coerced and rendered as (batchd.values,
+    # batchd.rendering): int8, numeric, text, json... (of its elements, for an array).
+    family: str
     is_array: bool
     nullable: bool
     has_default: bool
@@ -159,8 +161,8 @@ class Function:
                                       for a in self.arguments)
 
 
-# Coercion kinds by PostgreSQL type name; anything else is passed through as given.
-_KINDS = {
+# Value families by PostgreSQL type name; anything else ("other") is passed through as given.
+_FAMILIES = {
     "int2": "int2", "int4": "int4", "int8": "int8", "numeric": "numeric",
     "float4": "float", "float8": "float", "bool": "bool",
     "text": "text", "varchar": "text", "bpchar": "text", "name": "text", "citext": "text",
@@ -327,17 +329,17 @@ class _Types:
     def __init__(self, rows: Iterable[asyncpg.Record]) -> None:
         self.rows = {r["oid"]: r for r in rows}
 
-    def kind_of(self, oid: int) -> tuple[str, bool]:
-        """The coercion kind of values of the type (batchd.values), and whether it is an
-        array (the kind is then its elements')."""
+    def family_of(self, oid: int) -> tuple[str, bool]:
+        """The value family of the type (see ``Column.family``), and whether it is an array
+        (the family is then its elements')."""
         t = self.rows[oid]
         while t["typtype"] == "d":  # domain: coerce as its base type
             t = self.rows[t["typbasetype"]]
         if t["typcategory"] == "A" and t["typelem"]:
-            return self.kind_of(t["typelem"])[0], True
+            return self.family_of(t["typelem"])[0], True
         if t["typtype"] == "e":
             return "text", False
-        return _KINDS.get(t["typname"], "other"), False
+        return _FAMILIES.get(t["typname"], "other"), False
 
     def value_type(self, oid: int) -> str:
         """A domain's base type (of an array of domains: its elements' base type, "[]"), as
@@ -358,9 +360,9 @@ class _Types:
                ) -> Column:
         """A function's argument or result column (no type modifier: PostgreSQL keeps none
         for them, so the type as shown is the cast too)."""
-        kind, is_array = self.kind_of(oid)
+        family, is_array = self.family_of(oid)
         return Column(name=name, sql=quote_ident(name), type_sql=type_sql, cast_sql=type_sql,
-                      kind=kind, is_array=is_array, nullable=True, has_default=has_default,
+                      family=family, is_array=is_array, nullable=True, has_default=has_default,
                       generated=False, value_type=self.value_type(oid))
 
 
@@ -369,11 +371,11 @@ async def _columns_of(conn: asyncpg.Connection, relations: list[int],
     """The columns of tables (or composite types), by relation oid, in order."""
     columns: dict[int, dict[str, Column]] = {oid: {} for oid in relations}
     for r in await conn.fetch(_COLUMNS_SQL, relations):
-        kind, is_array = types.kind_of(r["atttypid"])
+        family, is_array = types.family_of(r["atttypid"])
         columns[r["attrelid"]][r["attname"]] = Column(
             name=r["attname"], sql=quote_ident(r["attname"]), type_sql=r["type_sql"],
             cast_sql=r["cast_sql"],
-            kind=kind, is_array=is_array, nullable=not r["attnotnull"],
+            family=family, is_array=is_array, nullable=not r["attnotnull"],
             has_default=r["atthasdef"] or r["identity"] or r["generated"],
             generated=r["generated"], value_type=types.value_type(r["atttypid"]))
     return columns
@@ -460,14 +462,14 @@ def _configure(table: Table, settings: Settings, kinds: Mapping[str, bool]) -> T
     version = conf.version_column if conf and conf.version_column is not None else "version"
     deleted = (conf.soft_delete_column if conf and conf.soft_delete_column is not None
                else "deleted_at")
-    if version and version in table.columns and table.columns[version].kind in ("int2", "int4",
-                                                                                 "int8"):
+    if version and version in table.columns and table.columns[version].family in ("int2", "int4",
+                                                                                   "int8"):
         table.version_column = version
     elif conf and conf.version_column:
         raise ValueError(f"{table.qualified_name}: version column {version!r} is not an integer "
                          "column of the table")
-    if deleted and deleted in table.columns and table.columns[deleted].kind in ("timestamptz",
-                                                                                "timestamp"):
+    if deleted and deleted in table.columns and table.columns[deleted].family in ("timestamptz",
+                                                                                  "timestamp"):
         table.soft_delete_column = deleted
     elif conf and conf.soft_delete_column:
         raise ValueError(f"{table.qualified_name}: soft-delete column {deleted!r} is not a "

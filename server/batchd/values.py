@@ -74,14 +74,14 @@ _refs: dict[str, Ref] = {}
 
 def from_proto(value: struct_pb2.Value) -> Any:
     """A protobuf Value as plain Python, with {"$ref": ...} objects turned into ``Ref``."""
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
+    which = value.WhichOneof("kind")
+    if which == "string_value":
         return value.string_value
-    if kind == "number_value":
+    if which == "number_value":
         return value.number_value
-    if kind == "bool_value":
+    if which == "bool_value":
         return value.bool_value
-    if kind == "struct_value":
+    if which == "struct_value":
         fields = value.struct_value.fields
         if len(fields) == 1:
             if "$ref" in fields and fields["$ref"].WhichOneof("kind") == "string_value":
@@ -89,17 +89,17 @@ def from_proto(value: struct_pb2.Value) -> Any:
             if "$literal" in fields:
                 return _plain(fields["$literal"])
         return {k: from_proto(v) for k, v in fields.items()}
-    if kind == "list_value":
+    if which == "list_value":
         return [from_proto(v) for v in value.list_value.values]
     return None
 
 
 def _plain(value: struct_pb2.Value) -> Any:
     """Like from_proto, but a "$ref" object is data, not a reference."""
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
+    which = value.WhichOneof("kind")
+    if which == "struct_value":
         return {k: _plain(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
+    if which == "list_value":
         return [_plain(v) for v in value.list_value.values]
     return from_proto(value)
 
@@ -111,12 +111,12 @@ def struct_from_proto(struct: struct_pb2.Struct) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in fields:  # by key: the map's items() is a pure-Python view, slower
         value = fields[k]
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
+        which = value.WhichOneof("kind")
+        if which == "string_value":
             out[k] = value.string_value
-        elif kind == "number_value":
+        elif which == "number_value":
             out[k] = value.number_value
-        elif kind == "bool_value":
+        elif which == "bool_value":
             out[k] = value.bool_value
         else:
             out[k] = from_proto(value)
@@ -138,7 +138,7 @@ def plain_json(value: Any) -> Any:
 # --- Python -> PostgreSQL (by column) --------------------------------------------------------
 
 def _expect(what: str, value: Any) -> CoercionError:
-    """"expected a string, got a number": the JSON kind the client sent (a Struct carries every
+    """"expected a string, got a number": the JSON type the client sent (a Struct carries every
     number as a double, so "float" would mislead for an integer)."""
     if value is None:
         shown = "null"
@@ -149,8 +149,8 @@ def _expect(what: str, value: Any) -> CoercionError:
     return CoercionError(f"expected {what}, got {shown}")
 
 
-def _to_int(kind: str) -> Callable[[Any], int]:
-    limit = _INT_RANGES[kind]
+def _to_int(family: str) -> Callable[[Any], int]:
+    limit = _INT_RANGES[family]
 
     def coerce(value: Any) -> int:
         if isinstance(value, bool):
@@ -171,7 +171,7 @@ def _to_int(kind: str) -> Callable[[Any], int]:
         else:
             raise _expect("an integer (number or decimal string)", value)
         if not -limit <= result < limit:
-            raise CoercionError(f"{result} is out of range for {kind}")
+            raise CoercionError(f"{result} is out of range for {family}")
         return result
     return coerce
 
@@ -341,14 +341,14 @@ def coerce(value: Any, column: Column) -> Any:
     """The Python value asyncpg should bind for ``column``; raises CoercionError."""
     if value is None:
         return None
-    scalar = _COERCERS[column.kind]
+    scalar = _COERCERS[column.family]
     if column.is_array:
         if not isinstance(value, list):
             raise _expect(f"a list (column type {column.type_sql})", value)
-        if column.kind == "json":
+        if column.family == "json":
             return [None if v is None else _json_element(v) for v in value]
         return _coerce_array(value, scalar)
-    if isinstance(value, _CONTAINERS) and column.kind != "json":
+    if isinstance(value, _CONTAINERS) and column.family != "json":
         raise _expect(f"a scalar (column type {column.type_sql})", value)
     return scalar(value)
 
@@ -359,9 +359,9 @@ _CONTAINERS = (list, dict)
 def coercer(column: Column) -> Callable[[Any], Any]:
     """``coerce`` for ``column``, worked out once: the function to call on each value (for
     the many values of one column of a bulk insert)."""
-    if column.is_array or column.kind == "json":
+    if column.is_array or column.family == "json":
         return lambda value: coerce(value, column)
-    scalar = _COERCERS[column.kind]
+    scalar = _COERCERS[column.family]
 
     def coerce_scalar(value: Any) -> Any:
         if value is None:

@@ -110,8 +110,8 @@ async def test_random_literals_are_read_as_postgresql_reads_them(db):
     assert checked > 100  # the random texts are not all refused
 
 
-# Element kinds (batchd.catalog) of the array types below.
-KINDS = {"bigint[]": "int8", "integer[]": "int4", "numeric[]": "numeric",
+# Element value families (batchd.catalog's Column.family) of the array types below.
+FAMILIES = {"bigint[]": "int8", "integer[]": "int4", "numeric[]": "numeric",
          "double precision[]": "float", "boolean[]": "bool", "bytea[]": "bytea",
          "date[]": "date", "timestamptz[]": "timestamptz", "jsonb[]": "json", "uuid[]": "uuid"}
 
@@ -132,10 +132,10 @@ KINDS = {"bigint[]": "int8", "integer[]": "int4", "numeric[]": "numeric",
 async def test_element_texts_are_the_values_postgresql_reads(db, cast, texts):
     """Each element type's text, as PostgreSQL writes it in an export, becomes the value
     PostgreSQL reads from it: a boolean's t, bytea's \\x00ff, a jsonb element's document."""
-    column = Column(name="v", sql='"v"', type_sql=cast, cast_sql=cast, kind=KINDS[cast],
+    column = Column(name="v", sql='"v"', type_sql=cast, cast_sql=cast, family=FAMILIES[cast],
                     is_array=True, nullable=True, has_default=False, generated=False)
     for text in texts:
-        ours = coerce(read_array(text, column.kind), column)
+        ours = coerce(read_array(text, column.family), column)
         same = await db.fetchval(f"SELECT $1::{cast} IS NOT DISTINCT FROM $2::text::{cast}",
                                  ours, text)
         assert same, (text, ours, await db.fetchval(f"SELECT $1::text::{cast}", text))

@@ -31,15 +31,15 @@ from batchd.v1 import batch_pb2
 from tests.support import handlers  # noqa: F401 - registers the handlers
 
 
-def col(name: str, kind: str, type_sql: str | None = None, *, is_array: bool = False,
+def col(name: str, family: str, type_sql: str | None = None, *, is_array: bool = False,
         nullable: bool = True, has_default: bool = False, generated: bool = False) -> Column:
     """A column as the catalog reads it; ``type_sql`` as format_type() shows it (the cast is
     the type without its modifiers)."""
     if type_sql is None:
-        type_sql = kind + ("[]" if is_array else "")
+        type_sql = family + ("[]" if is_array else "")
     cast_sql = re.sub(r"\(.*?\)", "", type_sql)
     return Column(name=name, sql=quote_ident(name), type_sql=type_sql, cast_sql=cast_sql,
-                  kind=kind, is_array=is_array, nullable=nullable, has_default=has_default,
+                  family=family, is_array=is_array, nullable=nullable, has_default=has_default,
                   generated=generated)
 
 
