@@ -45,7 +45,7 @@ def col(name: str, family: str, type_sql: str | None = None, *, is_array: bool =
 
 def table(qualified: str, columns: list[Column], primary_key: tuple[str, ...] = (),
           operations: frozenset[str] | None = None, **conventions: str) -> Table:
-    """A table as ``Catalog.load`` makes it: every table kind if it has a primary key, the
+    """A table as ``load_catalog`` makes it: every table kind if it has a primary key, the
     keyless ones otherwise (or ``operations``)."""
     schema, _, name = qualified.partition(".")
     if operations is None:
