@@ -20,7 +20,6 @@ import pytest
 from tests.support.ports import ROOT, free_port
 
 BATCHD = Path(sys.executable).parent / "batchd"
-PG_PROCESS = ROOT / "tests" / "support" / "pg_process.py"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,30 +72,6 @@ async def batchd_process(dsn: str, **settings: Any) -> AsyncIterator[Batchd]:
         yield server
     finally:
         await server.kill()
-
-
-async def pg_process(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, str(PG_PROCESS), *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-
-
-@asynccontextmanager
-async def own_postgres() -> AsyncIterator[tuple[str, str]]:
-    """A PostgreSQL of the test's own, in its own process (to restart it): (dsn, data dir)."""
-    postgres = await pg_process("start")
-    assert postgres.stdout is not None and postgres.stdin is not None
-    try:
-        dsn, folder = (await asyncio.wait_for(postgres.stdout.readline(), 60)).decode().split()
-        yield dsn, folder
-    finally:
-        postgres.stdin.close()
-        await asyncio.wait_for(postgres.wait(), 60)
-
-
-async def restart_postgres(folder: str) -> None:
-    restart = await pg_process("restart", folder)
-    assert await asyncio.wait_for(restart.wait(), 60) == 0
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], patience: float = 30.0,

@@ -14,7 +14,8 @@ import pytest
 from batchd.app import App
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import BatchFailure, batch, make_settings
-from tests.faults.conftest import own_postgres, restart_postgres, until
+from tests.faults.conftest import until
+from tests.support.postgres import own_postgres, restart_postgres
 
 pytestmark = pytest.mark.faults
 

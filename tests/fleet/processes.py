@@ -32,11 +32,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import roles
 from tests.support.ports import free_port
+from tests.support.postgres import PG_PROCESS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BATCHD = Path(sys.executable).parent / "batchd"
-PG_PROCESS = ROOT / "tests" / "support" / "pg_process.py"
+
 SERVICE = "batchd.v1.BatchService"
 # Debian puts both daemons in /usr/sbin, which is not on every user's PATH.
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])

@@ -4,8 +4,6 @@ without duplicates, bad rows reported, and every encoding."""
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -14,6 +12,7 @@ import pytest
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.conftest import FAILED, ROLLED_BACK, SUCCEEDED, make_settings, no_open_transaction
+from tests.support.postgres import own_postgres, restart_postgres
 from tests.support.streams import (
     COMMIT,
     INDEPENDENT,
@@ -237,18 +236,9 @@ async def test_resume_after_a_cut_connection_has_no_duplicates_and_no_gaps(stub,
     assert ids == list(range(600))
 
 
-async def pg_process(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).parents[1] / "support" / "pg_process.py"), *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-
-
 async def test_resume_after_a_postgresql_restart_has_no_duplicates_and_no_gaps():
     """A PostgreSQL of its own, restarted under a running stream."""
-    postgres = await pg_process("start")
-    assert postgres.stdout is not None and postgres.stdin is not None
-    dsn, folder = (await asyncio.wait_for(postgres.stdout.readline(), 60)).decode().split()
-    try:
+    async with own_postgres() as (dsn, folder):
         setup = await asyncpg.connect(dsn)
         await setup.execute("CREATE TABLE events (id bigint PRIMARY KEY, kind text NOT NULL, "
                             "score integer)")
@@ -262,8 +252,7 @@ async def test_resume_after_a_postgresql_restart_has_no_duplicates_and_no_gaps()
                                                  **INDEPENDENT))
         for seq in (1, 2):
             await send(call, rows_chunk(seq, chunks[seq - 1]))
-        restart = await pg_process("restart", folder)
-        assert await asyncio.wait_for(restart.wait(), 60) == 0
+        await restart_postgres(folder)
         with pytest.raises(grpc.aio.AioRpcError):
             await send(call, rows_chunk(3, chunks[2]))
             await call.read()
@@ -291,9 +280,6 @@ async def test_resume_after_a_postgresql_restart_has_no_duplicates_and_no_gaps()
         assert ids == list(range(500))
         await channel.close()
         await app.stop(grace=1)
-    finally:
-        postgres.stdin.close()
-        await asyncio.wait_for(postgres.wait(), 60)
 
 
 async def test_stream_id_is_bound_to_its_table(stub):
