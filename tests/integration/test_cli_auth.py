@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-from pathlib import Path
-
 from batchd.app import App
 from tests.conftest import make_settings
+from tests.support import cli
 from tests.support.tokens import ADMIN, TOKENS
 
-BATCHD = Path(sys.executable).parent / "batchd"
 
-
-async def batchd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(BATCHD), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**{k: v for k, v in os.environ.items() if k != "BATCHD_TOKEN"}, **(env or {})})
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode()
+async def batchd(*args: str, **env: str) -> tuple[int, str]:
+    """``batchd ARGS`` without the caller's BATCHD_* settings (BATCHD_TOKEN among them), plus
+    ``env``: its exit code, and both outputs together (for the assertion's message)."""
+    done = await cli.batchd(*args, env=cli.clean_env(**env))
+    return done.code, done.stdout + done.stderr
 
 
 async def test_cli_commands_send_the_bearer_token(schema, db, tmp_path):
@@ -30,12 +23,12 @@ async def test_cli_commands_send_the_bearer_token(schema, db, tmp_path):
         assert code == 1 and "UNAUTHENTICATED" in out
         code, out = await batchd("schema", "--target", target, "--token", ADMIN)
         assert code == 0, out
-        code, out = await batchd("schema", "--target", target, env={"BATCHD_TOKEN": ADMIN})
+        code, out = await batchd("schema", "--target", target, BATCHD_TOKEN=ADMIN)
         assert code == 0, out
         data = tmp_path / "e.csv"
         data.write_text("id,kind,score\n1,a,1\n2,b,2\n")
         code, out = await batchd("ingest", str(data), "--table", "events", "--target", target,
-                                 "--quiet", env={"BATCHD_TOKEN": ADMIN})
+                                 "--quiet", BATCHD_TOKEN=ADMIN)
         assert code == 0, out
         assert await db.fetchval("SELECT count(*) FROM events") == 2
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import uuid
 from decimal import Decimal
 
@@ -22,6 +21,7 @@ from batchd.client import (
     any_of,
     not_,
 )
+from tests.support.ports import free_port
 
 
 @pytest.fixture
@@ -257,9 +257,7 @@ async def test_validate_only_and_read_only_options_reach_the_server(client, db):
 
 
 async def test_unreachable_server_is_a_plain_rpc_error():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     async with AsyncClient(f"127.0.0.1:{port}", timeout=10) as client:
         with pytest.raises(BatchdRpcError) as caught:
             await client.schema()

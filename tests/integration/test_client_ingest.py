@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -33,6 +32,7 @@ from batchd.client.sources import column_values, csv_records
 from batchd.v1 import batch_pb2_grpc
 from tests.conftest import count, no_open_transaction
 from tests.support.client_proxy import Proxy
+from tests.support.ports import free_port
 from tests.support.servers import own_server
 from tests.support.streams import COMMIT, header, open_stream, rows_chunk, send
 
@@ -290,9 +290,7 @@ async def test_a_stream_refused_at_admission_is_retried(schema, db, mode):
 
 
 async def test_an_unreachable_server_fails_the_ingest_after_the_attempts(db):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     retries: list[RetryEvent] = []
     policy = RetryPolicy(max_attempts=3, jitter=lambda cap: 0.0)
     async with AsyncClient(f"127.0.0.1:{port}", retry=policy, on_retry=retries.append) as client:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -44,6 +43,7 @@ from batchd.client.retry import replay_safe, retryable
 from batchd.v1 import batch_pb2
 from tests.conftest import count
 from tests.support.client_proxy import Proxy
+from tests.support.ports import free_port
 from tests.support.servers import own_server
 
 LOCK = 616161
@@ -366,9 +366,7 @@ async def test_invalid_requests_are_not_retried(app, db):
 
 
 async def test_an_unreachable_server_is_retried_until_the_attempts_run_out():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     events: list[RetryEvent] = []
     async with AsyncClient(f"127.0.0.1:{port}", retry=RetryPolicy(max_attempts=3, jitter=lambda
                            cap: 0.0), on_retry=events.append) as client:

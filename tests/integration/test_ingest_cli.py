@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from tests.support.cli import write_csv
+from tests.support.ports import free_port
 from tests.support.proxy import Proxy
 
 BATCHD = Path(sys.executable).parent / "batchd"
@@ -26,13 +26,6 @@ async def ingest_to(target: str, *args: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode()
-
-
-def unused_port() -> int:
-    """A port nobody listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_ingest_csv_writes_every_row_and_cleans_up(app, db, tmp_path):
@@ -200,7 +193,7 @@ async def test_a_refused_arrow_type_leaves_no_state_and_the_fixed_file_runs(app,
 
 async def test_a_passing_failure_keeps_the_state_and_says_to_resume(app, db, tmp_path):
     data = write_csv(tmp_path / "later.csv", 10)
-    code, out = await ingest_to(f"127.0.0.1:{unused_port()}", str(data), "--table", "events")
+    code, out = await ingest_to(f"127.0.0.1:{free_port()}", str(data), "--table", "events")
     assert code == 1, out
     assert "UNAVAILABLE" in out and "run the same command again to resume" in out
     assert (tmp_path / "later.csv.batchd-ingest.json").exists()
@@ -215,7 +208,7 @@ async def test_a_refusal_keeps_the_state_an_earlier_run_left(app, db, tmp_path):
     data = tmp_path / "plain.csv"
     data.write_text("".join(f"{i},k,{i}\n" for i in range(10)))  # no header line
     state = tmp_path / "plain.csv.batchd-ingest.json"
-    code, out = await ingest_to(f"127.0.0.1:{unused_port()}", str(data), "--table", "events",
+    code, out = await ingest_to(f"127.0.0.1:{free_port()}", str(data), "--table", "events",
                                 "--columns", "id,kind,scor")
     assert code == 1 and "run the same command again to resume" in out, out
     stream_id = json.loads(state.read_text())["stream_id"]
