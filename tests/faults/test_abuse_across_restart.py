@@ -17,10 +17,11 @@ import pytest
 
 from batchd.app import App
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, make_settings
 from tests.faults.conftest import until
+from tests.support.batches import batch
 from tests.support.locks import LOCK, blocked_batch, waiters
 from tests.support.postgres import own_postgres, restart_postgres
+from tests.support.servers import make_settings
 from tests.support.streams import COMMIT, ended_with, events, header, open_stream, rows_chunk, send
 
 pytestmark = pytest.mark.faults

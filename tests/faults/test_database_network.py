@@ -20,9 +20,10 @@ import pytest
 from batchd.app import App
 from batchd.db.pool import RELEASE_SECONDS
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, make_settings, no_open_transaction
 from tests.faults.conftest import until
+from tests.support.batches import batch, no_open_transaction
 from tests.support.proxy import Proxy
+from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.faults
 

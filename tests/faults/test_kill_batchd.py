@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import no_open_transaction
 from tests.faults.conftest import BATCHD, Batchd, batchd_process, until
+from tests.support.batches import no_open_transaction
 from tests.support.cli import write_csv
 from tests.support.locks import LOCK, blocked_batch, waiters
 from tests.support.proxy import Proxy

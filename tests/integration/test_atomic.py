@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import grpc
 
-from tests.conftest import FAILED, NOT_RUN, ROLLED_BACK, SUCCEEDED, batch, count, fails, rows
+from tests.support.batches import FAILED, NOT_RUN, ROLLED_BACK, SUCCEEDED, batch, count, fails, rows
 
 
 def customer(op_id: str, email: str, name: str = "Ada") -> dict:

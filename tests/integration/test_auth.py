@@ -36,7 +36,7 @@ from batchd.app import App
 from batchd.config import Settings
 from batchd.principals import Principal, hash_token
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import (
+from tests.support.batches import (
     FAILED,
     NOT_RUN,
     SKIPPED,
@@ -45,8 +45,8 @@ from tests.conftest import (
     batch,
     count,
     fails,
-    make_settings,
 )
+from tests.support.servers import make_settings
 from tests.support.streams import COMMIT, header, open_stream, ops_chunk, rows_chunk, send
 from tests.support.tokens import ADMIN, CALLER, CLERK, READER, TOKENS
 

@@ -22,7 +22,7 @@ from batchd.config import TokenSettings
 from batchd.principals import hash_token
 from batchd.rpc.auth import REFUSED_MOST_SECONDS
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import make_settings
+from tests.support.servers import make_settings
 
 CALLS = 200
 GOOD = "refusals-secret"

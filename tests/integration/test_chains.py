@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from tests.conftest import FAILED, NOT_RUN, ROLLED_BACK, batch, count, fails, rows
+from tests.support.batches import FAILED, NOT_RUN, ROLLED_BACK, batch, count, fails, rows
 
 
 async def command_ids(db, *tables: str) -> list[int]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from batchd.app import App
-from tests.conftest import make_settings
 from tests.support import cli
+from tests.support.servers import make_settings
 from tests.support.tokens import ADMIN, TOKENS
 
 

@@ -30,7 +30,7 @@ from batchd.client import (
 )
 from batchd.client.sources import column_values, csv_records
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import count, no_open_transaction
+from tests.support.batches import count, no_open_transaction
 from tests.support.client_proxy import Proxy
 from tests.support.ports import free_port
 from tests.support.servers import own_server

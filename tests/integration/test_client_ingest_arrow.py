@@ -17,7 +17,7 @@ import pytest
 
 from batchd.client import AckedChunk, AsyncClient, BatchdRpcError, Client
 from batchd.client.arrow_source import fitting, ipc_stream, rechunk
-from tests.conftest import count
+from tests.support.batches import count
 from tests.support.client_proxy import Proxy
 
 

@@ -41,7 +41,7 @@ from batchd.client.channel import (
 )
 from batchd.client.retry import replay_safe, retryable
 from batchd.v1 import batch_pb2
-from tests.conftest import count
+from tests.support.batches import count
 from tests.support.client_proxy import Proxy
 from tests.support.ports import free_port
 from tests.support.servers import own_server

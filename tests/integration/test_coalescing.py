@@ -10,7 +10,8 @@ import grpc
 
 from batchd.app import App
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import FAILED, NOT_RUN, ROLLED_BACK, batch, fails, make_settings, rows
+from tests.support.batches import FAILED, NOT_RUN, ROLLED_BACK, batch, fails, rows
+from tests.support.servers import make_settings
 
 
 def customer(i: int, **extra) -> dict:

@@ -6,7 +6,8 @@ import grpc
 
 from batchd.app import App
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, count, fails, make_settings
+from tests.support.batches import batch, count, fails
+from tests.support.servers import make_settings
 
 
 async def test_statement_timeout_is_deadline_exceeded_and_rolls_back(schema, db):

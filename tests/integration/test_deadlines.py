@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 
-from tests.conftest import batch, count, rows
+from tests.support.batches import batch, count, rows
 
 
 async def no_sleeping_backend(db, patience: float = 5.0) -> None:
@@ -70,7 +70,7 @@ async def test_client_cancel_stops_the_database_work_and_commits_nothing(stub, d
 async def test_pooled_connections_carry_the_configured_timeouts(schema):
     from batchd.app import App
     from batchd.v1 import batch_pb2_grpc
-    from tests.conftest import make_settings
+    from tests.support.servers import make_settings
 
     app = await App.start(make_settings(schema, statement_timeout_ms=1234, lock_timeout_ms=567,
                                         idle_in_transaction_timeout_ms=8910))

@@ -15,9 +15,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from batchd.app import SERVICE_NAME, App
 from batchd.db.pool import detect_pooler, transaction
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, count, fails, make_settings, rows
+from tests.support.batches import batch, count, fails, rows
 from tests.support.locks import LOCK, blocked_batch, waiters
 from tests.support.proxy import Proxy
+from tests.support.servers import make_settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

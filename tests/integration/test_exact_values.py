@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import batch, fails, rows
+from tests.support.batches import batch, fails, rows
 
 CASES: list[tuple[str, str, Any, str | None, Any]] = [
     # (test id, column, value sent, PostgreSQL's text of it, value returned)

@@ -23,7 +23,8 @@ from batchd.client import AsyncClient, Batch
 from batchd.config import TokenSettings
 from batchd.principals import hash_token
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import (
+from tests.support import cli
+from tests.support.batches import (
     FAILED,
     ROLLED_BACK,
     SUCCEEDED,
@@ -31,11 +32,10 @@ from tests.conftest import (
     batch,
     count,
     fails,
-    make_settings,
     rows,
 )
-from tests.support import cli
 from tests.support.grpcurl import grpcurl, readme_example
+from tests.support.servers import make_settings
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -43,7 +43,7 @@ from hypothesis.control import currently_in_test_context
 from batchd.app import App
 from batchd.kinds.filters import fingerprint
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import make_settings
+from tests.support.servers import make_settings
 
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 FORBIDDEN_NUMBERS = {c.value[0] for c in FORBIDDEN}

@@ -15,7 +15,8 @@ from google.protobuf import json_format
 
 from batchd.errors import from_rpc_status
 from batchd.v1 import batch_pb2
-from tests.conftest import (
+from tests.support import handlers
+from tests.support.batches import (
     FAILED,
     NOT_RUN,
     ROLLED_BACK,
@@ -26,7 +27,6 @@ from tests.conftest import (
     fails,
     rows,
 )
-from tests.support import handlers
 
 INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
 CODE = {c.value[0]: c for c in grpc.StatusCode}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 
-from tests.conftest import batch, count, fails, rows
+from tests.support.batches import batch, count, fails, rows
 
 
 def reserve(args: dict) -> dict:

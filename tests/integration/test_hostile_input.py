@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from batchd.v1 import batch_pb2
-from tests.conftest import batch, count, fails
+from tests.support.batches import batch, count, fails
 
 INJECTIONS = [
     'customers; DROP TABLE customers; --',

@@ -25,7 +25,7 @@ from batchd.config import TokenSettings
 from batchd.errors import BatchdError, InvalidArgument, from_rpc_status, to_rpc_status
 from batchd.principals import hash_token
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import (
+from tests.support.batches import (
     FAILED,
     ROLLED_BACK,
     SUCCEEDED,
@@ -33,9 +33,9 @@ from tests.conftest import (
     batch,
     count,
     fails,
-    make_settings,
     rows,
 )
+from tests.support.servers import make_settings
 
 INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
 BATCHD = Path(sys.executable).parent / "batchd"

@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 
-from tests.conftest import FAILED, SKIPPED, SUCCEEDED, batch, count, fails, rows
+from tests.support.batches import FAILED, SKIPPED, SUCCEEDED, batch, count, fails, rows
 
 INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
 

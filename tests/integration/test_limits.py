@@ -14,8 +14,9 @@ from grpc_status import rpc_status
 
 from batchd.app import App
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import count, make_settings, no_open_transaction
+from tests.support.batches import count, no_open_transaction
 from tests.support.locks import LOCK, blocked_batch, waiters
+from tests.support.servers import make_settings
 from tests.support.streams import COMMIT, header, open_stream, rows_chunk, send
 
 

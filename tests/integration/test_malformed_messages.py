@@ -46,7 +46,7 @@ async def test_unparsable_batch_is_invalid_argument_without_traceback(channel, b
 
 
 async def test_deep_values_within_the_limit_still_work(stub):
-    from tests.conftest import batch
+    from tests.support.batches import batch
     response = await stub.BatchExecute(batch([
         {"id": "o", "call": {"handler": "echo", "args": nested(20)}}]))
     assert response.committed

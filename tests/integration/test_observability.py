@@ -29,8 +29,9 @@ from batchd.config import Settings, TokenSettings
 from batchd.principals import hash_token
 from batchd.startup import StartupError
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import batch, fails, make_settings
+from tests.support.batches import batch, fails
 from tests.support.ports import free_port
+from tests.support.servers import make_settings
 from tests.support.streams import COMMIT, events, header, open_stream, rows_chunk, send
 
 EXECUTE = "/batchd.v1.BatchService/BatchExecute"

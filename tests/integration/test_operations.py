@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from batchd.v1 import batch_pb2
-from tests.conftest import FAILED, SUCCEEDED, batch, count, fails, rows
+from tests.support.batches import FAILED, SUCCEEDED, batch, count, fails, rows
 
 
 async def one(stub, op: dict, **fields) -> batch_pb2.OperationResult:

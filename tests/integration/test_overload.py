@@ -14,7 +14,8 @@ from grpc_status import rpc_status
 
 from batchd.app import App
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, make_settings
+from tests.support.batches import batch
+from tests.support.servers import make_settings
 
 CALLS = 10_000
 EXECUTE = "/batchd.v1.BatchService/BatchExecute"

@@ -11,7 +11,7 @@ import pytest
 
 from batchd.kinds.conditions import MAX_DEPTH, MAX_NODES
 from batchd.v1 import batch_pb2
-from tests.conftest import SUCCEEDED, batch, fails, rows
+from tests.support.batches import SUCCEEDED, batch, fails, rows
 
 EVENTS = [(1, "click", 5), (2, "View", None), (3, "CLICK", 1), (4, "buy", 9), (5, "view", 5),
           (6, "Click", None), (7, "buy", 2), (8, "BUY", 7)]

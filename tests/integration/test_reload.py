@@ -12,8 +12,8 @@ import pytest
 
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import batch, make_settings
-from tests.support.servers import serving
+from tests.support.batches import batch
+from tests.support.servers import make_settings, serving
 
 
 async def tables_of(stub: batch_pb2_grpc.BatchServiceStub) -> set[str]:

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, rows
+from tests.support.batches import batch, rows
 from tests.support.roles import (
     LOGIN,
     bearer,

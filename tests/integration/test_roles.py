@@ -13,8 +13,9 @@ from batchd.config import TokenSettings
 from batchd.principals import hash_token
 from batchd.startup import StartupError
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, make_settings, rows
+from tests.support.batches import batch, rows
 from tests.support.roles import bearer
+from tests.support.servers import make_settings
 from tests.support.tenants import QUERY, SETUP, note
 
 A, B = "tenant-a-secret", "tenant-b-secret"

@@ -21,8 +21,9 @@ import pytest
 
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import batch, fails, make_settings
+from tests.support.batches import batch, fails
 from tests.support.pgwire import Spent, WireCounter
+from tests.support.servers import make_settings
 
 
 @pytest.fixture

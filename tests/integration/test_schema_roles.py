@@ -16,7 +16,6 @@ import pytest
 
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import make_settings
 from tests.support.roles import (
     LOGIN,
     PASSWORD,
@@ -26,6 +25,7 @@ from tests.support.roles import (
     make_login_role,
     token,
 )
+from tests.support.servers import make_settings
 
 OWN, TENANT = "schema-own-secret", "schema-tenant-secret"
 TENANTS = ["schema_tenant"]

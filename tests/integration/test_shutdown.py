@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import no_open_transaction
+from tests.support.batches import no_open_transaction
 from tests.support.locks import LOCK, blocked_batch, waiters
 from tests.support.servers import serving
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import batch, rows
+from tests.support.batches import batch, rows
 from tests.support.roles import LOGIN, make_login_role, server_as_login_role
 
 SETUP = f"""

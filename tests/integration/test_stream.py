@@ -11,8 +11,9 @@ import pytest
 
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import FAILED, ROLLED_BACK, SUCCEEDED, make_settings, no_open_transaction
+from tests.support.batches import FAILED, ROLLED_BACK, SUCCEEDED, no_open_transaction
 from tests.support.postgres import own_postgres, restart_postgres
+from tests.support.servers import make_settings
 from tests.support.streams import (
     COMMIT,
     INDEPENDENT,

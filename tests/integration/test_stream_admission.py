@@ -10,7 +10,7 @@ import pytest
 
 from batchd.app import App
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import make_settings
+from tests.support.servers import make_settings
 from tests.support.streams import COMMIT, ended_with, events, header, open_stream, rows_chunk, send
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from batchd.v1 import batch_pb2
-from tests.conftest import no_open_transaction
+from tests.support.batches import no_open_transaction
 from tests.support.streams import COMMIT, Req, arrow_chunk, arrow_header, open_stream, send
 
 INDEPENDENT = batch_pb2.MODE_INDEPENDENT

@@ -13,7 +13,7 @@ import pytest
 
 from batchd.stream import copy, session
 from batchd.v1 import batch_pb2
-from tests.conftest import no_open_transaction
+from tests.support.batches import no_open_transaction
 from tests.support.streams import COMMIT, Req, arrow_chunk, header, open_stream
 
 

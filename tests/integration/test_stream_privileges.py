@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import BatchFailure
+from tests.support.batches import BatchFailure
 from tests.support.roles import (
     LOGIN,
     bearer,

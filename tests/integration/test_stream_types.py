@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import json_format
 
 from batchd.v1 import batch_pb2
-from tests.conftest import batch, rows
+from tests.support.batches import batch, rows
 from tests.support.streams import COMMIT, Req, header, open_stream, send
 
 # column -> (value as a client sends it in ROWS / BatchExecute, CSV text for COPY, and the

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, rows
+from tests.support.batches import batch, rows
 from tests.support.ports import ROOT, free_port
 
 BATCHD = Path(sys.executable).parent / "batchd"
