@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cli import BATCHD
 from tests.support.ports import ROOT, free_port
-
-BATCHD = Path(sys.executable).parent / "batchd"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -31,12 +31,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import roles
+from tests.support.cli import BATCHD
 from tests.support.ports import free_port
 from tests.support.postgres import PG_PROCESS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-BATCHD = Path(sys.executable).parent / "batchd"
 
 SERVICE = "batchd.v1.BatchService"
 # Debian puts both daemons in /usr/sbin, which is not on every user's PATH.

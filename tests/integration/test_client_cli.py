@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
-from tests.support.cli import target
-
-BATCHD = Path(sys.executable).parent / "batchd"
+from tests.support.cli import BATCHD, target
 
 ORDER_JSON = {"operations": [
     {"id": "customer", "insert": {"table": "customers",

@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,10 +34,10 @@ from tests.support.batches import (
     fails,
     rows,
 )
+from tests.support.cli import BATCHD
 from tests.support.servers import make_settings
 
 INDEPENDENT = {"mode": "MODE_INDEPENDENT"}
-BATCHD = Path(sys.executable).parent / "batchd"
 ROOT = Path(__file__).parents[2]
 
 

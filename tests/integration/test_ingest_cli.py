@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
-from pathlib import Path
 from typing import Any
 
-from tests.support.cli import write_csv
+from tests.support.cli import BATCHD, write_csv
 from tests.support.ports import free_port
 from tests.support.proxy import Proxy
-
-BATCHD = Path(sys.executable).parent / "batchd"
 
 
 async def ingest(app, *args: str) -> tuple[int, str]:

@@ -7,12 +7,9 @@ import json
 import os
 import re
 import signal
-import sys
-from pathlib import Path
 
+from tests.support.cli import BATCHD
 from tests.support.grpcurl import GRPCURL
-
-BATCHD = Path(sys.executable).parent / "batchd"
 
 
 async def run(*argv: str, data: object | None = None) -> tuple[int, str]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-from pathlib import Path
 
 import grpc
 
 from batchd.v1 import batch_pb2_grpc
 from tests.support.batches import batch, rows
+from tests.support.cli import BATCHD
 from tests.support.ports import ROOT, free_port
 
-BATCHD = Path(sys.executable).parent / "batchd"
+
 async def test_workers_share_the_port_and_drain_on_sigterm(schema):
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from batchd.app import App
 from batchd.config import Settings, TableSettings
+from tests.support.cli import BATCHD
 from tests.support.ports import ROOT, free_port
-
-BATCHD = Path(sys.executable).parent / "batchd"
 
 
 def make_settings(dsn: str, **overrides: Any) -> Settings:
