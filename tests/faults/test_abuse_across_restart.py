@@ -1,10 +1,10 @@
 """Abuse and a PostgreSQL restart at once. The default suite has the abuse alone (10,000 calls
 in a burst, tests/integration/test_overload.py; 200 silent streams,
-tests/integration/test_stream_admission.py); what
-the restart adds: waves of calls far beyond the admission limit, many of them failing on the
-dead database, get only OK, RESOURCE_EXHAUSTED or UNAVAILABLE; 500 silent streams held across
-the restart take nothing a well-behaved stream needs; and afterwards no slot and no pooled
-connection is left behind (every slot runs a batch inside PostgreSQL at once)."""
+tests/integration/test_stream_admission.py); what the restart adds: waves of calls far beyond
+the admission limit, many of them failing on the dead database, get only OK, RESOURCE_EXHAUSTED
+or UNAVAILABLE; 500 silent streams held across the restart take nothing a well-behaved stream
+needs; and afterwards no slot and no pooled connection is left behind (every slot runs a batch
+inside PostgreSQL at once)."""
 
 from __future__ import annotations
 

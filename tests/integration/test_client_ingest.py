@@ -2,8 +2,7 @@
 rejected rows, atomic commit, and resume after a lost connection with every row written once.
 
 Connections are cut by an in-process proxy (tests/support/proxy.py) at a point the test chooses
-(from
-``on_ack``, which runs before the chunk's window slot is freed), so what the server has
+(from ``on_ack``, which runs before the chunk's window slot is freed), so what the server has
 committed when the cut comes is known exactly.
 """
 

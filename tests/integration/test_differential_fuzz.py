@@ -57,10 +57,9 @@ where two correct runs may differ, the generator or the comparison says so:
   must be the reference's whole ordered result, every page but the last full and with a token,
   each with the same total_count.
 - Every request is valid: planning errors (INVALID_ARGUMENT before anything runs) are
-  tests/integration/test_fuzz.py's subject. A reference carries a value into a column of its kind
-  only
-  (integer, text, numeric, timestamptz; in jsonb integer and text), since batchd's coercion of
-  other pairs is its own rule, not a database's.
+  tests/integration/test_fuzz.py's subject. A reference carries a value into a column of its own
+  family only (integer, text, numeric, timestamptz; in jsonb integer and text), since batchd's
+  coercion of other pairs is its own rule, not a database's.
 - Values are compared by their meaning: bigint and numeric decoded from their strings
   (numeric keeping its scale, "1.50"), timestamptz as instants, jsonb numbers integral or not.
 - Where the README is silent, the reference pins what batchd does today: updates and deletes

@@ -1,6 +1,5 @@
 """What a batch costs on the wire, counted by a proxy that reads the protocol
-(tests/support/pgwire.py),
-and that the session a call leaves behind is reset all the same.
+(tests/support/pgwire.py), and that the session a call leaves behind is reset all the same.
 
 An atomic batch is one round trip to begin (BEGIN with its SET LOCAL limits), one per
 statement (coalesced inserts share one; inserts that refer to each other are chained into one,
