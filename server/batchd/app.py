@@ -23,10 +23,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from batchd import startup
 from batchd.batch.executor import Executor
 from batchd.batch.idempotency import Cleanup, ensure_schema
-from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.db.embedded import start_embedded
 from batchd.db.pool import apply_demo_schema, check_roles, create_pool
+from batchd.introspection import load_catalog
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 from batchd.kinds.call import load_modules
@@ -113,7 +113,7 @@ class App:
                         "'reload' and SIGHUP still reload)") from exc
             async with pool.acquire() as conn:
                 try:
-                    catalog = await Catalog.load(conn, settings, kinds.TABLE_KINDS)
+                    catalog = await load_catalog(conn, settings, kinds.TABLE_KINDS)
                 except ValueError as exc:  # [tables."..."] that do not fit the table
                     raise startup.StartupError(f"tables: {exc}") from exc
             plan_ctx = PlanContext(catalog, settings)

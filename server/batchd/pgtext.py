@@ -2,7 +2,7 @@
 
 Below the database layer (``batchd.db`` quotes role names with ``quote_ident`` and encodes
 json/jsonb with ``dumps_json``) and below everything that builds SQL or values, so that both
-directions of the value mapping (batchd.values, batchd.rendering) and the pool share them
+directions of the value mapping (batchd.coercion, batchd.rendering) and the pool share them
 without importing one another.
 
 JSON numbers are exact where a double is not: ``render_any`` writes an integer beyond 2^53 as

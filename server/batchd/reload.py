@@ -28,9 +28,9 @@ import logging
 import asyncpg
 
 from batchd.background import Background
-from batchd.catalog import Catalog
 from batchd.config import Settings
 from batchd.db.pool import run_ddl
+from batchd.introspection import load_catalog
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
 
@@ -71,7 +71,7 @@ class CatalogReload(Background):
 
     async def reload(self) -> None:
         async with self.pool.acquire() as conn:
-            catalog = await Catalog.load(conn, self.settings, kinds.TABLE_KINDS)
+            catalog = await load_catalog(conn, self.settings, kinds.TABLE_KINDS)
         self.plan_ctx.catalog = catalog
         # No statement prepared on the old schema is left behind (PostgREST empties its pool
         # on a reload too): a column whose type changed would fail a cached statement with

@@ -59,16 +59,16 @@ def _render_json(value: Any) -> Any:
     return value  # decoded by the connection's json codec; numbers become doubles in Struct
 
 
-def _render_scalar(kind: str) -> Renderer:
-    if kind in ("int8", "uuid"):
+def _render_scalar(family: str) -> Renderer:
+    if family in ("int8", "uuid"):
         return _render_str
-    if kind == "json":
+    if family == "json":
         return _render_json
     return render_any
 
 
 def renderer_for(column: Column) -> Renderer:
-    scalar = _render_scalar(column.kind)
+    scalar = _render_scalar(column.family)
     if not column.is_array:
         return scalar
 

@@ -1,36 +1,29 @@
-"""Values between protobuf and PostgreSQL, exact by the column's real type.
+"""Values from protobuf: a request's google.protobuf.Value as plain Python, with references.
 
-A google.protobuf.Value holds doubles, so on the way in every value is coerced by the type of
-the column it is for (``coerce``), and exact types travel as strings: a bigint beyond 2^53 or a
-numeric is never allowed to pass through a float. On the way out (batchd.rendering) the same
-types are written as strings. The tables of accepted and returned forms are in batch.proto,
-in the comments of Operation and ResultColumn.
+``from_proto`` recognises references ({"$ref": "op.column"}), which stay ``Ref`` objects
+until the executor resolves them from an earlier operation's result, and literals
+({"$literal": ...}), which are data even when they look like a reference.
 
-``from_proto`` also recognises references ({"$ref": "op.column"}), which stay ``Ref`` objects
-until the executor resolves them from an earlier operation's result.
+The way on to PostgreSQL is batchd.coercion (every value coerced by its column's value family:
+a bigint beyond 2^53 or a numeric never passes through a float); the way back is
+batchd.rendering. The tables of accepted and returned forms are in batch.proto, in the comments
+of Operation and ResultColumn. ``coerce``, ``coercer``, ``CoercionError`` and ``plain_json``
+are batchd.coercion's, named here too: most callers take a value from protobuf and coerce it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import datetime as dt
-import math
 import re
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from google.protobuf import struct_pb2
 
-from batchd.catalog import Column
-from batchd.pgtext import MAX_SAFE_INTEGER, JsonText, dumps_json
-from batchd.pgtypes import INFINITIES, Interval, parse_interval
+from batchd.coercion import CoercionError, coerce, coercer, plain_json
 
-_INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
-_INT_RE = re.compile(r"[+-]?[0-9]{1,19}")
+__all__ = ["CoercionError", "Ref", "coerce", "coercer", "from_proto", "parse_ref", "plain_json",
+           "struct_from_proto"]
+
 _REF_RE = re.compile(r"([A-Za-z0-9_-]+)\.(?:([0-9]{1,9})\.)?([^.]+)")
 
 
@@ -45,12 +38,6 @@ class Ref:
     def __str__(self) -> str:
         return f"{self.operation}.{self.row}.{self.column}"
 
-
-class CoercionError(ValueError):
-    """A value does not fit its column; the message says what was expected."""
-
-
-# --- protobuf -> Python ----------------------------------------------------------------------
 
 def parse_ref(text: str) -> Ref:
     """``op.column`` or ``op.N.column``; raises CoercionError when malformed."""
@@ -74,14 +61,14 @@ _refs: dict[str, Ref] = {}
 
 def from_proto(value: struct_pb2.Value) -> Any:
     """A protobuf Value as plain Python, with {"$ref": ...} objects turned into ``Ref``."""
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
+    which = value.WhichOneof("kind")
+    if which == "string_value":
         return value.string_value
-    if kind == "number_value":
+    if which == "number_value":
         return value.number_value
-    if kind == "bool_value":
+    if which == "bool_value":
         return value.bool_value
-    if kind == "struct_value":
+    if which == "struct_value":
         fields = value.struct_value.fields
         if len(fields) == 1:
             if "$ref" in fields and fields["$ref"].WhichOneof("kind") == "string_value":
@@ -89,17 +76,17 @@ def from_proto(value: struct_pb2.Value) -> Any:
             if "$literal" in fields:
                 return _plain(fields["$literal"])
         return {k: from_proto(v) for k, v in fields.items()}
-    if kind == "list_value":
+    if which == "list_value":
         return [from_proto(v) for v in value.list_value.values]
     return None
 
 
 def _plain(value: struct_pb2.Value) -> Any:
     """Like from_proto, but a "$ref" object is data, not a reference."""
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
+    which = value.WhichOneof("kind")
+    if which == "struct_value":
         return {k: _plain(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
+    if which == "list_value":
         return [_plain(v) for v in value.list_value.values]
     return from_proto(value)
 
@@ -111,268 +98,13 @@ def struct_from_proto(struct: struct_pb2.Struct) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in fields:  # by key: the map's items() is a pure-Python view, slower
         value = fields[k]
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
+        which = value.WhichOneof("kind")
+        if which == "string_value":
             out[k] = value.string_value
-        elif kind == "number_value":
+        elif which == "number_value":
             out[k] = value.number_value
-        elif kind == "bool_value":
+        elif which == "bool_value":
             out[k] = value.bool_value
         else:
             out[k] = from_proto(value)
     return out
-
-
-def plain_json(value: Any) -> Any:
-    """JSON-ready Python: integral doubles become ints (JSON has no int/float split, and
-    2 should stay 2 in a jsonb column or a handler's arguments, not 2.0)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: plain_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain_json(v) for v in value]
-    return value
-
-
-# --- Python -> PostgreSQL (by column) --------------------------------------------------------
-
-def _expect(what: str, value: Any) -> CoercionError:
-    """"expected a string, got a number": the JSON kind the client sent (a Struct carries every
-    number as a double, so "float" would mislead for an integer)."""
-    if value is None:
-        shown = "null"
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        shown = "a number"
-    else:
-        shown = type(value).__name__
-    return CoercionError(f"expected {what}, got {shown}")
-
-
-def _to_int(kind: str) -> Callable[[Any], int]:
-    limit = _INT_RANGES[kind]
-
-    def coerce(value: Any) -> int:
-        if isinstance(value, bool):
-            raise _expect("an integer", value)
-        if isinstance(value, int):
-            result = value
-        elif isinstance(value, float):
-            if not value.is_integer():
-                raise CoercionError(f"expected an integer, got {value!r}")
-            if abs(value) > MAX_SAFE_INTEGER:
-                raise CoercionError("integer beyond 2^53 sent as a JSON number has lost its "
-                                    "exact value; send it as a string")
-            result = int(value)
-        elif isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
-            result = int(value)
-        elif isinstance(value, Decimal) and value == value.to_integral_value():
-            result = int(value)
-        else:
-            raise _expect("an integer (number or decimal string)", value)
-        if not -limit <= result < limit:
-            raise CoercionError(f"{result} is out of range for {kind}")
-        return result
-    return coerce
-
-
-def _to_numeric(value: Any) -> Decimal:
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, bool):
-        raise _expect("a decimal string or number", value)
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))  # the shortest text that round-trips the double
-    if isinstance(value, str):
-        try:
-            return Decimal(value.strip())
-        except InvalidOperation:
-            raise CoercionError(f"{value!r} is not a decimal number") from None
-    raise _expect("a decimal string or number", value)
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise _expect("a number", value)
-    if isinstance(value, int | float | Decimal):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            result = float(value)
-        except ValueError:
-            raise CoercionError(f"{value!r} is not a number") from None
-        if math.isinf(result) and "inf" not in value.lower():
-            raise CoercionError(f"{value!r} is out of range for a double")
-        return result
-    raise _expect("a number", value)
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise _expect("a boolean", value)
-
-
-def _to_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    raise _expect("a string", value)
-
-
-def _to_uuid(value: Any) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise CoercionError(f"{value!r} is not a UUID") from None
-
-
-def _parse(parser: Callable[[str], Any], what: str) -> Callable[[Any], Any]:
-    def coerce(value: Any) -> Any:
-        if not isinstance(value, str):
-            raise _expect(f"{what} as a string", value)
-        try:
-            return parser(value)
-        except ValueError as exc:
-            raise CoercionError(f"{value!r} is not {what}: {exc}") from None
-    return coerce
-
-
-def _date(text: str) -> dt.date:
-    return dt.date.fromisoformat(text)
-
-
-def _timestamptz(text: str) -> dt.datetime:
-    result = dt.datetime.fromisoformat(text)
-    if result.tzinfo is None:
-        raise ValueError("a timestamp with time zone needs an offset (e.g. Z or +02:00)")
-    return result
-
-
-def _timestamp(text: str) -> dt.datetime:
-    result = dt.datetime.fromisoformat(text)
-    if result.tzinfo is not None:
-        raise ValueError("a timestamp without time zone takes no offset")
-    return result
-
-
-def _to_date(value: Any) -> Any:
-    if (isinstance(value, dt.date) and not isinstance(value, dt.datetime)) or value in INFINITIES:
-        return value
-    return _parse(_date, "a date (YYYY-MM-DD)")(value)
-
-
-def _to_timestamptz(value: Any) -> Any:
-    if (isinstance(value, dt.datetime) and value.tzinfo is not None) or value in INFINITIES:
-        return value
-    return _parse(_timestamptz, "an RFC 3339 timestamp")(value)
-
-
-def _to_timestamp(value: Any) -> Any:
-    if (isinstance(value, dt.datetime) and value.tzinfo is None) or value in INFINITIES:
-        return value
-    return _parse(_timestamp, "an ISO 8601 timestamp")(value)
-
-
-def _to_time(value: Any) -> Any:
-    if isinstance(value, dt.time):
-        return value
-    return _parse(dt.time.fromisoformat, "a time (HH:MM:SS)")(value)
-
-
-def _to_interval(value: Any) -> Any:
-    if isinstance(value, Interval | dt.timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value) or abs(value) >= 2**63 / 1e6:
-            raise CoercionError(f"{value!r} seconds is out of range for interval")
-        return Interval(microseconds=round(value * 1_000_000))
-    if isinstance(value, str):
-        try:
-            return parse_interval(value)
-        except ValueError as exc:
-            raise CoercionError(f"{value!r}: {exc}") from None
-    raise _expect("an ISO 8601 duration (e.g. P1Y2M3DT4H) or a number of seconds", value)
-
-
-def _to_bytea(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except binascii.Error:
-            raise CoercionError("expected base64 text") from None
-    raise _expect("base64 text", value)
-
-
-def _to_json(value: Any) -> Any:
-    return plain_json(value)
-
-
-def _json_element(value: Any) -> Any:
-    """An element of a json[] / jsonb[] value: a JSON document, whatever its shape (json
-    arrays have one dimension here: [[1, 2], {"a": 1}] is two documents, not a 2-D array). A
-    document that is a list travels as its text (JsonText): asyncpg would read a list inside
-    an array value as another dimension."""
-    document = plain_json(value)
-    return JsonText(dumps_json(document)) if isinstance(document, list) else document
-
-
-def _passthrough(value: Any) -> Any:
-    return value
-
-
-_COERCERS: dict[str, Callable[[Any], Any]] = {
-    "int2": _to_int("int2"), "int4": _to_int("int4"), "int8": _to_int("int8"),
-    "numeric": _to_numeric, "float": _to_float, "bool": _to_bool, "text": _to_text,
-    "uuid": _to_uuid, "date": _to_date, "timestamptz": _to_timestamptz,
-    "timestamp": _to_timestamp, "time": _to_time, "timetz": _to_time,
-    "interval": _to_interval, "bytea": _to_bytea, "json": _to_json, "other": _passthrough,
-}
-
-
-def coerce(value: Any, column: Column) -> Any:
-    """The Python value asyncpg should bind for ``column``; raises CoercionError."""
-    if value is None:
-        return None
-    scalar = _COERCERS[column.kind]
-    if column.is_array:
-        if not isinstance(value, list):
-            raise _expect(f"a list (column type {column.type_sql})", value)
-        if column.kind == "json":
-            return [None if v is None else _json_element(v) for v in value]
-        return _coerce_array(value, scalar)
-    if isinstance(value, _CONTAINERS) and column.kind != "json":
-        raise _expect(f"a scalar (column type {column.type_sql})", value)
-    return scalar(value)
-
-
-_CONTAINERS = (list, dict)
-
-
-def coercer(column: Column) -> Callable[[Any], Any]:
-    """``coerce`` for ``column``, worked out once: the function to call on each value (for
-    the many values of one column of a bulk insert)."""
-    if column.is_array or column.kind == "json":
-        return lambda value: coerce(value, column)
-    scalar = _COERCERS[column.kind]
-
-    def coerce_scalar(value: Any) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, _CONTAINERS):
-            raise _expect(f"a scalar (column type {column.type_sql})", value)
-        return scalar(value)
-    return coerce_scalar
-
-
-def _coerce_array(values: list[Any], scalar: Callable[[Any], Any]) -> list[Any]:
-    return [None if v is None else _coerce_array(v, scalar) if isinstance(v, list) else scalar(v)
-            for v in values]
-

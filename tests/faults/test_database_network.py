@@ -1,4 +1,4 @@
-"""A proxy between batchd and PostgreSQL (tests/proxy.py) breaks the network under load: cut
+"""A proxy between batchd and PostgreSQL (tests/support/proxy.py) breaks the network under load: cut
 (every connection reset, connects refused) and blackholed (connections kept open, nothing
 forwarded). Calls fail cleanly and within their bound, nothing is half-applied, and batchd
 recovers by itself once the network is back, without a restart."""
@@ -20,9 +20,10 @@ import pytest
 from batchd.app import App
 from batchd.db.pool import RELEASE_SECONDS
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, make_settings, no_open_transaction
 from tests.faults.conftest import until
-from tests.proxy import Proxy
+from tests.support.batches import batch, no_open_transaction
+from tests.support.proxy import Proxy
+from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.faults
 

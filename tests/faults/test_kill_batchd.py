@@ -12,11 +12,11 @@ import grpc
 import pytest
 
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import no_open_transaction
 from tests.faults.conftest import BATCHD, Batchd, batchd_process, until
-from tests.proxy import Proxy
+from tests.support.batches import no_open_transaction
+from tests.support.cli import write_csv
 from tests.support.locks import LOCK, blocked_batch, waiters
-from tests.test_ingest_cli import write_csv
+from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.faults
 

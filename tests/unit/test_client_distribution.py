@@ -27,9 +27,28 @@ CLIENT_REQUIRES = {"grpcio", "grpcio-status", "protobuf", "googleapis-common-pro
 
 
 def test_import_batchd_client_loads_no_server_module_nor_asyncpg_pyarrow_numpy_pydantic():
-    modules = modules_after("import batchd.client")
+    modules = modules_after("from batchd.client import AsyncClient, Batch, Client")
     assert "batchd.client.api" in modules
     assert loaded(modules, SERVER_MODULES + HEAVY_MODULES) == []
+
+
+def test_bare_import_batchd_client_loads_neither_grpc_nor_protobuf_until_a_name_is_used():
+    """Its names are PEP 562 attributes: grpc and protobuf (~90 ms) load when one is used."""
+    modules = modules_after("import batchd.client")
+    assert loaded(modules, ("grpc", "google.protobuf", "batchd.v1", "batchd.client.api",
+                            "asyncio")) == []
+    modules = modules_after("import batchd.client; batchd.client.Client; batchd.client.retry")
+    assert {"grpc", "batchd.client.api", "batchd.client.retry"} <= modules
+
+
+def test_batchd_client_names_are_the_apis_names():
+    import batchd.client
+    from batchd.client import api
+
+    assert batchd.client.__all__ == api.__all__
+    assert all(getattr(batchd.client, name) is getattr(api, name) for name in api.__all__)
+    with pytest.raises(AttributeError):
+        batchd.client.no_such_name  # noqa: B018
 
 
 def test_batchd_command_module_loads_no_server_module_until_it_runs():

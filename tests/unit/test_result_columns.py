@@ -8,7 +8,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from batchd.catalog import _Types
+from batchd.introspection import _Types
 from batchd.kinds.base import Output, rendering
 from batchd.v1 import batch_pb2
 from tests.unit.shop import col

@@ -39,10 +39,11 @@ from batchd.values import (
 UTC = dt.UTC
 
 
-def col(kind: str, is_array: bool = False, type_sql: str | None = None, name: str = "c") -> Column:
+def col(family: str, is_array: bool = False, type_sql: str | None = None,
+        name: str = "c") -> Column:
     if type_sql is None:
-        type_sql = kind + ("[]" if is_array else "")
-    return Column(name=name, sql=f'"{name}"', type_sql=type_sql, cast_sql=type_sql, kind=kind,
+        type_sql = family + ("[]" if is_array else "")
+    return Column(name=name, sql=f'"{name}"', type_sql=type_sql, cast_sql=type_sql, family=family,
                   is_array=is_array, nullable=True, has_default=False, generated=False)
 
 

@@ -14,12 +14,12 @@ Every method returns an ``OpRef``: its ``.id`` names the operation in results an
 that column of the operation's returned row (see the comment of ``Operation`` in
 ``batch.proto``). Ids are ``op1``, ``op2``, ... unless given.
 
-Python values become ``google.protobuf.Value`` by the rules of ``to_value`` (exact types travel
-as strings, as the server expects). Filters are ``(column, op, value)`` tuples with the
-operator's name (``"eq"``, ``"in"``, ``"is_null"``, ``"like"``, ``"ilike"``, ...) or symbol
-(``"="``, ``"!="``, ``"<"``, ``"<="``, ``">"``, ``">="``), or a mapping ``{column: value}``
-meaning equality on each. ``where=`` takes nested groups made with ``all_of``, ``any_of`` and
-``not_``, whose members are filters or groups:
+Python values become ``google.protobuf.Value`` by the rules of ``to_value``
+(batchd.client.proto_values: exact types travel as strings, as the server expects). Filters are
+``(column, op, value)`` tuples with the operator's name (``"eq"``, ``"in"``, ``"is_null"``,
+``"like"``, ``"ilike"``, ...) or symbol (``"="``, ``"!="``, ``"<"``, ``"<="``, ``">"``,
+``">="``), or a mapping ``{column: value}`` meaning equality on each. ``where=`` takes nested
+groups made with ``all_of``, ``any_of`` and ``not_``, whose members are filters or groups:
 
     b.query("events", where=any_of(("kind", "ilike", "b%"),
                                    all_of(("score", ">=", 5), not_(("kind", "=", "view")))),
@@ -28,24 +28,15 @@ meaning equality on each. ``where=`` takes nested groups made with ``all_of``, `
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import math
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from decimal import Decimal
 from typing import Any
 
-from google.protobuf import struct_pb2
-
+from batchd.client.proto_values import to_struct, to_value
 from batchd.v1 import batch_pb2
 
 __all__ = ["Batch", "ConditionSpec", "FilterSpec", "OnConflictSpec", "OpRef", "all_of",
            "any_of", "isolation_name", "mode_name", "not_", "to_struct", "to_value"]
-
-#: Integers JSON (a double) carries exactly; beyond this they travel as decimal strings.
-MAX_SAFE_INTEGER = 2**53 - 1
 
 #: ``(column, op, value)``; a ``batch_pb2.Filter`` is passed through.
 FilterSpec = tuple[str, str, Any] | batch_pb2.Filter
@@ -87,74 +78,6 @@ class OpRef:
 
     def __hash__(self) -> int:
         return hash(self.id)
-
-
-def to_value(value: Any) -> struct_pb2.Value:
-    """A Python value as a ``google.protobuf.Value``, exactly:
-
-    None → null; bool → bool; int within ±(2**53-1) → number, larger → decimal string;
-    float → number (NaN / ±inf → "NaN" / "Infinity" / "-Infinity"); Decimal → plain decimal
-    string; str → string; datetime / date / time → isoformat (give timestamptz columns
-    timezone-aware datetimes); timedelta → ISO 8601 duration; UUID → str; bytes → base64;
-    mappings → struct; lists, tuples, sets → list; an ``OpRef.ref(...)`` is a mapping.
-    """
-    out = struct_pb2.Value()
-    if value is None:
-        out.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(value, bool):
-        out.bool_value = value
-    elif isinstance(value, int):
-        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            out.number_value = value
-        else:
-            out.string_value = str(value)
-    elif isinstance(value, float):
-        if math.isfinite(value):
-            out.number_value = value
-        else:
-            out.string_value = "NaN" if math.isnan(value) else \
-                ("Infinity" if value > 0 else "-Infinity")
-    elif isinstance(value, str):
-        out.string_value = value
-    elif isinstance(value, Decimal):
-        # "f" keeps 1E+3 as "1000": plain text every PostgreSQL numeric parser takes.
-        out.string_value = format(value, "f") if value.is_finite() else str(value)
-    elif isinstance(value, dt.date | dt.time):
-        out.string_value = value.isoformat()
-    elif isinstance(value, dt.timedelta):
-        out.string_value = _duration(value)
-    elif isinstance(value, uuid.UUID):
-        out.string_value = str(value)
-    elif isinstance(value, bytes | bytearray | memoryview):
-        out.string_value = base64.b64encode(bytes(value)).decode("ascii")
-    elif isinstance(value, Mapping):
-        out.struct_value.CopyFrom(to_struct(value))
-    elif isinstance(value, list | tuple | set | frozenset):
-        out.list_value.values.extend(to_value(v) for v in value)
-    elif isinstance(value, struct_pb2.Value):
-        out.CopyFrom(value)
-    else:
-        raise TypeError(f"cannot send a {type(value).__name__} as a batchd value")
-    return out
-
-
-def to_struct(mapping: Mapping[str, Any]) -> struct_pb2.Struct:
-    """A mapping of column names to values as a ``google.protobuf.Struct`` (see ``to_value``)."""
-    out = struct_pb2.Struct()
-    for key, value in mapping.items():
-        if not isinstance(key, str):
-            raise TypeError(f"keys must be column names (str), got {key!r}")
-        out.fields[key].CopyFrom(to_value(value))
-    return out
-
-
-def _duration(value: dt.timedelta) -> str:
-    micros = value // dt.timedelta(microseconds=1)
-    sign, micros = ("-" if micros < 0 else ""), abs(micros)
-    days, micros = divmod(micros, 86_400_000_000)
-    seconds, micros = divmod(micros, 1_000_000)
-    frac = f".{micros:06d}".rstrip("0") if micros else ""
-    return f"{sign}P{days}DT{seconds}{frac}S"
 
 
 def _filters(filters: Iterable[FilterSpec] | Mapping[str, Any] | None) -> list[batch_pb2.Filter]:

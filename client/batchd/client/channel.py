@@ -46,8 +46,9 @@ KEEPALIVE_TIMEOUT_MS = 20_000
 MAX_MESSAGE_BYTES = 64 << 20
 # grpc re-sends a call that failed UNAVAILABLE before response headers arrived. That includes a
 # BatchExecute that ran and committed, when its response headers were lost with the connection
-# (tests/test_client_retries.py shows it): safe only for a request that is replayed, not run
-# again, which grpc cannot tell. The Python client leaves BatchExecute to batchd.client.retry.
+# (tests/integration/test_client_retries.py shows it): safe only for a request that is replayed,
+# not run again, which grpc cannot tell. The Python client leaves BatchExecute to
+# batchd.client.retry.
 NOT_RETRIED_BY_GRPC = frozenset({"BatchExecute"})
 
 

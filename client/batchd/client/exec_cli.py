@@ -46,7 +46,8 @@ from batchd.client.api import (
     OperationOutcome,
     Schema,
 )
-from batchd.client.builder import MAX_SAFE_INTEGER, _duration, mode_name
+from batchd.client.builder import mode_name
+from batchd.client.proto_values import MAX_SAFE_INTEGER, iso_duration
 from batchd.v1 import batch_pb2
 
 COMMANDS: tuple[str, ...] = ("exec", "schema")
@@ -257,7 +258,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     if isinstance(value, dt.timedelta):
-        return _duration(value)
+        return iso_duration(value)
     if value is None or isinstance(value, str | int | float | list | dict):
         return value
     return str(value)  # Decimal, UUID, an IP address: their own text

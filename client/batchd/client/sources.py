@@ -3,7 +3,7 @@
 A source is one of
 
 - an iterable or async iterable of mappings (column -> value): ENCODING_ROWS, values mapped
-  exactly as in ``Batch`` (``batchd.client.builder.to_value``); or ENCODING_COLUMNAR, with the
+  exactly as in ``Batch`` (``batchd.client.proto_values.to_value``); or ENCODING_COLUMNAR, with the
   rows of each chunk turned into typed arrays;
 - a mapping of column name -> sequence of values, all of the same length: ENCODING_COLUMNAR;
 - a path (``str`` / ``os.PathLike``), a binary file or ``bytes`` of CSV: ENCODING_CSV, handed
@@ -36,8 +36,8 @@ from collections.abc import (
 from types import ModuleType
 from typing import Any, BinaryIO, cast
 
-from batchd.client.builder import to_struct, to_value
 from batchd.client.chunks import ARROW_EXTRA, Chunk, Opened, is_arrow_file
+from batchd.client.proto_values import to_struct, to_value
 from batchd.v1 import batch_pb2
 
 __all__ = ["Chunk", "Source", "csv_records", "open_source"]

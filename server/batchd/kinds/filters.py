@@ -55,7 +55,7 @@ class Condition:
             return f"{c.sql} IS NULL" if self.value else f"{c.sql} IS NOT NULL"
         value = results.finalize(self.value)
         if self.op == Op.OPERATOR_IN:
-            if c.kind == "json":  # documents prepared one by one (plan_filter), as text: a
+            if c.family == "json":  # documents prepared one by one (plan_filter), as text: a
                 # list would be a dimension of the array parameter to asyncpg
                 value = [None if v is None else JsonText(dumps_json(v))
                          for v in map(results.finalize, value)]
@@ -135,13 +135,13 @@ def plan_filter(table: Table, f: batch_pb2.Filter, fpath: str, refs: list[Ref]) 
                                         "OPERATOR_IN is not supported on array columns")
         if not isinstance(value, list):
             raise InvalidArgument.field(f"{fpath}.value", "OPERATOR_IN takes a list of values")
-        if column.kind == "json":  # each element a document, a list too (not a dimension)
+        if column.family == "json":  # each element a document, a list too (not a dimension)
             return Condition(column, f.op, [prepare(v, column, f"{fpath}.value[{i}]", refs)
                                             for i, v in enumerate(value)])
         column_for_value = replace(column, is_array=True)
     elif f.op in _PATTERNS:
         name = _PATTERNS[f.op]
-        if column.kind != "text" or column.is_array:
+        if column.family != "text" or column.is_array:
             raise InvalidArgument.field(f"{fpath}.op", f"{name} works on text columns only")
         if not isinstance(value, str):
             raise InvalidArgument.field(f"{fpath}.value", f"{name} takes a pattern string")

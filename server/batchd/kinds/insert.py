@@ -295,7 +295,7 @@ def column_values(columns: list[Column], rows: list[list[Any]]) -> list[list[Any
     as its text: asyncpg would take a document that is a list for a dimension of the array."""
     arrays = [list(values) for values in zip(*rows, strict=True)]
     for i, column in enumerate(columns):
-        if column.kind == "json":
+        if column.family == "json":
             arrays[i] = [None if v is None else JsonText(dumps_json(v)) for v in arrays[i]]
     return arrays
 

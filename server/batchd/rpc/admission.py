@@ -1,10 +1,11 @@
 """Admission: whether new work may start now.
 
-Every BatchExecute and BatchStream takes a slot for as long as it runs. When a kind's slots
-are all taken the call is refused at once with RESOURCE_EXHAUSTED and a RetryInfo: batchd never
-queues without bound (a bounded wait does happen further in, for a pooled connection). While
-the server drains for shutdown, new work is refused with UNAVAILABLE (another replica can take
-it) and ``wait_idle`` lets the work in flight finish.
+Every BatchExecute and BatchStream takes a slot in its lane ("batch" or "stream", each with
+its own limit) for as long as it runs. When a lane's slots are all taken the call is refused
+at once with RESOURCE_EXHAUSTED and a RetryInfo: batchd never queues without bound (a bounded
+wait does happen further in, for a pooled connection). While the server drains for shutdown,
+new work is refused with UNAVAILABLE (another replica can take it) and ``wait_idle`` lets the
+work in flight finish.
 """
 
 from __future__ import annotations
@@ -37,17 +38,17 @@ class Admission:
                                           "replica can serve it)", reason="DRAINING"), 1)
 
     @contextmanager
-    def admit(self, kind: str) -> Iterator[None]:
+    def admit(self, lane: str) -> Iterator[None]:
         self.check_open()
-        if self.in_use[kind] >= self.limits[kind]:
-            raise retry_later(Overloaded(f"too many concurrent {_PLURAL[kind]}: the limit is "
-                                         f"{self.limits[kind]}; retry shortly"), 1)
-        self.in_use[kind] += 1
+        if self.in_use[lane] >= self.limits[lane]:
+            raise retry_later(Overloaded(f"too many concurrent {_PLURAL[lane]}: the limit is "
+                                         f"{self.limits[lane]}; retry shortly"), 1)
+        self.in_use[lane] += 1
         self._idle.clear()
         try:
             yield
         finally:
-            self.in_use[kind] -= 1
+            self.in_use[lane] -= 1
             if not any(self.in_use.values()):
                 self._idle.set()
 

@@ -22,10 +22,10 @@ What a principal may do (scopes) is the domain's: batchd.principals.
 
 The principal reaches the servicer through ``current_principal``, set by the interceptor
 *inside* the wrapped method handler, i.e. in the RPC's own execution (grpc.aio documents that
-interceptors and handlers share a per-RPC context, but the client certificate is only visible
-through the handler's ``context.auth_context()`` anyway). The servicer hands it on to the
-planner and the stream session as a plain value; code that runs outside an RPC sees None,
-which means "authentication is off".
+interceptors and method handlers share a per-RPC context, but the client certificate is only
+visible through the method handler's ``context.auth_context()`` anyway). The servicer hands it
+on to the planner and the stream session as a plain value; code that runs outside an RPC sees
+None, which means "authentication is off".
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ class Authenticator:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authenticates every RPC but health (and reflection, if public) before its handler
-    runs, and sets ``current_principal`` for the handler. Only installed when
+    """Authenticates every RPC but health (and reflection, if public) before its method handler
+    runs, and sets ``current_principal`` for the method handler. Only installed when
     ``settings.auth_enabled``."""
 
     def __init__(self, settings: Settings) -> None:
@@ -107,12 +107,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                                      Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
+        rpc_handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(HEALTH_PREFIX) or (
+        if rpc_handler is None or method.startswith(HEALTH_PREFIX) or (
                 self.reflection_public and method.startswith(REFLECTION_PREFIX)):
-            return handler
-        return shapes.wrap(handler, self._admitted)
+            return rpc_handler
+        return shapes.wrap(rpc_handler, self._admitted)
 
     @asynccontextmanager
     async def _admitted(self, context: grpc.aio.ServicerContext,
@@ -152,9 +152,9 @@ async def let_the_client_finish(requests: AsyncIterator[Any]) -> None:
     INTERNAL "Internal error from Core" instead of the status it received (grpc/grpc#36066;
     about half of the refusals of a client writing three messages). Once the client has stopped
     writing, every client sees the real status; reading only its first message (as grpc's
-    asyncio auth example does, answering every method with a unary handler) still left about
-    one refusal in seven to INTERNAL. Unary requests need none of this: grpc reads
-    them, and the client's half-close with them, before any handler runs. The bounds keep a
+    asyncio auth example does, answering every method with a unary method handler) still left
+    about one refusal in seven to INTERNAL. Unary requests need none of this: grpc reads them,
+    and the client's half-close with them, before any method handler runs. The bounds keep a
     caller without credentials from holding the call open by writing on and on."""
     loop = asyncio.get_running_loop()
     ends = loop.time() + REFUSED_MOST_SECONDS

@@ -42,7 +42,7 @@ OFF_LOOP_BYTES = 1 << 20
 
 
 class Raw(bytes):
-    """A unary request's bytes, parsed by the handler (``parse``), off the loop if large."""
+    """A unary request's bytes, parsed by the method handler (``parse``), off the loop if large."""
 
 
 def _decoder(message_class: type[Message]) -> Callable[[bytes], Message | Malformed]:
@@ -90,17 +90,17 @@ async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 def register(servicer: Any, server: grpc.aio.Server) -> None:
-    handlers = {}
+    rpc_handlers = {}
     for method in SERVICE.methods:
         request_class = getattr(batch_pb2, method.input_type.name)
         response_class = getattr(batch_pb2, method.output_type.name)
-        # Unary requests stay bytes until the handler parses them (``parse``); a stream's
+        # Unary requests stay bytes until the method handler parses them (``parse``); a stream's
         # messages are chunk-sized and parsed as they come.
         deserializer = _decoder(request_class) if method.client_streaming else Raw
-        handlers[method.name] = shapes.method_handler(
+        rpc_handlers[method.name] = shapes.method_handler(
             getattr(servicer, method.name), request_streaming=method.client_streaming,
             response_streaming=method.server_streaming, request_deserializer=deserializer,
             response_serializer=response_class.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name,
-                                                                          handlers),))
-    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+                                                                          rpc_handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, rpc_handlers)

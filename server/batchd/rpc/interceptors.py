@@ -1,23 +1,23 @@
 """Server interceptors. ``MetricsInterceptor`` counts every RPC by method and final status.
 
-grpc.aio interceptors only see the call before the handler runs, so the interceptor wraps the
-handler's behaviour (``batchd.rpc.shapes.wrap``, for all four shapes) and reads the final
-status when it ends:
+grpc.aio interceptors only see the call before the method handler runs, so the interceptor wraps
+the method handler's behaviour (``batchd.rpc.shapes.wrap``, for all four shapes) and reads the
+final status when it ends:
 
-- returned normally: ``context.code()`` if the handler set one, else OK;
+- returned normally: ``context.code()`` if the method handler set one, else OK;
 - aborted (``context.abort`` / ``abort_with_status`` raise ``AbortError``): ``context.code()``,
   which the abort set to the code the caller receives;
 - cancelled (the caller went away, its deadline passed, the server stopped; a response stream
   closed early): DEADLINE_EXCEEDED when no time is left, else CANCELLED;
 - any other exception: UNKNOWN, which is what grpc sends for it.
 
-A caller's cancel can also reach a streaming handler first as the end of its request stream
-(grpc.aio ends it the same way as a half-close); the handler's answer to that — for an ATOMIC
-BatchStream, FAILED_PRECONDITION — is then the code counted.
+A caller's cancel can also reach a streaming method handler first as the end of its request
+stream (grpc.aio ends it the same way as a half-close); the method handler's answer to that —
+for an ATOMIC BatchStream, FAILED_PRECONDITION — is then the code counted.
 
 It should be the first interceptor, so that the RPCs the others refuse (authentication) are
 counted too. Methods the server does not have are not counted (grpc answers UNIMPLEMENTED
-before any handler exists), which also keeps the ``method`` label bounded.
+before any method handler exists), which also keeps the ``method`` label bounded.
 """
 
 from __future__ import annotations
@@ -57,21 +57,23 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        # The wrapped handler of each method, by the handler it wraps: made once, not per call.
+        # The wrapped method handler of each method, by the method handler it wraps: made
+        # once, not per call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: _Continuation,
                                 handler_call_details: grpc.HandlerCallDetails,
                                 ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
+        rpc_handler = await continuation(handler_call_details)
+        if rpc_handler is None:
             return None
         method: str = handler_call_details.method
         known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
+        if known is not None and known[0] is rpc_handler:
             return known[1]
-        wrapped = shapes.wrap(handler, lambda context, _requests: self._observed(method, context))
-        self._wrapped[method] = (handler, wrapped)
+        wrapped = shapes.wrap(rpc_handler,
+                              lambda context, _requests: self._observed(method, context))
+        self._wrapped[method] = (rpc_handler, wrapped)
         return wrapped
 
     @asynccontextmanager

@@ -84,7 +84,7 @@ class _Seen:
 
     def __enter__(self) -> Any:
         self.started = time.perf_counter()
-        self.principal = principal_name()  # set by authentication before the handler ran
+        self.principal = principal_name()  # set by authentication before the method handler ran
         metrics = self.observer.metrics
         metrics.child(metrics.in_flight, self.rpc).inc()
         return self

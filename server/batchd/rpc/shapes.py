@@ -1,8 +1,8 @@
 """The four shapes of a gRPC method, handled in one place.
 
 A grpc method handler carries one behaviour of four shapes: unary-unary, unary-stream,
-stream-unary or stream-stream (a request stream or not, a response stream or not). batchd
-builds its handlers here (``method_handler``: batchd.rpc.decode registers BatchService through
+stream-unary or stream-stream (a request stream or not, a response stream or not). batchd builds
+its method handlers here (``method_handler``: batchd.rpc.decode registers BatchService through
 it) and wraps them here (``wrap``: the metrics and authentication interceptors run their work
 around each call through it), so that no other module tells the shapes apart.
 
@@ -37,26 +37,26 @@ def method_handler(behavior: Behavior, *, request_streaming: bool, response_stre
                    request_deserializer: Callable[[bytes], Any] | None,
                    response_serializer: Callable[[Any], bytes] | None,
                    ) -> grpc.RpcMethodHandler:
-    """The handler of ``behavior``, of the shape the two flags name."""
+    """The method handler of ``behavior``, of the shape the two flags name."""
     make = _MAKE[request_streaming, response_streaming]
     return make(behavior, request_deserializer=request_deserializer,
                 response_serializer=response_serializer)
 
 
-def behavior_of(handler: grpc.RpcMethodHandler) -> Behavior:
-    """The one behaviour a handler carries, whatever its shape."""
-    found: Behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary
-                       or handler.stream_stream)
+def behavior_of(rpc_handler: grpc.RpcMethodHandler) -> Behavior:
+    """The one behaviour a method handler carries, whatever its shape."""
+    found: Behavior = (rpc_handler.unary_unary or rpc_handler.unary_stream
+                       or rpc_handler.stream_unary or rpc_handler.stream_stream)
     return found
 
 
-def wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
-    """The same handler (shape, deserializer, serializer), its behaviour run inside
+def wrap(rpc_handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+    """The same method handler (shape, deserializer, serializer), its behaviour run inside
     ``around(context, requests)`` on every call."""
-    behavior = behavior_of(handler)
-    streamed = bool(handler.request_streaming)
+    behavior = behavior_of(rpc_handler)
+    streamed = bool(rpc_handler.request_streaming)
 
-    if handler.response_streaming:
+    if rpc_handler.response_streaming:
         async def stream_responses(request: Any, context: grpc.aio.ServicerContext,
                                    ) -> AsyncIterator[Any]:
             async with around(context, request if streamed else None):
@@ -81,6 +81,6 @@ def wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandle
 
         wrapped = respond
     return method_handler(wrapped, request_streaming=streamed,
-                          response_streaming=bool(handler.response_streaming),
-                          request_deserializer=handler.request_deserializer,
-                          response_serializer=handler.response_serializer)
+                          response_streaming=bool(rpc_handler.response_streaming),
+                          request_deserializer=rpc_handler.request_deserializer,
+                          response_serializer=rpc_handler.response_serializer)

@@ -123,7 +123,7 @@ def _columnar_array(values: Sequence[Any], which: str, mask: np.ndarray[Any, Any
                     column: Column) -> pa.Array:
     if which == "strings":
         return _from_strings(pa.array(values, pa.string(), mask=mask), values, mask, column)
-    if column.is_array or column.kind == "json":
+    if column.is_array or column.family == "json":
         raise _Slow  # the per-value path refuses any other array for them, saying why
     if which == "int64s":
         return pa.array(values, pa.int64(), mask=mask)  # arrow_types checks the range
@@ -131,22 +131,22 @@ def _columnar_array(values: Sequence[Any], which: str, mask: np.ndarray[Any, Any
         return pa.array(values, pa.float64(), mask=mask)
     if which == "bools":
         return pa.array(values, pa.bool_(), mask=mask)
-    if which == "bytes" and column.kind == "bytea":
+    if which == "bytes" and column.family == "bytea":
         return pa.array(values, pa.binary(), mask=mask)
-    if which == "timestamp_micros" and column.kind in ("timestamptz", "timestamp"):
+    if which == "timestamp_micros" and column.family in ("timestamptz", "timestamp"):
         micros = pa.array(values, pa.int64(), mask=mask)
         low, high = pc.min_max(micros).values()
         if low.is_valid and (low.as_py() - UNIX_TO_PG_EPOCH_US < PG_MIN_US
                              or high.as_py() - UNIX_TO_PG_EPOCH_US > PG_MAX_US):
             raise _Slow
-        return micros.view(pa.timestamp("us", "UTC" if column.kind == "timestamptz" else None))
+        return micros.view(pa.timestamp("us", "UTC" if column.family == "timestamptz" else None))
     raise _Slow
 
 
 def _from_strings(array: pa.Array, values: Sequence[Any], mask: np.ndarray[Any, Any] | None,
                   column: Column) -> pa.Array:
     """Strings in a column: converted as the per-value path would, or _Slow."""
-    kind = column.kind
+    kind = column.family
     if column.is_array:
         if kind != "text" or column.cast_sql != "text[]":
             raise _Slow
@@ -226,18 +226,18 @@ def _rows_array(structs: list[Any], column: Column) -> pa.Array:
     """One column of the rows (``structs``: their ``fields`` maps)."""
     name = column.name
     if column.is_array:
-        if column.kind != "text" or column.cast_sql != "text[]":
+        if column.family != "text" or column.cast_sql != "text[]":
             raise _Slow
         return pa.array([_strings(fields.get(name)) for fields in structs],
                         pa.list_(pa.string()))
-    if column.kind == "json":  # the text the connection's json codec would send
+    if column.family == "json":  # the text the connection's json codec would send
         documents = [_document(fields.get(name)) for fields in structs]
         return pa.array([None if document is None else _json_text(document)
                          for document in documents], pa.string())
-    attribute = _READ.get(column.kind)
+    attribute = _READ.get(column.family)
     if attribute is None:
         raise _Slow
-    if attribute == "number_value" and column.kind != "float" and structs and \
+    if attribute == "number_value" and column.family != "float" and structs and \
             structs[0].get(name).WhichOneof("kind") == "string_value":
         attribute = "string_value"  # integers as strings (exact beyond 2^53)
     # Read straight from each row's Value (keeping the Values costs more than reading twice).
@@ -264,11 +264,11 @@ def _rows_array(structs: list[Any], column: Column) -> pa.Array:
     if attribute == "bool_value":
         return pa.array(read, pa.bool_(), mask=mask)
     numbers = np.array(read, dtype=np.float64)
-    if column.kind == "float":
+    if column.family == "float":
         return pa.array(numbers, pa.float64(), mask=mask)
     # An integer column: integral numbers within what a double holds exactly and the type
     # takes (the per-value path's read_int; anything else it reads and judges one by one).
-    limit = _INT_LIMITS[column.kind]
+    limit = _INT_LIMITS[column.family]
     if not (np.all(np.abs(numbers) <= limit) and np.all(numbers == np.trunc(numbers))):
         raise _Slow
     return pa.array(numbers.astype(np.int64), pa.int64(), mask=mask)

@@ -138,7 +138,7 @@ def plan(schema: pa.Schema, columns: list[Column], where: str) -> Plan:
 
 def _builder(out_field: pa.Field, column: Column) -> Any:
     """pgpq's encoder for a column: its own choice, but jsonb gets jsonb's binary form."""
-    if column.kind == "json" and column.cast_sql.startswith("jsonb"):
+    if column.family == "json" and column.cast_sql.startswith("jsonb"):
         if column.is_array:
             inner = out_field.type.value_field
             lists = (pgpq_encoders.LargeListEncoderBuilder if pa.types.is_large_list(
@@ -194,7 +194,7 @@ def _decode_dictionary(array: pa.Array) -> pa.Array:
 
 
 def _scalar(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataType]:
-    kind = column.kind
+    kind = column.family
     if kind in _INT_TYPES:
         return _to_int(t, kind)
     if kind == "float":
@@ -252,7 +252,7 @@ def _null_type(column: Column) -> pa.DataType:
             "json": pa.string(), "bytea": pa.binary(), "uuid": pa.binary(16),
             "date": pa.date32(), "timestamptz": pa.timestamp("us", "UTC"),
             "timestamp": pa.timestamp("us"), "time": pa.time64("us"),
-            "interval": pa.duration("us")}.get(column.kind) or _refuse(column)
+            "interval": pa.duration("us")}.get(column.family) or _refuse(column)
 
 
 def _refuse(column: Column) -> pa.DataType:
@@ -342,7 +342,7 @@ def _array_converter(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataTy
     if pa.types.is_list(value_type) or pa.types.is_large_list(value_type) or \
             pa.types.is_fixed_size_list(value_type):
         raise Refused("nested lists (multidimensional arrays) are not supported")
-    scalar = Column(column.name, column.sql, column.type_sql, column.cast_sql, column.kind,
+    scalar = Column(column.name, column.sql, column.type_sql, column.cast_sql, column.family,
                     False, True, False, False)
     element, element_out = _converter(value_type, scalar)
     if element is same:

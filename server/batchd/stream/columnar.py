@@ -63,7 +63,7 @@ _NATIVE = {
 
 def _coerce_column(values: list[Any], which: str, column: Column, j: int, nulls: set[int],
                    bad: dict[int, BatchdError]) -> list[Any]:
-    if column.is_array or column.kind in ("json", "jsonb"):
+    if column.is_array or column.family in ("json", "jsonb"):
         # No protobuf array holds lists or documents: their values come as JSON text.
         if which != "strings":
             raise InvalidArgument.field(
@@ -72,7 +72,7 @@ def _coerce_column(values: list[Any], which: str, column: Column, j: int, nulls:
         return _coerce_each([_json_value(v, i, column, bad) for i, v in enumerate(values)],
                             column, bad)
     if which == "timestamp_micros":
-        if column.kind not in ("timestamptz", "timestamp"):
+        if column.family not in ("timestamptz", "timestamp"):
             raise InvalidArgument.field(f"columnar.columns[{j}]", "timestamp_micros is for "
                                                                   "timestamp columns")
         shifted = [None if v is None else v - UNIX_TO_PG_EPOCH_US for v in values]
@@ -85,9 +85,9 @@ def _coerce_column(values: list[Any], which: str, column: Column, j: int, nulls:
                                                     "range (4713 BC to 294276 AD)"))
                     shifted[i] = None
         return shifted
-    if (which, column.kind) in _NATIVE or (which == "int64s" and column.kind in ("int2", "int4")
-                                           and _in_range(values, column.kind)) \
-            or (which == "strings" and column.kind == "numeric"):  # checked lazily, see Target
+    if (which, column.family) in _NATIVE or (which == "int64s" and column.family in ("int2", "int4")
+                                           and _in_range(values, column.family)) \
+            or (which == "strings" and column.family == "numeric"):  # checked lazily, see Target
         return values
     return _coerce_each(values, column, bad)
 
@@ -118,7 +118,7 @@ def _json_value(text: str | None, i: int, column: Column, bad: dict[int, BatchdE
         return None
     try:
         if column.is_array:
-            return read_array(text, column.kind)
+            return read_array(text, column.family)
         json.loads(text)
         return JsonText(text)
     except array_literal.ArrayLiteralError as exc:

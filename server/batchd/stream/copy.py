@@ -47,7 +47,7 @@ class Target:
 
     def __post_init__(self) -> None:
         self.readers = [(c.name, _reader(c)) for c in self.columns]
-        self.lazy = [i for i, c in enumerate(self.columns) if c.kind == "numeric"
+        self.lazy = [i for i, c in enumerate(self.columns) if c.family == "numeric"
                      and not c.is_array]
 
     @property
@@ -65,7 +65,7 @@ def _reader(column: Column) -> Reader:
     def slow(value: struct_pb2.Value) -> Any:
         return coerce(from_proto(value), column)
 
-    kind = column.kind
+    kind = column.family
     if column.is_array:
         return slow
     if kind in ("text", "numeric"):

@@ -93,7 +93,7 @@ class Gate(Protocol):
     its block runs, or refuses the stream with a retryable error (RESOURCE_EXHAUSTED when
     every slot is taken, UNAVAILABLE while the server drains)."""
 
-    def admit(self, kind: str) -> AbstractContextManager[None]: ...
+    def admit(self, lane: str) -> AbstractContextManager[None]: ...
 
 
 @dataclass(frozen=True, slots=True)
