@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batchd.app import SERVICE_NAME, App
+from batchd.db import pool
 from batchd.db.pool import detect_pooler, transaction
 from batchd.v1 import batch_pb2_grpc
 from tests.support.batches import batch, count, fails, rows
@@ -175,7 +176,7 @@ async def test_health_of_the_service_follows_the_database_and_the_process_stays_
 
 async def test_a_transaction_begins_with_its_limits_in_one_round_trip(schema):
     settings = make_settings(schema, statement_timeout_ms=4321)
-    conn = await asyncpg.connect(schema)
+    conn = await asyncpg.connect(schema, connection_class=pool.Connection)
     sent: list[str] = []
     conn.add_query_logger(lambda record: sent.append(record.query))
     try:

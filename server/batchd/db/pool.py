@@ -84,6 +84,7 @@ async def create_pool(dsn: str, settings: Settings) -> tuple[asyncpg.Pool, str]:
         command_timeout=command_timeout,
         init=_init_connection,
         reset=_reset,
+        connection_class=Connection,
         server_settings={"application_name": "batchd"},
     )
     assert pool is not None
@@ -154,6 +155,8 @@ _reset_already: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 async def _reset(conn: asyncpg.Connection) -> None:
     """The pool's reset of a connection handed back (asyncpg has rolled back any open
     transaction): asyncpg's reset query, unless the last COMMIT or ROLLBACK carried it."""
+    if isinstance(conn, Connection):
+        conn._carry = None  # a transaction that never ended (the pool rolled it back)
     if conn in _reset_already:
         _reset_already.discard(conn)
         return
@@ -162,37 +165,36 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute(query)
 
 
-class _Piggyback:
-    """The connection as asyncpg's Transaction sees it: its BEGIN carries the transaction's SET
-    LOCAL statements in the same simple-query message (one round trip where BEGIN and then the
-    limits would take two); its COMMIT or ROLLBACK carries ``end_sql`` (``DISCARD PLANS``
-    after work as a role), and with ``reset``, the pool's reset query (marked done:
-    ``_reset``). Everything else goes to the connection."""
+class Connection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg's connection (the pool's ``connection_class``), whose next transaction can
+    carry more statements in its BEGIN's and its end's messages (``carry``): the
+    transaction's SET LOCAL statements ride on its BEGIN (one round trip where BEGIN and then
+    the limits would take two); its COMMIT or ROLLBACK carries ``DISCARD PLANS`` after work as
+    a role, and with ``reset``, the pool's reset query (marked done: ``_reset``). asyncpg's own
+    Transaction sends them, so that savepoints nest in it as usual."""
 
-    def __init__(self, conn: asyncpg.Connection, begin_sql: str, end_sql: str,
-                 reset: bool) -> None:
-        object.__setattr__(self, "_conn", conn)
-        object.__setattr__(self, "_begin_sql", begin_sql)
-        object.__setattr__(self, "_end_sql", end_sql)
-        object.__setattr__(self, "_reset", reset)
+    _carry: tuple[str, str, bool] | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._conn, name, value)
+    def carry(self, begin_sql: str, end_sql: str, reset: bool) -> None:
+        """What the next transaction's BEGIN, and its COMMIT or ROLLBACK, carry."""
+        _reset_already.discard(self)
+        self._carry = (begin_sql, end_sql, reset)
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
-        ends = query in ("COMMIT;", "ROLLBACK;")
-        if query.startswith("BEGIN") and not args:
-            query += self._begin_sql
-        elif ends:
-            query += self._end_sql
-            if self._reset:
-                query += " " + self._conn.get_reset_query()
-        result: str = await self._conn.execute(query, *args, **kwargs)
-        if ends and self._reset:  # only once all of it ran: a failed COMMIT leaves the reset
-            _reset_already.add(self._conn)  # to the pool
+        carry = self._carry
+        if carry is None or args:
+            return str(await super().execute(query, *args, **kwargs))
+        begin_sql, end_sql, reset = carry
+        if query.startswith("BEGIN"):
+            self._carry = ("", end_sql, reset)  # its end still to come
+            return str(await super().execute(query + begin_sql, **kwargs))
+        if query not in ("COMMIT;", "ROLLBACK;"):
+            return str(await super().execute(query, **kwargs))
+        self._carry = None
+        result = str(await super().execute(
+            query + end_sql + (" " + self.get_reset_query() if reset else ""), **kwargs))
+        if reset:  # only once all of it ran: a failed COMMIT leaves the reset to the pool
+            _reset_already.add(self)
         return result
 
 
@@ -249,10 +251,9 @@ def begin(conn: asyncpg.Connection, settings: Settings, *,
     the pool's reset (see the module's docstring)."""
     sql = _limits_sql(limits(settings, deadline)) + (role_sql(role) if role else "")
     end_sql = " DISCARD PLANS;" if role or roles_inside else ""
+    # First: on a connection released meanwhile (its call cut), asyncpg's InterfaceError.
     tx = conn.transaction(isolation=isolation, readonly=readonly)
-    real = tx._connection  # the pool's proxy hands the transaction the real connection
-    _reset_already.discard(real)
-    tx._connection = _Piggyback(real, sql, end_sql, then_release)  # BEGIN, COMMIT, ROLLBACK
+    conn.carry(sql, end_sql, then_release)  # BEGIN, COMMIT, ROLLBACK (``Connection``)
     return tx
 
 
