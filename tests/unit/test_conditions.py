@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 from batchd.errors import InvalidArgument
+from batchd.kinds.base import Output
 from batchd.kinds.conditions import MAX_DEPTH, MAX_NODES, has_where, plan_selection
 from batchd.kinds.filters import Selection, fingerprint
 from batchd.kinds.params import Deferred, Results, SqlParams
@@ -119,8 +120,8 @@ def test_references_inside_nested_groups_are_collected_and_resolved_at_run_time(
     assert isinstance(deferred, Deferred)
     assert deferred.path == f"{PATH}.where.groups[0].filters[0].value"
     results = Results()
-    results.record("c", [{"id": 1}, {"id": 2**62}])
-    results.record("o", [{"id": 9}])
+    results.record("c", Output([{"id": 1}, {"id": 2**62}]))
+    results.record("o", Output([{"id": 9}]))
     params = SqlParams()
     assert Selection(clauses).sql(params, results) == (
         '("status" = $1::character varying OR (NOT ("customer_id" = ANY($2::bigint[]))) OR '

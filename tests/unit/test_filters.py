@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchd.errors import InvalidArgument
+from batchd.kinds.base import Output
 from batchd.kinds.filters import (
     Selection,
     SortKey,
@@ -94,7 +95,7 @@ def test_a_key_reference_is_resolved_when_the_statement_is_built() -> None:
     conditions = plan_key(shop_table("orders"), key(id={"$ref": "c.1.id"}), "k", refs)
     assert refs == [Ref("c", 1, "id")] and isinstance(conditions[0].value, Deferred)
     results = Results()
-    results.record("c", [{"id": 1}, {"id": 2**62}])
+    results.record("c", Output([{"id": 1}, {"id": 2**62}]))
     assert where(Selection(conditions), results) == ('"id" = $1::bigint', [2**62])
 
 
@@ -241,8 +242,8 @@ def test_filter_references_are_collected_and_resolved_at_run_time() -> None:
         {"column": "status", "op": "OPERATOR_EQ", "value": {"$ref": "b.status"}}), PATH, refs)
     assert refs == [Ref("a", 0, "id"), Ref("a", 1, "id"), Ref("b", 0, "status")]
     results = Results()
-    results.record("a", [{"id": 4}, {"id": "5"}])
-    results.record("b", [{"status": None}])
+    results.record("a", Output([{"id": 4}, {"id": "5"}]))
+    results.record("b", Output([{"status": None}]))
     assert where(Selection(conditions), results) == \
         ('"customer_id" = ANY($1::bigint[]) AND "status" IS NULL', [[4, 5]])
 

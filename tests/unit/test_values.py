@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from batchd.catalog import Column
 from batchd.errors import DependencyFailed, InvalidArgument
 from batchd.kinds import params
+from batchd.kinds.base import Output
 from batchd.pgtext import MAX_SAFE_INTEGER, dumps_json, render_any
 from batchd.pgtypes import Interval
 from batchd.rendering import render_row, renderer_for, write_value
@@ -773,10 +774,10 @@ def test_find_refs_walks_lists_and_dicts() -> None:
 
 # --- params.Results --------------------------------------------------------------------------
 
-def results_with(**rows: list[dict[str, Any]]) -> params.Results:
-    results = params.Results()
+def results_with(**rows: list[dict[str, Any]]) -> params.Results[Output]:
+    results: params.Results[Output] = params.Results()
     for op, op_rows in rows.items():
-        results.record(op, op_rows)
+        results.record(op, Output(op_rows))
     return results
 
 

@@ -203,7 +203,7 @@ def _source(value: Any, column: Column, parts: list[Part],
     return at, returned
 
 
-async def run(chain: Chain, conn: asyncpg.Connection, results: Results,
+async def run(chain: Chain, conn: asyncpg.Connection, results: Results[Any],
               guard: Guard | None = None) -> tuple[dict[str, Output], tuple[Any, ...]]:
     """Run ``chain`` as one statement: each operation's output, by id (its rows are recorded
     by the caller), and the values of ``guard``'s flags (none without one)."""

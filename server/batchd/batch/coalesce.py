@@ -48,7 +48,7 @@ class RunAgainApart(Exception):
     and the batch must run again, its operations apart, to learn which one failed."""
 
 
-async def run_together(group: list[Step], ctx: RunContext, outputs: dict[str, Output],
+async def run_together(group: list[Step], ctx: RunContext,
                        run_one: RunOne, *, protect: bool = True) -> None:
     """One statement for ``group``; each operation gets its own output, recorded for the
     references of later ones. If anything fails (a value, a constraint), the error must name
@@ -69,8 +69,7 @@ async def run_together(group: list[Step], ctx: RunContext, outputs: dict[str, Ou
                 parts = await kind.run_together([p.spec for p in planned], ctx)
         except failures:
             for step in group:
-                outputs[step.id] = await run_one(step)
+                await run_one(step)
             return
     for step, output in zip(group, parts, strict=True):
-        ctx.results.record(step.id, output.rows)
-        outputs[step.id] = output
+        ctx.results.record(step.id, output)

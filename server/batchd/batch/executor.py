@@ -95,12 +95,13 @@ class Executor:
     async def _atomic(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
         if plan.invalid:
             raise answers.refused(plan)
-        outputs: dict[str, Output] = {}  # the operations of the attempt that ran last
+        results: Results[Output] = Results()  # what the attempt that ran last ran
 
         async def once(attempt: int, together: bool) -> Answer:
-            outputs.clear()
+            nonlocal results
+            results = Results()
             try:
-                return await self._atomic_once(plan, outputs, request_id, attempt, together)
+                return await self._atomic_once(plan, results, request_id, attempt, together)
             except _StoreApart as final:
                 return await self._store_failure(plan, final.error, request_id)
 
@@ -109,17 +110,16 @@ class Executor:
                 once, lambda failed: self.runner.may_retry(failed.error, failed.attempt),
                 "the batch", request_id)
         except StepFailed as failed:
-            raise answers.atomic_failure(plan, outputs, failed.step, failed.error,
+            raise answers.atomic_failure(plan, results.outputs, failed.step, failed.error,
                                          attempts=failed.attempt) from None
         if isinstance(answer, BatchdError):
             raise answer
         return answer
 
-    async def _atomic_once(self, plan: BatchPlan, outputs: dict[str, Output], request_id: str,
+    async def _atomic_once(self, plan: BatchPlan, results: Results[Output], request_id: str,
                            attempt: int, together: bool) -> Answer:
         """One run in one transaction: the response, or (with a request id) the error to
         raise as it is. Raises StepFailed for what may be retried or reported as failed."""
-        results = Results()
         claim = plan.claim
         try:
             async with connection(self.pool, plan.deadline) as conn:
@@ -133,14 +133,14 @@ class Executor:
                                            roles_inside=plan.role is not None,
                                            then_release=True):
                         if claim is not None:
-                            return await self._claimed(plan, claim, conn, results, outputs,
+                            return await self._claimed(plan, claim, conn, results,
                                                        request_id, attempt, together)
-                        await self.runner.run_in_order(plan.steps, conn, results, outputs,
-                                                       request_id, protect=not together)
+                        await self.runner.run_in_order(plan.steps, conn, results, request_id,
+                                                       protect=not together)
                         if plan.validate_only:
                             raise _Rollback
                 except _Rollback:
-                    return await answers.succeeded(plan.steps, outputs, committed=False,
+                    return await answers.succeeded(plan.steps, results.outputs, committed=False,
                                                    attempts=attempt)
         except (StepFailed, coalesce.RunAgainApart, _StoreApart):
             raise
@@ -148,11 +148,12 @@ class Executor:
             # Acquiring, BEGIN or COMMIT failed (a failed COMMIT commits nothing), or the
             # rollback after a lost connection did: no operation to blame.
             raise StepFailed(None, translate(exc, request_id)) from exc
-        return await answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
+        return await answers.succeeded(plan.steps, results.outputs, committed=True,
+                                       attempts=attempt)
 
     async def _claimed(self, plan: BatchPlan, claim: Claim, conn: asyncpg.Connection,
-                       results: Results, outputs: dict[str, Output], request_id: str,
-                       attempt: int, together: bool) -> Answer:
+                       results: Results[Output], request_id: str, attempt: int,
+                       together: bool) -> Answer:
         """Claim the request id, then run the operations (``_run_claimed``), or answer
         without running them (the stored answer, REQUEST_IN_PROGRESS, REQUEST_ID_REUSED).
         When the operations lead with a chain of inserts run as batchd (no role, not read
@@ -162,17 +163,17 @@ class Executor:
         if together and not (plan.read_only or plan.role) and \
                 self.runner.leads_with_chain(plan.steps):
             guard = Guard(CLAIM_CTES, claim_args(claim, ttl), "claimed", CLAIM_FLAGS)
-            return await self._run_claimed(plan, claim, conn, results, outputs, request_id,
-                                           attempt, together, guard)
+            return await self._run_claimed(plan, claim, conn, results, request_id, attempt,
+                                           together, guard)
         answer = await begin(conn, claim, ttl)
         if answer is None:
-            answer = await self._run_claimed(plan, claim, conn, results, outputs, request_id,
-                                             attempt, together)
+            answer = await self._run_claimed(plan, claim, conn, results, request_id, attempt,
+                                             together)
         return answer
 
     async def _run_claimed(self, plan: BatchPlan, claim: Claim, conn: asyncpg.Connection,
-                           results: Results, outputs: dict[str, Output], request_id: str,
-                           attempt: int, together: bool, guard: Guard | None = None) -> Answer:
+                           results: Results[Output], request_id: str, attempt: int,
+                           together: bool, guard: Guard | None = None) -> Answer:
         """The operations of an atomic batch whose request id is claimed (or, with ``guard``,
         is claimed by their first statement), in its transaction, and the answer stored there
         too. A final failure (see batchd.batch.idempotency) is
@@ -186,19 +187,19 @@ class Executor:
         stored, and the transaction commits just that."""
         if not (plan.read_only or plan.role):
             try:
-                flags = await self.runner.run_in_order(plan.steps, conn, results, outputs,
-                                                       request_id, protect=not together,
-                                                       guard=guard)
+                flags = await self.runner.run_in_order(plan.steps, conn, results, request_id,
+                                                       protect=not together, guard=guard)
             except StepFailed as failed:
                 if not is_final(failed.error):
                     raise
                 raise _StoreApart(answers.atomic_failure(
-                    plan, outputs, failed.step, failed.error, attempts=attempt)) from None
+                    plan, results.outputs, failed.step, failed.error, attempts=attempt)) \
+                    from None
             if guard is not None:
                 found = await claimed_answer(conn, claim, *flags)
                 if found is not None:  # not this call's id: nothing of the batch ran
                     return found
-            response = await answers.succeeded(plan.steps, outputs, committed=True,
+            response = await answers.succeeded(plan.steps, results.outputs, committed=True,
                                                attempts=attempt)
             await store(conn, claim, response)
             return response
@@ -208,7 +209,7 @@ class Executor:
                     await conn.execute("SET LOCAL transaction_read_only = on")
                 if plan.role:  # undone with the savepoint on a failure; else below
                     await conn.execute(role_sql(plan.role))
-                await self.runner.run_in_order(plan.steps, conn, results, outputs, request_id,
+                await self.runner.run_in_order(plan.steps, conn, results, request_id,
                                                protect=not together)
                 if plan.read_only:
                     raise _Rollback
@@ -217,11 +218,12 @@ class Executor:
         except StepFailed as failed:
             if not is_final(failed.error):
                 raise
-            error = answers.atomic_failure(plan, outputs, failed.step, failed.error,
+            error = answers.atomic_failure(plan, results.outputs, failed.step, failed.error,
                                            attempts=attempt)
             await store(conn, claim, error)
             return error
-        response = await answers.succeeded(plan.steps, outputs, committed=True, attempts=attempt)
+        response = await answers.succeeded(plan.steps, results.outputs, committed=True,
+                                           attempts=attempt)
         if plan.role:
             await conn.execute(role_sql(None))  # the answer is batchd's to write
         await store(conn, claim, response)
@@ -258,11 +260,10 @@ class Executor:
         atomic BatchExecute would, and the caller's transaction decides what commits."""
         if plan.invalid:
             raise answers.refused(plan)
-        results = Results()
-        outputs: dict[str, Output] = {}
+        results: Results[Output] = Results()
         try:
-            await self.runner.run_in_order(plan.steps, conn, results, outputs, request_id)
+            await self.runner.run_in_order(plan.steps, conn, results, request_id)
         except StepFailed as failed:
-            raise answers.atomic_failure(plan, outputs, failed.step, failed.error,
+            raise answers.atomic_failure(plan, results.outputs, failed.step, failed.error,
                                          attempts=1) from None
-        return await answers.succeeded(plan.steps, outputs, committed=True, attempts=1)
+        return await answers.succeeded(plan.steps, results.outputs, committed=True, attempts=1)

@@ -25,6 +25,7 @@ that dependents see the rows they would see for real.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import asyncpg
 
@@ -55,8 +56,9 @@ class IndependentRun:
         self.pool = pool
         self.runner = runner
         self.request_id = request_id
-        self.results = Results()  # rows by operation id, for references
-        self.outputs: dict[str, Output] = {}  # committed (dry run: kept) operations
+        # The committed (dry run: kept) operations; each unit runs in a store of its own
+        # within it (``ran``), kept when its transaction commits.
+        self.results: Results[Output] = Results()
         self.settled: dict[str, Settled] = {}  # every other operation's outcome and status
         self.limit = asyncio.Semaphore(runner.settings.independent_concurrency)
         self.attempts = 1  # the most runs of any unit (a group rerun after 40001 / 40P01)
@@ -75,8 +77,9 @@ class IndependentRun:
                     finished[s.id].set()
 
         await asyncio.gather(*(run(u) for u in self.plan.units))
-        return await answers.independent(self.plan, self.outputs, self.settled,
-                                         committed=bool(self.outputs), attempts=self.attempts)
+        return await answers.independent(self.plan, self.results.outputs, self.settled,
+                                         committed=bool(self.results.outputs),
+                                         attempts=self.attempts)
 
     async def dry_run(self) -> batch_pb2.BatchExecuteResponse:
         plan, settings = self.plan, self.runner.settings
@@ -91,13 +94,14 @@ class IndependentRun:
                     raise _Rollback
             except _Rollback:
                 pass
-        return await answers.independent(plan, self.outputs, self.settled, committed=False,
+        return await answers.independent(plan, self.results.outputs, self.settled,
+                                         committed=False,
                                          attempts=1)
 
     def _held_back(self, unit: Unit) -> bool:
         """Whether ``unit`` must not run: SKIPPED (a dependency did not succeed) or refused
         (it has invalid operations); its outcomes are settled then."""
-        failed_dep = next((d for d in unit.depends_on if d not in self.outputs), None)
+        failed_dep = next((d for d in unit.depends_on if d not in self.results.outputs), None)
         if failed_dep is not None:
             self._skip(unit, failed_dep)
             return True
@@ -111,10 +115,11 @@ class IndependentRun:
         """``unit`` in a transaction of its own; a group again after a serialization failure
         or deadlock, while ``atomic_retries`` allows; any unit whose cached statement was
         stale (its transaction rolled back: nothing of it stays) too."""
-        ran: dict[str, Output] = {}  # the operations of the attempt that ran last
+        ran: Results[Output] = Results(self.results)  # what the last attempt ran
 
         async def once(attempt: int, together: bool) -> None:
-            ran.clear()
+            nonlocal ran
+            ran = Results(self.results)
             self.attempts = max(self.attempts, attempt)
             await self._commit_unit(unit, ran, together)
 
@@ -127,17 +132,17 @@ class IndependentRun:
         try:
             await attempts(once, may_retry, what, self.request_id)
         except StepFailed as failed:
-            self._fail(unit, ran, failed.step, failed.error)
+            self._fail(unit, ran.outputs, failed.step, failed.error)
             return
-        self.outputs.update(ran)
+        ran.keep()
 
-    async def _commit_unit(self, unit: Unit, ran: dict[str, Output], together: bool) -> None:
+    async def _commit_unit(self, unit: Unit, ran: Results[Output], together: bool) -> None:
         plan, settings = self.plan, self.runner.settings
         try:
             async with self.limit, connection(self.pool, plan.deadline) as conn, transaction(
                     conn, settings, isolation=plan.isolation, readonly=plan.read_only,
                     deadline=plan.deadline, role=plan.role, then_release=True):
-                await self.runner.run_in_order(unit.steps, conn, self.results, ran,
+                await self.runner.run_in_order(unit.steps, conn, ran,
                                                self.request_id, protect=not together)
         except (StepFailed, coalesce.RunAgainApart):
             raise
@@ -146,15 +151,15 @@ class IndependentRun:
 
     async def _try_unit(self, unit: Unit, conn: asyncpg.Connection) -> None:
         """``unit`` under a savepoint of the dry run's transaction."""
-        ran: dict[str, Output] = {}
+        ran: Results[Output] = Results(self.results)
         try:
             async with conn.transaction():  # a savepoint
-                await self.runner.run_in_order(unit.steps, conn, self.results, ran,
+                await self.runner.run_in_order(unit.steps, conn, ran,
                                                self.request_id)
         except StepFailed as failed:
-            self._fail(unit, ran, failed.step, failed.error)
+            self._fail(unit, ran.outputs, failed.step, failed.error)
             return
-        self.outputs.update(ran)
+        ran.keep()
 
     def _skip(self, unit: Unit, dependency: str) -> None:
         message = f'not run: operation "{dependency}" did not succeed'
@@ -164,7 +169,7 @@ class IndependentRun:
             self.settled[s.id] = (Outcome.OUTCOME_SKIPPED,
                                   to_rpc_status(Skipped(message, operation_id=s.id)))
 
-    def _fail(self, unit: Unit, ran: dict[str, Output], failed: Step | None,
+    def _fail(self, unit: Unit, ran: Mapping[str, Output], failed: Step | None,
               error: BatchdError, invalid: list[Step] | None = None) -> None:
         """The outcomes of a unit whose transaction rolled back, or that was refused."""
         if failed is None:  # the transaction itself failed: so did each operation in it

@@ -70,10 +70,9 @@ class StepRunner:
         self.settings = settings
 
     async def run_in_order(self, steps: Sequence[Step], conn: asyncpg.Connection,
-                           results: Results, outputs: dict[str, Output],
-                           request_id: str, *, protect: bool = True,
+                           results: Results[Output], request_id: str, *, protect: bool = True,
                            guard: chain.Guard | None = None) -> tuple[Any, ...]:
-        """Every step in order, each output into ``outputs`` as it completes; runs that can
+        """Every step in order, each output recorded in ``results`` as it completes; runs that
         share a statement (batchd.batch.coalesce) as one, under a savepoint if ``protect``
         (else a failure of such a run raises ``coalesce.RunAgainApart``). Without ``protect``,
         inserts that refer to each other are chained into one statement too
@@ -86,20 +85,19 @@ class StepRunner:
         flags: tuple[Any, ...] = ()
         for i, group in enumerate(groups if protect else chain.runs(groups)):
             if isinstance(group, chain.Chain):
-                flags = await self._run_chain(group, conn, results, outputs, request_id,
+                flags = await self._run_chain(group, conn, results, request_id,
                                               guard if i == 0 else None) or flags
                 if guard is not None and not all(flags):
                     return flags
             elif guard is not None and i == 0:
                 raise ValueError("a guard needs steps that lead with a chain")
             elif len(group) == 1:
-                outputs[group[0].id] = await self.run_step(group[0], conn, results, request_id)
+                await self.run_step(group[0], conn, results, request_id)
             else:
                 ctx = RunContext(conn, group[0].id, results, self.plan_ctx.catalog,
                                  self.settings)
                 await coalesce.run_together(
-                    group, ctx, outputs,
-                    lambda step: self.run_step(step, conn, results, request_id),
+                    group, ctx, lambda step: self.run_step(step, conn, results, request_id),
                     protect=protect)
         return flags
 
@@ -110,8 +108,8 @@ class StepRunner:
         first = next(iter(chain.runs(coalesce.runs(steps))), None)
         return isinstance(first, chain.Chain)
 
-    async def _run_chain(self, run: chain.Chain, conn: asyncpg.Connection, results: Results,
-                         outputs: dict[str, Output], request_id: str,
+    async def _run_chain(self, run: chain.Chain, conn: asyncpg.Connection,
+                         results: Results[Output], request_id: str,
                          guard: chain.Guard | None) -> tuple[Any, ...]:
         try:
             found, flags = await chain.run(run, conn, results, guard)
@@ -121,12 +119,10 @@ class StepRunner:
             first = run.parts[0].steps[0]
             raise StepFailed(first, translate(exc, request_id).for_operation(first.id)) from exc
         for step in run.steps:
-            output = found[step.id]
-            results.record(step.id, output.rows)
-            outputs[step.id] = output
+            results.record(step.id, found[step.id])
         return flags
 
-    async def run_step(self, step: Step, conn: asyncpg.Connection, results: Results,
+    async def run_step(self, step: Step, conn: asyncpg.Connection, results: Results[Output],
                        request_id: str) -> Output:
         assert step.planned is not None
         ctx = RunContext(conn, step.id, results, self.plan_ctx.catalog, self.settings)
@@ -134,7 +130,7 @@ class StepRunner:
             output = await kinds.run(step.planned, ctx)
         except Exception as exc:
             raise StepFailed(step, translate(exc, request_id).for_operation(step.id)) from exc
-        results.record(step.id, output.rows)
+        results.record(step.id, output)
         return output
 
     def may_retry(self, error: BatchdError, attempt: int) -> bool:

@@ -123,7 +123,7 @@ class RunContext:
 
     connection: asyncpg.Connection
     operation_id: str
-    results: Results
+    results: Results[Any]
     catalog: Catalog
     settings: Settings
 

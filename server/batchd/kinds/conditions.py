@@ -36,7 +36,7 @@ class Group:
     logic: str  # "AND" | "OR" | "NOT"
     children: tuple[Clause, ...]
 
-    def sql(self, params: SqlParams, results: Results) -> str:
+    def sql(self, params: SqlParams, results: Results[Any]) -> str:
         parts = [child.sql(params, results) for child in self.children]
         if self.logic == "NOT":
             return f"(NOT ({parts[0]}))"

@@ -40,7 +40,7 @@ _PATTERNS: dict[int, str] = {Op.OPERATOR_LIKE: "LIKE", Op.OPERATOR_ILIKE: "ILIKE
 class Clause(Protocol):
     """Part of a WHERE clause: a Condition, or a group of them (batchd.kinds.conditions)."""
 
-    def sql(self, params: SqlParams, results: Results) -> str: ...
+    def sql(self, params: SqlParams, results: Results[Any]) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ class Condition:
     op: int
     value: Any  # prepared (or Deferred); for IS_NULL a plain bool
 
-    def sql(self, params: SqlParams, results: Results) -> str:
+    def sql(self, params: SqlParams, results: Results[Any]) -> str:
         c = self.column
         if self.op == Op.OPERATOR_IS_NULL:
             return f"{c.sql} IS NULL" if self.value else f"{c.sql} IS NOT NULL"
@@ -76,7 +76,7 @@ class Selection:
     by_key: bool = False
     soft_delete: Column | None = None  # only rows where it is NULL
 
-    def sql(self, params: SqlParams, results: Results) -> str:
+    def sql(self, params: SqlParams, results: Results[Any]) -> str:
         parts = [c.sql(params, results) for c in self.conditions]
         if self.soft_delete is not None:
             parts.append(f"{self.soft_delete.sql} IS NULL")

@@ -8,9 +8,9 @@ parameter; SQL text holds only placeholders and identifiers from the catalog.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from batchd.catalog import Column
 from batchd.errors import DependencyFailed, InvalidArgument
@@ -53,27 +53,53 @@ def prepare(value: Any, column: Column, path: str, refs: list[Ref], what: str = 
             from None
 
 
-class Results(Mapping[str, Sequence[Mapping[str, Any]]]):
-    """Rows of the operations that have run, by operation id, for resolving references."""
+class HasRows(Protocol):
+    """What an operation produced, as far as references go (batchd.kinds.base.Output)."""
 
-    def __init__(self) -> None:
-        self._rows: dict[str, Sequence[Mapping[str, Any]]] = {}
+    rows: Sequence[Mapping[str, Any]]
+
+
+_O = TypeVar("_O", bound=HasRows)
+
+
+class Results(Mapping[str, Sequence[Mapping[str, Any]]], Generic[_O]):
+    """The one store of what the operations that ran produced: their outputs by operation id
+    (``outputs``: what the answer is built from) and, read as a mapping, their rows (what
+    references resolve against). ``within``: a store whose operations are visible too, and
+    that ``keep`` adds these to once they are kept (an INDEPENDENT unit's own store reads the
+    batch's; what a unit ran joins the batch's when its transaction commits)."""
+
+    def __init__(self, within: Results[_O] | None = None) -> None:
+        self.outputs: dict[str, _O] = {}
+        self._within = within
 
     def __getitem__(self, key: str) -> Sequence[Mapping[str, Any]]:
-        return self._rows[key]
+        found = self.outputs.get(key)
+        if found is not None:
+            return found.rows
+        if self._within is not None:
+            return self._within[key]
+        raise KeyError(key)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._rows)
+    def __iter__(self) -> Iterator[str]:
+        yield from self.outputs
+        if self._within is not None:
+            yield from (k for k in self._within if k not in self.outputs)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return sum(1 for _ in self)
 
-    def record(self, operation_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        self._rows[operation_id] = rows
+    def record(self, operation_id: str, output: _O) -> None:
+        self.outputs[operation_id] = output
+
+    def keep(self) -> None:
+        """Add what ran here to the enclosing store (``within``)."""
+        assert self._within is not None
+        self._within.outputs.update(self.outputs)
 
     def resolve(self, value: Any, path: str) -> Any:
         if isinstance(value, Ref):
-            rows = self._rows.get(value.operation)
+            rows = self.get(value.operation)
             if rows is None:
                 raise DependencyFailed(f"{path}: reference {value}: operation "
                                        f'"{value.operation}" has no result')
