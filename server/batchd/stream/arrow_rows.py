@@ -39,7 +39,7 @@ from batchd.catalog import Column
 from batchd.errors import InvalidArgument
 from batchd.pgtext import MAX_SAFE_INTEGER, render_any
 from batchd.stream import array_literal
-from batchd.stream.arrow import Rows
+from batchd.stream.encodings.arrow import Rows
 from batchd.stream.arrow_types import Plan, plan
 from batchd.stream.columnar import PG_MAX_US, PG_MIN_US, UNIX_TO_PG_EPOCH_US, read_array
 from batchd.v1 import batch_pb2

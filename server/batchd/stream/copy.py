@@ -123,7 +123,7 @@ def resolve_target(header: batch_pb2.StreamHeader, catalog: Catalog,
     names = list(header.columns)
     schema = None
     if encoding == batch_pb2.ENCODING_ARROW:
-        from batchd.stream import arrow
+        from batchd.stream.encodings import arrow
         if header.arrow_schema:
             schema = arrow.read_schema(header.arrow_schema, "header.arrow_schema")
         if not names:
@@ -194,7 +194,7 @@ class Decoded:
 
 def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
     if target.encoding == batch_pb2.ENCODING_ARROW:
-        from batchd.stream import arrow
+        from batchd.stream.encodings import arrow
         return arrow.decode(chunk, target)
     if chunk.arrow:
         raise InvalidArgument.field("chunk.arrow", "is for ARROW streams")

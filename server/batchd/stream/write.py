@@ -155,10 +155,10 @@ async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
                 ) -> tuple[int, int, list[tuple[int, BatchdError]]]:
     """COPY a decoded chunk; returns (row count, rows written, rejected rows by chunk index)."""
     if target.encoding == batch_pb2.ENCODING_ARROW:
-        from batchd.stream import arrow
+        from batchd.stream.encodings import arrow
         return await arrow.write(conn, decoded, target)
     if decoded.retry is not None:  # the fast path: its COPY whole, else value by value
-        from batchd.stream import arrow
+        from batchd.stream.encodings import arrow
         written = await arrow.copy_whole(conn, decoded, target)
         if written is not None:
             return decoded.row_count, written, []
