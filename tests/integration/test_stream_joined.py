@@ -11,7 +11,10 @@ import grpc
 import pyarrow as pa
 import pytest
 
-from batchd.stream import copy, session
+from batchd.stream import session
+from batchd.stream.encodings import csv
+from batchd.stream.encodings.base import Decoded
+from batchd.stream.encodings.registry import Ingest
 from batchd.v1 import batch_pb2
 from tests.support.batches import no_open_transaction
 from tests.support.streams import COMMIT, Req, arrow_chunk, header, open_stream
@@ -62,9 +65,9 @@ def joined(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     def late(*args: Any, **kwargs: Any) -> Any:
         return Late(begin(*args, **kwargs))
 
-    async def spy(conn: Any, chunks: list[copy.Decoded], target: copy.Target) -> Any:
+    async def spy(conn: Any, chunks: list[Decoded], ingest: Ingest) -> Any:
         sizes.append(len(chunks))
-        return await write_joined(conn, chunks, target)
+        return await write_joined(conn, chunks, ingest)
     monkeypatch.setattr(session, "begin", late)
     monkeypatch.setattr(session, "write_joined", spy)
     return sizes
@@ -121,11 +124,11 @@ async def test_a_refused_joined_copy_names_the_bad_row_as_chunk_by_chunk(stub, d
 
 def test_csv_chunks_join_only_when_each_newline_ends_a_record():
     options = batch_pb2.CsvOptions()
-    assert copy.whole_records(b"1,a,2\n2,b,3\n", options) == 2
-    assert copy.whole_records(b"1,a,2\n2,b,3", options) is None  # no final newline
-    assert copy.whole_records(b'1,"a\nb",2\n', options) is None  # a quoted newline
-    assert copy.whole_records(b"1,'a',2\n", batch_pb2.CsvOptions(quote="'")) is None
-    assert copy.whole_records(b'1,a"b,2\n', batch_pb2.CsvOptions(quote="'")) == 1
+    assert csv.whole_records(b"1,a,2\n2,b,3\n", options) == 2
+    assert csv.whole_records(b"1,a,2\n2,b,3", options) is None  # no final newline
+    assert csv.whole_records(b'1,"a\nb",2\n', options) is None  # a quoted newline
+    assert csv.whole_records(b"1,'a',2\n", batch_pb2.CsvOptions(quote="'")) is None
+    assert csv.whole_records(b'1,a"b,2\n', batch_pb2.CsvOptions(quote="'")) == 1
 
 
 ODD_CSV = {
@@ -159,5 +162,5 @@ async def test_csv_that_postgresql_reads_otherwise_joined_is_written_as_alone(
 
     together = await outcome()
     assert joined and max(joined) > 1
-    monkeypatch.setattr(session, "joinable", lambda decoded, target: False)
+    monkeypatch.setattr(csv.CsvEncoding, "joinable", lambda self, decoded: False)
     assert together == await outcome()

@@ -9,8 +9,8 @@ would be taken for a duplicate and never written.
 
 PostgreSQL refuses COPY FROM into a table whose row-level security applies to the role
 (``row_security_active``): such a table's chunks go through a staging table
-(batchd.stream.write: ``destination``, ``moved``), which needs the TEMPORARY privilege on the
-database (PostgreSQL gives it to PUBLIC unless an administrator revoked it): checked here too.
+(batchd.stream.sink), which needs the TEMPORARY privilege on the database (PostgreSQL gives it
+to PUBLIC unless an administrator revoked it): checked here too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import asyncpg
 
 from batchd.errors import PermissionDenied
 from batchd.pgtext import quote_ident
-from batchd.stream.copy import Target
+from batchd.stream.target import Target
 
 _ACCESS_SQL = """
 SELECT row_security_active(c.oid) AS rls, current_user AS role,
@@ -36,9 +36,10 @@ FROM pg_class c WHERE c.oid = $1::regclass
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """What the check found: whether rows go through the staging table."""
+    """What the check found: whether row-level security applies (rows then go through the
+    staging table)."""
 
-    staged: bool
+    rls: bool
 
 
 async def check(conn: asyncpg.Connection, target: Target) -> Access:
@@ -66,4 +67,4 @@ async def check(conn: asyncpg.Connection, target: Target) -> Access:
             f"TEMPORARY ON DATABASE {quote_ident(row['database'])} TO {quote_ident(role)})",
             reason="INSUFFICIENT_PRIVILEGE",
             metadata={"table": table.qualified_name, "privilege": "TEMPORARY", "role": role})
-    return Access(staged=bool(row["rls"]))
+    return Access(rls=bool(row["rls"]))
