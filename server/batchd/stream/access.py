@@ -9,8 +9,9 @@ would be taken for a duplicate and never written.
 
 PostgreSQL refuses COPY FROM into a table whose row-level security applies to the role
 (``row_security_active``): such a table's chunks go through a staging table
-(batchd.stream.sink), which needs the TEMPORARY privilege on the database (PostgreSQL gives it
-to PUBLIC unless an administrator revoked it): checked here too.
+(batchd.stream.sink), as a merging stream's (header.on_conflict) are: that needs the
+TEMPORARY privilege on the database (PostgreSQL gives it to PUBLIC unless an administrator
+revoked it): checked here too.
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ async def check(conn: asyncpg.Connection, target: Target) -> Access:
             reason="INSUFFICIENT_PRIVILEGE",
             metadata={"table": table.qualified_name, "privilege": "INSERT", "role": role,
                       "columns": ",".join(denied)})
-    if row["rls"] and not row["temporary"]:
+    if (row["rls"] or target.upsert is not None) and not row["temporary"]:
+        why = (f'table "{table.qualified_name}" has row-level security for role "{role}"'
+               if row["rls"] else "the stream merges its rows (on_conflict)")
         raise PermissionDenied(
-            f'table "{table.qualified_name}" has row-level security for role "{role}": its '
-            "rows are staged in a temporary table, and the role may not create one (GRANT "
+            f"{why}: its rows are staged in a temporary table, and the role may not create "
+            "one (GRANT "
             f"TEMPORARY ON DATABASE {quote_ident(row['database'])} TO {quote_ident(role)})",
             reason="INSUFFICIENT_PRIVILEGE",
             metadata={"table": table.qualified_name, "privilege": "TEMPORARY", "role": role})

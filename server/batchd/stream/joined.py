@@ -5,9 +5,10 @@ trips: RELEASE, ack, SAVEPOINT, COPY). So when the writer is behind, it takes th
 waiting in the queue along with the one it has (``batchd.stream.session``) and writes them in
 one COPY, under one savepoint, if its encoding says each one's data gives exactly the rows it
 gives alone (``Encoding.joinable``, ``Encoding.join``). Each chunk still gets its own ack, sent
-once the COPY has returned. If PostgreSQL refuses the COPY, nothing of it is left and the
-chunks are written one by one, as any chunk is (``Encoding.write``), so that the refused row
-is found and named.
+once the COPY has returned; a merging stream's chunks are merged one after the other from
+the staging table (batchd.stream.sink), so that each ack counts what its chunk did, as alone.
+If PostgreSQL refuses the COPY, nothing of it is left and the chunks are written one by one,
+as any chunk is (``Encoding.write``), so that the refused row is found and named.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from batchd.errors import (
 )
 from batchd.kinds.base import PlanContext
 from batchd.principals import Principal, authorize_ingest
-from batchd.stream import access, ledger
+from batchd.stream import access, ledger, upsert
 from batchd.stream.encodings.base import Outcome
 from batchd.stream.encodings.registry import Ingest, known_at_header, resolve
 from batchd.stream.isolating import ChunkRefused
@@ -67,11 +67,18 @@ class _Tally:
     last_sequence: int = 0
     next_row: int = 0
     rejected_rows: list[batch_pb2.RejectedRow] = field(default_factory=list)
+    # A merging stream (header.on_conflict): its acks and summary say what the rows did.
+    merging: bool = False
+    merged: Written = field(default_factory=Written)
 
     def count(self, ack: batch_pb2.ChunkAck, chunk: Chunk, outcome: Outcome) -> None:
         """A written chunk: into its ack (rejected rows by stream-wide index) and the tally."""
         row_count, written, rejected = outcome.row_count, outcome.written, outcome.rejected
         ack.rows_written = written.written
+        if self.merging:
+            ack.rows_inserted, ack.rows_updated = written.inserted, written.updated
+            ack.rows_unchanged = written.unchanged
+            self.merged = self.merged + written
         for index, error in rejected:
             ack.rejected.append(batch_pb2.RejectedRow(index=self.next_row + index,
                                                       chunk_index=index,
@@ -84,9 +91,14 @@ class _Tally:
         self.rows_rejected += row_count - written.taken
 
     def summary(self, committed: bool) -> batch_pb2.BatchStreamResponse:
-        return batch_pb2.BatchStreamResponse(summary=batch_pb2.StreamSummary(
+        summary = batch_pb2.StreamSummary(
             chunks=self.chunks, rows_written=self.rows_written, rows_rejected=self.rows_rejected,
-            committed=committed, last_committed_sequence=self.last_sequence))
+            committed=committed, last_committed_sequence=self.last_sequence)
+        if self.merging:
+            summary.rows_inserted, summary.rows_updated = (self.merged.inserted,
+                                                           self.merged.updated)
+            summary.rows_unchanged = self.merged.unchanged
+        return batch_pb2.BatchStreamResponse(summary=summary)
 
 
 class Gate(Protocol):
@@ -180,9 +192,13 @@ class StreamSession:
         reader = asyncio.create_task(read_ahead(requests, header, ingest, queue, self.catalog,
                                                 self.settings.stream_idle_seconds,
                                                 self.request_id))
-        tally = _Tally()
+        tally = _Tally(merging=header.on_conflict.action in upsert.MERGING)
         try:
             async with connection(self.pool) as conn:
+                if header.table and tally.merging:  # before StreamOpened: ON CONFLICT
+                    await upsert.check_unique_key(  # needs a unique key
+                        conn, self.catalog.table(header.table, "header.table"),
+                        header.on_conflict)
                 if atomic:
                     async for response in self._atomic(conn, stream_id, queue, tally):
                         yield response
@@ -334,7 +350,7 @@ class StreamSession:
 
     async def _enter(self, conn: asyncpg.Connection, ingest: Ingest) -> None:
         """Before the stream's first chunk is written, as its role: whether the role may
-        insert its rows (else the stream is refused, nothing of it written), and
+        insert (and update) its rows (else the stream is refused, nothing of it written), and
         whether row-level security applies (they go through a staging table):
         batchd.stream.access."""
         ingest.target.rls = (await access.check(conn, ingest.target)).rls

@@ -1,13 +1,21 @@
 """Where a stream's COPY data goes: into its table, or through a staging table.
 
-A stream's chunks are COPYed into the table itself, except into a table whose row-level
-security applies to the role: PostgreSQL refuses COPY FROM into it (batchd.stream.access finds
-out, before the first chunk). Such a table's chunks are COPYed into a temporary staging table
-of the same columns (the session's own, dropped at commit) and moved into the table by
-``INSERT ... SELECT``, which applies the policies (and triggers, defaults) row by row as the
-role: the same decoding, acks, ledger and bad-row isolation as COPY (a row a policy refuses is
-found by halving, as any row refused without a line number; a policy's WITH CHECK refusing a
-row is that row's fault, ``batchd.stream.isolating.about_a_row``).
+An appending stream's chunks are COPYed into the table itself. Two kinds of target go through
+a temporary staging table of the stream's columns instead (the session's own, dropped at
+commit), moved into the table by one statement per chunk:
+
+- a table whose row-level security applies to the role: PostgreSQL refuses COPY FROM into it
+  (batchd.stream.access finds out, before the first chunk); ``INSERT ... SELECT`` applies the
+  policies (and triggers, defaults) row by row as the role. A row a policy refuses is found by
+  halving, as any row refused without a line number; a policy's WITH CHECK refusing a row is
+  that row's fault (``batchd.stream.isolating.about_a_row``);
+- a merging stream (``header.on_conflict``: batchd.stream.upsert): ``INSERT ... SELECT ... ON
+  CONFLICT``, the last staged row of each key winning.
+
+Either way the decoding, acks, ledger and bad-row isolation are those of COPY. The staging
+table numbers its rows in COPY order (``ORDINAL``, restarted before each COPY): a joined COPY
+of several chunks (batchd.stream.joined) is merged chunk by chunk, in order, each chunk's rows
+by their numbers, so that each chunk's counts are what it would have had alone.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ from typing import Any
 import asyncpg
 
 from batchd.stream.target import Target, Written
+from batchd.stream.upsert import merge_sql
 
 STAGE = "batchd_stage"  # the staging table, in the session's pg_temp schema
+ORDINAL = "batchd_ordinal"  # its rows' numbers, in COPY order
 
 Piece = bytes | memoryview
 
@@ -38,13 +48,17 @@ class Sink:
 
     def __init__(self, target: Target) -> None:
         self.target = target
+        self._merge = (merge_sql(target.upsert, target.table, target.columns,
+                                 f"pg_temp.{STAGE}", ORDINAL)
+                       if target.upsert is not None else "")
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         """In a transaction about to write: the staging table, for the rest of it, if the
         target is staged."""
         if self.target.staged:
             columns = ", ".join(f"{c.sql} {c.type_sql}" for c in self.target.columns)
-            await conn.execute(f"CREATE TEMPORARY TABLE {STAGE} ({columns}) ON COMMIT DROP;")
+            await conn.execute(f"CREATE TEMPORARY TABLE {STAGE} ({columns}, {ORDINAL} bigint "
+                               "GENERATED ALWAYS AS IDENTITY) ON COMMIT DROP;")
 
     def _destination(self) -> tuple[str, str]:
         target = self.target
@@ -52,8 +66,15 @@ class Sink:
             return STAGE, "pg_temp"
         return target.table.name, target.table.schema
 
+    async def _emptied(self, conn: asyncpg.Connection) -> None:
+        """Before a COPY into the staging table: empty, its numbers from 1 again (inside the
+        COPY's savepoint, so that a refused COPY leaves it as it was)."""
+        if self.target.staged:
+            await conn.execute(f"TRUNCATE pg_temp.{STAGE} RESTART IDENTITY")
+
     async def records(self, conn: asyncpg.Connection, records: Sequence[Any]) -> Written:
         """COPY Python records (asyncpg's binary encoding)."""
+        await self._emptied(conn)
         name, schema = self._destination()
         await conn.copy_records_to_table(name, schema_name=schema, columns=self.target.names,
                                          records=records)
@@ -67,6 +88,7 @@ class Sink:
         async def source() -> AsyncIterator[Piece]:
             for piece in pieces:
                 yield piece
+        await self._emptied(conn)
         name, schema = self._destination()
         options = self.target.csv
         status = await conn.copy_to_table(
@@ -82,15 +104,24 @@ class Sink:
 
     async def _moved(self, conn: asyncpg.Connection, counts: Sequence[int]) -> list[Written]:
         """After a COPY of chunks of ``counts`` rows: what each wrote into the table. A staged
-        target's rows are moved from the staging table now, as the role."""
+        target's rows are moved (merged) from the staging table now."""
         target = self.target
         if not target.staged:
             return [Written(inserted=count) for count in counts]
-        names = ", ".join(c.sql for c in target.columns)
-        moved = _count(await conn.execute(
-            f"INSERT INTO {target.table.sql} ({names}) SELECT {names} FROM pg_temp.{STAGE}"))
-        await conn.execute(f"TRUNCATE pg_temp.{STAGE}")
-        if len(counts) > 1 and moved != sum(counts):
-            raise Miscounted  # a trigger skipped rows: which chunk's is unknown
-        return [Written(inserted=count) for count in counts] if len(counts) > 1 else \
-            [Written(inserted=moved)]
+        if not self._merge:  # row-level security: moved at once, as the role
+            names = ", ".join(c.sql for c in target.columns)
+            moved = _count(await conn.execute(
+                f"INSERT INTO {target.table.sql} ({names}) SELECT {names} "
+                f"FROM pg_temp.{STAGE}"))
+            if len(counts) > 1 and moved != sum(counts):
+                raise Miscounted  # a trigger skipped rows: which chunk's is unknown
+            return [Written(inserted=count) for count in counts] if len(counts) > 1 else \
+                [Written(inserted=moved)]
+        out = []
+        first = 1
+        for count in counts:  # in order: a later chunk's row of a key wins
+            row = await conn.fetchrow(self._merge, first, first + count - 1)
+            inserted, updated = int(row["inserted"]), int(row["updated"])
+            out.append(Written(inserted, updated, count - inserted - updated))
+            first += count
+        return out

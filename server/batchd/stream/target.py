@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from batchd.catalog import Column, Table
+from batchd.stream.upsert import Upsert
 from batchd.v1 import batch_pb2
 
 
@@ -19,6 +20,8 @@ class Target:
     table: Table
     columns: list[Column]
     csv: batch_pb2.CsvOptions
+    # The header's on_conflict, when it merges rows (DO NOTHING, UPDATE): None appends.
+    upsert: Upsert | None = None
     # Positions of numeric columns: their strings go to the driver unparsed (it parses them
     # exactly as coercion would), and are checked one by one only if a COPY's encoding fails.
     lazy: list[int] = field(init=False)
@@ -33,8 +36,8 @@ class Target:
     @property
     def staged(self) -> bool:
         """Whether rows go in through a staging table (batchd.stream.sink): under row-level
-        security."""
-        return self.rls
+        security, and for an upsert."""
+        return self.rls or self.upsert is not None
 
     @property
     def names(self) -> list[str]:
@@ -43,8 +46,9 @@ class Target:
 
 @dataclass(slots=True)
 class Written:
-    """What writing some rows did: rows inserted, rows updated, and rows taken but left as
-    they were."""
+    """What writing some rows did: rows inserted, rows updated (an upsert's), and rows taken
+    but left as they were (an upsert's: a conflict under DO NOTHING, an update that changes
+    nothing, an earlier row of a key that a later row of the same chunk replaced)."""
 
     inserted: int = 0
     updated: int = 0

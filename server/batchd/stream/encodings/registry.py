@@ -2,7 +2,7 @@
 
 Each value of the proto's ``Encoding`` is one ``Encoding`` class here
 (``batchd.stream.encodings.base``). ``resolve`` checks the header against the catalog (table,
-columns, CSV options) and makes the stream's ``Ingest``: its target, its encoding
+columns, CSV options, on_conflict) and makes the stream's ``Ingest``: its target, its encoding
 and its sink. Adding an encoding is its module, a line here, and the proto.
 """
 
@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from batchd.catalog import Catalog
 from batchd.errors import InvalidArgument
+from batchd.stream import upsert
 from batchd.stream.encodings.arrow import ArrowEncoding
 from batchd.stream.encodings.base import Encoding
 from batchd.stream.encodings.columnar import ColumnarEncoding
@@ -70,7 +71,7 @@ def resolve(header: batch_pb2.StreamHeader, catalog: Catalog,
         if column in columns:
             raise InvalidArgument.field(f"header.columns[{i}]", f'"{name}" is listed twice')
         columns.append(column)
-    target = Target(table, columns, header.csv)
+    target = Target(table, columns, header.csv, upsert.of(header.on_conflict, table, columns))
     encoding = kind(target)
     encoding.prepare(header)
     return Ingest(target, encoding, Sink(target))

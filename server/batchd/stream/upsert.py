@@ -1,0 +1,167 @@
+"""Streams that merge: the header's ``on_conflict`` (DO NOTHING, UPDATE), checked at the
+stream's open, and the statement that merges a chunk's staged rows into the table.
+
+A merging stream's chunks are COPYed into the session's staging table (``batchd.stream.sink``,
+the one row-level security already uses), then moved into the table by one
+``INSERT ... SELECT ... ON CONFLICT (key) DO NOTHING | DO UPDATE``, in the chunk's transaction
+(INDEPENDENT: with its ledger row, so that exactly-once resume holds as for an append).
+
+Why INSERT ... ON CONFLICT rather than MERGE: it inserts or updates each row atomically even
+while other sessions insert the same keys (MERGE, under READ COMMITTED, may fail with a unique
+violation there); it runs on every PostgreSQL batchd supports (MERGE needs 15, and its
+RETURNING of ``merge_action()`` 17); and ``xmax = 0`` in its RETURNING tells an inserted row
+from an updated one, which is all the acks need.
+
+The same key twice in a chunk: PostgreSQL refuses an ON CONFLICT DO UPDATE that touches a row
+twice, so the staged rows are narrowed first, the **last row of each key wins** (``DISTINCT ON
+(key) ... ORDER BY key, ordinal DESC``; the staging table numbers rows in COPY order); the
+earlier ones count as unchanged. Across chunks the later chunk wins as well, since chunks are
+merged in order. Rows with a NULL in a nullable key column never conflict, as in PostgreSQL,
+and are not narrowed. An update that would change nothing (``IS DISTINCT FROM``) is skipped
+and counted unchanged: a daily snapshot mostly equal to the table rewrites only what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from batchd.catalog import Column, Table
+from batchd.errors import InvalidArgument
+from batchd.v1 import batch_pb2
+
+Action = batch_pb2.OnConflict.Action
+MERGING = frozenset({Action.ACTION_DO_NOTHING, Action.ACTION_UPDATE})  # else: an append
+_PATH = "header.on_conflict"
+
+# Whether a table has a unique index (or constraint) on exactly these columns, usable as an ON
+# CONFLICT target: not partial, no expressions, valid.
+_UNIQUE_KEY_SQL = """
+SELECT EXISTS (
+  SELECT 1 FROM pg_index i
+  WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+    AND i.indexprs IS NULL AND i.indnkeyatts = cardinality($2::text[])
+    AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+         WHERE a.attrelid = i.indrelid
+           AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
+        = (SELECT array_agg(n ORDER BY n) FROM unnest($2::text[]) AS n))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """A merging stream's conflict handling: its key, and the columns an update sets (none:
+    DO NOTHING)."""
+
+    key: tuple[Column, ...]
+    updates: tuple[Column, ...]
+
+    @property
+    def action(self) -> str:
+        return "UPDATE" if self.updates else "DO NOTHING"
+
+
+def of(on_conflict: batch_pb2.OnConflict, table: Table, columns: Sequence[Column],
+       ) -> Upsert | None:
+    """The header's on_conflict against the stream's columns: None (append) for ERROR or
+    none, else the Upsert. INVALID_ARGUMENT naming the field for a key or column that is not
+    the table's, not sent, or listed twice; whether the key is a unique key of the table is
+    asked of PostgreSQL at the stream's open (``check_unique_key``)."""
+    if on_conflict.action in (Action.ACTION_UNSPECIFIED, Action.ACTION_ERROR):
+        if on_conflict.conflict_columns or on_conflict.update_columns:
+            raise InvalidArgument.field(_PATH, "conflict_columns and update_columns need "
+                                               "action ACTION_DO_NOTHING or ACTION_UPDATE")
+        return None
+    if on_conflict.action not in MERGING:
+        raise InvalidArgument.field(f"{_PATH}.action", f"unknown action {on_conflict.action}")
+    sent = {c.name for c in columns}
+    key = _sent(table, on_conflict.conflict_columns, f"{_PATH}.conflict_columns", sent)
+    if not key:
+        if not table.primary_key:
+            raise InvalidArgument.field(f"{_PATH}.conflict_columns", f'table '
+                                        f'"{table.qualified_name}" has no primary key: name '
+                                        "the columns of a unique key")
+        key = [table.columns[name] for name in table.primary_key]
+        for c in key:
+            if c.name not in sent:
+                raise InvalidArgument.field(f"{_PATH}.conflict_columns", f'the primary key '
+                                            f'column "{c.name}" is not among the stream\'s '
+                                            "columns")
+    updates: list[Column] = []
+    if on_conflict.action == Action.ACTION_DO_NOTHING:
+        if on_conflict.update_columns:
+            raise InvalidArgument.field(f"{_PATH}.update_columns", "needs action "
+                                                                   "ACTION_UPDATE")
+    else:
+        updates = _sent(table, on_conflict.update_columns, f"{_PATH}.update_columns", sent)
+        if not updates:
+            updates = [c for c in columns if c not in key]
+        if not updates:
+            raise InvalidArgument.field(f"{_PATH}.update_columns", "nothing to update: every "
+                                        "column sent is a conflict column (use "
+                                        "ACTION_DO_NOTHING)")
+    return Upsert(tuple(key), tuple(updates))
+
+
+def _sent(table: Table, names: Sequence[str], path: str, sent: set[str]) -> list[Column]:
+    out: list[Column] = []
+    for i, name in enumerate(names):
+        column = table.column(name, f"{path}[{i}]")
+        if column in out:
+            raise InvalidArgument.field(f"{path}[{i}]", f'"{name}" is listed twice')
+        if name not in sent:
+            raise InvalidArgument.field(f"{path}[{i}]", f'"{name}" is not among the stream\'s '
+                                                        "columns")
+        out.append(column)
+    return out
+
+
+async def check_unique_key(conn: asyncpg.Connection, table: Table,
+                           on_conflict: batch_pb2.OnConflict) -> None:
+    """At the stream's open: the conflict columns named must be a unique key of the table
+    (ON CONFLICT needs one), else INVALID_ARGUMENT naming them. (The primary key, the
+    default, is one.)"""
+    names = list(on_conflict.conflict_columns)
+    if on_conflict.action not in MERGING or not names \
+            or sorted(names) == sorted(table.primary_key):
+        return
+    if not await conn.fetchval(_UNIQUE_KEY_SQL, table.sql, names):
+        raise InvalidArgument.field(f"{_PATH}.conflict_columns", f'({", ".join(names)}) is not '
+                                    f'a unique key of table "{table.qualified_name}" (a '
+                                    "primary key, or a unique constraint or index without "
+                                    "expressions or WHERE)")
+
+
+def merge_sql(upsert: Upsert, table: Table, columns: Sequence[Column], stage: str,
+              ordinal: str) -> str:
+    """The rows of ``stage`` numbered ($1..$2 by ``ordinal``) into the table, the last of each
+    key, merged; answers (inserted, updated)."""
+    key, updates = upsert.key, upsert.updates
+    names = ", ".join(c.sql for c in columns)
+    keys = ", ".join(c.sql for c in key)
+    distinct = keys
+    nullable = [c for c in key if c.nullable]
+    if nullable:  # a NULL key conflicts with nothing, not even another NULL: kept apart
+        distinct += (f", CASE WHEN {' OR '.join(f'{c.sql} IS NULL' for c in nullable)} "
+                     f"THEN {ordinal} END")
+    if updates:
+        sets = [f"{c.sql} = EXCLUDED.{c.sql}" for c in updates]
+        compared = ", ".join(f"t.{c.sql}" for c in updates)
+        excluded = ", ".join(f"EXCLUDED.{c.sql}" for c in updates)
+        version = table.version_column
+        if version and version not in {c.name for c in updates}:
+            v = table.columns[version].sql
+            sets.append(f"{v} = t.{v} + 1")
+        action = (f"DO UPDATE SET {', '.join(sets)} "
+                  f"WHERE (ROW({compared})) IS DISTINCT FROM (ROW({excluded}))")
+    else:
+        action = "DO NOTHING"
+    return (f"WITH moved AS (INSERT INTO {table.sql} AS t ({names}) "
+            f"SELECT {names} FROM (SELECT DISTINCT ON ({distinct}) {names} "
+            f"FROM {stage} WHERE {ordinal} BETWEEN $1 AND $2 "
+            f"ORDER BY {distinct}, {ordinal} DESC) AS s "
+            f"ON CONFLICT ({keys}) {action} RETURNING t.xmax = 0 AS inserted) "
+            "SELECT count(*) FILTER (WHERE inserted) AS inserted, "
+            "count(*) FILTER (WHERE NOT inserted) AS updated FROM moved")
