@@ -6,12 +6,15 @@ chunks leaving each key's final row as if the stream had run once, and the check
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pyarrow as pa
 import pytest
 
+from batchd.client import AsyncClient
 from batchd.stream import session
 from batchd.v1 import batch_pb2
 from tests.support.batches import no_open_transaction
@@ -257,3 +260,31 @@ async def test_update_columns_must_be_sent(stub, db):
                                         "updateColumns": ["score"]}))
     code, _ = await ended_with(call)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_client_ingests_with_on_conflict(app, db):
+    await seed(db)
+    async with AsyncClient(f"127.0.0.1:{app.port}") as client:
+        result = await client.ingest(
+            "events", [{"id": i, "kind": k, "score": s} for i, k, s in CHUNK_1],
+            on_conflict="update", chunk_rows=100)
+    assert (result.rows_written, result.rows_inserted, result.rows_updated,
+            result.rows_unchanged, result.rows_rejected) == (9, 5, 4, 3, 0)
+    assert (await table(db))[12] == ("new", 12)
+
+
+BATCHD = Path(sys.executable).parent / "batchd"
+
+
+async def test_batchd_ingest_upsert_loads_a_daily_snapshot(app, db, tmp_path):
+    await seed(db)
+    snapshot = tmp_path / "events.csv"
+    snapshot.write_text("id,kind,score\n" + "".join(f"{i},{k},{s}\n" for i, k, s in CHUNK_1))
+    proc = await asyncio.create_subprocess_exec(
+        str(BATCHD), "ingest", str(snapshot), "--table", "events", "--upsert", "id",
+        "--update", "kind,score", "--target", f"127.0.0.1:{app.port}", "--quiet",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out.decode()
+    assert "(5 inserted, 4 updated; 3 unchanged)" in out.decode()
+    assert (await table(db))[7] == ("new", 7)
