@@ -4,20 +4,16 @@ COPY the chunks are written again one by one, so that the bad row is named exact
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
 import pyarrow as pa
 import pytest
 
-from batchd.stream import session
 from batchd.stream.encodings import csv
-from batchd.stream.encodings.base import Decoded
-from batchd.stream.encodings.registry import Ingest
 from batchd.v1 import batch_pb2
 from tests.support.batches import no_open_transaction
-from tests.support.streams import COMMIT, Req, arrow_chunk, header, open_stream
+from tests.support.streams import COMMIT, Req, arrow_chunk, header, joining, open_stream
 
 
 def columnar_chunk(sequence: int, ids: range) -> Req:
@@ -46,31 +42,8 @@ CHUNKS = {"ENCODING_COLUMNAR": columnar_chunk, "ENCODING_CSV": csv_chunk,
 
 @pytest.fixture
 def joined(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The writer starts late (its chunks wait, decoded, in the queue); the size of each
-    joined COPY is recorded."""
-    sizes: list[int] = []
-    begin, write_joined = session.begin, session.write_joined
-
-    class Late:
-        def __init__(self, tx: Any) -> None:
-            self.tx = tx
-
-        async def start(self) -> None:
-            await asyncio.sleep(0.3)
-            await self.tx.start()
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.tx, name)
-
-    def late(*args: Any, **kwargs: Any) -> Any:
-        return Late(begin(*args, **kwargs))
-
-    async def spy(conn: Any, chunks: list[Decoded], ingest: Ingest) -> Any:
-        sizes.append(len(chunks))
-        return await write_joined(conn, chunks, ingest)
-    monkeypatch.setattr(session, "begin", late)
-    monkeypatch.setattr(session, "write_joined", spy)
-    return sizes
+    """The writer starts late; the size of each joined COPY is recorded."""
+    return joining(monkeypatch)
 
 
 async def acks_until_end(call: Any) -> tuple[list[batch_pb2.ChunkAck], Any]:

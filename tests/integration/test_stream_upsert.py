@@ -15,10 +15,17 @@ import pyarrow as pa
 import pytest
 
 from batchd.client import AsyncClient
-from batchd.stream import session
 from batchd.v1 import batch_pb2
 from tests.support.batches import no_open_transaction
-from tests.support.streams import COMMIT, Req, arrow_chunk, ended_with, header, open_stream
+from tests.support.streams import (
+    COMMIT,
+    Req,
+    arrow_chunk,
+    ended_with,
+    header,
+    joining,
+    open_stream,
+)
 
 Row = tuple[int, str, int]
 
@@ -120,26 +127,7 @@ async def test_an_atomic_stream_merges_chunk_by_chunk_even_joined(stub, db, monk
                                                                  encoding):
     """The writer starts late, so the waiting chunks share one COPY (batchd.stream.joined);
     each chunk's ack still counts what it did, as if written alone."""
-    begin = session.begin
-
-    class Late:
-        def __init__(self, tx: Any) -> None:
-            self.tx = tx
-
-        async def start(self) -> None:
-            await asyncio.sleep(0.3)
-            await self.tx.start()
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.tx, name)
-    monkeypatch.setattr(session, "begin", lambda *a, **k: Late(begin(*a, **k)))
-    sizes: list[int] = []
-    write_joined = session.write_joined
-
-    async def spy(conn: Any, chunks: list[Any], ingest: Any) -> Any:
-        sizes.append(len(chunks))
-        return await write_joined(conn, chunks, ingest)
-    monkeypatch.setattr(session, "write_joined", spy)
+    sizes = joining(monkeypatch)
     await seed(db)
     call, _ = await open_stream(stub, header(
         table="events", columns=["id", "kind", "score"], encoding=encoding,
