@@ -12,7 +12,9 @@ ack is sent only after COMMIT returned, so every acked chunk is durable.
 A reader task (batchd.stream.readahead) decodes up to ``stream_read_ahead`` chunks ahead of
 the writer, so decoding overlaps the COPY of the previous chunk; the writer here takes them
 from its queue in order. Before a table's first chunk is written, the stream's role is checked
-against the table (batchd.stream.access).
+against the table (batchd.stream.access). A stream whose header has ``on_conflict`` merges its
+rows (batchd.stream.upsert): its key is checked before StreamOpened, and its acks and summary
+count rows inserted, updated and left unchanged.
 """
 
 from __future__ import annotations
