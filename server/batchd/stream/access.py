@@ -1,5 +1,6 @@
 """What a stream's role may do with its table, asked of PostgreSQL before the first chunk is
-written: whether it may insert its rows, and whether they must go in through a staging table.
+written: whether it may insert its rows (a merging stream: and read their key and update the
+columns its on_conflict sets), and whether they must go in through a staging table.
 
 A role that may not INSERT into the table (or into one of the stream's columns) is refused at
 once, PERMISSION_DENIED naming the table, the privilege and the role: a missing privilege is
@@ -30,7 +31,11 @@ SELECT row_security_active(c.oid) AS rls, current_user AS role,
        has_table_privilege(c.oid, 'INSERT') AS table_insert,
        ARRAY(SELECT a FROM unnest($2::text[]) AS a
              WHERE NOT has_column_privilege(c.oid, a, 'INSERT')) AS denied,
-       has_database_privilege(current_database(), 'TEMPORARY') AS temporary
+       has_database_privilege(current_database(), 'TEMPORARY') AS temporary,
+       ARRAY(SELECT a FROM unnest($3::text[]) AS a
+             WHERE NOT has_column_privilege(c.oid, a, 'UPDATE')) AS update_denied,
+       ARRAY(SELECT a FROM unnest($4::text[]) AS a
+             WHERE NOT has_column_privilege(c.oid, a, 'SELECT')) AS select_denied
 FROM pg_class c WHERE c.oid = $1::regclass
 """
 
@@ -45,9 +50,14 @@ class Access:
 
 async def check(conn: asyncpg.Connection, target: Target) -> Access:
     """As the role the stream runs as (inside its transaction): refuse a stream whose rows the
-    role may not insert (PermissionDenied), else say how they go in."""
+    role may not insert, or (a merging stream) update by its key (PermissionDenied), else say
+    how they go in."""
     table = target.table
-    row = await conn.fetchrow(_ACCESS_SQL, table.sql, target.names)
+    upsert = target.upsert
+    updates = [c.name for c in upsert.updates] if upsert is not None else []
+    # ON CONFLICT reads the key, and (DO UPDATE) the columns it compares and sets.
+    read = [c.name for c in upsert.key] + updates if upsert is not None else []
+    row = await conn.fetchrow(_ACCESS_SQL, table.sql, target.names, updates, read)
     role = row["role"]
     if row["denied"]:
         denied = list(row["denied"])
@@ -61,6 +71,17 @@ async def check(conn: asyncpg.Connection, target: Target) -> Access:
             reason="INSUFFICIENT_PRIVILEGE",
             metadata={"table": table.qualified_name, "privilege": "INSERT", "role": role,
                       "columns": ",".join(denied)})
+    for privilege in ("UPDATE", "SELECT"):
+        denied = list(row[f"{privilege.lower()}_denied"])
+        if denied:
+            raise PermissionDenied(
+                f'role "{role}" may not {privilege} column{"s" if len(denied) > 1 else ""} '
+                f'{", ".join(denied)} of table "{table.qualified_name}", which the stream\'s '
+                f"on_conflict needs: the stream was refused and nothing of it written (GRANT "
+                f"{privilege} ({', '.join(quote_ident(d) for d in denied)}) ON {table.sql} TO "
+                f"{quote_ident(role)})", reason="INSUFFICIENT_PRIVILEGE",
+                metadata={"table": table.qualified_name, "privilege": privilege, "role": role,
+                          "columns": ",".join(denied)})
     if (row["rls"] or target.upsert is not None) and not row["temporary"]:
         why = (f'table "{table.qualified_name}" has row-level security for role "{role}"'
                if row["rls"] else "the stream merges its rows (on_conflict)")
