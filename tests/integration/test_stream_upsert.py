@@ -276,3 +276,94 @@ async def test_batchd_ingest_upsert_loads_a_daily_snapshot(app, db, tmp_path):
     assert proc.returncode == 0, out.decode()
     assert "(5 inserted, 4 updated; 3 unchanged)" in out.decode()
     assert (await table(db))[7] == ("new", 7)
+
+
+# --- a whole snapshot: delete_missing ---------------------------------------------------------
+
+SNAPSHOT_KEYS = 1_000_000
+
+
+def snapshot_csv(ids: range) -> bytes:
+    """Keys in ``ids``: those with id % 200 == 0 left out (deleted), id % 100 == 1 changed;
+    plus 5,000 new keys after SNAPSHOT_KEYS (the last chunk's)."""
+    return "".join(f"{i},{'changed' if i % 100 == 1 else 'k'},{i % 7}\n"
+                   for i in ids if i % 200 != 0).encode()
+
+
+async def test_a_snapshot_of_a_million_rows_brings_the_table_up_to_date(stub, db):
+    await db.execute("INSERT INTO events (id, kind, score) "
+                     f"SELECT g, 'k', g % 7 FROM generate_series(0, {SNAPSHOT_KEYS - 1}) g")
+    call, _ = await open_stream(stub, header(
+        table="events", columns=["id", "kind", "score"], encoding="ENCODING_CSV",
+        onConflict={"action": "ACTION_UPDATE"}, deleteMissing=True))
+    step = 50_000
+    parts = [range(start, start + step) for start in range(0, SNAPSHOT_KEYS, step)]
+    parts.append(range(SNAPSHOT_KEYS, SNAPSHOT_KEYS + 5_000))
+
+    async def sender() -> None:
+        for sequence, ids in enumerate(parts, 1):
+            await call.write(Req(chunk=batch_pb2.StreamChunk(sequence=sequence,
+                                                             csv=snapshot_csv(ids))))
+        await call.write(COMMIT)
+    sending = asyncio.create_task(sender())
+    while (response := await call.read()).WhichOneof("kind") != "summary":
+        assert response.WhichOneof("kind") in ("opened", "ack"), response
+    await sending
+    summary = response.summary
+    sent = sum(1 for ids in parts for i in ids if i % 200 != 0)
+    new = sum(1 for i in parts[-1] if i % 200 != 0)
+    changed = sum(1 for i in range(SNAPSHOT_KEYS) if i % 100 == 1)
+    deleted = SNAPSHOT_KEYS // 200
+    assert summary.committed
+    assert (summary.rows_inserted, summary.rows_updated, summary.rows_unchanged,
+            summary.rows_deleted) == (new, changed, sent - new - changed, deleted)
+    assert await db.fetchval("SELECT count(*) FROM events") == SNAPSHOT_KEYS - deleted + new
+    assert await db.fetchval("SELECT count(*) FROM events WHERE id % 200 = 0") == 0
+    assert await db.fetchval("SELECT kind FROM events WHERE id = 101") == "changed"
+
+
+async def test_delete_missing_deletes_only_within_its_slice(stub, db):
+    await seed(db)  # ids 0..9; score = id
+    call, _ = await open_stream(stub, header(
+        table="events", columns=["id", "kind", "score"], encoding="ENCODING_CSV",
+        onConflict={"action": "ACTION_DO_NOTHING"}, deleteMissing=True,
+        deleteWhere=[{"column": "score", "op": "OPERATOR_LT", "value": 5}]))
+    await call.write(Req(chunk=batch_pb2.StreamChunk(sequence=1, csv=b"1,x,1\n3,x,3\n7,x,7\n")))
+    await call.write(COMMIT)
+    assert (await call.read()).ack.rows_unchanged == 3
+    summary = (await call.read()).summary
+    assert summary.committed and summary.rows_deleted == 3  # 0, 2, 4
+    assert sorted((await table(db)).keys()) == [1, 3, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"mode": "MODE_INDEPENDENT", "onConflict": {"action": "ACTION_UPDATE"},
+      "deleteMissing": True}, "header.delete_missing"),
+    ({"deleteMissing": True}, "header.delete_missing"),  # an append
+    ({"onConflict": {"action": "ACTION_UPDATE"},
+      "deleteWhere": [{"column": "score", "op": "OPERATOR_EQ", "value": 1}]},
+     "header.delete_where"),
+    ({"onConflict": {"action": "ACTION_UPDATE"}, "deleteMissing": True,
+      "deleteWhere": [{"column": "nope", "op": "OPERATOR_EQ", "value": 1}]},
+     "header.delete_where[0].column"),
+])
+async def test_delete_missing_is_refused_where_it_cannot_apply(stub, db, fields, field):
+    call = stub.BatchStream()
+    await call.write(header(table="events", columns=["id", "kind", "score"],
+                            encoding="ENCODING_CSV", **fields))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in caught.value.details()
+
+
+async def test_an_empty_snapshot_deletes_nothing(stub, db):
+    await seed(db)
+    call, _ = await open_stream(stub, header(
+        table="events", columns=["id", "kind", "score"], encoding="ENCODING_CSV",
+        onConflict={"action": "ACTION_UPDATE"}, deleteMissing=True))
+    await call.write(COMMIT)
+    code, _ = await ended_with(call)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(await table(db)) == len(BEFORE)
+    await no_open_transaction(db)

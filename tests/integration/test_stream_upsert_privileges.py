@@ -102,3 +102,16 @@ async def test_under_row_level_security_a_merge_touches_only_the_roles_rows(stub
     assert notes == {1: ("upriv_a", "a1 again"), 2: ("upriv_b", "b2"), 3: ("upriv_a", "a3")}
 
 
+
+
+async def test_delete_missing_needs_the_delete_privilege(stub, db):
+    call, _ = await open_stream(stub, header(
+        table="upriv_plain", columns=["id", "note"], on_conflict={"action": "ACTION_UPDATE"},
+        delete_missing=True), metadata=bearer(A))
+    await call.write(rows_chunk(1, NOTES))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    failure = BatchFailure(caught.value)
+    assert failure.code == grpc.StatusCode.PERMISSION_DENIED
+    assert failure.error_info["privilege"] == "DELETE"
+    assert await db.fetchval("SELECT note FROM upriv_plain WHERE id = 1") == "before"

@@ -35,7 +35,8 @@ SELECT row_security_active(c.oid) AS rls, current_user AS role,
        ARRAY(SELECT a FROM unnest($3::text[]) AS a
              WHERE NOT has_column_privilege(c.oid, a, 'UPDATE')) AS update_denied,
        ARRAY(SELECT a FROM unnest($4::text[]) AS a
-             WHERE NOT has_column_privilege(c.oid, a, 'SELECT')) AS select_denied
+             WHERE NOT has_column_privilege(c.oid, a, 'SELECT')) AS select_denied,
+       has_table_privilege(c.oid, 'DELETE') AS table_delete
 FROM pg_class c WHERE c.oid = $1::regclass
 """
 
@@ -82,6 +83,13 @@ async def check(conn: asyncpg.Connection, target: Target) -> Access:
                 f"{quote_ident(role)})", reason="INSUFFICIENT_PRIVILEGE",
                 metadata={"table": table.qualified_name, "privilege": privilege, "role": role,
                           "columns": ",".join(denied)})
+    if upsert is not None and upsert.delete_missing and not row["table_delete"]:
+        raise PermissionDenied(
+            f'role "{role}" may not DELETE from table "{table.qualified_name}", which the '
+            "stream's delete_missing needs: the stream was refused and nothing of it written "
+            f"(GRANT DELETE ON {table.sql} TO {quote_ident(role)})",
+            reason="INSUFFICIENT_PRIVILEGE",
+            metadata={"table": table.qualified_name, "privilege": "DELETE", "role": role})
     if (row["rls"] or target.upsert is not None) and not row["temporary"]:
         why = (f'table "{table.qualified_name}" has row-level security for role "{role}"'
                if row["rls"] else "the stream merges its rows (on_conflict)")

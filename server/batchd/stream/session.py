@@ -72,6 +72,7 @@ class _Tally:
     # A merging stream (header.on_conflict): its acks and summary say what the rows did.
     merging: bool = False
     merged: Written = field(default_factory=Written)
+    deleted: int = 0  # a delete_missing stream's, at commit
 
     def count(self, ack: batch_pb2.ChunkAck, chunk: Chunk, outcome: Outcome) -> None:
         """A written chunk: into its ack (rejected rows by stream-wide index) and the tally."""
@@ -100,6 +101,7 @@ class _Tally:
             summary.rows_inserted, summary.rows_updated = (self.merged.inserted,
                                                            self.merged.updated)
             summary.rows_unchanged = self.merged.unchanged
+            summary.rows_deleted = self.deleted
         return batch_pb2.BatchStreamResponse(summary=summary)
 
 
@@ -139,6 +141,7 @@ class StreamSession:
         self.principal = principal  # whose scopes bound an operations feed (None: auth off)
         self.role = principal.role if principal is not None else None
         self._entered: Ingest | None = None  # the target checked by ``_enter``
+        self._opened_with = batch_pb2.StreamHeader()  # the stream's header, once read
 
     async def run(self, requests: AsyncIterator[batch_pb2.BatchStreamRequest],
                   admitted: Callable[[], Awaitable[None]],
@@ -181,6 +184,7 @@ class StreamSession:
                                batch_pb2.MODE_INDEPENDENT):
             raise InvalidArgument.field("header.mode", f"unknown mode {header.mode}")
         atomic = header.mode != batch_pb2.MODE_INDEPENDENT
+        self._opened_with = header
         stream_id = header.stream_id or uuid.uuid4().hex
         if not STREAM_ID.fullmatch(stream_id):
             raise InvalidArgument.field("header.stream_id",
@@ -228,6 +232,7 @@ class StreamSession:
                 item, pending = (pending, None) if pending is not None else \
                     (await queue.get(), None)
                 if isinstance(item, Commit):
+                    await self._delete_missing(conn, tally)
                     await tx.commit()
                     committed = True
                     yield tally.summary(committed=True)
@@ -274,6 +279,18 @@ class StreamSession:
                     await tx.rollback()
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     pass  # the connection is gone, and its transaction with it
+
+    async def _delete_missing(self, conn: asyncpg.Connection, tally: _Tally) -> None:
+        """A delete_missing stream, at its commit: the rows it did not bring, deleted."""
+        ingest = self._entered
+        if ingest is None:
+            if self._opened_with.delete_missing:
+                raise FailedPrecondition("a delete_missing stream brought no chunk: nothing of "
+                                         "the table was deleted (an empty snapshot is refused)")
+            return
+        upsert = ingest.target.upsert
+        if upsert is not None and upsert.delete_missing:
+            tally.deleted = await ingest.sink.delete_missing(conn)
 
     async def _joined(self, first: Chunk, ingest: Ingest | None, queue: ChunkQueue,
                       ) -> tuple[list[Chunk], Item | None]:

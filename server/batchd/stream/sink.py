@@ -26,10 +26,11 @@ from typing import Any
 import asyncpg
 
 from batchd.stream.target import Target, Written
-from batchd.stream.upsert import merge_sql
+from batchd.stream.upsert import delete_missing_sql, merge_sql
 
 STAGE = "batchd_stage"  # the staging table, in the session's pg_temp schema
 ORDINAL = "batchd_ordinal"  # its rows' numbers, in COPY order
+SEEN = "batchd_seen"  # a delete_missing stream's keys so far, in pg_temp
 
 Piece = bytes | memoryview
 
@@ -51,6 +52,11 @@ class Sink:
         self._merge = (merge_sql(target.upsert, target.table, target.columns,
                                  f"pg_temp.{STAGE}", ORDINAL)
                        if target.upsert is not None else "")
+        self._seen = ""  # a delete_missing stream's keys, kept as they are merged
+        if target.upsert is not None and target.upsert.delete_missing:
+            keys = ", ".join(c.sql for c in target.upsert.key)
+            self._seen = (f"INSERT INTO pg_temp.{SEEN} ({keys}) SELECT {keys} FROM "
+                          f"pg_temp.{STAGE} WHERE {ORDINAL} BETWEEN $1 AND $2")
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         """In a transaction about to write: the staging table, for the rest of it, if the
@@ -59,6 +65,10 @@ class Sink:
             columns = ", ".join(f"{c.sql} {c.type_sql}" for c in self.target.columns)
             await conn.execute(f"CREATE TEMPORARY TABLE {STAGE} ({columns}, {ORDINAL} bigint "
                                "GENERATED ALWAYS AS IDENTITY) ON COMMIT DROP;")
+        upsert = self.target.upsert
+        if upsert is not None and upsert.delete_missing:
+            keys = ", ".join(f"{c.sql} {c.type_sql}" for c in upsert.key)
+            await conn.execute(f"CREATE TEMPORARY TABLE {SEEN} ({keys}) ON COMMIT DROP;")
 
     def _destination(self) -> tuple[str, str]:
         target = self.target
@@ -121,7 +131,18 @@ class Sink:
         first = 1
         for count in counts:  # in order: a later chunk's row of a key wins
             row = await conn.fetchrow(self._merge, first, first + count - 1)
+            if self._seen:
+                await conn.execute(self._seen, first, first + count - 1)
             inserted, updated = int(row["inserted"]), int(row["updated"])
             out.append(Written(inserted, updated, count - inserted - updated))
             first += count
         return out
+
+    async def delete_missing(self, conn: asyncpg.Connection) -> int:
+        """At the commit of a delete_missing stream: the rows of the table's slice whose key
+        it did not bring, deleted (as the role); how many."""
+        upsert = self.target.upsert
+        assert upsert is not None and upsert.delete_missing
+        await conn.execute(f"ANALYZE pg_temp.{SEEN}")  # a hash anti-join, not a guess
+        statement, params = delete_missing_sql(upsert, self.target.table, f"pg_temp.{SEEN}")
+        return _count(await conn.execute(statement, *params))

@@ -30,7 +30,10 @@ import asyncpg
 
 from batchd.catalog import Column, Table
 from batchd.errors import InvalidArgument
+from batchd.kinds.filters import Condition, Selection, plan_filters
+from batchd.kinds.params import Results, SqlParams
 from batchd.v1 import batch_pb2
+from batchd.values import Ref
 
 Action = batch_pb2.OnConflict.Action
 MERGING = frozenset({Action.ACTION_DO_NOTHING, Action.ACTION_UPDATE})  # else: an append
@@ -57,18 +60,29 @@ class Upsert:
 
     key: tuple[Column, ...]
     updates: tuple[Column, ...]
+    # A whole snapshot (header.delete_missing): at commit, the rows of the table within
+    # ``slice`` whose key the stream did not bring are deleted.
+    delete_missing: bool = False
+    slice: tuple[Condition, ...] = ()
 
     @property
     def action(self) -> str:
         return "UPDATE" if self.updates else "DO NOTHING"
 
 
-def of(on_conflict: batch_pb2.OnConflict, table: Table, columns: Sequence[Column],
+def of(header: batch_pb2.StreamHeader, table: Table, columns: Sequence[Column],
        ) -> Upsert | None:
     """The header's on_conflict against the stream's columns: None (append) for ERROR or
     none, else the Upsert. INVALID_ARGUMENT naming the field for a key or column that is not
     the table's, not sent, or listed twice; whether the key is a unique key of the table is
     asked of PostgreSQL at the stream's open (``check_unique_key``)."""
+    on_conflict = header.on_conflict
+    if header.delete_where and not header.delete_missing:
+        raise InvalidArgument.field("header.delete_where", "goes with delete_missing")
+    if header.delete_missing and (on_conflict.action not in MERGING
+                                  or header.mode == batch_pb2.MODE_INDEPENDENT):
+        raise InvalidArgument.field("header.delete_missing", "needs an ATOMIC stream that "
+                                    "merges (on_conflict ACTION_DO_NOTHING or ACTION_UPDATE)")
     if on_conflict.action in (Action.ACTION_UNSPECIFIED, Action.ACTION_ERROR):
         if on_conflict.conflict_columns or on_conflict.update_columns:
             raise InvalidArgument.field(_PATH, "conflict_columns and update_columns need "
@@ -102,7 +116,11 @@ def of(on_conflict: batch_pb2.OnConflict, table: Table, columns: Sequence[Column
             raise InvalidArgument.field(f"{_PATH}.update_columns", "nothing to update: every "
                                         "column sent is a conflict column (use "
                                         "ACTION_DO_NOTHING)")
-    return Upsert(tuple(key), tuple(updates))
+    refs: list[Ref] = []
+    where = plan_filters(table, header.delete_where, "header.delete_where", refs)
+    if refs:
+        raise InvalidArgument.field("header.delete_where", "takes values, not references")
+    return Upsert(tuple(key), tuple(updates), header.delete_missing, tuple(where))
 
 
 def _sent(table: Table, names: Sequence[str], path: str, sent: set[str]) -> list[Column]:
@@ -165,3 +183,13 @@ def merge_sql(upsert: Upsert, table: Table, columns: Sequence[Column], stage: st
             f"ON CONFLICT ({keys}) {action} RETURNING t.xmax = 0 AS inserted) "
             "SELECT count(*) FILTER (WHERE inserted) AS inserted, "
             "count(*) FILTER (WHERE NOT inserted) AS updated FROM moved")
+
+
+def delete_missing_sql(upsert: Upsert, table: Table, seen: str) -> tuple[str, list[object]]:
+    """The rows of the table's slice whose key is not in ``seen`` (the keys the stream
+    brought), deleted; and the statement's parameters."""
+    params = SqlParams()
+    where = Selection(list(upsert.slice)).sql(params, Results())
+    match = " AND ".join(f"s.{c.sql} = t.{c.sql}" for c in upsert.key)
+    return (f"DELETE FROM {table.sql} AS t WHERE {where} AND NOT EXISTS "
+            f"(SELECT 1 FROM {seen} AS s WHERE {match})", params.values)

@@ -71,7 +71,7 @@ def resolve(header: batch_pb2.StreamHeader, catalog: Catalog,
         if column in columns:
             raise InvalidArgument.field(f"header.columns[{i}]", f'"{name}" is listed twice')
         columns.append(column)
-    target = Target(table, columns, header.csv, upsert.of(header.on_conflict, table, columns))
+    target = Target(table, columns, header.csv, upsert.of(header, table, columns))
     encoding = kind(target)
     encoding.prepare(header)
     return Ingest(target, encoding, Sink(target))
