@@ -367,3 +367,25 @@ async def test_an_empty_snapshot_deletes_nothing(stub, db):
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert len(await table(db)) == len(BEFORE)
     await no_open_transaction(db)
+
+
+async def test_the_client_and_the_cli_load_a_whole_snapshot(app, db, tmp_path):
+    await seed(db)  # ids 0..9; the snapshot brings 5..14: 0..4 go
+    async with AsyncClient(f"127.0.0.1:{app.port}") as client:
+        result = await client.ingest(
+            "events", [{"id": i, "kind": k, "score": s} for i, k, s in CHUNK_1],
+            on_conflict="update", delete_missing=True, mode="atomic")
+    assert result.committed and result.rows_deleted == 5
+    assert sorted((await table(db)).keys()) == list(range(5, 15))
+
+    await db.execute("INSERT INTO events VALUES (1, 'back', 1)")
+    snapshot = tmp_path / "whole.csv"
+    snapshot.write_text("id,kind,score\n" + "".join(f"{i},{k},{s}\n" for i, k, s in CHUNK_2))
+    proc = await asyncio.create_subprocess_exec(
+        str(BATCHD), "ingest", str(snapshot), "--table", "events", "--upsert", "id",
+        "--delete-missing", "--mode", "atomic", "--target", f"127.0.0.1:{app.port}",
+        "--quiet", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out.decode()
+    assert "; 10 deleted)" in out.decode()  # 1 and 5..13 were not in it
+    assert await table(db) == {14: ("later", 1), 3: ("later", 1)}

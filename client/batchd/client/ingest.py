@@ -129,6 +129,7 @@ class IngestResult:
     rows_inserted: int = 0
     rows_updated: int = 0
     rows_unchanged: int = 0
+    rows_deleted: int = 0  # delete_missing: rows deleted at the commit
 
     @property
     def ok(self) -> bool:
@@ -154,6 +155,7 @@ class IngestOptions(TypedDict, total=False):
     timeout: float | None
     on_conflict: OnConflictSpec | None
     conflict_columns: Sequence[str]
+    delete_missing: bool
 
 
 @dataclass(slots=True)
@@ -174,6 +176,7 @@ async def ingest(stub: batch_pb2_grpc.BatchServiceStub, table: str, source: Sour
                  timeout: float | None = None,  # noqa: ASYNC109 (a deadline over resumes)
                  on_conflict: OnConflictSpec | None = None,
                  conflict_columns: Sequence[str] = (),
+                 delete_missing: bool = False,
                  ) -> IngestResult:
     """Streams ``source`` into ``table`` (see the module doc).
 
@@ -189,7 +192,9 @@ async def ingest(stub: batch_pb2_grpc.BatchServiceStub, table: str, source: Sour
     ``"update"`` (every column sent but the key's), ``("update", [columns])``, or a
     ``batch_pb2.OnConflict``; ``conflict_columns``: the unique key (default: the primary key).
     The same key twice in a chunk: the last row wins. The result then counts
-    ``rows_inserted``, ``rows_updated`` and ``rows_unchanged``.
+    ``rows_inserted``, ``rows_updated`` and ``rows_unchanged``. ``delete_missing`` (with
+    ``on_conflict`` and ``mode="atomic"``): the source is the whole table; at commit the rows
+    whose key it did not bring are deleted (``rows_deleted``).
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
@@ -211,6 +216,7 @@ async def ingest(stub: batch_pb2_grpc.BatchServiceStub, table: str, source: Sour
     merge = on_conflict_message(on_conflict, conflict_columns)
     if merge is not None:
         head.on_conflict.CopyFrom(merge)
+    head.delete_missing = delete_missing
     if opened.encoding == batch_pb2.ENCODING_CSV:
         head.csv.CopyFrom(batch_pb2.CsvOptions(delimiter=delimiter, quote=quote,
                                                null=null or ""))
@@ -372,6 +378,7 @@ class _Ingest:
                 await self._acked(response.ack)
             elif kind == "summary":
                 self.result.committed = response.summary.committed
+                self.result.rows_deleted = response.summary.rows_deleted
                 return
 
     async def _acked(self, ack: batch_pb2.ChunkAck) -> None:

@@ -156,7 +156,9 @@ async def ingest(args: argparse.Namespace) -> int:
         rejects_path.unlink()
     elapsed = time.monotonic() - run.started
     merged = (f" ({state.inserted:,} inserted, {state.updated:,} updated; "
-              f"{state.unchanged:,} unchanged)" if args.upsert else "")
+              f"{state.unchanged:,} unchanged"
+              + (f"; {run.deleted:,} deleted" if args.delete_missing else "") + ")"
+              if args.upsert else "")
     print(f"{path}: {state.written:,} rows written to {args.table}{merged} in {elapsed:.1f}s"
           + (f"; {state.rejected:,} rejected, see {rejects_path}" if state.rejected else ""),
           file=sys.stderr)
@@ -300,6 +302,7 @@ class _Run:
         merge = _on_conflict(args)
         if merge is not None:
             self.header.on_conflict.CopyFrom(merge)
+            self.header.delete_missing = args.delete_missing
         if arrow is not None:
             self.header.arrow_schema = arrow.schema.serialize().to_pybytes()
         self.progress = _progress_bar()(
@@ -308,6 +311,7 @@ class _Run:
             disable=args.quiet or None, dynamic_ncols=True, desc=path.name)
         self.started = time.monotonic()
         self.resumed_written = state.written
+        self.deleted = 0  # --delete-missing: rows deleted at the commit
         self.sent_rows = state.rows
         self.in_flight: dict[int, Chunk] = {}
         self.problems: list[UsageError] = []
@@ -372,6 +376,7 @@ class _Run:
                     elif kind == "ack":
                         self.acknowledged(response.ack, rejects)
                     elif kind == "summary":
+                        self.deleted = response.summary.rows_deleted
                         break
             except grpc.aio.AioRpcError:
                 if self.problems:  # the stream ended because of the file, not the server
@@ -448,6 +453,9 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--update", metavar="COLS",
                    help="with --upsert: the comma-separated columns to update (default: every "
                         "column sent but the key's)")
+    p.add_argument("--delete-missing", action="store_true",
+                   help="with --upsert and --mode atomic: the file is the whole table; at "
+                        "commit, delete the rows whose key it did not bring")
     p.add_argument("--keep-existing", action="store_true",
                    help="with --upsert: leave the rows of keys already present as they are "
                         "(insert only new keys)")
@@ -461,9 +469,12 @@ def add_commands(commands: Any) -> None:
 def _on_conflict(args: argparse.Namespace) -> batch_pb2.OnConflict | None:
     """--upsert, --update, --keep-existing as the header's on_conflict (None: append)."""
     if not args.upsert:
-        if args.update or args.keep_existing:
-            raise UsageError("--update and --keep-existing go with --upsert KEY")
+        if args.update or args.keep_existing or args.delete_missing:
+            raise UsageError("--update, --keep-existing and --delete-missing go with "
+                             "--upsert KEY")
         return None
+    if args.delete_missing and args.mode != "atomic":
+        raise UsageError("--delete-missing needs --mode atomic (the whole file, or nothing)")
     if args.update and args.keep_existing:
         raise UsageError("--update and --keep-existing exclude each other")
     return batch_pb2.OnConflict(
