@@ -19,6 +19,10 @@ earlier ones count as unchanged. Across chunks the later chunk wins as well, sin
 merged in order. Rows with a NULL in a nullable key column never conflict, as in PostgreSQL,
 and are not narrowed. An update that would change nothing (``IS DISTINCT FROM``) is skipped
 and counted unchanged: a daily snapshot mostly equal to the table rewrites only what changed.
+
+A whole snapshot (``header.delete_missing``, ATOMIC only): the keys of each chunk are kept as
+it is merged (batchd.stream.sink), and at the commit the rows of the table, or of its slice
+(``delete_where``), whose key the stream did not bring are deleted (``delete_missing_sql``).
 """
 
 from __future__ import annotations
