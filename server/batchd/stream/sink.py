@@ -15,7 +15,9 @@ commit), moved into the table by one statement per chunk:
 Either way the decoding, acks, ledger and bad-row isolation are those of COPY. The staging
 table numbers its rows in COPY order (``ORDINAL``, restarted before each COPY): a joined COPY
 of several chunks (batchd.stream.joined) is merged chunk by chunk, in order, each chunk's rows
-by their numbers, so that each chunk's counts are what it would have had alone.
+by their numbers, so that each chunk's counts are what it would have had alone. A whole
+snapshot's stream (``delete_missing``) also keeps the keys it merged (``SEEN``), for the
+deletion at its commit (``delete_missing``).
 """
 
 from __future__ import annotations

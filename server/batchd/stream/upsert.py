@@ -195,5 +195,8 @@ def delete_missing_sql(upsert: Upsert, table: Table, seen: str) -> tuple[str, li
     params = SqlParams()
     where = Selection(list(upsert.slice)).sql(params, Results())
     match = " AND ".join(f"s.{c.sql} = t.{c.sql}" for c in upsert.key)
+    # A row with a NULL in its key has no key to be brought by (it conflicts with nothing):
+    # left alone.
+    where += "".join(f" AND t.{c.sql} IS NOT NULL" for c in upsert.key if c.nullable)
     return (f"DELETE FROM {table.sql} AS t WHERE {where} AND NOT EXISTS "
             f"(SELECT 1 FROM {seen} AS s WHERE {match})", params.values)
