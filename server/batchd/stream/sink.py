@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from batchd.stream.target import Target, Written
-from batchd.stream.upsert import delete_missing_sql, merge_sql
+from batchd.stream.upsert import counting_for, delete_missing_sql, merge_sql
 
 STAGE = "batchd_stage"  # the staging table, in the session's pg_temp schema
 ORDINAL = "batchd_ordinal"  # its rows' numbers, in COPY order
@@ -51,9 +51,7 @@ class Sink:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self._merge = (merge_sql(target.upsert, target.table, target.columns,
-                                 f"pg_temp.{STAGE}", ORDINAL)
-                       if target.upsert is not None else "")
+        self._merge = ""  # the merging statement, made by the first ``prepare``
         self._seen = ""  # a delete_missing stream's keys, kept as they are merged
         if target.upsert is not None and target.upsert.delete_missing:
             keys = ", ".join(c.sql for c in target.upsert.key)
@@ -62,12 +60,20 @@ class Sink:
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         """In a transaction about to write: the staging table, for the rest of it, if the
-        target is staged."""
+        target is staged; the first time, a merging stream's statement (how it counts
+        depends on the table and the server: batchd.stream.upsert.COUNTING)."""
+        upsert = self.target.upsert
+        if upsert is not None and not self._merge:
+            partitioned, version = await conn.fetchrow(
+                "SELECT relkind = 'p', current_setting('server_version_num')::int "
+                "FROM pg_class WHERE oid = $1::regclass", self.target.table.sql)
+            self._merge = merge_sql(upsert, self.target.table, self.target.columns,
+                                    f"pg_temp.{STAGE}", ORDINAL,
+                                    counting_for(partitioned, version))
         if self.target.staged:
             columns = ", ".join(f"{c.sql} {c.type_sql}" for c in self.target.columns)
             await conn.execute(f"CREATE TEMPORARY TABLE {STAGE} ({columns}, {ORDINAL} bigint "
                                "GENERATED ALWAYS AS IDENTITY) ON COMMIT DROP;")
-        upsert = self.target.upsert
         if upsert is not None and upsert.delete_missing:
             keys = ", ".join(f"{c.sql} {c.type_sql}" for c in upsert.key)
             await conn.execute(f"CREATE TEMPORARY TABLE {SEEN} ({keys}) ON COMMIT DROP;")

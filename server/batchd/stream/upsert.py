@@ -10,7 +10,8 @@ Why INSERT ... ON CONFLICT rather than MERGE: it inserts or updates each row ato
 while other sessions insert the same keys (MERGE, under READ COMMITTED, may fail with a unique
 violation there); it runs on every PostgreSQL batchd supports (MERGE needs 15, and its
 RETURNING of ``merge_action()`` 17); and ``xmax = 0`` in its RETURNING tells an inserted row
-from an updated one, which is all the acks need.
+from an updated one, which is all the acks need (a partitioned table, which cannot return a
+system column, is counted otherwise: ``COUNTING``).
 
 The same key twice in a chunk: PostgreSQL refuses an ON CONFLICT DO UPDATE that touches a row
 twice, so the staged rows are narrowed first, the **last row of each key wins** (``DISTINCT ON
@@ -156,10 +157,26 @@ async def check_unique_key(conn: asyncpg.Connection, table: Table,
                                     "expressions or WHERE)")
 
 
+# How a merge tells its inserted rows from its updated ones (``counting``):
+# - "xmax": ``RETURNING xmax = 0`` (a row version no transaction has locked is a new one);
+# - "old": ``RETURNING old.key IS NULL`` (PostgreSQL 18: the row before the update, none for an
+#   insert), where a system column cannot be returned: partitioned tables;
+# - "present": the rows whose key the table held before the statement (its snapshot) are the
+#   updates or the unchanged, the others the inserts: partitioned tables before PostgreSQL 18
+#   (exact unless another session inserts the same keys meanwhile).
+COUNTING = ("xmax", "old", "present")
+
+
+def counting_for(partitioned: bool, server_version: int) -> str:
+    if not partitioned:
+        return "xmax"
+    return "old" if server_version >= 180000 else "present"
+
+
 def merge_sql(upsert: Upsert, table: Table, columns: Sequence[Column], stage: str,
-              ordinal: str) -> str:
+              ordinal: str, counting: str = "xmax") -> str:
     """The rows of ``stage`` numbered ($1..$2 by ``ordinal``) into the table, the last of each
-    key, merged; answers (inserted, updated)."""
+    key, merged; answers (inserted, updated). ``counting``: see COUNTING."""
     key, updates = upsert.key, upsert.updates
     names = ", ".join(c.sql for c in columns)
     keys = ", ".join(c.sql for c in key)
@@ -180,11 +197,20 @@ def merge_sql(upsert: Upsert, table: Table, columns: Sequence[Column], stage: st
                   f"WHERE (ROW({compared})) IS DISTINCT FROM (ROW({excluded}))")
     else:
         action = "DO NOTHING"
-    return (f"WITH moved AS (INSERT INTO {table.sql} AS t ({names}) "
-            f"SELECT {names} FROM (SELECT DISTINCT ON ({distinct}) {names} "
-            f"FROM {stage} WHERE {ordinal} BETWEEN $1 AND $2 "
-            f"ORDER BY {distinct}, {ordinal} DESC) AS s "
-            f"ON CONFLICT ({keys}) {action} RETURNING t.xmax = 0 AS inserted) "
+    source = (f"SELECT DISTINCT ON ({distinct}) {names} FROM {stage} "
+              f"WHERE {ordinal} BETWEEN $1 AND $2 ORDER BY {distinct}, {ordinal} DESC")
+    insert = f"INSERT INTO {table.sql} AS t ({names}) SELECT {names} FROM s ON CONFLICT ({keys}) "
+    if counting == "present":
+        match = " AND ".join(f"p.{c.sql} = s.{c.sql}" for c in key)
+        return (f"WITH s AS MATERIALIZED ({source}), "
+                f"present AS (SELECT count(*) AS n FROM s WHERE EXISTS "
+                f"(SELECT 1 FROM {table.sql} AS p WHERE {match})), "
+                f"moved AS ({insert}{action} RETURNING 1), "
+                "fresh AS (SELECT (SELECT count(*) FROM s) - (SELECT n FROM present) AS n) "
+                "SELECT (SELECT n FROM fresh) AS inserted, "
+                "(SELECT count(*) FROM moved) - (SELECT n FROM fresh) AS updated")
+    new = "t.xmax = 0" if counting == "xmax" else f"old.{key[0].sql} IS NULL"
+    return (f"WITH s AS ({source}), moved AS ({insert}{action} RETURNING {new} AS inserted) "
             "SELECT count(*) FILTER (WHERE inserted) AS inserted, "
             "count(*) FILTER (WHERE NOT inserted) AS updated FROM moved")
 
