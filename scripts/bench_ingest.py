@@ -6,6 +6,7 @@
                                              [--memory-rows 10000000] [--peer-rows 100000]
                                              [--peer-clients 4] [--dsn DSN] [--note TEXT]
                                              [--markdown-out FILE] [--json-out FILE]
+                                             [--upsert]
 
 Every contender beside the baseline of its own form, in one run, on the same rows
 (scripts/bench_tables.py: the narrow table, a realistic one with keys, an index and types
@@ -38,6 +39,10 @@ Memory: batchd's peak RSS (VmHWM) on a fresh server for a COLUMNAR stream of --r
 ~--memory-rows rows (narrow table; 0: skipped). --json-out writes every sample
 (scripts/bench_chart.py draws it); --markdown-out the tables (scripts/bench splices them into
 BENCHMARKS.md).
+
+--upsert runs the upsert workload instead (scripts/bench_upsert.py): each encoding's merging
+stream against its plain append of the same rows, and against the same upserts as 1,000-row
+BatchExecute batches.
 """
 
 from __future__ import annotations
@@ -420,6 +425,8 @@ async def main() -> None:
     parser.add_argument("--note", help="a sentence for the report (e.g. the machine was busy)")
     parser.add_argument("--markdown-out", help="also write the tables to this file")
     parser.add_argument("--json-out", help="write every sample and ratio to this file (JSON)")
+    parser.add_argument("--upsert", action="store_true",
+                        help="the upsert workload instead (scripts/bench_upsert.py)")
     args = parser.parse_args()
     args.peer_rows = min(args.peer_rows, args.rows)
     keys = ["narrow", "realistic"] if args.table == "both" else [args.table]
@@ -429,6 +436,11 @@ async def main() -> None:
         for key in SPECS:  # both exist before batchd starts: it reads its catalog then
             await sql(dsn, SPECS[key].create_sql)
         settings = await postgres_line(dsn, embedded)
+        if args.upsert:
+            lines = [settings + ".", "", *await upsert_workload(dsn, args, keys)]
+            print("\n" + "\n".join(lines))
+            write_markdown(args.markdown_out, "\n".join(lines))
+            return
         print(f"{settings}; tables={','.join(keys)} rows={args.rows:,} chunk={args.chunk:,} "
               f"runs={args.runs}", flush=True)
         tables, peer_info = await measure_all(dsn, args, keys)
@@ -459,6 +471,25 @@ async def main() -> None:
             "settings": settings, "rows": args.rows, "chunk": args.chunk, "runs": args.runs,
             "note": args.note, "targets": {enc: goal for enc, (_, goal) in ENCODINGS.items()},
             "tables": tables}, indent=1))
+
+
+async def upsert_workload(dsn: str, args: argparse.Namespace, keys: list[str]) -> list[str]:
+    """The upsert workload's report (scripts/bench_upsert.py)."""
+    import bench_upsert
+
+    await sql(dsn, bench_upsert.narrow_key_sql())
+    server, target = await start_server(dsn)
+    out = [f"{args.rows:,} rows per table, {args.runs} interleaved run"
+           f"{'s' * (args.runs != 1)}, chunks of {args.chunk:,} rows in one atomic stream."
+           + (f" {args.note}" if args.note else "")]
+    try:
+        for key in keys:
+            figures = await bench_upsert.bench(SPECS[key], args, dsn, target,
+                                               stream_requests, stream, connect, sql)
+            out += ["", *bench_upsert.lines(SPECS[key], figures)]
+    finally:
+        await stop_server(server)
+    return out
 
 
 async def measure_all(dsn: str, args: argparse.Namespace, keys: list[str]

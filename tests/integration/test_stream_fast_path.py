@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from batchd.stream import copy
+from batchd.stream.encodings.records import FastDecoded, RecordsEncoding
 from batchd.v1 import batch_pb2
 from tests.support.streams import Req, header, open_stream, send
 
@@ -141,13 +141,13 @@ async def outcome(stub: Any, db: Any, encoding: str, name: str, chunks: list[Req
 
 def spy_on_fast_path(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     taken: list[bool] = []
-    fast = copy._decode_fast
+    fast = RecordsEncoding.fast
 
-    def spy(chunk: batch_pb2.StreamChunk, target: copy.Target) -> copy.Decoded | None:
-        decoded = fast(chunk, target)
+    def spy(self: RecordsEncoding, chunk: batch_pb2.StreamChunk) -> FastDecoded | None:
+        decoded = fast(self, chunk)
         taken.append(decoded is not None)
         return decoded
-    monkeypatch.setattr(copy, "_decode_fast", spy)
+    monkeypatch.setattr(RecordsEncoding, "fast", spy)
     return taken
 
 
@@ -161,7 +161,7 @@ async def test_rows_fast_path_stores_what_the_per_value_path_stores(stub, db, mo
     fast = await outcome(stub, db, "ENCODING_ROWS", name, chunks)
     if name not in ("num", "blob"):  # unconstrained numeric, base64: per value only
         assert taken[0], "a chunk of good values takes the fast path"
-    monkeypatch.setattr(copy, "_decode_fast", lambda chunk, target: None)
+    monkeypatch.setattr(RecordsEncoding, "fast", lambda self, chunk: None)
     assert fast == await outcome(stub, db, "ENCODING_ROWS", name, chunks)
 
 
@@ -177,5 +177,5 @@ async def test_columnar_fast_path_stores_what_the_per_value_path_stores(stub, db
     fast = await outcome(stub, db, "ENCODING_COLUMNAR", name, chunks)
     if name not in ("num", "ids", "grid"):  # unconstrained numeric, int arrays: per value
         assert taken[0], "a chunk of good values takes the fast path"
-    monkeypatch.setattr(copy, "_decode_fast", lambda chunk, target: None)
+    monkeypatch.setattr(RecordsEncoding, "fast", lambda self, chunk: None)
     assert fast == await outcome(stub, db, "ENCODING_COLUMNAR", name, chunks)

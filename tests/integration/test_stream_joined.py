@@ -4,17 +4,16 @@ COPY the chunks are written again one by one, so that the bad row is named exact
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
 import pyarrow as pa
 import pytest
 
-from batchd.stream import copy, session
+from batchd.stream.encodings import csv
 from batchd.v1 import batch_pb2
 from tests.support.batches import no_open_transaction
-from tests.support.streams import COMMIT, Req, arrow_chunk, header, open_stream
+from tests.support.streams import COMMIT, Req, arrow_chunk, header, joining, open_stream
 
 
 def columnar_chunk(sequence: int, ids: range) -> Req:
@@ -43,31 +42,8 @@ CHUNKS = {"ENCODING_COLUMNAR": columnar_chunk, "ENCODING_CSV": csv_chunk,
 
 @pytest.fixture
 def joined(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The writer starts late (its chunks wait, decoded, in the queue); the size of each
-    joined COPY is recorded."""
-    sizes: list[int] = []
-    begin, write_joined = session.begin, session.write_joined
-
-    class Late:
-        def __init__(self, tx: Any) -> None:
-            self.tx = tx
-
-        async def start(self) -> None:
-            await asyncio.sleep(0.3)
-            await self.tx.start()
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.tx, name)
-
-    def late(*args: Any, **kwargs: Any) -> Any:
-        return Late(begin(*args, **kwargs))
-
-    async def spy(conn: Any, chunks: list[copy.Decoded], target: copy.Target) -> Any:
-        sizes.append(len(chunks))
-        return await write_joined(conn, chunks, target)
-    monkeypatch.setattr(session, "begin", late)
-    monkeypatch.setattr(session, "write_joined", spy)
-    return sizes
+    """The writer starts late; the size of each joined COPY is recorded."""
+    return joining(monkeypatch)
 
 
 async def acks_until_end(call: Any) -> tuple[list[batch_pb2.ChunkAck], Any]:
@@ -121,11 +97,11 @@ async def test_a_refused_joined_copy_names_the_bad_row_as_chunk_by_chunk(stub, d
 
 def test_csv_chunks_join_only_when_each_newline_ends_a_record():
     options = batch_pb2.CsvOptions()
-    assert copy.whole_records(b"1,a,2\n2,b,3\n", options) == 2
-    assert copy.whole_records(b"1,a,2\n2,b,3", options) is None  # no final newline
-    assert copy.whole_records(b'1,"a\nb",2\n', options) is None  # a quoted newline
-    assert copy.whole_records(b"1,'a',2\n", batch_pb2.CsvOptions(quote="'")) is None
-    assert copy.whole_records(b'1,a"b,2\n', batch_pb2.CsvOptions(quote="'")) == 1
+    assert csv.whole_records(b"1,a,2\n2,b,3\n", options) == 2
+    assert csv.whole_records(b"1,a,2\n2,b,3", options) is None  # no final newline
+    assert csv.whole_records(b'1,"a\nb",2\n', options) is None  # a quoted newline
+    assert csv.whole_records(b"1,'a',2\n", batch_pb2.CsvOptions(quote="'")) is None
+    assert csv.whole_records(b'1,a"b,2\n', batch_pb2.CsvOptions(quote="'")) == 1
 
 
 ODD_CSV = {
@@ -159,5 +135,5 @@ async def test_csv_that_postgresql_reads_otherwise_joined_is_written_as_alone(
 
     together = await outcome()
     assert joined and max(joined) > 1
-    monkeypatch.setattr(session, "joinable", lambda decoded, target: False)
+    monkeypatch.setattr(csv.CsvEncoding, "joinable", lambda self, decoded: False)
     assert together == await outcome()

@@ -3,6 +3,7 @@ opened and answered, and Arrow chunks."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -66,6 +67,36 @@ async def ended_with(call: Any) -> tuple[grpc.StatusCode, str]:
             await call.read()
     status = rpc_status.from_call(caught.value)
     return caught.value.code(), from_rpc_status(status).reason if status else ""
+
+
+def joining(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """ATOMIC streams' writer starts late (their chunks wait, decoded, in the queue, and join
+    one COPY: batchd.stream.joined); the number of chunks of each joined COPY is recorded."""
+    from batchd.stream import session
+
+    sizes: list[int] = []
+    begin, write_joined = session.begin, session.write_joined
+
+    class Late:
+        def __init__(self, tx: Any) -> None:
+            self.tx = tx
+
+        async def start(self) -> None:
+            await asyncio.sleep(0.3)
+            await self.tx.start()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.tx, name)
+
+    def late(*args: Any, **kwargs: Any) -> Any:
+        return Late(begin(*args, **kwargs))
+
+    async def spy(conn: Any, chunks: list[Any], ingest: Any) -> Any:
+        sizes.append(len(chunks))
+        return await write_joined(conn, chunks, ingest)
+    monkeypatch.setattr(session, "begin", late)
+    monkeypatch.setattr(session, "write_joined", spy)
+    return sizes
 
 
 # --- ENCODING_ARROW --------------------------------------------------------------------------

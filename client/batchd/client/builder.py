@@ -142,8 +142,9 @@ def _order_by(order_by: Iterable[str | batch_pb2.OrderBy] | None) -> list[batch_
     return out
 
 
-def _on_conflict(spec: OnConflictSpec | None,
-                 conflict_columns: Sequence[str]) -> batch_pb2.OnConflict | None:
+def on_conflict_message(spec: OnConflictSpec | None,
+                        conflict_columns: Sequence[str]) -> batch_pb2.OnConflict | None:
+    """An insert's (or an ingest's) ``on_conflict`` as the proto message; None: none."""
     if isinstance(spec, batch_pb2.OnConflict):
         return spec
     update_columns: Sequence[str] = ()
@@ -239,7 +240,7 @@ class Batch:
         row_list = [rows] if isinstance(rows, Mapping) else list(rows)
         op = batch_pb2.InsertOperation(table=table, rows=[to_struct(r) for r in row_list],
                                        returning=returning or ())
-        conflict = _on_conflict(on_conflict, conflict_columns)
+        conflict = on_conflict_message(on_conflict, conflict_columns)
         if conflict is not None:
             op.on_conflict.CopyFrom(conflict)
         return self._add("insert", op, id, depends_on)

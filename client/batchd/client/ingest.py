@@ -6,6 +6,9 @@
         result = await client.ingest("events", {"id": ids, "kind": kinds})  # columns
         result = await client.ingest("events", arrow_table)      # or a DataFrame, "x.parquet"
         print(result.rows_written, result.rows_rejected, result.rejected[:3])
+        # Upsert: insert new keys, update changed rows (the last row of a key in a chunk wins)
+        result = await client.ingest("prices", "snapshot.csv", on_conflict="update")
+        print(result.rows_inserted, result.rows_updated, result.rows_unchanged)
 
 The source (``batchd.client.sources``) is cut into chunks of ``chunk_rows`` rows; at most
 ``max_in_flight`` chunks are sent and not yet acknowledged, so memory stays bounded however
@@ -47,7 +50,7 @@ from typing import Any, TypedDict, cast
 import grpc
 
 from batchd.client import retry
-from batchd.client.builder import mode_name
+from batchd.client.builder import OnConflictSpec, mode_name, on_conflict_message
 from batchd.client.chunks import Opened
 from batchd.client.results import rpc_error
 from batchd.client.retry import RetryEvent, RetryHook, RetryPolicy
@@ -93,6 +96,10 @@ class AckedChunk:
     rows_written: int
     rejected: tuple[RejectedRow, ...]
     duplicate: bool
+    # A merging stream (``on_conflict``): rows inserted, updated, left unchanged.
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_unchanged: int = 0
 
 
 #: Called with each acknowledged chunk; awaited if it returns an awaitable.
@@ -116,6 +123,13 @@ class IngestResult:
     skipped_chunks: int = 0
     resumes: int = 0
     last_sequence: int = 0
+    # A merging stream (``on_conflict``): rows inserted, updated, and left unchanged (a
+    # conflict under "do_nothing", an update changing nothing, a row a later one of its key
+    # replaced within its chunk); rows_written is inserted + updated.
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_unchanged: int = 0
+    rows_deleted: int = 0  # delete_missing: rows deleted at the commit
 
     @property
     def ok(self) -> bool:
@@ -139,6 +153,9 @@ class IngestOptions(TypedDict, total=False):
     null: str | None
     on_ack: AckHook | None
     timeout: float | None
+    on_conflict: OnConflictSpec | None
+    conflict_columns: Sequence[str]
+    delete_missing: bool
 
 
 @dataclass(slots=True)
@@ -157,6 +174,9 @@ async def ingest(stub: batch_pb2_grpc.BatchServiceStub, table: str, source: Sour
                  delimiter: str = ",", quote: str = '"', null: str | None = None,
                  on_ack: AckHook | None = None,
                  timeout: float | None = None,  # noqa: ASYNC109 (a deadline over resumes)
+                 on_conflict: OnConflictSpec | None = None,
+                 conflict_columns: Sequence[str] = (),
+                 delete_missing: bool = False,
                  ) -> IngestResult:
     """Streams ``source`` into ``table`` (see the module doc).
 
@@ -168,6 +188,13 @@ async def ingest(stub: batch_pb2_grpc.BatchServiceStub, table: str, source: Sour
     (default) or ``"atomic"``. ``bad_rows``: ``"reject_row"`` or ``"reject_chunk"``
     (INDEPENDENT). CSV: ``header`` (default: a header line unless ``columns`` is given; with
     both, the line is skipped), ``delimiter``, ``quote``, ``null`` (the text meaning NULL).
+    ``on_conflict``: merge rows instead of appending them, as an insert's: ``"do_nothing"``,
+    ``"update"`` (every column sent but the key's), ``("update", [columns])``, or a
+    ``batch_pb2.OnConflict``; ``conflict_columns``: the unique key (default: the primary key).
+    The same key twice in a chunk: the last row wins. The result then counts
+    ``rows_inserted``, ``rows_updated`` and ``rows_unchanged``. ``delete_missing`` (with
+    ``on_conflict`` and ``mode="atomic"``): the source is the whole table; at commit the rows
+    whose key it did not bring are deleted (``rows_deleted``).
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
@@ -186,6 +213,10 @@ async def ingest(stub: batch_pb2_grpc.BatchServiceStub, table: str, source: Sour
                                   stream_id=stream_id or "",
                                   bad_rows=_BAD_ROWS[bad_rows])
     head.arrow_schema = opened.arrow_schema
+    merge = on_conflict_message(on_conflict, conflict_columns)
+    if merge is not None:
+        head.on_conflict.CopyFrom(merge)
+    head.delete_missing = delete_missing
     if opened.encoding == batch_pb2.ENCODING_CSV:
         head.csv.CopyFrom(batch_pb2.CsvOptions(delimiter=delimiter, quote=quote,
                                                null=null or ""))
@@ -347,6 +378,7 @@ class _Ingest:
                 await self._acked(response.ack)
             elif kind == "summary":
                 self.result.committed = response.summary.committed
+                self.result.rows_deleted = response.summary.rows_deleted
                 return
 
     async def _acked(self, ack: batch_pb2.ChunkAck) -> None:
@@ -357,13 +389,17 @@ class _Ingest:
         result = self.result
         result.chunks += 1  # a duplicate's ack repeats its first one: counted like it
         result.rows_written += ack.rows_written
+        result.rows_inserted += ack.rows_inserted
+        result.rows_updated += ack.rows_updated
+        result.rows_unchanged += ack.rows_unchanged
         result.rows_rejected += len(rejected)
         result.rejected.extend(rejected)
         result.last_sequence = max(result.last_sequence, ack.sequence)
         self.progress += 1
         if self.on_ack is not None:
             outcome = self.on_ack(AckedChunk(ack.sequence, sent.rows, ack.rows_written, rejected,
-                                             ack.duplicate))
+                                             ack.duplicate, ack.rows_inserted,
+                                             ack.rows_updated, ack.rows_unchanged))
             if inspect.isawaitable(outcome):
                 await outcome
         del self.pending[ack.sequence]

@@ -92,6 +92,10 @@ class State:
     rejected: int = 0  # rows rejected, each one line of the rejects file
     rejects_bytes: int = 0  # the rejects file's size after the last acknowledged chunk
     finished: bool = False
+    # --upsert: of the rows taken, inserted, updated and left unchanged (as the acks say)
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
 
     def save(self, path: Path) -> None:
         temporary = path.with_suffix(".tmp")
@@ -115,6 +119,7 @@ async def ingest(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
+    _on_conflict(args)  # --upsert's options, checked before anything is saved
     args.format = args.format or file_format(path)
     state_path = Path(args.state or f"{path}.batchd-ingest.json")
     rejects_path = Path(args.rejects or f"{path}.rejects.jsonl")
@@ -150,7 +155,11 @@ async def ingest(args: argparse.Namespace) -> int:
     if state.rejected == 0 and rejects_path.exists() and rejects_path.stat().st_size == 0:
         rejects_path.unlink()
     elapsed = time.monotonic() - run.started
-    print(f"{path}: {state.written:,} rows written to {args.table} in {elapsed:.1f}s"
+    merged = (f" ({state.inserted:,} inserted, {state.updated:,} updated; "
+              f"{state.unchanged:,} unchanged"
+              + (f"; {run.deleted:,} deleted" if args.delete_missing else "") + ")"
+              if args.upsert else "")
+    print(f"{path}: {state.written:,} rows written to {args.table}{merged} in {elapsed:.1f}s"
           + (f"; {state.rejected:,} rejected, see {rejects_path}" if state.rejected else ""),
           file=sys.stderr)
     if not run.atomic:
@@ -290,6 +299,10 @@ class _Run:
             mode=batch_pb2.MODE_ATOMIC if self.atomic else batch_pb2.MODE_INDEPENDENT,
             encoding=encoding, stream_id="" if self.atomic else state.stream_id,
             csv=batch_pb2.CsvOptions(delimiter=args.delimiter))
+        merge = _on_conflict(args)
+        if merge is not None:
+            self.header.on_conflict.CopyFrom(merge)
+            self.header.delete_missing = args.delete_missing
         if arrow is not None:
             self.header.arrow_schema = arrow.schema.serialize().to_pybytes()
         self.progress = _progress_bar()(
@@ -298,6 +311,7 @@ class _Run:
             disable=args.quiet or None, dynamic_ncols=True, desc=path.name)
         self.started = time.monotonic()
         self.resumed_written = state.written
+        self.deleted = 0  # --delete-missing: rows deleted at the commit
         self.sent_rows = state.rows
         self.in_flight: dict[int, Chunk] = {}
         self.problems: list[UsageError] = []
@@ -362,6 +376,7 @@ class _Run:
                     elif kind == "ack":
                         self.acknowledged(response.ack, rejects)
                     elif kind == "summary":
+                        self.deleted = response.summary.rows_deleted
                         break
             except grpc.aio.AioRpcError:
                 if self.problems:  # the stream ended because of the file, not the server
@@ -377,6 +392,9 @@ class _Run:
         chunk = self.in_flight.pop(ack.sequence)
         state.rejected += _write_rejects(rejects, ack, chunk)
         state.written += ack.rows_written
+        state.inserted += ack.rows_inserted
+        state.updated += ack.rows_updated
+        state.unchanged += ack.rows_unchanged
         if not self.atomic:
             rejects.flush()
             state.sequence, state.offset = ack.sequence, chunk.end_offset
@@ -428,11 +446,45 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--quote", default='"')
     p.add_argument("--chunk-rows", type=int, default=10_000)
     p.add_argument("--mode", choices=["independent", "atomic"], default="independent")
+    p.add_argument("--upsert", metavar="KEY[,KEY...]",
+                   help="merge instead of append: insert rows of new keys, update the rows of "
+                        "keys already present (KEY: a unique key of the table, e.g. its primary "
+                        "key); the same key twice in a chunk: the last row wins")
+    p.add_argument("--update", metavar="COLS",
+                   help="with --upsert: the comma-separated columns to update (default: every "
+                        "column sent but the key's)")
+    p.add_argument("--delete-missing", action="store_true",
+                   help="with --upsert and --mode atomic: the file is the whole table; at "
+                        "commit, delete the rows whose key it did not bring")
+    p.add_argument("--keep-existing", action="store_true",
+                   help="with --upsert: leave the rows of keys already present as they are "
+                        "(insert only new keys)")
     p.add_argument("--stream-id", help="default: a new one, kept in the state file")
     p.add_argument("--state", help="resume state file (default FILE.batchd-ingest.json)")
     p.add_argument("--rejects", help="rejected rows (default FILE.rejects.jsonl)")
     p.add_argument("--rate", type=float, help="at most this many rows per second")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _on_conflict(args: argparse.Namespace) -> batch_pb2.OnConflict | None:
+    """--upsert, --update, --keep-existing as the header's on_conflict (None: append)."""
+    if not args.upsert:
+        if args.update or args.keep_existing or args.delete_missing:
+            raise UsageError("--update, --keep-existing and --delete-missing go with "
+                             "--upsert KEY")
+        return None
+    if args.delete_missing and args.mode != "atomic":
+        raise UsageError("--delete-missing needs --mode atomic (the whole file, or nothing)")
+    if args.update and args.keep_existing:
+        raise UsageError("--update and --keep-existing exclude each other")
+    return batch_pb2.OnConflict(
+        action=batch_pb2.OnConflict.ACTION_DO_NOTHING if args.keep_existing
+        else batch_pb2.OnConflict.ACTION_UPDATE,
+        conflict_columns=_names(args.upsert), update_columns=_names(args.update or ""))
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,2 +1,3 @@
-"""BatchStream: the session (``session``), decoding and COPY (``copy``), and the ledger of
-committed chunks (``ledger``)."""
+"""BatchStream: the session (``session``) reading ahead (``readahead``), one module per
+encoding (``encodings``), the COPY sink (``sink``), bad-row isolation (``isolating``), and the
+ledger of committed chunks (``ledger``)."""

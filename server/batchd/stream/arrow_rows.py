@@ -10,16 +10,16 @@ values out of the Structs).
 
 The fast path is a shortcut, never a second set of rules: it takes a chunk only when it can
 tell, for the whole chunk at once, that every value is one the per-value path
-(``batchd.stream.copy``, ``batchd.stream.columnar``) would accept and would store the same.
-Anything else returns None and the chunk is decoded value by value, each bad row rejected with
-a reason naming its column: a value of another kind than the column's usual one (a number for a
-numeric column, a string for an integer), a string the strict parsers here do not take (a
-numeric with more decimals than the column's scale, "infinity", a date before year 1), an
-unconstrained numeric column (its values keep their own scales, which one Arrow type cannot),
-a column type the Arrow encoder does not take. What only PostgreSQL checks (constraints, JSON
-syntax) is found by the COPY: ``batchd.stream.write.write`` then decodes the chunk again value
-by value and writes it as the per-value path does, so the rows rejected and their reasons are
-the same whichever path a chunk took.
+(``batchd.stream.encodings.rows``, ``batchd.stream.columnar``) would accept and would store
+the same. Anything else returns None and the chunk is decoded value by value, each bad row
+rejected with a reason naming its column: a value of another kind than the column's usual one
+(a number for a numeric column, a string for an integer), a string the strict parsers here do
+not take (a numeric with more decimals than the column's scale, "infinity", a date before year
+1), an unconstrained numeric column (its values keep their own scales, which one Arrow type
+cannot), a column type the Arrow encoder does not take. What only PostgreSQL checks
+(constraints, JSON syntax) is found by the COPY: ``batchd.stream.encodings.records`` then
+decodes the chunk again value by value and writes it as the per-value path does, so the rows
+rejected and their reasons are the same whichever path a chunk took.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from batchd.catalog import Column
 from batchd.errors import InvalidArgument
 from batchd.pgtext import MAX_SAFE_INTEGER, render_any
 from batchd.stream import array_literal
-from batchd.stream.arrow import Rows
-from batchd.stream.arrow_types import Plan, plan
+from batchd.stream.arrow_types import Plan, Rows, plan
 from batchd.stream.columnar import PG_MAX_US, PG_MIN_US, UNIX_TO_PG_EPOCH_US, read_array
 from batchd.v1 import batch_pb2
 from batchd.values import from_proto, plain_json

@@ -1,5 +1,6 @@
 """The Arrow side of ENCODING_ARROW's type rules: which Arrow types each PostgreSQL column
-takes, exactly, and how they are brought to what pgpq encodes (see ``batchd.stream.arrow``).
+takes, exactly, and how they are brought to what pgpq encodes (see
+``batchd.stream.encodings.arrow``); and a chunk's rows so converted (``Rows``).
 
 Types are checked once per Arrow schema (``plan``): at the header when it carries
 ``arrow_schema``, else at the first chunk (and again for a chunk whose schema differs). A type
@@ -44,9 +45,9 @@ is refused. Rows rejected while decoding are reported like COLUMNAR's, with the 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -102,6 +103,29 @@ class Plan:
         parts.extend(encoder.write_batch(batch) for batch in table.to_batches())
         parts.append(encoder.finish())
         return b"".join(parts)
+
+
+class Rows(Sequence[Any]):
+    """A chunk's rows converted by a plan, as a sequence that slices without copying (for
+    batchd.stream.isolating.write_isolating)."""
+
+    def __init__(self, table: pa.Table, chunk_plan: Plan) -> None:
+        self.table = table
+        self.plan = chunk_plan
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Rows: ...
+    @overload
+    def __getitem__(self, index: slice) -> Rows: ...
+
+    def __getitem__(self, index: int | slice) -> Rows:
+        if isinstance(index, slice):
+            start, stop, _ = index.indices(len(self))
+            return Rows(self.table.slice(start, max(0, stop - start)), self.plan)
+        return Rows(self.table.slice(index, 1), self.plan)
 
 
 def plan(schema: pa.Schema, columns: list[Column], where: str) -> Plan:

@@ -16,46 +16,59 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from batchd import offload
 from batchd.catalog import Catalog
 from batchd.errors import BatchdError, DeadlineExceeded, InvalidArgument, translate
-from batchd.stream.copy import Decoded, Target, decode, resolve_target
+from batchd.stream.encodings.base import Decoded
+from batchd.stream.encodings.registry import Ingest, resolve
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
-END = object()  # the client half-closed (or the transport failed): no more messages
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Commit:
     """The client's StreamCommit."""
 
 
+@dataclass(frozen=True, slots=True)
+class End:
+    """The client half-closed (or the transport failed): no more messages."""
+
+
+END = End()
+
+
 @dataclass(slots=True)
 class Chunk:
-    """A chunk as read: decoded (a table's), or the error its decoding met (which fails the
-    stream when the writer reaches it)."""
+    """A chunk as read: decoded (a table's, with what it goes into), or the error its
+    decoding met (which fails the stream when the writer reaches it)."""
 
     message: batch_pb2.StreamChunk
+    ingest: Ingest | None = None  # None: an operations feed's chunk (or a failed resolution)
     decoded: Decoded | None = None
     error: BatchdError | None = None
+
+
+# What the reader hands the writer, in order: chunks, then a commit or the end, or the error
+# that ends the stream.
+Item = Chunk | Commit | End | BatchdError
 
 
 class ChunkQueue:
     """The chunk queue, read under the stream's maximum duration: a stream open longer fails
     with DEADLINE_EXCEEDED (ATOMIC: rolled back; INDEPENDENT: acked chunks stay committed)."""
 
-    def __init__(self, queue: asyncio.Queue[Any], seconds: float) -> None:
+    def __init__(self, queue: asyncio.Queue[Item], seconds: float) -> None:
         self.queue = queue
         self.seconds = seconds
         self.ends = asyncio.get_running_loop().time() + seconds if seconds > 0 else None
 
-    async def put(self, item: Any) -> None:
+    async def put(self, item: Item) -> None:
         await self.queue.put(item)
 
-    def ready(self) -> Any:
+    def ready(self) -> Item | None:
         """The next item if one is waiting (else None), without waiting."""
         if self.ends is not None and asyncio.get_running_loop().time() >= self.ends:
             return None  # ``get`` says the stream is over
@@ -64,7 +77,7 @@ class ChunkQueue:
         except asyncio.QueueEmpty:
             return None
 
-    async def get(self) -> Any:
+    async def get(self) -> Item:
         if self.ends is None:
             return await self.queue.get()
         if not self.queue.empty() and asyncio.get_running_loop().time() < self.ends:
@@ -79,10 +92,10 @@ class ChunkQueue:
 
 
 async def read_ahead(requests: AsyncIterator[batch_pb2.BatchStreamRequest],
-                     header: batch_pb2.StreamHeader, target: Target | None, queue: ChunkQueue,
-                     catalog: Catalog, idle: float, request_id: str) -> None:
-    """Decode chunks ahead of the writer into ``queue``: ``(Chunk, Target)`` pairs, then
-    ``Commit`` or ``END``, or the error that ends the stream."""
+                     header: batch_pb2.StreamHeader, ingest: Ingest | None,
+                     queue: ChunkQueue, catalog: Catalog, idle: float, request_id: str) -> None:
+    """Decode chunks ahead of the writer into ``queue``: ``Chunk``s, then ``Commit`` or
+    ``END``, or the error that ends the stream."""
     try:
         while True:
             try:
@@ -106,12 +119,14 @@ async def read_ahead(requests: AsyncIterator[batch_pb2.BatchStreamRequest],
             item = Chunk(request.chunk)
             if header.table:
                 try:
-                    if target is None:
-                        target = resolve_target(header, catalog, request.chunk)
-                    item.decoded = await offload.run_pipelined(decode, request.chunk, target)
+                    if ingest is None:
+                        ingest = resolve(header, catalog, request.chunk)
+                    item.ingest = ingest
+                    item.decoded = await offload.run_pipelined(ingest.encoding.decode,
+                                                               request.chunk)
                 except Exception as exc:  # a bug too fails the stream (INTERNAL), not
                     item.error = translate(exc, request_id)  # ends it as if done
-            await queue.put((item, target))
+            await queue.put(item)
         await queue.put(END)
     except BatchdError as exc:  # a malformed message
         await queue.put(exc)

@@ -12,7 +12,9 @@ ack is sent only after COMMIT returned, so every acked chunk is durable.
 A reader task (batchd.stream.readahead) decodes up to ``stream_read_ahead`` chunks ahead of
 the writer, so decoding overlaps the COPY of the previous chunk; the writer here takes them
 from its queue in order. Before a table's first chunk is written, the stream's role is checked
-against the table (batchd.stream.access).
+against the table (batchd.stream.access). A stream whose header has ``on_conflict`` merges its
+rows (batchd.stream.upsert): its key is checked before StreamOpened, and its acks and summary
+count rows inserted, updated and left unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import asyncpg
 
@@ -42,11 +44,13 @@ from batchd.errors import (
 )
 from batchd.kinds.base import PlanContext
 from batchd.principals import Principal, authorize_ingest
-from batchd.stream import access, ledger
-from batchd.stream.copy import Target, known_at_header, resolve_target
-from batchd.stream.joined import joinable, write_joined
-from batchd.stream.readahead import END, Chunk, ChunkQueue, Commit, read_ahead
-from batchd.stream.write import ChunkRefused, create_stage_sql, write
+from batchd.stream import access, ledger, upsert
+from batchd.stream.encodings.base import Outcome
+from batchd.stream.encodings.registry import Ingest, known_at_header, resolve
+from batchd.stream.isolating import ChunkRefused
+from batchd.stream.joined import write_joined
+from batchd.stream.readahead import Chunk, ChunkQueue, Commit, End, Item, read_ahead
+from batchd.stream.target import Written
 from batchd.v1 import batch_pb2
 
 log = logging.getLogger(__name__)
@@ -65,11 +69,19 @@ class _Tally:
     last_sequence: int = 0
     next_row: int = 0
     rejected_rows: list[batch_pb2.RejectedRow] = field(default_factory=list)
+    # A merging stream (header.on_conflict): its acks and summary say what the rows did.
+    merging: bool = False
+    merged: Written = field(default_factory=Written)
+    deleted: int = 0  # a delete_missing stream's, at commit
 
-    def count(self, ack: batch_pb2.ChunkAck, chunk: Chunk, row_count: int, written: int,
-              rejected: list[tuple[int, BatchdError]]) -> None:
+    def count(self, ack: batch_pb2.ChunkAck, chunk: Chunk, outcome: Outcome) -> None:
         """A written chunk: into its ack (rejected rows by stream-wide index) and the tally."""
-        ack.rows_written = written
+        row_count, written, rejected = outcome.row_count, outcome.written, outcome.rejected
+        ack.rows_written = written.written
+        if self.merging:
+            ack.rows_inserted, ack.rows_updated = written.inserted, written.updated
+            ack.rows_unchanged = written.unchanged
+            self.merged = self.merged + written
         for index, error in rejected:
             ack.rejected.append(batch_pb2.RejectedRow(index=self.next_row + index,
                                                       chunk_index=index,
@@ -78,13 +90,19 @@ class _Tally:
             chunk.decoded.row_count = row_count
         self.next_row += row_count
         self.chunks += 1
-        self.rows_written += written
-        self.rows_rejected += row_count - written
+        self.rows_written += written.written
+        self.rows_rejected += row_count - written.taken
 
     def summary(self, committed: bool) -> batch_pb2.BatchStreamResponse:
-        return batch_pb2.BatchStreamResponse(summary=batch_pb2.StreamSummary(
+        summary = batch_pb2.StreamSummary(
             chunks=self.chunks, rows_written=self.rows_written, rows_rejected=self.rows_rejected,
-            committed=committed, last_committed_sequence=self.last_sequence))
+            committed=committed, last_committed_sequence=self.last_sequence)
+        if self.merging:
+            summary.rows_inserted, summary.rows_updated = (self.merged.inserted,
+                                                           self.merged.updated)
+            summary.rows_unchanged = self.merged.unchanged
+            summary.rows_deleted = self.deleted
+        return batch_pb2.BatchStreamResponse(summary=summary)
 
 
 class Gate(Protocol):
@@ -122,7 +140,8 @@ class StreamSession:
         self.request_id = request_id
         self.principal = principal  # whose scopes bound an operations feed (None: auth off)
         self.role = principal.role if principal is not None else None
-        self._entered: Target | None = None  # the target checked by ``_enter``
+        self._entered: Ingest | None = None  # the target checked by ``_enter``
+        self._opened_with = batch_pb2.StreamHeader()  # the stream's header, once read
 
     async def run(self, requests: AsyncIterator[batch_pb2.BatchStreamRequest],
                   admitted: Callable[[], Awaitable[None]],
@@ -165,22 +184,27 @@ class StreamSession:
                                batch_pb2.MODE_INDEPENDENT):
             raise InvalidArgument.field("header.mode", f"unknown mode {header.mode}")
         atomic = header.mode != batch_pb2.MODE_INDEPENDENT
+        self._opened_with = header
         stream_id = header.stream_id or uuid.uuid4().hex
         if not STREAM_ID.fullmatch(stream_id):
             raise InvalidArgument.field("header.stream_id",
                                         "must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-        target = None
+        ingest = None
         if header.table and known_at_header(header):
-            target = resolve_target(header, self.catalog, None)
+            ingest = resolve(header, self.catalog, None)
 
         queue = ChunkQueue(asyncio.Queue(maxsize=max(1, self.settings.stream_read_ahead)),
-                         self.settings.max_stream_seconds)
-        reader = asyncio.create_task(read_ahead(requests, header, target, queue, self.catalog,
+                           self.settings.max_stream_seconds)
+        reader = asyncio.create_task(read_ahead(requests, header, ingest, queue, self.catalog,
                                                 self.settings.stream_idle_seconds,
                                                 self.request_id))
-        tally = _Tally()
+        tally = _Tally(merging=header.on_conflict.action in upsert.MERGING)
         try:
             async with connection(self.pool) as conn:
+                if header.table and tally.merging:  # before StreamOpened: ON CONFLICT
+                    await upsert.check_unique_key(  # needs a unique key
+                        conn, self.catalog.table(header.table, "header.table"),
+                        header.on_conflict)
                 if atomic:
                     async for response in self._atomic(conn, stream_id, queue, tally):
                         yield response
@@ -203,42 +227,42 @@ class StreamSession:
         await tx.start()
         committed = False
         try:
-            pending: Any = None  # an item taken from the queue that could not join a COPY
+            pending: Item | None = None  # taken from the queue, and could not join a COPY
             while True:
                 item, pending = (pending, None) if pending is not None else \
                     (await queue.get(), None)
                 if isinstance(item, Commit):
+                    await self._delete_missing(conn, tally)
                     await tx.commit()
                     committed = True
                     yield tally.summary(committed=True)
                     return
-                if item is END:
+                if isinstance(item, End):
                     raise FailedPrecondition("the stream ended without a commit message; "
                                              "nothing of it was committed")
                 if isinstance(item, BatchdError):
                     raise item
-                chunk, target = item
+                chunk, ingest = item, item.ingest
                 ledger.check_sequence(chunk.message.sequence, tally.last_sequence + 1)
-                if target is not None and target is not self._entered:
-                    await self._enter(conn, target)
-                    if target.staged:  # for the rest of the stream's transaction
-                        await conn.execute(create_stage_sql(target))
-                chunks, pending = await self._joined(chunk, target, queue)
+                if ingest is not None and ingest is not self._entered:
+                    await self._enter(conn, ingest)
+                    await ingest.sink.prepare(conn)  # for the rest of the stream's transaction
+                chunks, pending = await self._joined(chunk, ingest, queue)
                 if len(chunks) > 1:
-                    assert target is not None
-                    counts = await write_joined(conn, [c.decoded for c in chunks
-                                                       if c.decoded is not None], target)
-                    if counts is not None:
-                        for joined, count in zip(chunks, counts, strict=True):
+                    assert ingest is not None
+                    written = await write_joined(conn, [c.decoded for c in chunks
+                                                        if c.decoded is not None], ingest)
+                    if written is not None:
+                        for joined, each in zip(chunks, written, strict=True):
                             ack = batch_pb2.ChunkAck(sequence=joined.message.sequence)
-                            tally.count(ack, joined, count, count, [])
+                            tally.count(ack, joined, Outcome(each.taken, each, []))
                             tally.last_sequence = ack.sequence
                             yield batch_pb2.BatchStreamResponse(ack=ack)
                         continue
                 for chunk in chunks:  # one COPY each: a refused row is found, and named
                     # No savepoint of its own: a chunk that fails fails the stream, and
                     # ``write`` isolates bad rows under savepoints of its own.
-                    ack = await self._apply(conn, chunk, target, tally, atomic=True)
+                    ack = await self._apply(conn, chunk, ingest, tally, atomic=True)
                     if ack.rejected:
                         first = ack.rejected[0]
                         raise BatchdError(f"row {first.index} (chunk {ack.sequence}, row "
@@ -256,14 +280,26 @@ class StreamSession:
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     pass  # the connection is gone, and its transaction with it
 
-    async def _joined(self, first: Chunk, target: Target | None, queue: ChunkQueue,
-                      ) -> tuple[list[Chunk], Any]:
+    async def _delete_missing(self, conn: asyncpg.Connection, tally: _Tally) -> None:
+        """A delete_missing stream, at its commit: the rows it did not bring, deleted."""
+        ingest = self._entered
+        if ingest is None:
+            if self._opened_with.delete_missing:
+                raise FailedPrecondition("a delete_missing stream brought no chunk: nothing of "
+                                         "the table was deleted (an empty snapshot is refused)")
+            return
+        upsert = ingest.target.upsert
+        if upsert is not None and upsert.delete_missing:
+            tally.deleted = await ingest.sink.delete_missing(conn)
+
+    async def _joined(self, first: Chunk, ingest: Ingest | None, queue: ChunkQueue,
+                      ) -> tuple[list[Chunk], Item | None]:
         """``first`` and the chunks after it already decoded and waiting that can go into the
         same COPY (``joined.joinable``; at most ``stream_read_ahead`` more): fewer, longer COPYs
         keep PostgreSQL busy when the writer is behind. Also the item taken that cannot join
         (None: none)."""
         chunks = [first]
-        if target is None or first.error is not None or not joinable(first.decoded, target):
+        if ingest is None or not self._joinable(first, ingest):
             return chunks, None
         while len(chunks) <= self.settings.stream_read_ahead:
             item = queue.ready()
@@ -272,12 +308,17 @@ class StreamSession:
                 item = queue.ready()
                 if item is None:
                     break
-            if not (isinstance(item, tuple) and item[1] is target and item[0].error is None
-                    and item[0].message.sequence == chunks[-1].message.sequence + 1
-                    and joinable(item[0].decoded, target)):
+            if not (isinstance(item, Chunk) and item.ingest is ingest
+                    and item.message.sequence == chunks[-1].message.sequence + 1
+                    and self._joinable(item, ingest)):
                 return chunks, item
-            chunks.append(item[0])
+            chunks.append(item)
         return chunks, None
+
+    @staticmethod
+    def _joinable(chunk: Chunk, ingest: Ingest) -> bool:
+        return chunk.error is None and chunk.decoded is not None and \
+            ingest.encoding.joinable(chunk.decoded)
 
     # --- INDEPENDENT --------------------------------------------------------------------------
 
@@ -293,12 +334,12 @@ class StreamSession:
         reject_chunk = header.bad_rows == batch_pb2.BAD_ROWS_REJECT_CHUNK
         while True:
             item = await queue.get()
-            if item is END or isinstance(item, Commit):
+            if isinstance(item, (End, Commit)):
                 yield tally.summary(committed=True)
                 return
             if isinstance(item, BatchdError):
                 raise item
-            chunk, target = item
+            chunk, ingest = item, item.ingest
             sequence = chunk.message.sequence
             if 0 < sequence <= tally.last_sequence:
                 ack = await ledger.committed_ack(conn, stream_id, sequence)
@@ -311,12 +352,11 @@ class StreamSession:
                         raise _Undo  # committed meanwhile (another connection or replica)
                     if self.role:  # the rows as the principal's role; the ledger as batchd
                         await conn.execute(role_sql(self.role))
-                    if target is not None:
-                        if target is not self._entered:
-                            await self._enter(conn, target)
-                        if target.staged:  # dropped at this chunk's commit
-                            await conn.execute(create_stage_sql(target))
-                    ack = await self._apply(conn, chunk, target, tally,
+                    if ingest is not None:
+                        if ingest is not self._entered:
+                            await self._enter(conn, ingest)
+                        await ingest.sink.prepare(conn)  # dropped at this chunk's commit
+                    ack = await self._apply(conn, chunk, ingest, tally,
                                             atomic=False, reject_chunk=reject_chunk)
                     if self.role:
                         await conn.execute(role_sql(None))
@@ -327,16 +367,17 @@ class StreamSession:
             tally.last_sequence = sequence
             yield batch_pb2.BatchStreamResponse(ack=ack)
 
-    async def _enter(self, conn: asyncpg.Connection, target: Target) -> None:
+    async def _enter(self, conn: asyncpg.Connection, ingest: Ingest) -> None:
         """Before the stream's first chunk is written, as its role: whether the role may
-        insert its rows (else the stream is refused, nothing of it written), and whether they
-        go through a staging table (row-level security): batchd.stream.access."""
-        target.staged = (await access.check(conn, target)).staged
-        self._entered = target
+        insert (and update) its rows (else the stream is refused, nothing of it written), and
+        whether row-level security applies (they go through a staging table):
+        batchd.stream.access."""
+        ingest.target.rls = (await access.check(conn, ingest.target)).rls
+        self._entered = ingest
 
     # --- one chunk ----------------------------------------------------------------------------
 
-    async def _apply(self, conn: asyncpg.Connection, chunk: Chunk, target: Target | None,
+    async def _apply(self, conn: asyncpg.Connection, chunk: Chunk, ingest: Ingest | None,
                      tally: _Tally, *, atomic: bool,
                      reject_chunk: bool = False) -> batch_pb2.ChunkAck:
         """Write one chunk inside the transaction the caller opened; returns its ack."""
@@ -354,35 +395,35 @@ class StreamSession:
                     raise
                 ack.results.extend(failed.results)
             return ack
-        assert target is not None
+        assert ingest is not None
         if reject_chunk:
             try:  # a savepoint, rolled back if a row is bad: the chunk's ledger row stays
                 async with conn.transaction():
-                    row_count, written, rejected = await self._write(conn, chunk, target,
-                                                                     atomic)
-                    if rejected:
+                    outcome = await self._write(conn, chunk, ingest, atomic)
+                    if outcome.rejected:
                         raise _Undo
             except _Undo:
-                written = 0
+                outcome.written = Written()
         else:  # ``write`` leaves the transaction usable, whatever it rejects
-            row_count, written, rejected = await self._write(conn, chunk, target, atomic)
-        tally.count(ack, chunk, row_count, written, rejected)
+            outcome = await self._write(conn, chunk, ingest, atomic)
+        tally.count(ack, chunk, outcome)
         return ack
 
-    async def _write(self, conn: asyncpg.Connection, chunk: Chunk, target: Target,
-                     atomic: bool) -> tuple[int, int, list[tuple[int, BatchdError]]]:
-        """``write``, with a chunk PostgreSQL refused whole (no row's fault: a privilege
-        revoked meanwhile, a timeout, a column dropped) ending the stream with that error."""
+    async def _write(self, conn: asyncpg.Connection, chunk: Chunk, ingest: Ingest,
+                     atomic: bool) -> Outcome:
+        """The encoding's ``write``, with a chunk PostgreSQL refused whole (no row's fault: a
+        privilege revoked meanwhile, a timeout, a column dropped) ending the stream with that
+        error."""
         assert chunk.decoded is not None
         try:
-            return await write(conn, chunk.decoded, target)
+            return await ingest.encoding.write(conn, chunk.decoded, ingest.sink)
         except ChunkRefused as refused:
             error = refused.error
             sequence = chunk.message.sequence
             error.message = (f"chunk {sequence} was not written: {error.message}; "
                              + ("nothing of the stream was committed" if atomic else
                                 "the chunks acknowledged before it are committed"))
-            error.metadata.setdefault("table", target.table.qualified_name)
+            error.metadata.setdefault("table", ingest.target.table.qualified_name)
             error.metadata["sequence"] = str(sequence)
             raise error from None
 

@@ -14,7 +14,7 @@ row; values that cannot be exact (out of range, nanoseconds, a malformed uuid) r
 row while decoding, like COLUMNAR's, with the column named.
 
 Writing: the chunk's COPY data is made while decoding (ahead of the writer, like the other
-encodings); when PostgreSQL refuses a row, ``batchd.stream.write.write_isolating`` splits the
+encodings); when PostgreSQL refuses a row, ``batchd.stream.isolating.write_isolating`` splits the
 chunk by the line PostgreSQL names, else in halves, re-encoding the slices, so that only the
 refused rows are rejected.
 
@@ -28,16 +28,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 import asyncpg
 import pyarrow as pa
 
 from batchd.catalog import Column
 from batchd.errors import BatchdError, InvalidArgument
-from batchd.stream.arrow_types import Plan, plan
-from batchd.stream.copy import Decoded, Target
-from batchd.stream.write import copy_binary, write_isolating
+from batchd.stream.arrow_types import Plan, Rows, plan
+from batchd.stream.encodings.base import (
+    Decoded,
+    Encoding,
+    Joined,
+    Outcome,
+    binary_joined,
+    copy_whole,
+    whole_binary,
+)
+from batchd.stream.isolating import write_isolating
+from batchd.stream.sink import Sink
+from batchd.stream.target import Target, Written
 from batchd.v1 import batch_pb2
 
 
@@ -72,7 +82,60 @@ def _what(where: str) -> str:
 
 # --- a chunk ---------------------------------------------------------------------------------
 
-def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
+@dataclass(slots=True, kw_only=True)
+class ArrowDecoded(Decoded):
+    """An ARROW chunk: its rows converted (those kept), each one's chunk index (empty: all
+    kept), and their binary COPY data (None: the encoder refused a value; found while
+    writing)."""
+
+    rows: Rows
+    indexes: list[int]
+    binary: bytes | None
+
+
+class ArrowEncoding(Encoding):
+    value = batch_pb2.ENCODING_ARROW
+    name = "ARROW"
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self.plans = ArrowTarget(target.columns)
+
+    @classmethod
+    def columns(cls, header: batch_pb2.StreamHeader, first: batch_pb2.StreamChunk | None,
+                ) -> list[str]:
+        if header.columns:
+            return list(header.columns)
+        if header.arrow_schema:
+            return list(read_schema(header.arrow_schema, "header.arrow_schema").names)
+        if first is None:
+            raise InvalidArgument.field("header.columns", "give the columns or arrow_schema, "
+                                                          "or send a chunk")
+        return list(read_schema(first.arrow, "chunk.arrow").names)
+
+    def prepare(self, header: batch_pb2.StreamHeader) -> None:
+        """The types are checked at the header when it carries the schema."""
+        if header.arrow_schema:
+            self.plans.plan_for(read_schema(header.arrow_schema, "header.arrow_schema"),
+                                "header.arrow_schema")
+
+    def decode(self, chunk: batch_pb2.StreamChunk) -> Decoded:
+        return decode(chunk, self.target, self.plans)
+
+    async def write(self, conn: asyncpg.Connection, decoded: Decoded, sink: Sink) -> Outcome:
+        assert isinstance(decoded, ArrowDecoded)
+        return await write(conn, decoded, sink)
+
+    def joinable(self, decoded: Decoded) -> bool:
+        return isinstance(decoded, ArrowDecoded) and not decoded.rejected and \
+            whole_binary(decoded.binary)
+
+    def join(self, chunks: Sequence[Decoded]) -> Joined:
+        return binary_joined([(c.binary, c.row_count) for c in chunks
+                              if isinstance(c, ArrowDecoded) and c.binary is not None])
+
+
+def decode(chunk: batch_pb2.StreamChunk, target: Target, plans: ArrowTarget) -> ArrowDecoded:
     """Read, check, convert and encode one chunk (rows that cannot be stored are rejected)."""
     if chunk.rows or chunk.csv or chunk.HasField("columnar"):
         raise InvalidArgument.field("chunk", "an ARROW stream's chunks carry arrow")
@@ -82,9 +145,7 @@ def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
         table = pa.ipc.open_stream(pa.py_buffer(chunk.arrow)).read_all()
     except (pa.ArrowException, OSError) as exc:
         raise InvalidArgument.field("chunk.arrow", f"not an Arrow IPC stream: {exc}") from None
-    arrow_target: ArrowTarget = target.arrow
-    chunk_plan = arrow_target.plan_for(table.schema, "chunk.arrow")
-    out = Decoded(chunk.sequence, table.num_rows)
+    chunk_plan = plans.plan_for(table.schema, "chunk.arrow")
     bad: dict[int, BatchdError] = {}
     columns = []
     for index, convert, column in zip(chunk_plan.sources, chunk_plan.converts,
@@ -99,16 +160,16 @@ def decode(chunk: batch_pb2.StreamChunk, target: Target) -> Decoded:
             bad.setdefault(row, InvalidArgument.field(f"rows[{row}].{column.name}",
                                                       f"{why} (column type {column.type_sql})"))
     converted_table = pa.Table.from_arrays(columns, schema=chunk_plan.out)
+    indexes: list[int] = []
     if bad:
-        converted_table, out.indexes = _without(converted_table, sorted(bad))
-        out.rejected = sorted(bad.items())
-    rows = Rows(converted_table, chunk_plan)
-    out.arrow = rows
+        converted_table, indexes = _without(converted_table, sorted(bad))
+    binary: bytes | None
     try:
-        out.binary = chunk_plan.encode(converted_table) if converted_table.num_rows else b""
+        binary = chunk_plan.encode(converted_table) if converted_table.num_rows else b""
     except Exception:  # a value the encoder refuses: found row by row while writing
-        out.binary = None
-    return out
+        binary = None
+    return ArrowDecoded(chunk.sequence, table.num_rows, sorted(bad.items()),
+                        rows=Rows(converted_table, chunk_plan), indexes=indexes, binary=binary)
 
 
 def _without(table: pa.Table, rows: list[int]) -> tuple[pa.Table, list[int]]:
@@ -128,59 +189,25 @@ def _without(table: pa.Table, rows: list[int]) -> tuple[pa.Table, list[int]]:
     return pa.concat_tables(parts), kept
 
 
-class Rows(Sequence[Any]):
-    """A chunk's rows as a sequence that slices without copying (for write_isolating)."""
-
-    def __init__(self, table: pa.Table, chunk_plan: Plan) -> None:
-        self.table = table
-        self.plan = chunk_plan
-
-    def __len__(self) -> int:
-        return int(self.table.num_rows)
-
-    @overload
-    def __getitem__(self, index: int) -> Rows: ...
-    @overload
-    def __getitem__(self, index: slice) -> Rows: ...
-
-    def __getitem__(self, index: int | slice) -> Rows:
-        if isinstance(index, slice):
-            start, stop, _ = index.indices(len(self))
-            return Rows(self.table.slice(start, max(0, stop - start)), self.plan)
-        return Rows(self.table.slice(index, 1), self.plan)
-
-
-async def write(conn: asyncpg.Connection, decoded: Decoded, target: Target,
-                ) -> tuple[int, int, list[tuple[int, BatchdError]]]:
-    """COPY a decoded chunk; returns (row count, rows written, rejected rows by chunk index)."""
+async def write(conn: asyncpg.Connection, decoded: ArrowDecoded, sink: Sink) -> Outcome:
+    """COPY a decoded chunk: whole if it can, else isolating the rows PostgreSQL refuses."""
     rejected = list(decoded.rejected)
-    rows: Rows = decoded.arrow
+    rows = decoded.rows
     if not len(rows):
-        return decoded.row_count, 0, rejected
+        return Outcome(decoded.row_count, Written(), rejected)
 
-    async def copy(units: Sequence[Any]) -> int:
+    async def copy(units: Sequence[Any]) -> Written:
         assert isinstance(units, Rows)
         try:
             data = units.plan.encode(units.table)
         except Exception as exc:
             raise ValueError(str(exc)) from None
-        return await copy_binary(conn, target, data)
+        return (await sink.data(conn, [data], "binary"))[0]
 
     if decoded.binary is not None:
-        written = await copy_whole(conn, decoded, target)
+        written = await copy_whole(conn, sink, decoded.binary)
         if written is not None:
-            return decoded.row_count, written, rejected
+            return Outcome(decoded.row_count, written, rejected)
     indexes = decoded.indexes or list(range(len(rows)))
     written, refused = await write_isolating(conn, copy, rows, indexes)
-    return decoded.row_count, written, sorted(rejected + refused, key=lambda r: r[0])
-
-
-async def copy_whole(conn: asyncpg.Connection, decoded: Decoded, target: Target) -> int | None:
-    """COPY a decoded chunk's binary data under a savepoint: the rows written, or None if
-    PostgreSQL refused it (nothing of it is left)."""
-    assert decoded.binary is not None
-    try:
-        async with conn.transaction():
-            return await copy_binary(conn, target, decoded.binary)
-    except asyncpg.PostgresError:
-        return None
+    return Outcome(decoded.row_count, written, sorted(rejected + refused, key=lambda r: r[0]))

@@ -1,0 +1,1 @@
+"""Stream encodings: one module each behind one interface (``base``), one registry."""
