@@ -25,7 +25,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
@@ -40,7 +40,6 @@ from batchd.errors import (
     FailedPrecondition,
     InvalidArgument,
     code_of,
-    to_rpc_status,
 )
 from batchd.kinds.base import PlanContext
 from batchd.principals import Principal, authorize_ingest
@@ -50,6 +49,7 @@ from batchd.stream.encodings.registry import Ingest, known_at_header, resolve
 from batchd.stream.isolating import ChunkRefused
 from batchd.stream.joined import write_joined
 from batchd.stream.readahead import Chunk, ChunkQueue, Commit, End, Item, read_ahead
+from batchd.stream.tally import Tally
 from batchd.stream.target import Written
 from batchd.v1 import batch_pb2
 
@@ -59,50 +59,6 @@ STREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 class _Undo(Exception):
     """Roll back a chunk's rows but keep its ledger row (BAD_ROWS_REJECT_CHUNK)."""
-
-
-@dataclass(slots=True)
-class _Tally:
-    chunks: int = 0
-    rows_written: int = 0
-    rows_rejected: int = 0
-    last_sequence: int = 0
-    next_row: int = 0
-    rejected_rows: list[batch_pb2.RejectedRow] = field(default_factory=list)
-    # A merging stream (header.on_conflict): its acks and summary say what the rows did.
-    merging: bool = False
-    merged: Written = field(default_factory=Written)
-    deleted: int = 0  # a delete_missing stream's, at commit
-
-    def count(self, ack: batch_pb2.ChunkAck, chunk: Chunk, outcome: Outcome) -> None:
-        """A written chunk: into its ack (rejected rows by stream-wide index) and the tally."""
-        row_count, written, rejected = outcome.row_count, outcome.written, outcome.rejected
-        ack.rows_written = written.written
-        if self.merging:
-            ack.rows_inserted, ack.rows_updated = written.inserted, written.updated
-            ack.rows_unchanged = written.unchanged
-            self.merged = self.merged + written
-        for index, error in rejected:
-            ack.rejected.append(batch_pb2.RejectedRow(index=self.next_row + index,
-                                                      chunk_index=index,
-                                                      status=to_rpc_status(error)))
-        if chunk.decoded is not None:
-            chunk.decoded.row_count = row_count
-        self.next_row += row_count
-        self.chunks += 1
-        self.rows_written += written.written
-        self.rows_rejected += row_count - written.taken
-
-    def summary(self, committed: bool) -> batch_pb2.BatchStreamResponse:
-        summary = batch_pb2.StreamSummary(
-            chunks=self.chunks, rows_written=self.rows_written, rows_rejected=self.rows_rejected,
-            committed=committed, last_committed_sequence=self.last_sequence)
-        if self.merging:
-            summary.rows_inserted, summary.rows_updated = (self.merged.inserted,
-                                                           self.merged.updated)
-            summary.rows_unchanged = self.merged.unchanged
-            summary.rows_deleted = self.deleted
-        return batch_pb2.BatchStreamResponse(summary=summary)
 
 
 class Gate(Protocol):
@@ -198,7 +154,7 @@ class StreamSession:
         reader = asyncio.create_task(read_ahead(requests, header, ingest, queue, self.catalog,
                                                 self.settings.stream_idle_seconds,
                                                 self.request_id))
-        tally = _Tally(merging=header.on_conflict.action in upsert.MERGING)
+        tally = Tally(merging=header.on_conflict.action in upsert.MERGING)
         try:
             async with connection(self.pool) as conn:
                 if header.table and tally.merging:  # before StreamOpened: ON CONFLICT
@@ -221,7 +177,7 @@ class StreamSession:
     # --- ATOMIC -------------------------------------------------------------------------------
 
     async def _atomic(self, conn: asyncpg.Connection, stream_id: str, queue: ChunkQueue,
-                      tally: _Tally) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
+                      tally: Tally) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
         yield batch_pb2.BatchStreamResponse(opened=batch_pb2.StreamOpened(stream_id=stream_id))
         tx = begin(conn, self.settings, role=self.role)  # every chunk runs as the role
         await tx.start()
@@ -280,7 +236,7 @@ class StreamSession:
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     pass  # the connection is gone, and its transaction with it
 
-    async def _delete_missing(self, conn: asyncpg.Connection, tally: _Tally) -> None:
+    async def _delete_missing(self, conn: asyncpg.Connection, tally: Tally) -> None:
         """A delete_missing stream, at its commit: the rows it did not bring, deleted."""
         ingest = self._entered
         if ingest is None:
@@ -323,7 +279,7 @@ class StreamSession:
     # --- INDEPENDENT --------------------------------------------------------------------------
 
     async def _independent(self, conn: asyncpg.Connection, header: batch_pb2.StreamHeader,
-                           stream_id: str, queue: ChunkQueue, tally: _Tally,
+                           stream_id: str, queue: ChunkQueue, tally: Tally,
                            ) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
         position = await ledger.open_stream(conn, stream_id, header.table or "(operations)",
                                             self.principal.name if self.principal else None)
@@ -378,7 +334,7 @@ class StreamSession:
     # --- one chunk ----------------------------------------------------------------------------
 
     async def _apply(self, conn: asyncpg.Connection, chunk: Chunk, ingest: Ingest | None,
-                     tally: _Tally, *, atomic: bool,
+                     tally: Tally, *, atomic: bool,
                      reject_chunk: bool = False) -> batch_pb2.ChunkAck:
         """Write one chunk inside the transaction the caller opened; returns its ack."""
         message = chunk.message
