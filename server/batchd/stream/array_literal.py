@@ -274,10 +274,10 @@ def _pg_json(text: str) -> JsonText:
 _ELEMENT_TEXT = {"bool": _pg_bool, "bytea": _pg_bytea, "json": _pg_json}
 
 
-def element_texts(value: list[Any], kind: str) -> list[Any]:
+def element_texts(value: list[Any], family: str) -> list[Any]:
     """``value``'s element texts as the column's coercion takes them (see the module doc)."""
-    read = _ELEMENT_TEXT.get(kind)
+    read = _ELEMENT_TEXT.get(family)
     if read is None:
         return value
-    return [None if v is None else element_texts(v, kind) if isinstance(v, list) else read(v)
+    return [None if v is None else element_texts(v, family) if isinstance(v, list) else read(v)
             for v in value]

@@ -145,9 +145,9 @@ def _columnar_array(values: Sequence[Any], which: str, mask: np.ndarray[Any, Any
 def _from_strings(array: pa.Array, values: Sequence[Any], mask: np.ndarray[Any, Any] | None,
                   column: Column) -> pa.Array:
     """Strings in a column: converted as the per-value path would, or _Slow."""
-    kind = column.family
+    family = column.family
     if column.is_array:
-        if kind != "text" or column.cast_sql != "text[]":
+        if family != "text" or column.cast_sql != "text[]":
             raise _Slow
         # The per-value path's reading of the text (columnar.read_array: JSON text, or
         # PostgreSQL's array literal when it starts with "{").
@@ -155,31 +155,31 @@ def _from_strings(array: pa.Array, values: Sequence[Any], mask: np.ndarray[Any, 
             json_text, literal = _JSON_EXACT.decode, read_array
             is_literal = array_literal.is_literal
             lists = [None if mask is not None and mask[i] else
-                     literal(text, kind) if is_literal(text) else json_text(text)
+                     literal(text, family) if is_literal(text) else json_text(text)
                      for i, text in enumerate(values)]
         except (ValueError, RecursionError):  # neither, or nested past Python's reader:
             raise _Slow from None  # said per value
         return _lists_of_strings(lists)
-    if kind in ("text", "json", "uuid"):  # uuid: arrow_types reads the text, strictly
+    if family in ("text", "json", "uuid"):  # uuid: arrow_types reads the text, strictly
         return array
     try:
-        if kind in _INT_LIMITS:
+        if family in _INT_LIMITS:
             if not pc.all(pc.match_substring_regex(array, _INTEGER)).as_py():
                 raise _Slow
             return array.cast(pa.int64())  # arrow_types checks the column's range
-        if kind == "numeric":
+        if family == "numeric":
             typmod = _NUMERIC_TYPMOD.fullmatch(column.type_sql)
             if typmod is None or int(typmod.group(1)) > 38:
                 raise _Slow
             # Exact or refused: a value with more decimals than the scale, or more digits
             # than the precision, fails the cast (PostgreSQL would round, or refuse it).
             return array.cast(pa.decimal128(int(typmod.group(1)), int(typmod.group(2))))
-        if kind == "date":
+        if family == "date":
             days = array.cast(pa.date32())
             _check_from(days.view(pa.int32()), _FIRST_DAY)
             return days
-        if kind in ("timestamptz", "timestamp"):
-            aware = kind == "timestamptz"
+        if family in ("timestamptz", "timestamp"):
+            aware = family == "timestamptz"
             if not pc.all(pc.match_substring_regex(array, _TIMESTAMPTZ if aware
                                                    else _TIMESTAMP)).as_py():
                 raise _Slow
@@ -199,7 +199,7 @@ def _check_from(numbers: pa.Array, first: int) -> None:
 
 # --- ROWS ------------------------------------------------------------------------------------
 
-# The Value field each column kind is read from on the fast path; the per-value path takes
+# The Value field each column family is read from on the fast path; the per-value path takes
 # other kinds too (a numeric as a number, an integer as a string) and says why it refuses.
 _READ = {"text": "string_value", "numeric": "string_value", "uuid": "string_value",
          "date": "string_value", "timestamptz": "string_value", "timestamp": "string_value",

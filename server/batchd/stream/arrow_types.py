@@ -218,50 +218,50 @@ def _decode_dictionary(array: pa.Array) -> pa.Array:
 
 
 def _scalar(t: pa.DataType, column: Column) -> tuple[Convert, pa.DataType]:
-    kind = column.family
-    if kind in _INT_TYPES:
-        return _to_int(t, kind)
-    if kind == "float":
+    family = column.family
+    if family in _INT_TYPES:
+        return _to_int(t, family)
+    if family == "float":
         return _to_float(t, column.cast_sql == "real")
-    if kind == "numeric":
+    if family == "numeric":
         return _to_numeric(t, column)
-    if kind == "bool":
+    if family == "bool":
         if pa.types.is_boolean(t):
             return same, t
         raise Refused("send bool")
-    if kind in ("text", "json"):
+    if family in ("text", "json"):
         if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
             return same, t
-        raise Refused("send strings" if kind == "text" else "send JSON text as strings")
-    if kind == "bytea":
+        raise Refused("send strings" if family == "text" else "send JSON text as strings")
+    if family == "bytea":
         if pa.types.is_binary(t) or pa.types.is_large_binary(t) or \
                 pa.types.is_fixed_size_binary(t):
             return same, t
         if pa.types.is_binary_view(t):
             return cast(pa.large_binary()), pa.large_binary()
         raise Refused("send binary")
-    if kind == "uuid":
+    if family == "uuid":
         if pa.types.is_fixed_size_binary(t) and t.byte_width == 16:
             return same, t
         if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
             return uuid_from_text, pa.binary(16)
         raise Refused("send fixed_size_binary(16), arrow.uuid or strings")
-    if kind == "date":
+    if family == "date":
         if pa.types.is_date32(t):
             return same, t
         if pa.types.is_date64(t):
             return whole(pa.date32(), 86_400_000, "a date64 that is not a whole day"), \
                 pa.date32()
         raise Refused("send date32")
-    if kind in ("timestamptz", "timestamp"):
-        return _to_timestamp(t, kind == "timestamptz")
-    if kind == "time":
+    if family in ("timestamptz", "timestamp"):
+        return _to_timestamp(t, family == "timestamptz")
+    if family == "time":
         if pa.types.is_time32(t) or (pa.types.is_time64(t) and t.unit == "us"):
             return same, t
         if pa.types.is_time64(t):
             return whole(pa.time64("us"), 1000, "a time with nanoseconds"), pa.time64("us")
         raise Refused("send time32 or time64")
-    if kind == "interval":
+    if family == "interval":
         if pa.types.is_duration(t):
             return _to_unit(t, pa.duration("us"), "a duration")
         raise Refused("send duration (a month_day_nano interval has no exact binary "
@@ -283,14 +283,14 @@ def _refuse(column: Column) -> pa.DataType:
     raise Refused(f"{column.type_sql} columns are not supported by the Arrow encoding")
 
 
-def _to_int(t: pa.DataType, kind: str) -> tuple[Convert, pa.DataType]:
-    out, limit = _INT_TYPES[kind]
+def _to_int(t: pa.DataType, family: str) -> tuple[Convert, pa.DataType]:
+    out, limit = _INT_TYPES[family]
     if not pa.types.is_integer(t):
         raise Refused("send an integer type")
     signed = pa.types.is_signed_integer(t)
     if t.bit_width < out.bit_width or (t.bit_width == out.bit_width and signed):
         return (same if t == out else cast(out)), out
-    return in_range(out, -limit, limit - 1, f"out of range for {kind}"), out
+    return in_range(out, -limit, limit - 1, f"out of range for {family}"), out
 
 
 def _to_float(t: pa.DataType, real: bool) -> tuple[Convert, pa.DataType]:

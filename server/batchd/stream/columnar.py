@@ -54,7 +54,7 @@ def columns_of(rows: batch_pb2.ColumnarRows, columns: list[Column],
     return lists, bad, length or 0
 
 
-# Protobuf array types taken whole for a column kind (no per-value work).
+# Protobuf array types taken whole for a column family (no per-value work).
 _NATIVE = {
     ("int64s", "int8"), ("doubles", "float"), ("bools", "bool"), ("bytes", "bytea"),
     ("strings", "text"),
@@ -138,16 +138,16 @@ def _json_value(text: str | None, i: int, column: Column, bad: dict[int, BatchdE
 _JSON_EXACT = json.JSONDecoder(parse_float=str, parse_int=str)
 
 
-def read_array(text: str, kind: str) -> Any:
+def read_array(text: str, family: str) -> Any:
     """An array column's COLUMNAR string: PostgreSQL's literal when it starts with ``{`` (or
     bounds), else JSON text (numbers as their text); ValueError if it is neither. The one
     reading of both paths (batchd.stream.arrow_rows takes it for text[] columns)."""
     if array_literal.is_literal(text):
-        return array_literal.element_texts(array_literal.parse(text), kind)
+        return array_literal.element_texts(array_literal.parse(text), family)
     return _JSON_EXACT.decode(text)
 
 
-def _in_range(values: list[Any], kind: str) -> bool:
-    limit = 2**15 if kind == "int2" else 2**31
+def _in_range(values: list[Any], family: str) -> bool:
+    limit = 2**15 if family == "int2" else 2**31
     present = [v for v in values if v is not None]
     return not present or (min(present) >= -limit and max(present) < limit)

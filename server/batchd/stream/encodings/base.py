@@ -34,7 +34,7 @@ BINARY_TRAILER = b"\xff\xff"
 @dataclass(slots=True)
 class Decoded:
     """A chunk ready to write: its rows as its encoding made them, and the rows rejected
-    while decoding. Each encoding has its own kind (a subclass)."""
+    while decoding. Each encoding has a type of its own (a subclass)."""
 
     sequence: int
     row_count: int

@@ -58,8 +58,8 @@ def resolve(header: batch_pb2.StreamHeader, catalog: Catalog,
             first_chunk: batch_pb2.StreamChunk | None) -> Ingest:
     table = catalog.table(header.table, "header.table")
     table.require("insert", "header.table")
-    kind = encoding_of(header)
-    names = kind.columns(header, first_chunk)
+    encoding_type = encoding_of(header)
+    names = encoding_type.columns(header, first_chunk)
     if not names:
         raise InvalidArgument.field("chunk.rows[0]", "names no columns; give header.columns")
     _check_csv_options(header.csv)
@@ -72,7 +72,7 @@ def resolve(header: batch_pb2.StreamHeader, catalog: Catalog,
             raise InvalidArgument.field(f"header.columns[{i}]", f'"{name}" is listed twice')
         columns.append(column)
     target = Target(table, columns, header.csv, upsert.of(header, table, columns))
-    encoding = kind(target)
+    encoding = encoding_type(target)
     encoding.prepare(header)
     return Ingest(target, encoding, Sink(target))
 

@@ -63,17 +63,17 @@ def _reader(column: Column) -> Reader:
     def slow(value: struct_pb2.Value) -> Any:
         return coerce(from_proto(value), column)
 
-    kind = column.family
+    family = column.family
     if column.is_array:
         return slow
-    if kind in ("text", "numeric"):
+    if family in ("text", "numeric"):
         def read_string(value: struct_pb2.Value) -> Any:
             if value.WhichOneof("kind") == "string_value":
                 return value.string_value
             return slow(value)
         return read_string
-    if kind in ("int2", "int4", "int8"):
-        limit = min(MAX_SAFE_INTEGER, {"int2": 2**15 - 1, "int4": 2**31 - 1}.get(kind, 2**63))
+    if family in ("int2", "int4", "int8"):
+        limit = min(MAX_SAFE_INTEGER, {"int2": 2**15 - 1, "int4": 2**31 - 1}.get(family, 2**63))
 
         def read_int(value: struct_pb2.Value) -> Any:
             if value.WhichOneof("kind") == "number_value":
@@ -83,8 +83,8 @@ def _reader(column: Column) -> Reader:
                     return integer
             return slow(value)
         return read_int
-    if kind in ("timestamptz", "timestamp"):
-        aware = kind == "timestamptz"
+    if family in ("timestamptz", "timestamp"):
+        aware = family == "timestamptz"
 
         def read_timestamp(value: struct_pb2.Value) -> Any:
             if value.WhichOneof("kind") == "string_value":
@@ -96,7 +96,7 @@ def _reader(column: Column) -> Reader:
                     return parsed
             return slow(value)
         return read_timestamp
-    if kind == "float":
+    if family == "float":
         def read_float(value: struct_pb2.Value) -> Any:
             if value.WhichOneof("kind") == "number_value":
                 return value.number_value
