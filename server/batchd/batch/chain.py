@@ -39,6 +39,11 @@ A batch's first chain can also carry its request id's claim (``Guard``, the CTEs
 batchd.batch.idempotency): its parts insert only behind a claimed id, and the claim costs no
 round trip of its own.
 
+What PostgreSQL cannot tell batchd: a column default or a CHECK that calls a function reading
+another table sees, inside a chain, the rows of that table as the statement began (PostgreSQL
+itself calls such a CHECK unsupported). Tables whose defaults do that should have a trigger
+instead, which keeps their inserts out of chains.
+
 A failed chain names no operation: its transaction is aborted, and the batch runs again with
 its operations apart (``coalesce.RunAgainApart``), as a failed coalesced insert does. Errors
 that are not about an operation (a serialization failure, a timeout, a lost connection) are
