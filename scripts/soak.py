@@ -254,7 +254,8 @@ class Soak:
                for i in range(CHUNK_ROWS)]
         if csv:
             data = "".join(f"{i},soak,{i % 100}\n" for i in ids).encode()
-            return self.pb.BatchStreamRequest(chunk=self.pb.StreamChunk(sequence=sequence, csv=data))
+            chunk = self.pb.StreamChunk(sequence=sequence, csv=data)
+            return self.pb.BatchStreamRequest(chunk=chunk)
         from google.protobuf import struct_pb2
 
         rows = []
