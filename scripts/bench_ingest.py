@@ -227,7 +227,9 @@ async def stream(target: str, requests: Iterable[bytes], total: int,
                 sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
         elapsed = time.perf_counter() - started
-    if summary is None or not summary.committed or summary.rows_written != total:
+    # A merging stream's rows are written (inserted, updated) or left unchanged.
+    if summary is None or not summary.committed \
+            or summary.rows_written + summary.rows_unchanged != total:
         raise StreamFailed(f"summary {summary}".replace("\n", " "))
     return elapsed
 
@@ -364,10 +366,12 @@ async def run_interleaved(spec: Spec, contenders: list[Contender], runs: int, ds
                   flush=True)
 
 
-async def memory(dsn: str, args: argparse.Namespace) -> list[str]:
+async def memory(dsn: str, args: argparse.Namespace, merging: bool = False) -> list[str]:
     """batchd's peak RSS for a stream of --rows and of ~--memory-rows narrow rows, in every
     encoding: the same chunks sent again and again with new sequence numbers, each stream to a
-    freshly started server (peak RSS is a high-water mark)."""
+    freshly started server (peak RSS is a high-water mark). ``merging``: the streams merge
+    (``on_conflict`` UPDATE on the key): the first pass inserts, every later one finds each key
+    there (staged, then INSERT ... ON CONFLICT)."""
     from batchd.v1 import batch_pb2
 
     spec = SPECS["narrow"]
@@ -375,10 +379,18 @@ async def memory(dsn: str, args: argparse.Namespace) -> list[str]:
     csv = csv_chunks(spec, rows, args.chunk)
     table = arrow_table(spec, rows)
     arrow = arrow_ipc_chunks(table, args.chunk)
-    lines = ["", "| encoding (narrow) | rows | batchd peak RSS | rows/s | RSS ratio, longer / "
+    what = "encoding (narrow, merging)" if merging else "encoding (narrow)"
+    lines = ["", f"| {what} | rows | batchd peak RSS | rows/s | RSS ratio, longer / "
                  "shorter (target <= 1.2x) |", "| --- | ---: | ---: | ---: | ---: |"]
     for encoding in ENCODINGS:
         serialized = stream_requests(spec, encoding, rows, args.chunk, csv=csv, arrow=arrow)
+        if merging:
+            from bench_upsert import UNIQUE_KEY, narrow_key_sql
+            await sql(dsn, narrow_key_sql())
+            header = batch_pb2.BatchStreamRequest.FromString(serialized[0])
+            header.header.on_conflict.action = batch_pb2.OnConflict.ACTION_UPDATE
+            header.header.on_conflict.conflict_columns.append(UNIQUE_KEY[spec.key])
+            serialized = [header.SerializeToString(), *serialized[1:]]
         chunks = [batch_pb2.BatchStreamRequest.FromString(b) for b in serialized[1:-1]]
 
         def requests(repeat: int, chunks: list[Any] = chunks,
@@ -427,6 +439,9 @@ async def main() -> None:
     parser.add_argument("--json-out", help="write every sample and ratio to this file (JSON)")
     parser.add_argument("--upsert", action="store_true",
                         help="the upsert workload instead (scripts/bench_upsert.py)")
+    parser.add_argument("--memory-upsert", action="store_true",
+                        help="only the memory measurement, of streams that merge "
+                             "(on_conflict UPDATE: every key after the first pass is there)")
     args = parser.parse_args()
     args.peer_rows = min(args.peer_rows, args.rows)
     keys = ["narrow", "realistic"] if args.table == "both" else [args.table]
@@ -436,6 +451,11 @@ async def main() -> None:
         for key in SPECS:  # both exist before batchd starts: it reads its catalog then
             await sql(dsn, SPECS[key].create_sql)
         settings = await postgres_line(dsn, embedded)
+        if args.memory_upsert:
+            lines = [settings + ".", "", *await memory(dsn, args, merging=True)]
+            print("\n" + "\n".join(lines))
+            write_markdown(args.markdown_out, "\n".join(lines))
+            return
         if args.upsert:
             lines = [settings + ".", "", *await upsert_workload(dsn, args, keys)]
             print("\n" + "\n".join(lines))
