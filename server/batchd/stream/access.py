@@ -24,6 +24,7 @@ import asyncpg
 from batchd.errors import PermissionDenied
 from batchd.pgtext import quote_ident
 from batchd.stream.target import Target
+from batchd.vocabulary import reasons
 
 _ACCESS_SQL = """
 SELECT row_security_active(c.oid) AS rls, current_user AS role,
@@ -66,37 +67,44 @@ async def check(conn: asyncpg.Connection, target: Target) -> Access:
                  and denied == target.names else
                  f'column{"s" if len(denied) > 1 else ""} {", ".join(denied)} of table '
                  f'"{table.qualified_name}"')
-        raise PermissionDenied(
-            f'role "{role}" may not INSERT into {where}: the stream was refused and nothing of '
-            f"it written (GRANT INSERT ON {table.sql} TO {quote_ident(role)})",
-            reason="INSUFFICIENT_PRIVILEGE",
-            metadata={"table": table.qualified_name, "privilege": "INSERT", "role": role,
-                      "columns": ",".join(denied)})
+        raise _refused(target, role, "INSERT",
+                       f'role "{role}" may not INSERT into {where}: {_NOTHING_WRITTEN}',
+                       f"GRANT INSERT ON {table.sql} TO {quote_ident(role)}", denied)
     for privilege in ("UPDATE", "SELECT"):
         denied = list(row[f"{privilege.lower()}_denied"])
         if denied:
-            raise PermissionDenied(
+            raise _refused(
+                target, role, privilege,
                 f'role "{role}" may not {privilege} column{"s" if len(denied) > 1 else ""} '
                 f'{", ".join(denied)} of table "{table.qualified_name}", which the stream\'s '
-                f"on_conflict needs: the stream was refused and nothing of it written (GRANT "
-                f"{privilege} ({', '.join(quote_ident(d) for d in denied)}) ON {table.sql} TO "
-                f"{quote_ident(role)})", reason="INSUFFICIENT_PRIVILEGE",
-                metadata={"table": table.qualified_name, "privilege": privilege, "role": role,
-                          "columns": ",".join(denied)})
+                f"on_conflict needs: {_NOTHING_WRITTEN}",
+                f"GRANT {privilege} ({', '.join(quote_ident(d) for d in denied)}) ON "
+                f"{table.sql} TO {quote_ident(role)}", denied)
     if upsert is not None and upsert.delete_missing and not row["table_delete"]:
-        raise PermissionDenied(
-            f'role "{role}" may not DELETE from table "{table.qualified_name}", which the '
-            "stream's delete_missing needs: the stream was refused and nothing of it written "
-            f"(GRANT DELETE ON {table.sql} TO {quote_ident(role)})",
-            reason="INSUFFICIENT_PRIVILEGE",
-            metadata={"table": table.qualified_name, "privilege": "DELETE", "role": role})
+        raise _refused(target, role, "DELETE",
+                       f'role "{role}" may not DELETE from table "{table.qualified_name}", '
+                       f"which the stream's delete_missing needs: {_NOTHING_WRITTEN}",
+                       f"GRANT DELETE ON {table.sql} TO {quote_ident(role)}")
     if (row["rls"] or target.upsert is not None) and not row["temporary"]:
         why = (f'table "{table.qualified_name}" has row-level security for role "{role}"'
                if row["rls"] else "the stream merges its rows (on_conflict)")
-        raise PermissionDenied(
-            f"{why}: its rows are staged in a temporary table, and the role may not create "
-            "one (GRANT "
-            f"TEMPORARY ON DATABASE {quote_ident(row['database'])} TO {quote_ident(role)})",
-            reason="INSUFFICIENT_PRIVILEGE",
-            metadata={"table": table.qualified_name, "privilege": "TEMPORARY", "role": role})
+        raise _refused(target, role, "TEMPORARY",
+                       f"{why}: its rows are staged in a temporary table, and the role may not "
+                       "create one",
+                       f"GRANT TEMPORARY ON DATABASE {quote_ident(row['database'])} TO "
+                       f"{quote_ident(role)}")
     return Access(rls=bool(row["rls"]))
+
+
+_NOTHING_WRITTEN = "the stream was refused and nothing of it written"
+
+
+def _refused(target: Target, role: str, privilege: str, why: str, grant: str,
+             columns: list[str] | None = None) -> PermissionDenied:
+    """The stream's refusal: ``why`` the role may not, and the GRANT that would let it; the
+    table, privilege, role (and columns) in its ErrorInfo."""
+    metadata = {"table": target.table.qualified_name, "privilege": privilege, "role": role}
+    if columns:
+        metadata["columns"] = ",".join(columns)
+    return PermissionDenied(f"{why} ({grant})", reason=reasons.INSUFFICIENT_PRIVILEGE,
+                            metadata=metadata)
