@@ -45,7 +45,7 @@ itself calls such a CHECK unsupported). Tables whose defaults do that should hav
 instead, which keeps their inserts out of chains.
 
 A failed chain names no operation: its transaction is aborted, and the batch runs again with
-its operations apart (``coalesce.RunAgainApart``), as a failed coalesced insert does. Errors
+its operations apart (``APART``, batchd.batch.failure), as a failed coalesced insert does. Errors
 that are not about an operation (a serialization failure, a timeout, a lost connection) are
 the chain's first operation's, as the transaction's next statement would have met them.
 """

@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
+from batchd.batch.failure import APART, Failed, Rerun
 from batchd.batch.plan import Step
+from batchd.db.pool import decided
 from batchd.errors import BatchdError
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import Output, RunContext
@@ -40,36 +42,35 @@ def runs(steps: Sequence[Step]) -> list[list[Step]]:
     return groups
 
 
-RunOne = Callable[[Step], Awaitable[Output]]
+RunOne = Callable[[Step], Awaitable["Output | Failed"]]
 
 
-class RunAgainApart(Exception):
-    """A run that shared a statement without a savepoint failed: the transaction is aborted,
-    and the batch must run again, its operations apart, to learn which one failed."""
-
-
-async def run_together(group: list[Step], ctx: RunContext,
-                       run_one: RunOne, *, protect: bool = True) -> None:
+async def run_together(group: list[Step], ctx: RunContext, run_one: RunOne, *,
+                       protect: bool = True) -> Failed | Rerun | None:
     """One statement for ``group``; each operation gets its own output, recorded for the
     references of later ones. If anything fails (a value, a constraint), the error must name
     its operation: with ``protect``, the group runs under a savepoint, rolled back on failure
-    and replayed one operation at a time with ``run_one``; without (two round trips fewer, for
-    a caller that can run the whole transaction again), the failure raises RunAgainApart."""
+    and replayed one operation at a time with ``run_one`` (the first that fails is the
+    answer); without (two round trips fewer, for a caller that can run the whole transaction
+    again), the failure answers ``APART``."""
     planned = [s.planned for s in group if s.planned is not None]
     kind = kinds.KINDS[planned[0].kind]
     failures = (asyncpg.PostgresError, asyncpg.exceptions.DataError, BatchdError)
-    if not protect:
-        try:
-            parts = await kind.run_together([p.spec for p in planned], ctx)
-        except failures as exc:
-            raise RunAgainApart from exc
-    else:
-        try:
-            async with ctx.connection.transaction():  # a savepoint
-                parts = await kind.run_together([p.spec for p in planned], ctx)
-        except failures:
-            for step in group:
-                await run_one(step)
-            return
+    specs = [p.spec for p in planned]
+    try:
+        if protect:
+            parts = await decided(ctx.connection.transaction(),  # a savepoint
+                                  lambda: kind.run_together(specs, ctx), lambda _: True)
+        else:
+            parts = await kind.run_together(specs, ctx)
+    except failures:
+        if not protect:
+            return APART
+        for step in group:
+            answer = await run_one(step)
+            if isinstance(answer, Failed):
+                return answer
+        return None
     for step, output in zip(group, parts, strict=True):
         ctx.results.record(step.id, output)
+    return None

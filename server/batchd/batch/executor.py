@@ -27,12 +27,14 @@ an ATOMIC batch's own transaction (``_run_claimed``; a final failure in one of i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import asyncpg
 
-from batchd.batch import coalesce
 from batchd.batch import results as answers
 from batchd.batch.chain import Guard
+from batchd.batch.failure import Failed, Ran, Rerun, failed_on
 from batchd.batch.idempotency import (
     CLAIM_CTES,
     CLAIM_FLAGS,
@@ -46,9 +48,10 @@ from batchd.batch.idempotency import (
 )
 from batchd.batch.independent import IndependentRun
 from batchd.batch.plan import BatchPlan
-from batchd.batch.steps import StepFailed, StepRunner, attempts
+from batchd.batch.steps import StepRunner, attempts
 from batchd.config import Settings
-from batchd.db.pool import connection, role_sql, transaction
+from batchd.db.pool import begin as begin_transaction
+from batchd.db.pool import connection, decided, role_sql, transaction
 from batchd.errors import BatchdError, is_final, translate
 from batchd.kinds.base import Output, PlanContext
 from batchd.kinds.params import Results
@@ -57,17 +60,27 @@ from batchd.v1 import batch_pb2
 log = logging.getLogger(__name__)
 
 
-class _Rollback(Exception):
-    """Raised inside a transaction to roll it back on purpose (validate_only)."""
-
-
-class _StoreApart(Exception):
+@dataclass(frozen=True, slots=True)
+class _StoreApart:
     """A final failure of a batch with a request id that ran without a savepoint: its
     transaction rolls back (the claim with it), and the failure is stored in a transaction of
     its own (``Executor._store_failure``)."""
 
-    def __init__(self, error: BatchdError) -> None:
-        self.error = error
+    error: BatchdError
+
+
+# How one run of an atomic batch ends, before it is an answer: ``Ran`` (its transaction
+# committed, or for validate_only rolled back), an ``Answer`` (with a request id: built and
+# stored in the transaction, or given without running), or a failure (rolled back).
+_Once = Ran | Answer | _StoreApart | Failed | Rerun
+
+
+def _commits(plan: BatchPlan) -> Callable[[_Once], bool]:
+    """Whether a run's transaction commits, by how it ended."""
+    def keep(ended: _Once) -> bool:
+        return not plan.validate_only and isinstance(
+            ended, Ran | batch_pb2.BatchExecuteResponse | BatchdError)
+    return keep
 
 
 class Executor:
@@ -78,82 +91,79 @@ class Executor:
         self.runner = StepRunner(plan_ctx, settings)
 
     async def execute(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
+        """The batch's response; a failed atomic batch, or a refused one, raises its error
+        (the RPC's edge turns it into the call's status)."""
         if plan.atomic:
-            return await self._atomic(plan, request_id)
-        independent = IndependentRun(plan, self.pool, self.runner, request_id)
-        if plan.validate_only:
-            return await independent.dry_run()
-        if plan.claim is not None:
-            answer = await self.guards.run(plan.claim, independent.run)
-            if isinstance(answer, BatchdError):
-                raise answer
-            return answer
-        return await independent.run()
-
-    # --- ATOMIC -------------------------------------------------------------------------------
-
-    async def _atomic(self, plan: BatchPlan, request_id: str) -> batch_pb2.BatchExecuteResponse:
-        if plan.invalid:
-            raise answers.refused(plan)
-        results: Results[Output] = Results()  # what the attempt that ran last ran
-
-        async def once(attempt: int, together: bool) -> Answer:
-            nonlocal results
-            results = Results()
-            try:
-                return await self._atomic_once(plan, results, request_id, attempt, together)
-            except _StoreApart as final:
-                return await self._store_failure(plan, final.error, request_id)
-
-        try:
-            answer = await attempts(
-                once, lambda failed: self.runner.may_retry(failed.error, failed.attempt),
-                "the batch", request_id)
-        except StepFailed as failed:
-            raise answers.atomic_failure(plan, results.outputs, failed.step, failed.error,
-                                         attempts=failed.attempt) from None
+            answer = await self._atomic(plan, request_id)
+        else:
+            independent = IndependentRun(plan, self.pool, self.runner, request_id)
+            if plan.validate_only:
+                answer = await independent.dry_run()
+            elif plan.claim is not None:
+                answer = await self.guards.run(plan.claim, independent.run)
+            else:
+                answer = await independent.run()
         if isinstance(answer, BatchdError):
             raise answer
         return answer
 
+    # --- ATOMIC -------------------------------------------------------------------------------
+
+    async def _atomic(self, plan: BatchPlan, request_id: str) -> Answer:
+        if plan.invalid:
+            return answers.refused(plan)
+        results: Results[Output] = Results()  # what the attempt that ran last ran
+
+        async def once(attempt: int, together: bool) -> Answer | Failed | Rerun:
+            nonlocal results
+            results = Results()
+            ended = await self._atomic_once(plan, results, request_id, attempt, together)
+            if isinstance(ended, _StoreApart):
+                return await self._store_failure(plan, ended.error, request_id)
+            if isinstance(ended, Ran):
+                return await answers.succeeded(plan.steps, results.outputs,
+                                               committed=not plan.validate_only,
+                                               attempts=attempt)
+            return ended
+
+        answer: Answer | Failed = await attempts(
+            once, lambda failed: self.runner.may_retry(failed.error, failed.attempt),
+            "the batch", request_id)
+        if isinstance(answer, Failed):
+            return answers.atomic_failure(plan, results.outputs, answer.step, answer.error,
+                                          attempts=answer.attempt)
+        return answer
+
     async def _atomic_once(self, plan: BatchPlan, results: Results[Output], request_id: str,
-                           attempt: int, together: bool) -> Answer:
-        """One run in one transaction: the response, or (with a request id) the error to
-        raise as it is. Raises StepFailed for what may be retried or reported as failed."""
+                           attempt: int, together: bool) -> _Once:
+        """One run in one transaction, committed or rolled back by how it ended
+        (``_commits``)."""
         claim = plan.claim
         try:
             async with connection(self.pool, plan.deadline) as conn:
-                try:
-                    # With a claim, read-only applies to the operations only (_run_claimed).
-                    # With a claim, the role applies to the operations only (_run_claimed).
-                    async with transaction(conn, self.settings, isolation=plan.isolation,
-                                           readonly=plan.read_only and claim is None,
-                                           deadline=plan.deadline,
-                                           role=plan.role if claim is None else None,
-                                           roles_inside=plan.role is not None,
-                                           then_release=True):
-                        if claim is not None:
-                            return await self._claimed(plan, claim, conn, results,
-                                                       request_id, attempt, together)
-                        await self.runner.run_in_order(plan.steps, conn, results, request_id,
-                                                       protect=not together)
-                        if plan.validate_only:
-                            raise _Rollback
-                except _Rollback:
-                    return await answers.succeeded(plan.steps, results.outputs, committed=False,
-                                                   attempts=attempt)
-        except (StepFailed, coalesce.RunAgainApart, _StoreApart):
-            raise
+                async def work() -> _Once:
+                    if claim is not None:
+                        return await self._claimed(plan, claim, conn, results, request_id,
+                                                   attempt, together)
+                    return await self.runner.run_in_order(plan.steps, conn, results,
+                                                          request_id, protect=not together)
+
+                # With a claim, read-only and the role apply to the operations only
+                # (_run_claimed): the answer is batchd's to write.
+                tx = begin_transaction(conn, self.settings, isolation=plan.isolation,
+                                       readonly=plan.read_only and claim is None,
+                                       deadline=plan.deadline,
+                                       role=plan.role if claim is None else None,
+                                       roles_inside=plan.role is not None, then_release=True)
+                return await decided(tx, work, _commits(plan))
         except Exception as exc:
             # Acquiring, BEGIN or COMMIT failed (a failed COMMIT commits nothing), or the
             # rollback after a lost connection did: no operation to blame.
-            raise StepFailed(None, translate(exc, request_id)) from exc
-        return await answers.succeeded(plan.steps, results.outputs, committed=True,
-                                       attempts=attempt)
+            return failed_on(None, exc, request_id)
 
     async def _claimed(self, plan: BatchPlan, claim: Claim, conn: asyncpg.Connection,
                        results: Results[Output], request_id: str, attempt: int,
-                       together: bool) -> Answer:
+                       together: bool) -> _Once:
         """Claim the request id, then run the operations (``_run_claimed``), or answer
         without running them (the stored answer, REQUEST_IN_PROGRESS, REQUEST_ID_REUSED).
         When the operations lead with a chain of inserts run as batchd (no role, not read
@@ -166,18 +176,18 @@ class Executor:
             return await self._run_claimed(plan, claim, conn, results, request_id, attempt,
                                            together, guard)
         answer = await begin(conn, claim, ttl)
-        if answer is None:
-            answer = await self._run_claimed(plan, claim, conn, results, request_id, attempt,
-                                             together)
-        return answer
+        if answer is not None:
+            return answer
+        return await self._run_claimed(plan, claim, conn, results, request_id, attempt,
+                                       together)
 
     async def _run_claimed(self, plan: BatchPlan, claim: Claim, conn: asyncpg.Connection,
                            results: Results[Output], request_id: str, attempt: int,
-                           together: bool, guard: Guard | None = None) -> Answer:
+                           together: bool, guard: Guard | None = None) -> _Once:
         """The operations of an atomic batch whose request id is claimed (or, with ``guard``,
         is claimed by their first statement), in its transaction, and the answer stored there
-        too. A final failure (see batchd.batch.idempotency) is
-        stored; any other failure raises and rolls back the claim with everything else.
+        too. A final failure (see batchd.batch.idempotency) is stored; any other failure rolls
+        back the claim with everything else.
 
         Mostly the operations run as they are, and a final failure rolls the transaction back
         and is stored apart (``_StoreApart``): no savepoint, two round trips fewer. A READ ONLY
@@ -186,46 +196,39 @@ class Executor:
         set back, so that the answer can be written; a final failure rolls back to it and is
         stored, and the transaction commits just that."""
         if not (plan.read_only or plan.role):
-            try:
-                flags = await self.runner.run_in_order(plan.steps, conn, results, request_id,
-                                                       protect=not together, guard=guard)
-            except StepFailed as failed:
-                if not is_final(failed.error):
-                    raise
-                raise _StoreApart(answers.atomic_failure(
-                    plan, results.outputs, failed.step, failed.error, attempts=attempt)) \
-                    from None
+            ran = await self.runner.run_in_order(plan.steps, conn, results, request_id,
+                                                 protect=not together, guard=guard)
+            if isinstance(ran, Failed) and is_final(ran.error):
+                return _StoreApart(answers.atomic_failure(
+                    plan, results.outputs, ran.step, ran.error, attempts=attempt))
+            if not isinstance(ran, Ran):
+                return ran
             if guard is not None:
-                found = await claimed_answer(conn, claim, *flags)
+                found = await claimed_answer(conn, claim, *ran.flags)
                 if found is not None:  # not this call's id: nothing of the batch ran
                     return found
-            response = await answers.succeeded(plan.steps, results.outputs, committed=True,
-                                               attempts=attempt)
-            await store(conn, claim, response)
-            return response
-        try:
-            async with conn.transaction():  # a savepoint
+        else:
+            async def operations() -> Ran | Failed | Rerun:
                 if plan.read_only:
                     await conn.execute("SET LOCAL transaction_read_only = on")
-                if plan.role:  # undone with the savepoint on a failure; else below
+                if plan.role:  # undone with the savepoint when it rolls back; else below
                     await conn.execute(role_sql(plan.role))
-                await self.runner.run_in_order(plan.steps, conn, results, request_id,
-                                               protect=not together)
-                if plan.read_only:
-                    raise _Rollback
-        except _Rollback:
-            pass
-        except StepFailed as failed:
-            if not is_final(failed.error):
-                raise
-            error = answers.atomic_failure(plan, results.outputs, failed.step, failed.error,
-                                           attempts=attempt)
-            await store(conn, claim, error)
-            return error
+                return await self.runner.run_in_order(plan.steps, conn, results, request_id,
+                                                      protect=not together)
+
+            ran = await decided(conn.transaction(), operations,  # a savepoint
+                                lambda ran: isinstance(ran, Ran) and not plan.read_only)
+            if isinstance(ran, Failed) and is_final(ran.error):
+                error = answers.atomic_failure(plan, results.outputs, ran.step, ran.error,
+                                               attempts=attempt)
+                await store(conn, claim, error)
+                return error
+            if not isinstance(ran, Ran):
+                return ran
+            if plan.role:
+                await conn.execute(role_sql(None))  # the answer is batchd's to write
         response = await answers.succeeded(plan.steps, results.outputs, committed=True,
                                            attempts=attempt)
-        if plan.role:
-            await conn.execute(role_sql(None))  # the answer is batchd's to write
         await store(conn, claim, response)
         return response
 
@@ -261,9 +264,9 @@ class Executor:
         if plan.invalid:
             raise answers.refused(plan)
         results: Results[Output] = Results()
-        try:
-            await self.runner.run_in_order(plan.steps, conn, results, request_id)
-        except StepFailed as failed:
-            raise answers.atomic_failure(plan, results.outputs, failed.step, failed.error,
-                                         attempts=1) from None
+        ran = await self.runner.run_in_order(plan.steps, conn, results, request_id)
+        if isinstance(ran, Failed):
+            raise answers.atomic_failure(plan, results.outputs, ran.step, ran.error,
+                                         attempts=1)
+        assert isinstance(ran, Ran)  # with a savepoint, coalesced runs never answer APART
         return await answers.succeeded(plan.steps, results.outputs, committed=True, attempts=1)

@@ -29,22 +29,18 @@ from collections.abc import Mapping
 
 import asyncpg
 
-from batchd.batch import coalesce
 from batchd.batch import results as answers
+from batchd.batch.failure import Failed, Ran, Rerun, failed_on
 from batchd.batch.plan import BatchPlan, Step, Unit, unit_order
 from batchd.batch.results import Settled
-from batchd.batch.steps import StepFailed, StepRunner, attempts
-from batchd.db.pool import connection, transaction
-from batchd.errors import BatchdError, DatabaseError, Skipped, to_rpc_status, translate
+from batchd.batch.steps import StepRunner, attempts
+from batchd.db.pool import begin, connection, decided
+from batchd.errors import BatchdError, DatabaseError, Skipped, to_rpc_status
 from batchd.kinds.base import Output
 from batchd.kinds.params import Results
 from batchd.v1 import batch_pb2
 
 Outcome = batch_pb2.Outcome
-
-
-class _Rollback(Exception):
-    """Raised inside the dry run's transaction to roll it back."""
 
 
 class IndependentRun:
@@ -84,16 +80,14 @@ class IndependentRun:
     async def dry_run(self) -> batch_pb2.BatchExecuteResponse:
         plan, settings = self.plan, self.runner.settings
         async with connection(self.pool, plan.deadline) as conn:
-            try:
-                async with transaction(conn, settings, isolation=plan.isolation,
-                                       readonly=plan.read_only, deadline=plan.deadline,
-                                       role=plan.role, then_release=True):
-                    for unit in unit_order(plan.units):
-                        if not self._held_back(unit):
-                            await self._try_unit(unit, conn)
-                    raise _Rollback
-            except _Rollback:
-                pass
+            async def units() -> None:
+                for unit in unit_order(plan.units):
+                    if not self._held_back(unit):
+                        await self._try_unit(unit, conn)
+
+            tx = begin(conn, settings, isolation=plan.isolation, readonly=plan.read_only,
+                       deadline=plan.deadline, role=plan.role, then_release=True)
+            await decided(tx, units, lambda _: False)  # rolled back: a dry run
         return await answers.independent(plan, self.results.outputs, self.settled,
                                          committed=False,
                                          attempts=1)
@@ -117,47 +111,49 @@ class IndependentRun:
         stale (its transaction rolled back: nothing of it stays) too."""
         ran: Results[Output] = Results(self.results)  # what the last attempt ran
 
-        async def once(attempt: int, together: bool) -> None:
+        async def once(attempt: int, together: bool) -> Ran | Failed | Rerun:
             nonlocal ran
             ran = Results(self.results)
             self.attempts = max(self.attempts, attempt)
-            await self._commit_unit(unit, ran, together)
+            return await self._commit_unit(unit, ran, together)
 
-        def may_retry(failed: StepFailed) -> bool:
+        def may_retry(failed: Failed) -> bool:
             stale = isinstance(failed.error, DatabaseError) and failed.error.stale_plan
             return bool(unit.group or stale) and self.runner.may_retry(failed.error,
                                                                       failed.attempt)
 
         what = f'group "{unit.group}"' if unit.group else "the operation"
-        try:
-            await attempts(once, may_retry, what, self.request_id)
-        except StepFailed as failed:
-            self._fail(unit, ran.outputs, failed.step, failed.error)
+        answer = await attempts(once, may_retry, what, self.request_id)
+        if isinstance(answer, Failed):
+            self._fail(unit, ran.outputs, answer.step, answer.error)
             return
         ran.keep()
 
-    async def _commit_unit(self, unit: Unit, ran: Results[Output], together: bool) -> None:
+    async def _commit_unit(self, unit: Unit, ran: Results[Output],
+                           together: bool) -> Ran | Failed | Rerun:
+        """One run of ``unit`` in a transaction of its own, committed when every operation
+        ran."""
         plan, settings = self.plan, self.runner.settings
         try:
-            async with self.limit, connection(self.pool, plan.deadline) as conn, transaction(
-                    conn, settings, isolation=plan.isolation, readonly=plan.read_only,
-                    deadline=plan.deadline, role=plan.role, then_release=True):
-                await self.runner.run_in_order(unit.steps, conn, ran,
-                                               self.request_id, protect=not together)
-        except (StepFailed, coalesce.RunAgainApart):
-            raise
+            async with self.limit, connection(self.pool, plan.deadline) as conn:
+                tx = begin(conn, settings, isolation=plan.isolation, readonly=plan.read_only,
+                           deadline=plan.deadline, role=plan.role, then_release=True)
+                return await decided(
+                    tx, lambda: self.runner.run_in_order(unit.steps, conn, ran, self.request_id,
+                                                         protect=not together),
+                    lambda answer: isinstance(answer, Ran))
         except Exception as exc:  # acquire / BEGIN / COMMIT
-            raise StepFailed(None, translate(exc, self.request_id)) from exc
+            return failed_on(None, exc, self.request_id)
 
     async def _try_unit(self, unit: Unit, conn: asyncpg.Connection) -> None:
         """``unit`` under a savepoint of the dry run's transaction."""
         ran: Results[Output] = Results(self.results)
-        try:
-            async with conn.transaction():  # a savepoint
-                await self.runner.run_in_order(unit.steps, conn, ran,
-                                               self.request_id)
-        except StepFailed as failed:
-            self._fail(unit, ran.outputs, failed.step, failed.error)
+        answer = await decided(  # a savepoint
+            conn.transaction(),
+            lambda: self.runner.run_in_order(unit.steps, conn, ran, self.request_id),
+            lambda answer: isinstance(answer, Ran))
+        if isinstance(answer, Failed):
+            self._fail(unit, ran.outputs, answer.step, answer.error)
             return
         ran.keep()
 

@@ -1,14 +1,20 @@
 """Running planned steps on a connection, inside the transaction (or savepoint) the caller
 holds: one step, or several in request order, consecutive ones coalesced where one statement
 can run them (batchd.batch.coalesce), and consecutive inserts that refer to each other chained
-into one statement (batchd.batch.chain). A failure raises ``StepFailed`` naming its step. Both
-modes use it: an atomic batch runs all its steps so, an INDEPENDENT batch each unit's
-(batchd.batch.independent).
+into one statement (batchd.batch.chain). Both modes use it: an atomic batch runs all its steps
+so, an INDEPENDENT batch each unit's (batchd.batch.independent).
+
+Failures are values (batchd.batch.failure): a run of steps answers ``Ran``, ``Failed`` or
+``APART``.
+
+``attempts`` is the one loop that runs a transaction again (apart, or after a serialization
+failure), for an atomic batch and an INDEPENDENT unit alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,9 +23,10 @@ from typing import Any, TypeVar
 import asyncpg
 
 from batchd.batch import chain, coalesce
+from batchd.batch.failure import APART, Failed, Ran, Rerun, failed_on
 from batchd.batch.plan import Step
 from batchd.config import Settings
-from batchd.errors import BatchdError, DatabaseError, translate
+from batchd.errors import BatchdError, DatabaseError
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import Output, PlanContext, RunContext
 from batchd.kinds.params import Results
@@ -28,40 +35,29 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-class StepFailed(Exception):
-    """An operation failed (``step``), or the transaction around them did (``step`` None:
-    acquiring a connection, BEGIN or COMMIT). ``attempt``: the run it failed in (set by
-    ``attempts``)."""
-
-    def __init__(self, step: Step | None, error: BatchdError) -> None:
-        self.step = step
-        self.error = error
-        self.attempt = 1
-
-
-async def attempts(run: Callable[[int, bool], Awaitable[_T]],
-                   may_retry: Callable[[StepFailed], bool], what: str, request_id: str) -> _T:
-    """``run(attempt, together)`` until it returns, for a transaction that may be run again
-    whole (an atomic batch, an INDEPENDENT unit): when a statement that operations shared
-    failed (``coalesce.RunAgainApart``: rolled back), the same attempt again with ``together``
-    False, its operations apart, to learn which one failed; when it raised a ``StepFailed``
-    that ``may_retry`` allows (a serialization failure, a deadlock: nothing committed), the
-    next attempt after a jittered delay. Any other ``StepFailed`` is raised, its ``attempt``
-    set."""
+async def attempts(run: Callable[[int, bool], Awaitable[_T | Failed | Rerun]],
+                   may_retry: Callable[[Failed], bool], what: str,
+                   request_id: str) -> _T | Failed:
+    """``run(attempt, together)`` until it answers, for a transaction that may be run again
+    whole (an atomic batch, an INDEPENDENT unit): on ``APART`` (rolled back), the same attempt
+    again with ``together`` False, its operations apart; on a ``Failed`` that ``may_retry``
+    allows (a serialization failure, a deadlock: nothing committed), the next attempt after a
+    jittered delay. Any other answer is returned, a ``Failed`` with its ``attempt`` set."""
     attempt, together = 1, True
     while True:
-        try:
-            return await run(attempt, together)
-        except coalesce.RunAgainApart:
+        answer = await run(attempt, together)
+        if answer is APART:
             together = False
-        except StepFailed as failed:
-            failed.attempt = attempt
-            if not may_retry(failed):
-                raise
-            log.info("request %s: %s, retrying %s (attempt %d)", request_id,
-                     failed.error.reason, what, attempt + 1)
-            await asyncio.sleep(retry_delay(attempt))
-            attempt += 1
+            continue
+        if not isinstance(answer, Failed):
+            return answer
+        failed = dataclasses.replace(answer, attempt=attempt)
+        if not may_retry(failed):
+            return failed
+        log.info("request %s: %s, retrying %s (attempt %d)", request_id,
+                 failed.error.reason, what, attempt + 1)
+        await asyncio.sleep(retry_delay(attempt))
+        attempt += 1
 
 
 class StepRunner:
@@ -71,35 +67,43 @@ class StepRunner:
 
     async def run_in_order(self, steps: Sequence[Step], conn: asyncpg.Connection,
                            results: Results[Output], request_id: str, *, protect: bool = True,
-                           guard: chain.Guard | None = None) -> tuple[Any, ...]:
-        """Every step in order, each output recorded in ``results`` as it completes; runs that
-        share a statement (batchd.batch.coalesce) as one, under a savepoint if ``protect``
-        (else a failure of such a run raises ``coalesce.RunAgainApart``). Without ``protect``,
-        inserts that refer to each other are chained into one statement too
-        (batchd.batch.chain); with it (a batch run again to name what failed), they are not.
+                           guard: chain.Guard | None = None) -> Ran | Failed | Rerun:
+        """Every step in order, each output recorded in ``results`` as it completes, up to
+        the first that fails; runs that share a statement (batchd.batch.coalesce) as one,
+        under a savepoint if ``protect`` (else a failure of such a run answers ``APART``).
+        Without ``protect``, inserts that refer to each other are chained into one statement
+        too (batchd.batch.chain); with it (a batch run again to name what failed), they are
+        not.
 
         ``guard``: the steps lead with a chain (``leads_with_chain``), which runs behind it;
-        its flags are returned, and when one of them is false (the chain inserted nothing)
+        its flags are answered, and when one of them is false (the chain inserted nothing)
         nothing after it runs."""
         groups = coalesce.runs(steps)
         flags: tuple[Any, ...] = ()
         for i, group in enumerate(groups if protect else chain.runs(groups)):
             if isinstance(group, chain.Chain):
-                flags = await self._run_chain(group, conn, results, request_id,
-                                              guard if i == 0 else None) or flags
+                ran = await self._run_chain(group, conn, results, request_id,
+                                            guard if i == 0 else None)
+                if not isinstance(ran, Ran):
+                    return ran
+                flags = ran.flags or flags
                 if guard is not None and not all(flags):
-                    return flags
-            elif guard is not None and i == 0:
+                    return Ran(flags)
+                continue
+            if guard is not None and i == 0:
                 raise ValueError("a guard needs steps that lead with a chain")
-            elif len(group) == 1:
-                await self.run_step(group[0], conn, results, request_id)
+            answer: Output | Failed | Rerun | None
+            if len(group) == 1:
+                answer = await self.run_step(group[0], conn, results, request_id)
             else:
                 ctx = RunContext(conn, group[0].id, results, self.plan_ctx.catalog,
                                  self.settings)
-                await coalesce.run_together(
+                answer = await coalesce.run_together(
                     group, ctx, lambda step: self.run_step(step, conn, results, request_id),
                     protect=protect)
-        return flags
+            if isinstance(answer, Failed | Rerun):
+                return answer
+        return Ran(flags)
 
     @staticmethod
     def leads_with_chain(steps: Sequence[Step]) -> bool:
@@ -110,26 +114,25 @@ class StepRunner:
 
     async def _run_chain(self, run: chain.Chain, conn: asyncpg.Connection,
                          results: Results[Output], request_id: str,
-                         guard: chain.Guard | None) -> tuple[Any, ...]:
+                         guard: chain.Guard | None) -> Ran | Failed | Rerun:
         try:
             found, flags = await chain.run(run, conn, results, guard)
         except Exception as exc:
             if _names_an_operation(exc):
-                raise coalesce.RunAgainApart from exc
-            first = run.parts[0].steps[0]
-            raise StepFailed(first, translate(exc, request_id).for_operation(first.id)) from exc
+                return APART
+            return failed_on(run.parts[0].steps[0], exc, request_id)
         for step in run.steps:
             results.record(step.id, found[step.id])
-        return flags
+        return Ran(flags)
 
     async def run_step(self, step: Step, conn: asyncpg.Connection, results: Results[Output],
-                       request_id: str) -> Output:
+                       request_id: str) -> Output | Failed:
         assert step.planned is not None
         ctx = RunContext(conn, step.id, results, self.plan_ctx.catalog, self.settings)
         try:
             output = await kinds.run(step.planned, ctx)
         except Exception as exc:
-            raise StepFailed(step, translate(exc, request_id).for_operation(step.id)) from exc
+            return failed_on(step, exc, request_id)
         results.record(step.id, output)
         return output
 

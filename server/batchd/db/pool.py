@@ -25,10 +25,10 @@ import asyncio
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg.transaction import Transaction
@@ -268,6 +268,29 @@ async def transaction(conn: asyncpg.Connection, settings: Settings, *,
     async with begin(conn, settings, isolation=isolation, readonly=readonly, deadline=deadline,
                      role=role, roles_inside=roles_inside, then_release=then_release):
         yield
+
+
+_T = TypeVar("_T")
+
+
+async def decided(tx: Transaction, work: Callable[[], Awaitable[_T]],
+                  keep: Callable[[_T], bool]) -> _T:
+    """``work()`` inside ``tx`` (a transaction or savepoint, started here), whose end its
+    answer decides: committed (released) when ``keep(answer)``, else rolled back; rolled back
+    too when it raises. batchd's executor carries failures as values (batchd.batch.steps),
+    so the value, not an exception, says whether what ran stays. A failed ROLLBACK raises
+    its own error, as asyncpg's ``async with`` does."""
+    await tx.start()
+    try:
+        answer = await work()
+    except BaseException:
+        await tx.rollback()
+        raise
+    if keep(answer):
+        await tx.commit()
+    else:
+        await tx.rollback()
+    return answer
 
 
 # How long handing a connection back may take (asyncpg resets it: ROLLBACK, RESET ALL, and
