@@ -382,7 +382,7 @@ async def memory(dsn: str, args: argparse.Namespace, merging: bool = False) -> l
     what = "encoding (narrow, merging)" if merging else "encoding (narrow)"
     lines = ["", f"| {what} | rows | batchd peak RSS | rows/s | RSS ratio, longer / "
                  "shorter (target <= 1.2x) |", "| --- | ---: | ---: | ---: | ---: |"]
-    for encoding in ENCODINGS:
+    for encoding in args.encodings or ENCODINGS:
         serialized = stream_requests(spec, encoding, rows, args.chunk, csv=csv, arrow=arrow)
         if merging:
             from bench_upsert import UNIQUE_KEY, narrow_key_sql
@@ -433,6 +433,8 @@ async def main() -> None:
                         help="rows ingested through the FastAPI peer (0: no peer)")
     parser.add_argument("--peer-clients", type=int, default=4,
                         help="concurrent clients posting to the peer")
+    parser.add_argument("--encodings", type=lambda s: s.upper().split(","),
+                        help="the memory measurement's encodings, e.g. ARROW,CSV (default: all)")
     parser.add_argument("--dsn")
     parser.add_argument("--note", help="a sentence for the report (e.g. the machine was busy)")
     parser.add_argument("--markdown-out", help="also write the tables to this file")
