@@ -1,5 +1,6 @@
-"""The docs' examples, read from docs/**/*.md and run as a reader would run them, in page order,
-against a server of the page's own on a fresh demo schema (tests/integration/test_docs_examples.py).
+"""The docs' examples, read from docs/**/*.md and README.md and run as a reader would run them,
+in page order, against a server of the page's own on a fresh demo schema
+(tests/integration/test_docs_examples.py).
 
 A fenced block is an example when the line right above its fence is a marker comment (an HTML
 comment: Markdown renders nothing for it):
@@ -82,15 +83,20 @@ def blocks(page: Path) -> list[Block]:
     return found
 
 
+def all_pages() -> list[Path]:
+    """The docs' pages, and the README (its examples run too)."""
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
 def pages() -> list[Path]:
     """Every page with at least one example to run."""
-    return sorted(p for p in DOCS.rglob("*.md")
-                  if any(b.marker and b.marker.startswith("<!-- run") for b in blocks(p)))
+    return [p for p in all_pages()
+            if any(b.marker and b.marker.startswith("<!-- run") for b in blocks(p))]
 
 
 def check_markers() -> list[str]:
     """The blocks that must say whether they run and do not (each as ``page:line``)."""
-    return [b.where for p in sorted(DOCS.rglob("*.md")) for b in blocks(p)
+    return [b.where for p in all_pages() for b in blocks(p)
             if b.lang in MUST_BE_MARKED and b.marker is None]
 
 
