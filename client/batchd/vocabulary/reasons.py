@@ -116,7 +116,8 @@ REASONS: tuple[Reason, ...] = (
 
 
 def markdown_table() -> str:
-    """The error reference's table of reasons (docs/reference/errors.md), made from ``REASONS`` and the SQLSTATE map."""
+    """The error reference's table of reasons (docs/reference/errors.md), made from
+    ``REASONS`` and the SQLSTATE map."""
     lines = ["| code | reason | when |", "| --- | --- | --- |"]
     lines += [f"| {r.code.name} | `{r.reason}` | {r.when} |" for r in REASONS]
     by_code: dict[str, list[str]] = {}
