@@ -108,15 +108,21 @@ class Page:
 
 @pytest.fixture
 async def page_database(dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """A database of the page's own on the session's PostgreSQL, dropped afterwards."""
+    """A database of the page's own on the session's PostgreSQL, dropped afterwards with the
+    roles the page created (roles belong to the cluster: a page's CREATE ROLE would fail the
+    next run on a BATCHD_TEST_DSN server)."""
     name = "docs_" + re.sub(r"\W", "_", request.node.callspec.id)[:40]
     admin = await asyncpg.connect(dsn)
+    roles = "SELECT rolname FROM pg_roles"
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
+        before = {r["rolname"] for r in await admin.fetch(roles)}
         base, _, query = dsn.partition("?")
         yield base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for role in {r["rolname"] for r in await admin.fetch(roles)} - before:
+            await admin.execute(f'DROP ROLE "{role}"')
     finally:
         await admin.close()
 
