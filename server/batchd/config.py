@@ -36,8 +36,9 @@ class TableSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # None: the convention (a column named "version" / "deleted_at"); "": none.
+    # The optimistic-locking column instead of "version" (None: the convention); "": none.
     version_column: str | None = None
+    # The soft-delete column (a timestamp) instead of "deleted_at"; "": none.
     soft_delete_column: str | None = None
     # Operation kinds allowed on the table; None: all of them.
     operations: list[str] | None = None
@@ -66,6 +67,7 @@ class TokenSettings(BaseModel):
     sha256: str
     # Who the caller is (logged, and named in PERMISSION_DENIED messages).
     principal: str
+    # What it may do: admin, *, read:SCHEMA.TABLE, write:SCHEMA.TABLE, call:NAME (patterns).
     scopes: list[str] = Field(default_factory=list)
     # The database role its batches and streams run as (SET LOCAL ROLE in each transaction), so
     # that PostgreSQL's GRANTs and row-level security apply; None: batchd's own login role.
@@ -89,8 +91,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATCHD_", extra="forbid")
 
     # --- network
+    # The address to listen on (`serve --host`).
     host: str = "127.0.0.1"
+    # The port to listen on (`serve --port`); 0: any free port, printed at start.
     port: int = Field(50051, ge=0, le=65535)
+    # Largest request or response message; a larger one is RESOURCE_EXHAUSTED.
     max_message_bytes: int = 16 * 1024 * 1024
     # Let several processes listen on the same port (SO_REUSEPORT); set by `serve --workers`.
     reuse_port: bool = False
@@ -98,6 +103,7 @@ class Settings(BaseSettings):
     # --- observability (batchd.metrics, batchd.logs, batchd.rpc.tracing)
     # Prometheus /metrics on its own port; 0: no endpoint.
     metrics_host: str = "127.0.0.1"
+    # The /metrics port; 0: no endpoint (a default port that is taken only logs a warning).
     metrics_port: int = Field(9464, ge=0, le=65535)
     # "json": one JSON object per line; "text": for people; "auto": text on a terminal, else JSON.
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -107,9 +113,13 @@ class Settings(BaseSettings):
     # --- database
     # None: start the embedded PostgreSQL in data_dir, with the demo schema.
     dsn: str | None = None
+    # The embedded PostgreSQL's data folder (`serve --data-dir`).
     data_dir: Path = Path(".batchd/pgdata")
+    # Create the demo tables and load the demo handlers.
     demo_schema: bool | None = None  # None: only with the embedded database
+    # Connections the pool keeps open.
     pool_min_size: int = 2
+    # Most connections the pool opens (each --workers process has a pool of its own).
     pool_max_size: int = 16
     # What is between batchd and PostgreSQL. "transaction": a pooler in transaction mode
     # (pgbouncer pool_mode=transaction), where a session's prepared statements do not survive
@@ -122,13 +132,16 @@ class Settings(BaseSettings):
     # transaction mode, which refuses them as start-up parameters); 0: no limit. A call's
     # deadline lowers statement_timeout for its transaction.
     statement_timeout_ms: int = Field(30_000, ge=0)
+    # lock_timeout in every transaction (SET LOCAL, as statement_timeout_ms); 0: none.
     lock_timeout_ms: int = Field(10_000, ge=0)
+    # idle_in_transaction_session_timeout in every transaction (SET LOCAL); 0: none.
     idle_in_transaction_timeout_ms: int = Field(60_000, ge=0)
     # Time to open a database connection before the attempt fails (UNAVAILABLE).
     connect_timeout_seconds: float = Field(10.0, gt=0)
     # The BatchService health entry turns NOT_SERVING when PostgreSQL has not answered a check
     # (every db_check_seconds) for db_unhealthy_after_seconds; SERVING again when it does.
     db_check_seconds: float = Field(1.0, gt=0)
+    # See db_check_seconds.
     db_unhealthy_after_seconds: float = Field(5.0, gt=0)
 
     # --- what is exposed
@@ -137,19 +150,25 @@ class Settings(BaseSettings):
     # Patterns "schema.function", "schema.*" of the SQL functions a "call" may name. None by
     # default: a function is code, and nothing runs unless the operator says so.
     expose_functions: list[str] = Field(default_factory=list)
+    # The schema of unqualified table and function names.
     default_schema: str = "public"
+    # Per table ("schema.table"): version_column, soft_delete_column, operations allowed.
     tables: dict[str, TableSettings] = Field(default_factory=dict)
     # Catalog reloads (batchd.reload): the DSN batchd LISTENs on for NOTIFY batchd, 'reload'
     # (None: the DSN, unless behind a transaction pooler, where LISTEN cannot work), and
     # whether to install an event trigger that notifies after every DDL (needs a superuser).
     notify_dsn: str | None = None
+    # Install the event trigger that sends NOTIFY batchd, 'reload' after every DDL.
     reload_trigger: bool = False
     # Modules imported at start-up whose @handler functions become "call" operations.
     handler_modules: list[str] = Field(default_factory=list)
 
     # --- limits
+    # Operations per batch.
     max_operations: int = 1000
+    # Rows inserted per batch.
     max_rows_per_batch: int = 100_000
+    # The largest query limit, and the most rows a SQL function may return.
     max_page_size: int = 10_000
     # Concurrent operations of one INDEPENDENT batch (each holds a pooled connection).
     independent_concurrency: int = 8
@@ -161,10 +180,12 @@ class Settings(BaseSettings):
     # --- idempotency (batchd.batch.idempotency): how long a BatchExecute request id and its stored
     # answer are kept, and how often expired ones are deleted.
     idempotency_ttl_seconds: float = Field(24 * 3600, gt=0)
+    # How often each server deletes expired request ids.
     idempotency_cleanup_seconds: float = Field(60, gt=0)
     # Work running at once; beyond it, RESOURCE_EXHAUSTED with RetryInfo (never a queue). A
     # stream holds a pooled connection for its whole life: keep streams below pool_max_size.
     max_concurrent_batches: int = 256
+    # BatchStream calls running at once (see max_concurrent_batches).
     max_concurrent_streams: int = 8
     # Calls gRPC may hold before batchd's handlers take them (a burst of connections). Past it,
     # gRPC itself cancels calls (CANCELLED, unseen by batchd); below it, every call reaches
@@ -177,6 +198,7 @@ class Settings(BaseSettings):
     # is ended (DEADLINE_EXCEEDED) if none comes within stream_header_seconds, or if the client
     # sends nothing for stream_idle_seconds between messages: idle clients lock nobody out.
     stream_header_seconds: float = Field(10.0, gt=0)
+    # See stream_header_seconds.
     stream_idle_seconds: float = Field(60.0, gt=0)
     # The deadline of a BatchExecute whose caller set none (a caller's own deadline is not
     # raised to it), so that every call has a server-side bound.
@@ -197,6 +219,7 @@ class Settings(BaseSettings):
     reflection_public: bool = True
     # TLS: PEM files of the server's certificate chain and key; none: plaintext.
     tls_cert_file: Path | None = None
+    # The PEM file of the server's private key (with tls_cert_file).
     tls_key_file: Path | None = None
     # mTLS: PEM of the CA that signs client certificates; a client must present one.
     tls_client_ca_file: Path | None = None

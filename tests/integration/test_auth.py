@@ -534,7 +534,8 @@ async def test_mtls_with_tokens_a_presented_token_takes_precedence(schema, certs
 
 
 async def test_grpcurl_with_mtls_and_a_token(schema, certs):
-    """The README's command: reflection and a call over mTLS, with a bearer token."""
+    """The docs' command (docs/how-to/security.md): reflection and a call over mTLS, with a
+    bearer token."""
     grpcurl = Path(sys.executable).parent / "grpcurl"
     async with serving(schema, tokens=TOKENS, reflection_public=False,
                        **tls_settings(certs, mtls=True)) as app:

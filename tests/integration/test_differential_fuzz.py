@@ -62,7 +62,7 @@ where two correct runs may differ, the generator or the comparison says so:
   coercion of other pairs is its own rule, not a database's.
 - Values are compared by their meaning: bigint and numeric decoded from their strings
   (numeric keeping its scale, "1.50"), timestamptz as instants, jsonb numbers integral or not.
-- Where the README is silent, the reference pins what batchd does today: updates and deletes
+- Where the docs are silent, the reference pins what batchd does today: updates and deletes
   leave soft-deleted rows alone (by key: NOT_FOUND, also with an expected_version), an upsert
   does not (it updates a soft-deleted row, and its version); a soft delete increments the
   version too.

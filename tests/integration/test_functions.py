@@ -9,7 +9,6 @@ secured server of this module adds roles, a row-level-security table and a guard
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,7 +33,6 @@ from tests.support.batches import (
     fails,
     rows,
 )
-from tests.support.grpcurl import grpcurl, readme_example
 from tests.support.servers import make_settings
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -445,20 +443,3 @@ async def test_a_security_invoker_function_sees_only_the_roles_rows(secured, mod
         response = await secured.BatchExecute(batch([call("fn_my_notes")], mode=mode),
                                               metadata=bearer(token))
         assert [r["note"] for r in rows(response.results[0])] == notes
-
-
-# --- the README ------------------------------------------------------------------------------
-
-async def test_the_readmes_function_example_answers_as_shown(schema, db):
-    """Its products as the README's earlier examples leave them (two keyboards reserved)."""
-    await db.execute("UPDATE products SET stock = 98 WHERE sku = 'KB-01'")
-    await db.execute("INSERT INTO products (sku, name, price, stock) "
-                     "VALUES ('MN-27', 'Monitor 27\"', 289.00, 20)")
-    request, shown = readme_example('"function": "restock_list"')
-    app = await App.start(make_settings(schema, expose_functions=["public.restock_list"]))
-    try:
-        code, out = await grpcurl(app, "batchd.v1.BatchService/BatchExecute", data=request)
-    finally:
-        await app.stop(grace=1)
-    assert code == 0, out
-    assert json.loads(out) == shown

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.support.grpcurl import GRPCURL, grpcurl, readme_example
+from tests.support.grpcurl import GRPCURL, grpcurl
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,7 +90,7 @@ async def test_failing_batch_prints_a_readable_error_with_details(app, db):
     assert "batchd.v1.BatchExecuteResponse" in out and '"outcome":"OUTCOME_FAILED"' in out
 
 
-async def test_groups_from_json_as_in_the_readme(app, db):
+async def test_groups_from_json(app, db):
     await db.execute("INSERT INTO customers (name, email) VALUES ('Ada', 'ada@example.com')")
 
     def order(n: int, product_id: int, quantity: int) -> list[dict]:
@@ -142,34 +142,3 @@ async def test_stream_from_grpcurl_with_resume(app, db):
     code, out2 = await grpcurl(app, "batchd.v1.BatchService/BatchStream", data=messages[0])
     assert code == 0 and '"lastCommittedSequence": "2"' in out2
     assert await db.fetchval("SELECT count(*) FROM customers") == 2
-
-
-
-
-async def test_the_readmes_query_with_an_or_group_and_a_count_answers_as_shown(app, db):
-    await db.execute("INSERT INTO products (sku, name, price, stock) "
-                     "VALUES ('MN-27', 'Monitor 27\"', 289.00, 20)")
-    request, shown = readme_example('"count": true')
-    code, out = await grpcurl(app, "batchd.v1.BatchService/BatchExecute", data=request)
-    assert code == 0, out
-    assert json.loads(out) == shown
-    query = request["operations"][0]["query"]  # type: ignore[index]
-    query["page_token"] = shown["results"][0]["nextPageToken"]  # type: ignore[index]
-    code, out = await grpcurl(app, "batchd.v1.BatchService/BatchExecute", data=request)
-    [result] = json.loads(out)["results"]
-    assert result["rows"] == [{"name": "Mouse", "price": "19.99", "sku": "MS-01"}]
-    assert "nextPageToken" not in result and result["totalCount"] == "3"
-
-
-async def test_the_readmes_first_batches_answer_as_shown(app, db):
-    """The README's atomic batch with references, then its independent batch: every field as
-    grpcurl prints it (no empty status on a success; columns where the README shows them)."""
-    for marker in ('"$ref": "customer.id"', '"id": "ghost"'):
-        request, shown = readme_example(marker)
-        code, out = await grpcurl(app, "batchd.v1.BatchService/BatchExecute", data=request)
-        assert code == 0, out
-        answer = json.loads(out)
-        if not any("columns" in r for r in shown["results"]):  # type: ignore[index]
-            for result in answer["results"]:  # the README leaves them out there, and says so
-                result.pop("columns", None)
-        assert answer == shown

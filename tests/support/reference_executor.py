@@ -1,6 +1,6 @@
 """The reference executor of the differential fuzzer: a batch of tests/support/batch_model.py
 run the plain way, statement by statement on one asyncpg connection, with hand-written SQL and
-no batchd code at all. What batchd must answer for the same batch follows from the README and
+no batchd code at all. What batchd must answer for the same batch follows from the docs and
 batch.proto, written down here once more the naive way:
 
 - ATOMIC: one transaction, operations in request order; the first failure rolls it back (that
@@ -12,7 +12,7 @@ batch.proto, written down here once more the naive way:
   a failed atomic batch. ``validate_only``: one transaction, a savepoint per unit, rolled back.
 - References resolve to the native value of the referenced row (``op.N.column``; a missing
   row: FAILED_PRECONDITION, DEPENDENCY_FAILED); ``$literal`` is data.
-- PostgreSQL's errors get the code of the README's error table by SQLSTATE.
+- PostgreSQL's errors get the code of the docs' error table by SQLSTATE.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from tests.support.batch_model import (
     canonical,
 )
 
-# The README's error table, by SQLSTATE (exact first, then class).
+# The docs' error table (docs/reference/errors.md), by SQLSTATE (exact first, then class).
 BY_SQLSTATE = {"23505": "ALREADY_EXISTS", "23503": "FAILED_PRECONDITION",
                "23502": "INVALID_ARGUMENT", "23514": "INVALID_ARGUMENT",
                "25006": "FAILED_PRECONDITION", "40001": "ABORTED", "40P01": "ABORTED"}

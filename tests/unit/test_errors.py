@@ -1,5 +1,5 @@
 """batchd.errors: the one mapping of exceptions to status codes and ErrorInfo reasons, the
-google.rpc.Status round trip, and the README's error table."""
+google.rpc.Status round trip, and the docs' error table."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from batchd.errors import (
 )
 
 S = grpc.StatusCode
-README = Path(__file__).parents[2] / "README.md"
+ERRORS_PAGE = Path(__file__).parents[2] / "docs" / "reference" / "errors.md"
 
 
 def postgres_error(sqlstate: str, message: str = "refused", **fields: str) -> asyncpg.PostgresError:
@@ -50,11 +50,10 @@ def postgres_error(sqlstate: str, message: str = "refused", **fields: str) -> as
     return asyncpg.PostgresError.new({"C": sqlstate, "M": message, **fields})
 
 
-# --- the README's table ----------------------------------------------------------------------
+# --- the docs' table (docs/reference/errors.md, written by scripts/gen-docs) -----------------
 
-def readme_error_table() -> str:
-    section = README.read_text().split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
-    lines = section.splitlines()
+def docs_error_table() -> str:
+    lines = ERRORS_PAGE.read_text().splitlines()
     start = lines.index("| code | reason | when |")
     end = start
     while end < len(lines) and lines[end].startswith("|"):
@@ -62,8 +61,8 @@ def readme_error_table() -> str:
     return "\n".join(lines[start:end])
 
 
-def test_readme_error_table_is_exactly_markdown_table() -> None:
-    assert readme_error_table().splitlines() == markdown_table().splitlines()
+def test_the_docs_error_table_is_exactly_markdown_table() -> None:
+    assert docs_error_table().splitlines() == markdown_table().splitlines()
 
 
 def test_markdown_table_lists_every_reason_and_every_mapped_sqlstate() -> None:

@@ -1,6 +1,6 @@
 """Retries of the Python client: what is retried, how long to wait, and the deadline over it all.
 
-What is retried (``retryable``) follows what the server promises (README, "Idempotency"):
+What is retried (``retryable``) follows what the server promises (docs/how-to/idempotency.md):
 
 - RESOURCE_EXHAUSTED with reason ``TOO_MANY_CONCURRENT`` and UNAVAILABLE with reason
   ``DRAINING``: always. Both are refusals at admission, before anything ran, whatever the

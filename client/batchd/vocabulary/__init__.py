@@ -28,7 +28,7 @@ One function turns them into a ``google.rpc.Status`` with details (``to_rpc_stat
 turns a status back (``from_rpc_status``: a stored answer replayed, or what a client received;
 ``from_rpc_error`` for a failed call as grpc raises it).
 ``reasons`` names every reason batchd itself sends, as constants and in ``REASONS`` with its
-code (the README's error table is ``markdown_table()``); ``sqlstates`` is the one map of
+code (the docs' error table is ``markdown_table()``); ``sqlstates`` is the one map of
 PostgreSQL's SQLSTATEs to codes; ``FINAL_CODES`` / ``is_refusal`` say which failures are the
 answer and which may pass. Nothing here imports asyncpg or any server module: the server's
 translation of foreign exceptions (``translate``, ``from_database``) is ``batchd.errors``.

@@ -1,4 +1,4 @@
-"""Every ErrorInfo reason batchd sends, as a constant and with its code: the README's error
+"""Every ErrorInfo reason batchd sends, as a constant and with its code: the docs' error
 table is made here.
 
 The constants are what code compares a reason with (``error.reason == reasons.DRAINING``), on
@@ -116,7 +116,8 @@ REASONS: tuple[Reason, ...] = (
 
 
 def markdown_table() -> str:
-    """The README's table of reasons, made from ``REASONS`` and the SQLSTATE map."""
+    """The error reference's table of reasons (docs/reference/errors.md), made from
+    ``REASONS`` and the SQLSTATE map."""
     lines = ["| code | reason | when |", "| --- | --- | --- |"]
     lines += [f"| {r.code.name} | `{r.reason}` | {r.when} |" for r in REASONS]
     by_code: dict[str, list[str]] = {}

@@ -1,6 +1,6 @@
 """PostgreSQL's SQLSTATEs as gRPC codes: the one map, exact states first, then their
 two-character class. The server codes a ``DatabaseError`` by it (``batchd.errors.database``);
-the README's error table lists it (``reasons.markdown_table``). Plain data: no driver needed."""
+the docs' error table lists it (``reasons.markdown_table``). Plain data: no driver needed."""
 
 from __future__ import annotations
 
