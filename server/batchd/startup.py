@@ -80,7 +80,7 @@ def settings_error(errors: Sequence[Mapping[str, Any]], *,
     if kind == "extra_forbidden":
         name = str(loc[-1]) if loc else top
         close = difflib.get_close_matches(name, list(fields(loc[:-1])), n=1)
-        hint = f"did you mean {close[0]}?" if close else "see the configuration table in README"
+        hint = f"did you mean {close[0]}?" if close else "see docs/reference/configuration.md"
         if len(loc) > 1 and name in fields(()):  # TOML puts keys after [x] inside x
             hint = (f"{name} is a top-level setting: move it above the first [table] header "
                     "(in TOML, keys after a header belong to it)")

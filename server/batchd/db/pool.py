@@ -347,8 +347,8 @@ async def run_ddl(pool: asyncpg.Pool, sql: str, present: str | None = None,
             raise StartupError(
                 f"{what} are missing or out of date, and batchd's "
                 f'login role "{user}" may not create them ({exc}): start batchd once as a '
-                "role that may, or have an owner run the SQL in the README's "
-                '"Security" section') from None
+                "role that may, or have an owner create them (docs/how-to/roles.md, "
+                '"A login role that owns nothing")') from None
 
 
 async def _check_use(conn: asyncpg.Connection, tables: Sequence[str]) -> None:
