@@ -40,7 +40,6 @@ from batchd.rpc.interceptors import MetricsInterceptor
 from batchd.rpc.observe import Observer
 from batchd.rpc.service import BatchService
 from batchd.rpc.tls import server_credentials
-from batchd.stream.encodings.arrow import use_system_allocator
 from batchd.stream.ledger import ensure_internal_schema
 from batchd.stream.session import StreamServices
 from batchd.v1 import batch_pb2
@@ -73,7 +72,6 @@ class App:
         # default 5 ms GIL switch interval the event loop would wait up to that long for every
         # step of every other call meanwhile. 0.5 ms keeps it answering (health checks too).
         sys.setswitchinterval(0.0005)
-        use_system_allocator()  # a long Arrow stream's memory stays flat
         # The address first: a port already taken is found before PostgreSQL is touched.
         startup.check_port(settings.host, settings.port, reuse_port=settings.reuse_port)
         try:  # and the TLS files

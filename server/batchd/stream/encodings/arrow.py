@@ -26,7 +26,6 @@ on the loop itself, every chunk's decoding delayed the writer's next round trip 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,19 +49,6 @@ from batchd.stream.isolating import write_isolating
 from batchd.stream.sink import Sink
 from batchd.stream.target import Target, Written
 from batchd.v1 import batch_pb2
-
-
-def use_system_allocator() -> None:
-    """Make pyarrow allocate with the C library's malloc, unless the operator chose a pool
-    (``ARROW_DEFAULT_MEMORY_POOL``).
-
-    Chunks are decoded on worker threads and their buffers freed on others; pyarrow's default
-    pool (mimalloc, or jemalloc) keeps what each thread freed for that thread, and a long
-    stream's peak RSS kept rising: 1.27-1.31x from 10^6 to 10^7 rows (jemalloc 1.29x), against
-    1.11-1.19x with the system allocator, at the same rows/s within this machine's noise
-    (BENCHMARKS.md, the memory of a merging stream)."""
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        pa.set_memory_pool(pa.system_memory_pool())
 
 
 @dataclass(slots=True)
