@@ -47,6 +47,11 @@ ENCODINGS = {CSV: batch_pb2.ENCODING_CSV, JSONL: batch_pb2.ENCODING_ROWS,
              ARROW: batch_pb2.ENCODING_ARROW, PARQUET: batch_pb2.ENCODING_ARROW}
 
 
+class UploadCut(Exception):
+    """The client went away before the end of the body: what it sent after the last whole
+    chunk never counts (and an ATOMIC upload never commits)."""
+
+
 @dataclass(slots=True)
 class Piece:
     """One chunk's rows, ready for a StreamChunk (its sequence is set by the caller)."""
@@ -301,8 +306,10 @@ async def arrow_pieces(body: AsyncIterator[bytes], chunk_rows: int,
     feeder = asyncio.create_task(feed())
     try:
         async for piece in _threaded(produce, stop):
+            if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
+                break  # the body was cut (or too large): pieces read after it do not count
             yield piece
-        await feeder  # its errors (a body too large) are the upload's
+        await feeder  # its errors (a cut, a body too large) are the upload's
     finally:
         feeder.cancel()
         with contextlib.suppress(BaseException):
