@@ -195,7 +195,8 @@ async def test_a_resume_may_send_only_the_rest_from_the_committed_row(schema, db
         rest = await client.put(path, content=lines[0] + b"".join(lines[201:]),
                                 headers={"Batchd-Stream-Id": "rest-1", "Batchd-Offset": "200"})
     assert wrong.status_code == 400
-    assert error_info(wrong.json()["error"]).reason == "STREAM_OFFSET_MISMATCH"
+    info = error_info(wrong.json()["error"])
+    assert info.reason == "SEQUENCE_OUT_OF_ORDER" and info.metadata["committed_rows"] == "200"
     assert "row 200" in wrong.json()["error"]["message"]
     assert rest.json()["committed_rows"] == 500
     assert await db.fetchval("SELECT count(DISTINCT id) FROM events") == 500

@@ -57,6 +57,7 @@ from batchd.http.edge import (
 )
 from batchd.rpc.calls import Calls
 from batchd.v1 import batch_pb2
+from batchd.vocabulary import reasons
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -102,8 +103,7 @@ class Upload:
             self.received += len(data)
             if self.limit and self.received > self.limit:
                 raise BodyTooLarge(f"the body is larger than http_max_body_bytes "
-                                   f"({self.limit}); split the file, or raise the limit",
-                                   reason="BODY_TOO_LARGE")
+                                   f"({self.limit}); split the file, or raise the limit")
             if data:
                 yield data
             if not message.get("more_body", False):
@@ -332,7 +332,8 @@ class IngestApp:
                     f'stream "{opened.stream_id}" stands at row {opened.next_row_index} '
                     f"(committed_rows), not at {OFFSET_HEADER}: {offset}; send the rows from "
                     f"row {opened.next_row_index} on with {OFFSET_HEADER}: "
-                    f"{opened.next_row_index}", reason="STREAM_OFFSET_MISMATCH")
+                    f"{opened.next_row_index}", reason=reasons.SEQUENCE_OUT_OF_ORDER,
+                    metadata={"committed_rows": str(opened.next_row_index)})
             sequence = opened.last_committed_sequence + 1
         async for piece in pieces:
             piece.chunk.sequence = sequence
