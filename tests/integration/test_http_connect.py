@@ -272,3 +272,23 @@ async def test_error_json_of_the_ingest_and_connect_agree(schema):
     assert connect.json()["code"] == ingest.json()["error"]["code"] == "unauthenticated"
     assert json.loads(connect.text)["details"][0]["type"] == "google.rpc.ErrorInfo"
     assert base64  # details are base64, as Connect's wire says
+
+
+async def test_otel_enabled_makes_a_span_per_http_call(schema):
+    pytest.importorskip("opentelemetry.instrumentation.asgi",
+                        reason="the otel extra is not installed")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # batchd keeps a provider the process already set
+    if trace.get_tracer_provider() is not provider:
+        pytest.skip("another tracer provider was set earlier in this process")
+    async with http_app(schema, otel_enabled=True) as (_, client):
+        answer = await client.post(f"{SERVICE}/GetSchema", json={})
+    assert answer.status_code == 200
+    assert any("GetSchema" in span.name for span in exporter.get_finished_spans())

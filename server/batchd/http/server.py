@@ -25,7 +25,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
@@ -38,6 +38,7 @@ from batchd.http.console import console_app
 from batchd.http.edge import Gatekeeper, send_json
 from batchd.http.ingest import IngestApp
 from batchd.metrics import Metrics
+from batchd.rpc import tracing
 from batchd.rpc.auth import Authenticator
 from batchd.rpc.calls import Calls
 from batchd.rpc.health import SERVING, HealthServicer
@@ -163,7 +164,9 @@ def http_server(settings: Settings, calls: Calls, metrics: Metrics, health: Heal
                 service_name: str) -> HttpServer:
     """The HTTP server of ``settings`` (not yet bound)."""
     gatekeeper = Gatekeeper(settings.auth_enabled, Authenticator(settings))
-    connect = BatchServiceApp(calls, gatekeeper, metrics, settings.max_message_bytes)
+    # connectrpc types its ASGI callable with asgiref's precise dicts, where installed.
+    connect = cast(App, BatchServiceApp(calls, gatekeeper, metrics, settings.max_message_bytes))
     console = console_app(settings) if settings.wants_console else None
     ingest = IngestApp(settings, calls, gatekeeper)
-    return HttpServer(settings, Router(connect, ingest, console, health, service_name))
+    router = Router(connect, ingest, console, health, service_name)
+    return HttpServer(settings, tracing.asgi_app(router, settings.otel_enabled))
