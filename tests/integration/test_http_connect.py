@@ -292,3 +292,37 @@ async def test_otel_enabled_makes_a_span_per_http_call(schema):
         answer = await client.post(f"{SERVICE}/GetSchema", json={})
     assert answer.status_code == 200
     assert any("GetSchema" in span.name for span in exporter.get_finished_spans())
+
+
+async def test_batchd_serve_serves_http_beside_grpc_and_drains_on_sigterm(schema, tmp_path):
+    import asyncio
+    import os
+    import signal
+
+    from tests.support.cli import BATCHD
+    from tests.support.ports import ROOT
+
+    grpc_port, http_port = free_port(), free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
+           "BATCHD_DSN": schema, "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        str(BATCHD), "serve", "--port", str(grpc_port), "--http-port", str(http_port),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    try:
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+                 for _ in range(2)]
+        assert f"HTTP on http://127.0.0.1:{http_port}" in lines[1]
+        assert "/console" not in lines[1]  # a DSN: no console unless asked
+        import httpx
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client:
+            health = await client.get("/healthz")
+            schema_answer = await client.post(f"{SERVICE}/GetSchema", json={})
+        assert health.json() == {"status": "SERVING"} and schema_answer.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
