@@ -226,3 +226,25 @@ async def test_upsert_options_merge_rows(schema, db):
     assert answer.status_code == 200, answer.text
     assert await db.fetch("SELECT id, kind FROM events ORDER BY id") == [(1, "new"), (2, "two")]
     assert decimal  # numeric values travel as text in CSV
+
+
+async def test_the_stream_opens_at_the_csv_header_line_not_after_a_whole_chunk(schema, db):
+    """A slow sender's upload is admitted once its header line is in (stream_header_seconds
+    bounds the wait for it), not once a whole chunk of rows has arrived."""
+    body = events_csv(50)
+    head, rest = body[:40], body[40:]
+    async with http_app(schema) as (app, _):
+        assert app.http is not None and app.admission is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.http.port)
+        writer.write(f"PUT /v1/ingest/events HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+                     f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                     + head)
+        await writer.drain()
+        await until(lambda: app.admission.in_use["stream"] == 1)  # opened, rows to come
+        writer.write(rest)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+    summary = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert summary["rows_written"] == 50 and summary["committed"] is True
+    assert await db.fetchval("SELECT count(*) FROM events") == 50

@@ -146,8 +146,9 @@ class CsvCutter:
                         "that never closes)")
 
     def end(self) -> list[tuple[bytes, int]]:
-        """The last chunk, at the end of the body."""
+        """The last chunk, at the end of the body (once: the buffer is emptied)."""
         rest = bytes(self._buffer)
+        self._buffer.clear()
         if not rest.strip():
             return []
         if self._odd:
@@ -167,7 +168,11 @@ def csv_columns(header: bytes, delimiter: str, quote: str) -> list[str]:
     return [name.strip() for name in row]
 
 
-async def csv_pieces(body: AsyncIterator[bytes], cutter: CsvCutter) -> AsyncIterator[Piece]:
+async def csv_pieces(body: AsyncIterator[bytes], cutter: CsvCutter,
+                     early: list[tuple[bytes, int]] | None = None) -> AsyncIterator[Piece]:
+    """The chunks ``early`` (cut already), then those of the rest of the body."""
+    for cut, rows in early or ():
+        yield Piece(batch_pb2.StreamChunk(csv=cut), rows)
     async for data in body:
         for cut, rows in cutter.feed(data):
             yield Piece(batch_pb2.StreamChunk(csv=cut), rows)

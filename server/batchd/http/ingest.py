@@ -307,16 +307,25 @@ class IngestApp:
         if fmt == bodies.CSV:
             quote = (header.csv.quote or '"').encode()
             cutter = bodies.CsvCutter(quote, chunk_rows, self.chunk_bytes, has_header)
-            pieces = bodies.csv_pieces(body, cutter)
-            if has_header:  # the columns: the first record's (read before the header goes)
-                first = await _first(pieces)
+            early: list[tuple[bytes, int]] = []
+            if has_header:  # the columns: the header line's, read before the stream opens
+                try:
+                    async for data in body:  # only as far as the header line
+                        early += cutter.feed(data)
+                        if cutter.header is not None:
+                            break
+                except bodies.UploadCut:
+                    raise InvalidArgument.field("body", "the client went away before the "
+                                                        "CSV header line") from None
+                if cutter.header is None:  # the body ended first
+                    early += cutter.end()
                 if cutter.header is None:
                     raise InvalidArgument.field("body", "no CSV header line (send "
                                                 "?columns=a,b,c&header=false without one)")
                 if not header.columns:
                     header.columns.extend(bodies.csv_columns(
                         cutter.header, header.csv.delimiter or ",", quote.decode()))
-                pieces = _chain(first, pieces)
+            pieces = bodies.csv_pieces(body, cutter, early)
         elif fmt == bodies.JSONL:
             pieces = bodies.jsonl_pieces(body, chunk_rows, self.chunk_bytes)
         elif fmt == bodies.ARROW:
@@ -364,18 +373,6 @@ class IngestApp:
                                 "committed_rows": summary.committed_rows,
                                 "last_committed_sequence": summary.last_sequence},
                     answer_headers)
-
-
-async def _first(pieces: AsyncIterator[bodies.Piece]) -> bodies.Piece | None:
-    return await anext(pieces, None)
-
-
-async def _chain(first: bodies.Piece | None,
-                 rest: AsyncIterator[bodies.Piece]) -> AsyncIterator[bodies.Piece]:
-    if first is not None:
-        yield first
-    async for piece in rest:
-        yield piece
 
 
 def _format(content_type: str) -> str:
