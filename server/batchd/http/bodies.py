@@ -9,7 +9,8 @@ ingest's half that knows the formats (batchd.http.ingest is the other half).
 - Arrow IPC stream (``application/vnd.apache.arrow.stream``): read by pyarrow on a worker
   thread as the bytes arrive, record batch by record batch (ENCODING_ARROW).
 - Parquet (``application/vnd.apache.parquet``): its footer is at its end, so the body is first
-  spooled to a temporary file (disk, not memory), then read a row group at a time.
+  spooled to a temporary file (disk, not memory; ``spool``), then read a row group at a time —
+  the stream opens (and holds a connection) only once the upload is complete.
 
 Chunks hold at most ``chunk_rows`` rows and ``chunk_bytes`` bytes. The cuts depend only on the
 bytes and these two numbers, so the same file sent again makes the same chunks: a resumed
@@ -342,30 +343,35 @@ async def arrow_pieces(body: AsyncIterator[bytes], chunk_rows: int,
         pieces.put(None)  # a thread still reading ends
 
 
-async def parquet_pieces(body: AsyncIterator[bytes], chunk_rows: int, chunk_bytes: int,
-                         spool_dir: str | None = None) -> AsyncIterator[Piece]:
-    """A Parquet file's rows: spooled to a temporary file, then read a row group at a time."""
+async def spool(body: AsyncIterator[bytes], spool_dir: str | None = None) -> str:
+    """The whole body in a temporary file (its path; the caller deletes it): for Parquet,
+    whose footer is at its end."""
+    fd, path = tempfile.mkstemp(prefix="batchd-ingest-", suffix=".parquet", dir=spool_dir)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            async for data in body:
+                await asyncio.to_thread(file.write, data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path
+
+
+async def parquet_pieces(path: str, chunk_rows: int, chunk_bytes: int) -> AsyncIterator[Piece]:
+    """A spooled Parquet file's rows, read a row group at a time on a worker thread."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fd, path = tempfile.mkstemp(prefix="batchd-ingest-", suffix=".parquet", dir=spool_dir)
-    try:
-        with os.fdopen(fd, "wb") as spool:
-            async for data in body:
-                await asyncio.to_thread(spool.write, data)
-        stop = threading.Event()
+    stop = threading.Event()
 
-        def produce() -> Iterator[Piece]:
-            try:
-                parquet = pq.ParquetFile(path)
-                batches = parquet.iter_batches(batch_size=chunk_rows)
-                yield from _arrow_pieces(batches, parquet.schema_arrow, chunk_rows,
-                                         chunk_bytes)
-            except (pa.ArrowInvalid, OSError, ValueError) as exc:
-                raise _arrow_error(exc, "a Parquet file") from None
+    def produce() -> Iterator[Piece]:
+        try:
+            parquet = pq.ParquetFile(path)
+            batches = parquet.iter_batches(batch_size=chunk_rows)
+            yield from _arrow_pieces(batches, parquet.schema_arrow, chunk_rows, chunk_bytes)
+        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+            raise _arrow_error(exc, "a Parquet file") from None
 
-        async for piece in _threaded(produce, stop):
-            yield piece
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+    async for piece in _threaded(produce, stop):
+        yield piece

@@ -32,6 +32,8 @@ Limits: the body at most ``http_max_body_bytes`` (413), ``stream_idle_seconds`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -277,10 +279,21 @@ class IngestApp:
                 raise InvalidArgument.field(OFFSET_HEADER, "resume needs mode=independent")
             upload = Upload(receive, self.settings.http_max_body_bytes)
             summary = Summary(table, header.mode != batch_pb2.MODE_INDEPENDENT)
-            requests = self._requests(header, fmt, upload, chunk_rows, has_header, offset,
-                                      summary)
-            async for response in self.calls.batch_stream(requests, call):
-                summary.add(response)
+            spooled = None
+            if fmt == bodies.PARQUET:  # the whole file first: the stream then holds nothing
+                try:                   # while a slow upload goes on
+                    spooled = await bodies.spool(upload.chunks())
+                except bodies.UploadCut:
+                    return  # nobody to answer; nothing was written
+            try:
+                requests = self._requests(header, fmt, upload, chunk_rows, has_header,
+                                          offset, summary, spooled)
+                async for response in self.calls.batch_stream(requests, call):
+                    summary.add(response)
+            finally:
+                if spooled is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(spooled)
         except BatchdError as error:
             body = {"error": error_json(error)}
             if summary is not None:
@@ -298,7 +311,8 @@ class IngestApp:
 
     async def _requests(self, header: batch_pb2.StreamHeader, fmt: str, upload: Upload,
                         chunk_rows: int, has_header: bool, offset: int | None,
-                        summary: Summary) -> AsyncIterator[batch_pb2.BatchStreamRequest]:
+                        summary: Summary, spooled: str | None,
+                        ) -> AsyncIterator[batch_pb2.BatchStreamRequest]:
         """The stream's messages: the header, the body's chunks, and (ATOMIC) the commit —
         only when the whole body has arrived: a cut upload commits nothing (ATOMIC), or
         only its chunks written before the cut (INDEPENDENT)."""
@@ -331,7 +345,8 @@ class IngestApp:
         elif fmt == bodies.ARROW:
             pieces = bodies.arrow_pieces(body, chunk_rows, self.chunk_bytes)
         else:
-            pieces = bodies.parquet_pieces(body, chunk_rows, self.chunk_bytes)
+            assert spooled is not None
+            pieces = bodies.parquet_pieces(spooled, chunk_rows, self.chunk_bytes)
         yield batch_pb2.BatchStreamRequest(header=header)
         sequence = 1
         if offset is not None:  # where the stream stands, once it is opened
