@@ -47,6 +47,7 @@ from batchd.errors import (
     InvalidArgument,
     OutOfRange,
     Unauthenticated,
+    code_of,
 )
 from batchd.http import bodies
 from batchd.http.edge import (
@@ -176,9 +177,8 @@ class Summary:
 
 
 def error_json_code(code: int) -> str:
-    from batchd.errors import code_of
-
-    return str(code_of(code).name).lower()
+    """A google.rpc code number as Connect's name of it."""
+    return str(code_of(code).name).lower().replace("cancelled", "canceled")
 
 
 def _one(params: dict[str, list[str]], name: str, default: str = "") -> str:
@@ -194,7 +194,7 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _header(table: str, params: dict[str, list[str]], fmt: str, settings: Settings,
+def _header(table: str, params: dict[str, list[str]], fmt: str,
             stream_id: str) -> tuple[batch_pb2.StreamHeader, int, bool]:
     """The stream header the query asks for, its chunk_rows, and whether CSV has a header
     line."""
@@ -272,8 +272,7 @@ class IngestApp:
                 return
             fmt = _format(dict(headers).get("content-type", ""))
             stream_id = dict(headers).get(STREAM_ID_HEADER, "")
-            header, chunk_rows, has_header = _header(table, params, fmt, self.settings,
-                                                     stream_id)
+            header, chunk_rows, has_header = _header(table, params, fmt, stream_id)
             offset = _offset(dict(headers).get(OFFSET_HEADER))
             if offset is not None and header.mode != batch_pb2.MODE_INDEPENDENT:
                 raise InvalidArgument.field(OFFSET_HEADER, "resume needs mode=independent")
