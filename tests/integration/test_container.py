@@ -121,6 +121,7 @@ def test_compose_publishes_grpc_and_metrics_on_the_ports_batchd_listens_on():
     ports = published(batchd)
     assert ports.get(int(env.get("BATCHD_PORT", "50051"))) == 50051
     assert ports.get(int(env.get("BATCHD_METRICS_PORT", "9464"))) == 9464
+    assert ports.get(int(env.get("BATCHD_HTTP_PORT", "8080"))) == 8080
 
 
 def test_compose_batchd_variables_are_real_settings(monkeypatch: pytest.MonkeyPatch):

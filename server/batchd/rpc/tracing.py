@@ -1,4 +1,5 @@
-"""OpenTelemetry tracing of the gRPC server: optional (``pip install 'batchd[otel]'``).
+"""OpenTelemetry tracing of the gRPC server and of the HTTP one (batchd.http): optional
+(``pip install 'batchd[otel]'``).
 
 With ``otel_enabled`` the server gets OpenTelemetry's grpc.aio server interceptor: one span
 per RPC, continuing the caller's trace from its ``traceparent`` metadata. It is passed to this
@@ -33,6 +34,21 @@ def server_interceptors(enabled: bool) -> list[Any]:
         return []
     _ensure_provider()
     return [aio_server_interceptor()]
+
+
+def asgi_app(app: Any, enabled: bool) -> Any:
+    """The HTTP server's ASGI application, traced (OpenTelemetry's ASGI middleware: one span per
+    request, continuing the caller's ``traceparent`` header) when ``enabled`` and installed."""
+    if not enabled:
+        return app
+    try:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        log.warning("otel_enabled is set but opentelemetry-instrumentation-asgi is not "
+                    "installed (pip install 'batchd[otel]'): no tracing of HTTP calls")
+        return app
+    _ensure_provider()
+    return OpenTelemetryMiddleware(app)
 
 
 def _ensure_provider() -> None:
