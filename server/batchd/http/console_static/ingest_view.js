@@ -1,0 +1,76 @@
+// The file drop: a CSV/Parquet/Arrow/JSON Lines file dropped (or chosen) is PUT to
+// /v1/ingest/<table> with a progress bar, and the server's summary and rejected rows shown.
+
+import { contentTypeOf, ingest } from "./api.js";
+import { el, fill, valueText } from "./dom.js";
+
+function summaryTable(json) {
+  const simple = Object.entries(json).filter(([, v]) => v === null || typeof v !== "object");
+  return el("table", { className: "summary" }, el("tbody", {}, simple.map(([k, v]) =>
+    el("tr", {}, el("th", {}, k), el("td", {}, valueText(v))))));
+}
+
+function rejectsOf(json) {
+  for (const key of ["rejects", "rejected", "rejectedRows", "rejected_rows"]) {
+    if (Array.isArray(json[key])) return json[key];
+  }
+  return [];
+}
+
+function rejectsTable(rejects) {
+  if (rejects.length === 0) return el("p", { className: "empty" }, "No row was rejected.");
+  const names = [];
+  for (const r of rejects) for (const k of Object.keys(r)) if (!names.includes(k)) names.push(k);
+  return [el("h3", {}, `${rejects.length} rejected row(s)`),
+    el("table", { className: "rows rejects" },
+      el("thead", {}, el("tr", {}, names.map((n) => el("th", {}, n)))),
+      el("tbody", {}, rejects.map((r) => el("tr", {}, names.map((n) =>
+        el("td", {}, typeof r[n] === "object" && r[n] !== null && r[n].message !== undefined
+          ? r[n].message : valueText(r[n])))))))];
+}
+
+export function setupIngest({ zone, input, tableSelect, modeSelect, progress, status, output }) {
+  async function send(file) {
+    const table = tableSelect.value;
+    if (!table) { fill(status, "Choose a table first."); return; }
+    progress.value = 0;
+    progress.max = file.size || 1;
+    progress.hidden = false;
+    fill(status, `Uploading ${file.name} (${file.size} bytes, ${contentTypeOf(file.name)}) into ${table}…`);
+    fill(output);
+    try {
+      const answer = await ingest(table, file, { mode: modeSelect.value,
+        onProgress: (sent, total) => { progress.max = total || 1; progress.value = sent; } });
+      if (answer.status >= 200 && answer.status < 300 && answer.json) {
+        fill(status, `Ingested ${file.name} into ${table}.`);
+        fill(output, summaryTable(answer.json), rejectsTable(rejectsOf(answer.json)));
+        zone.dataset.state = "done";
+      } else {
+        const j = answer.json || {};
+        fill(status, el("span", { className: "code" }, (j.code || `HTTP ${answer.status}`).toUpperCase()),
+          " ", j.message || answer.text.slice(0, 500));
+        if (answer.json) fill(output, rejectsTable(rejectsOf(answer.json)));
+        zone.dataset.state = "failed";
+      }
+    } catch (err) {
+      fill(status, err.message);
+      zone.dataset.state = "failed";
+    }
+  }
+
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    const file = e.dataTransfer.files[0];
+    if (file) send(file);
+  });
+  input.addEventListener("change", () => { if (input.files[0]) send(input.files[0]); input.value = ""; });
+}
+
+/** Fills the table choice with the tables this token may insert into. */
+export function ingestTables(select, schema) {
+  const tables = (schema.tables || []).filter((t) => (t.operations || []).includes("insert"));
+  fill(select, tables.map((t) => el("option", { value: t.name.startsWith("public.") ? t.name.slice(7) : t.name }, t.name)));
+}
