@@ -1,7 +1,7 @@
 // The console's only way to the server: the same authenticated API any client uses. Unary
 // Connect calls with JSON bodies (`POST /batchd.v1.BatchService/<Method>`), and the ingest
 // endpoint (`PUT /v1/ingest/<table>`). The bearer token lives in this module's memory only:
-// never in localStorage, sessionStorage, a cookie or the URL, so a reload forgets it.
+// never in web storage, a cookie or the URL, so a reload forgets it.
 
 import { base64Bytes, decode } from "./protowire.js";
 

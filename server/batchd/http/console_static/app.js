@@ -11,7 +11,9 @@ import { renderFailure, renderResponse } from "./results.js";
 import { renderSchema } from "./schema_view.js";
 
 const $ = (id) => document.getElementById(id);
-const config = { grpcTarget: "localhost:50051" };
+// The gRPC address copied commands use: config.json's (the server's own setting), else this
+// host on gRPC's default port; the field beside "Copy" changes it.
+const config = { grpcTarget: `${location.hostname}:50051` };
 const editor = new Editor($("batch"), $("suggestions"));
 
 function showError(where, err) {
@@ -73,7 +75,8 @@ function updateCopy() {
   const { request, error } = currentRequest();
   const format = $("copy-format").value;
   $("copy-text").value = error ? `# ${error}`
-    : FORMATS[format](request, { grpcTarget: config.grpcTarget, origin: location.origin,
+    : FORMATS[format](request, { grpcTarget: $("grpc-target").value || config.grpcTarget,
+      origin: location.origin,
       withToken: hasToken() });
 }
 
@@ -120,6 +123,7 @@ $("batch").addEventListener("input", updateCopy);
 $("mode").addEventListener("change", updateCopy);
 $("validate-only").addEventListener("change", updateCopy);
 $("copy-format").addEventListener("change", updateCopy);
+$("grpc-target").addEventListener("input", updateCopy);
 $("copy").addEventListener("click", copyToClipboard);
 setupIngest({ zone: $("drop"), input: $("file"), tableSelect: $("ingest-table"),
   modeSelect: $("ingest-mode"), progress: $("progress"), status: $("ingest-status"),
@@ -127,6 +131,7 @@ setupIngest({ zone: $("drop"), input: $("file"), tableSelect: $("ingest-table"),
 
 editor.setBatch(EXAMPLE);
 await loadConfig();
+$("grpc-target").value = config.grpcTarget;
 updateCopy();
 await loadSchema();
 document.body.dataset.ready = "true";
