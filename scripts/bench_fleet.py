@@ -70,6 +70,7 @@ REPLICA_ENV = {
     # NOT_SERVING answer, as in a deployment; short, since nothing runs while we stop one.
     "BATCHD_DRAIN_DELAY_SECONDS": "0.6",
     "BATCHD_METRICS_PORT": "0",
+    "BATCHD_HTTP_PORT": "0",
     "BATCHD_DEMO_SCHEMA": "false",  # the harness made the tables, once
     "BATCHD_POOL_MIN_SIZE": "2",
     "BATCHD_POOL_MAX_SIZE": "16",

@@ -269,7 +269,7 @@ class Soak:
 async def start_server(dsn: str, log_path: Path) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
-           "BATCHD_DEMO_SCHEMA": "true", "BATCHD_METRICS_PORT": "0",
+           "BATCHD_DEMO_SCHEMA": "true", "BATCHD_METRICS_PORT": "0", "BATCHD_HTTP_PORT": "0",
            "BATCHD_LOG_FORMAT": "json", "BATCHD_LOG_LEVEL": "WARNING"}
     log = log_path.open("wb")
     proc = await asyncio.create_subprocess_exec(

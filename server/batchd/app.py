@@ -26,6 +26,7 @@ from batchd.batch.idempotency import Cleanup, ensure_schema
 from batchd.config import Settings
 from batchd.db.embedded import start_embedded
 from batchd.db.pool import apply_demo_schema, check_roles, create_pool
+from batchd.http.server import HttpServer, http_server
 from batchd.introspection import load_catalog
 from batchd.kinds import registry as kinds
 from batchd.kinds.base import PlanContext
@@ -63,6 +64,7 @@ class App:
     cleanup: Cleanup | None = None  # deletes expired request ids; stopped by stop()
     watch: DatabaseWatch | None = None  # the BatchService health entry; stopped by stop()
     catalog_reload: CatalogReload | None = None  # NOTIFY / SIGHUP reloads; stopped by stop()
+    http: HttpServer | None = None  # Connect, curl ingest, console (batchd.http); http_port 0: none
     # Set to end the drain delay early (tests; an operator's second thought is a second signal).
     drain_released: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -93,6 +95,7 @@ class App:
             raise startup.database_error(exc, dsn, settings.connect_timeout_seconds) from exc
         metrics = Metrics()
         metrics.watch_pool(pool)
+        http: HttpServer | None = None
         try:
             modules = list(settings.handler_modules)
             if settings.wants_demo_schema:
@@ -122,14 +125,19 @@ class App:
             server = _grpc_server(settings, metrics)
             admission = Admission(settings)
             streams = StreamServices(pool, executor, plan_ctx, settings, admission)
-            decode.register(BatchService(executor, plan_ctx, streams, Observer(metrics, plan_ctx),
-                                         admission), server)
+            service = BatchService(executor, plan_ctx, streams, Observer(metrics, plan_ctx),
+                                   admission)
+            decode.register(service, server)
             health_servicer = HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable(
                 (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
                 server)
             port = _listen(server, settings, credentials)
+            if settings.http_port:  # the same calls (one behaviour, two transports)
+                http = http_server(settings, service.calls, metrics, health_servicer,
+                                   SERVICE_NAME)
+                http.bind()
             try:
                 metrics.serve(settings.metrics_host, settings.metrics_port,
                               required="metrics_port" in settings.model_fields_set)
@@ -137,18 +145,25 @@ class App:
                 raise startup.StartupError(f"{exc}; choose another metrics_port (0: no "
                                            "endpoint)") from exc
             await server.start()
+            if http is not None:
+                http.start()
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
+            if http is not None:
+                await http.stop()
             await asyncio.to_thread(metrics.stop)
             await pool.close()
             raise
         log.info("batchd listening on %s:%d", settings.host, port)
+        if http is not None:
+            log.info("batchd HTTP on %s:%d", settings.host, http.port)
         notify_dsn = settings.notify_dsn or (dsn if pooler != "transaction" else None)
         return cls(settings, server, pool, health_servicer, port, embedded, metrics, admission,
                    Cleanup(pool, settings).start(),
                    DatabaseWatch(dsn, settings, health_servicer, SERVICE_NAME).start(),
-                   (await CatalogReload(pool, plan_ctx, settings, notify_dsn).listen()).start())
+                   (await CatalogReload(pool, plan_ctx, settings, notify_dsn).listen()).start(),
+                   http=http)
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Drain, in stages, so that a rolling restart fails no call:
@@ -174,6 +189,8 @@ class App:
             if await self.admission.wait_idle(grace or 0):
                 await self.admission.wait_quiet(QUIET_SECONDS, ends - loop.time())
         await self.server.stop(0)
+        if self.http is not None:
+            await self.http.stop()
         if self.watch is not None:
             await self.watch.stop()
         if self.catalog_reload is not None:

@@ -1,6 +1,7 @@
 """The server's commands of ``batchd``: ``serve`` and ``new-token``.
 
-    batchd serve [--dsn DSN] [--host H] [--port P] [--data-dir DIR] [--config FILE] [--workers N]
+    batchd serve [--dsn DSN] [--host H] [--port P] [--http-port P] [--data-dir DIR]
+                 [--config FILE] [--workers N]
     batchd new-token --principal NAME [--scope SCOPE ...]
 
 The ``batchd`` command itself is the client's (``batchd.client.cli``, in ``batchd-client``, with
@@ -34,7 +35,8 @@ log = logging.getLogger("batchd")
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {"dsn": args.dsn, "host": args.host, "port": args.port, "data_dir": args.data_dir}
+    return {"dsn": args.dsn, "host": args.host, "port": args.port, "data_dir": args.data_dir,
+            "http_port": args.http_port}
 
 
 def _startup_failed(exc: BaseException) -> int:
@@ -63,6 +65,10 @@ async def serve(args: argparse.Namespace, **overrides: Any) -> int:
     except Exception as exc:
         return _startup_failed(exc)
     print(f"batchd listening on {settings.host}:{app.port}", flush=True)
+    if app.http is not None:
+        print(f"batchd HTTP on http{'s' if settings.tls_cert_file else ''}://{settings.host}:"
+              f"{app.http.port} (Connect, gRPC-Web, /v1/ingest/TABLE"
+              f"{', /console' if settings.wants_console else ''})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -176,6 +182,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--dsn", help="PostgreSQL DSN (default: embedded PostgreSQL)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 50051; 0 = any free)")
+    p.add_argument("--http-port", type=int, help="HTTP port: Connect, gRPC-Web, curl ingest, "
+                   "console (default 8080; 0 = no HTTP server)")
     p.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder")
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--grace", type=float, default=10.0, help="drain grace period, seconds")

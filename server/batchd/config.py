@@ -95,6 +95,18 @@ class Settings(BaseSettings):
     # Let several processes listen on the same port (SO_REUSEPORT); set by `serve --workers`.
     reuse_port: bool = False
 
+    # The same service over HTTP (batchd.http): Connect (JSON and binary), gRPC-Web and gRPC
+    # on /batchd.v1.BatchService/*, the curl ingest on /v1/ingest/TABLE, and the console.
+    # 0: no HTTP server. Plaintext, or TLS with the same tls_* files as gRPC.
+    http_port: int = Field(8080, ge=0, le=65535)
+    # Serve the browser console on /console of the HTTP server. None: only in the embedded demo
+    # (no dsn), like demo_schema.
+    console: bool | None = None
+    # The curl ingest (batchd.http.ingest): the largest request body (0: no limit; the body is
+    # streamed, never held whole), and how long the client may send nothing.
+    http_max_body_bytes: int = Field(64 * 1024 ** 3, ge=0)
+    http_idle_seconds: float = Field(60.0, gt=0)
+
     # --- observability (batchd.metrics, batchd.logs, batchd.rpc.tracing)
     # Prometheus /metrics on its own port; 0: no endpoint.
     metrics_host: str = "127.0.0.1"
@@ -251,6 +263,10 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.dsn is None
+
+    @property
+    def wants_console(self) -> bool:
+        return self.embedded if self.console is None else self.console
 
     @property
     def wants_demo_schema(self) -> bool:

@@ -236,7 +236,7 @@ def embedded_error(exc: BaseException, data_dir: Path) -> StartupError:
 
 # --- the gRPC address -----------------------------------------------------------------------
 
-def _address_problem(exc: OSError, host: str, port: int) -> str:
+def address_problem(exc: OSError, host: str, port: int) -> str:
     if exc.errno == errno.EADDRINUSE:
         return (f"cannot listen on {host}:{port}: the port is in use (another batchd?); "
                 "choose another with --port (or BATCHD_PORT; 0: any free port), or stop the "
@@ -271,7 +271,7 @@ def check_port(host: str, port: int, *, reuse_port: bool = False) -> None:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind(address)
     except OSError as exc:
-        raise StartupError(_address_problem(exc, host, port)) from None
+        raise StartupError(address_problem(exc, host, port)) from None
 
 
 def listen_error(exc: BaseException, host: str, port: int,

@@ -43,7 +43,7 @@ class Batchd:
     async def start(self) -> Batchd:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
                "BATCHD_DSN": self.dsn, "BATCHD_HANDLER_MODULES": '["tests.support.handlers"]',
-               "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT),
+               "BATCHD_METRICS_PORT": "0", "BATCHD_HTTP_PORT": "0", "PYTHONPATH": str(ROOT),
                **{f"BATCHD_{k.upper()}": str(v) for k, v in self.settings.items()}}
         self.proc = await asyncio.create_subprocess_exec(
             str(BATCHD), "serve", "--port", str(self.port), "--grace", "1", env=env,

@@ -36,6 +36,7 @@ REPLICA_ENV = {
     "BATCHD_LOCK_TIMEOUT_MS": str(LOCK_TIMEOUT_MS),
     "BATCHD_IDLE_IN_TRANSACTION_TIMEOUT_MS": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
     "BATCHD_METRICS_PORT": "0",
+    "BATCHD_HTTP_PORT": "0",
     "BATCHD_DEMO_SCHEMA": "false",  # the harness made the tables, once
     "BATCHD_HANDLER_MODULES": '["tests.fleet.handlers"]',
     "BATCHD_POOL_MIN_SIZE": "1",

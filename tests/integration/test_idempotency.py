@@ -321,7 +321,7 @@ async def server_process(schema: str, log: Path) -> AsyncIterator[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
            "BATCHD_DSN": schema,
            "BATCHD_HANDLER_MODULES": '["tests.support.handlers", "batchd.demo.handlers"]',
-           "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
+           "BATCHD_METRICS_PORT": "0", "BATCHD_HTTP_PORT": "0", "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             str(BATCHD), "serve", "--port", "0", env=env, stdout=out, stderr=out)

@@ -18,7 +18,7 @@ async def test_workers_share_the_port_and_drain_on_sigterm(schema):
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
            "BATCHD_DSN": schema, "BATCHD_HANDLER_MODULES": '["tests.support.handlers"]',
-           "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
+           "BATCHD_METRICS_PORT": "0", "BATCHD_HTTP_PORT": "0", "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
         str(BATCHD), "serve", "--workers", "2", "--port", str(port), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)

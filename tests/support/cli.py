@@ -28,7 +28,7 @@ def clean_env(**variables: str) -> dict[str, str]:
     """The environment without the caller's BATCHD_* settings, plus ``variables``; no
     /metrics endpoint (its default port may be taken by another test's server)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    return {**env, "BATCHD_METRICS_PORT": "0", **variables}
+    return {**env, "BATCHD_METRICS_PORT": "0", "BATCHD_HTTP_PORT": "0", **variables}
 
 
 async def batchd(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None,

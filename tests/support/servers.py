@@ -23,6 +23,7 @@ def make_settings(dsn: str, **overrides: Any) -> Settings:
         dsn=dsn, host="127.0.0.1", port=0, demo_schema=True,
         handler_modules=["tests.support.handlers"], pool_min_size=1, pool_max_size=8,
         metrics_port=0,  # no /metrics endpoint unless a test asks for one
+        http_port=0,  # no HTTP server unless a test asks for one (tests/support/http.py)
         tables={"public.readonly_things": TableSettings(operations=["get", "query"])},
         # tests/support/schema.sql's functions; see tests/integration/test_functions.py.
         expose_functions=["public.fn_*"],
@@ -49,7 +50,7 @@ async def serving(schema: str, grace: float) -> AsyncIterator[tuple[asyncio.subp
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
            "BATCHD_DSN": schema, "BATCHD_HANDLER_MODULES": '["tests.support.handlers"]',
-           "BATCHD_METRICS_PORT": "0", "PYTHONPATH": str(ROOT)}
+           "BATCHD_METRICS_PORT": "0", "BATCHD_HTTP_PORT": "0", "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
         str(BATCHD), "serve", "--port", str(port), "--grace", str(grace), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)

@@ -26,8 +26,9 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("command line", ("batchd", "batchd.__main__", "batchd.cli", "batchd.healthcheck"),
      "`batchd serve|exec|ingest|schema`, the container's health check, the package's face"),
     ("wiring", ("batchd.app",), "start and stop: pool, catalog, server, background tasks"),
-    ("edge", ("batchd.rpc",),
-     "the gRPC edge: servicer, decoding, interceptors, authentication, TLS, admission"),
+    ("edge", ("batchd.rpc", "batchd.http"),
+     "the edges: gRPC (servicer, decoding, interceptors, authentication, TLS, admission) and "
+     "HTTP beside it (Connect, the curl ingest, the console), one behaviour behind both"),
     ("stream", ("batchd.stream",), "BatchStream: sessions, decoding, COPY, the ledger"),
     ("batch", ("batchd.batch",), "BatchExecute: plan, run, answer, idempotency"),
     ("services", ("batchd.describe", "batchd.reload", "batchd.demo"),

@@ -56,6 +56,12 @@ def _decoder(message_class: type[Message]) -> Callable[[bytes], Message | Malfor
     return decode
 
 
+def parse_now(data: bytes, message_class: type[Message]) -> Message | Malformed:
+    """The message ``data`` holds (or ``Malformed``), parsed here and now (a stream's
+    chunk-sized messages)."""
+    return _decoder(message_class)(data)
+
+
 async def parse(request: Raw | Message, message_class: type[_M]) -> _M | Malformed:
     """The message a unary request's bytes hold (or ``Malformed``)."""
     if not isinstance(request, bytes):

@@ -47,6 +47,11 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
         self._draining = True
         self._statuses = dict.fromkeys(self._statuses, NOT_SERVING)
 
+    def status(self, service: str = "") -> int:
+        """An entry's status as Check answers it (SERVICE_UNKNOWN: no such entry); the HTTP
+        server's /healthz reads it."""
+        return int(self._statuses.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
+
     async def List(self, request: health_pb2.HealthListRequest,
                    context: object) -> health_pb2.HealthListResponse:
         """Every entry and its status (two: "" and batchd.v1.BatchService), as Check would
