@@ -54,5 +54,5 @@ export function renderSchema(root, schema, addOperation) {
         el("button", { type: "button", className: "op op-call", dataset: { function: f.name },
           onclick: () => addOperation(functionOperation(f)) }, f.name),
         " (", (f.arguments || []).map((a) => `${a.name} ${a.type}`).join(", "), ") → ",
-        f.returnsSet ? "setof " : "", f.returns || ""))));
+        f.returns || ""))));
 }
