@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Locator, expect
 
 from batchd.app import App
 from tests.support.browser import ConsolePage, console_page, console_server
@@ -53,19 +53,19 @@ async def console(served: tuple[App, str]) -> AsyncIterator[ConsolePage]:
 
 async def run(console: ConsolePage, batch: dict[str, object], button: str = "#run") -> None:
     page = console.page
-    await page.fill("#batch", json.dumps(batch, indent=2))  # type: ignore[attr-defined]
-    await page.click(button)  # type: ignore[attr-defined]
-    await expect(page.locator("#results")).not_to_have_attribute(  # type: ignore[attr-defined]
+    await page.fill("#batch", json.dumps(batch, indent=2))
+    await page.click(button)
+    await expect(page.locator("#results")).not_to_have_attribute(
         "data-state", "running")
 
 
-def card(console: ConsolePage, operation: str):  # type: ignore[no-untyped-def]
-    return console.page.locator(f'#results .result[data-operation="{operation}"]')  # type: ignore[attr-defined]
+def card(console: ConsolePage, operation: str) -> Locator:
+    return console.page.locator(f'#results .result[data-operation="{operation}"]')
 
 
 async def test_console_shows_the_schema_its_token_may_use(console: ConsolePage) -> None:
     page = console.page
-    customers = page.locator('details.table[data-table="public.customers"]')  # type: ignore[attr-defined]
+    customers = page.locator('details.table[data-table="public.customers"]')
     await expect(customers).to_be_visible()
     for kind in ("insert", "get", "query", "update", "delete"):
         await expect(customers.locator(f'button[data-kind="{kind}"]')).to_be_visible()
@@ -83,22 +83,32 @@ async def test_console_shows_the_schema_its_token_may_use(console: ConsolePage) 
 
 async def test_console_adds_templates_from_the_schema(console: ConsolePage) -> None:
     page = console.page
-    await page.click("#example")  # type: ignore[attr-defined]
-    await page.fill("#batch", '{"operations": []}')  # type: ignore[attr-defined]
-    await page.click('details.table[data-table="public.products"] button[data-kind="get"]')  # type: ignore[attr-defined]
-    await page.click('details.table[data-table="public.products"] button[data-kind="get"]')  # type: ignore[attr-defined]
-    batch = json.loads(await page.input_value("#batch"))  # type: ignore[attr-defined]
+    await page.click("#example")
+    await page.fill("#batch", '{"operations": []}')
+    await page.click('details.table[data-table="public.products"] button[data-kind="get"]')
+    await page.click('details.table[data-table="public.products"] button[data-kind="get"]')
+    batch = json.loads(await page.input_value("#batch"))
     assert [op["id"] for op in batch["operations"]] == ["get_products", "get_products_2"]
     assert batch["operations"][0]["get"] == {"table": "products", "key": {"id": "1"}}
     await run(console, batch)
     await expect(card(console, "get_products")).to_have_attribute("data-outcome", "succeeded")
     await expect(card(console, "get_products").locator("table.rows")).to_contain_text("Keyboard")
 
+    # Completion (Ctrl+Space): tables and columns of the schema, references to the batch's ops.
+    await page.fill("#batch", '{"operations": [{"id": "o", "query": {"table": "ord')
+    await page.focus("#batch")
+    await page.keyboard.press("End")
+    await page.keyboard.press("Control+Space")
+    suggestions = page.locator("#suggestions .suggestion")
+    await expect(suggestions).to_contain_text(["order_id", "order_items", "orders"])
+    await suggestions.filter(has_text=re.compile("^orders$")).click()
+    assert (await page.input_value("#batch")).endswith('"table": "orders')
+
 
 async def test_console_runs_a_batch_with_a_reference_and_shows_its_results(
         console: ConsolePage, db: asyncpg.Connection) -> None:
     await run(console, WITH_REFERENCE)
-    await expect(console.page.locator("#results .banner")).to_have_text("Committed.")  # type: ignore[attr-defined]
+    await expect(console.page.locator("#results .banner")).to_have_text("Committed.")
     customer_id = await db.fetchval("SELECT id FROM customers WHERE email = 'ada@example.com'")
     order = card(console, "order")
     await expect(order).to_have_attribute("data-outcome", "succeeded")
@@ -112,7 +122,7 @@ async def test_console_runs_a_batch_with_a_reference_and_shows_its_results(
 async def test_console_validate_only_runs_and_commits_nothing(
         console: ConsolePage, db: asyncpg.Connection) -> None:
     await run(console, WITH_REFERENCE, button="#validate")
-    await expect(console.page.locator("#results .banner")).to_contain_text("validate only")  # type: ignore[attr-defined]
+    await expect(console.page.locator("#results .banner")).to_contain_text("validate only")
     await expect(card(console, "order")).to_have_attribute("data-outcome", "succeeded")
     assert await db.fetchval("SELECT count(*) FROM customers") == 0
 
@@ -128,7 +138,7 @@ async def test_console_shows_a_failing_batch_error_on_the_operation_that_failed(
         {"id": "after", "get": {"table": "customers", "key": {"id": "1"}}},
     ]})
     page = console.page
-    await expect(page.locator("#results .banner-error")).to_contain_text("ALREADY_EXISTS")  # type: ignore[attr-defined]
+    await expect(page.locator("#results .banner-error")).to_contain_text("ALREADY_EXISTS")
     await expect(card(console, "fine")).to_have_attribute("data-outcome", "rolled_back")
     await expect(card(console, "after")).to_have_attribute("data-outcome", "not_run")
     twice = card(console, "twice")
@@ -153,11 +163,12 @@ async def test_console_shows_a_failing_batch_error_on_the_operation_that_failed(
 
 async def test_console_runs_an_independent_batch_each_operation_with_its_outcome(
         console: ConsolePage) -> None:
-    await console.page.select_option("#mode", "MODE_INDEPENDENT")  # type: ignore[attr-defined]
+    await console.page.select_option("#mode", "MODE_INDEPENDENT")
     await run(console, {"operations": [
         {"id": "ghost", "update": {"table": "orders", "key": {"id": "404"},
                                    "set": {"status": "paid"}}},
-        {"id": "note", "depends_on": ["ghost"], "delete": {"table": "orders", "key": {"id": "404"}}},
+        {"id": "note", "depends_on": ["ghost"],
+         "delete": {"table": "orders", "key": {"id": "404"}}},
         {"id": "stock", "get": {"table": "products", "key": {"id": "2"}}},
     ]})
     await expect(card(console, "ghost")).to_have_attribute("data-outcome", "failed")
@@ -178,7 +189,7 @@ async def test_console_renders_database_values_as_text(
     await expect(cells).to_have_text(hostile)
     page = console.page
     for tag in ("script", "img", "b"):
-        await expect(page.locator(f"#results {tag}")).to_have_count(0)  # type: ignore[attr-defined]
+        await expect(page.locator(f"#results {tag}")).to_have_count(0)
     assert console.dialogs == []
     await console.shot("text-only")
 
@@ -186,7 +197,7 @@ async def test_console_renders_database_values_as_text(
 async def test_console_is_served_under_a_strict_content_security_policy(
         served: tuple[App, str], console: ConsolePage) -> None:
     for path in ("/console/", "/console/app.js", "/console/console.css"):
-        response = await console.page.request.get(served[1] + path)  # type: ignore[attr-defined]
+        response = await console.page.request.get(served[1] + path)
         assert response.status == 200, path
         policy = response.headers["content-security-policy"]
         assert "script-src 'self'" in policy and "style-src 'self'" in policy
@@ -208,10 +219,10 @@ async def test_console_copies_the_batch_as_python_and_grpcurl_that_run(
         tmp_path: Path) -> None:
     app, _ = served
     page = console.page
-    await page.fill("#batch", json.dumps(WITH_REFERENCE))  # type: ignore[attr-defined]
-    await page.fill("#grpc-target", f"127.0.0.1:{app.port}")  # type: ignore[attr-defined]
-    await page.select_option("#copy-format", "python")  # type: ignore[attr-defined]
-    python = await page.input_value("#copy-text")  # type: ignore[attr-defined]
+    await page.fill("#batch", json.dumps(WITH_REFERENCE))
+    await page.fill("#grpc-target", f"127.0.0.1:{app.port}")
+    await page.select_option("#copy-format", "python")
+    python = await page.input_value("#copy-text")
     await console.shot("copy-python")
     (tmp_path / "batch.py").write_text(python)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -223,11 +234,10 @@ async def test_console_copies_the_batch_as_python_and_grpcurl_that_run(
     assert json.loads(out)["committed"] is True
     assert await db.fetchval("SELECT count(*) FROM orders") == 1
 
-    await page.select_option("#copy-format", "grpcurl")  # type: ignore[attr-defined]
-    command = await page.input_value("#copy-text")  # type: ignore[attr-defined]
-    await page.fill("#batch", json.dumps({"operations": [  # type: ignore[attr-defined]
+    await page.select_option("#copy-format", "grpcurl")
+    await page.fill("#batch", json.dumps({"operations": [
         {"id": "count", "query": {"table": "orders", "count": True, "limit": 1}}]}))
-    command = await page.input_value("#copy-text")  # type: ignore[attr-defined]
+    command = await page.input_value("#copy-text")
     assert command.startswith(f"grpcurl -plaintext -d @ 127.0.0.1:{app.port} ")
     env["PATH"] = f"{ROOT / '.venv/bin'}:{env['PATH']}"
     proc = await asyncio.create_subprocess_exec(
@@ -243,11 +253,11 @@ async def test_console_ingests_a_csv_file_and_lists_its_rejects(
     data = tmp_path / "customers.csv"
     data.write_text("name,email\nEve,eve@example.com\nNo email,\nFay,fay@example.com\n")
     page = console.page
-    await page.select_option("#ingest-table", "customers")  # type: ignore[attr-defined]
-    await page.set_input_files("#file", str(data))  # type: ignore[attr-defined]
-    await expect(page.locator("#drop")).to_have_attribute("data-state", "done")  # type: ignore[attr-defined]
-    await expect(page.locator("#progress")).to_have_js_property("value", data.stat().st_size)  # type: ignore[attr-defined]
-    rejects = page.locator("#ingest-output table.rejects tbody tr")  # type: ignore[attr-defined]
+    await page.select_option("#ingest-table", "customers")
+    await page.set_input_files("#file", str(data))
+    await expect(page.locator("#drop")).to_have_attribute("data-state", "done")
+    await expect(page.locator("#progress")).to_have_js_property("value", data.stat().st_size)
+    rejects = page.locator("#ingest-output table.rejects tbody tr")
     await expect(rejects).to_have_count(1)
     await expect(rejects).to_contain_text("email")
     await console.shot("ingest")

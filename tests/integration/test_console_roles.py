@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Locator, expect
 
 from batchd.app import App
 from tests.support.browser import ConsolePage, console_page, console_server
@@ -65,51 +65,51 @@ async def console(served: tuple[App, str]) -> AsyncIterator[ConsolePage]:
 
 async def use_token(console: ConsolePage, secret: str) -> None:
     page = console.page
-    await page.fill("#token", secret)  # type: ignore[attr-defined]
-    await page.click('#token-form button[type="submit"]')  # type: ignore[attr-defined]
-    await expect(page.locator("#schema")).to_have_attribute("data-state", "loaded")  # type: ignore[attr-defined]
+    await page.fill("#token", secret)
+    await page.click('#token-form button[type="submit"]')
+    await expect(page.locator("#schema")).to_have_attribute("data-state", "loaded")
 
 
 async def run(console: ConsolePage, batch: dict[str, object]) -> None:
     page = console.page
-    await page.fill("#batch", json.dumps(batch))  # type: ignore[attr-defined]
-    await page.click("#run")  # type: ignore[attr-defined]
-    await expect(page.locator("#results")).not_to_have_attribute(  # type: ignore[attr-defined]
+    await page.fill("#batch", json.dumps(batch))
+    await page.click("#run")
+    await expect(page.locator("#results")).not_to_have_attribute(
         "data-state", "running")
 
 
-def table(console: ConsolePage, name: str):  # type: ignore[no-untyped-def]
-    return console.page.locator(f'details.table[data-table="{name}"]')  # type: ignore[attr-defined]
+def table(console: ConsolePage, name: str) -> Locator:
+    return console.page.locator(f'details.table[data-table="{name}"]')
 
 
 async def test_console_without_a_token_shows_unauthenticated_and_no_schema(
         console: ConsolePage) -> None:
-    await expect(console.page.locator("#schema")).to_have_attribute("data-state", "failed")  # type: ignore[attr-defined]
-    await expect(console.page.locator("#schema")).to_contain_text("UNAUTHENTICATED")  # type: ignore[attr-defined]
-    await expect(console.page.locator("details.table")).to_have_count(0)  # type: ignore[attr-defined]
+    await expect(console.page.locator("#schema")).to_have_attribute("data-state", "failed")
+    await expect(console.page.locator("#schema")).to_contain_text("UNAUTHENTICATED")
+    await expect(console.page.locator("details.table")).to_have_count(0)
     await run(console, {"operations": [{"id": "peek", "query": {"table": "con_hidden"}}]})
-    await expect(console.page.locator("#results .banner-error")).to_contain_text(  # type: ignore[attr-defined]
+    await expect(console.page.locator("#results .banner-error")).to_contain_text(
         "UNAUTHENTICATED")
-    await expect(console.page.locator("#results")).not_to_contain_text("the secret")  # type: ignore[attr-defined]
+    await expect(console.page.locator("#results")).not_to_contain_text("the secret")
 
 
 async def test_console_keeps_the_token_in_page_memory_only(
         served: tuple[App, str], console: ConsolePage) -> None:
     page = console.page
     await use_token(console, OWN)
-    await expect(page.locator("#token")).to_have_value("")  # type: ignore[attr-defined]
-    storage = await page.evaluate(  # type: ignore[attr-defined]
+    await expect(page.locator("#token")).to_have_value("")
+    storage = await page.evaluate(
         "[localStorage.length, sessionStorage.length, document.cookie, location.href]")
     assert storage == [0, 0, "", f"{served[1]}/console/"]
-    cookies = await page.context.cookies()  # type: ignore[attr-defined]
+    cookies = await page.context.cookies()
     assert cookies == []
     # Copied commands read $BATCHD_TOKEN: the token itself is never written into them.
     for fmt in ("grpcurl", "curl", "python"):
-        await page.select_option("#copy-format", fmt)  # type: ignore[attr-defined]
-        text = await page.input_value("#copy-text")  # type: ignore[attr-defined]
+        await page.select_option("#copy-format", fmt)
+        text = await page.input_value("#copy-text")
         assert OWN not in text and "BATCHD_TOKEN" in text, fmt
-    await page.reload()  # type: ignore[attr-defined]
-    await expect(page.locator("#schema")).to_contain_text("UNAUTHENTICATED")  # type: ignore[attr-defined]
+    await page.reload()
+    await expect(page.locator("#schema")).to_contain_text("UNAUTHENTICATED")
 
 
 async def test_console_shows_and_runs_only_what_the_tokens_role_allows(
@@ -121,29 +121,29 @@ async def test_console_shows_and_runs_only_what_the_tokens_role_allows(
     await expect(table(console, "public.con_hidden")).to_have_count(0)
     await expect(table(console, "public.con_notes").locator("button.op")).to_have_text(
         ["get", "query"])
-    await expect(page.locator("#ingest-table option")).to_have_count(0)  # type: ignore[attr-defined]
+    await expect(page.locator("#ingest-table option")).to_have_count(0)
     await console.shot("role")
 
     # A batch typed by hand is refused by the server, on the operation that tried.
     await run(console, {"operations": [
         {"id": "notes", "query": {"table": "con_notes"}},
         {"id": "peek", "query": {"table": "con_hidden"}}]})
-    await expect(page.locator('#results .result[data-operation="peek"]')).to_have_attribute(  # type: ignore[attr-defined]
+    await expect(page.locator('#results .result[data-operation="peek"]')).to_have_attribute(
         "data-outcome", "failed")
-    await expect(page.locator("#results .banner-error")).to_contain_text("PERMISSION_DENIED")  # type: ignore[attr-defined]
-    await expect(page.locator("#results")).not_to_contain_text("the secret")  # type: ignore[attr-defined]
+    await expect(page.locator("#results .banner-error")).to_contain_text("PERMISSION_DENIED")
+    await expect(page.locator("#results")).not_to_contain_text("the secret")
     await run(console, {"operations": [
         {"id": "write", "insert": {"table": "con_hidden", "rows": [{"secret": "mine"}]}}]})
-    await expect(page.locator("#results .banner-error")).to_contain_text("PERMISSION_DENIED")  # type: ignore[attr-defined]
+    await expect(page.locator("#results .banner-error")).to_contain_text("PERMISSION_DENIED")
 
     # The file drop offers no table; a table forced into its choice is refused by the server.
     data = tmp_path / "hidden.csv"
     data.write_text("secret\nsmuggled\n")
-    await page.evaluate(  # type: ignore[attr-defined]
+    await page.evaluate(
         "document.getElementById('ingest-table').add(new Option('con_hidden', 'con_hidden'))")
-    await page.select_option("#ingest-table", "con_hidden")  # type: ignore[attr-defined]
-    await page.set_input_files("#file", str(data))  # type: ignore[attr-defined]
-    await expect(page.locator("#drop")).to_have_attribute("data-state", "failed")  # type: ignore[attr-defined]
+    await page.select_option("#ingest-table", "con_hidden")
+    await page.set_input_files("#file", str(data))
+    await expect(page.locator("#drop")).to_have_attribute("data-state", "failed")
     assert await db.fetch("SELECT secret FROM con_hidden") == [("the secret",)]
 
 
@@ -155,7 +155,7 @@ async def test_console_with_a_read_only_token_offers_no_write(console: ConsolePa
         ["get", "query"])
     await run(console, {"operations": [
         {"id": "write", "insert": {"table": "con_notes", "rows": [{"note": "no"}]}}]})
-    await expect(page.locator('#results .result[data-operation="write"]')).to_have_attribute(  # type: ignore[attr-defined]
+    await expect(page.locator('#results .result[data-operation="write"]')).to_have_attribute(
         "data-outcome", "failed")
-    await expect(page.locator("#results .banner-error")).to_contain_text("PERMISSION_DENIED")  # type: ignore[attr-defined]
+    await expect(page.locator("#results .banner-error")).to_contain_text("PERMISSION_DENIED")
     assert await db.fetchval("SELECT count(*) FROM con_notes") == 1

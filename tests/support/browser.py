@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import Dialog, Page, async_playwright
 
 from batchd.app import App
 from tests.support.ports import free_port
@@ -28,7 +29,6 @@ from tests.support.servers import own_server
 CHROMIUM = Path(os.environ.get("BATCHD_CHROMIUM", "/usr/bin/chromium"))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1400, "height": 1000}
 
 # Run in the page before its scripts: every CSP violation is kept where the test reads it.
 _WATCH_CSP = """
@@ -46,10 +46,6 @@ def require_chromium() -> Path:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        pytest.fail("playwright is not installed: scripts/install (pyproject's dev extras)")
     return CHROMIUM
 
 
@@ -64,18 +60,18 @@ def screenshots_dir() -> Path:
 class ConsolePage:
     """A page of the console with what it logged; ``page`` is Playwright's."""
 
-    page: object  # playwright.async_api.Page (typed loosely: an optional test dependency)
+    page: Page
     messages: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
 
     async def shot(self, name: str) -> Path:
         path = screenshots_dir() / f"console-{name}.png"
-        await self.page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+        await self.page.screenshot(path=str(path), full_page=True)
         return path
 
     async def csp_violations(self) -> list[str]:
-        violations = await self.page.evaluate("window.__cspViolations")  # type: ignore[attr-defined]
+        violations = await self.page.evaluate("window.__cspViolations")
         reported = [m for m in self.messages if "Content Security Policy" in m]
         return [*violations, *reported]
 
@@ -83,22 +79,20 @@ class ConsolePage:
 @asynccontextmanager
 async def console_page(base_url: str) -> AsyncIterator[ConsolePage]:
     """A fresh Chromium showing ``base_url``/console/ (loaded: its first schema call done)."""
-    from playwright.async_api import async_playwright
-
     executable = require_chromium()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(executable), args=ARGS)
         try:
-            context = await browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+            context = await browser.new_context(viewport={"width": 1400, "height": 1000})
             page = await context.new_page()
             await page.add_init_script(_WATCH_CSP)
             console = ConsolePage(page)
             page.on("console", lambda m: console.messages.append(f"{m.type}: {m.text}"))
             page.on("pageerror", lambda e: console.errors.append(str(e)))
 
-            async def dismiss(dialog: object) -> None:
-                console.dialogs.append(dialog.message)  # type: ignore[attr-defined]
-                await dialog.dismiss()  # type: ignore[attr-defined]
+            async def dismiss(dialog: Dialog) -> None:
+                console.dialogs.append(dialog.message)
+                await dialog.dismiss()
 
             page.on("dialog", dismiss)
             await page.goto(f"{base_url}/console/")

@@ -69,7 +69,12 @@ export class Editor {
         out.push({ text: `{"$ref": "${op.id}.${c.name}"}`, note: `reference to ${op.id}` });
       }
     }
-    return out;
+    const seen = new Map();
+    for (const c of out) {
+      if (seen.has(c.text)) seen.get(c.text).note += `; ${c.note}`;
+      else seen.set(c.text, { ...c });
+    }
+    return [...seen.values()].sort((a, b) => a.text.localeCompare(b.text));
   }
 
   suggest() {
