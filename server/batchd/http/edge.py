@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -117,6 +118,16 @@ def _decoded(detail: Any) -> Any:
         return None
 
 
+async def send_json(send: Any, status: int, body: Any,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A whole JSON answer on an ASGI ``send``."""
+    data = json.dumps(body, indent=1).encode() + b"\n"
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+        *(headers or [])]})
+    await send({"type": "http.response.body", "body": data})
+
+
 HTTP_STATUS = {  # Connect's mapping of codes to HTTP statuses
     "canceled": 499, "unknown": 500, "invalid_argument": 400, "deadline_exceeded": 504,
     "not_found": 404, "already_exists": 409, "permission_denied": 403,
@@ -126,4 +137,4 @@ HTTP_STATUS = {  # Connect's mapping of codes to HTTP statuses
 }
 
 __all__ = ["HTTP_STATUS", "REQUEST_ID_HEADER", "Gatekeeper", "HttpCall", "call_of",
-           "connect_error", "error_json"]
+           "connect_error", "error_json", "send_json"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import socket
 import ssl
@@ -36,7 +35,8 @@ from batchd import startup
 from batchd.config import Settings
 from batchd.http.connect import SERVICE, BatchServiceApp
 from batchd.http.console import console_app
-from batchd.http.edge import Gatekeeper
+from batchd.http.edge import Gatekeeper, send_json
+from batchd.http.ingest import IngestApp
 from batchd.metrics import Metrics
 from batchd.rpc.auth import Authenticator
 from batchd.rpc.calls import Calls
@@ -49,15 +49,6 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 INGEST_PREFIX = "/v1/ingest/"
-
-
-async def send_json(send: Send, status: int, body: Any,
-                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    data = json.dumps(body, indent=1).encode() + b"\n"
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-        *(headers or [])]})
-    await send({"type": "http.response.body", "body": data})
 
 
 class Router:
@@ -169,9 +160,10 @@ class HttpServer:
 
 
 def http_server(settings: Settings, calls: Calls, metrics: Metrics, health: HealthServicer,
-                service_name: str, ingest: App | None = None) -> HttpServer:
+                service_name: str) -> HttpServer:
     """The HTTP server of ``settings`` (not yet bound)."""
     gatekeeper = Gatekeeper(settings.auth_enabled, Authenticator(settings))
     connect = BatchServiceApp(calls, gatekeeper, metrics, settings.max_message_bytes)
     console = console_app(settings) if settings.wants_console else None
+    ingest = IngestApp(settings, calls, gatekeeper)
     return HttpServer(settings, Router(connect, ingest, console, health, service_name))
