@@ -262,3 +262,21 @@ async def test_console_ingests_a_csv_file_and_lists_its_rejects(
     await expect(rejects).to_contain_text("email")
     await console.shot("ingest")
     assert sorted(await db.fetch("SELECT name FROM customers")) == [("Eve",), ("Fay",)]
+
+
+async def test_console_ingests_a_parquet_file(
+        console: ConsolePage, db: asyncpg.Connection, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"name": ["Gil", "Hal"], "email": ["gil@x.org", "hal@x.org"]}), data)
+    page = console.page
+    await page.select_option("#ingest-table", "customers")
+    await page.select_option("#ingest-mode", "atomic")
+    await page.set_input_files("#file", str(data))
+    await expect(page.locator("#drop")).to_have_attribute("data-state", "done")
+    await expect(page.locator("#ingest-status")).to_contain_text("application/vnd.apache.parquet")
+    await expect(page.locator("#ingest-output table.summary")).to_contain_text("atomic")
+    await expect(page.locator("#ingest-output")).to_contain_text("No row was rejected.")
+    assert sorted(await db.fetch("SELECT name FROM customers")) == [("Gil",), ("Hal",)]

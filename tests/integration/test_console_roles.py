@@ -144,6 +144,7 @@ async def test_console_shows_and_runs_only_what_the_tokens_role_allows(
     await page.select_option("#ingest-table", "con_hidden")
     await page.set_input_files("#file", str(data))
     await expect(page.locator("#drop")).to_have_attribute("data-state", "failed")
+    await expect(page.locator("#ingest-status")).to_contain_text("PERMISSION_DENIED")
     assert await db.fetch("SELECT secret FROM con_hidden") == [("the secret",)]
 
 

@@ -11,13 +11,11 @@ function summaryTable(json) {
 }
 
 function rejectsOf(json) {
-  for (const key of ["rejects", "rejected", "rejectedRows", "rejected_rows"]) {
-    if (Array.isArray(json[key])) return json[key];
-  }
-  return [];
+  return Array.isArray(json.rejects) ? json.rejects : [];
 }
 
 function rejectsTable(rejects) {
+  // Each reject: {"row": 1-based data row, "index", "code", "message"} (batchd.http.ingest).
   if (rejects.length === 0) return el("p", { className: "empty" }, "No row was rejected.");
   const names = [];
   for (const r of rejects) for (const k of Object.keys(r)) if (!names.includes(k)) names.push(k);
@@ -25,8 +23,7 @@ function rejectsTable(rejects) {
     el("table", { className: "rows rejects" },
       el("thead", {}, el("tr", {}, names.map((n) => el("th", {}, n)))),
       el("tbody", {}, rejects.map((r) => el("tr", {}, names.map((n) =>
-        el("td", {}, typeof r[n] === "object" && r[n] !== null && r[n].message !== undefined
-          ? r[n].message : valueText(r[n])))))))];
+        el("td", {}, valueText(r[n])))))))];
 }
 
 export function setupIngest({ zone, input, tableSelect, modeSelect, progress, status, output }) {
@@ -42,14 +39,19 @@ export function setupIngest({ zone, input, tableSelect, modeSelect, progress, st
       const answer = await ingest(table, file, { mode: modeSelect.value,
         onProgress: (sent, total) => { progress.max = total || 1; progress.value = sent; } });
       if (answer.status >= 200 && answer.status < 300 && answer.json) {
-        fill(status, `Ingested ${file.name} into ${table}.`);
+        fill(status, `Ingested ${file.name} (${contentTypeOf(file.name)}) into ${table}.`);
         fill(output, summaryTable(answer.json), rejectsTable(rejectsOf(answer.json)));
         zone.dataset.state = "done";
       } else {
+        // {"error": {code, message, details}, ...the summary so far}, or a bare Connect error.
         const j = answer.json || {};
-        fill(status, el("span", { className: "code" }, (j.code || `HTTP ${answer.status}`).toUpperCase()),
-          " ", j.message || answer.text.slice(0, 500));
-        if (answer.json) fill(output, rejectsTable(rejectsOf(answer.json)));
+        const error = j.error || j;
+        fill(status, el("span", { className: "code" }, (error.code || `HTTP ${answer.status}`).toUpperCase()),
+          " ", error.message || answer.text.slice(0, 500));
+        if (answer.json && answer.json.error) {
+          const { error: _, ...summary } = answer.json;
+          fill(output, summaryTable(summary), rejectsTable(rejectsOf(summary)));
+        }
         zone.dataset.state = "failed";
       }
     } catch (err) {
