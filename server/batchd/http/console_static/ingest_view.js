@@ -74,5 +74,7 @@ export function setupIngest({ zone, input, tableSelect, modeSelect, progress, st
 /** Fills the table choice with the tables this token may insert into. */
 export function ingestTables(select, schema) {
   const tables = (schema.tables || []).filter((t) => (t.operations || []).includes("insert"));
-  fill(select, tables.map((t) => el("option", { value: t.name.startsWith("public.") ? t.name.slice(7) : t.name }, t.name)));
+  fill(select, tables.length === 0
+    ? el("option", { value: "", disabled: true, selected: true }, "none open to this token")
+    : tables.map((t) => el("option", { value: t.name.startsWith("public.") ? t.name.slice(7) : t.name }, t.name)));
 }
