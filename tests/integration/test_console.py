@@ -11,6 +11,7 @@ Marked ``browser`` (scripts/test-browser): Debian's chromium, driven by Playwrig
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -19,9 +20,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2
 from playwright.async_api import Locator, expect
 
 from batchd.app import App
+from batchd.v1 import batch_pb2
 from tests.support.browser import ConsolePage, console_page, console_server
 from tests.support.ports import ROOT
 
@@ -214,7 +218,7 @@ async def test_console_is_served_under_a_strict_content_security_policy(
     await run(console, WITH_REFERENCE)  # and the fixture checks: no violation was reported
 
 
-async def test_console_copies_the_batch_as_python_and_grpcurl_that_run(
+async def test_console_copies_the_batch_as_python_grpcurl_and_curl_that_run(
         served: tuple[App, str], console: ConsolePage, db: asyncpg.Connection,
         tmp_path: Path) -> None:
     app, _ = served
@@ -247,16 +251,31 @@ async def test_console_copies_the_batch_as_python_and_grpcurl_that_run(
     assert proc.returncode == 0, err.decode()
     assert json.loads(out)["results"][0]["totalCount"] == "1"
 
+    await page.select_option("#copy-format", "curl")
+    command = await page.input_value("#copy-text")
+    assert f"{served[1]}/batchd.v1.BatchService/BatchExecute" in command
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["results"][0]["totalCount"] == "1"
 
-async def test_console_ingests_a_csv_file_and_lists_its_rejects(
-        console: ConsolePage, db: asyncpg.Connection, tmp_path: Path) -> None:
-    data = tmp_path / "customers.csv"
-    data.write_text("name,email\nEve,eve@example.com\nNo email,\nFay,fay@example.com\n")
+
+async def test_console_ingests_a_dropped_csv_file_and_lists_its_rejects(
+        console: ConsolePage, db: asyncpg.Connection) -> None:
+    data = "name,email\nEve,eve@example.com\nNo email,\nFay,fay@example.com\n"
     page = console.page
     await page.select_option("#ingest-table", "customers")
-    await page.set_input_files("#file", str(data))
+    # Dropped on the zone, as a person drags a file from their desktop.
+    await page.evaluate("""(data) => {
+        const files = new DataTransfer();
+        files.items.add(new File([data], "customers.csv", { type: "text/csv" }));
+        document.getElementById("drop").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: files, bubbles: true, cancelable: true }));
+    }""", data)
     await expect(page.locator("#drop")).to_have_attribute("data-state", "done")
-    await expect(page.locator("#progress")).to_have_js_property("value", data.stat().st_size)
+    await expect(page.locator("#progress")).to_have_js_property("value", len(data))
     rejects = page.locator("#ingest-output table.rejects tbody tr")
     await expect(rejects).to_have_count(1)
     await expect(rejects).to_contain_text("email")
@@ -280,3 +299,32 @@ async def test_console_ingests_a_parquet_file(
     await expect(page.locator("#ingest-output table.summary")).to_contain_text("atomic")
     await expect(page.locator("#ingest-output")).to_contain_text("No row was rejected.")
     assert sorted(await db.fetch("SELECT name FROM customers")) == [("Gil",), ("Hal",)]
+
+
+async def test_console_decodes_error_details_sent_without_their_json(
+        console: ConsolePage) -> None:
+    """Connect's ``debug`` (a detail's JSON) is optional: without it the page decodes the
+    detail's protobuf bytes itself (protowire.js), to the same JSON protobuf's own gives."""
+    response = batch_pb2.BatchExecuteResponse(attempts=1, results=[
+        batch_pb2.OperationResult(id="a", outcome=batch_pb2.OUTCOME_ROLLED_BACK,
+                                  status=status_pb2.Status(code=10, message="rolled back")),
+        batch_pb2.OperationResult(id="b", outcome=batch_pb2.OUTCOME_SUCCEEDED, rows_affected=1,
+                                  columns=[batch_pb2.ResultColumn(name="n", type="bigint")])])
+    response.results[1].rows.add().update(
+        {"n": "9007199254740993", "x": 1.5, "ok": True, "none": None, "list": [1, "two"],
+         "obj": {"k": "<b>v</b>"}})
+    info = error_details_pb2.ErrorInfo(reason="UNIQUE_VIOLATION", domain="batchd",
+                                       metadata={"operation_id": "b", "sqlstate": "23505"})
+    bad = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field="operations[1].insert",
+                                                    description="no")])
+    response.results[0].status.details.add().Pack(info)
+    decoded = await console.page.evaluate("""async (details) => {
+        const { detailJson } = await import("/console/api.js");
+        return details.map(detailJson);
+    }""", [{"type": m.DESCRIPTOR.full_name,
+            "value": base64.b64encode(m.SerializeToString()).decode().rstrip("=")}
+           for m in (response, info, bad)])
+    assert decoded == [
+        {"@type": f"type.googleapis.com/{m.DESCRIPTOR.full_name}", **json_format.MessageToDict(m)}
+        for m in (response, info, bad)]

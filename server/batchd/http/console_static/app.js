@@ -41,20 +41,21 @@ async function loadSchema() {
   }
 }
 
-/** The request to send: the editor's, with the mode and validate-only chosen beside it. */
-function currentRequest() {
+/** The request to send: the editor's, with the mode and validate-only chosen beside it
+ * (`validate`: validate only, whatever the check box says — the Validate button). */
+function currentRequest(validate = false) {
   const { request, error } = editor.parse();
   if (error) return { error };
   const out = { ...request };
   for (const k of ["mode", "validate_only", "validateOnly"]) delete out[k];
   out.mode = $("mode").value;
-  if ($("validate-only").checked) out.validate_only = true;
+  if (validate || $("validate-only").checked) out.validate_only = true;
   return { request: out };
 }
 
-async function runBatch(validateOnly) {
-  $("validate-only").checked = validateOnly;
-  const { request, error } = currentRequest();
+async function runBatch(validate) {
+  const { request, error } = currentRequest(validate);
+  const validateOnly = Boolean(request && request.validate_only);
   updateCopy();
   const results = $("results");
   if (error) { fill(results, el("p", { className: "banner banner-error" }, error)); return; }

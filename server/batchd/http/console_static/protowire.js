@@ -6,8 +6,9 @@
 const OUTCOMES = ["OUTCOME_UNSPECIFIED", "OUTCOME_SUCCEEDED", "OUTCOME_FAILED",
   "OUTCOME_ROLLED_BACK", "OUTCOME_NOT_RUN", "OUTCOME_SKIPPED"];
 
-// Each message: field number -> [json name, type, repeated?]. Types: "string", "int", "bool",
-// "bytes", "double", "map" (string -> string entries), "struct", "value", or a message name.
+// Each message: field number -> [json name, type, repeated?]. Types: "string", "int" (32-bit),
+// "int64" (a string, as proto3 JSON writes 64-bit integers), "bool", "bytes", "double", "map"
+// (string -> string entries), "struct", "outcome", or a message name.
 const MESSAGES = {
   "google.rpc.Status": { 1: ["code", "int"], 2: ["message", "string"], 3: ["details", "google.protobuf.Any", true] },
   "google.protobuf.Any": { 1: ["typeUrl", "string"], 2: ["value", "bytes"] },
@@ -16,14 +17,14 @@ const MESSAGES = {
   "google.rpc.BadRequest.FieldViolation": {
     1: ["field", "string"], 2: ["description", "string"], 3: ["reason", "string"] },
   "google.rpc.RetryInfo": { 1: ["retryDelay", "google.protobuf.Duration"] },
-  "google.protobuf.Duration": { 1: ["seconds", "int"], 2: ["nanos", "int"] },
+  "google.protobuf.Duration": { 1: ["seconds", "int64"], 2: ["nanos", "int"] },
   "batchd.v1.BatchExecuteResponse": {
     1: ["results", "batchd.v1.OperationResult", true], 2: ["committed", "bool"],
     3: ["attempts", "int"], 4: ["replayed", "bool"] },
   "batchd.v1.OperationResult": {
     1: ["id", "string"], 2: ["outcome", "outcome"], 3: ["status", "google.rpc.Status"],
-    4: ["rows", "struct", true], 5: ["rowsAffected", "int"], 6: ["nextPageToken", "string"],
-    7: ["totalCount", "int"], 8: ["columns", "batchd.v1.ResultColumn", true] },
+    4: ["rows", "struct", true], 5: ["rowsAffected", "int64"], 6: ["nextPageToken", "string"],
+    7: ["totalCount", "int64"], 8: ["columns", "batchd.v1.ResultColumn", true] },
   "batchd.v1.ResultColumn": { 1: ["name", "string"], 2: ["type", "string"] },
 };
 
@@ -80,7 +81,8 @@ export function decode(name, bytes) {
 }
 
 function read(r, type, wire) {
-  if (type === "int") { const v = BigInt.asIntN(64, r.varint()); return Number(v); }
+  if (type === "int") return Number(BigInt.asIntN(32, r.varint()));
+  if (type === "int64") return BigInt.asIntN(64, r.varint()).toString();
   if (type === "bool") return r.varint() !== 0n;
   if (type === "outcome") return OUTCOMES[Number(r.varint())] || "OUTCOME_UNSPECIFIED";
   if (type === "double") return new DataView(r.take(8).slice().buffer).getFloat64(0, true);
