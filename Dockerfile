@@ -1,6 +1,6 @@
 # batchd: slim, non-root, health-checked through the gRPC health service.
 #   docker build -t batchd .
-#   docker run -p 50051:50051 -e BATCHD_DSN=postgresql://user:pass@db/app batchd
+#   docker run -p 50051:50051 -p 8080:8080 -e BATCHD_DSN=postgresql://user:pass@db/app batchd
 # Without BATCHD_DSN the container starts the embedded PostgreSQL (data in /home/batchd/.batchd).
 
 FROM python:3.11-slim AS build
@@ -23,7 +23,8 @@ WORKDIR /home/batchd
 ENV BATCHD_HOST=0.0.0.0 \
     BATCHD_PORT=50051 \
     PYTHONUNBUFFERED=1
-EXPOSE 50051
+# 8080: the same service over HTTP (Connect, gRPC-Web, curl ingest; BATCHD_HTTP_PORT, 0: off).
+EXPOSE 50051 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "batchd.healthcheck"]
 STOPSIGNAL SIGTERM

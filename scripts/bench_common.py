@@ -74,11 +74,12 @@ async def sql(dsn: str, statement: str) -> Any:
         await conn.close()
 
 
-async def start_server(dsn: str, workers: int = 1) -> tuple[asyncio.subprocess.Process, str]:
+async def start_server(dsn: str, workers: int = 1, http_port: int = 0,
+                       ) -> tuple[asyncio.subprocess.Process, str]:
     """`batchd serve` in its own process(es) on 127.0.0.1; with workers > 1, on a fixed free
-    port."""
+    port. ``http_port``: its HTTP port (0: none; scripts/bench_http.py)."""
     env = {**os.environ, "BATCHD_DSN": dsn, "BATCHD_LOG_LEVEL": "WARNING",
-           "BATCHD_MAX_MESSAGE_BYTES": str(64 << 20),
+           "BATCHD_MAX_MESSAGE_BYTES": str(64 << 20), "BATCHD_HTTP_PORT": str(http_port),
            "BATCHD_METRICS_PORT": "0"}  # no /metrics endpoint (port clashes); metrics still kept
     port = 0
     if workers > 1:

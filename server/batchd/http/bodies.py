@@ -47,6 +47,11 @@ ENCODINGS = {CSV: batch_pb2.ENCODING_CSV, JSONL: batch_pb2.ENCODING_ROWS,
              ARROW: batch_pb2.ENCODING_ARROW, PARQUET: batch_pb2.ENCODING_ARROW}
 
 
+class UploadCut(Exception):
+    """The client went away before the end of the body: what it sent after the last whole
+    chunk never counts (and an ATOMIC upload never commits)."""
+
+
 @dataclass(slots=True)
 class Piece:
     """One chunk's rows, ready for a StreamChunk (its sequence is set by the caller)."""
@@ -59,68 +64,101 @@ class Piece:
 
 
 class CsvCutter:
-    """Whole CSV records in chunks; the header record (if any) is kept apart."""
+    """Whole CSV records in chunks; the header record (if any) is kept apart.
+
+    Records end at a newline outside quotes: a newline is a record's end when the quotes
+    before it (in the record, so in the chunk) are even in number. Both are found with numpy
+    over each new piece of the body, once, never per record in Python: the cutting keeps up
+    with COPY."""
 
     def __init__(self, quote: bytes, chunk_rows: int, chunk_bytes: int, header: bool) -> None:
-        self.quote = quote
+        self.quote = quote[0]
         self.chunk_rows = chunk_rows
         self.chunk_bytes = chunk_bytes
         self.want_header = header
         self.header: bytes | None = None
         self._buffer = bytearray()
-        self._scanned = 0  # where the next record starts in _buffer
-        self._records = 0  # whole records before _scanned
-        self._cuts: list[bytes] = []
+        self._scanned = 0  # bytes of _buffer already scanned
+        self._records = 0  # whole records in _buffer[:_scanned]
+        self._last_end = 0  # where the record after the last whole one starts
+        self._odd = False  # an odd number of quotes in _buffer[:_scanned]
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """The chunks ``data`` completes (each bytes of whole records)."""
-        buffer = self._buffer
-        buffer += data
-        quote, start = self.quote, self._scanned
-        out: list[bytes] = []
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            # Inside a quoted field while the record so far holds an odd number of quotes.
-            while buffer.count(quote, start, end) % 2:
-                end = buffer.find(b"\n", end + 1)
-                if end < 0:
-                    self._scanned = start
+    def _ends(self) -> Any:
+        """Offsets (in _buffer) of the record ends in the bytes not yet scanned."""
+        import numpy as np
+
+        region = np.frombuffer(self._buffer, np.uint8, offset=self._scanned)
+        newlines = np.flatnonzero(region == 10)
+        quotes = region == self.quote
+        if quotes.any():
+            before = np.cumsum(quotes, dtype=np.int64)[newlines] + self._odd
+            self._odd = bool((int(quotes.sum()) + self._odd) % 2)
+            newlines = newlines[before % 2 == 0]
+        elif self._odd:  # inside a quoted field all along
+            newlines = newlines[:0]
+        del region, quotes
+        return newlines + self._scanned
+
+    def feed(self, data: bytes) -> list[tuple[bytes, int]]:
+        """The chunks ``data`` completes: (bytes of whole records, how many)."""
+        import numpy as np
+
+        self._buffer += data
+        out: list[tuple[bytes, int]] = []
+        while self._scanned < len(self._buffer):
+            ends = self._ends()
+            if self.want_header and self.header is None:
+                if not len(ends):
+                    self._scanned = len(self._buffer)
                     self._check_size()
                     return out
-            start = end + 1
-            if self.want_header and self.header is None:
-                self.header = bytes(buffer[:start])
-                del buffer[:start]
-                start = 0
+                cut = int(ends[0]) + 1
+                self.header = bytes(self._buffer[:cut])
+                self._restart(cut)
                 continue
-            self._records += 1
-            if self._records == self.chunk_rows or start >= self.chunk_bytes:
-                out.append(bytes(buffer[:start]))
-                del buffer[:start]
-                start, self._records = 0, 0
-        self._scanned = start
-        self._check_size()
+            at = None
+            if len(ends) >= self.chunk_rows - self._records:
+                at = self.chunk_rows - self._records - 1
+            by_size = int(np.searchsorted(ends, self.chunk_bytes - 1))
+            if by_size < len(ends) and (at is None or by_size < at):
+                at = by_size
+            if at is None:
+                self._records += len(ends)
+                if len(ends):
+                    self._last_end = int(ends[-1]) + 1
+                self._scanned = len(self._buffer)
+                self._check_size()
+                return out
+            cut = int(ends[at]) + 1
+            out.append((bytes(self._buffer[:cut]), self._records + at + 1))
+            self._restart(cut)
         return out
 
+    def _restart(self, cut: int) -> None:
+        del self._buffer[:cut]
+        self._scanned = self._records = self._last_end = 0
+        self._odd = False
+
     def _check_size(self) -> None:
-        if len(self._buffer) - self._scanned > self.chunk_bytes:
+        if len(self._buffer) - self._last_end > self.chunk_bytes:
             raise InvalidArgument.field(
                 "body", f"a CSV record longer than {self.chunk_bytes} bytes (or a quote "
                         "that never closes)")
 
-    def end(self) -> list[bytes]:
+    def end(self) -> list[tuple[bytes, int]]:
         """The last chunk, at the end of the body."""
         rest = bytes(self._buffer)
-        if rest.strip():
-            if rest.count(self.quote) % 2:
-                raise InvalidArgument.field("body", "the CSV ends inside a quoted field")
-            if self.want_header and self.header is None:
-                self.header = rest
-                return []
-            return [rest if rest.endswith(b"\n") else rest + b"\n"]
-        return []
+        if not rest.strip():
+            return []
+        if self._odd:
+            raise InvalidArgument.field("body", "the CSV ends inside a quoted field")
+        if self.want_header and self.header is None:
+            self.header = rest
+            return []
+        partial = len(rest) > self._last_end and bool(rest[self._last_end:].strip())
+        if not rest.endswith(b"\n"):
+            rest += b"\n"
+        return [(rest, self._records + int(partial))]
 
 
 def csv_columns(header: bytes, delimiter: str, quote: str) -> list[str]:
@@ -131,23 +169,10 @@ def csv_columns(header: bytes, delimiter: str, quote: str) -> list[str]:
 
 async def csv_pieces(body: AsyncIterator[bytes], cutter: CsvCutter) -> AsyncIterator[Piece]:
     async for data in body:
-        for cut in cutter.feed(data):
-            yield Piece(batch_pb2.StreamChunk(csv=cut), _records(cut, cutter.quote))
-    for cut in cutter.end():
-        yield Piece(batch_pb2.StreamChunk(csv=cut), _records(cut, cutter.quote))
-
-
-def _records(cut: bytes, quote: bytes) -> int:
-    if quote not in cut:
-        return cut.count(b"\n")
-    count, record_start = 0, 0
-    start = 0
-    while (end := cut.find(b"\n", start)) >= 0:
-        start = end + 1
-        if not cut.count(quote, record_start, end) % 2:
-            count += 1
-            record_start = start
-    return count
+        for cut, rows in cutter.feed(data):
+            yield Piece(batch_pb2.StreamChunk(csv=cut), rows)
+    for cut, rows in cutter.end():
+        yield Piece(batch_pb2.StreamChunk(csv=cut), rows)
 
 
 # --- JSON Lines ---------------------------------------------------------------------------------
@@ -301,8 +326,10 @@ async def arrow_pieces(body: AsyncIterator[bytes], chunk_rows: int,
     feeder = asyncio.create_task(feed())
     try:
         async for piece in _threaded(produce, stop):
+            if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
+                break  # the body was cut (or too large): pieces read after it do not count
             yield piece
-        await feeder  # its errors (a body too large) are the upload's
+        await feeder  # its errors (a cut, a body too large) are the upload's
     finally:
         feeder.cancel()
         with contextlib.suppress(BaseException):

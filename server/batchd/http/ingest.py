@@ -82,8 +82,8 @@ class BodyTooLarge(OutOfRange):
 
 class Upload:
     """One request's body, as it arrives: bytes until its end, counted against the limit;
-    ``cut`` if the client went away before the end (nothing after the last whole chunk
-    counts then)."""
+    ``UploadCut`` if the client went away before the end (nothing after the last whole chunk
+    counts then: the stream reader takes it as the end of the stream, without a commit)."""
 
     def __init__(self, receive: Receive, limit: int) -> None:
         self.receive = receive
@@ -97,7 +97,7 @@ class Upload:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 self.cut = True
-                return
+                raise bodies.UploadCut
             data = message.get("body", b"")
             self.received += len(data)
             if self.limit and self.received > self.limit:
