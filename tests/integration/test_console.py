@@ -83,6 +83,11 @@ async def test_console_shows_the_schema_its_token_may_use(console: ConsolePage) 
     await expect(page.locator('#handlers button[data-handler="reserve_stock"]')).to_be_visible()
     await expect(page.locator("#functions button").first).to_be_visible()
     await console.shot("schema")
+    # The filter keeps the tables whose name or columns match.
+    await page.fill("#schema-filter", "unit_price")
+    await expect(page.locator("details.table:visible")).to_have_count(1)
+    await expect(page.locator("details.table:visible .table-name")).to_have_text(
+        "public.order_items")
 
 
 async def test_console_adds_templates_from_the_schema(console: ConsolePage) -> None:
@@ -151,6 +156,11 @@ async def test_console_shows_a_failing_batch_error_on_the_operation_that_failed(
     await expect(twice.locator(".error-info")).to_contain_text("23505")
     assert await db.fetchval("SELECT count(*) FROM customers") == 0
     await console.shot("failure-atomic")
+    await twice.locator("button.locate").click()
+    selected = await page.evaluate(
+        "(() => { const t = document.getElementById('batch');"
+        " return t.value.slice(t.selectionStart, t.selectionEnd); })()")
+    assert selected == '"id": "twice"'
 
     # A bad request: its field violation is shown on the operation its path names.
     await run(console, {"operations": [
@@ -167,14 +177,16 @@ async def test_console_shows_a_failing_batch_error_on_the_operation_that_failed(
 
 async def test_console_runs_an_independent_batch_each_operation_with_its_outcome(
         console: ConsolePage) -> None:
-    await console.page.select_option("#mode", "MODE_INDEPENDENT")
-    await run(console, {"operations": [
+    page = console.page
+    await page.select_option("#mode", "MODE_INDEPENDENT")
+    await page.fill("#batch", json.dumps({"operations": [
         {"id": "ghost", "update": {"table": "orders", "key": {"id": "404"},
                                    "set": {"status": "paid"}}},
         {"id": "note", "depends_on": ["ghost"],
          "delete": {"table": "orders", "key": {"id": "404"}}},
         {"id": "stock", "get": {"table": "products", "key": {"id": "2"}}},
-    ]})
+    ]}))
+    await page.press("#batch", "Control+Enter")  # runs it, as the Run button does
     await expect(card(console, "ghost")).to_have_attribute("data-outcome", "failed")
     await expect(card(console, "ghost")).to_contain_text("NOT_FOUND")
     await expect(card(console, "note")).to_have_attribute("data-outcome", "skipped")

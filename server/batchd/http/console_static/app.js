@@ -7,7 +7,7 @@ import { FORMATS } from "./copyas.js";
 import { el, fill } from "./dom.js";
 import { EXAMPLE, Editor } from "./editor.js";
 import { ingestTables, setupIngest } from "./ingest_view.js";
-import { renderFailure, renderResponse } from "./results.js";
+import { onLocate, renderFailure, renderResponse } from "./results.js";
 import { renderSchema } from "./schema_view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -112,6 +112,10 @@ $("forget-token").addEventListener("click", () => {
   fill($("token-state"), "No token.");
   updateCopy();
   loadSchema();
+});
+onLocate((id) => editor.select(id));
+$("batch").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); runBatch(false); }
 });
 $("run").addEventListener("click", () => runBatch(false));
 $("validate").addEventListener("click", () => runBatch(true));

@@ -50,6 +50,18 @@ export class Editor {
     this.setBatch(batch);
   }
 
+  /** Selects operation `id` in the text (its `"id": "…"`), scrolled into view. */
+  select(id) {
+    const quoted = JSON.stringify(id).replace(/[.*+?^$()|[\]{}\\]/g, "\\$&");
+    const pattern = new RegExp(`"id"\\s*:\\s*${quoted}`);
+    const found = pattern.exec(this.text);
+    if (!found) return false;
+    this.textarea.focus();
+    this.textarea.setSelectionRange(found.index, found.index + found[0].length);
+    this.textarea.scrollIntoView({ block: "center" });
+    return true;
+  }
+
   /** What may be typed at the cursor: tables, their columns, and references to earlier ops. */
   candidates() {
     const out = [];

@@ -59,6 +59,10 @@ function statusBlock(status, extraViolations = []) {
     violationsList(violations));
 }
 
+// What a card's "show in editor" does (app.js: selects the operation in the editor).
+let locate = () => {};
+export function onLocate(callback) { locate = callback; }
+
 function resultCard(operation, result, violations) {
   const outcome = result ? outcomeName(result.outcome) : violations.length ? "invalid" : "not-sent";
   const kind = operation ? Object.keys(operation).find((k) =>
@@ -73,7 +77,9 @@ function resultCard(operation, result, violations) {
       el("span", { className: "op-id" }, id), " ",
       el("span", { className: "kind" }, kind || ""), " ",
       el("span", { className: "outcome" }, outcome.replace(/_/g, " ")),
-      facts.length ? el("span", { className: "facts" }, facts.join(" · ")) : null),
+      facts.length ? el("span", { className: "facts" }, facts.join(" · ")) : null,
+      ["failed", "invalid"].includes(outcome) && id ? el("button", { type: "button",
+        className: "locate", onclick: () => locate(id) }, "show in editor") : null),
     statusBlock(result && result.status, violations),
     result ? rowsTable(result) : null);
 }

@@ -37,12 +37,21 @@ export function renderSchema(root, schema, addOperation) {
   const tables = schema.tables || [];
   const handlers = schema.handlers || [];
   const functions = schema.functions || [];
+  const list = el("div", { id: "tables" }, tables.map((t) => tableBlock(t, addOperation)));
+  const filter = el("input", { type: "search", id: "schema-filter", placeholder: "filter tables and columns",
+    "aria-label": "filter tables", oninput: () => {
+      const words = filter.value.trim().toLowerCase();
+      for (const block of list.children) {
+        block.hidden = words !== "" && !block.textContent.toLowerCase().includes(words);
+      }
+    } });
   fill(root,
     el("h2", {}, "Schema"),
     el("p", { className: "hint" },
       "What this token may use: the buttons are the operations its scopes and database role allow (click one to add it to the batch)."),
-    tables.length === 0 ? el("p", { className: "empty" }, "No table is open to this token.") : null,
-    el("div", { id: "tables" }, tables.map((t) => tableBlock(t, addOperation))),
+    tables.length === 0 ? el("p", { className: "empty" }, "No table is open to this token.")
+      : filter,
+    list,
     el("h3", {}, "Handlers"),
     handlers.length === 0 ? el("p", { className: "empty" }, "none") :
       el("ul", { id: "handlers" }, handlers.map((h) => el("li", {},
