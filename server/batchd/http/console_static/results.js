@@ -117,7 +117,7 @@ export function renderFailure(root, request, error) {
   const failedId = info && info.metadata ? info.metadata.operation_id : undefined;
   const banner = el("div", { className: "banner banner-error" },
     el("p", {}, el("span", { className: "code" }, error.code.toUpperCase()), " ", error.message),
-    carried ? el("p", {}, "Nothing was committed: the batch was rolled back.") : null,
+    carried ? el("p", {}, "Nothing was committed.") : null,
     !carried && failedId === undefined && violations.every((v) => operationIndex(v.field) < 0)
       ? [errorInfoList(info), violationsList(violations)] : null);
   if (carried) {
