@@ -125,6 +125,9 @@ async def test_console_runs_a_batch_with_a_reference_and_shows_its_results(
     await expect(order.locator("tbody td").nth(1)).to_have_text(str(customer_id))
     await expect(order.locator("tbody td").nth(2)).to_have_text("69.89")
     assert await db.fetchval("SELECT customer_id FROM orders") == customer_id
+    # The call's request id, as batchd's logs name it.
+    await expect(console.page.locator("#results .trace .request-id")).to_have_text(
+        re.compile(r"^\S+$"))
     await console.shot("results")
 
 
@@ -275,7 +278,8 @@ async def test_console_copies_the_batch_as_python_grpcurl_and_curl_that_run(
 
 
 async def test_console_ingests_a_dropped_csv_file_and_lists_its_rejects(
-        console: ConsolePage, db: asyncpg.Connection) -> None:
+        served: tuple[App, str], console: ConsolePage, db: asyncpg.Connection,
+        tmp_path: Path) -> None:
     data = "name,email\nEve,eve@example.com\nNo email,\nFay,fay@example.com\n"
     page = console.page
     await page.select_option("#ingest-table", "customers")
@@ -293,6 +297,18 @@ async def test_console_ingests_a_dropped_csv_file_and_lists_its_rejects(
     await expect(rejects).to_contain_text("email")
     await console.shot("ingest")
     assert sorted(await db.fetch("SELECT name FROM customers")) == [("Eve",), ("Fay",)]
+
+    # The same upload with curl, as the page shows it, runs.
+    command = await page.text_content("#ingest-curl")
+    assert command == (f"curl -sS -T 'customers.csv' -H 'Content-Type: text/csv' "
+                       f"'{served[1]}/v1/ingest/customers?mode=independent'")
+    (tmp_path / "customers.csv").write_text("name,email\nIvy,ivy@example.com\n")
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["rows_written"] == 1
 
 
 async def test_console_ingests_a_parquet_file(

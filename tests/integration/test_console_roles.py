@@ -108,6 +108,8 @@ async def test_console_keeps_the_token_in_page_memory_only(
         await page.select_option("#copy-format", fmt)
         text = await page.input_value("#copy-text")
         assert OWN not in text and "BATCHD_TOKEN" in text, fmt
+    ingest = await page.text_content("#ingest-curl")
+    assert ingest is not None and OWN not in ingest and "BATCHD_TOKEN" in ingest
     await page.reload()
     await expect(page.locator("#schema")).to_contain_text("UNAUTHENTICATED")
 

@@ -24,6 +24,7 @@ export class RpcError extends Error {
     this.code = code;
     this.details = details;
     this.httpStatus = httpStatus;
+    this.trace = { requestId: "", ms: 0 };
   }
   detail(typeName) {
     return this.details.find((d) => (d["@type"] || "").endsWith(`/${typeName}`)) || null;
@@ -39,8 +40,10 @@ export function detailJson(detail) {
   return { "@type": url, ...(decoded || { undecoded: detail.value }) };
 }
 
-/** Calls `method` of batchd.v1.BatchService with `body` (proto3 JSON); its answer, or an RpcError. */
+/** Calls `method` of batchd.v1.BatchService with `body` (proto3 JSON): `{data, trace}` (the
+ * answer, and the call's x-request-id and milliseconds), or throws an RpcError (its `trace` too). */
 export async function call(method, body) {
+  const started = performance.now();
   let response;
   try {
     response = await fetch(`/batchd.v1.BatchService/${method}`, {
@@ -54,15 +57,16 @@ export async function call(method, body) {
     throw new RpcError("unavailable", `the server could not be reached: ${err.message}`);
   }
   const payload = await response.text();
+  const trace = { requestId: response.headers.get("x-request-id") || "",
+    ms: Math.round(performance.now() - started) };
   let json = null;
   try { json = payload ? JSON.parse(payload) : {}; } catch { json = null; }
-  if (response.ok && json !== null) return json;
-  if (json && typeof json.code === "string") {
-    const details = (json.details || []).map(detailJson);
-    throw new RpcError(json.code, json.message || "", details, response.status);
-  }
-  throw new RpcError("unknown", `HTTP ${response.status}: ${payload.slice(0, 300)}`, [],
-    response.status);
+  if (response.ok && json !== null) return { data: json, trace };
+  const error = json && typeof json.code === "string"
+    ? new RpcError(json.code, json.message || "", (json.details || []).map(detailJson), response.status)
+    : new RpcError("unknown", `HTTP ${response.status}: ${payload.slice(0, 300)}`, [], response.status);
+  error.trace = trace;
+  throw error;
 }
 
 const TYPES = { csv: "text/csv", tsv: "text/csv", parquet: "application/vnd.apache.parquet",

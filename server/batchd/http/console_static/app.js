@@ -24,10 +24,11 @@ function showError(where, err) {
 async function loadSchema() {
   fill($("schema"), el("p", { className: "hint" }, "Loading the schema…"));
   try {
-    const schema = await call("GetSchema", {});
+    const { data: schema } = await call("GetSchema", {});
     editor.schema = schema;
     renderSchema($("schema"), schema, (body) => { editor.addOperation(body); updateCopy(); });
     ingestTables($("ingest-table"), schema);
+    showIngestCommand();
     $("schema").dataset.state = "loaded";
   } catch (err) {
     if (!(err instanceof RpcError)) throw err;
@@ -62,14 +63,22 @@ async function runBatch(validate) {
   fill(results, el("p", { className: "hint" }, "Running…"));
   results.dataset.state = "running";
   try {
-    const response = await call("BatchExecute", request);
-    renderResponse(results, request, response, { validateOnly });
+    const { data, trace } = await call("BatchExecute", request);
+    renderResponse(results, request, data, { validateOnly });
+    results.prepend(traceLine(trace));
     results.dataset.state = "succeeded";
   } catch (err) {
     if (!(err instanceof RpcError)) throw err;
     renderFailure(results, request, err);
+    results.prepend(traceLine(err.trace));
     results.dataset.state = "failed";
   }
+}
+
+/** The call's request id (as batchd logs it) and how long it took, for finding it in the logs. */
+function traceLine({ requestId, ms }) {
+  return el("p", { className: "trace hint" }, `${ms} ms`,
+    requestId ? [" · request id ", el("code", { className: "request-id" }, requestId)] : null);
 }
 
 function updateCopy() {
@@ -130,9 +139,9 @@ $("validate-only").addEventListener("change", updateCopy);
 $("copy-format").addEventListener("change", updateCopy);
 $("grpc-target").addEventListener("input", updateCopy);
 $("copy").addEventListener("click", copyToClipboard);
-setupIngest({ zone: $("drop"), input: $("file"), tableSelect: $("ingest-table"),
-  modeSelect: $("ingest-mode"), progress: $("progress"), status: $("ingest-status"),
-  output: $("ingest-output") });
+const showIngestCommand = setupIngest({ zone: $("drop"), input: $("file"),
+  tableSelect: $("ingest-table"), modeSelect: $("ingest-mode"), progress: $("progress"),
+  status: $("ingest-status"), output: $("ingest-output"), command: $("ingest-curl") });
 
 editor.setBatch(EXAMPLE);
 await loadConfig();

@@ -56,3 +56,11 @@ export function python(request, { grpcTarget, withToken }) {
 }
 
 export const FORMATS = { grpcurl, curl, python };
+
+/** The curl command that uploads `fileName` as the file drop does. */
+export function ingestCurl({ origin, table, mode, fileName, contentType, withToken }) {
+  const auth = withToken ? ` -H "Authorization: Bearer $BATCHD_TOKEN"` : "";
+  const url = `${origin}/v1/ingest/${encodeURIComponent(table)}?mode=${mode}`;
+  const quote = (text) => `'${text.replace(/'/g, "'\\''")}'`;
+  return `curl -sS -T ${quote(fileName)} -H ${quote(`Content-Type: ${contentType}`)}${auth} ${quote(url)}`;
+}

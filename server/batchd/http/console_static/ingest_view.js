@@ -1,7 +1,8 @@
 // The file drop: a CSV/Parquet/Arrow/JSON Lines file dropped (or chosen) is PUT to
 // /v1/ingest/<table> with a progress bar, and the server's summary and rejected rows shown.
 
-import { contentTypeOf, ingest } from "./api.js";
+import { contentTypeOf, hasToken, ingest } from "./api.js";
+import { ingestCurl } from "./copyas.js";
 import { el, fill, valueText } from "./dom.js";
 
 function summaryTable(json) {
@@ -26,8 +27,19 @@ function rejectsTable(rejects) {
         el("td", {}, valueText(r[n])))))))];
 }
 
-export function setupIngest({ zone, input, tableSelect, modeSelect, progress, status, output }) {
+export function setupIngest({ zone, input, tableSelect, modeSelect, progress, status, output, command }) {
+  let lastName = "FILE.csv";
+  const showCommand = () => {
+    command.textContent = tableSelect.value ? ingestCurl({ origin: location.origin,
+      table: tableSelect.value, mode: modeSelect.value, fileName: lastName,
+      contentType: contentTypeOf(lastName), withToken: hasToken() }) : "";
+  };
+  tableSelect.addEventListener("change", showCommand);
+  modeSelect.addEventListener("change", showCommand);
+
   async function send(file) {
+    lastName = file.name;
+    showCommand();
     const table = tableSelect.value;
     if (!table) { fill(status, "Choose a table first."); return; }
     progress.value = 0;
@@ -69,6 +81,7 @@ export function setupIngest({ zone, input, tableSelect, modeSelect, progress, st
     if (file) send(file);
   });
   input.addEventListener("change", () => { if (input.files[0]) send(input.files[0]); input.value = ""; });
+  return showCommand;
 }
 
 /** Fills the table choice with the tables this token may insert into. */
