@@ -103,6 +103,12 @@ async def test_console_adds_templates_from_the_schema(console: ConsolePage) -> N
     await expect(card(console, "get_products")).to_have_attribute("data-outcome", "succeeded")
     await expect(card(console, "get_products").locator("table.rows")).to_contain_text("Keyboard")
 
+    # A batch that is not JSON is never thrown away by a template.
+    await page.fill("#batch", '{"operations": [')
+    await page.click('details.table[data-table="public.products"] button[data-kind="get"]')
+    await expect(page.locator("#suggestions .error")).to_contain_text("not JSON")
+    assert await page.input_value("#batch") == '{"operations": ['
+
     # Completion (Ctrl+Space): tables and columns of the schema, references to the batch's ops.
     await page.fill("#batch", '{"operations": [{"id": "o", "query": {"table": "ord')
     await page.focus("#batch")

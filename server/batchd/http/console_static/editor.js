@@ -40,10 +40,14 @@ export class Editor {
     return { request };
   }
 
-  /** Appends `body` (an operation without id) with a fresh id; a broken batch is kept aside. */
+  /** Appends `body` (an operation without id) with a fresh id. A batch that is not JSON is
+   * left as it is (the user's text is never thrown away): the error is shown instead. */
   addOperation(body) {
-    const { request, error } = this.parse();
-    const batch = error ? { operations: [] } : request;
+    const { request: batch, error } = this.parse();
+    if (error) {
+      fill(this.suggestions, el("li", { className: "error" }, `${error}: fix it to add templates`));
+      return;
+    }
     batch.operations = batch.operations || [];
     const taken = new Set(batch.operations.map((op) => op.id));
     batch.operations.push({ id: freshId(body, taken), ...body });
