@@ -202,6 +202,17 @@ async def test_console_runs_an_independent_batch_each_operation_with_its_outcome
     await expect(card(console, "stock")).to_have_attribute("data-outcome", "succeeded")
 
 
+async def test_console_pages_through_a_query(console: ConsolePage) -> None:
+    batch = {"operations": [{"id": "page", "query": {
+        "table": "products", "order_by": [{"column": "id"}], "limit": 1}}]}
+    await run(console, batch)
+    page = card(console, "page")
+    await expect(page.locator("tbody td").nth(2)).to_have_text("Keyboard")
+    await page.locator("button.next-page").click()
+    await expect(page.locator("tbody td").nth(2)).to_have_text("Mouse")
+    assert json.loads(await console.page.input_value("#batch")) == batch  # the editor's stays
+
+
 async def test_console_renders_database_values_as_text(
         console: ConsolePage, db: asyncpg.Connection) -> None:
     hostile = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">',

@@ -7,7 +7,7 @@ import { FORMATS } from "./copyas.js";
 import { el, fill } from "./dom.js";
 import { EXAMPLE, Editor } from "./editor.js";
 import { ingestTables, setupIngest } from "./ingest_view.js";
-import { onLocate, renderFailure, renderResponse } from "./results.js";
+import { onLocate, onNextPage, renderFailure, renderResponse, resultCard } from "./results.js";
 import { renderSchema } from "./schema_view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -123,6 +123,18 @@ $("forget-token").addEventListener("click", () => {
   loadSchema();
 });
 onLocate((id) => editor.select(id));
+onNextPage(async (operation, token, card) => {
+  const op = { ...operation, query: { ...operation.query, page_token: token } };
+  delete op.depends_on;
+  try {
+    const { data } = await call("BatchExecute", { operations: [op], mode: "MODE_ATOMIC" });
+    card.replaceWith(resultCard(op, data.results[0]));
+  } catch (err) {
+    if (!(err instanceof RpcError)) throw err;
+    card.append(el("p", { className: "banner banner-error" },
+      el("span", { className: "code" }, err.code.toUpperCase()), " ", err.message));
+  }
+});
 $("batch").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); runBatch(false); }
 });

@@ -59,11 +59,14 @@ function statusBlock(status, extraViolations = []) {
     violationsList(violations));
 }
 
-// What a card's "show in editor" does (app.js: selects the operation in the editor).
+// What a card's buttons do (app.js): "show in editor" selects the operation in the editor;
+// "next page" runs the query again from its next_page_token, alone, and replaces the card.
 let locate = () => {};
+let nextPage = () => {};
 export function onLocate(callback) { locate = callback; }
+export function onNextPage(callback) { nextPage = callback; }
 
-function resultCard(operation, result, violations) {
+export function resultCard(operation, result, violations = []) {
   const outcome = result ? outcomeName(result.outcome) : violations.length ? "invalid" : "not-sent";
   const kind = operation ? Object.keys(operation).find((k) =>
     ["insert", "get", "query", "update", "delete", "call"].includes(k)) : "";
@@ -71,7 +74,6 @@ function resultCard(operation, result, violations) {
   const facts = [];
   if (result && result.rowsAffected !== undefined) facts.push(`${result.rowsAffected} row(s) affected`);
   if (result && result.totalCount !== undefined) facts.push(`total ${result.totalCount}`);
-  if (result && result.nextPageToken) facts.push(`next page: ${result.nextPageToken}`);
   return el("section", { className: `result outcome-${outcome}`, dataset: { operation: id, outcome } },
     el("header", {},
       el("span", { className: "op-id" }, id), " ",
@@ -79,7 +81,11 @@ function resultCard(operation, result, violations) {
       el("span", { className: "outcome" }, outcome.replace(/_/g, " ")),
       facts.length ? el("span", { className: "facts" }, facts.join(" · ")) : null,
       ["failed", "invalid"].includes(outcome) && id ? el("button", { type: "button",
-        className: "locate", onclick: () => locate(id) }, "show in editor") : null),
+        className: "locate", onclick: () => locate(id) }, "show in editor") : null,
+      result && result.nextPageToken && kind === "query" ? el("button", { type: "button",
+        className: "next-page", title: `page_token ${result.nextPageToken}`,
+        onclick: (e) => nextPage(operation, result.nextPageToken, e.target.closest(".result")) },
+      "next page") : null),
     statusBlock(result && result.status, violations),
     result ? rowsTable(result) : null);
 }
