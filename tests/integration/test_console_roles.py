@@ -156,6 +156,7 @@ async def test_console_with_a_read_only_token_offers_no_write(console: ConsolePa
     await use_token(console, READER)
     await expect(table(console, "public.con_notes").locator("button.op")).to_have_text(
         ["get", "query"])
+    await expect(page.locator("#ingest-table option:enabled")).to_have_count(0)
     await run(console, {"operations": [
         {"id": "write", "insert": {"table": "con_notes", "rows": [{"note": "no"}]}}]})
     await expect(page.locator('#results .result[data-operation="write"]')).to_have_attribute(
