@@ -112,6 +112,10 @@ async def test_console_keeps_the_token_in_page_memory_only(
     assert ingest is not None and OWN not in ingest and "BATCHD_TOKEN" in ingest
     await page.reload()
     await expect(page.locator("#schema")).to_contain_text("UNAUTHENTICATED")
+    await use_token(console, OWN)
+    await page.click("#forget-token")
+    await expect(page.locator("#schema")).to_contain_text("UNAUTHENTICATED")
+    await expect(page.locator("details.table")).to_have_count(0)
 
 
 async def test_console_shows_and_runs_only_what_the_tokens_role_allows(
