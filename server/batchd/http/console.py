@@ -7,11 +7,17 @@ Every answer carries a strict Content-Security-Policy: everything from this orig
 (``frame-ancestors 'none'``), and ``X-Content-Type-Options: nosniff``; ``index.html`` is never
 cached (it names the other files), the others may be revalidated. Only GET and HEAD; a path
 that leaves the folder, or names no file, is 404.
+
+``/console/config.json`` tells the page the gRPC address its "copy as grpcurl / Python"
+commands name (``host:port`` of the settings; nothing when the port is chosen at bind time).
+Nothing secret is ever in it: the page is served to anyone who reaches the port, and the
+console is only a client of the same authenticated API (the token is typed into the page).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import mimetypes
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -50,9 +56,19 @@ def _file_of(path: str, root: Path) -> Path | None:
     return candidate
 
 
+def page_config(settings: Settings) -> bytes:
+    """config.json: what the page cannot know from its own URL."""
+    config: dict[str, str] = {}
+    if settings.port:
+        host = "localhost" if settings.host in ("0.0.0.0", "::", "127.0.0.1") else settings.host
+        config["grpcTarget"] = f"{host}:{settings.port}"
+    return json.dumps(config).encode()
+
+
 def console_app(settings: Settings, root: Path = STATIC) -> App:
-    """The console's ASGI application (``settings``: for what the console may later need)."""
+    """The console's ASGI application: ``root``'s files, and config.json from ``settings``."""
     root = root.resolve()
+    config = page_config(settings)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,6 +83,8 @@ def console_app(settings: Settings, root: Path = STATIC) -> App:
                                     (b"location", b"/console/")]})
             await send({"type": "http.response.body", "body": b""})
             return
+        elif scope["path"] == f"{PREFIX}/config.json":
+            status, body, content_type = 200, config, "application/json"
         else:
             found = _file_of(scope["path"], root)
             if found is not None:
