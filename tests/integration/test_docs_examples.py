@@ -32,6 +32,7 @@ from tests.support.doc_examples import (
     output_matches,
     pages,
 )
+from tests.support.ports import free_port
 
 VENV_BIN = Path(sys.executable).parent
 TS_NEEDS = ("@grpc/grpc-js", "@grpc/proto-loader", "protobufjs", ".bin/tsx")
@@ -80,7 +81,8 @@ class Page:
     async def start(self, **settings: Any) -> None:
         await self.stop()
         values: dict[str, Any] = dict(dsn=self.dsn, host="127.0.0.1", port=0, demo_schema=True,
-                                      pool_min_size=1, pool_max_size=4, metrics_port=0)
+                                      pool_min_size=1, pool_max_size=4, metrics_port=0,
+                                      http_port=free_port())
         self.app = await App.start(Settings(**{**values, **settings}))
 
     async def stop(self) -> None:
@@ -92,6 +94,11 @@ class Page:
     def port(self) -> int:
         assert self.app is not None
         return self.app.port
+
+    @property
+    def http_port(self) -> int:
+        assert self.app is not None and self.app.http is not None
+        return self.app.http.port
 
     def env(self) -> dict[str, str]:
         return {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")},
@@ -165,14 +172,15 @@ async def run_block(page: Page, block: Block, shown: str) -> None:
             await conn.close()
     elif block.lang in ("sh", "console", "bash"):
         for command in commands(block):
-            code, out = await page.run(["bash", "-c", addressed(command.text, page.port)])
+            aimed = addressed(command.text, page.port, page.http_port)
+            code, out = await page.run(["bash", "-c", aimed])
             where = f"{block.page.relative_to(ROOT)}:{command.line}"
             assert output_matches(command.shown, out), (
                 f"{where}: `{command.text}` printed\n{out}\nwhere the page shows\n{command.shown}")
             assert code == 0 or command.shown.strip(), f"{where}: exit code {code}\n{out}"
     elif block.lang == "python":
         path = page.folder / f"example_{block.line}.py"
-        path.write_text(addressed(block.text, page.port))
+        path.write_text(addressed(block.text, page.port, page.http_port))
         code, out = await page.run([sys.executable, "-c", PYTHON_RUNNER, str(path)])
         assert code == 0, f"{block.where}: exit code {code}\n{out}"
         assert output_matches(shown, out), f"{block.where} printed\n{out}\nnot\n{shown}"

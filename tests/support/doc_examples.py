@@ -24,7 +24,8 @@ ending in "..." any string that begins so, a list whose last item is "..." any f
 dict with a key "..." any further keys; in text, ``...``
 matches any run of characters within a line, and a line that is only ``...`` any lines.
 
-Addresses: `localhost:50051` in an example is the page's server; `batchd exec|schema|ingest`
+Addresses: `localhost:50051` in an example is the page's server, `localhost:8080` its HTTP port;
+`batchd exec|schema|ingest`
 get `--target` for it, and programs read BATCHD_TARGET, which the pages set as their default.
 """
 
@@ -155,9 +156,12 @@ def complete(text: str) -> bool:
     return True
 
 
-def addressed(command: str, port: int) -> str:
-    """The command aimed at the page's server."""
+def addressed(command: str, port: int, http_port: int = 0) -> str:
+    """The command aimed at the page's server (``http_port``: its HTTP port, for 8080)."""
     command = re.sub(r"\b(localhost|127\.0\.0\.1):50051\b", f"127.0.0.1:{port}", command)
+    if http_port:
+        command = re.sub(r"\b(localhost|127\.0\.0\.1):8080\b", f"127.0.0.1:{http_port}",
+                         command)
     return re.sub(r"(^|[;&|]\s*)batchd (exec|schema|ingest)\b",
                   rf"\1batchd \2 --target 127.0.0.1:{port}", command)
 
