@@ -17,10 +17,11 @@ importing the handler API here would load the catalog and asyncpg into every cli
 
 from __future__ import annotations
 
-from pkgutil import extend_path
 from typing import TYPE_CHECKING, Any
 
-__path__ = extend_path(__path__, __name__)
+# The packaging guide's pkgutil spelling, letter for letter: tools that read source without
+# importing it (griffe, for the docs' client reference) recognise a namespace package by it.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 __all__ = ["HandlerContext", "handler"]
 
