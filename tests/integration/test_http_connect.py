@@ -64,6 +64,25 @@ async def test_a_binary_batch_gets_a_binary_answer(schema, db):
     assert response.results[0].rows[0]["sku"] == "KB-01"
 
 
+async def test_json_answers_print_integers_as_integers_and_keep_fractions(schema, db):
+    """A row's numbers are doubles on the wire (google.protobuf.Value): Python's protobuf
+    would print a column of integers as 1.0, 2.0; the HTTP port prints them as grpcurl does."""
+    customer = await db.fetchval("INSERT INTO customers (name, email) VALUES ('Ada', "
+                                 "'ada@example.com') RETURNING id")
+    order = await db.fetchval("INSERT INTO orders (customer_id, total) VALUES ($1, 4.50) "
+                              "RETURNING id", customer)
+    await db.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price) "
+                     "VALUES ($1, 1, 3, 1.50)", order)
+    batch = {"operations": [{"id": "q", "query": {
+        "table": "order_items", "columns": ["quantity", "unit_price"], "limit": 1}}]}
+    async with http_app(schema) as (_, client):
+        answer = await client.post(f"{SERVICE}/BatchExecute", json=batch)
+    assert answer.status_code == 200, answer.text
+    assert '"quantity": 3,' in answer.text or '"quantity": 3}' in answer.text, answer.text
+    assert "3.0" not in answer.text
+    assert answer.json()["results"][0]["rows"] == [{"quantity": 3, "unit_price": "1.50"}]
+
+
 async def test_get_schema_answers_a_post_and_a_get(schema):
     async with http_app(schema) as (_, client):
         posted = await client.post(f"{SERVICE}/GetSchema", json={})

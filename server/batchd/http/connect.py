@@ -20,6 +20,7 @@ way to stream rows.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -69,7 +70,8 @@ class _JsonCodec:
         return "json"
 
     def encode(self, message: Message) -> bytes:
-        return json_format.MessageToJson(message, indent=None).encode()
+        return json.dumps(_integral(json_format.MessageToDict(message)),
+                          separators=(", ", ": "), ensure_ascii=False).encode()
 
     def decode(self, data: bytes | bytearray, message_class: type[_M]) -> _M:
         message = message_class()
@@ -79,6 +81,24 @@ class _JsonCodec:
             _raise_if_malformed(decode.Malformed(message_class.DESCRIPTOR.full_name,
                                                  f"JSON: {exc}"))
         return message
+
+
+# Integers a double holds exactly: beyond, a float prints as it is.
+_EXACT = 2 ** 53
+
+
+def _integral(value: Any) -> Any:
+    """``value`` with every float that holds an integer as that integer. A row's numbers travel
+    in ``google.protobuf.Value`` (a double), and Python's protobuf prints 1 as ``1.0`` where
+    Go's (grpcurl, the gRPC port's JSON) prints ``1``: over HTTP a column of integers reads as
+    integers too. The value is the same number either way in JSON."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and -_EXACT <= value <= _EXACT else value
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 def _raise_if_malformed(parsed: Any) -> None:
