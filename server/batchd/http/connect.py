@@ -70,8 +70,11 @@ class _JsonCodec:
         return "json"
 
     def encode(self, message: Message) -> bytes:
-        return json.dumps(_integral(json_format.MessageToDict(message)),
-                          separators=(", ", ": "), ensure_ascii=False).encode()
+        answer = json_format.MessageToDict(message)
+        for result in answer.get("results", ()) if isinstance(message, _WITH_ROWS) else ():
+            if "rows" in result:  # the only numbers a double carries: rows (Struct values)
+                result["rows"] = _integral(result["rows"])
+        return json.dumps(answer, separators=(", ", ": "), ensure_ascii=False).encode()
 
     def decode(self, data: bytes | bytearray, message_class: type[_M]) -> _M:
         message = message_class()
@@ -83,6 +86,8 @@ class _JsonCodec:
         return message
 
 
+# The answers whose results carry rows.
+_WITH_ROWS = (batch_pb2.BatchExecuteResponse,)
 # Integers a double holds exactly: beyond, a float prints as it is.
 _EXACT = 2 ** 53
 
