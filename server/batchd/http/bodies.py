@@ -165,7 +165,11 @@ class CsvCutter:
 
 def csv_columns(header: bytes, delimiter: str, quote: str) -> list[str]:
     text = header.decode("utf-8-sig", errors="replace")
-    row = next(csv.reader([text], delimiter=delimiter, quotechar=quote), [])
+    try:
+        row = next(csv.reader([text], delimiter=delimiter, quotechar=quote), [])
+    except csv.Error as exc:  # a stray carriage return or NUL byte in the header line
+        raise InvalidArgument.field("body", f"the CSV header line does not parse: {exc}") \
+            from None
     return [name.strip() for name in row]
 
 

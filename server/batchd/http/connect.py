@@ -34,7 +34,7 @@ from connectrpc.server import ConnectASGIApplication, Endpoint
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from batchd.errors import BatchdError, translate
+from batchd.errors import BatchdError, InvalidArgument, translate
 from batchd.http.edge import REQUEST_ID_HEADER, Gatekeeper, HttpCall, call_of, connect_error
 from batchd.metrics import Metrics
 from batchd.rpc import decode
@@ -106,10 +106,34 @@ def _integral(value: Any) -> Any:
     return value
 
 
+class _Refused(ConnectError):
+    """A message batchd's codec refused: the Connect error, and batchd's own (its field
+    violations), for a request stream to carry on (``_client_stream``)."""
+
+    def __init__(self, error: BatchdError) -> None:
+        refused = connect_error(error)
+        super().__init__(refused.code, refused.message, refused.details)
+        self.error = error
+
+
 def _raise_if_malformed(parsed: Any) -> None:
     error = decode.problem(parsed)
     if error is not None:
-        raise connect_error(error)
+        raise _Refused(error)
+
+
+async def _client_stream(requests: AsyncIterator[_M]) -> AsyncIterator[_M]:
+    """A request stream whose protocol errors are the client's: a message the codec refused
+    keeps its own error; a truncated or malformed envelope, or a frame over the size limit
+    (connectrpc's ConnectError, raised while the session reads) is INVALID_ARGUMENT naming it
+    — never the unexpected error (INTERNAL) it would be to the session."""
+    try:
+        async for request in requests:
+            yield request
+    except _Refused as refused:
+        raise refused.error from None
+    except ConnectError as exc:
+        raise InvalidArgument.field("request", f"the request stream: {exc.message}") from None
 
 
 class BatchServiceApp(ConnectASGIApplication[Calls]):
@@ -187,7 +211,7 @@ class BatchServiceApp(ConnectASGIApplication[Calls]):
         started, code = time.perf_counter(), "CANCELLED"
         try:
             call = self._call(ctx)
-            async for response in self.calls.batch_stream(requests, call):
+            async for response in self.calls.batch_stream(_client_stream(requests), call):
                 yield response
             code = "OK"
         except BatchdError as error:

@@ -228,6 +228,9 @@ def _header(table: str, params: dict[str, list[str]], fmt: str,
         if value:
             if fmt != bodies.CSV:
                 raise InvalidArgument.field(name, "a CSV option; the body is not CSV")
+            if name != "null" and len(value.encode()) != 1:  # the header line is read here
+                raise InvalidArgument.field(name, "must be one single-byte character, as "
+                                                  "COPY's")
             setattr(header.csv, name, value)
     action = _one(params, "on_conflict").lower()
     if action:
