@@ -83,6 +83,28 @@ async def test_json_answers_print_integers_as_integers_and_keep_fractions(schema
     assert answer.json()["results"][0]["rows"] == [{"quantity": 3, "unit_price": "1.50"}]
 
 
+async def test_an_answer_given_before_the_body_was_read_closes_the_connection(schema):
+    """A 404 or 415 is answered without reading the request's body: HTTP/1.1 cannot reuse that
+    connection, so the answer says Connection: close (else a keep-alive client sends its next
+    request into a connection being closed, and loses it). Answers that read the whole body,
+    and requests without one, keep the connection."""
+    async with http_app(schema) as (_, client):
+        refused = [await client.post(f"{SERVICE}/Nope", content=b"x" * 100,
+                                     headers={"Content-Type": "application/proto"}),
+                   await client.post(f"{SERVICE}/BatchStream", content=b"{}",
+                                     headers={"Content-Type": "application/json"})]
+        kept = [await client.post(f"{SERVICE}/GetSchema", json={}),
+                await client.get("/healthz"),
+                await client.post(f"{SERVICE}/BatchExecute", json={"operations": [
+                    {"id": "p", "get": {"table": "products", "key": {"id": 1}}}]})]
+        after = await client.post(f"{SERVICE}/GetSchema", json={})
+    assert [a.status_code for a in refused] == [404, 415]
+    assert [a.headers.get("connection") for a in refused] == ["close", "close"]
+    assert [a.status_code for a in kept] == [200, 200, 200]
+    assert [a.headers.get("connection") for a in kept] == [None, None, None]
+    assert after.status_code == 200
+
+
 async def test_get_schema_answers_a_post_and_a_get(schema):
     async with http_app(schema) as (_, client):
         posted = await client.post(f"{SERVICE}/GetSchema", json={})

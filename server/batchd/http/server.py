@@ -71,6 +71,8 @@ class Router:
             return
         if scope["type"] != "http":
             return
+        if scope.get("http_version") in ("1.0", "1.1") and _has_body(scope):
+            receive, send = _closes_when_unread(receive, send)
         path: str = scope["path"]
         if path.startswith(f"/{SERVICE}/"):
             await self.connect(scope, receive, send)
@@ -87,6 +89,41 @@ class Router:
             await send_json(send, 404, {"code": "not_found", "message": (
                 f"no route {path}: BatchService is at /{SERVICE}/METHOD (Connect, gRPC-Web), "
                 f"the ingest at {INGEST_PREFIX}TABLE")})
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request comes with a body (chunked, or a Content-Length above 0)."""
+    for key, value in scope.get("headers", ()):
+        if key == b"transfer-encoding":
+            return True
+        if key == b"content-length":
+            return value.strip() not in (b"0", b"")
+    return False
+
+
+def _closes_when_unread(receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """An answer that starts before the request's body was read whole (a 404, a 415, a
+    refusal of the body itself) says ``Connection: close``. HTTP/1.1 cannot carry the next
+    request on that connection (the rest of this body is in the way), so the server closes it
+    after answering; without the header a keep-alive client sends its next request into that
+    closing connection and sees it dropped without an answer."""
+    body_read = False
+
+    async def tracked_receive() -> MutableMapping[str, Any]:
+        nonlocal body_read
+        message = await receive()
+        if (message["type"] == "http.request" and not message.get("more_body", False)) \
+                or message["type"] == "http.disconnect":
+            body_read = True
+        return message
+
+    async def closing_send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start" and not body_read:
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return tracked_receive, closing_send
 
 
 class HttpServer:
