@@ -20,9 +20,10 @@ way to stream rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from connectrpc.code import Code
@@ -34,7 +35,7 @@ from connectrpc.server import ConnectASGIApplication, Endpoint
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from batchd.errors import BatchdError, InvalidArgument, translate
+from batchd.errors import BatchdError, InvalidArgument
 from batchd.http.edge import REQUEST_ID_HEADER, Gatekeeper, HttpCall, call_of, connect_error
 from batchd.metrics import Metrics
 from batchd.rpc import decode
@@ -188,42 +189,35 @@ class BatchServiceApp(ConnectASGIApplication[Calls]):
         method = f"/{SERVICE}/{name}"
 
         async def run(request: Any, ctx: RequestContext[Any, Any]) -> Message:
-            started, code = time.perf_counter(), "CANCELLED"
-            try:
-                call = self._call(ctx)
-                response = await behaviour(request, call)
-                code = "OK"
-                return response
-            except BatchdError as error:
-                code = error.code.name
-                raise connect_error(error) from None
-            except ConnectError as error:
-                code = _grpc_name(error.code)
-                raise
-            finally:
-                self._count(method, code, started)
+            with self._answered(method):
+                return await behaviour(request, self._call(ctx))
         return run
 
     async def _batch_stream(self, requests: AsyncIterator[batch_pb2.BatchStreamRequest],
                             ctx: RequestContext[Any, Any],
                             ) -> AsyncIterator[batch_pb2.BatchStreamResponse]:
-        method = f"/{SERVICE}/BatchStream"
-        started, code = time.perf_counter(), "CANCELLED"
-        try:
+        # The shared behaviour translates whatever fails inside it (a BatchdError leaves it);
+        # the request stream's own protocol errors are the client's (``_client_stream``).
+        with self._answered(f"/{SERVICE}/BatchStream"):
             call = self._call(ctx)
             async for response in self.calls.batch_stream(_client_stream(requests), call):
                 yield response
+
+    @contextlib.contextmanager
+    def _answered(self, method: str) -> Iterator[None]:
+        """A call's block: its failure as the Connect error of the same Status gRPC sends,
+        and the call counted under its method and final code (CANCELLED when the client left
+        first), as the gRPC interceptor counts."""
+        started, code = time.perf_counter(), "CANCELLED"
+        try:
+            yield
             code = "OK"
         except BatchdError as error:
             code = error.code.name
             raise connect_error(error) from None
-        except ConnectError as error:
+        except ConnectError as error:  # authentication, before the behaviour ran
             code = _grpc_name(error.code)
             raise
-        except Exception as exc:  # a request that failed to decode mid-stream, say
-            unexpected = translate(exc, "")
-            code = unexpected.code.name
-            raise connect_error(unexpected) from None
         finally:
             self._count(method, code, started)
 
