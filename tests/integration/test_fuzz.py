@@ -17,16 +17,13 @@ widens what is explored. ``derandomize=True``: every run sends the same examples
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import csv
 import datetime as dt
 import io
 import json
-import logging
 import math
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +37,10 @@ from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from batchd.app import App
 from batchd.kinds.filters import fingerprint
 from batchd.v1 import batch_pb2, batch_pb2_grpc
 from tests.support.servers import make_settings
+from tests.support.threaded import ErrorLog, app_in_thread
 
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 FORBIDDEN_NUMBERS = {c.value[0] for c in FORBIDDEN}
@@ -634,25 +631,10 @@ def stream_requests(draw: st.DrawFn) -> list[batch_pb2.BatchStreamRequest]:
 
 # --- the server under test, in its own thread --------------------------------------------------
 
-class _Errors(logging.Handler):
-    """Keeps the server's ERROR records (the traceback of an INTERNAL is logged there)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def about(self, request_id: str) -> str:
-        return "\n".join(self.format(r) for r in self.records if request_id in r.getMessage())
-
-
 @dataclass
 class Target:
     stub: batch_pb2_grpc.BatchServiceStub
-    errors: _Errors
+    errors: ErrorLog
     calls: int = 0
 
     def request_id(self) -> str:
@@ -662,22 +644,12 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(schema: str) -> Iterator[Target]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="batchd-fuzz", daemon=True)
-    thread.start()
-    errors = _Errors()
-    logging.getLogger("batchd").addHandler(errors)
-    app = asyncio.run_coroutine_threadsafe(App.start(make_settings(schema)), loop).result(60)
-    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
-    try:
-        yield Target(batch_pb2_grpc.BatchServiceStub(channel), errors)
-    finally:
-        channel.close()
-        asyncio.run_coroutine_threadsafe(app.stop(grace=1), loop).result(60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
-        logging.getLogger("batchd").removeHandler(errors)
+    with app_in_thread(make_settings(schema)) as (app, errors):
+        channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+        try:
+            yield Target(batch_pb2_grpc.BatchServiceStub(channel), errors)
+        finally:
+            channel.close()
 
 
 def event(text: str) -> None:

@@ -16,11 +16,8 @@ after the fixes pinned at the end of this file).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,10 +26,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchd.app import App
 from tests.support.http import grpc_web_parse
 from tests.support.ports import free_port
 from tests.support.servers import make_settings
+from tests.support.threaded import ErrorLog, app_in_thread
 
 SERVICE = "/batchd.v1.BatchService"
 FORBIDDEN = {"internal", "unknown"}
@@ -101,51 +98,26 @@ PARAM_VALUES = ["atomic", "independent", "true", "false", "0", "1", "100000", "1
 class Target:
     """The server in its thread, and a blocking HTTP client of its HTTP port."""
 
-    def __init__(self, client: httpx.Client, errors: list[logging.LogRecord]) -> None:
+    def __init__(self, client: httpx.Client, errors: ErrorLog) -> None:
         self.client = client
         self.errors = errors
 
 
-class _Errors(logging.Handler):
-    def __init__(self, records: list[logging.LogRecord]) -> None:
-        super().__init__(logging.ERROR)
-        self.records = records
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def target(schema: str) -> Iterator[Target]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="batchd-http-fuzz", daemon=True)
-    thread.start()
-    records: list[logging.LogRecord] = []
-    handler = _Errors(records)
-    logging.getLogger("batchd").addHandler(handler)
-    app = asyncio.run_coroutine_threadsafe(
-        App.start(make_settings(schema, http_port=free_port())), loop).result(60)
-    assert app.http is not None
-    # Kept-alive connections, as most clients keep them: an answer given before the body was
-    # read must say Connection: close, or the next request would be lost in that connection.
-    client = httpx.Client(base_url=f"http://127.0.0.1:{app.http.port}", timeout=60)
-    try:
-        yield Target(client, records)
-    finally:
-        client.close()
-        asyncio.run_coroutine_threadsafe(app.stop(grace=1), loop).result(60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
-        logging.getLogger("batchd").removeHandler(handler)
+    with app_in_thread(make_settings(schema, http_port=free_port())) as (app, errors):
+        assert app.http is not None
+        # Kept-alive connections, as most clients keep them: an answer given before the body
+        # was read must say Connection: close, or the next request would be lost in it.
+        with httpx.Client(base_url=f"http://127.0.0.1:{app.http.port}", timeout=60) as client:
+            yield Target(client, errors)
 
 
 def check(target: Target, answer: httpx.Response, what: str) -> None:
     """No 500, no internal/unknown code in the answer or any operation's status, and nothing
     logged at ERROR while answering (the traceback of an unmapped exception lands there)."""
     assert answer.status_code != 500, f"{what}: HTTP 500\n{answer.text[:2000]}"
-    logged = [r.getMessage() for r in target.errors]
-    target.errors.clear()
+    logged = target.errors.take()
     assert not logged, f"{what}: logged at ERROR: {logged}"
     try:
         body = answer.json()

@@ -33,6 +33,7 @@ from tests.support.batches import batch, fails
 from tests.support.ports import free_port
 from tests.support.servers import make_settings
 from tests.support.streams import COMMIT, events, header, open_stream, rows_chunk, send
+from tests.support.tracing import span_exporter
 
 EXECUTE = "/batchd.v1.BatchService/BatchExecute"
 STREAM = "/batchd.v1.BatchService/BatchStream"
@@ -452,19 +453,7 @@ def test_log_format_auto_is_text_on_a_terminal_and_json_otherwise(monkeypatch):
 # --- tracing ---------------------------------------------------------------------------------
 
 async def test_otel_enabled_makes_a_span_per_rpc(schema):
-    pytest.importorskip("opentelemetry.instrumentation.grpc",
-                        reason="the otel extra is not installed")
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)  # batchd keeps a provider the process already set
-    if trace.get_tracer_provider() is not provider:
-        pytest.skip("another tracer provider was set earlier in this process")
+    exporter = span_exporter("opentelemetry.instrumentation.grpc")
     app = await App.start(make_settings(schema, otel_enabled=True))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
