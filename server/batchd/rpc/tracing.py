@@ -33,7 +33,7 @@ def server_interceptors(enabled: bool) -> list[Any]:
                     "(pip install 'batchd[otel]'): no tracing")
         return []
     _ensure_provider()
-    return [aio_server_interceptor()]
+    return [aio_server_interceptor()]  # type: ignore[no-untyped-call,unused-ignore]
 
 
 def asgi_app(app: Any, enabled: bool) -> Any:
